@@ -1,0 +1,184 @@
+import dataclasses
+import hashlib
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlineage import data, nets, zoo
+
+# Smaller than TINY: one hidden layer, few examples; for the build/resume mechanics.
+MICRO = dataclasses.replace(
+    zoo.TINY,
+    name="micro",
+    arch_kwargs=(("features", (16,)),),
+    parent_task=zoo.Task("A", "embedded", data.TASK_A, n_train=256),
+    child_tasks=(zoo.Task("B", "embedded", data.TASK_B, n_train=256),),
+)
+
+
+def _tree_files(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_tiny_manifest_lineage(tiny_zoo):
+    z = zoo.Zoo.open(tiny_zoo.workdir)
+    assert len(z.parents) == 2 and len(z.children) == 4 and len(z.independents) == 2
+    parent_ids = {p.id for p in z.parents}
+    for c in z.children:
+        assert c.parent_id in parent_ids and c.generation == 1 and c.task == "B"
+    assert all(r.parent_id is None and r.generation == 0 for r in z.parents + z.independents)
+    assert {p.task for p in z.parents} == {"A"} and {r.task for r in z.independents} == {"B"}
+    # Top-k selection: every kept parent is at least as accurate as every dropped candidate.
+    dropped = [r for r in z.records if r.role == "parent_candidate"]
+    assert len(dropped) == 1 and min(p.test_acc for p in z.parents) >= dropped[0].test_acc
+    for r in z.records:
+        assert r.hparams.keys() >= {"lr", "batch_size", "seed", "epochs"} and 0.0 <= r.test_acc <= 1.0
+    # Trained models beat chance (5 classes) on their task.
+    assert min(r.test_acc for r in z.parents + z.children + z.independents) > 0.4
+
+
+def test_children_start_from_their_parent(tiny_zoo):
+    """A child's backbone is its parent's after a short fine-tune: much closer to it than to the other parent."""
+    z = tiny_zoo
+    c = z.children[0]
+    child = nets.backbone(z.load(c.id))
+    dist = {p.id: sum(float(np.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(child), jax.tree.leaves(nets.backbone(z.load(p.id)))))
+            for p in z.parents}
+    assert min(dist, key=dist.get) == c.parent_id
+
+
+def test_stack_and_functions(tiny_zoo):
+    z = tiny_zoo
+    ids = [r.id for r in z.children]
+    stacked = z.stack(ids)
+    assert nets.population_size(stacked) == 4
+    x = z.probe(8)
+    assert x.shape == (8, 28, 28, 1)
+    assert z.feature_fn("relu1")(nets.unstack(stacked)[0], x).shape == (8, 64)
+    with pytest.raises(zoo.ZooError, match="empty"):
+        z.stack([])
+    with pytest.raises(zoo.ZooError, match="no model 'nope'"):
+        z.load("nope")
+
+
+def test_orbax_round_trip(tmp_path):
+    params = nets.mlp(3, features=(8, 4)).init(jax.random.key(0))
+    params["batch_stats"] = {"bn": {"mean": np.arange(4, dtype=np.float32), "var": np.ones((4,), np.float32)}}
+    zoo.save_params(tmp_path / "m", params)
+    back = zoo.load_params(tmp_path / "m")
+    jax.tree.map(np.testing.assert_array_equal, params, back)
+    assert jax.tree.structure(params) == jax.tree.structure(back)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary left behind
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path):
+    with pytest.raises(zoo.ZooError, match="missing"):
+        zoo.load_params(tmp_path / "absent")
+    zoo.save_params(tmp_path / "m", {"params": {"w": np.ones((3,), np.float32)}})
+    for f in (tmp_path / "m").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.raises(zoo.ZooError, match="corrupt or unreadable"):
+        zoo.load_params(tmp_path / "m")
+
+
+def test_nonfinite_checkpoint_is_reported(tmp_path):
+    zoo.save_params(tmp_path / "m", {"params": {"w": np.array([1.0, np.nan], np.float32)}})
+    with pytest.raises(zoo.ZooError, match="non-finite values at params/w"):
+        zoo.load_params(tmp_path / "m")
+
+
+def test_empty_grid_and_bad_spec():
+    with pytest.raises(zoo.ZooError, match="Grid.lrs is empty"):
+        zoo.Grid(lrs=(), batch_sizes=(64,), seeds=(0,), epochs=1)
+    with pytest.raises(zoo.ZooError, match="top_k=5 but the parent grid has only 3"):
+        dataclasses.replace(zoo.TINY, top_k=5)
+    with pytest.raises(zoo.ZooError, match="unknown arch"):
+        dataclasses.replace(zoo.TINY, arch="vgg")
+
+
+def test_spec_json_round_trip():
+    for spec in zoo.SPECS.values():
+        assert zoo.ZooSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_open_without_zoo(tmp_path):
+    with pytest.raises(zoo.ZooError, match="no built zoo"):
+        zoo.Zoo.open(tmp_path)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
+    real_save, saves = zoo.save_params, []
+
+    def flaky_save(path, params):
+        if len(saves) == 4:
+            raise _Interrupt("killed")
+        real_save(path, params)
+        saves.append(path.name)
+
+    monkeypatch.setattr(zoo, "save_params", flaky_save)
+    with pytest.raises(_Interrupt):
+        zoo.build(MICRO, tmp_path, progress=False)
+    assert not (tmp_path / zoo.MANIFEST).exists()
+    models = tmp_path / "models"
+    assert sorted(p.stem for p in models.glob("*.json")) == sorted(saves)
+    assert not list(models.glob(".tmp-*"))
+    # Simulate a kill between a checkpoint's rename and its record: that model must be retrained.
+    orphan = saves.pop(0)
+    (models / f"{orphan}.json").unlink()
+    before = {k: v for k, v in _tree_files(models).items() if not k.startswith(orphan)}
+
+    monkeypatch.setattr(zoo, "save_params", real_save)
+    trained = []
+    real_train = zoo.train_population
+
+    def counting_train(network, init_params, *a, **k):
+        trained.append(nets.population_size(init_params))
+        return real_train(network, init_params, *a, **k)
+
+    monkeypatch.setattr(zoo, "train_population", counting_train)
+    z = zoo.build(MICRO, tmp_path, progress=False)
+    total = len(z.records)
+    assert sum(trained) == total - len(saves)
+    after = _tree_files(models)
+    for name, digest in before.items():
+        assert after[name] == digest, f"{name} changed on resume"
+    # A third build trains nothing.
+    trained.clear()
+    zoo.build(MICRO, tmp_path, progress=False)
+    assert trained == []
+
+
+def test_deterministic_given_spec(tmp_path):
+    a = zoo.build(MICRO, tmp_path / "a", progress=False)
+    b = zoo.build(MICRO, tmp_path / "b", progress=False)
+    assert [r.id for r in a.records] == [r.id for r in b.records]
+    assert [r.test_acc for r in a.records] == [r.test_acc for r in b.records]
+    for r in a.records:
+        jax.tree.map(np.testing.assert_array_equal, a.load(r.id), b.load(r.id))
+
+
+def test_workdir_of_another_spec_is_refused(tmp_path):
+    zoo.build(MICRO, tmp_path, progress=False)
+    other = dataclasses.replace(MICRO, seed=1)
+    with pytest.raises(zoo.ZooError, match="another spec"):
+        zoo.build(other, tmp_path, progress=False)
+
+
+def test_population_training_matches_single_model():
+    """vmap over the population does not couple models: a member trained alone gives the same result."""
+    network = nets.mlp(5, features=(16,))
+    x, y = data.task("embedded", data.TASK_A, "test")
+    inits = [network.init(jax.random.key(i)) for i in range(3)]
+    pop = zoo.train_population(network, nets.stack(inits), x[:256], y[:256], lrs=[1e-3, 3e-3, 1e-2],
+                               seeds=[0, 1, 2], batch_size=32, epochs=2)
+    alone = zoo.train_population(network, nets.stack(inits[1:2]), x[:256], y[:256], lrs=[3e-3], seeds=[1],
+                                 batch_size=32, epochs=2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5), pop, alone)
