@@ -1,0 +1,54 @@
+"""Shared helpers for the benchmarks: environment record, timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+
+
+def environment() -> dict:
+    import flax
+    import numpy as np
+    import optax
+
+    dev = jax.devices()[0]
+    return {
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def timeit(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1) -> dict:
+    """Median wall time of ``fn`` (results blocked on) after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "times_s": times}
+
+
+def write(path: str | os.PathLike, record: dict) -> None:
+    """Appends ``record`` (plus the environment) as one JSON line and prints it."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "env": environment(), **record}
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record, indent=1))

@@ -1,0 +1,1 @@
+"""`python -m jaxlineage.bench`: reproduce the papers' tables on a zoo."""
