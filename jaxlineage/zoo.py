@@ -222,11 +222,12 @@ QUICK = ZooSpec(
     arch="mlp",
     parent_task=_emb("A", data_lib.TASK_A),
     child_tasks=(_emb("B", data_lib.TASK_B),),
-    # Parents share four initialisations (siblings differ only in data order), which
-    # keeps lineage non-trivial: with independent inits the plain L2 metric is > 90 %.
+    # Parents share four initialisations (siblings differ only in data order) and children
+    # fine-tune with large learning rates, which keeps lineage non-trivial: with independent
+    # inits and gentle fine-tuning the plain L2 metric is above 90 % (BUILD_NOTES.md).
     parents=Grid(lrs=(1e-3,), batch_sizes=(128,), seeds=(0, 1, 2), init_seeds=(0, 1, 2, 3), epochs=3),
     top_k=8,
-    children=Grid(lrs=(2e-3, 1e-3, 5e-4), batch_sizes=(128,), seeds=(0, 1), epochs=3),
+    children=Grid(lrs=(1e-2, 5e-3, 3e-3), batch_sizes=(128,), seeds=(0, 1), epochs=4),
     child_floor=0.90,
     independents=Grid(lrs=(1e-3, 5e-4), batch_sizes=(128,), seeds=(100, 101, 102, 103), epochs=3),
 )
