@@ -36,14 +36,22 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--n-train", type=int, default=5000)
-    ap.add_argument("--features", default="1024,256,128", help="MLP hidden widths")
+    ap.add_argument("--features", default="1024,256,128;256,64;32",
+                    help="MLP hidden widths; several configurations separated by ';' are measured in turn")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/zoo_training.jsonl")
     args = ap.parse_args(argv)
 
-    network = nets.mlp(5, features=tuple(int(f) for f in args.features.split(",")))
     x, y = data.task("embedded", data.TASK_A, "train")
     x, y = x[: args.n_train], y[: args.n_train]
+    rows = []
+    for features in args.features.split(";"):
+        widths = tuple(int(f) for f in features.split(","))
+        rows.append(measure(nets.mlp(5, features=widths), x, y, args))
+    write(args.out, {"benchmark": "zoo_training", "settings": vars(args), "configs": rows})
+
+
+def measure(network, x, y, args):
     p = args.models
     inits = [network.init(jax.random.key(i)) for i in range(p)]
     lrs = list(np.geomspace(1e-4, 1e-2, p))
@@ -90,12 +98,13 @@ def main(argv=None):
     for name, fn in (("population", population), ("sequential_scan", sequential_scan), ("sequential_loop", sequential_loop)):
         t = timeit(fn, repeats=args.repeats, warmup=1)
         results[name] = {**t, "models_per_min": 60.0 * p / t["median_s"]}
-        print(f"{name}: {t['median_s']:.2f} s for {p} models ({results[name]['models_per_min']:.1f} models/min)", flush=True)
+        print(f"mlp{list(network.module.features)} {name}: {t['median_s']:.2f} s for {p} models ({results[name]['models_per_min']:.1f} models/min)", flush=True)
     ratios = {
         "population_vs_sequential_scan": results["sequential_scan"]["median_s"] / results["population"]["median_s"],
         "population_vs_sequential_loop": results["sequential_loop"]["median_s"] / results["population"]["median_s"],
     }
-    write(args.out, {"benchmark": "zoo_training", "settings": vars(args), "results": results, "speedup": ratios})
+    print(f"  speed-up of population: {ratios}", flush=True)
+    return {"features": list(network.module.features), "results": results, "speedup": ratios}
 
 
 if __name__ == "__main__":
