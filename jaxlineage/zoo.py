@@ -493,6 +493,15 @@ class Zoo:
     def grandchildren(self) -> list[ModelRecord]:
         return self._role("grandchild")
 
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per role (kept models only): count and min / mean / max test accuracy."""
+        out = {}
+        for role in ("parent", "child", "grandchild", "independent"):
+            accs = [r.test_acc for r in self._role(role)]
+            if accs:
+                out[role] = {"n": len(accs), "min": min(accs), "mean": float(np.mean(accs)), "max": max(accs)}
+        return out
+
     def children_of(self, parent_id: str, task: str | None = None) -> list[ModelRecord]:
         return [r for r in self.children if r.parent_id == parent_id and (task is None or r.task == task)]
 
@@ -737,3 +746,24 @@ class _Builder:
             out.append(rec)
             self.bar.update(1, f"{j['role']} {acc:.3f}")
         return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m jaxlineage.zoo --spec quick --workdir DIR``: build (or reuse) a zoo, print its accuracies."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--spec", default="quick", choices=sorted(SPECS))
+    ap.add_argument("--workdir", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
+    t0 = time.time()
+    z = build(SPECS[args.spec], args.workdir)
+    print(f"{z} in {time.time() - t0:.0f}s")
+    for role, s in z.summary().items():
+        print(f"{role:12s} n={s['n']:3d}  test acc min {s['min']:.3f}  mean {s['mean']:.3f}  max {s['max']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
