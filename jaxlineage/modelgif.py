@@ -1,0 +1,998 @@
+"""ModelGiF: model gradient fields and the functional distance between models.
+
+A model's *gradient field* at a reference input ``x`` is the sequence of
+cumulative integrated gradients along the straight path from a baseline ``x0``
+to ``x``. Two models are functionally close when their fields point the same way
+at the same reference points, whatever their architectures: only the input space
+has to agree.
+
+Everything here works on the library's one contract, a pure
+``apply_fn(params, x) -> [N, C]`` over a params pytree (DESIGN.md, section 2).
+
+Notation used throughout: ``N`` reference points, ``K = steps`` quadrature nodes,
+``D`` the flattened input dimension (``prod(x.shape[1:])``), ``M`` models in a
+population (a stacked params pytree with a leading model axis).
+
+References:
+    Song, Xu, Wu, Chen, Song. "ModelGiF: Gradient Fields for Model Functional
+    Distance". ICCV 2023, arXiv:2309.11013 (the field, its curves and their
+    cosine distance; the intellectual-property-protection experiments). Official
+    code: github.com/zju-vipa/modelgif, ``intellectual_property_protection/``.
+    Sundararajan, Taly, Yan. "Axiomatic Attribution for Deep Networks". ICML 2017
+    (Integrated Gradients and the completeness axiom).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Population",
+    "ReferenceSampling",
+    "SweepPoint",
+    "Target",
+    "auc_sweep",
+    "distance",
+    "distance_matrix",
+    "evaluate",
+    "feature_sum",
+    "gauss_legendre",
+    "gradient_field",
+    "roc_auc",
+    "sample_references",
+    "tpr_at_fpr",
+]
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+class Target(enum.Enum):
+    """Which scalar output ``F`` of the model the field integrates.
+
+    Besides these two members, ``gradient_field`` accepts a fixed class index
+    (``int``) or a callable ``F(output) -> scalar`` applied to the model's output
+    for one input (shape ``[C]`` for a classifier).
+
+    Attributes:
+        PREDICTED: the logit of the class the model itself predicts at the reference
+            ``x`` (``argmax`` of its output at ``x``, not at the path points). The
+            default, as in ModelGiF's code (``attribute_only_prediction``). Each model
+            of a population uses its own prediction.
+        LABEL: the logit of the given label ``labels[n]`` (same class for every
+            model).
+    """
+
+    PREDICTED = "predicted"
+    LABEL = "label"
+
+
+class ReferenceSampling(enum.Enum):
+    """How ``sample_references`` picks reference points from a data split.
+
+    Both strategies look at the data only. Neither ever evaluates a model, so the
+    choice of references cannot leak information about the models being compared.
+
+    Attributes:
+        RANDOM: a uniform sample without replacement. The default.
+        CLASS_BALANCED: as even a split over classes as possible, ordered round-robin
+            over classes so that every prefix of the sample is balanced too (a sweep
+            over reference counts can then take prefixes of one draw).
+    """
+
+    RANDOM = "random"
+    CLASS_BALANCED = "class_balanced"
+
+
+class Population(NamedTuple):
+    """Models of one architecture: a pure apply function and stacked params.
+
+    Attributes:
+        apply_fn: ``apply_fn(params, x [N, *S]) -> [N, C]`` for *one* model.
+        params: a pytree whose every leaf has a leading model axis of size ``M``
+            (e.g. ``nets.stack([...])`` or ``zoo.stack(ids)``).
+    """
+
+    apply_fn: ApplyFn
+    params: Any
+
+    @classmethod
+    def single(cls, apply_fn: ApplyFn, params: Any) -> Population:
+        """A population of one model from unstacked ``params``."""
+        return cls(apply_fn, jax.tree.map(lambda p: jnp.asarray(p)[None], params))
+
+    @property
+    def size(self) -> int:
+        """The number of models ``M``."""
+        return _population_size(self.params, "population.params")
+
+
+# ---------------------------------------------------------------------------
+# Quadrature.
+
+
+def gauss_legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights on ``[0, 1]``.
+
+    .. math::
+        \\alpha_k = (1 + t_k) / 2, \\qquad w_k = \\omega_k / 2,
+
+    where ``(t_k, ω_k)`` are the ``K``-point Gauss-Legendre nodes and weights on
+    ``[-1, 1]``. The rule integrates polynomials of degree ``2K - 1`` exactly.
+
+    Args:
+        steps: the number of nodes ``K >= 1``.
+
+    Returns:
+        ``(alphas [K], weights [K])`` in float64, ``alphas`` increasing in ``(0, 1)``
+        and ``sum(weights) == 1``.
+    """
+    steps = _check_steps(steps)
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    return (1.0 + nodes) / 2.0, weights / 2.0
+
+
+# ---------------------------------------------------------------------------
+# Gradient fields.
+
+
+def gradient_field(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: jax.Array,
+    *,
+    baseline: jax.Array | None = None,
+    steps: int = 50,
+    target: Target | str | int | Callable[[jax.Array], jax.Array] = Target.PREDICTED,
+    labels: jax.Array | None = None,
+    chunk_size: int | None = None,
+    memory_budget_bytes: int | None = None,
+) -> jax.Array:
+    """The ModelGiF gradient field of one model at ``N`` reference points.
+
+    For a reference ``x_n``, baseline ``x0``, scalar output ``F`` (see ``target``)
+    and Gauss-Legendre nodes ``α_j`` with weights ``w_j`` on ``[0, 1]``:
+
+    .. math::
+        G_k(x_n) = (x_n - x_0) \\odot \\sum_{j \\le k} w_j\\,
+                              \\nabla_z F\\big(x_0 + \\alpha_j (x_n - x_0)\\big),
+        \\qquad k = 1, \\dots, K.
+
+    ``G_K`` is Integrated Gradients, so (completeness)
+    ``sum_d G_K(x_n)[d] = F(x_n) - F(x_0)`` up to quadrature error, which decays
+    exponentially in ``K`` for smooth (e.g. tanh, GELU) models and more slowly for
+    piecewise-linear (ReLU) ones.
+
+    The gradients are ``vmap(jax.grad)`` over nodes and reference points; each
+    point is fed to ``apply_fn`` as its own batch of one, so the field is that of
+    the per-example function even if ``apply_fn`` mixes examples in a batch.
+
+    Args:
+        apply_fn: pure ``apply_fn(params, x [B, *S]) -> [B, C]``.
+        params: the model's params pytree.
+        x: reference points ``[N, *S]``, floating point.
+        baseline: ``x0``, of shape ``S`` (shared) or ``[N, *S]`` (one per reference);
+            zeros by default.
+        steps: the number of quadrature nodes ``K >= 1`` (paper: 50).
+        target: the scalar output ``F``: a ``Target`` (or its string value), a fixed
+            class index ``int``, or a callable ``F(output) -> scalar`` taking the model
+            output for one input (shape ``[C]``). Default ``Target.PREDICTED``.
+        labels: integer ``[N]``, required with (and only with) ``Target.LABEL``.
+        chunk_size: evaluate this many reference points at a time (``lax.map`` over
+            chunks of a ``vmap``) to bound memory. ``None``: all at once. The result
+            does not depend on it.
+        memory_budget_bytes: alternative to ``chunk_size``: choose the chunk so that
+            the field's own buffers (nodes, gradients, field: ``3 K D`` numbers per
+            reference) fit this many bytes. Network activations come on top, so leave
+            headroom. At least one reference per chunk.
+
+    Returns:
+        The field ``G``, shape ``[N, K, D]``, dtype of ``x``.
+
+    Raises:
+        ValueError: on inputs ``apply_fn`` cannot take, a baseline of the wrong shape,
+            ``steps < 1``, a target index or label outside ``[0, C)``, or missing /
+            superfluous ``labels``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxlineage import modelgif
+        >>> w = jnp.arange(6.0).reshape(3, 2)
+        >>> apply_fn = lambda p, x: x @ p
+        >>> g = modelgif.gradient_field(apply_fn, w, jnp.ones((4, 3)), steps=8, target=1)
+        >>> g.shape
+        (4, 8, 3)
+        >>> bool(jnp.allclose(g[:, -1], w[:, 1]))  # linear: G_K = (x - x0) * w_c
+        True
+
+    References:
+        Song et al., "ModelGiF", ICCV 2023, the ModelGiF curve definition (and the official
+        ``FieldGenerator``: Gauss-Legendre steps, cumulative sum, times ``x - x0``).
+        Sundararajan et al., ICML 2017 (Integrated Gradients, completeness).
+    """
+    x = _check_inputs(x)
+    steps = _check_steps(steps)
+    target = _parse_target(target)
+    x0 = _check_baseline(baseline, x)
+    labels = _check_labels(labels, target, x.shape[0])
+    _check_model(apply_fn, params, x, target, labels, name="apply_fn")
+    chunk_size = _resolve_chunk_size(
+        chunk_size,
+        memory_budget_bytes,
+        bytes_per_reference=3 * steps * _flat_dim(x) * x.dtype.itemsize,
+    )
+    if chunk_size is not None and chunk_size >= x.shape[0]:
+        chunk_size = None  # One chunk: identical to the plain vmap.
+    return _gradient_field(
+        params,
+        x,
+        x0,
+        labels,
+        apply_fn=apply_fn,
+        steps=steps,
+        target=target,
+        chunk_size=chunk_size,
+    )
+
+
+def _field_one(apply_fn, target, steps, params, x, x0, label):
+    """The field ``[K, D]`` at one reference ``x [*S]`` (inputs already checked)."""
+    alphas, weights = gauss_legendre(steps)
+    alphas = jnp.asarray(alphas, x.dtype)
+    weights = jnp.asarray(weights, x.dtype)
+
+    if target is Target.PREDICTED:
+        # The class is fixed at the reference point, not re-chosen along the path.
+        cls = jnp.argmax(apply_fn(params, x[None])[0])
+    elif target is Target.LABEL:
+        cls = label
+    else:
+        cls = target  # An int, or unused for a callable.
+
+    def scalar_output(z):
+        out = apply_fn(params, z[None])[0]
+        return target(out) if callable(target) else out[cls]
+
+    delta = x - x0
+    path = x0[None] + alphas.reshape((steps,) + (1,) * x.ndim) * delta[None]
+    grads = jax.vmap(jax.grad(scalar_output))(path).reshape(steps, -1)
+    return jnp.cumsum(weights[:, None] * grads, axis=0) * delta.reshape(1, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "steps", "target", "chunk_size"))
+def _gradient_field(params, x, x0, labels, *, apply_fn, steps, target, chunk_size):
+    one = functools.partial(_field_one, apply_fn, target, steps, params)
+    if chunk_size is None:
+        return jax.vmap(one)(x, x0, labels)
+    return jax.lax.map(lambda args: one(*args), (x, x0, labels), batch_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "steps", "target"))
+def _population_field(params, x, x0, labels, *, apply_fn, steps, target):
+    """Fields ``[M, n, K, D]`` of a stacked population at a chunk of references."""
+
+    def one_model(p):
+        one = functools.partial(_field_one, apply_fn, target, steps, p)
+        return jax.vmap(one)(x, x0, labels)
+
+    return jax.vmap(one_model)(params)
+
+
+def feature_sum(features: jax.Array) -> jax.Array:
+    """``F(h) = sum_j h_j``: a head-free scalar for fields of feature functions.
+
+    Used as ``target`` with a feature tap (``apply_fn = network.feature_fn(tap)``),
+    it is the output of a fixed all-ones head shared by every model, so the field
+    compares backbones only. ``jax.grad`` of it is ``J_h(x)^T 1``.
+
+    Args:
+        features: one input's features ``[D_h]``.
+
+    Returns:
+        A scalar.
+    """
+    return jnp.sum(features)
+
+
+# ---------------------------------------------------------------------------
+# Distances.
+
+
+def _unit(field):
+    """``field / ||field||`` over the last axis, and where the norm is zero.
+
+    The field is first divided by its largest magnitude so that the squared norm
+    neither underflows (tiny gradients) nor overflows in float32.
+
+    Returns:
+        ``(unit [..., D], is_zero [...])``; ``unit`` is 0 where ``is_zero``.
+    """
+    scale = jnp.max(jnp.abs(field), axis=-1, keepdims=True)
+    is_zero = scale[..., 0] == 0
+    scaled = field / jnp.where(scale == 0, 1, scale)
+    norm = jnp.linalg.norm(scaled, axis=-1, keepdims=True)
+    return scaled / jnp.where(norm == 0, 1, norm), is_zero
+
+
+def _cosine(field_a, field_b):
+    """Cosine over the last axis with the zero-field convention (see ``distance``)."""
+    ua, za = _unit(field_a)
+    ub, zb = _unit(field_b)
+    return jnp.sum(ua * ub, axis=-1) + (za & zb).astype(ua.dtype)
+
+
+@jax.jit
+def _distance(field_a, field_b):
+    return jnp.mean(1 - _cosine(field_a, field_b))
+
+
+def distance(field_a: jax.Array, field_b: jax.Array) -> jax.Array:
+    """ModelGiF distance: mean cosine distance between two gradient fields.
+
+    .. math::
+        d(A, B) = \\frac{1}{N K} \\sum_{n=1}^{N} \\sum_{k=1}^{K}
+            \\Big[1 - \\cos\\big(G^A_k(x_n), G^B_k(x_n)\\big)\\Big] \\in [0, 2].
+
+    Cosine is scale invariant, so ``d(A, c·A) = 0`` for ``c > 0``; ``d`` is
+    symmetric and ``d(A, A) = 0``. The cosine of a zero vector is undefined; here
+    ``cos(0, 0) = 1`` (identical fields are at distance 0) and ``cos(0, v) = 0`` for
+    ``v != 0`` (as far as an orthogonal direction). No NaN is ever produced.
+
+    Args:
+        field_a: ``[N, K, D]`` from ``gradient_field`` (model A).
+        field_b: ``[N, K, D]`` at the same references, baseline and steps (model B,
+            of any architecture with the same input space).
+
+    Returns:
+        A scalar in ``[0, 2]``.
+
+    Raises:
+        ValueError: if the shapes differ or are not ``[N, K, D]``.
+
+    References:
+        Song et al., "ModelGiF", ICCV 2023, the curve distance (official code:
+        ``field_distance`` in ``ipp_task.py``).
+    """
+    field_a = jnp.asarray(field_a)
+    field_b = jnp.asarray(field_b)
+    if field_a.ndim != 3 or field_a.shape != field_b.shape:
+        raise ValueError(
+            "distance expects two fields of the same shape [N, K, D]; got "
+            f"field_a {field_a.shape} and field_b {field_b.shape}"
+        )
+    return _distance(field_a, field_b)
+
+
+@jax.jit
+def _cosine_per_reference(fields_a, fields_b):
+    """``mean_k cos`` for every pair of models: ``[Ma, Mb, n]``."""
+    ua, za = _unit(fields_a)  # [Ma, n, K, D], [Ma, n, K]
+    ub, zb = _unit(fields_b)
+    steps = fields_a.shape[2]
+    # HIGHEST: TPU / GPU einsums default to bf16 / tf32 passes, too coarse for
+    # cosines near 1 (the regime that separates children from independents).
+    hi = jax.lax.Precision.HIGHEST
+    dots = jnp.einsum("ankd,bnkd->abn", ua, ub, precision=hi)
+    both_zero = jnp.einsum("ank,bnk->abn", za.astype(ua.dtype), zb.astype(ua.dtype), precision=hi)
+    return (dots + both_zero) / steps
+
+
+def distance_matrix(
+    a: Population | jax.Array,
+    b: Population | jax.Array | None = None,
+    *,
+    x: jax.Array | None = None,
+    baseline: jax.Array | None = None,
+    steps: int = 50,
+    target: Target | str | int | Callable[[jax.Array], jax.Array] = Target.PREDICTED,
+    labels: jax.Array | None = None,
+    chunk_size: int | None = None,
+    memory_budget_bytes: int | None = None,
+    per_reference: bool = False,
+) -> jax.Array:
+    """ModelGiF distances between every model of ``a`` and every model of ``b``.
+
+    .. math::
+        D[i, j] = d(A_i, B_j) = \\frac{1}{N K} \\sum_{n, k}
+            \\Big[1 - \\cos\\big(G^{A_i}_k(x_n), G^{B_j}_k(x_n)\\big)\\Big].
+
+    Each side is either precomputed fields ``[M, N, K, D]`` or a ``Population``
+    (an apply function and stacked params), whose fields are computed here with
+    ``vmap`` over models. The two sides may be different architectures; only the
+    input space must agree. References are processed in chunks of ``chunk_size``,
+    so at most ``(Ma + Mb) · chunk · K · D`` field values are alive at once and
+    fields of populations are never stored whole.
+
+    Args:
+        a: a ``Population`` of ``Ma`` models, or fields ``[Ma, N, K, D]``.
+        b: the same for ``Mb`` models; ``None`` means ``a`` (a square, symmetric
+            matrix with a zero diagonal).
+        x: reference points ``[N, *S]``; required when a side is a ``Population``.
+        baseline, steps, target, labels: as in ``gradient_field``, used for the
+            populations (precomputed fields must have been made with the same ones).
+        chunk_size: reference points per chunk; ``None``: all at once.
+        memory_budget_bytes: alternative to ``chunk_size``: the chunk is chosen so
+            that the ``2 (Ma + Mb) K D`` field numbers per reference fit this budget
+            (activations come on top). At least one reference per chunk.
+        per_reference: also keep the reference axis: return ``[Ma, Mb, N]`` (the
+            mean over steps only) instead of its mean over ``N``.
+
+    Returns:
+        ``[Ma, Mb]`` distances in ``[0, 2]`` (or ``[Ma, Mb, N]``, see
+        ``per_reference``), float32 unless x64 inputs.
+
+    Raises:
+        ValueError: on mismatched shapes (naming them), a population without ``x``,
+            or any bad input listed in ``gradient_field``.
+
+    References:
+        Song et al., "ModelGiF", ICCV 2023, the curve distance (official code:
+        ``field_distance`` in ``ipp_task.py``).
+    """
+    square = b is None
+    if square:
+        b = a
+    sides = [_check_side(s, name) for s, name in ((a, "a"), (b, "b"))]
+    num_refs = None
+    if any(isinstance(s, Population) for s in sides):
+        if x is None:
+            raise ValueError("distance_matrix needs the reference points x for a Population")
+        x = _check_inputs(x)
+        steps = _check_steps(steps)
+        target = _parse_target(target)
+        x0 = jnp.broadcast_to(_check_baseline(baseline, x), x.shape)
+        labels = _check_labels(labels, target, x.shape[0])
+        num_refs = x.shape[0]
+        field_dim, field_steps = _flat_dim(x), steps
+        for side, name in zip(sides, ("a", "b")):
+            if isinstance(side, Population):
+                first = jax.tree.map(lambda p: p[0], side.params)
+                _check_model(side.apply_fn, first, x, target, labels, name=f"{name}.apply_fn")
+    for side, name in zip(sides, ("a", "b")):
+        if not isinstance(side, Population):
+            _, n, k, d = side.shape
+            if num_refs is None:
+                num_refs, field_steps, field_dim = n, k, d
+            elif (n, k, d) != (num_refs, field_steps, field_dim):
+                raise ValueError(
+                    f"fields {name} have [N, K, D] = {(n, k, d)} but the other side (or x and "
+                    f"steps) gives {(num_refs, field_steps, field_dim)}"
+                )
+    sizes = [s.size if isinstance(s, Population) else s.shape[0] for s in sides]
+
+    given = [s for s in sides if not isinstance(s, Population)]
+    itemsize = (given[0] if given else x).dtype.itemsize
+    chunk = _resolve_chunk_size(
+        chunk_size,
+        memory_budget_bytes,
+        bytes_per_reference=2 * sum(sizes) * field_steps * field_dim * itemsize,
+    )
+    chunk = num_refs if chunk is None else min(chunk, num_refs)
+
+    def fields_for(side, start):
+        if isinstance(side, Population):
+            sl = _padded_slice(start, chunk, num_refs)
+            return _population_field(
+                side.params,
+                x[sl],
+                x0[sl],
+                labels[sl],
+                apply_fn=side.apply_fn,
+                steps=steps,
+                target=target,
+            )
+        return side[:, _padded_slice(start, chunk, num_refs)]
+
+    cosines = []
+    for start in range(0, num_refs, chunk):
+        fa = fields_for(sides[0], start)
+        fb = fa if square else fields_for(sides[1], start)
+        cosines.append(_cosine_per_reference(fa, fb)[..., : min(chunk, num_refs - start)])
+    per_ref = 1 - jnp.concatenate(cosines, axis=-1)
+    return per_ref if per_reference else jnp.mean(per_ref, axis=-1)
+
+
+def _padded_slice(start, chunk, total):
+    """Indices of one chunk; the last chunk repeats the final row to keep its shape.
+
+    A fixed chunk shape means one compilation for all chunks; the padded columns
+    are dropped by the caller.
+    """
+    return np.minimum(np.arange(start, start + chunk), total - 1)
+
+
+# ---------------------------------------------------------------------------
+# Reference points.
+
+
+def sample_references(
+    x: np.ndarray | jax.Array,
+    labels: np.ndarray | jax.Array | None = None,
+    *,
+    n: int,
+    key: jax.Array,
+    strategy: ReferenceSampling | str = ReferenceSampling.RANDOM,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Draws ``n`` reference points from a data split, never looking at a model.
+
+    ModelGiF's official code chose its reference points by ranking test images by
+    the field distance between the protected model and the *same* irrelevant
+    models later used as negatives (``reference_sample.py``,
+    ``sort_by_distance_irr``), which leaks the evaluation into the references.
+    This sampler only sees the data (and labels, for balancing): whatever the
+    models, the references are the same for a given key.
+
+    Args:
+        x: a split's inputs ``[P, *S]``.
+        labels: its integer labels ``[P]``; required for ``CLASS_BALANCED`` and
+            returned subsampled when given.
+        n: the number of references, ``1 <= n <= P``.
+        key: a JAX PRNG key (its bits seed a numpy generator: the draw runs on the
+            host and compiles nothing).
+        strategy: ``ReferenceSampling`` (or its string value); default ``RANDOM``.
+            ``CLASS_BALANCED`` orders the sample round-robin over classes (in a random
+            class order), so every prefix ``[:m]`` holds ``floor(m / c)`` or
+            ``ceil(m / c)`` points of each of the ``c`` classes while they last.
+
+    Returns:
+        ``(x_ref [n, *S], labels_ref [n] or None, indices [n])``; ``indices`` into
+        the split, without repetition.
+
+    Raises:
+        ValueError: on ``n`` outside ``[1, P]``, labels of the wrong shape, or
+            ``CLASS_BALANCED`` without labels.
+    """
+    strategy = _parse_enum(strategy, ReferenceSampling, "strategy")
+    x = np.asarray(x)
+    total = x.shape[0] if x.ndim else 0
+    if not 1 <= n <= total:
+        raise ValueError(f"n must be in [1, {total}] for x of shape {x.shape}; got n={n}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (total,):
+            raise ValueError(f"labels must have shape ({total},) to match x {x.shape}; got {labels.shape}")
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+
+    if strategy is ReferenceSampling.RANDOM:
+        indices = rng.permutation(total)[:n]
+    else:
+        if labels is None:
+            raise ValueError("strategy=CLASS_BALANCED needs labels")
+        # Round-robin: sort by (rank within the shuffled class, shuffled class order).
+        rank, class_order = np.empty(total, np.int64), np.empty(total, np.int64)
+        for position, c in enumerate(rng.permutation(np.unique(labels))):
+            members = rng.permutation(np.flatnonzero(labels == c))
+            rank[members], class_order[members] = np.arange(members.size), position
+        indices = np.lexsort((class_order, rank))[:n]
+    return x[indices], None if labels is None else labels[indices], indices
+
+
+# ---------------------------------------------------------------------------
+# ROC metrics (exact, numpy).
+
+
+def _check_scores(pos, neg):
+    pos = np.asarray(pos, np.float64).ravel()
+    neg = np.asarray(neg, np.float64).ravel()
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(f"need at least one positive and one negative score; got {pos.size} and {neg.size}")
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(neg))):
+        raise ValueError("scores must be finite")
+    return pos, neg
+
+
+def roc_auc(pos_scores, neg_scores) -> float:
+    """Exact area under the ROC curve (Mann-Whitney U with ties counted half).
+
+    .. math::
+        \\mathrm{AUC} = \\frac{1}{P\\,Q} \\sum_{i=1}^{P} \\sum_{j=1}^{Q}
+            \\Big( [s^+_i > s^-_j] + \\tfrac12 [s^+_i = s^-_j] \\Big).
+
+    Higher scores mean "more likely positive"; pass ``-distance`` for distances.
+
+    Args:
+        pos_scores: ``[P]`` scores of positive pairs.
+        neg_scores: ``[Q]`` scores of negative pairs.
+
+    Returns:
+        The AUC in ``[0, 1]``. ``O((P + Q) log Q)``.
+
+    References:
+        Hanley & McNeil, "The meaning and use of the area under a ROC curve",
+        Radiology 1982.
+    """
+    pos, neg = _check_scores(pos_scores, neg_scores)
+    neg = np.sort(neg)
+    below = np.searchsorted(neg, pos, side="left")
+    not_above = np.searchsorted(neg, pos, side="right")
+    return float(np.sum(below + not_above) / (2.0 * pos.size * neg.size))
+
+
+def tpr_at_fpr(pos_scores, neg_scores, fpr: float) -> float:
+    """The best true-positive rate of a threshold whose false-positive rate <= ``fpr``.
+
+    A threshold ``t`` calls ``score >= t`` positive. Over all thresholds (every
+    distinct score, and ``+inf``),
+
+    .. math::
+        \\mathrm{TPR@FPR}(\\beta) = \\max_t \\{\\, \\mathrm{TPR}(t) :
+            \\mathrm{FPR}(t) \\le \\beta \\,\\}.
+
+    Ties are never split: with ``Q`` negatives, ``fpr < 1 / Q`` allows no false
+    positive, so the rate is the fraction of positives scoring strictly above
+    every negative.
+
+    Args:
+        pos_scores: ``[P]`` scores of positive pairs (higher = more likely positive).
+        neg_scores: ``[Q]`` scores of negative pairs.
+        fpr: the false-positive budget ``β`` in ``[0, 1]``.
+
+    Returns:
+        The TPR in ``[0, 1]``.
+    """
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must be in [0, 1]; got {fpr}")
+    pos, neg = _check_scores(pos_scores, neg_scores)
+    thresholds = np.concatenate([np.unique(np.concatenate([pos, neg])), [np.inf]])
+    # Counts of scores >= t; comparing the integer count of false positives with
+    # fpr * Q avoids rounding in FP / Q.
+    false_pos = neg.size - np.searchsorted(np.sort(neg), thresholds, side="left")
+    true_pos = pos.size - np.searchsorted(np.sort(pos), thresholds, side="left")
+    return float(np.max(true_pos[false_pos <= fpr * neg.size]) / pos.size)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation on a model zoo.
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """Detection quality with ``n_refs`` reference points.
+
+    Attributes:
+        n_refs: the number of reference points (a prefix of one draw).
+        auc: ROC AUC of positive vs negative pairs, score = ``-distance``.
+        tpr_at_1: TPR at 1 % FPR (see ``tpr_at_fpr``).
+        tpr_at_5: TPR at 5 % FPR.
+        num_pos: the number of positive pairs.
+        num_neg: the number of negative pairs.
+        mean_pos: mean distance of positive pairs.
+        mean_neg: mean distance of negative pairs.
+    """
+
+    n_refs: int
+    auc: float
+    tpr_at_1: float
+    tpr_at_5: float
+    num_pos: int
+    num_neg: int
+    mean_pos: float
+    mean_neg: float
+
+
+def auc_sweep(
+    per_reference: np.ndarray,
+    positive: np.ndarray,
+    negative: np.ndarray,
+    *,
+    n_refs: Sequence[int],
+) -> list[SweepPoint]:
+    """Detection metrics as a function of the number of reference points.
+
+    The distance of pair ``(i, j)`` with ``m`` references is the mean of
+    ``per_reference[i, j, :m]``; positives are pairs where ``positive[i, j]``,
+    negatives where ``negative[i, j]``.
+
+    Args:
+        per_reference: ``[Ma, Mb, N]`` from ``distance_matrix(..., per_reference=True)``.
+        positive: boolean ``[Ma, Mb]``.
+        negative: boolean ``[Ma, Mb]``, disjoint from ``positive``.
+        n_refs: reference counts, each in ``[1, N]``.
+
+    Returns:
+        One ``SweepPoint`` per count, in the given order.
+    """
+    per_reference = np.asarray(per_reference, np.float64)
+    positive, negative = np.asarray(positive, bool), np.asarray(negative, bool)
+    if (
+        per_reference.ndim != 3
+        or positive.shape != per_reference.shape[:2]
+        or negative.shape != positive.shape
+    ):
+        raise ValueError(
+            f"per_reference must be [Ma, Mb, N] and the masks [Ma, Mb]; got {per_reference.shape}, "
+            f"{positive.shape} and {negative.shape}"
+        )
+    if np.any(positive & negative):
+        raise ValueError("a pair cannot be both positive and negative")
+    points = []
+    for m in n_refs:
+        if not 1 <= m <= per_reference.shape[2]:
+            raise ValueError(f"n_refs entries must be in [1, {per_reference.shape[2]}]; got {m}")
+        dist = per_reference[..., :m].mean(axis=-1)
+        pos, neg = dist[positive], dist[negative]
+        points.append(
+            SweepPoint(
+                n_refs=int(m),
+                auc=roc_auc(-pos, -neg),
+                tpr_at_1=tpr_at_fpr(-pos, -neg, 0.01),
+                tpr_at_5=tpr_at_fpr(-pos, -neg, 0.05),
+                num_pos=int(pos.size),
+                num_neg=int(neg.size),
+                mean_pos=float(pos.mean()),
+                mean_neg=float(neg.mean()),
+            )
+        )
+    return points
+
+
+def evaluate(
+    zoo,
+    *,
+    n_refs: Sequence[int] = (8, 32, 128, 256),
+    steps: int = 50,
+    seed: int = 0,
+    task: str = "B",
+    split: str = "test",
+    strategy: ReferenceSampling | str = ReferenceSampling.RANDOM,
+    target: Target | str | Callable[[jax.Array], jax.Array] | None = None,
+    tap: str | None = None,
+    chunk_size: int | None = 32,
+) -> dict[str, Any]:
+    """ModelGiF lineage detection on a zoo: each parent vs its children and vs independents.
+
+    Pairs (rows: the zoo's kept parents; columns: its kept children and
+    independents trained on ``task``):
+
+    * positive: ``(p, c)`` for every parent ``p`` and every child ``c`` with
+        ``c.parent_id == p.id``;
+    * negative: ``(p, i)`` for every parent ``p`` and every independent ``i``.
+
+    Also reported (``"other_children"``): own children vs the *other* parents'
+    children as negatives, a harder contrast since those models share the
+    fine-tuning task and recipe with the positives.
+
+    References are one draw of ``max(n_refs)`` points from ``task``'s ``split``
+    (the children's task by default), taken by ``sample_references`` without ever
+    evaluating a model; smaller counts use prefixes of that draw. Baseline: zeros.
+    Score = ``-distance``.
+
+    Args:
+        zoo: a ``jaxlineage.zoo.Zoo`` (needs ``parents``, ``children``,
+            ``independents``, ``stack(ids)``, ``network_for(id).logits_fn`` and
+            ``task_data(task, split)``).
+        n_refs: the reference counts of the sweep.
+        steps: quadrature nodes ``K``.
+        seed: seeds the reference draw.
+        task: the task whose data gives the references.
+        split: the split of that task.
+        strategy: how references are drawn (``ReferenceSampling``).
+        target: the scalar output ``F`` (see ``gradient_field``); ``Target.LABEL``
+            uses the references' labels. ``None``: ``Target.PREDICTED`` on the
+            logits (the paper), ``feature_sum`` with a ``tap``.
+        tap: ``None`` for the logits (the paper's field). A feature tap of the
+            zoo's network (e.g. ``"relu3"``) gives the *backbone field*: the field of
+            ``F = target(features at tap)`` (default ``feature_sum``). It ignores the
+            heads, which the children re-initialise for their new task, and which
+            otherwise dominate the input gradients of the logits.
+        chunk_size: reference points per chunk in ``distance_matrix``.
+
+    Returns:
+        A dict with ``"children_vs_independents"`` and ``"other_children"`` (lists of
+        ``SweepPoint``), ``"distances"`` (``[P, C + I, max(n_refs)]`` per-reference
+        distances), ``"parent_ids"``, ``"column_ids"``, ``"reference_indices"`` and
+        the settings.
+
+    References:
+        Song et al., "ModelGiF", ICCV 2023, intellectual property protection (AUC of derived vs
+        independent models as a function of the number of reference points).
+    """
+    parents = list(zoo.parents)
+    parent_ids = {p.id for p in parents}
+    children = [r for r in zoo.children if r.task == task and r.parent_id in parent_ids]
+    independents = [r for r in zoo.independents if r.task == task]
+    if not parents or not children or not independents:
+        raise ValueError(
+            f"the zoo needs parents, their children on task {task!r} and independents on it; "
+            f"got {len(parents)}, {len(children)} and {len(independents)}"
+        )
+    if target is None:
+        target = Target.PREDICTED if tap is None else feature_sum
+    target = _parse_target(target)
+    x_all, y_all = zoo.task_data(task, split)
+    x_ref, y_ref, idx = sample_references(
+        x_all, y_all, n=max(n_refs), key=jax.random.key(seed), strategy=strategy
+    )
+    x_ref = jnp.asarray(x_ref, jnp.float32)
+    columns = children + independents
+
+    def apply_fn(model_id):
+        # Parents (task A) and columns (task `task`) may differ in their heads.
+        network = zoo.network_for(model_id)
+        return network.logits_fn if tap is None else network.feature_fn(tap)
+
+    per_ref = distance_matrix(
+        Population(apply_fn(parents[0].id), zoo.stack([p.id for p in parents])),
+        Population(apply_fn(columns[0].id), zoo.stack([c.id for c in columns])),
+        x=x_ref,
+        steps=steps,
+        target=target,
+        labels=jnp.asarray(y_ref) if target is Target.LABEL else None,
+        chunk_size=chunk_size,
+        per_reference=True,
+    )
+    own = np.array([[c.parent_id == p.id for c in columns] for p in parents])
+    is_child = np.array([c.role == "child" for c in columns])[None, :].repeat(len(parents), 0)
+    per_ref = np.asarray(per_ref)
+    return {
+        "children_vs_independents": auc_sweep(per_ref, own, ~is_child, n_refs=n_refs),
+        "other_children": auc_sweep(per_ref, own, is_child & ~own, n_refs=n_refs),
+        "distances": per_ref,
+        "parent_ids": [p.id for p in parents],
+        "column_ids": [c.id for c in columns],
+        "reference_indices": idx,
+        "settings": {
+            "n_refs": tuple(n_refs),
+            "steps": steps,
+            "seed": seed,
+            "task": task,
+            "split": split,
+            "strategy": _parse_enum(strategy, ReferenceSampling, "strategy").value,
+            "target": getattr(target, "value", getattr(target, "__name__", repr(target))),
+            "tap": tap,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------
+# Input checks (public boundary only).
+
+
+def _parse_enum(value, enum_cls, name):
+    if isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        try:
+            return enum_cls(value)
+        except ValueError:
+            pass
+    choices = ", ".join(repr(m.value) for m in enum_cls)
+    raise ValueError(f"{name} must be a {enum_cls.__name__} or one of {choices}; got {value!r}")
+
+
+def _parse_target(target):
+    if isinstance(target, (Target, str)):
+        return _parse_enum(target, Target, "target")
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return int(target)
+    if callable(target):
+        return target
+    raise TypeError(
+        "target must be a Target, 'predicted', 'label', a class index or a callable; "
+        f"got {type(target).__name__}"
+    )
+
+
+def _check_steps(steps):
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
+    return int(steps)
+
+
+def _check_inputs(x):
+    x = jnp.asarray(x)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(
+            f"x must be a non-empty batch [N, *S] with N >= 1 and S non-empty; got shape {x.shape}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x must be floating point (gradients w.r.t. inputs); got dtype {x.dtype}")
+    return x
+
+
+def _flat_dim(x):
+    return math.prod(x.shape[1:])
+
+
+def _check_baseline(baseline, x):
+    if baseline is None:
+        return jnp.zeros(x.shape, x.dtype)
+    baseline = jnp.asarray(baseline, x.dtype)
+    if baseline.shape == x.shape[1:]:
+        return jnp.broadcast_to(baseline, x.shape)
+    if baseline.shape == x.shape:
+        return baseline
+    raise ValueError(
+        f"baseline must have the shape of one input {x.shape[1:]} or of x {x.shape}; got {baseline.shape}"
+    )
+
+
+def _check_labels(labels, target, num_refs):
+    if target is not Target.LABEL:
+        if labels is not None:
+            raise ValueError(f"labels are only used with target=Target.LABEL; got target={target!r}")
+        return jnp.zeros((num_refs,), jnp.int32)  # Placeholder, never read.
+    if labels is None:
+        raise ValueError("target=Target.LABEL needs labels [N]")
+    labels = jnp.asarray(labels)
+    if labels.shape != (num_refs,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers of shape ({num_refs},); got {labels.dtype} {labels.shape}")
+    return labels
+
+
+def _check_model(apply_fn, params, x, target, labels, *, name):
+    """Checks with ``eval_shape`` that ``apply_fn`` takes ``x`` and ``target`` fits."""
+    try:
+        out = jax.eval_shape(apply_fn, params, x[:1])
+    except Exception as err:  # Re-raised with the shapes; the cause is chained.
+        raise ValueError(
+            f"{name} cannot be applied to inputs of shape {x.shape[1:]} (x {x.shape}): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if callable(target):
+        out_one = jax.eval_shape(lambda p, z: target(apply_fn(p, z[None])[0]), params, x[0])
+        if out_one.shape != ():
+            raise ValueError(f"the target callable must return a scalar; got shape {out_one.shape}")
+        return
+    if len(out.shape) != 2 or out.shape[0] != 1:
+        raise ValueError(f"{name} must map [B, *S] to logits [B, C]; on x[:1] it returned {out.shape}")
+    num_classes = out.shape[1]
+    if isinstance(target, int) and not 0 <= target < num_classes:
+        raise ValueError(f"target index {target} is out of range for {num_classes} classes of {name}")
+    if target is Target.LABEL:
+        _check_label_range(labels, num_classes, name)
+
+
+def _check_label_range(labels, num_classes, name):
+    if isinstance(labels, jax.core.Tracer):
+        return  # Inside a transformation: the values are unknown here.
+    values = np.asarray(labels)
+    if values.min() < 0 or values.max() >= num_classes:
+        raise ValueError(
+            f"labels must be in [0, {num_classes}) for the {num_classes} classes of {name}; "
+            f"got values in [{values.min()}, {values.max()}]"
+        )
+
+
+def _population_size(params, name):
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError(f"{name} has no leaves")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            f"{name} must be stacked with one leading model axis on every leaf; got leading sizes {sizes}"
+        )
+    return sizes.pop()
+
+
+def _check_side(side, name):
+    if isinstance(side, Population):
+        _population_size(side.params, f"{name}.params")
+        return side
+    fields = jnp.asarray(side)
+    if fields.ndim != 4:
+        raise ValueError(f"{name} must be a Population or fields [M, N, K, D]; got shape {fields.shape}")
+    return fields
+
+
+def _resolve_chunk_size(chunk_size, memory_budget_bytes, *, bytes_per_reference):
+    if chunk_size is not None and memory_budget_bytes is not None:
+        raise ValueError("give chunk_size or memory_budget_bytes, not both")
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+        return int(chunk_size)
+    if memory_budget_bytes is not None:
+        if memory_budget_bytes <= 0:
+            raise ValueError(f"memory_budget_bytes must be positive; got {memory_budget_bytes}")
+        return max(1, int(memory_budget_bytes // bytes_per_reference))
+    return None
