@@ -1,0 +1,175 @@
+"""The bench's figures as PNG, drawn with matplotlib (an optional dependency: ``pip install jaxlineage[plots]``).
+
+* ``fig3a_first_order_vs_linearized.png``: FIRST_ORDER vs exact linearised similarity per
+  (parent, child) pair (Neural Lineage Fig. 3a);
+* ``fig3b_similarity_change.png``: the change of similarity from the plain score, true vs false
+  parents (Fig. 3b);
+* ``accuracy_vs_alpha.png``: learning-free accuracy against the step size alpha;
+* ``modelgif_auc_vs_refs.png``: ModelGiF AUC against the number of reference points.
+
+Each figure is drawn only from numbers the run computed; a figure whose data a
+stage did not produce is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import numpy as np
+
+from jaxlineage.bench import report
+
+log = logging.getLogger("jaxlineage.bench")
+
+
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise PlotsUnavailable(f"matplotlib is not installed ({e}); pip install 'jaxlineage[plots]'") from e
+    return plt
+
+
+def draw_all(results: dict, out: str | pathlib.Path) -> list[str]:
+    """Draws every figure the run has data for into ``out``; returns the file names."""
+    plt = _plt()
+    out = pathlib.Path(out)
+    files = []
+    for fn in (fig3a, fig3b, accuracy_vs_alpha, modelgif_auc):
+        try:
+            name = fn(results["stages"], out, plt)
+        except Exception as e:  # noqa: BLE001 - a figure must not cost the tables
+            log.warning("figure %s failed: %s: %s", fn.__name__, type(e).__name__, e)
+            name = None
+        finally:
+            plt.close("all")
+        if name:
+            files.append(name)
+    return files
+
+
+def _grid(plt, n, size, ncols=4):
+    """A figure with ``n`` panels in rows of ``ncols``; unused panels hidden. Returns ``(fig, flat axes)``."""
+    cols = min(n, ncols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _lf(stages):
+    return report._ok(stages, "learning_free")
+
+
+def fig3a(stages, out, plt) -> str | None:
+    """Per pair: FIRST_ORDER similarity (x) vs the metric on the exactly linearised child (y)."""
+    lf = _lf(stages)
+    if not lf or not lf.get("pairs"):
+        return None
+    pairs = lf["pairs"]
+    metrics = [m for m in pairs["metrics"] if "first_order" in pairs["scores"][m] and "linearized" in pairs["scores"][m]]
+    if not metrics:
+        return None
+    fig, axes = _grid(plt, len(metrics), 3.2)
+    true = np.asarray(pairs["is_parent"], bool)
+    for ax, m in zip(axes, metrics):
+        fo = np.asarray(pairs["scores"][m]["first_order"], np.float64)
+        li = np.asarray(pairs["scores"][m]["linearized"], np.float64)
+        ax.scatter(fo[~true], li[~true], s=6, alpha=0.5, label="false parent")
+        ax.scatter(fo[true], li[true], s=8, alpha=0.8, label="true parent")
+        lo, hi = np.nanmin([fo.min(), li.min()]), np.nanmax([fo.max(), li.max()])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.7)
+        ax.set_title(f"{report.METRIC_LABELS.get(m, m)} (alpha={pairs['alpha'][m]:g})")
+        ax.set_xlabel("w approx. (first order)")
+        ax.set_ylabel("linearised (exact metric)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"First-order vs linearised similarity per (parent, child) pair, task {pairs['task']}")
+    fig.tight_layout()
+    name = "fig3a_first_order_vs_linearized.png"
+    fig.savefig(out / name, dpi=110)
+    return name
+
+
+def fig3b(stages, out, plt) -> str | None:
+    """Similarity change (mode score - plain score) for true vs false parents."""
+    lf = _lf(stages)
+    if not lf or not lf.get("pairs"):
+        return None
+    pairs = lf["pairs"]
+    true = np.asarray(pairs["is_parent"], bool)
+    metrics = [m for m in pairs["metrics"] if "plain" in pairs["scores"][m]]
+    mode = "first_order"
+    metrics = [m for m in metrics if mode in pairs["scores"][m]]
+    if not metrics:
+        return None
+    fig, axes = _grid(plt, len(metrics), 3.0)
+    for ax, m in zip(axes, metrics):
+        d = np.asarray(pairs["scores"][m][mode], np.float64) - np.asarray(pairs["scores"][m]["plain"], np.float64)
+        ax.boxplot([d[true], d[~true]])
+        ax.set_xticks([1, 2], ["true", "false"])
+        ax.set_title(f"{report.METRIC_LABELS.get(m, m)} (alpha={pairs['alpha'][m]:g})")
+        ax.set_ylabel("similarity change")
+    fig.suptitle(f"Similarity change by the first-order step, true vs false parents, task {pairs['task']}")
+    fig.tight_layout()
+    name = "fig3b_similarity_change.png"
+    fig.savefig(out / name, dpi=110)
+    return name
+
+
+def accuracy_vs_alpha(stages, out, plt) -> str | None:
+    """Accuracy against alpha, one panel per mode (w approx. / linearised), one line per metric."""
+    lf = _lf(stages)
+    if not lf or not lf.get("alpha_sweep"):
+        return None
+    sweep = lf["alpha_sweep"]
+    alphas = np.asarray(sweep["alphas"], np.float64)
+    modes = [m for m in ("first_order", "linearized") if any(k.endswith(" " + m) for k in sweep["accuracy"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.8), squeeze=False, sharey=True)
+    for ax, mode in zip(axes[0], modes):
+        for label, acc in sweep["accuracy"].items():
+            metric, _, m = label.rpartition(" ")
+            if m == mode:
+                ax.plot(alphas, 100 * np.asarray(acc, np.float64), marker="o", ms=3,
+                        label=report.METRIC_LABELS.get(metric, metric))
+        ax.set_xscale("log")
+        ax.set_xlabel("alpha")
+        ax.set_title(report.MODE_LABELS.get(mode, mode))
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Learning-free lineage: accuracy vs alpha (task {sweep['task']}, all children, no fold split)")
+    fig.tight_layout()
+    name = "accuracy_vs_alpha.png"
+    fig.savefig(out / name, dpi=110)
+    return name
+
+
+def modelgif_auc(stages, out, plt) -> str | None:
+    gif = report._ok(stages, "modelgif")
+    if not gif:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for task, res in gif["tasks"].items():
+        for key, label in (("children_vs_independents", "vs independents"), ("other_children", "vs other children")):
+            n = [p["n_refs"] for p in res[key]]
+            auc = [p["auc"] for p in res[key]]
+            ax.plot(n, auc, marker="o", label=f"{task}: {label}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("reference points")
+    ax.set_ylabel("AUC")
+    ax.set_ylim(0.0, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title("ModelGiF: AUC vs number of references")
+    fig.tight_layout()
+    name = "modelgif_auc_vs_refs.png"
+    fig.savefig(out / name, dpi=110)
+    return name

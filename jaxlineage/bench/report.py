@@ -1,0 +1,253 @@
+"""Turns the stages' dicts into the papers' tables (Markdown) and the report files.
+
+A table is a plain dict so that ``results.json`` holds exactly what
+``results.md`` shows::
+
+    {"key": "modelgif", "title": ..., "row_header": ["references"], "columns": [...],
+     "decimals": 3, "rows": [{"label": ["8"], "cells": [{"mean": 0.93, "std": null}, ...]}],
+     "notes": [...]}
+
+Every cell is ``{"mean": float, "std": float | None}`` computed in the run; a
+quantity a method does not produce gets no row (never a placeholder number).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: Paper-style labels of the learning-free modes (Neural Lineage Table 1).
+MODE_LABELS = {"plain": "w/o approx.", "first_order": "w approx.", "linearized": "linearised"}
+METRIC_LABELS = {"l1": "L1", "l2": "L2", "lp": "Lp (p=4)", "linf": "Linf", "lse": "LSE", "cka": "CKA", "dcor": "dCor",
+                 "cka(estimator=unbiased)": "CKA (unbiased)"}
+
+
+def cell(mean: float, std: float | None = None) -> dict:
+    return {"mean": float(mean), "std": None if std is None else float(std)}
+
+
+def table(key: str, title: str, row_header: Sequence[str], columns: Sequence[str], rows: list[dict], *,
+          decimals: int, notes: Sequence[str] = ()) -> dict:
+    for r in rows:
+        if len(r["cells"]) != len(columns) or len(r["label"]) != len(row_header):
+            raise ValueError(f"table {key}: row {r['label']} does not fit columns {list(columns)}")
+    return {"key": key, "title": title, "row_header": list(row_header), "columns": list(columns), "rows": rows,
+            "decimals": decimals, "notes": list(notes)}
+
+
+def format_cell(c: dict, decimals: int) -> str:
+    s = f"{c['mean']:.{decimals}f}"
+    if c.get("std") is not None:
+        s += f" ± {c['std']:.{decimals}f}"
+    return s
+
+
+def to_markdown(t: dict) -> str:
+    head = [*t["row_header"], *t["columns"]]
+    lines = [f"### {t['title']}", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * len(t["row_header"]) + ["---:"] * len(t["columns"])) + "|"]
+    for r in t["rows"]:
+        lines.append("| " + " | ".join([*r["label"], *(format_cell(c, t["decimals"]) for c in r["cells"])]) + " |")
+    lines.append("")
+    lines += [f"{n}" for n in t["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def parse_markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table in ``text`` as rows of stripped cell strings (header first, separator dropped)."""
+    tables, cur = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cur is None:
+                cur = []
+                tables.append(cur)
+            if not all(set(c) <= set("-:") and c for c in cells):
+                cur.append(cells)
+        else:
+            cur = None
+    return tables
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def _pct(v):
+    return None if v is None else 100.0 * float(v)
+
+
+def lineage_table(stages: dict) -> dict | None:
+    """Neural Lineage Table 1 layout: metric x mode rows plus the Lineage Detector; columns = child tasks."""
+    lf = _ok(stages, "learning_free")
+    det = _ok(stages, "detector")
+    if lf is None and det is None:
+        return None
+    tasks = _child_tasks(stages)
+    rows, notes = [], []
+    if lf is not None:
+        rows += _learning_free_rows(lf, tasks, notes)
+    if det is not None:
+        rows += _detector_rows(det, tasks, notes)
+    notes.append("± is the sample standard deviation (ddof=1) over folds / repetitions.")
+    return table("neural_lineage", "Neural Lineage Table 1: parent identification accuracy (%), mean ± std over folds",
+                 ["method", "mode"], tasks, rows, decimals=1, notes=notes)
+
+
+def _learning_free_rows(lf: dict, tasks: list[str], notes: list[str]) -> list[dict]:
+    rows = []
+    for row in lf.get("rows", []):
+        cells = []
+        for t in tasks:
+            v = row["tasks"].get(t)
+            if v is None:
+                break
+            cells.append(cell(_pct(v["mean"]), _pct(v.get("std"))))
+        else:
+            rows.append({"label": [METRIC_LABELS.get(row["metric"], row["metric"]), MODE_LABELS.get(row["mode"], row["mode"])],
+                         "cells": cells})
+    if lf.get("note"):
+        notes.append(lf["note"])
+    return rows
+
+
+def _detector_rows(det: dict, tasks: list[str], notes: list[str]) -> list[dict]:
+    rows = []
+    for variant, v in det.get("variants", {}).items():
+        if all(t in v["tasks"] for t in tasks):
+            rows.append({"label": ["Lineage Detector", variant],
+                         "cells": [cell(_pct(v["tasks"][t]["mean"]), _pct(v["tasks"][t]["std"])) for t in tasks]})
+    raw = next(iter(det.get("raw", {}).values()), {})
+    first = next(iter(raw.values()), None)
+    if first:
+        sizes = first.get("split_sizes")
+        notes.append(f"Lineage Detector: {first.get('repetitions')} random train/val/test splits of the children "
+                     f"(sizes {sizes}), weights of `{first.get('weight_layer')}` and features at "
+                     f"`{first.get('feature_tap')}`; test accuracy.")
+    return rows
+
+
+def mgmp_table(stages: dict) -> dict | None:
+    mg = _ok(stages, "mgmp")
+    if mg is None:
+        return None
+    cols = [("accuracy", "fragment accuracy (A_o + A_n)/2"), ("A_o", "A_o (homologous)"),
+            ("A_n", "A_n (non-homologous)"), ("model_accuracy", "model-level accuracy")]
+    rows = [{"label": [label], "cells": [cell(_pct(m[k]["mean"]), _pct(m[k]["std"])) for k, _ in cols]}
+            for label, m in mg["methods"].items()]
+    s = mg.get("raw", {}).get("settings", {})
+    first = next(iter(mg["methods"].values()))
+    notes = [f"{s.get('repetitions')} repetitions (a parent as source each; pool and evaluation targets split by "
+             f"training configuration); fragments from {s.get('eval_inputs')} {s.get('eval_split')} inputs of the "
+             f"parent task; model-level: fraction of homologous fragments >= delta = {s.get('delta')}, pooled over "
+             f"{first['model_accuracy']['total']} evaluation targets."]
+    return table("mgmp", "MGMP / Model DNA: provenance accuracy (%), mean ± std over repetitions",
+                 ["model"], [c for _, c in cols], rows, decimals=1, notes=notes)
+
+
+def modelgif_table(stages: dict) -> dict | None:
+    gif = _ok(stages, "modelgif")
+    if gif is None:
+        return None
+    tasks = list(gif["tasks"])
+    columns, by_n = [], {}
+    multi = len(tasks) > 1
+    for t in tasks:
+        res = gif["tasks"][t]
+        for contrast, name in (("children_vs_independents", "AUC vs independents"),
+                               ("other_children", "AUC vs other parents' children"),
+                               ("children_vs_independents:tpr_at_5", "TPR@5%FPR vs independents")):
+            key, _, field = contrast.partition(":")
+            field = field or "auc"
+            columns.append(f"{t}: {name}" if multi else name)
+            for p in res[key]:
+                by_n.setdefault(p["n_refs"], []).append(p[field])
+    n_cols = len(columns)
+    rows = [{"label": [str(n)], "cells": [cell(v) for v in vals]} for n, vals in sorted(by_n.items()) if len(vals) == n_cols]
+    first = gif["tasks"][tasks[0]]
+    s = first.get("settings", {})
+    notes = [f"Positives: (parent, own child) pairs; negatives: (parent, independent) or (parent, another parent's child). "
+             f"{first['children_vs_independents'][0]['num_pos']} positive pairs; K = {s.get('steps')} quadrature "
+             f"nodes, references drawn from {s.get('task')}/{s.get('split')} without looking at any model."]
+    return table("modelgif", "ModelGiF: detection of derived models by gradient-field distance, by reference count",
+                 ["references"], columns, rows, decimals=3, notes=notes)
+
+
+def timing_table(results: dict) -> dict:
+    rows = []
+    for name, st in results["stages"].items():
+        if st.get("wall_s") is None:
+            continue
+        rows.append({"label": [name, st["status"]], "cells": [cell(st["wall_s"])]})
+    rows.append({"label": ["total", "-"], "cells": [cell(results["wall_s"])]})
+    dev = results["environment"]["device"]
+    notes = [f"Device {dev} ({results['environment']['device_count']} device(s), "
+             f"{results['environment']['cpu_count']} CPUs); jax {results['environment']['jax']}."]
+    z = results["stages"].get("zoo", {}).get("result")
+    if z:
+        notes.append(f"Zoo: {z['trained']} models trained in this run, {z['reused']} reused from {z['workdir']}.")
+    return table("timing", "Wall time per stage (s)", ["stage", "status"], ["wall time (s)"], rows, decimals=1, notes=notes)
+
+
+TABLES: list[Callable[[dict], dict | None]] = [lineage_table, mgmp_table, modelgif_table]
+
+
+def build_tables(results: dict) -> list[dict]:
+    out = [t for f in TABLES if (t := f(results["stages"])) is not None]
+    out.append(timing_table(results))
+    return out
+
+
+def _ok(stages: dict, name: str) -> dict | None:
+    st = stages.get(name)
+    return st["result"] if st and st.get("status") == "ok" else None
+
+
+def _child_tasks(stages: dict) -> list[str]:
+    return list(stages["zoo"]["result"]["child_tasks"])
+
+
+# --------------------------------------------------------------------------- files
+
+
+def to_markdown_report(results: dict) -> str:
+    p = results["preset"]
+    env = results["environment"]
+    lines = [f"# jaxlineage bench: preset `{p['name']}`", "",
+             f"{p['description']}. Command: `{results['command']}`. "
+             f"jaxlineage {env['jaxlineage']}, jax {env['jax']}, {env['device']}, {env['cpu_count']} CPUs, "
+             f"seed {results['settings']['seed']}, total wall time {results['wall_s']:.0f} s.", ""]
+    for d in results.get("data", []):
+        if d["split"] == "train":
+            from jaxlineage.bench.stages import describe_source
+
+            lines.append(f"- data: `{d['dataset']}` (tasks {', '.join(d['tasks'])}) from {describe_source(d['source'])}")
+    z = results["stages"]["zoo"].get("result")
+    if z:
+        c = z["counts"]
+        lines.append(f"- zoo `{z['spec_name']}` in `{z['workdir']}`: {c['parents']} parents, {c['children']} children, "
+                     f"{c['independents']} independents ({z['trained']} trained now, {z['reused']} reused)")
+    for name, st in results["stages"].items():
+        if st["status"] != "ok":
+            lines.append(f"- stage `{name}`: **{st['status']}**: {st.get('error', '')}")
+    lines.append("")
+    for t in results["tables"]:
+        lines.append(to_markdown(t))
+    if results.get("plots"):
+        lines.append("Figures: " + ", ".join(f"[{pl}]({pl})" for pl in results["plots"]))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(results: dict, out: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out = pathlib.Path(out)
+    md = out / "results.md"
+    js = out / "results.json"
+    md.write_text(to_markdown_report(results))
+    js.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+    return md, js
+
+
+def is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,169 @@
+"""The bench entry point end to end on the tiny preset, its report files, and its bad-input paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+from absl import flags
+
+from jaxlineage import zoo as zoo_lib
+from jaxlineage.bench import __main__ as bench_main
+from jaxlineage.bench import presets, report, runner, stages
+from jaxlineage.bench.stages import BenchError
+
+FLAGS = flags.FLAGS
+_NUM = re.compile(r"^(-?\d+(?:\.\d+)?)(?: ± (\d+(?:\.\d+)?))?$")
+
+
+def _main(argv: list[str]) -> int:
+    """Parses ``argv`` as the absl app would and calls the app's ``main``; returns its exit code."""
+    FLAGS.unparse_flags()
+    rest = FLAGS(["jaxlineage.bench", *argv])
+    try:
+        return bench_main.main(rest)
+    finally:
+        FLAGS.unparse_flags()
+
+
+def _load_json(path):
+    def bad_constant(c):  # NaN / Infinity are not valid JSON numbers
+        raise ValueError(f"non-finite number {c} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=bad_constant)
+
+
+def _check_report(out, results):
+    """results.md / results.json exist and parse; every table cell is a finite number and the two agree."""
+    md, js = out / "results.md", out / "results.json"
+    assert md.is_file() and js.is_file()
+    data = _load_json(js)
+    assert data["tables"] == results["tables"]
+    md_tables = report.parse_markdown_tables(md.read_text())
+    assert len(md_tables) == len(data["tables"]) >= 2
+    for t, rows in zip(data["tables"], md_tables):
+        assert rows[0] == [*t["row_header"], *t["columns"]], t["key"]
+        assert len(rows) - 1 == len(t["rows"]) >= 1, t["key"]
+        for r, md_row in zip(t["rows"], rows[1:]):
+            assert md_row[: len(t["row_header"])] == r["label"]
+            for c, text in zip(r["cells"], md_row[len(t["row_header"]):]):
+                assert report.is_number(c["mean"]), (t["key"], r["label"], c)
+                assert c["std"] is None or report.is_number(c["std"])
+                m = _NUM.match(text)
+                assert m, f"{t['key']} {r['label']}: cell {text!r} is not a number"
+                assert math.isclose(float(m.group(1)), c["mean"], abs_tol=0.51 * 10 ** -t["decimals"])
+                assert (m.group(2) is None) == (c["std"] is None)
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_zoo, tmp_path_factory):
+    """The entry point on the tiny preset, every method, on the session's tiny zoo (nothing is trained)."""
+    out = tmp_path_factory.mktemp("bench_out")
+    code = _main(["--preset=tiny", f"--workdir={tiny_zoo.workdir}", f"--out={out}", "--seed=3"])
+    return code, out, _load_json(out / "results.json")
+
+
+def test_entry_point_tiny_end_to_end(tiny_run):
+    code, out, results = tiny_run
+    failed = {k: v.get("error") for k, v in results["stages"].items() if v["status"] not in ("ok", "skipped")}
+    assert code == 0 and not failed, failed
+    assert results["settings"]["methods"] == list(presets.METHODS)
+    assert results["settings"]["seed"] == 3
+    assert results["command"].startswith("python -m jaxlineage.bench") and "--preset=tiny" in results["command"]
+    # The fixture's zoo is reused: a second build trains nothing.
+    assert results["stages"]["zoo"]["result"]["trained"] == 0
+    assert results["stages"]["zoo"]["result"]["reused"] == len(zoo_lib.Zoo.open(results["settings"]["workdir"]).records)
+    keys = [t["key"] for t in results["tables"]]
+    assert keys == ["neural_lineage", "mgmp", "modelgif", "timing"]
+    for name in ("learning_free", "detector", "mgmp", "modelgif"):
+        assert results["stages"][name]["wall_s"] > 0
+    assert results["environment"]["jax"] and results["environment"]["device"]
+    assert results["data"][0]["source"] == "embedded"
+    _check_report(out, results)
+    for png in results["plots"]:
+        assert (out / png).stat().st_size > 1000
+
+
+def test_table1_cells_come_from_the_stage_results(tiny_run):
+    _, _, results = tiny_run
+    t1 = next(t for t in results["tables"] if t["key"] == "neural_lineage")
+    det_row = next(r for r in t1["rows"] if r["label"][0] == "Lineage Detector")
+    raw = results["stages"]["detector"]["result"]["raw"]["B"]["closed set"]
+    accs = [100 * r["test_accuracy"] for r in raw["per_repetition"]]
+    assert math.isclose(det_row["cells"][0]["mean"], sum(accs) / len(accs))
+    gif = next(t for t in results["tables"] if t["key"] == "modelgif")
+    sweep = results["stages"]["modelgif"]["result"]["tasks"]["B"]["children_vs_independents"]
+    assert [r["label"][0] for r in gif["rows"]] == [str(p["n_refs"]) for p in sweep]
+    assert [r["cells"][0]["mean"] for r in gif["rows"]] == [p["auc"] for p in sweep]
+
+
+def test_tables_show_what_the_stages_returned(tiny_zoo, tmp_path, monkeypatch):
+    """Fake stages returning run-specific random numbers: the tables carry exactly those; a failed stage gives no rows."""
+    import random
+
+    rng = random.Random()
+    seen = {}
+
+    def fake_detector(zoo, *, seed, **settings):
+        v = [rng.random() for _ in range(3)]
+        seen["det"] = v
+        return {"variants": {"closed set": {"tasks": {"B": stages.mean_std(v)}}}, "raw": {}}
+
+    def broken(zoo, *, seed, **settings):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(stages.STAGES, "detector", fake_detector)
+    monkeypatch.setitem(stages.STAGES, "mgmp", broken)
+    res = runner.run("tiny", methods="detector,mgmp", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
+    assert res["failed"] == ["mgmp"] and "boom" in res["stages"]["mgmp"]["error"]
+    assert [t["key"] for t in res["tables"]] == ["neural_lineage", "timing"]
+    cell = res["tables"][0]["rows"][0]["cells"][0]
+    v = seen["det"]
+    assert math.isclose(cell["mean"], 100 * sum(v) / 3)
+    _check_report(tmp_path, res)
+
+
+def test_unknown_preset_or_method(tiny_zoo, tmp_path):
+    with pytest.raises(BenchError, match="unknown preset 'nope'.*quick"):
+        runner.run("nope", out=tmp_path, echo=None)
+    with pytest.raises(BenchError, match="unknown method.*'lineage'.*learning_free"):
+        runner.run("tiny", methods="lineage", workdir=tiny_zoo.workdir, out=tmp_path, echo=None)
+    with pytest.raises(flags.IllegalFlagValueError):
+        _main(["--preset=nope"])
+    assert _main(["--preset=tiny", "--methods=bogus", f"--out={tmp_path}"]) == 2
+
+
+def test_unwritable_out(tiny_zoo, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code = _main(["--preset=tiny", f"--workdir={tiny_zoo.workdir}", f"--out={blocker / 'out'}"])
+    assert code == 2
+    assert "cannot write the report to --out" in capsys.readouterr().err
+
+
+def test_workdir_of_another_spec_is_refused(tiny_zoo, tmp_path, capsys):
+    other = dataclasses.replace(presets.TINY, zoo=dataclasses.replace(zoo_lib.TINY, seed=1))
+    with pytest.raises(BenchError, match="refusing.*another spec.*--rebuild"):
+        runner.run(other, workdir=tiny_zoo.workdir, out=tmp_path, echo=None)
+    # Nothing was touched: the cached zoo still opens with its own spec.
+    assert zoo_lib.Zoo.open(tiny_zoo.workdir).spec == zoo_lib.TINY
+
+
+def test_paper_fc_without_tfds_data_names_the_offline_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JAXLINEAGE_DATA_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(stages.data_lib, "load_tfds", _no_tfds)
+    code = _main(["--preset=paper_fc", f"--workdir={tmp_path / 'zoo'}", f"--out={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "mnist" in err and "--download" in err and "JAXLINEAGE_DATA_DIR" in err and "embedded" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "zoo").exists()  # nothing built
+
+
+def _no_tfds(name, split, **kwargs):
+    raise stages.data_lib.DataError(f"TFDS has no {name}/{split} (not prepared in the TFDS data dir, and download=False)")
