@@ -1,0 +1,247 @@
+"""Private plumbing shared by ``linearize`` and ``lineage``.
+
+Turns a user ``feature_fn(params, x)`` plus parent/child parameter trees into a
+hashable, pruned feature function over *only the leaves the feature function
+reads*, with the checks the public boundary promises:
+
+* parent and child must agree (path, shape, dtype) on the used leaves; the
+  first difference is reported by path with both shapes. Unused leaves (e.g.
+  classifier heads of different tasks) may differ freely.
+* parameters must be finite (checked when they are concrete, i.e. outside a
+  user's ``jit``), and the offending path and model index are named.
+
+Which leaves are used is read off the jaxpr of ``feature_fn`` (a leaf is used if
+any equation reads it; calls to jitted sub-functions are followed), cached per
+(feature_fn, tree structure, shapes, probe shape).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jax_core
+
+Array = jax.Array
+
+_SUBJAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+def _used_invars(jaxpr: Any) -> list[bool]:
+    """Which input variables of ``jaxpr`` are read by an equation or returned."""
+    read: list[Any] = []
+    for eqn in jaxpr.eqns:
+        sub = None
+        for name in _SUBJAXPR_PARAMS:
+            cand = eqn.params.get(name)
+            if cand is not None:
+                sub = getattr(cand, "jaxpr", cand)
+                break
+        if sub is not None and hasattr(sub, "invars") and len(sub.invars) == len(eqn.invars):
+            read.extend(v for v, used in zip(eqn.invars, _used_invars(sub)) if used)
+        else:
+            read.extend(eqn.invars)
+    read.extend(jaxpr.outvars)
+    read = {v for v in read if isinstance(v, jax_core.Var)}  # not literals
+    return [v in read for v in jaxpr.invars]
+
+
+def _struct(leaf: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf))
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunedFeatureFn:
+    """``feature_fn`` as a function of its used leaves only; hashable by value.
+
+    Calling it rebuilds the full tree with zero placeholders for unused leaves
+    (which XLA removes as dead code) and flattens the output to ``[N, D]``.
+    """
+
+    feature_fn: Callable[[Any, Array], Array]
+    treedef: Any
+    used: tuple[bool, ...]
+    structs: tuple[jax.ShapeDtypeStruct, ...]
+    paths: tuple[str, ...]
+    out_shape: tuple[int, ...]  # [N, D] after flattening, for the analysed probe
+
+    @property
+    def used_paths(self) -> tuple[str, ...]:
+        return tuple(p for p, u in zip(self.paths, self.used) if u)
+
+    @property
+    def used_structs(self) -> tuple[jax.ShapeDtypeStruct, ...]:
+        return tuple(s for s, u in zip(self.structs, self.used) if u)
+
+    def __call__(self, used_leaves: Sequence[Array], x: Array) -> Array:
+        it = iter(used_leaves)
+        leaves = [
+            next(it) if u else jnp.zeros(s.shape, s.dtype) for u, s in zip(self.used, self.structs)
+        ]
+        tree = jax.tree_util.tree_unflatten(self.treedef, leaves)
+        f = self.feature_fn(tree, x)
+        return f.reshape(f.shape[0], -1)
+
+
+@functools.lru_cache(maxsize=256)
+def _analyse(
+    feature_fn: Callable, treedef: Any, structs: tuple, paths: tuple, x_struct: jax.ShapeDtypeStruct
+) -> PrunedFeatureFn:
+    def flat_fn(leaves, x):
+        return feature_fn(jax.tree_util.tree_unflatten(treedef, leaves), x)
+
+    try:
+        closed, out = jax.make_jaxpr(flat_fn, return_shape=True)(list(structs), x_struct)
+    except Exception as e:  # the user's function failed on these shapes
+        raise ValueError(
+            f"feature_fn could not be applied to the parameters and to the probe batch"
+            f" x of shape {x_struct.shape} ({x_struct.dtype}): {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(f"feature_fn must return one array [N, ...]; got the structure {out}.")
+    n = x_struct.shape[0]
+    if len(out.shape) < 2 or out.shape[0] != n:
+        raise ValueError(
+            f"feature_fn must return features [N, D...] with N = {n} (the probe batch"
+            f" x has shape {x_struct.shape}); got shape {out.shape}."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"feature_fn must return floating features; got dtype {out.dtype}.")
+    used = _used_invars(closed.jaxpr)[: len(structs)]
+    if not any(used):
+        raise ValueError(
+            "feature_fn does not read any parameter: every parent/child pair"
+            " would have identical features."
+        )
+    d = int(np.prod(out.shape[1:]))
+    return PrunedFeatureFn(feature_fn, treedef, tuple(used), structs, paths, (n, d))
+
+
+def check_probe(x: Any) -> Array:
+    """The probe batch as an array ``[N, ...]`` with ``N >= 1``."""
+    try:
+        x = jnp.asarray(x)
+    except TypeError as e:
+        raise TypeError(
+            f"The probe batch x must be an array [N, ...]; got {type(x).__name__}."
+        ) from e
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"The probe batch x must have shape [N, ...] with N >= 1; got {x.shape}.")
+    return x
+
+
+def _flat_with_paths(tree: Any, name: str) -> tuple[list[str], list[Any], Any]:
+    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    if not path_leaves:
+        raise ValueError(f"The {name} parameter tree has no leaves.")
+    paths = [jax.tree_util.keystr(p) for p, _ in path_leaves]
+    leaves = [leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf) for _, leaf in path_leaves]
+    return paths, leaves, treedef
+
+
+def analyse(
+    feature_fn: Callable, reference: Any, x: Array, *, name: str, stacked: bool
+) -> tuple[PrunedFeatureFn, list[Any], list[str]]:
+    """Analyses ``feature_fn`` on the ``reference`` tree (stacked: leading model axis)."""
+    if not callable(feature_fn):
+        raise TypeError(f"feature_fn must be a callable f(params, x); got {feature_fn!r}.")
+    paths, leaves, treedef = _flat_with_paths(reference, name)
+    if stacked:
+        sizes = {np.shape(l)[0] if np.ndim(l) else None for l in leaves}
+        if None in sizes or len(sizes) != 1:
+            bad = [(p, np.shape(l)) for p, l in zip(paths, leaves)]
+            raise ValueError(
+                f"The {name} stack must have one leading model axis of the same size on every"
+                f" leaf; got leaf shapes {bad[:4]}{' ...' if len(bad) > 4 else ''}."
+            )
+        (size,) = sizes
+        if size == 0:
+            raise ValueError(f"The {name} stack is empty (leading model axis of size 0).")
+        structs = tuple(jax.ShapeDtypeStruct(np.shape(l)[1:], jnp.result_type(l)) for l in leaves)
+    else:
+        structs = tuple(_struct(l) for l in leaves)
+    pruned = _analyse(feature_fn, treedef, structs, tuple(paths), _struct(x))
+    return pruned, leaves, paths
+
+
+def select_used(
+    pruned: PrunedFeatureFn, tree: Any, *, name: str, ref_name: str, stacked: bool
+) -> tuple[Array, ...]:
+    """The leaves of ``tree`` at ``pruned``'s used paths, checked against the reference."""
+    paths, leaves, _ = _flat_with_paths(tree, name)
+    by_path = dict(zip(paths, leaves))
+    out = []
+    size = None
+    for path, struct in zip(pruned.used_paths, pruned.used_structs):
+        if path not in by_path:
+            raise ValueError(
+                f"The {name} parameters have no leaf at {path}, which feature_fn uses"
+                f" ({ref_name} shape {struct.shape})."
+            )
+        leaf = by_path[path]
+        shape = tuple(np.shape(leaf))
+        if stacked:
+            if len(shape) < 1 or (size is not None and shape[0] != size):
+                raise ValueError(
+                    f"The {name} stack must have one leading model axis on every leaf; got"
+                    f" shape {shape} at {path} (other leaves: {size} models)."
+                )
+            size = shape[0]
+            shape = shape[1:]
+        if shape != tuple(struct.shape):
+            raise ValueError(
+                f"{ref_name.capitalize()} and {name} parameters differ at {path}:"
+                f" {ref_name} shape {tuple(struct.shape)}, {name} shape {shape}."
+            )
+        if jnp.result_type(leaf) != struct.dtype:
+            raise ValueError(
+                f"{ref_name.capitalize()} and {name} parameters differ at {path}:"
+                f" {ref_name} dtype {struct.dtype}, {name} dtype {jnp.result_type(leaf)}."
+            )
+        out.append(leaf)
+    if stacked and size == 0:
+        raise ValueError(f"The {name} stack is empty (leading model axis of size 0).")
+    return tuple(out)
+
+
+def is_concrete(tree: Any) -> bool:
+    return not any(isinstance(l, jax.core.Tracer) for l in jax.tree_util.tree_leaves(tree))
+
+
+@functools.partial(jax.jit, static_argnames=("stacked",))
+def _finite_flags(leaves: tuple[Array, ...], stacked: bool) -> tuple[Array, ...]:
+    if stacked:
+        return tuple(jnp.all(jnp.isfinite(l.reshape(l.shape[0], -1)), axis=1) for l in leaves)
+    return tuple(jnp.all(jnp.isfinite(l)) for l in leaves)
+
+
+def check_finite(
+    leaves: Sequence[Array], paths: Sequence[str], *, name: str, stacked: bool
+) -> None:
+    """Raises ``ValueError`` naming the first non-finite leaf (and model index)."""
+    leaves = tuple(leaves)
+    idx = [i for i, l in enumerate(leaves) if jnp.issubdtype(jnp.result_type(l), jnp.inexact)]
+    if not idx or not is_concrete(leaves):
+        return
+    flags = jax.device_get(_finite_flags(tuple(leaves[i] for i in idx), stacked))
+    for i, ok in zip(idx, flags):
+        ok = np.asarray(ok)
+        if not ok.all():
+            where = f"{name}[{int(np.argmin(ok))}]" if stacked else name
+            raise ValueError(f"{where} has NaN or inf parameters at {paths[i]}.")
+
+
+def delta(child: Sequence[Array], parent: Sequence[Array]) -> tuple[Any, ...]:
+    """``theta_c - theta_p`` leafwise; integer leaves get a symbolic-zero tangent."""
+    out = []
+    for c, p in zip(child, parent):
+        if jnp.issubdtype(p.dtype, jnp.inexact):
+            out.append(c - p)
+        else:
+            out.append(np.zeros(p.shape, dtype=jax.dtypes.float0))
+    return tuple(out)

@@ -1,0 +1,703 @@
+r"""Learning-free lineage: score matrices over populations, prediction, evaluation.
+
+Given ``K`` candidate parents and ``M`` children of one architecture, stacked
+along a leading model axis (:func:`jaxlineage.nets.stack`), the score matrix is
+
+.. math:: S[k, m] = s_{\text{mode}}(\theta_{p_k}, \theta_{c_m}; X, \alpha)
+
+with ``s`` a metric of :mod:`jaxlineage.similarity` and the mode one of
+:class:`jaxlineage.linearize.Mode` (``PLAIN``, ``FIRST_ORDER``,
+``LINEARIZED``). The predicted parent of child ``m`` is ``argmax_k S[k, m]``;
+every entry is computed (the official code leaves some at 0, which wins for
+negative distances).
+
+How the work is organised (:func:`score_matrices`):
+
+* children are processed in chunks of ``B`` (bounded by a memory budget); a
+  chunk's child features ``F_c`` are computed once;
+* for each parent, ``jax.linearize`` runs its forward pass once and gives the
+  linear map ``Delta -> J_p Delta``, which is ``vmap``-ed over the chunk's
+  ``Delta = theta_c - theta_p``: one Jacobian-vector product per pair, no
+  Jacobian, and all metrics, modes and alphas share it;
+* for CKA and dCor the linearised features' Gram matrix is formed in closed
+  form, ``K(alpha) = K_p + alpha (X_p G^T + G X_p^T) + alpha^2 G G^T``, so each
+  pair costs two ``N x N x D`` products whatever the number of alphas and modes;
+  the other metrics are evaluated directly on ``F_p + alpha G``;
+* with a :class:`jax.sharding.Mesh`, children are split over one mesh axis by
+  ``jax.shard_map`` (parents replicated), e.g. over devices or hosts.
+
+References:
+  Yu, R. & Wang, X. (2024). Neural Lineage. CVPR. Sec. 3 and Table 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from jaxlineage import _pairing, linearize
+from jaxlineage import similarity as similarity_lib
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "DEFAULT_MEMORY_BUDGET",
+    "AlphaSelection",
+    "TableRow",
+    "accuracy",
+    "default_tap",
+    "evaluate",
+    "format_table",
+    "predict",
+    "probabilities",
+    "score_matrices",
+    "score_matrix",
+    "select_alpha",
+]
+
+Array = jax.Array
+Mode = linearize.Mode
+MetricFn = similarity_lib.MetricFn
+
+#: The paper's grid for the step size (Neural Lineage, Sec. 5.1).
+DEFAULT_ALPHAS = (0.001, 0.01, 0.1)
+#: Bytes of intermediate memory a chunk of children may use (an estimate).
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+_GRAM_METRICS = (similarity_lib.Metric.CKA, similarity_lib.Metric.DCOR)
+
+
+# ----------------------------------------------------------------------------
+# Per-pair evaluation.
+
+
+def _centred(f: Array) -> Array:
+    shifted = f - f[:1]
+    return shifted - jnp.mean(shifted, axis=0, keepdims=True)
+
+
+def _scale(x: Array) -> Array:
+    """``max |x|`` (or 1 if 0), a constant: CKA and dCor are scale invariant."""
+    s = jnp.max(jnp.abs(x))
+    return jax.lax.stop_gradient(jnp.where(s > 0, s, 1))
+
+
+def _gram_metric(metric: MetricFn, k: Array, l: Array) -> Array:
+    if metric.metric is similarity_lib.Metric.CKA:
+        return similarity_lib.cka_from_grams(k, l, **dict(metric.kwargs))
+    return similarity_lib.dcor_from_grams(k, l)
+
+
+def _gram_values(metric, mode, k_p, cross, quad, l_c, alpha):
+    """One Gram-type metric on ``K(alpha) = K_p + alpha (C + C^T) + alpha^2 Q``."""
+    sym = cross + cross.T
+    s_of = lambda a: _gram_metric(metric, k_p + a * sym + (a * a) * quad, l_c)
+    zero = jnp.zeros((), k_p.dtype)
+    if mode is Mode.PLAIN:
+        return jnp.broadcast_to(s_of(zero), alpha.shape)
+    if mode is Mode.FIRST_ORDER:
+        # d/dalpha s(F_p + alpha G) at 0 = <grad_F s(F_p, F_c), G> (chain rule).
+        s0, ds = jax.jvp(s_of, (zero,), (jnp.ones_like(zero),))
+        return s0 + alpha * ds
+    return jax.vmap(s_of)(alpha)
+
+
+def _needs_gram(combos) -> bool:
+    return any(m.metric in _GRAM_METRICS for m, _ in combos)
+
+
+def _needs_jvp(combos) -> bool:
+    return any(mode is not Mode.PLAIN for _, mode in combos)
+
+
+def _child_context(f_c: Array) -> Array:
+    y = _centred(f_c)
+    y = y / _scale(y)
+    return y @ y.T
+
+
+def _pair_values(combos, f_p, jd, f_c, l_c, parent_ctx, alpha):
+    """All (metric, mode) scores of one pair: ``[len(combos), A]``."""
+    if _needs_gram(combos):
+        x_p, k_p, scale = parent_ctx
+        if jd is None:
+            cross = quad = jnp.zeros_like(k_p)
+        else:
+            g = _centred(jd) / scale
+            cross = x_p @ g.T
+            quad = g @ g.T
+    out = []
+    for metric, mode in combos:
+        if metric.metric in _GRAM_METRICS:
+            out.append(_gram_values(metric, mode, k_p, cross, quad, l_c, alpha))
+        else:
+            out.append(linearize._mode_values(metric, mode, f_p, jd, f_c, alpha))  # pylint: disable=protected-access
+    return jnp.stack(out)
+
+
+def _parent_context(f_p: Array):
+    x_p = _centred(f_p)
+    scale = _scale(x_p)
+    x_p = x_p / scale
+    return x_p, x_p @ x_p.T, scale
+
+
+def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, chunk):
+    """Scores of all parents against local children: ``[C, A, K, M]`` plus flags."""
+    m = jax.tree_util.tree_leaves(c_stack)[0].shape[0]
+    n_chunks = -(-m // chunk)
+    pad = n_chunks * chunk - m
+
+    def padded(leaf):
+        if pad:
+            leaf = jnp.concatenate([leaf, jnp.repeat(leaf[-1:], pad, axis=0)], axis=0)
+        return leaf.reshape((n_chunks, chunk) + leaf.shape[1:])
+
+    chunks = tuple(padded(l) for l in c_stack)
+    f = lambda th: pruned(th, x)
+    need_gram, need_jvp = _needs_gram(combos), _needs_jvp(combos)
+
+    def per_chunk(c_chunk):
+        f_c = jax.vmap(f)(c_chunk)  # [B, N, D], once per child
+        ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2))
+        l_c = jax.vmap(_child_context)(f_c) if need_gram else f_c[:, :0, :0]
+
+        def per_parent(p):
+            if need_jvp:
+                f_p, jvp_fn = jax.linearize(f, p)  # the parent's forward pass, once
+            else:
+                f_p, jvp_fn = f(p), None
+            ctx = _parent_context(f_p) if need_gram else None
+
+            def per_child(c, fc, lc):
+                jd = None if jvp_fn is None else jvp_fn(_pairing.delta(c, p))
+                vals = _pair_values(combos, f_p, jd, fc, lc, ctx, alpha)
+                ok = jnp.ones((), bool) if jd is None else jnp.all(jnp.isfinite(jd))
+                return vals, ok
+
+            vals, ok_pair = jax.vmap(per_child)(c_chunk, f_c, l_c)  # [B, C, A], [B]
+            return vals, ok_pair & jnp.all(jnp.isfinite(f_p))
+
+        vals, ok_pair = jax.lax.map(per_parent, p_stack)  # [K, B, C, A], [K, B]
+        return vals, ok_pair, ok_c
+
+    vals, ok_pair, ok_c = jax.lax.map(per_chunk, chunks)  # [n, K, B, C, A], [n, K, B], [n, B]
+    k = vals.shape[1]
+    vals = jnp.transpose(vals, (3, 4, 1, 0, 2)).reshape(vals.shape[3:] + (k, n_chunks * chunk))
+    ok_pair = jnp.transpose(ok_pair, (1, 0, 2)).reshape(k, n_chunks * chunk)
+    return vals[..., :m], ok_pair[:, :m], ok_c.reshape(-1)[:m]
+
+
+@functools.partial(jax.jit, static_argnames=("combos", "pruned", "chunk", "mesh", "axis"))
+def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, chunk, mesh, axis):
+    local = functools.partial(_score_local, combos=combos, pruned=pruned, chunk=chunk)
+    if mesh is None:
+        return local(p_stack, c_stack, x, alpha)
+    n_dev = mesh.shape[axis]
+    m = jax.tree_util.tree_leaves(c_stack)[0].shape[0]
+    pad = -m % n_dev
+    if pad:
+        c_stack = tuple(
+            jnp.concatenate([l, jnp.repeat(l[-1:], pad, axis=0)], axis=0) for l in c_stack
+        )
+    rep, split = PartitionSpec(), PartitionSpec(axis)
+    # No collectives inside; check_vma=False lets the replicated parent be the
+    # primal of a jvp whose tangents (child - parent) vary across the axis.
+    sharded = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(rep, split, rep, rep),
+        out_specs=(PartitionSpec(None, None, None, axis), PartitionSpec(None, axis), split),
+        check_vma=False,
+    )
+    vals, ok_pair, ok_c = sharded(p_stack, c_stack, x, alpha)
+    return vals[..., :m], ok_pair[:, :m], ok_c[:m]
+
+
+# ----------------------------------------------------------------------------
+# Public scoring.
+
+
+def _combos(metrics, modes, *, strict: bool) -> tuple[tuple[MetricFn, Mode], ...]:
+    if isinstance(metrics, (str, similarity_lib.Metric, MetricFn)):
+        metrics = (metrics,)
+    if isinstance(modes, (str, Mode)):
+        modes = (modes,)
+    metrics = tuple(similarity_lib.get(m) for m in metrics)
+    modes = tuple(linearize.as_mode(m) for m in modes)
+    if not metrics or not modes:
+        raise ValueError(f"Need at least one metric and one mode; got {metrics} and {modes}.")
+    combos = []
+    for metric in metrics:
+        for mode in modes:
+            if mode is Mode.FIRST_ORDER and not metric.differentiable:
+                if strict:
+                    raise ValueError(
+                        f"Metric {metric.name!r} is not differentiable, so Mode.FIRST_ORDER is"
+                        " undefined for it; use Mode.LINEARIZED."
+                    )
+                continue
+            combos.append((metric, mode))
+    if len(set(combos)) != len(combos):
+        raise ValueError(
+            f"Duplicate (metric, mode) pairs in {[(m.name, o.value) for m, o in combos]}."
+        )
+    return tuple(combos)
+
+
+def _chunk_size(pruned, m_local, n_alpha, need_gram, dtype, budget):
+    n, d = pruned.out_shape
+    p = sum(int(np.prod(s.shape)) for s in pruned.used_structs)
+    itemsize = jnp.dtype(dtype).itemsize
+    per_child = itemsize * (
+        3 * p + (6 + 3 * n_alpha) * n * d + need_gram * (8 + 2 * n_alpha) * n * n
+    )
+    return int(max(1, min(m_local, budget // max(per_child, 1))))
+
+
+def _validate_mesh(mesh, axis):
+    if mesh is None:
+        return None
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}.")
+    axis = mesh.axis_names[0] if axis is None else axis
+    if axis not in mesh.axis_names:
+        raise ValueError(f"mesh_axis {axis!r} is not an axis of the mesh {mesh.axis_names}.")
+    return axis
+
+
+def score_matrices(
+    metrics: Any,
+    feature_fn: Callable,
+    parents: Any,
+    children: Any,
+    x: Array,
+    *,
+    alpha: Any,
+    modes: Any = tuple(Mode),
+    chunk_size: int | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    mesh: Mesh | None = None,
+    mesh_axis: str | None = None,
+) -> dict[tuple[str, Mode], Array]:
+    r"""Score matrices for several metrics and modes in one pass.
+
+    Every ``(metric, mode)`` pair shares the forward passes and the one jvp per
+    (parent, child) pair; ``FIRST_ORDER`` is skipped for non-differentiable
+    metrics (``linf``).
+
+    Args:
+      metrics: one metric or a sequence (names, :class:`~jaxlineage.similarity.Metric`
+        or :class:`~jaxlineage.similarity.MetricFn`).
+      feature_fn: ``f(params, x) -> [N, ...]`` (flattened to ``[N, D]``).
+      parents: stacked parent parameters, leaves ``[K, ...]``.
+      children: stacked child parameters, leaves ``[M, ...]``; must match the
+        parents on the leaves ``feature_fn`` reads (heads may differ).
+      x: the probe batch ``[N, ...]``.
+      alpha: a scalar or a 1-D sweep ``[A]`` (one jvp serves all).
+      modes: one :class:`~jaxlineage.linearize.Mode` or a sequence (default all).
+      chunk_size: children per vmapped chunk (default: from the budget).
+      memory_budget_bytes: estimated intermediate memory per chunk.
+      mesh: optional :class:`jax.sharding.Mesh`; children are split over
+        ``mesh_axis`` (default: its first axis), parents are replicated.
+      mesh_axis: the mesh axis to shard children over.
+
+    Returns:
+      ``{(metric.name, mode): scores}`` with scores of shape ``[*alpha.shape, K, M]``.
+
+    Raises:
+      ValueError: see :func:`score_matrix`.
+    """
+    combos = _combos(metrics, modes, strict=False)
+    if not combos:
+        raise ValueError(
+            "No (metric, mode) pair is defined (FIRST_ORDER needs a differentiable metric)."
+        )
+    alpha = linearize.as_alpha(alpha)
+    axis = _validate_mesh(mesh, mesh_axis)
+    x = _pairing.check_probe(x)
+    pruned, _, _ = _pairing.analyse(feature_fn, parents, x, name="parents", stacked=True)
+    p = _pairing.select_used(pruned, parents, name="parents", ref_name="parents", stacked=True)
+    c = _pairing.select_used(pruned, children, name="children", ref_name="parents", stacked=True)
+    _pairing.check_finite(p, pruned.used_paths, name="parents", stacked=True)
+    _pairing.check_finite(c, pruned.used_paths, name="children", stacked=True)
+    m = c[0].shape[0]
+    if chunk_size is None:
+        m_local = -(-m // (1 if mesh is None else mesh.shape[axis]))
+        dtype = jnp.result_type(*[s.dtype for s in pruned.used_structs])
+        chunk_size = _chunk_size(
+            pruned, m_local, max(1, alpha.size), _needs_gram(combos), dtype, memory_budget_bytes
+        )
+    elif not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
+    alpha_flat = alpha.reshape(-1)
+    vals, ok_pair, ok_c = _score_core(
+        p, c, x, alpha_flat, combos=combos, pruned=pruned, chunk=chunk_size, mesh=mesh, axis=axis
+    )
+    if _pairing.is_concrete(vals):
+        _raise_if_not_finite(vals, ok_pair, ok_c, combos)
+    return {
+        (metric.name, mode): vals[i].reshape(alpha.shape + vals.shape[2:])
+        for i, (metric, mode) in enumerate(combos)
+    }
+
+
+def _raise_if_not_finite(vals, ok_pair, ok_c, combos):
+    ok_pair, ok_c = np.asarray(ok_pair), np.asarray(ok_c)
+    if not ok_c.all():
+        raise ValueError(
+            f"feature_fn returned NaN or inf features for children[{int(np.argmin(ok_c))}]."
+        )
+    if not ok_pair.all():
+        k, m = np.unravel_index(int(np.argmin(ok_pair)), ok_pair.shape)
+        raise ValueError(
+            f"NaN or inf parent features or Jacobian-vector product for parents[{k}] and"
+            f" children[{m}]."
+        )
+    finite = np.isfinite(np.asarray(vals))
+    if not finite.all():
+        i, a, k, m = np.unravel_index(int(np.argmin(finite)), finite.shape)
+        metric, mode = combos[i]
+        raise ValueError(
+            f"Metric {metric.name!r} in mode {mode.value!r} is not finite for parents[{k}]"
+            f" and children[{m}] (alpha index {a}) although the features are; the"
+            " features are probably too large for the dtype (try float64 or rescale)."
+        )
+
+
+def score_matrix(
+    metric: Any,
+    feature_fn: Callable,
+    parents: Any,
+    children: Any,
+    x: Array,
+    *,
+    alpha: Any,
+    mode: Mode | str = linearize.DEFAULT_MODE,
+    chunk_size: int | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    mesh: Mesh | None = None,
+    mesh_axis: str | None = None,
+) -> Array:
+    r"""The score matrix ``S[k, m]`` of ``K`` parents against ``M`` children.
+
+    .. math:: S[k, m] = s_{\text{mode}}(\theta_{p_k}, \theta_{c_m}; X, \alpha)
+
+    equal, entry by entry, to :func:`jaxlineage.linearize.similarity` (higher =
+    more similar; raw, not reported, scores). Jit-compiled once per shape and
+    configuration; a second call with new parameters does not recompile.
+
+    Args:
+      metric: the metric (name, :class:`~jaxlineage.similarity.Metric` or
+        :class:`~jaxlineage.similarity.MetricFn`).
+      feature_fn: ``f(params, x) -> [N, ...]``.
+      parents: stacked parent parameters, leaves ``[K, ...]`` (``K >= 1``).
+      children: stacked child parameters, leaves ``[M, ...]`` (``M >= 1``).
+      x: the probe batch ``[N, ...]``.
+      alpha: a scalar or a 1-D sweep ``[A]``.
+      mode: a :class:`~jaxlineage.linearize.Mode` (default ``LINEARIZED``).
+      chunk_size: children per vmapped chunk (default: from the budget).
+      memory_budget_bytes: estimated intermediate memory per chunk.
+      mesh: optional :class:`jax.sharding.Mesh` to shard the children over.
+      mesh_axis: which mesh axis (default: the first).
+
+    Returns:
+      Scores ``[*alpha.shape, K, M]``.
+
+    Raises:
+      ValueError: unknown metric or mode; ``FIRST_ORDER`` with ``linf``; empty or
+        ragged stacks; parents and children that differ on a used leaf (the
+        message names the path and both shapes); NaN/inf parameters (naming the
+        model index and path), features or scores; a probe batch the feature
+        function rejects.
+
+    References:
+      Yu & Wang (2024), Neural Lineage, Sec. 3.
+    """
+    (combo,) = _combos(metric, mode, strict=True)
+    out = score_matrices(
+        (combo[0],),
+        feature_fn,
+        parents,
+        children,
+        x,
+        alpha=alpha,
+        modes=(combo[1],),
+        chunk_size=chunk_size,
+        memory_budget_bytes=memory_budget_bytes,
+        mesh=mesh,
+        mesh_axis=mesh_axis,
+    )
+    return out[(combo[0].name, combo[1])]
+
+
+# ----------------------------------------------------------------------------
+# Prediction.
+
+
+def predict(scores: Array) -> Array:
+    """The predicted parent of each child: ``argmax_k S[..., k, m]`` -> ``[..., M]``."""
+    scores = jnp.asarray(scores)
+    if scores.ndim < 2:
+        raise ValueError(f"scores must be [..., K, M]; got shape {scores.shape}.")
+    return jnp.argmax(scores, axis=-2)
+
+
+def probabilities(scores: Array, *, temperature: float = 1.0) -> Array:
+    r"""Softmax over the candidate parents.
+
+    .. math:: P[k, m] = \frac{\exp(S[k, m] / T)}{\sum_{k'} \exp(S[k', m] / T)}
+
+    Scores of different metrics live on different scales, so ``T`` is
+    metric-specific; it only changes calibration, not the argmax.
+
+    Args:
+      scores: ``[..., K, M]``.
+      temperature: ``T > 0`` (default 1).
+
+    Returns:
+      ``[..., K, M]``, summing to 1 over ``K``.
+    """
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be a number > 0; got {temperature!r}.")
+    scores = jnp.asarray(scores)
+    if scores.ndim < 2:
+        raise ValueError(f"scores must be [..., K, M]; got shape {scores.shape}.")
+    return jax.nn.softmax(scores / temperature, axis=-2)
+
+
+def _check_labels(scores: Array, labels: Any) -> np.ndarray:
+    labels = np.asarray(labels)
+    k, m = scores.shape[-2:]
+    if labels.shape != (m,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be integer parent indices of shape [M] = ({m},); got shape"
+            f" {labels.shape} and dtype {labels.dtype}."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(
+            f"labels must lie in [0, K) = [0, {k}); got range [{labels.min()}, {labels.max()}]."
+        )
+    return labels
+
+
+def accuracy(scores: Array, labels: Any) -> Array:
+    """Fraction of children whose true parent scores highest.
+
+    Args:
+      scores: ``[..., K, M]``.
+      labels: true parent indices ``[M]``.
+
+    Returns:
+      ``[...]`` accuracies in ``[0, 1]``.
+    """
+    scores = jnp.asarray(scores)
+    labels = _check_labels(scores, labels)
+    pred = predict(scores)
+    labels = jnp.asarray(labels).reshape((1,) * (pred.ndim - 1) + labels.shape)
+    return jnp.mean(pred == labels, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaSelection:
+    """The result of :func:`select_alpha`.
+
+    Attributes:
+      alpha: the chosen step size.
+      index: its index in ``alphas``.
+      accuracies: validation accuracy per alpha, ``[A]``.
+    """
+
+    alpha: float
+    index: int
+    accuracies: np.ndarray
+
+
+def select_alpha(
+    scores: Array, labels: Any, *, alphas: Sequence[float] = DEFAULT_ALPHAS
+) -> AlphaSelection:
+    """Chooses the step size with the best accuracy on validation children.
+
+    Use scores of *validation* children only; never the test split. Ties go to
+    the first alpha in ``alphas`` (the smallest, for the default grid).
+
+    Args:
+      scores: ``[A, K, M_val]``, from a sweep over ``alphas``.
+      labels: true parent indices ``[M_val]``.
+      alphas: the grid, ``[A]`` (default ``(0.001, 0.01, 0.1)``).
+
+    Returns:
+      An :class:`AlphaSelection`.
+    """
+    scores = jnp.asarray(scores)
+    alphas = np.asarray(alphas, dtype=float).reshape(-1)
+    if scores.ndim != 3 or scores.shape[0] != alphas.size:
+        raise ValueError(
+            f"scores must be [A, K, M] with A = len(alphas) = {alphas.size};"
+            f" got shape {scores.shape}."
+        )
+    if scores.shape[-1] == 0:
+        raise ValueError("select_alpha needs at least one validation child.")
+    accs = np.asarray(accuracy(scores, labels))
+    index = int(np.argmax(accs))
+    return AlphaSelection(float(alphas[index]), index, accs)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation on a zoo (the paper's Table 1).
+
+
+@dataclasses.dataclass(frozen=True)
+class TableRow:
+    """One row of the learning-free lineage table.
+
+    Attributes:
+      metric: the metric's name.
+      mode: the mode.
+      mean: mean test accuracy over folds.
+      std: sample standard deviation over folds (``ddof=1``; 0 for one fold).
+      fold_accuracies: per-fold test accuracy.
+      alphas: the step size chosen on each fold's validation children (empty for
+        ``PLAIN``).
+    """
+
+    metric: str
+    mode: Mode
+    mean: float
+    std: float
+    fold_accuracies: tuple[float, ...]
+    alphas: tuple[float, ...]
+
+
+_DEFAULT_TAPS = {"mlp": "relu1", "convnet": "conv1", "resnet18": "block1"}
+
+
+def default_tap(network: Any) -> str:
+    """The feature tap used by default: the first ReLU layer / first block."""
+    return _DEFAULT_TAPS.get(network.name, network.taps[0])
+
+
+def evaluate(
+    zoo: Any,
+    *,
+    metrics: Any = None,
+    modes: Any = tuple(Mode),
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    tap: str | None = None,
+    task: str | None = None,
+    probe_size: int = 512,
+    num_folds: int = 5,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    mesh: Mesh | None = None,
+) -> list[TableRow]:
+    """The paper's Table 1 on a zoo: accuracy of every metric and mode.
+
+    Children (of ``task``) are shuffled with ``key`` and split into
+    ``num_folds`` folds. For each fold, ``alpha`` is chosen by
+    :func:`select_alpha` on the other folds' children and the fold is scored as
+    test; rows report mean and std of the test accuracy over folds. Candidates
+    are all the zoo's parents; the probe batch is the first ``probe_size`` inputs
+    of the child task's training split (as in the official code).
+
+    Args:
+      zoo: a :class:`jaxlineage.zoo.Zoo`.
+      metrics: metrics to evaluate (default
+        :func:`jaxlineage.similarity.all_metrics`).
+      modes: modes to evaluate (default all; ``FIRST_ORDER`` is skipped for
+        ``linf``).
+      alphas: the step-size grid.
+      tap: the feature tap (default :func:`default_tap`).
+      task: the child task (default the zoo's first child task).
+      probe_size: ``N``.
+      num_folds: the number of folds (default 5).
+      key: PRNG key for the fold split (default ``jax.random.key(0)``).
+      chunk_size: see :func:`score_matrices`.
+      memory_budget_bytes: see :func:`score_matrices`.
+      mesh: see :func:`score_matrices`.
+
+    Returns:
+      One :class:`TableRow` per (metric, mode), in input order.
+    """
+    metrics = similarity_lib.all_metrics() if metrics is None else metrics
+    combos = _combos(metrics, modes, strict=False)
+    network = zoo.network
+    tap = tap or default_tap(network)
+    task = task or zoo.spec.child_tasks[0].name
+    parents = list(zoo.parents)
+    if not parents:
+        raise ValueError("The zoo has no parents.")
+    index = {r.id: i for i, r in enumerate(parents)}
+    children = [r for r in zoo.children if r.task == task and r.parent_id in index]
+    if len(children) < num_folds:
+        raise ValueError(
+            f"Need at least num_folds = {num_folds} children of task {task!r};"
+            f" the zoo has {len(children)}."
+        )
+    labels = np.array([index[r.parent_id] for r in children])
+    p_stack = zoo.stack([r.id for r in parents], backbone=True)
+    c_stack = zoo.stack([r.id for r in children], backbone=True)
+    x = zoo.probe(probe_size, task=task)
+    scores = score_matrices(
+        tuple(dict.fromkeys(m for m, _ in combos)),
+        network.feature_fn(tap),
+        p_stack,
+        c_stack,
+        x,
+        alpha=np.asarray(alphas, float),
+        modes=tuple(dict.fromkeys(mode for _, mode in combos)),
+        chunk_size=chunk_size,
+        memory_budget_bytes=memory_budget_bytes,
+        mesh=mesh,
+    )
+    key = jax.random.key(0) if key is None else key
+    order = np.asarray(jax.random.permutation(key, len(children)))
+    folds = np.array_split(order, num_folds)
+    rows = []
+    for metric, mode in combos:
+        s = np.asarray(scores[(metric.name, mode)])  # [A, K, M]
+        accs, chosen = [], []
+        for f, test in enumerate(folds):
+            val = np.concatenate([fold for g, fold in enumerate(folds) if g != f])
+            if mode is Mode.PLAIN:
+                a_idx = 0
+            else:
+                sel = select_alpha(s[:, :, val], labels[val], alphas=alphas)
+                a_idx = sel.index
+                chosen.append(sel.alpha)
+            accs.append(float(accuracy(s[a_idx][:, test], labels[test])))
+        std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+        rows.append(
+            TableRow(metric.name, mode, float(np.mean(accs)), std, tuple(accs), tuple(chosen))
+        )
+    return rows
+
+
+_MODE_HEADERS = {
+    Mode.PLAIN: "w/o approx.",
+    Mode.FIRST_ORDER: "w approx.",
+    Mode.LINEARIZED: "linearised",
+}
+
+
+def format_table(rows: Sequence[TableRow]) -> str:
+    """A Markdown table (metrics x modes), cells ``mean ± std`` in percent."""
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    modes = list(dict.fromkeys(r.mode for r in rows))
+    cell = {(r.metric, r.mode): f"{100 * r.mean:.1f} ± {100 * r.std:.1f}" for r in rows}
+    lines = [
+        "| metric | " + " | ".join(_MODE_HEADERS[m] for m in modes) + " |",
+        "|---|" + "---|" * len(modes),
+    ]
+    for metric in metrics:
+        lines.append(
+            f"| {metric} | " + " | ".join(cell.get((metric, m), "n/a") for m in modes) + " |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""Tests for jaxlineage.lineage on synthetic populations (no zoo needed)."""
+
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from jaxlineage import lineage as LG
+from jaxlineage import linearize as L
+from jaxlineage import similarity as S
+
+Mode = L.Mode
+DIN, HIDDEN = 5, 8
+
+
+def _init(key, dtype=jnp.float32):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return {
+        "dense1": {
+            "w": jax.random.normal(k1, (DIN, HIDDEN), dtype) / np.sqrt(DIN),
+            "b": 0.3 * jax.random.normal(k2, (HIDDEN,), dtype),
+        },
+        "dense2": {"w": jax.random.normal(k3, (HIDDEN, HIDDEN), dtype) / np.sqrt(HIDDEN)},
+        "head": {"w": jax.random.normal(k4, (HIDDEN, 3), dtype)},
+    }
+
+
+def features(params, x):
+    h = jnp.tanh(x @ params["dense1"]["w"] + params["dense1"]["b"][None, :])
+    return jnp.tanh(h @ params["dense2"]["w"])
+
+
+def _stack(trees):
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+
+
+def _population(k=3, m=5, *, seed=0, drift=0.3, dtype=jnp.float32, n=9):
+    """K random parents; child j fine-tunes parent j % K (a perturbation) with a new head."""
+    keys = jax.random.split(jax.random.key(seed), k + m + 1)
+    parents = [_init(keys[i], dtype) for i in range(k)]
+    children = []
+    for j in range(m):
+        noise = _init(keys[k + j], dtype)
+        child = jax.tree_util.tree_map(lambda p, e: p + drift * e, parents[j % k], noise)
+        child["head"] = {"w": jnp.zeros((HIDDEN, 4), dtype)}
+        children.append(child)
+    x = jax.random.normal(keys[-1], (n, DIN), dtype)
+    return parents, children, x, np.arange(m) % k
+
+
+COMBO_METRICS = (S.get("l2"), S.get("linf"), S.get("cka", estimator="unbiased"), S.get("dcor"))
+
+
+def test_score_matrices_equal_pairwise_similarity():
+    parents, children, x, _ = _population()
+    alphas = jnp.array([0.01, 0.5])
+    # chunk_size=2 with M=5 exercises the padded last chunk.
+    out = LG.score_matrices(
+        COMBO_METRICS, features, _stack(parents), _stack(children), x, alpha=alphas, chunk_size=2
+    )
+    assert len(out) == 4 * 3 - 1  # no FIRST_ORDER for linf
+    for (name, mode), scores in out.items():
+        assert scores.shape == (2, 3, 5)
+        metric = next(m for m in COMBO_METRICS if m.name == name)
+        ref = np.stack(
+            [
+                np.stack(
+                    [
+                        L.similarity(metric, features, p, c, x, alpha=alphas, mode=mode)
+                        for c in children
+                    ],
+                    axis=-1,
+                )
+                for p in parents
+            ],
+            axis=-2,
+        )
+        np.testing.assert_allclose(scores, ref, rtol=2e-5, atol=1e-6, err_msg=f"{name} {mode}")
+
+
+def test_predict_probabilities_accuracy():
+    parents, children, x, labels = _population(k=3, m=6, drift=0.05)
+    s = LG.score_matrix(
+        "l2", features, _stack(parents), _stack(children), x, alpha=0.1, mode=Mode.PLAIN
+    )
+    assert s.shape == (3, 6)
+    np.testing.assert_array_equal(LG.predict(s), labels)
+    assert LG.accuracy(s, labels) == 1.0
+    assert LG.accuracy(s, (labels + 1) % 3) == 0.0
+    probs = LG.probabilities(s, temperature=0.01)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(jnp.argmax(probs, axis=0), labels)
+    # The argmax ignores the temperature; a sweep's leading axis is kept.
+    sweep = jnp.stack([s, -s])
+    np.testing.assert_allclose(LG.accuracy(sweep, labels), [1.0, 0.0])
+    with pytest.raises(ValueError, match=r"\[0, K\) = \[0, 3\)"):
+        LG.accuracy(s, labels + 3)
+    with pytest.raises(ValueError, match=r"shape \[M\] = \(6,\)"):
+        LG.accuracy(s, labels[:4])
+    with pytest.raises(ValueError, match="temperature"):
+        LG.probabilities(s, temperature=0.0)
+
+
+def test_select_alpha():
+    labels = np.array([0, 1, 1, 0])
+    good = jnp.array([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    scores = jnp.stack([-good, good, good])  # alpha 0 wrong, 1 and 2 right
+    sel = LG.select_alpha(scores, labels)
+    assert sel.alpha == 0.01 and sel.index == 1  # ties go to the first
+    np.testing.assert_allclose(sel.accuracies, [0.0, 1.0, 1.0])
+    sel = LG.select_alpha(scores[::-1], labels, alphas=(0.3, 0.2, 0.1))
+    assert sel.alpha == 0.3
+    with pytest.raises(ValueError, match="A = len"):
+        LG.select_alpha(scores[:2], labels)
+
+
+def test_sharded_equals_unsharded_and_no_recompile():
+    assert jax.device_count() >= 4, "conftest forces 4 CPU devices"
+    parents, children, x, _ = _population(k=2, m=6, seed=1)
+    mesh = Mesh(np.array(jax.devices()[:4]), ("children",))
+    traces = []
+
+    def counted(params, x):
+        traces.append(1)
+        return features(params, x)
+
+    kwargs = {"alpha": jnp.array([0.01, 0.1]), "modes": (Mode.FIRST_ORDER, Mode.LINEARIZED)}
+    metrics = (S.get("lp"), S.get("cka"))
+    plain = LG.score_matrices(
+        metrics, counted, _stack(parents), _stack(children), x, chunk_size=1, **kwargs
+    )
+    sharded = LG.score_matrices(
+        metrics, counted, _stack(parents), _stack(children), x, mesh=mesh, **kwargs
+    )
+    assert plain.keys() == sharded.keys()
+    for key in plain:
+        np.testing.assert_allclose(sharded[key], plain[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    # A second population of the same shapes reuses the compiled scorer.
+    parents2, children2, _, _ = _population(k=2, m=6, seed=2)
+    n = len(traces)
+    again = LG.score_matrices(
+        metrics, counted, _stack(parents2), _stack(children2), x, mesh=mesh, **kwargs
+    )
+    assert len(traces) == n, "the second call re-traced (and so recompiled)"
+    assert not np.allclose(again[("lp", Mode.LINEARIZED)], sharded[("lp", Mode.LINEARIZED)])
+
+
+def test_float64_path():
+    with jax.enable_x64(True):
+        parents, children, x, _ = _population(k=2, m=3, seed=3, dtype=jnp.float64)
+        out = LG.score_matrices(
+            ("cka", "dcor"),
+            features,
+            _stack(parents),
+            _stack(children),
+            x,
+            alpha=0.1,
+            modes=Mode.FIRST_ORDER,
+        )
+        jax.block_until_ready(out)  # a dict keyed by (name, Mode) is a pytree
+        for (name, mode), s in out.items():
+            assert s.dtype == jnp.float64 and s.shape == (2, 3)
+            ref = L.similarity(name, features, parents[1], children[2], x, alpha=0.1, mode=mode)
+            np.testing.assert_allclose(s[1, 2], ref, rtol=1e-12, err_msg=name)
+
+
+def test_bad_input():
+    parents, children, x, _ = _population(k=2, m=3, seed=4)
+    p_stack, c_stack = _stack(parents), _stack(children)
+    score = lambda p, c, xx=x, **kw: LG.score_matrix(
+        kw.pop("metric", "l2"), features, p, c, xx, alpha=0.1, **kw
+    )
+    empty = jax.tree_util.tree_map(lambda a: a[:0], p_stack)
+    with pytest.raises(ValueError, match="parents stack is empty"):
+        score(empty, c_stack)
+    bad = dict(c_stack, dense2={"w": jnp.zeros((3, HIDDEN, HIDDEN + 2))})
+    with pytest.raises(
+        ValueError,
+        match=r"\['dense2'\]\['w'\]: parents shape \(8, 8\),"
+        r" children shape \(8, 10\)",
+    ):
+        score(p_stack, bad)
+    nan = jax.tree_util.tree_map(lambda a: a, c_stack)
+    nan["dense1"] = {
+        "w": c_stack["dense1"]["w"].at[2, 0, 0].set(jnp.nan),
+        "b": c_stack["dense1"]["b"],
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"children\[2\] has NaN or inf parameters at"
+        r" \['dense1'\]\['w'\]",
+    ):
+        score(p_stack, nan)
+    with pytest.raises(ValueError, match=r"probe batch x of shape \(9, 4\)"):
+        score(p_stack, c_stack, x[:, :4])
+    with pytest.raises(ValueError, match="Unknown metric 'l9'"):
+        score(p_stack, c_stack, metric="l9")
+    with pytest.raises(ValueError, match="Unknown mode 'exact'"):
+        score(p_stack, c_stack, mode="exact")
+    with pytest.raises(ValueError, match="not differentiable"):
+        score(p_stack, c_stack, metric="linf", mode=Mode.FIRST_ORDER)
+    ragged = dict(c_stack, dense2={"w": c_stack["dense2"]["w"][:2]})
+    with pytest.raises(ValueError, match="leading model axis"):
+        score(p_stack, ragged)
+    with pytest.raises(ValueError, match="chunk_size"):
+        score(p_stack, c_stack, chunk_size=0)
+
+
+# ---------------------------------------------------------------------------
+# evaluate() on a stand-in zoo with the same interface as jaxlineage.zoo.Zoo.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    id: str
+    parent_id: str | None
+    task: str
+
+
+class _FakeZoo:
+    def __init__(self, parents, children, labels, x):
+        self._trees = {f"p{i}": t for i, t in enumerate(parents)}
+        self._trees.update({f"c{j}": t for j, t in enumerate(children)})
+        self.parents = [_Record(f"p{i}", None, "A") for i in range(len(parents))]
+        self.children = [_Record(f"c{j}", f"p{l}", "B") for j, l in enumerate(labels)]
+        self.children.append(_Record("other", "p0", "C"))  # another task: ignored
+        self.network = types.SimpleNamespace(
+            name="toy", taps=("h",), feature_fn=lambda tap: features
+        )
+        self.spec = types.SimpleNamespace(child_tasks=(types.SimpleNamespace(name="B"),))
+        self._x = x
+
+    def stack(self, ids, *, backbone=False):
+        del backbone
+        return _stack([self._trees[i] for i in ids])
+
+    def probe(self, n, *, task=None):
+        assert task == "B"
+        return self._x[:n]
+
+
+def test_evaluate_folds_and_table(monkeypatch):
+    parents, children, x, labels = _population(k=3, m=10, seed=5, drift=0.05)
+    zoo = _FakeZoo(parents, children, labels, x)
+    seen = []
+    real = LG.select_alpha
+
+    def spy(scores, labels, **kw):
+        seen.append(scores.shape)
+        return real(scores, labels, **kw)
+
+    monkeypatch.setattr(LG, "select_alpha", spy)
+    rows = LG.evaluate(
+        zoo, metrics=("l2", "linf"), probe_size=9, num_folds=5, key=jax.random.key(1)
+    )
+    assert [(r.metric, r.mode) for r in rows] == [
+        ("l2", Mode.PLAIN),
+        ("l2", Mode.FIRST_ORDER),
+        ("l2", Mode.LINEARIZED),
+        ("linf", Mode.PLAIN),
+        ("linf", Mode.LINEARIZED),
+    ]
+    # alpha chosen on the 8 validation children of each of the 5 folds.
+    assert seen == [(3, 3, 8)] * 5 * 3
+    for r in rows:
+        assert len(r.fold_accuracies) == 5
+        assert r.mean == pytest.approx(np.mean(r.fold_accuracies))
+        assert len(r.alphas) == (0 if r.mode is Mode.PLAIN else 5)
+        assert set(r.alphas) <= set(LG.DEFAULT_ALPHAS)
+    assert rows[0].mean == 1.0  # small drift: plain L2 already finds every parent
+    table = LG.format_table(rows)
+    assert "| l2 | 100.0 ± 0.0 |" in table and "| linf |" in table and "n/a" in table
+    with pytest.raises(ValueError, match="num_folds = 20"):
+        LG.evaluate(zoo, metrics=("l2",), probe_size=9, num_folds=20)
