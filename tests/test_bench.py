@@ -167,3 +167,13 @@ def test_paper_fc_without_tfds_data_names_the_offline_options(tmp_path, monkeypa
 
 def _no_tfds(name, split, **kwargs):
     raise stages.data_lib.DataError(f"TFDS has no {name}/{split} (not prepared in the TFDS data dir, and download=False)")
+
+
+def test_quick_preset_runs_the_documented_detector_protocol():
+    from jaxlineage import detector
+
+    settings = presets.QUICK.settings("detector")
+    assert settings.pop("open_set") == (False, True)
+    assert settings.pop("repetitions") == 5
+    expected = {k: v for k, v in detector.QUICK_PROTOCOL.items() if v != detector.AUTO}  # AUTO is the default
+    assert settings == expected
