@@ -1012,8 +1012,9 @@ def run_protocol(
     are split into a **pool** (training) and an **evaluation** set that share no
     training configuration:
 
-    * children (of every parent) are split by their fine-tuning seed (by learning
-      rate if all share one seed): a random half of the distinct values is held out;
+    * children (of every parent) are split by ``split_children_by`` (default: their
+      fine-tuning learning rate; by seed if all share one learning rate): a random
+      half of the distinct values is held out;
       the source's children with a held-out value are the homologous evaluation
       targets, the others its homologous pool;
     * non-homologous targets are the other parents' children (same seed split) and

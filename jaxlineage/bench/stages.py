@@ -391,6 +391,12 @@ def mgmp(zoo: zoo_lib.Zoo, *, seed: int = 0, config: Any = None, **settings) -> 
             "model_accuracy": {"mean": summ["models_correct"] / max(summ["models_total"], 1), "std": None,
                                "correct": summ["models_correct"], "total": summ["models_total"]},
         }
+        # The pooled model-level figure is dominated by the non-homologous targets; split it by kind.
+        for kind, homologous in (("homologous_accepted", True), ("non_homologous_rejected", False)):
+            ds = [d for r in runs for d in r.get("decisions", []) if d["homologous"] == homologous]
+            ok = sum(bool(d["correct"]) for d in ds)
+            methods[label][kind] = {"mean": ok / len(ds) if ds else float("nan"), "std": None, "correct": ok,
+                                    "total": len(ds)}
     raw = to_json(res)
     for run in raw.get("runs", []):  # per-target decisions are long; keep the counts
         for key in ("with_generator", "without_generator"):
