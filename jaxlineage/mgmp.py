@@ -1017,7 +1017,7 @@ def run_protocol(
       half of the distinct values is held out;
       the source's children with a held-out value are the homologous evaluation
       targets, the others its homologous pool;
-    * non-homologous targets are the other parents' children (same seed split) and
+    * non-homologous targets are the other parents' children (same split) and
       the independents (a random half of their distinct training seeds held out).
 
     Evaluation targets never enter training. Both methods (``config`` and the same
