@@ -186,9 +186,16 @@ class Network:
         """
         if tap not in self.taps:
             raise ValueError(f"unknown tap {tap!r} for {self.name}; known taps: {self.taps}")
-        if tap == "logits":
-            return _flatten_fn(self.module.apply)
-        return _flatten_fn(functools.partial(self.module.apply, tap=tap))
+        return _feature_fn(self.module, tap)
+
+
+@functools.lru_cache(maxsize=None)
+def _feature_fn(module: nn.Module, tap: str) -> ApplyFn:
+    """One function object per (module, tap): jitted scorers key their caches on it, so
+    asking a network for the same tap twice must not force a recompilation."""
+    if tap == "logits":
+        return _flatten_fn(module.apply)
+    return _flatten_fn(functools.partial(module.apply, tap=tap))
 
 
 def _flatten_fn(apply):

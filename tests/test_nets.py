@@ -112,3 +112,24 @@ def test_linen_and_plain_adapters():
     np.testing.assert_array_equal(apply_fn(params, x), network.logits_fn(variables, x))
     with pytest.raises(TypeError, match="callable"):
         nets.from_apply("not a function", params)
+
+
+def test_feature_fn_is_one_object_per_module_and_tap():
+    # Jitted scorers cache on the feature function, so asking again must not recompile.
+    from jaxlineage import lineage, similarity
+
+    a, b = nets.mlp(5, features=(16, 8)), nets.mlp(5, features=(16, 8))
+    assert a.feature_fn("relu1") is b.feature_fn("relu1")
+    assert a.feature_fn("relu1") is not a.feature_fn("relu2")
+    assert a.feature_fn("relu1") is not nets.mlp(5, features=(32, 8)).feature_fn("relu1")
+
+    params = nets.stack([a.init(jax.random.key(i)) for i in range(2)])
+    x = jax.random.uniform(jax.random.key(9), (4, *a.input_shape))
+
+    def score(net):
+        return lineage.score_matrix(similarity.get("l2"), net.feature_fn("relu1"), params, params, x, alpha=0.01)
+
+    first = score(a)
+    compiled = lineage._score_core._cache_size()
+    np.testing.assert_array_equal(score(b), first)
+    assert lineage._score_core._cache_size() == compiled
