@@ -52,9 +52,7 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -66,6 +64,7 @@ import optax
 from flax.training import train_state
 
 from jaxlineage import nets
+from jaxlineage._io import atomic_dir
 
 log = logging.getLogger("jaxlineage.detector")
 
@@ -896,8 +895,7 @@ def save(path: str | os.PathLike, detector: Detector, *, metadata: dict | None =
 
     path = pathlib.Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(path) as tmp:
         tmp.mkdir()
         ckpt = ocp.StandardCheckpointer()
         ckpt.save(tmp / _VARIABLES_DIR, jax.device_get(detector.variables))
@@ -905,12 +903,6 @@ def save(path: str | os.PathLike, detector: Detector, *, metadata: dict | None =
         (tmp / _CONFIG_FILE).write_text(json.dumps(dict(module=module_config(detector.module),
                                                         history=list(detector.history), best_epoch=detector.best_epoch,
                                                         metadata=metadata or {}), indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def restore(path: str | os.PathLike) -> tuple[Detector, dict]:

@@ -65,9 +65,7 @@ import functools
 import json
 import os
 import pathlib
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -77,6 +75,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+
+from jaxlineage._io import atomic_dir
 
 __all__ = [
     "Assembly",
@@ -909,24 +909,16 @@ def save(path: str | os.PathLike, state: State) -> None:
     """
     import orbax.checkpoint as ocp
 
-    path = pathlib.Path(path).absolute()
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step,
             "x": state.x, "source_outputs": state.source_outputs}
     meta = {"config": state.config.to_json(), "x_shape": list(state.x.shape), "x_dtype": str(state.x.dtype),
             "num_outputs": int(state.source_outputs.shape[-1])}
-    try:
+    with atomic_dir(path) as tmp:
         tmp.mkdir(parents=True)
         ckpt = ocp.StandardCheckpointer()
         ckpt.save(tmp / _STATE_DIR, jax.device_get(tree))
         ckpt.wait_until_finished()
         (tmp / _META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def restore(path: str | os.PathLike) -> State:

@@ -50,6 +50,7 @@ import optax
 
 from jaxlineage import data as data_lib
 from jaxlineage import nets
+from jaxlineage._io import atomic_dir
 
 log = logging.getLogger("jaxlineage.zoo")
 
@@ -403,18 +404,10 @@ def _checkpointer():
 
 def save_params(path: str | os.PathLike, params: PyTree) -> None:
     """Writes ``params`` atomically: an orbax checkpoint in a temporary sibling, renamed into place."""
-    path = pathlib.Path(path)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     ckpt = _checkpointer()
-    try:
-        ckpt.save(tmp.absolute(), jax.device_get(params))
+    with atomic_dir(path) as tmp:
+        ckpt.save(tmp, jax.device_get(params))
         ckpt.wait_until_finished()
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_params(path: str | os.PathLike) -> PyTree:
