@@ -236,6 +236,25 @@ def check_finite(
             raise ValueError(f"{where} has NaN or inf parameters at {paths[i]}.")
 
 
+def prepare(
+    feature_fn: Any, parents: Any, children: Any, x: Any, *, stacked: bool, names: tuple[str, str]
+) -> tuple[Any, tuple[Array, ...], tuple[Array, ...], Array]:
+    """Checks the boundary once: ``(pruned feature fn, parent leaves, child leaves, probe)``.
+
+    The probe is validated, the used leaves found on ``parents``, both sides
+    restricted to them (``children`` must match ``parents`` there), and both
+    checked for NaN / inf. ``names`` name the two sides in error messages.
+    """
+    parent_name, child_name = names
+    x = check_probe(x)
+    pruned, _, _ = analyse(feature_fn, parents, x, name=parent_name, stacked=stacked)
+    p = select_used(pruned, parents, name=parent_name, ref_name=parent_name, stacked=stacked)
+    c = select_used(pruned, children, name=child_name, ref_name=parent_name, stacked=stacked)
+    check_finite(p, pruned.used_paths, name=parent_name, stacked=stacked)
+    check_finite(c, pruned.used_paths, name=child_name, stacked=stacked)
+    return pruned, p, c, x
+
+
 def delta(child: Sequence[Array], parent: Sequence[Array]) -> tuple[Any, ...]:
     """``theta_c - theta_p`` leafwise; integer leaves get a symbolic-zero tangent."""
     out = []

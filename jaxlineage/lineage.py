@@ -321,12 +321,7 @@ def score_matrices(
         )
     alpha = linearize.as_alpha(alpha)
     axis = _validate_mesh(mesh, mesh_axis)
-    x = _pairing.check_probe(x)
-    pruned, _, _ = _pairing.analyse(feature_fn, parents, x, name="parents", stacked=True)
-    p = _pairing.select_used(pruned, parents, name="parents", ref_name="parents", stacked=True)
-    c = _pairing.select_used(pruned, children, name="children", ref_name="parents", stacked=True)
-    _pairing.check_finite(p, pruned.used_paths, name="parents", stacked=True)
-    _pairing.check_finite(c, pruned.used_paths, name="children", stacked=True)
+    pruned, p, c, x = _pairing.prepare(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
     m = c[0].shape[0]
     if chunk_size is None:
         m_local = -(-m // (1 if mesh is None else mesh.shape[axis]))

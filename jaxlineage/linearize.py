@@ -129,13 +129,7 @@ def _check_metric_mode(metric: Any, mode: Any) -> tuple[similarity_lib.MetricFn,
 
 def _prepare(feature_fn: FeatureFn, parent_params: Any, child_params: Any, x: Any):
     """Checks the boundary and returns (pruned fn, parent leaves, child leaves, x)."""
-    x = _pairing.check_probe(x)
-    pruned, _, _ = _pairing.analyse(feature_fn, parent_params, x, name="parent", stacked=False)
-    p = _pairing.select_used(pruned, parent_params, name="parent", ref_name="parent", stacked=False)
-    c = _pairing.select_used(pruned, child_params, name="child", ref_name="parent", stacked=False)
-    _pairing.check_finite(p, pruned.used_paths, name="parent", stacked=False)
-    _pairing.check_finite(c, pruned.used_paths, name="child", stacked=False)
-    return pruned, p, c, x
+    return _pairing.prepare(feature_fn, parent_params, child_params, x, stacked=False, names=("parent", "child"))
 
 
 def _check_features_finite(**flags: Array) -> None:
