@@ -627,15 +627,20 @@ def _check_fit(config: Config, c: int, name: str, source_c: int | None = None):
                         "must have one dim to be compared")
 
 
-def zoo_population(z, ids: Sequence[str]) -> Population:
-    """A :class:`Population` of zoo models (``zoo.Zoo``) that share one network (task)."""
+def zoo_population(z, ids: Sequence[str], *, tap: str = "logits") -> Population:
+    """A :class:`Population` of zoo models (``zoo.Zoo``) that share one network (task).
+
+    ``tap`` picks the outputs the fragments are built from: ``"logits"`` (the
+    paper) or a feature tap of the network (e.g. ``"relu3"``), which models of
+    different tasks share when they share a backbone.
+    """
     ids = list(ids)
     if not ids:
         raise MGMPError("zoo_population: empty list of model ids")
     tasks = {z.get(i).task for i in ids}
     if len(tasks) != 1:
         raise MGMPError(f"zoo_population: models of several tasks {sorted(tasks)}; make one population per task")
-    return Population(z.network_for(ids[0]).logits_fn, z.stack(ids), tuple(ids))
+    return Population(z.network_for(ids[0]).feature_fn(tap), z.stack(ids), tuple(ids))
 
 
 # --------------------------------------------------------------------------- training
@@ -972,14 +977,14 @@ def _summary(accs, correct, total) -> dict:
             "models_correct": int(correct), "models_total": int(total)}
 
 
-def _zoo_outputs(z, ids, *xs):
+def _zoo_outputs(z, ids, *xs, tap: str = "logits"):
     """``{id: outputs [N, C]}`` on each of ``xs``: every model once, one vmapped population per task."""
     by_task: dict[str, list[str]] = {}
     for i in ids:
         by_task.setdefault(z.get(i).task, []).append(i)
     stores = tuple({} for _ in xs)
     for task_ids in by_task.values():
-        pop = zoo_population(z, task_ids)
+        pop = zoo_population(z, task_ids, tap=tap)
         for x, store in zip(xs, stores):
             store.update(zip(task_ids, population_outputs(pop.apply_fn, pop.params, x)))
     return stores
@@ -996,6 +1001,7 @@ def run_protocol(
     delta: float = 0.9,
     split_children_by: str = "lr",
     split_independents_by: str = "seed",
+    tap: str = "logits",
 ) -> dict:
     """The paper's Table 1 protocol on a zoo, with and without the DNA generator.
 
@@ -1031,6 +1037,11 @@ def run_protocol(
         num_inputs: DNA inputs taken from the parent task's train split (``None``: all).
         eval_split: the parent task split whose inputs make the evaluation fragments.
         delta: the model-level threshold.
+        split_children_by: the child hyper-parameter that separates pool from
+            evaluation children (``"lr"``, ``"seed"``, ...).
+        split_independents_by: the same for independents.
+        tap: the outputs fragments are built from: ``"logits"`` (the paper) or a
+            feature tap shared by parents and children (e.g. ``"relu3"``).
 
     Returns:
         A JSON-serialisable dict: ``zoo`` (name and counts), ``settings``,
@@ -1056,7 +1067,7 @@ def run_protocol(
     x_dna = _as_inputs(z.task_data(ptask, "train")[0][:num_inputs])
     x_eval = _as_inputs(z.task_data(ptask, eval_split)[0])
 
-    out_dna, out_eval = _zoo_outputs(z, [r.id for r in parents + children + independents], x_dna, x_eval)
+    out_dna, out_eval = _zoo_outputs(z, [r.id for r in parents + children + independents], x_dna, x_eval, tap=tap)
 
     child_field = _split_field(children, "children", split_children_by)
     ind_field = _split_field(independents, "independents", split_independents_by) if len(independents) >= 2 else None
@@ -1094,7 +1105,7 @@ def run_protocol(
         truth = np.array([True] * len(split["eval_homologous"]) + [False] * len(split["eval_non_homologous"]))
         eval_out = jnp.stack([out_eval[i] for i in eval_ids])
         source_params = z.load(source.id)
-        source_net = (z.network_for(source.id).logits_fn, source_params)
+        source_net = (z.network_for(source.id).feature_fn(tap), source_params)
         key = jax.random.fold_in(jax.random.key(seed), rep)
         run = {"repetition": rep, "source": source.id, "split_by": {"children": child_field, "independents": ind_field},
                **split}
@@ -1117,7 +1128,8 @@ def run_protocol(
         "zoo": {"name": z.spec.name, "workdir": str(z.workdir), "parents": len(parents), "children": len(children),
                 "independents": len(independents)},
         "settings": {"repetitions": repetitions, "seed": seed, "num_inputs": int(x_dna.shape[0]),
-                     "eval_split": eval_split, "eval_inputs": int(x_eval.shape[0]), "delta": delta,
+                     "eval_split": eval_split, "eval_inputs": int(x_eval.shape[0]), "delta": delta, "tap": tap,
+                     "split_children_by": split_children_by, "split_independents_by": split_independents_by,
                      "config": config.to_json()},
         "with_generator": _summary(*results["with_generator"]),
         "without_generator": _summary(*results["without_generator"]),

@@ -349,3 +349,24 @@ def test_run_protocol_keeps_evaluation_out_of_training(tiny_protocol, tiny_zoo):
         s = res[name]
         assert s["accuracy_mean"] == pytest.approx(np.mean(s["accuracies"]))
         assert s["models_total"] == sum(len(r["eval_homologous"]) + len(r["eval_non_homologous"]) for r in res["runs"])
+
+
+def test_fragments_from_a_backbone_tap(tiny_zoo):
+    # Parents (task A head) and children (task B head) share the backbone: a feature tap
+    # gives them one output space, and the population is exactly the network's feature_fn.
+    ids = [c.id for c in tiny_zoo.children]
+    x = jnp.asarray(tiny_zoo.task_data("A", "test")[0][:64])
+    pop = mgmp.zoo_population(tiny_zoo, ids, tap="relu2")
+    out = mgmp.population_outputs(pop.apply_fn, pop.params, x)
+    assert out.shape == (len(ids), 64, 32)  # TINY: features (64, 32)
+    for i, c in enumerate(ids):
+        want = tiny_zoo.network_for(c).feature_fn("relu2")(tiny_zoo.load(c), x)
+        np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-6)
+    logits = mgmp.zoo_population(tiny_zoo, ids)  # default: the paper's logits
+    assert mgmp.population_outputs(logits.apply_fn, logits.params, x).shape[-1] == len(tiny_zoo.spec.child_tasks[0].classes)
+    with pytest.raises(ValueError, match="unknown tap"):
+        mgmp.zoo_population(tiny_zoo, ids, tap="relu9")
+
+    cfg = dataclasses.replace(TINY, num_steps=5)
+    res = mgmp.run_protocol(tiny_zoo, repetitions=1, seed=0, config=cfg, num_inputs=64, tap="relu2")
+    assert res["settings"]["tap"] == "relu2" and len(res["runs"]) == 1
