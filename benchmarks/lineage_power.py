@@ -1,0 +1,107 @@
+"""Does the Taylor step help the norm metrics? The quick zoo's table with 3x the children.
+
+    python benchmarks/lineage_power.py [--workdir DIR] [--child-seeds 6] [--folds 5]
+        [--out benchmarks/results/lineage_power.jsonl]
+
+``zoo.QUICK`` has 48 children (8 parents x 3 learning rates x 2 seeds), so one child is
+2.1 points and a LINEARIZED-vs-PLAIN difference of one or two children cannot be told
+from noise. This script builds ``QUICK`` with more fine-tuning seeds per
+(parent, learning rate) (default 6: 144 children; everything else identical, ~4 min
+on 2 CPU cores, resumable) and reports, for the norm metrics (L1, L2, Lp, L∞, LSE):
+
+* ``lineage.evaluate``: the bench's table (5 folds, alpha chosen on the other folds
+  from {0.001, 0.01, 0.1});
+* per alpha, over **all** children (no selection, so a diagnostic, not a result):
+  how many children each mode gets right, and the paired counts against PLAIN
+  (children only the mode gets right / only PLAIN gets right).
+
+One JSON line per metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _common import write  # noqa: E402
+
+from jaxlineage import lineage, zoo  # noqa: E402
+from jaxlineage.lineage import Mode  # noqa: E402
+
+NORM_METRICS = ("l1", "l2", "lp", "linf", "lse")
+
+
+def spec(child_seeds: int) -> zoo.ZooSpec:
+    return dataclasses.replace(
+        zoo.QUICK,
+        name=f"quick_{child_seeds}_child_seeds",
+        children=dataclasses.replace(zoo.QUICK.children, seeds=tuple(range(child_seeds))),
+    )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", default="/tmp/jl_zoo_quick_power")
+    ap.add_argument("--child-seeds", type=int, default=6)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--probe-size", type=int, default=512)
+    ap.add_argument("--out", default="benchmarks/results/lineage_power.jsonl")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+    t0 = time.time()
+    z = zoo.build(spec(args.child_seeds), args.workdir)
+    build_s = time.time() - t0
+    alphas = np.asarray(lineage.DEFAULT_ALPHAS, float)
+    t0 = time.time()
+    rows = lineage.evaluate(z, metrics=NORM_METRICS, alphas=alphas, num_folds=args.folds,
+                            probe_size=args.probe_size, key=jax.random.key(0))
+    eval_s = time.time() - t0
+
+    # The same scores over all children, per alpha: which children each mode gets right.
+    parents = list(z.parents)
+    index = {r.id: i for i, r in enumerate(parents)}
+    task = z.spec.child_tasks[0].name
+    children = [r for r in z.children if r.task == task and r.parent_id in index]
+    labels = np.array([index[r.parent_id] for r in children])
+    network = z.network
+    scores = lineage.score_matrices(
+        NORM_METRICS, network.feature_fn(lineage.default_tap(network)),
+        z.stack([r.id for r in parents], backbone=True), z.stack([r.id for r in children], backbone=True),
+        z.probe(args.probe_size, task=task), alpha=alphas, modes=tuple(Mode))
+    correct = {k: np.asarray(s).argmax(axis=1) == labels[None] for k, s in scores.items()}  # [A, M]
+
+    by_metric = {}
+    for r in rows:
+        by_metric.setdefault(r.metric, {})[r.mode.value] = {
+            "mean": r.mean, "std": r.std, "folds": list(r.fold_accuracies), "alphas": list(r.alphas)}
+    for metric, table in by_metric.items():
+        plain = correct[(metric, Mode.PLAIN)][0]
+        per_alpha = {}
+        for mode in (Mode.FIRST_ORDER, Mode.LINEARIZED):
+            if (metric, mode) not in correct:
+                continue
+            c = correct[(metric, mode)]
+            per_alpha[mode.value] = [
+                {"alpha": float(a), "correct": int(c[i].sum()), "only_mode": int((c[i] & ~plain).sum()),
+                 "only_plain": int((plain & ~c[i]).sum())} for i, a in enumerate(alphas)]
+        write(args.out, {
+            "benchmark": "lineage_power", "zoo": z.spec.name, "zoo_dir": args.workdir,
+            "children": len(children), "parents": len(parents), "child_seeds": args.child_seeds,
+            "folds": args.folds, "probe_size": args.probe_size, "tap": lineage.default_tap(network),
+            "metric": metric, "table": table, "plain_correct": int(plain.sum()), "per_alpha": per_alpha,
+            "build_s": build_s, "evaluate_s": eval_s,
+        })
+
+
+if __name__ == "__main__":
+    main()
