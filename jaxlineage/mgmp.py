@@ -84,6 +84,7 @@ __all__ = [
     "Generator",
     "MGMPError",
     "Optimizer",
+    "PairInput",
     "Pool",
     "PoolOutputs",
     "Population",
@@ -94,6 +95,7 @@ __all__ = [
     "dna_similarity_loss",
     "init",
     "model_outputs",
+    "pair_features",
     "pool_outputs",
     "population_outputs",
     "predict",
@@ -149,6 +151,26 @@ class Assembly(enum.Enum):
     CONCAT = "concat"
 
 
+class PairInput(enum.Enum):
+    """What the provenance classifier ``f_p`` sees of a fragment pair ``(o^s_i, o^t_i)``.
+
+    Attributes:
+        CONCAT: ``[o^s_i ; o^t_i]``, the paper. The default. The classifier can then
+            also learn what a *particular* pool target's fragments look like,
+            regardless of the source's.
+        RELATION: ``[o^s_i * o^t_i ; |o^s_i - o^t_i|]`` (element-wise): only how the
+            two fragments relate, the usual input of a siamese comparison head.
+        BOTH: ``[o^s_i ; o^t_i ; o^s_i * o^t_i ; |o^s_i - o^t_i|]``.
+    """
+
+    CONCAT = "concat"
+    RELATION = "relation"
+    BOTH = "both"
+
+    def width(self, fragment_dim: int) -> int:
+        return (4 if self is PairInput.BOTH else 2) * fragment_dim
+
+
 class Optimizer(enum.Enum):
     """The optimiser for generator and classifier (jointly). The paper uses Adam.
 
@@ -184,6 +206,8 @@ class Config:
         normalize_dna_loss: divide ``L_S`` by ``B`` and ``L_I`` by ``B (B - 1)``
             (their numbers of terms), so that the loss scale does not grow with the
             batch. ``False`` uses the sums exactly as written in the paper.
+        pair_input: what ``f_p`` sees of a fragment pair (:class:`PairInput`;
+            paper: ``CONCAT``).
         classifier_depth: the number of dense layers of ``f_p`` (paper: 3).
         classifier_width: the width of its hidden layers.
         dropout: dropout rate in generator and classifier (training only).
@@ -204,6 +228,7 @@ class Config:
     dna_weight: float = 0.1
     l_i_weight: float = 1.0
     normalize_dna_loss: bool = True
+    pair_input: PairInput = PairInput.CONCAT
     classifier_depth: int = 3
     classifier_width: int = 128
     dropout: float = 0.1
@@ -216,7 +241,8 @@ class Config:
     delta: float = 0.9
 
     def __post_init__(self):
-        for name, enum_cls in (("generator", Generator), ("assembly", Assembly), ("optimizer", Optimizer)):
+        for name, enum_cls in (("generator", Generator), ("assembly", Assembly), ("pair_input", PairInput),
+                               ("optimizer", Optimizer)):
             value = getattr(self, name)
             if not isinstance(value, enum_cls):
                 try:
@@ -431,10 +457,20 @@ def _generate(config: Config, gen_params, x, *, train: bool, key=None):
     return module.apply({"params": gen_params}, x, train=train, rngs=rngs)
 
 
+def pair_features(o_s: jax.Array, o_t: jax.Array, pair_input: PairInput = PairInput.CONCAT) -> jax.Array:
+    """The classifier's input for fragment pairs ``[..., F]`` (:class:`PairInput`)."""
+    parts = {
+        PairInput.CONCAT: (o_s, o_t),
+        PairInput.RELATION: (o_s * o_t, jnp.abs(o_s - o_t)),
+        PairInput.BOTH: (o_s, o_t, o_s * o_t, jnp.abs(o_s - o_t)),
+    }[PairInput(pair_input)]
+    return jnp.concatenate(parts, axis=-1)
+
+
 def _classify(config: Config, clf_params, o_s, o_t, *, train: bool, key=None):
-    """Logits ``f_p([o^s ; o^t])`` ``[...]`` of fragment pairs ``[..., F]``."""
+    """Logits ``f_p(pair_features(o^s, o^t))`` ``[...]`` of fragment pairs ``[..., F]``."""
     rngs = {"dropout": key} if train else {}
-    pair = jnp.concatenate([o_s, o_t], axis=-1)
+    pair = pair_features(o_s, o_t, config.pair_input)
     return _classifier_module(config).apply({"params": clf_params}, pair, train=train, rngs=rngs)
 
 
@@ -470,7 +506,8 @@ def init(config: Config, x: jax.Array, source_outputs: jax.Array, *, key: jax.Ar
     module = _generator_module(config)
     gen_params = {} if module is None else module.init(k_gen, x[:1], train=False)["params"]
     frag = config.fragment_dim(source_outputs.shape[-1])
-    clf_params = _classifier_module(config).init(k_clf, jnp.zeros((1, 2 * frag), jnp.float32), train=False)["params"]
+    pair = jnp.zeros((1, config.pair_input.width(frag)), jnp.float32)
+    clf_params = _classifier_module(config).init(k_clf, pair, train=False)["params"]
     params = {"generator": gen_params, "classifier": clf_params}
     return State(config=config, params=params, opt_state=_optimizer(config).init(params),
                  step=jnp.zeros((), jnp.int32), x=x, source_outputs=source_outputs)

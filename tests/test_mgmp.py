@@ -155,6 +155,25 @@ def test_fragment_and_state_shapes(generator, assembly, dna_dim, frag):
     assert probs.shape == (2, N)
 
 
+@pytest.mark.parametrize("pair_input,width", [("concat", 2), ("relation", 2), ("both", 4)])
+def test_pair_input(pair_input, width):
+    a, b = jnp.asarray([[1.0, -2.0, 3.0]]), jnp.asarray([[0.5, 4.0, 3.0]])
+    got = np.asarray(mgmp.pair_features(a, b, mgmp.PairInput(pair_input)))
+    cat, rel = [[1, -2, 3, 0.5, 4, 3]], [[0.5, -8, 9, 0.5, 6, 0]]
+    want = {"concat": cat, "relation": rel, "both": [cat[0] + rel[0]]}[pair_input]
+    np.testing.assert_allclose(got, want)
+    # RELATION is symmetric in source and target; CONCAT is not.
+    swapped = np.asarray(mgmp.pair_features(b, a, mgmp.PairInput(pair_input)))
+    assert np.array_equal(swapped, got) == (pair_input == "relation")
+    cfg = dataclasses.replace(TOY, pair_input=pair_input)
+    assert mgmp.Config.from_json(cfg.to_json()) == cfg
+    frag = cfg.fragment_dim(C)
+    state = jax.eval_shape(functools.partial(mgmp.init, cfg, key=jax.random.key(0)),
+                           jax.ShapeDtypeStruct((N, *SHAPE), jnp.float32), jax.ShapeDtypeStruct((N, C), jnp.float32))
+    assert state.params["classifier"]["Dense_0"]["kernel"].shape == (width * frag, TOY.classifier_width)
+    assert jax.eval_shape(mgmp._probabilities, state, jax.ShapeDtypeStruct((2, N, C), jnp.float32)).shape == (2, N)
+
+
 # ----------------------------------------------------------------- training
 
 
@@ -298,6 +317,8 @@ def test_config_validation():
         mgmp.Config(tau=0.0)
     with pytest.raises(mgmp.MGMPError, match="delta"):
         mgmp.Config(delta=1.5)
+    with pytest.raises(mgmp.MGMPError, match="pair_input='siamese'"):
+        mgmp.Config(pair_input="siamese")
     assert mgmp.Config(generator="cnn").generator is mgmp.Generator.CNN
     cfg = mgmp.Config(generator="none", generator_features=[8, 4])
     assert mgmp.Config.from_json(cfg.to_json()) == cfg
