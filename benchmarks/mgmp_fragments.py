@@ -1,7 +1,8 @@
 """MGMP on the quick zoo: fragments from the logits (the paper) or from a backbone layer.
 
     python benchmarks/mgmp_fragments.py [--zoo DIR] [--taps logits,relu3] [--splits lr,seed]
-        [--pair-inputs concat] [--repetitions 5] [--out benchmarks/results/mgmp_fragments.jsonl]
+        [--pair-inputs concat] [--child-seeds 2] [--repetitions 5]
+        [--out benchmarks/results/mgmp_fragments.jsonl]
 
 In ``zoo.QUICK`` the children carry a freshly initialised task-B head, while the
 source (a parent) has its task-A head: their logits on task-A inputs share no label
@@ -19,6 +20,8 @@ learning rate) or the learning rate (other seed). ``--pair-inputs`` also varies 
 the classifier sees of a fragment pair (``mgmp.PairInput``: ``concat`` is the paper,
 ``relation`` only the element-wise product and absolute difference). One JSON line
 per (pair input, tap, split) and one per tap for the distances (``--splits ""``: distances only).
+``--child-seeds N`` uses ``QUICK`` with N fine-tuning seeds per (parent, learning rate)
+(``benchmarks/lineage_power.py``'s zoo), so the pool holds more seed families.
 About 70 s per line on 2 CPU cores (``relu1``, 1024 wide: ~115 s).
 """
 
@@ -35,6 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import write  # noqa: E402
+
+from lineage_power import spec as more_children_spec  # noqa: E402
 
 from jaxlineage import mgmp, zoo  # noqa: E402
 
@@ -101,6 +106,7 @@ def main(argv=None):
     ap.add_argument("--taps", default="logits,relu3")
     ap.add_argument("--splits", default="lr,seed")
     ap.add_argument("--pair-inputs", default="concat")
+    ap.add_argument("--child-seeds", type=int, default=2, help="2 = zoo.QUICK; more: lineage_power's zoo")
     ap.add_argument("--repetitions", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/mgmp_fragments.jsonl")
@@ -108,7 +114,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
 
-    z = zoo.build(zoo.QUICK, args.zoo)
+    spec = zoo.QUICK if args.child_seeds == len(zoo.QUICK.children.seeds) else more_children_spec(args.child_seeds)
+    z = zoo.build(spec, args.zoo)
     by_id = {r.id: r for r in z.records}
     x_eval = np.asarray(z.task_data(z.spec.parent_task.name, "test")[0][:1000], np.float32)
     for tap in args.taps.split(","):
