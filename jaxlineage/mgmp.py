@@ -77,6 +77,7 @@ import optax
 from flax import struct
 
 from jaxlineage._io import atomic_dir
+from jaxlineage.modelgif import roc_auc
 
 __all__ = [
     "Assembly",
@@ -1085,8 +1086,10 @@ def run_protocol(
         ``with_generator`` / ``without_generator`` (``accuracy_mean``,
         ``accuracy_std`` (population std over repetitions), ``accuracies``,
         ``models_correct``, ``models_total``), ``runs`` (per repetition: source,
-        pool and evaluation ids, ``A_o``, ``A_n`` and per-target decisions of both
-        methods) and ``seconds``.
+        pool and evaluation ids, ``A_o``, ``A_n``, ``model_auc`` (ROC AUC of the
+        homologous-fragment fraction, homologous vs non-homologous evaluation
+        targets: 1 when some ``delta`` decides every target correctly) and
+        per-target decisions of both methods) and ``seconds``.
 
     References:
         Mu et al., "Model Provenance via Model DNA", ECAI 2024, Table 1.
@@ -1158,7 +1161,10 @@ def run_protocol(
             accs, correct, total = results[name]
             acc = 0.5 * (a_o + a_n)
             results[name] = (accs + [acc], correct + sum(d["correct"] for d in decisions), total + len(decisions))
-            run[name] = {"accuracy": acc, "A_o": a_o, "A_n": a_n, "final_train_accuracy":
+            # Threshold-free view of the model-level decision: does the homologous-fragment fraction
+            # rank every homologous target above every non-homologous one (whatever delta)?
+            auc = roc_auc(pred.fraction[truth], pred.fraction[~truth])
+            run[name] = {"accuracy": acc, "A_o": a_o, "A_n": a_n, "model_auc": auc, "final_train_accuracy":
                          float(history["train_accuracy"][-50:].mean()), "decisions": decisions}
         runs.append(run)
     return {

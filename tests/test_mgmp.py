@@ -366,6 +366,10 @@ def test_run_protocol_keeps_evaluation_out_of_training(tiny_protocol, tiny_zoo):
             assert all(d["decision"] == (d["fraction"] >= 0.9) for d in decisions)
             assert all(d["correct"] == (d["decision"] == d["homologous"]) for d in decisions)
             assert run[name]["accuracy"] == pytest.approx(0.5 * (run[name]["A_o"] + run[name]["A_n"]))
+            pos = [d["fraction"] for d in decisions if d["homologous"]]
+            neg = [d["fraction"] for d in decisions if not d["homologous"]]
+            brute = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
+            assert run[name]["model_auc"] == pytest.approx(brute)
     for name in ("with_generator", "without_generator"):
         s = res[name]
         assert s["accuracy_mean"] == pytest.approx(np.mean(s["accuracies"]))

@@ -135,7 +135,8 @@ def mgmp_table(stages: dict) -> dict | None:
         return None
     cols = [("accuracy", "fragment accuracy (A_o + A_n)/2"), ("A_o", "A_o (homologous)"),
             ("A_n", "A_n (non-homologous)"), ("model_accuracy", "model-level accuracy"),
-            ("homologous_accepted", "homologous accepted"), ("non_homologous_rejected", "non-homologous rejected")]
+            ("homologous_accepted", "homologous accepted"), ("non_homologous_rejected", "non-homologous rejected"),
+            ("model_auc", "model-level AUC x 100")]
     rows = [{"label": [label], "cells": [cell(_pct(m[k]["mean"]), _pct(m[k]["std"])) for k, _ in cols]}
             for label, m in mg["methods"].items()]
     s = mg.get("raw", {}).get("settings", {})
@@ -144,7 +145,9 @@ def mgmp_table(stages: dict) -> dict | None:
              f"training configuration); fragments from {s.get('eval_inputs')} {s.get('eval_split')} inputs of the "
              f"parent task; model-level: fraction of homologous fragments >= delta = {s.get('delta')}, pooled over "
              f"{first['model_accuracy']['total']} evaluation targets ({first['homologous_accepted']['total']} "
-             f"homologous, {first['non_homologous_rejected']['total']} non-homologous)."]
+             f"homologous, {first['non_homologous_rejected']['total']} non-homologous). Model-level AUC: ROC AUC of the "
+             f"homologous-fragment fraction, homologous vs non-homologous targets, per repetition (100 = some delta "
+             f"decides every target correctly)."]
     return table("mgmp", "MGMP / Model DNA: provenance accuracy (%), mean ± std over repetitions",
                  ["model"], [c for _, c in cols], rows, decimals=1, notes=notes)
 

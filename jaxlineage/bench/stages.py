@@ -373,8 +373,8 @@ def mgmp(zoo: zoo_lib.Zoo, *, seed: int = 0, config: Any = None, **settings) -> 
       config: an ``mgmp.Config``, or a dict of its fields (so presets need not import mgmp).
 
     Returns:
-      ``{"methods": {"with generator" | "without generator": {"accuracy", "A_o", "A_n": mean_std over
-      repetitions, "model_accuracy": fraction of evaluation models decided correctly}}, "raw": ...}``.
+      ``{"methods": {"with generator" | "without generator": {"accuracy", "A_o", "A_n", "model_auc": mean_std
+      over repetitions, "model_accuracy": fraction of evaluation models decided correctly}}, "raw": ...}``.
     """
     mg = _import("mgmp", "mgmp")
     if isinstance(config, Mapping):
@@ -388,6 +388,7 @@ def mgmp(zoo: zoo_lib.Zoo, *, seed: int = 0, config: Any = None, **settings) -> 
             "accuracy": mean_std([r["accuracy"] for r in runs]),
             "A_o": mean_std([r["A_o"] for r in runs]),
             "A_n": mean_std([r["A_n"] for r in runs]),
+            "model_auc": mean_std([r["model_auc"] for r in runs]),
             "model_accuracy": {"mean": summ["models_correct"] / max(summ["models_total"], 1), "std": None,
                                "correct": summ["models_correct"], "total": summ["models_total"]},
         }
