@@ -74,6 +74,7 @@ def summarise(z, res: dict) -> dict:
             "accuracy": ms([r["accuracy"] for r in runs]),
             "A_o": ms([r["A_o"] for r in runs]),
             "A_n": ms([r["A_n"] for r in runs]),
+            "model_auc": ms([r["model_auc"] for r in runs]),
             "A_o_per_repetition": [r["A_o"] for r in runs],
             "fragment_accuracy_by_kind": {k: ms(v) for k, v in by_kind.items()},
             "model_level_correct_by_kind": {k: {"correct": c, "total": t} for k, (c, t) in decided.items()},
