@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import platform
@@ -11,6 +12,12 @@ import time
 from collections.abc import Callable
 
 import jax
+
+
+def setup_logging() -> None:
+    """INFO log lines with timestamps (progress and ETA of long stages); absl (orbax) quieted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint read
 
 
 def environment() -> dict:

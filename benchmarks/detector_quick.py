@@ -17,13 +17,12 @@ about 1.5 min (``both``), 50 s (``weights``) and 25 s (``features``); all six ru
 from __future__ import annotations
 
 import argparse
-import logging
 import pathlib
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import write  # noqa: E402
+from _common import setup_logging, write  # noqa: E402
 
 from jaxlineage import detector, zoo  # noqa: E402
 
@@ -39,8 +38,7 @@ def main(argv=None):
     ap.add_argument("--embed-dim", type=int, default=None, help="override the encoders' width E")
     ap.add_argument("--out", default="benchmarks/results/detector_quick.jsonl")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint read
+    setup_logging()
 
     z = zoo.Zoo.open(args.zoo)
     settings = dict(detector.QUICK_PROTOCOL)

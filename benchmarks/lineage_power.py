@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import pathlib
 import sys
 import time
@@ -31,7 +30,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import write  # noqa: E402
+from _common import setup_logging, write  # noqa: E402
 
 from jaxlineage import lineage, zoo  # noqa: E402
 from jaxlineage.lineage import Mode  # noqa: E402
@@ -55,8 +54,7 @@ def main(argv=None):
     ap.add_argument("--probe-size", type=int, default=512)
     ap.add_argument("--out", default="benchmarks/results/lineage_power.jsonl")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    setup_logging()
 
     t0 = time.time()
     z = zoo.build(spec(args.child_seeds), args.workdir)

@@ -28,7 +28,6 @@ About 70 s per line on 2 CPU cores (``relu1``, 1024 wide: ~115 s).
 from __future__ import annotations
 
 import argparse
-import logging
 import pathlib
 import sys
 
@@ -37,7 +36,7 @@ import dataclasses
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import write  # noqa: E402
+from _common import setup_logging, write  # noqa: E402
 
 from lineage_power import spec as more_children_spec  # noqa: E402
 
@@ -112,8 +111,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/mgmp_fragments.jsonl")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    setup_logging()
 
     spec = zoo.QUICK if args.child_seeds == len(zoo.QUICK.children.seeds) else more_children_spec(args.child_seeds)
     z = zoo.build(spec, args.zoo)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import pathlib
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import write  # noqa: E402
+from _common import setup_logging, write  # noqa: E402
 
 from jaxlineage import mgmp, modelgif, zoo  # noqa: E402
 
@@ -50,8 +49,7 @@ def main(argv=None):
     ap.add_argument("--repetitions", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/recipe_control.jsonl")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    setup_logging()
     n_refs = tuple(int(n) for n in args.n_refs.split(","))
 
     for spec, workdir in ((zoo.QUICK, args.quick_zoo), (CONTROL, args.control_zoo)):
