@@ -9,8 +9,8 @@ from noise. This script builds ``QUICK`` with more fine-tuning seeds per
 (parent, learning rate) (default 6: 144 children; everything else identical, ~4 min
 on 2 CPU cores, resumable) and reports, for the norm metrics (L1, L2, Lp, L∞, LSE):
 
-* ``lineage.evaluate``: the bench's table (5 folds, alpha chosen on the other folds
-  from {0.001, 0.01, 0.1});
+* the bench's table (``lineage.evaluate`` = ``zoo_scores`` + ``fold_table``: 5 folds,
+  alpha chosen on the other folds from {0.001, 0.01, 0.1});
 * per alpha, over **all** children (no selection, so a diagnostic, not a result):
   how many children each mode gets right, and the paired counts against PLAIN
   (children only the mode gets right / only PLAIN gets right).
@@ -61,21 +61,10 @@ def main(argv=None):
     build_s = time.time() - t0
     alphas = np.asarray(lineage.DEFAULT_ALPHAS, float)
     t0 = time.time()
-    rows = lineage.evaluate(z, metrics=NORM_METRICS, alphas=alphas, num_folds=args.folds,
-                            probe_size=args.probe_size, key=jax.random.key(0))
+    # One scoring pass: the fold table and the all-children counts below use the same scores.
+    scores, labels = lineage.zoo_scores(z, NORM_METRICS, alphas=alphas, probe_size=args.probe_size)
+    rows = lineage.fold_table(scores, labels, alphas=alphas, num_folds=args.folds, key=jax.random.key(0))
     eval_s = time.time() - t0
-
-    # The same scores over all children, per alpha: which children each mode gets right.
-    parents = list(z.parents)
-    index = {r.id: i for i, r in enumerate(parents)}
-    task = z.spec.child_tasks[0].name
-    children = [r for r in z.children if r.task == task and r.parent_id in index]
-    labels = np.array([index[r.parent_id] for r in children])
-    network = z.network
-    scores = lineage.score_matrices(
-        NORM_METRICS, network.feature_fn(lineage.default_tap(network)),
-        z.stack([r.id for r in parents], backbone=True), z.stack([r.id for r in children], backbone=True),
-        z.probe(args.probe_size, task=task), alpha=alphas, modes=tuple(Mode))
     correct = {k: np.asarray(s).argmax(axis=1) == labels[None] for k, s in scores.items()}  # [A, M]
 
     by_metric = {}
@@ -94,8 +83,8 @@ def main(argv=None):
                  "only_plain": int((plain & ~c[i]).sum())} for i, a in enumerate(alphas)]
         write(args.out, {
             "benchmark": "lineage_power", "zoo": z.spec.name, "zoo_dir": args.workdir,
-            "children": len(children), "parents": len(parents), "child_seeds": args.child_seeds,
-            "folds": args.folds, "probe_size": args.probe_size, "tap": lineage.default_tap(network),
+            "children": int(labels.size), "parents": len(z.parents), "child_seeds": args.child_seeds,
+            "folds": args.folds, "probe_size": args.probe_size, "tap": lineage.default_tap(z.network),
             "metric": metric, "table": table, "plain_correct": int(plain.sum()), "per_alpha": per_alpha,
             "build_s": build_s, "evaluate_s": eval_s,
         })

@@ -31,8 +31,6 @@ import argparse
 import pathlib
 import sys
 
-import dataclasses
-
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -123,11 +121,10 @@ def main(argv=None):
     runs = [(p, t, s) for p in args.pair_inputs.split(",") for t in args.taps.split(",")
             for s in args.splits.split(",") if s]
     for pair_input, tap, split in runs:
-        config = dataclasses.replace(mgmp.Config(), pair_input=pair_input)
         res = mgmp.run_protocol(z, repetitions=args.repetitions, seed=args.seed, tap=tap,
-                                split_children_by=split, config=config)
-        held_out = [sorted({by_id[i].hparams[res["runs"][k]["split_by"]["children"]]
-                            for i in run["eval_homologous"]}) for k, run in enumerate(res["runs"])]
+                                split_children_by=split, config=mgmp.Config(pair_input=pair_input))
+        held_out = [sorted({by_id[i].hparams[run["split_by"]["children"]] for i in run["eval_homologous"]})
+                    for run in res["runs"]]
         write(args.out, {
             "benchmark": "mgmp_fragments", "zoo": z.spec.name, "zoo_dir": args.zoo, "tap": tap,
             "pair_input": pair_input,

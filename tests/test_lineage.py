@@ -276,3 +276,16 @@ def test_evaluate_folds_and_table(monkeypatch):
     assert "| l2 | 100.0 ± 0.0 |" in table and "| linf |" in table and "n/a" in table
     with pytest.raises(ValueError, match="num_folds = 20"):
         LG.evaluate(zoo, metrics=("l2",), probe_size=9, num_folds=20)
+
+
+def test_zoo_scores_and_fold_table_compose_to_evaluate():
+    parents, children, x, labels = _population(k=3, m=10, seed=5, drift=0.05)
+    zoo = _FakeZoo(parents, children, labels, x)
+    rows = LG.evaluate(zoo, metrics=("l2", "linf"), probe_size=9, num_folds=5, key=jax.random.key(1))
+    scores, got_labels = LG.zoo_scores(zoo, ("l2", "linf"), probe_size=9)
+    np.testing.assert_array_equal(got_labels, labels)
+    assert all(s.shape == (len(LG.DEFAULT_ALPHAS), 3, 10) for s in scores.values())
+    by_key = {(r.metric, r.mode): r for r in LG.fold_table(scores, got_labels, num_folds=5, key=jax.random.key(1))}
+    assert {(r.metric, r.mode): r for r in rows} == by_key
+    with pytest.raises(ValueError, match="num_folds = 11 children; got 10"):
+        LG.fold_table(scores, got_labels, num_folds=11)

@@ -275,12 +275,6 @@ def learning_free(zoo: zoo_lib.Zoo, *, seed: int = 0, figures: bool = True,
 def _learning_free_figures(lineage, zoo, rows, alpha_sweep, settings) -> dict:
     """Per-pair scores at each metric's chosen alpha, and accuracy over an alpha sweep, on the first child task."""
     task = zoo.spec.child_tasks[0].name
-    parents = list(zoo.parents)
-    index = {r.id: i for i, r in enumerate(parents)}
-    children = [r for r in zoo.children if r.task == task and r.parent_id in index]
-    labels = np.array([index[r.parent_id] for r in children])
-    tap = settings.get("tap") or lineage.default_tap(zoo.network)
-    x = zoo.probe(settings.get("probe_size", 512), task=task)
     from jaxlineage import similarity as similarity_lib
 
     given = settings.get("metrics")
@@ -297,14 +291,14 @@ def _learning_free_figures(lineage, zoo, rows, alpha_sweep, settings) -> dict:
                 chosen[m] = float(vals[np.argmax(counts)])
                 break
     sweep = sorted(set(float(a) for a in alpha_sweep) | set(chosen.values()))
-    scores = lineage.score_matrices([by_name[m] for m in metrics], zoo.network.feature_fn(tap),
-                                    zoo.stack([r.id for r in parents], backbone=True),
-                                    zoo.stack([r.id for r in children], backbone=True), x,
-                                    alpha=np.asarray(sweep), modes=modes)
+    scores, labels = lineage.zoo_scores(zoo, [by_name[m] for m in metrics], modes=modes, alphas=sweep,
+                                        tap=settings.get("tap"), task=task,
+                                        probe_size=settings.get("probe_size", 512))
     scores = {(name, getattr(mode, "value", mode)): np.asarray(v) for (name, mode), v in scores.items()}
-    is_parent = (np.arange(len(parents))[:, None] == labels[None, :])
+    num_parents = len(list(zoo.parents))
+    is_parent = (np.arange(num_parents)[:, None] == labels[None, :])
     pairs = {"task": task, "metrics": [m for m in metrics if m in chosen], "alpha": chosen, "scores": {},
-             "is_parent": is_parent.ravel().tolist(), "num_parents": len(parents), "num_children": len(children)}
+             "is_parent": is_parent.ravel().tolist(), "num_parents": num_parents, "num_children": int(labels.size)}
     for m in pairs["metrics"]:
         a = sweep.index(chosen[m])
         pairs["scores"][m] = {mode: to_json(scores[(m, mode)][a].ravel()) for mode in modes if (m, mode) in scores}
