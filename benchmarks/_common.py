@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,11 +14,34 @@ from collections.abc import Callable
 
 import jax
 
+from jaxlineage import zoo
+
 
 def setup_logging() -> None:
     """INFO log lines with timestamps (progress and ETA of long stages); absl (orbax) quieted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint read
+
+
+def quick_variant(*, child_seeds: int | None = None, child_lrs: tuple[float, ...] | None = None) -> zoo.ZooSpec:
+    """``zoo.QUICK`` with other fine-tuning seeds (``range(child_seeds)``) and / or learning rates.
+
+    Everything else (parents, heads, epochs, floor, independents) is ``QUICK``'s; with
+    neither argument changed this is ``QUICK`` itself, so its workdirs are reused.
+    """
+    children, name = zoo.QUICK.children, zoo.QUICK.name
+    if child_seeds is not None and tuple(range(child_seeds)) != children.seeds:
+        children = dataclasses.replace(children, seeds=tuple(range(child_seeds)))
+        name += f"_{child_seeds}_child_seeds"
+    if child_lrs is not None and tuple(child_lrs) != children.lrs:
+        children = dataclasses.replace(children, lrs=tuple(float(v) for v in child_lrs))
+        name += "_child_lrs_" + "_".join(f"{v:g}" for v in children.lrs)
+    return dataclasses.replace(zoo.QUICK, name=name, children=children)
+
+
+def parse_floats(text: str) -> tuple[float, ...] | None:
+    """``"1e-3,5e-4"`` -> ``(0.001, 0.0005)``; empty -> ``None``."""
+    return tuple(float(v) for v in text.split(",")) if text else None
 
 
 def environment() -> dict:

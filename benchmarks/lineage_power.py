@@ -1,7 +1,7 @@
 """Does the Taylor step help the norm metrics? The quick zoo's table with 3x the children.
 
-    python benchmarks/lineage_power.py [--workdir DIR] [--child-seeds 6] [--folds 5]
-        [--out benchmarks/results/lineage_power.jsonl]
+    python benchmarks/lineage_power.py [--workdir DIR] [--child-seeds 6] [--child-lrs 1e-3,5e-4]
+        [--folds 5] [--out benchmarks/results/lineage_power.jsonl]
 
 ``zoo.QUICK`` has 48 children (8 parents x 3 learning rates x 2 seeds), so one child is
 2.1 points and a LINEARIZED-vs-PLAIN difference of one or two children cannot be told
@@ -15,13 +15,14 @@ on 2 CPU cores, resumable) and reports, for the norm metrics (L1, L2, Lp, L∞, 
   how many children each mode gets right, and the paired counts against PLAIN
   (children only the mode gets right / only PLAIN gets right).
 
+``--child-lrs`` replaces the fine-tuning learning rates (``_common.quick_variant``), e.g.
+to see how much of the table's difficulty comes from fine-tuning strength.
 One JSON line per metric.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 import time
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, write  # noqa: E402
+from _common import parse_floats, quick_variant, setup_logging, write  # noqa: E402
 
 from jaxlineage import lineage, zoo  # noqa: E402
 from jaxlineage.lineage import Mode  # noqa: E402
@@ -38,18 +39,11 @@ from jaxlineage.lineage import Mode  # noqa: E402
 NORM_METRICS = ("l1", "l2", "lp", "linf", "lse")
 
 
-def spec(child_seeds: int) -> zoo.ZooSpec:
-    return dataclasses.replace(
-        zoo.QUICK,
-        name=f"quick_{child_seeds}_child_seeds",
-        children=dataclasses.replace(zoo.QUICK.children, seeds=tuple(range(child_seeds))),
-    )
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default="/tmp/jl_zoo_quick_power")
     ap.add_argument("--child-seeds", type=int, default=6)
+    ap.add_argument("--child-lrs", default="", help="fine-tuning learning rates, e.g. 1e-3,5e-4 (default: QUICK's)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--probe-size", type=int, default=512)
     ap.add_argument("--out", default="benchmarks/results/lineage_power.jsonl")
@@ -57,7 +51,7 @@ def main(argv=None):
     setup_logging()
 
     t0 = time.time()
-    z = zoo.build(spec(args.child_seeds), args.workdir)
+    z = zoo.build(quick_variant(child_seeds=args.child_seeds, child_lrs=parse_floats(args.child_lrs)), args.workdir)
     build_s = time.time() - t0
     alphas = np.asarray(lineage.DEFAULT_ALPHAS, float)
     t0 = time.time()
@@ -84,6 +78,7 @@ def main(argv=None):
         write(args.out, {
             "benchmark": "lineage_power", "zoo": z.spec.name, "zoo_dir": args.workdir,
             "children": int(labels.size), "parents": len(z.parents), "child_seeds": args.child_seeds,
+            "child_lrs": list(z.spec.children.lrs),
             "folds": args.folds, "probe_size": args.probe_size, "tap": lineage.default_tap(z.network),
             "metric": metric, "table": table, "plain_correct": int(plain.sum()), "per_alpha": per_alpha,
             "build_s": build_s, "evaluate_s": eval_s,

@@ -1,7 +1,7 @@
 """MGMP on the quick zoo: fragments from the logits (the paper) or from a backbone layer.
 
     python benchmarks/mgmp_fragments.py [--zoo DIR] [--taps logits,relu3] [--splits lr,seed]
-        [--pair-inputs concat] [--child-seeds 2] [--repetitions 5]
+        [--pair-inputs concat] [--child-seeds 2] [--child-lrs 1e-3,5e-4,3e-4] [--repetitions 5]
         [--out benchmarks/results/mgmp_fragments.jsonl]
 
 In ``zoo.QUICK`` the children carry a freshly initialised task-B head, while the
@@ -16,12 +16,15 @@ generator) and splits ``A_n`` by the kind of non-homologous target: independents
 children of a parent that shares the source's initialisation ("sibling init"), and
 children of parents with another initialisation. For every tap it also records how
 far apart two children of one parent are when they share the fine-tuning seed (other
-learning rate) or the learning rate (other seed). ``--pair-inputs`` also varies what
+learning rate) or the learning rate (other seed), and how close one fragment of a target
+is to the source's by kind of target (``fragment_cosine``, no training involved).
+``--pair-inputs`` also varies what
 the classifier sees of a fragment pair (``mgmp.PairInput``: ``concat`` is the paper,
 ``relation`` only the element-wise product and absolute difference). One JSON line
 per (pair input, tap, split) and one per tap for the distances (``--splits ""``: distances only).
 ``--child-seeds N`` uses ``QUICK`` with N fine-tuning seeds per (parent, learning rate)
-(``benchmarks/lineage_power.py``'s zoo), so the pool holds more seed families.
+(``benchmarks/lineage_power.py``'s zoo), so the pool holds more seed families;
+``--child-lrs`` replaces the fine-tuning learning rates (e.g. a gentler recipe).
 About 70 s per line on 2 CPU cores (``relu1``, 1024 wide: ~115 s).
 """
 
@@ -34,13 +37,16 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, write  # noqa: E402
-
-from lineage_power import spec as more_children_spec  # noqa: E402
+from _common import parse_floats, quick_variant, setup_logging, write  # noqa: E402
 
 from jaxlineage import mgmp, zoo  # noqa: E402
+from jaxlineage.modelgif import roc_auc  # noqa: E402
 
 METHODS = ("with_generator", "without_generator")
+
+
+def _mean_std(v) -> dict:
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
 
 
 def _kind(z, source_id: str, target_id: str) -> str:
@@ -66,14 +72,13 @@ def summarise(z, res: dict) -> dict:
                 decided.setdefault(kind, [0, 0])
                 decided[kind][0] += int(d["correct"])
                 decided[kind][1] += 1
-        ms = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
         out[method] = {
-            "accuracy": ms([r["accuracy"] for r in runs]),
-            "A_o": ms([r["A_o"] for r in runs]),
-            "A_n": ms([r["A_n"] for r in runs]),
-            "model_auc": ms([r["model_auc"] for r in runs]),
+            "accuracy": _mean_std([r["accuracy"] for r in runs]),
+            "A_o": _mean_std([r["A_o"] for r in runs]),
+            "A_n": _mean_std([r["A_n"] for r in runs]),
+            "model_auc": _mean_std([r["model_auc"] for r in runs]),
             "A_o_per_repetition": [r["A_o"] for r in runs],
-            "fragment_accuracy_by_kind": {k: ms(v) for k, v in by_kind.items()},
+            "fragment_accuracy_by_kind": {k: _mean_std(v) for k, v in by_kind.items()},
             "model_level_correct_by_kind": {k: {"correct": c, "total": t} for k, (c, t) in decided.items()},
             "final_train_accuracy": [r["final_train_accuracy"] for r in runs],
         }
@@ -98,6 +103,40 @@ def child_distances(z, tap: str, x) -> dict:
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in groups.items()}
 
 
+def fragment_cosine(z, tap: str, x) -> dict:
+    """How much lineage one fragment carries, without any training.
+
+    For every (parent as source, child or independent as target) pair: the cosine
+    between the source's and the target's outputs at ``tap`` on each input. Per kind
+    of target: mean and std over fragments; against the homologous fragments, the
+    best balanced accuracy of a single threshold on the cosine (fragment level) and
+    the ROC AUC of the pair's mean cosine (model level). A classifier can combine more
+    than this one statistic, so these are a reference point, not a bound.
+    """
+    ids = [r.id for r in list(z.parents) + list(z.children) + list(z.independents)]
+    out, = mgmp._zoo_outputs(z, ids, x, tap=tap)
+    cos = {}
+    for p in z.parents:
+        s = np.asarray(out[p.id], np.float64)
+        for t in list(z.children) + list(z.independents):
+            kind = "homologous" if t.parent_id == p.id else _kind(z, p.id, t.id)
+            f = np.asarray(out[t.id], np.float64)
+            c = (s * f).sum(1) / np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(f, axis=1), 1e-12)
+            cos.setdefault(kind, []).append(c)
+    hom = np.concatenate(cos["homologous"])
+    hom_means = np.array([c.mean() for c in cos["homologous"]])
+    res = {}
+    for kind, cs in cos.items():
+        res[kind] = {"mean": float(np.mean(cs)), "std": float(np.std(cs)), "pairs": len(cs)}
+        if kind != "homologous":
+            neg = np.concatenate(cs)
+            ths = np.quantile(np.concatenate([hom, neg]), np.linspace(0.0, 1.0, 401))
+            res[kind]["best_threshold_accuracy"] = float(max(
+                0.5 * ((hom > t).mean() + (neg <= t).mean()) for t in ths))
+            res[kind]["model_auc"] = roc_auc(hom_means, np.array([c.mean() for c in cs]))
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", default="/tmp/jl_zoo_quick", help="workdir of zoo.QUICK (built if missing)")
@@ -105,19 +144,21 @@ def main(argv=None):
     ap.add_argument("--splits", default="lr,seed")
     ap.add_argument("--pair-inputs", default="concat")
     ap.add_argument("--child-seeds", type=int, default=2, help="2 = zoo.QUICK; more: lineage_power's zoo")
+    ap.add_argument("--child-lrs", default="", help="fine-tuning learning rates (default: QUICK's 1e-2,5e-3,3e-3)")
     ap.add_argument("--repetitions", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/mgmp_fragments.jsonl")
     args = ap.parse_args(argv)
     setup_logging()
 
-    spec = zoo.QUICK if args.child_seeds == len(zoo.QUICK.children.seeds) else more_children_spec(args.child_seeds)
-    z = zoo.build(spec, args.zoo)
+    z = zoo.build(quick_variant(child_seeds=args.child_seeds, child_lrs=parse_floats(args.child_lrs)), args.zoo)
     by_id = {r.id: r for r in z.records}
     x_eval = np.asarray(z.task_data(z.spec.parent_task.name, "test")[0][:1000], np.float32)
     for tap in args.taps.split(","):
         write(args.out, {"benchmark": "mgmp_fragments", "zoo": z.spec.name, "zoo_dir": args.zoo, "tap": tap,
-                         "child_distances": child_distances(z, tap, x_eval), "inputs": int(x_eval.shape[0])})
+                         "child_lrs": list(z.spec.children.lrs), "inputs": int(x_eval.shape[0]),
+                         "child_distances": child_distances(z, tap, x_eval),
+                         "fragment_cosine": fragment_cosine(z, tap, x_eval)})
     runs = [(p, t, s) for p in args.pair_inputs.split(",") for t in args.taps.split(",")
             for s in args.splits.split(",") if s]
     for pair_input, tap, split in runs:
@@ -127,7 +168,7 @@ def main(argv=None):
                     for run in res["runs"]]
         write(args.out, {
             "benchmark": "mgmp_fragments", "zoo": z.spec.name, "zoo_dir": args.zoo, "tap": tap,
-            "pair_input": pair_input,
+            "child_lrs": list(z.spec.children.lrs), "pair_input": pair_input,
             "split_children_by": split, "repetitions": args.repetitions, "seed": args.seed,
             "sources": [run["source"] for run in res["runs"]], "held_out_values": held_out,
             "config": res["settings"]["config"], "seconds": res["seconds"], **summarise(z, res),
