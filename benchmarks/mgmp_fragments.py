@@ -85,10 +85,10 @@ def summarise(z, res: dict) -> dict:
     return out
 
 
-def child_distances(z, tap: str, x) -> dict:
+def child_distances(z, out: dict) -> dict:
     """Relative distance ``mean_i ‖f_a(x_i) − f_b(x_i)‖ / mean_i ‖f_a(x_i)‖`` between two children of one
-    parent, grouped by whether they share the fine-tuning seed or the learning rate."""
-    out, = mgmp._zoo_outputs(z, [c.id for c in z.children], x, tap=tap)
+    parent (``out``: id -> outputs [N, C]), grouped by whether they share the fine-tuning seed or the
+    learning rate."""
     groups = {"same_seed_other_lr": [], "same_lr_other_seed": []}
     for p in z.parents:
         kids = z.children_of(p.id)
@@ -103,18 +103,16 @@ def child_distances(z, tap: str, x) -> dict:
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in groups.items()}
 
 
-def fragment_cosine(z, tap: str, x) -> dict:
+def fragment_cosine(z, out: dict) -> dict:
     """How much lineage one fragment carries, without any training.
 
     For every (parent as source, child or independent as target) pair: the cosine
-    between the source's and the target's outputs at ``tap`` on each input. Per kind
+    between the source's and the target's outputs (``out``: id -> [N, C]) on each input. Per kind
     of target: mean and std over fragments; against the homologous fragments, the
     best balanced accuracy of a single threshold on the cosine (fragment level) and
     the ROC AUC of the pair's mean cosine (model level). A classifier can combine more
     than this one statistic, so these are a reference point, not a bound.
     """
-    ids = [r.id for r in list(z.parents) + list(z.children) + list(z.independents)]
-    out, = mgmp._zoo_outputs(z, ids, x, tap=tap)
     cos = {}
     for p in z.parents:
         s = np.asarray(out[p.id], np.float64)
@@ -154,11 +152,13 @@ def main(argv=None):
     z = zoo.build(quick_variant(child_seeds=args.child_seeds, child_lrs=parse_floats(args.child_lrs)), args.zoo)
     by_id = {r.id: r for r in z.records}
     x_eval = np.asarray(z.task_data(z.spec.parent_task.name, "test")[0][:1000], np.float32)
+    ids = [r.id for r in list(z.parents) + list(z.children) + list(z.independents)]
     for tap in args.taps.split(","):
+        out, = mgmp._zoo_outputs(z, ids, x_eval, tap=tap)  # every model once per tap
         write(args.out, {"benchmark": "mgmp_fragments", "zoo": z.spec.name, "zoo_dir": args.zoo, "tap": tap,
                          "child_lrs": list(z.spec.children.lrs), "inputs": int(x_eval.shape[0]),
-                         "child_distances": child_distances(z, tap, x_eval),
-                         "fragment_cosine": fragment_cosine(z, tap, x_eval)})
+                         "child_distances": child_distances(z, out),
+                         "fragment_cosine": fragment_cosine(z, out)})
     runs = [(p, t, s) for p in args.pair_inputs.split(",") for t in args.taps.split(",")
             for s in args.splits.split(",") if s]
     for pair_input, tap, split in runs:
