@@ -103,6 +103,16 @@ def child_distances(z, out: dict) -> dict:
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in groups.items()}
 
 
+def best_threshold_accuracy(pos, neg) -> float:
+    """``max_t (mean(pos > t) + mean(neg <= t)) / 2`` over every threshold ``t`` (exact: each distinct
+    value and -inf, via sorted counts)."""
+    pos, neg = np.sort(np.asarray(pos, np.float64)), np.sort(np.asarray(neg, np.float64))
+    ts = np.concatenate([[-np.inf], np.unique(np.concatenate([pos, neg]))])
+    tpr = 1.0 - np.searchsorted(pos, ts, side="right") / pos.size
+    tnr = np.searchsorted(neg, ts, side="right") / neg.size
+    return float(np.max(0.5 * (tpr + tnr)))
+
+
 def fragment_cosine(z, out: dict) -> dict:
     """How much lineage one fragment carries, without any training.
 
@@ -127,10 +137,7 @@ def fragment_cosine(z, out: dict) -> dict:
     for kind, cs in cos.items():
         res[kind] = {"mean": float(np.mean(cs)), "std": float(np.std(cs)), "pairs": len(cs)}
         if kind != "homologous":
-            neg = np.concatenate(cs)
-            ths = np.quantile(np.concatenate([hom, neg]), np.linspace(0.0, 1.0, 401))
-            res[kind]["best_threshold_accuracy"] = float(max(
-                0.5 * ((hom > t).mean() + (neg <= t).mean()) for t in ths))
+            res[kind]["best_threshold_accuracy"] = best_threshold_accuracy(hom, np.concatenate(cs))
             res[kind]["model_auc"] = roc_auc(hom_means, np.array([c.mean() for c in cs]))
     return res
 

@@ -1,0 +1,90 @@
+"""The helpers behind the figures of ``benchmarks/mgmp_fragments.py`` and ``lineage_power.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+import types
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import _common  # noqa: E402
+import mgmp_fragments  # noqa: E402
+
+from jaxlineage import zoo  # noqa: E402
+
+
+def test_quick_variant_changes_only_the_children():
+    assert _common.quick_variant() == zoo.QUICK
+    assert _common.quick_variant(child_seeds=2, child_lrs=zoo.QUICK.children.lrs) == zoo.QUICK
+    spec = _common.quick_variant(child_seeds=6, child_lrs=(1e-3, 5e-4))
+    assert spec.name == "quick_6_child_seeds_child_lrs_0.001_0.0005"
+    assert spec.children.seeds == tuple(range(6)) and spec.children.lrs == (1e-3, 5e-4)
+    assert dataclasses.replace(spec, name="quick", children=zoo.QUICK.children) == zoo.QUICK
+    assert _common.parse_floats("") is None and _common.parse_floats("1e-3,2") == (1e-3, 2.0)
+
+
+def test_best_threshold_accuracy_matches_brute_force():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1.0, 1.0, 37).round(1), rng.normal(0.0, 1.0, 53).round(1)  # ties included
+    brute = max(0.5 * ((pos > t).mean() + (neg <= t).mean())
+                for t in [-np.inf, *np.concatenate([pos, neg])])
+    assert mgmp_fragments.best_threshold_accuracy(pos, neg) == pytest.approx(brute, abs=1e-12)
+    assert mgmp_fragments.best_threshold_accuracy([2.0, 3.0], [0.0, 1.0]) == 1.0
+    assert mgmp_fragments.best_threshold_accuracy([0.0], [1.0]) == 0.5  # the always-"no" threshold
+
+
+def _rec(i, role, parent=None, init=None):
+    return types.SimpleNamespace(id=i, role=role, parent_id=parent, hparams={"init_seed": init})
+
+
+class _FakeZoo:
+    """Parents p0, p1 (one initialisation), p2 (another), a child of each, one independent."""
+
+    def __init__(self):
+        self.parents = [_rec("p0", "parent", init=0), _rec("p1", "parent", init=0), _rec("p2", "parent", init=1)]
+        self.children = [_rec(f"c{k}", "child", parent=f"p{k}") for k in range(3)]
+        self.independents = [_rec("i0", "independent")]
+        self._by_id = {r.id: r for r in self.parents + self.children + self.independents}
+
+    def get(self, i):
+        return self._by_id[i]
+
+
+def test_fragment_cosine_matches_a_loop_over_pairs_and_inputs():
+    z = _FakeZoo()
+    rng = np.random.default_rng(1)
+    out = {r: rng.normal(size=(20, 5)) for r in ("p0", "p1", "p2", "i0")}
+    for k in range(3):  # children close to their parent
+        out[f"c{k}"] = out[f"p{k}"] + 0.3 * rng.normal(size=(20, 5))
+    res = mgmp_fragments.fragment_cosine(z, out)
+
+    kinds = {"homologous": [], "sibling_init_child": [], "other_init_child": [], "independent": []}
+    for p in ("p0", "p1", "p2"):
+        for t in ("c0", "c1", "c2", "i0"):
+            if t == "i0":
+                kind = "independent"
+            elif t[1] == p[1]:
+                kind = "homologous"
+            else:
+                same_init = (p == "p2") == (t == "c2")
+                kind = "sibling_init_child" if same_init else "other_init_child"
+            cos = [float(np.dot(out[p][n], out[t][n]) / np.linalg.norm(out[p][n]) / np.linalg.norm(out[t][n]))
+                   for n in range(20)]
+            kinds[kind].append(cos)
+    assert len(kinds["sibling_init_child"]) == 2 and len(kinds["other_init_child"]) == 4
+    for kind, pairs in kinds.items():
+        assert res[kind]["pairs"] == len(pairs)
+        assert res[kind]["mean"] == pytest.approx(np.mean(pairs), abs=1e-12)
+        assert res[kind]["std"] == pytest.approx(np.std(pairs), abs=1e-12)
+    hom_means = [np.mean(c) for c in kinds["homologous"]]
+    for kind in ("sibling_init_child", "other_init_child", "independent"):
+        neg_means = [np.mean(c) for c in kinds[kind]]
+        auc = np.mean([(h > n) + 0.5 * (h == n) for h in hom_means for n in neg_means])
+        assert res[kind]["model_auc"] == pytest.approx(auc)
+        assert res[kind]["best_threshold_accuracy"] == pytest.approx(mgmp_fragments.best_threshold_accuracy(
+            np.concatenate(kinds["homologous"]), np.concatenate(kinds[kind])))
+    assert res["independent"]["model_auc"] == 1.0  # children at noise 0.3 vs an unrelated model
