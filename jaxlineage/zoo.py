@@ -49,8 +49,10 @@ import numpy as np
 import optax
 
 from jaxlineage import data as data_lib
+from jaxlineage import graph as graph_lib
 from jaxlineage import nets
 from jaxlineage._io import atomic_dir
+from jaxlineage.errors import JaxlineageError
 
 log = logging.getLogger("jaxlineage.zoo")
 
@@ -59,7 +61,7 @@ MANIFEST = "manifest.json"
 SPEC_FILE = "spec.json"
 
 
-class ZooError(ValueError):
+class ZooError(JaxlineageError):
     """A zoo cannot be built or read; the message names the model, file or field."""
 
 
@@ -494,6 +496,20 @@ class Zoo:
             if accs:
                 out[role] = {"n": len(accs), "min": min(accs), "mean": float(np.mean(accs)), "max": max(accs)}
         return out
+
+    @functools.cached_property
+    def graph(self) -> graph_lib.LineageGraph:
+        """The lineage graph over every stored model (kept or not).
+
+        Roots trained from the same initialisation (same architecture, number of
+        classes, init seed and spec seed) share an init key, so their relation is
+        ``SHARED_INIT``.
+        """
+        return graph_lib.LineageGraph.from_parents(
+            {r.id: r.parent_id for r in self.records},
+            init_keys={r.id: f"{self.spec.arch}/{self.spec.task(r.task).num_classes}/init{r.hparams.get('init_seed', r.hparams['seed'])}"
+                       for r in self.records if r.parent_id is None},
+        )
 
     def children_of(self, parent_id: str, task: str | None = None) -> list[ModelRecord]:
         return [r for r in self.children if r.parent_id == parent_id and (task is None or r.task == task)]

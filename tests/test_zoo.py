@@ -182,3 +182,15 @@ def test_population_training_matches_single_model():
     alone = zoo.train_population(network, nets.stack(inits[1:2]), x[:256], y[:256], lrs=[3e-3], seeds=[1],
                                  batch_size=32, epochs=2)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5), pop, alone)
+
+
+def test_zoo_graph(tiny_zoo):
+    from jaxlineage.graph import Relation
+
+    g = tiny_zoo.graph
+    p0, p1 = tiny_zoo.parents
+    kids = tiny_zoo.children_of(p0.id)
+    assert g.parent(kids[0].id) == p0.id and g.relation(p0.id, kids[0].id) is Relation.PARENT
+    assert g.relation(kids[0].id, kids[1].id) is Relation.SIBLING
+    assert g.relation(p0.id, tiny_zoo.children_of(p1.id)[0].id) is Relation.UNRELATED
+    assert all(g.relation(i.id, c.id) is Relation.UNRELATED for i in tiny_zoo.independents for c in tiny_zoo.children)
