@@ -342,6 +342,8 @@ def test_tiny_zoo_baselines_verify_and_lineage_wrapper(tiny_zoo, tiny_identify):
     assert v.related.sum() == len(tiny_zoo.children)
     (r,) = jl_eval.run_all(v, [scorers.WeightL2()], key=jax.random.key(0), num_folds=2)
     assert r.metrics["auc"]["mean"] == 1.0 and "child" in r.by_kind
+    (r2,) = jl_eval.run_zoo(tiny_zoo, [scorers.WeightL2()], question="verify", num_folds=2, probe_size=64)
+    assert r2.metrics == r.metrics
     # lineage.evaluate is a thin wrapper over the layer.
     got = lineage.evaluate(tiny_zoo, metrics=("l2",), probe_size=64, num_folds=2, key=jax.random.key(7))
     assert [r.scorer for r in got] == ["l2 plain", "l2 first_order", "l2 linearized"]

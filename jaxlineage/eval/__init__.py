@@ -16,17 +16,22 @@ joins them:
   :func:`table`);
 * :mod:`~jaxlineage.eval.metrics`: accuracy, ROC AUC, TPR at FPR, mean ± std.
 
-Three lines::
+Two lines (the paper's learning-free table and the baselines on the quick zoo)::
 
     from jaxlineage import zoo, eval as jl_eval
-    s = jl_eval.identify(zoo.build(zoo.QUICK, "/tmp/zoo"))
-    print(jl_eval.table(jl_eval.run_all(s, jl_eval.learning_free() + jl_eval.baselines(), key=jax.random.key(0))))
+    print(jl_eval.table(jl_eval.run_zoo(zoo.build(zoo.QUICK, "/tmp/zoo"))))
+
+Any scenario and scorers::
+
+    s = jl_eval.verify(z, queries=("child", "independent"))
+    results = jl_eval.run_all(s, [jl_eval.LearningFree("l2", "first_order"), *jl_eval.baselines()],
+                              key=jax.random.key(0))
 """
 
 from jaxlineage.eval import core, metrics, protocols, scenarios, scorers
 from jaxlineage.eval.core import (NO_PARENT, ModelSet, Population, Question, Result, Scenario, Scorer, ScorerError,
                                   check_models)
-from jaxlineage.eval.protocols import alpha_sweep, folds, run, run_all, table
+from jaxlineage.eval.protocols import alpha_sweep, folds, run, run_all, run_zoo, table
 from jaxlineage.eval.scenarios import identify, model_set, verify
 from jaxlineage.eval.scorers import (LearningFree, OutputAgreement, OutputKL, WeightCosine, WeightL2, baselines,
                                      default_tap, learning_free)
@@ -58,6 +63,7 @@ __all__ = [
     "protocols",
     "run",
     "run_all",
+    "run_zoo",
     "scenarios",
     "scorers",
     "table",

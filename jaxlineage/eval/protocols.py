@@ -54,7 +54,7 @@ import numpy as np
 from jaxlineage.eval import metrics as metrics_lib
 from jaxlineage.eval.core import NO_PARENT, Question, Result, Scenario, Scorer, ScorerError
 
-__all__ = ["FPRS", "alpha_sweep", "cell", "columns", "folds", "run", "run_all", "select_index", "table"]
+__all__ = ["FPRS", "alpha_sweep", "cell", "columns", "folds", "run", "run_all", "run_zoo", "select_index", "table"]
 
 log = logging.getLogger("jaxlineage.eval")
 
@@ -309,6 +309,38 @@ def _evaluate(scenario, s, fold_idx, key, grid, settings, fprs, keep_scores) -> 
         res.details["related"] = scenario.related
     res.details["wall_s"] = time.time() - t0
     return res
+
+
+def run_zoo(zoo: Any, scorers: Sequence[Scorer] | None = None, *, question: Question | str = Question.IDENTIFY,
+            key: jax.Array | None = None, num_folds: int = 5, **scenario_kwargs) -> list[Result]:
+    """A zoo's scenario asked of scorers in one call: the notebook's shortcut.
+
+    ``scenarios.identify(zoo, **scenario_kwargs)`` (or ``verify``) followed by
+    :func:`run_all`; the default scorers are the paper's learning-free table and
+    the four baselines.
+
+    Args:
+      zoo: a :class:`jaxlineage.zoo.Zoo`.
+      scorers: default ``scorers.learning_free() + scorers.baselines()``.
+      question: ``IDENTIFY`` (default) or ``VERIFY``.
+      key: the folds' key (default ``jax.random.key(0)``).
+      num_folds: folds (default 5).
+      **scenario_kwargs: e.g. ``task``, ``probe_size``, ``candidates``, ``queries``.
+
+    Returns:
+      One :class:`Result` per scorer.
+    """
+    from jaxlineage.eval import scenarios as scenarios_lib
+    from jaxlineage.eval import scorers as scorers_lib
+
+    question = Question(question)
+    if question is Question.RECOVER:
+        raise NotImplementedError(_RECOVER)
+    make = scenarios_lib.identify if question is Question.IDENTIFY else scenarios_lib.verify
+    scenario = make(zoo, **scenario_kwargs)
+    if scorers is None:
+        scorers = scorers_lib.learning_free() + scorers_lib.baselines()
+    return run_all(scenario, scorers, key=jax.random.key(0) if key is None else key, num_folds=num_folds)
 
 
 def alpha_sweep(scenario: Scenario, scorers: Sequence[Scorer], *, alphas: Sequence[float]) -> list[Result]:
