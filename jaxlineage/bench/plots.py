@@ -175,12 +175,14 @@ def accuracy_vs_alpha(stages, out, plt) -> str | None:
     if not modes:
         return None
     fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.8), squeeze=False, sharey=True)
+    metrics = list(dict.fromkeys(d["scorer"].rpartition(" ")[0] for d in sweep))
     for ax, mode in zip(axes[0], modes):
         for d in sweep:
             metric, _, m = d["scorer"].rpartition(" ")
-            if m == mode:
+            if m == mode:  # one colour per metric in every panel (a panel may lack a metric: linf has no first order)
                 ax.plot(np.asarray(d["details"]["alphas"], np.float64), 100 * np.asarray(d["details"]["values"], np.float64),
-                        marker="o", ms=3, label=report.METRIC_LABELS.get(metric, metric))
+                        marker="o", ms=3, color=f"C{metrics.index(metric) % 10}",
+                        label=report.METRIC_LABELS.get(metric, metric))
         ax.set_xscale("log")
         ax.set_xlabel("alpha")
         ax.set_title(report.MODE_LABELS.get(mode, mode))
