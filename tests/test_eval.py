@@ -18,7 +18,15 @@ import pytest
 from jaxlineage import eval as jl_eval
 from jaxlineage import lineage
 from jaxlineage.eval import core, protocols, scenarios, scorers
-from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Question, Result, Scenario, ScorerError
+from jaxlineage.eval.core import (
+    NO_PARENT,
+    ModelSet,
+    Population,
+    Question,
+    Result,
+    Scenario,
+    ScorerError,
+)
 
 DIN, HIDDEN, CLASSES, N = 6, 16, 4, 64
 

@@ -29,12 +29,29 @@ Any scenario and scorers::
 """
 
 from jaxlineage.eval import core, metrics, protocols, scenarios, scorers
-from jaxlineage.eval.core import (NO_PARENT, ModelSet, Population, Question, Result, Scenario, Scorer, ScorerError,
-                                  check_models)
+from jaxlineage.eval.core import (
+                                  NO_PARENT,
+                                  ModelSet,
+                                  Population,
+                                  Question,
+                                  Result,
+                                  Scenario,
+                                  Scorer,
+                                  ScorerError,
+                                  check_models,
+)
 from jaxlineage.eval.protocols import alpha_sweep, folds, run, run_all, run_zoo, table
 from jaxlineage.eval.scenarios import identify, model_set, verify
-from jaxlineage.eval.scorers import (LearningFree, OutputAgreement, OutputKL, WeightCosine, WeightL2, baselines,
-                                     default_tap, learning_free)
+from jaxlineage.eval.scorers import (
+                                  LearningFree,
+                                  OutputAgreement,
+                                  OutputKL,
+                                  WeightCosine,
+                                  WeightL2,
+                                  baselines,
+                                  default_tap,
+                                  learning_free,
+)
 
 __all__ = [
     "NO_PARENT",

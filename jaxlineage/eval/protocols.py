@@ -52,7 +52,14 @@ import jax
 import numpy as np
 
 from jaxlineage.eval import metrics as metrics_lib
-from jaxlineage.eval.core import NO_PARENT, Question, Result, Scenario, Scorer, ScorerError
+from jaxlineage.eval.core import (
+    NO_PARENT,
+    Question,
+    Result,
+    Scenario,
+    Scorer,
+    ScorerError,
+)
 
 __all__ = ["FPRS", "alpha_sweep", "cell", "columns", "folds", "run", "run_all", "run_zoo", "select_index", "table"]
 
@@ -99,7 +106,7 @@ def folds(split_keys: Sequence[Any], num_folds: int, *, key: jax.Array) -> list[
 def _key_json(key: jax.Array) -> Any:
     try:
         return np.asarray(jax.random.key_data(key)).tolist()
-    except Exception:  # noqa: BLE001 - a raw uint32 key
+    except Exception:
         return np.asarray(key).tolist()
 
 

@@ -33,7 +33,14 @@ import jax
 import numpy as np
 
 from jaxlineage import nets
-from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Question, Scenario, ScorerError
+from jaxlineage.eval.core import (
+    NO_PARENT,
+    ModelSet,
+    Population,
+    Question,
+    Scenario,
+    ScorerError,
+)
 
 __all__ = ["NEGATIVE", "identify", "model_set", "verify"]
 

@@ -42,7 +42,14 @@ import numpy as np
 from jaxlineage import lineage, linearize, nets
 from jaxlineage import similarity as similarity_lib
 from jaxlineage.eval import protocols
-from jaxlineage.eval.core import ModelSet, Population, Scenario, Scorer, ScorerError, check_models
+from jaxlineage.eval.core import (
+    ModelSet,
+    Population,
+    Scenario,
+    Scorer,
+    ScorerError,
+    check_models,
+)
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -172,7 +179,7 @@ class LearningFree(Scorer):
         return candidates.arch == queries.arch and tap in candidates.feature_fns and tap in queries.feature_fns
 
     @staticmethod
-    def score_grids(scorers: Sequence["LearningFree"], candidates: ModelSet, queries: ModelSet, *,
+    def score_grids(scorers: Sequence[LearningFree], candidates: ModelSet, queries: ModelSet, *,
                     probe: Any, unreadable: str = "raise") -> list[np.ndarray]:
         """Grids ``[A, K, M]`` of several learning-free scorers from one scoring pass per population pair.
 
@@ -224,7 +231,7 @@ class LearningFree(Scorer):
         one.alphas = (self.alpha,)
         return one.score_grid(ModelSet((candidates,)), ModelSet((queries,)), probe=probe)[0]
 
-    def fit(self, train: Scenario, *, key: jax.Array) -> "LearningFree":
+    def fit(self, train: Scenario, *, key: jax.Array) -> LearningFree:
         """A copy with ``alpha`` chosen on ``train`` (its candidates and queries only).
 
         By accuracy for *identify*, by ROC AUC for *verify*; ties to the first alpha.
@@ -386,7 +393,7 @@ def _output_size(p: Population, probe: Any) -> tuple:
     one = jax.tree.map(lambda a: a[0], p.params)
     try:
         out = jax.eval_shape(p.logits_fn, one, jax.ShapeDtypeStruct(np.shape(probe), jnp.result_type(probe)))
-    except Exception as e:  # noqa: BLE001 - a model whose function rejects the probe
+    except Exception as e:
         raise ScorerError(f"model {p.ids[0]!r} ({p.arch}): logits_fn fails on the probe of shape {np.shape(probe)}:"
                           f" {type(e).__name__}: {e}") from e
     return tuple(out.shape[1:])
