@@ -360,3 +360,19 @@ def test_tiny_zoo_baselines_verify_and_lineage_wrapper(tiny_zoo, tiny_identify):
     assert (open_set.labels == NO_PARENT).sum() == len(tiny_zoo.independents)
     with pytest.raises(ScorerError, match="split_by='nope'"):
         scenarios.identify(tiny_zoo, split_by="nope")
+
+
+def test_grid_cache_scores_only_new_pairs_and_changes_nothing():
+    s = toy_scenario(m=6, independents=3, question=Question.VERIFY)
+    sub = s.take_queries(np.arange(6))  # the children only
+    rows = scorers.learning_free(("l2",), tap="h")
+    cache = protocols.GridCache()
+    first = jl_eval.run_all(sub, rows, key=jax.random.key(0), num_folds=3, cache=cache, keep_scores=True)
+    assert cache.hits == 0
+    with_cache = jl_eval.run_all(s, rows, key=jax.random.key(0), num_folds=3, cache=cache, keep_scores=True)
+    assert cache.hits == 6  # the children's grids were reused; only the 3 independents were scored
+    fresh = jl_eval.run_all(s, rows, key=jax.random.key(0), num_folds=3, keep_scores=True)
+    for a, b, c in zip(with_cache, fresh, first):
+        np.testing.assert_allclose(a.details["scores"], b.details["scores"], rtol=1e-6)
+        np.testing.assert_array_equal(a.details["scores"][..., :6], c.details["scores"])
+        assert a.metrics.keys() == b.metrics.keys()

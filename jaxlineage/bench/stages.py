@@ -268,6 +268,10 @@ class ScenarioCache:
         self.zoo, self.preset = zoo, preset
         self._built: dict = {}
         self.wall_s: dict[str, float] = {}
+        from jaxlineage.eval import protocols
+
+        #: Learning-free grids shared by the scenarios (verify reuses identify's pairs).
+        self.grids = protocols.GridCache()
 
     def tasks(self) -> list[str]:
         return [t.name for t in self.zoo.spec.child_tasks]
@@ -313,7 +317,7 @@ def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioC
             t0 = time.time()
             keep = method == "learning_free" and (sc, task) == figures_on
             results = eval_lib.run_all(scen, [s for _, s in labelled], key=jax.random.key(seed),
-                                       num_folds=preset.num_folds, keep_scores=keep)
+                                       num_folds=preset.num_folds, keep_scores=keep, cache=scenarios.grids)
             for (label, _), r in zip(labelled, results):
                 r.details.update(method=method, label=label, scenario=sc.name, task=task)
                 out["results"].append(to_json(r.to_json()))

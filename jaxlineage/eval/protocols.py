@@ -43,6 +43,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ from jaxlineage.eval.core import (
     ScorerError,
 )
 
-__all__ = ["FPRS", "alpha_sweep", "cell", "columns", "folds", "run", "run_all", "run_zoo", "select_index", "table"]
+__all__ = ["FPRS", "GridCache", "alpha_sweep", "cell", "columns", "folds", "run", "run_all", "run_zoo", "select_index", "table"]
 
 log = logging.getLogger("jaxlineage.eval")
 
@@ -193,8 +194,47 @@ def _is_grid(s: Scorer) -> bool:
     return bool(getattr(s, "grid", False)) and hasattr(s, "score_grids")
 
 
-def _grids(scenario: Scenario, scorers: Sequence[Scorer]) -> dict[int, tuple[np.ndarray, float]]:
-    """One :meth:`score_grids` pass per group of grid scorers: ``{id(scorer): (grid, wall_s share)}``."""
+class GridCache:
+    """Grid scores per (scorer, candidate, query, probe), shared by scenarios that ask overlapping pairs.
+
+    E.g. *identify* (parents x children) and *verify* (parents x children and
+    independents) on one task and probe: with one cache the second scenario scores
+    only the independents. Keys are the scorer's ``grid_group()`` and name, the
+    model ids and a hash of the probe, so a cache never mixes probes or settings.
+    Pass one to :func:`run_all` (``cache=``); without one nothing is kept.
+    """
+
+    def __init__(self):
+        self._store: dict[tuple, np.ndarray] = {}
+        self.hits = 0
+
+    @staticmethod
+    def probe_key(probe: Any) -> tuple:
+        a = np.ascontiguousarray(np.asarray(probe))
+        return a.shape, str(a.dtype), hashlib.sha1(a.tobytes()).hexdigest()
+
+    def missing(self, scorers, candidates, queries, probe_key) -> list[int]:
+        """Indices of queries with at least one (scorer, candidate) pair not in the cache."""
+        return [m for m, q in enumerate(queries.ids)
+                if any((s.grid_group(), s.name, c, q, probe_key) not in self._store
+                       for s in scorers for c in candidates.ids)]
+
+    def put(self, scorer, grid: np.ndarray, candidates, queries, probe_key) -> None:
+        for k, c in enumerate(candidates.ids):
+            for m, q in enumerate(queries.ids):
+                self._store[(scorer.grid_group(), scorer.name, c, q, probe_key)] = grid[:, k, m]
+
+    def get(self, scorer, candidates, queries, probe_key) -> np.ndarray:
+        return np.stack([np.stack([self._store[(scorer.grid_group(), scorer.name, c, q, probe_key)]
+                                   for q in queries.ids], axis=-1) for c in candidates.ids], axis=-2)
+
+
+def _grids(scenario: Scenario, scorers: Sequence[Scorer], cache: GridCache | None = None
+           ) -> dict[int, tuple[np.ndarray, float]]:
+    """One :meth:`score_grids` pass per group of grid scorers: ``{id(scorer): (grid, wall_s share)}``.
+
+    With a ``cache``, only queries with a pair not scored before are scored.
+    """
     groups: dict[Any, list] = {}
     for s in scorers:
         if _is_grid(s):
@@ -202,8 +242,22 @@ def _grids(scenario: Scenario, scorers: Sequence[Scorer]) -> dict[int, tuple[np.
     out = {}
     for group in groups.values():
         t0 = time.time()
-        grids = type(group[0]).score_grids(group, scenario.candidates, scenario.queries, probe=scenario.probe,
-                                           unreadable="nan")
+        if cache is None:
+            grids = type(group[0]).score_grids(group, scenario.candidates, scenario.queries, probe=scenario.probe,
+                                               unreadable="nan")
+        else:
+            pk = cache.probe_key(scenario.probe)
+            todo = cache.missing(group, scenario.candidates, scenario.queries, pk)
+            cache.hits += len(scenario.queries) - len(todo)
+            if todo:
+                sub = scenario.queries.take(todo)
+                for s, g in zip(group, type(group[0]).score_grids(group, scenario.candidates, sub,
+                                                                  probe=scenario.probe, unreadable="nan")):
+                    cache.put(s, g, scenario.candidates, sub, pk)
+            grids = [cache.get(s, scenario.candidates, scenario.queries, pk) for s in group]
+            if len(todo) < len(scenario.queries):
+                log.info("%s: %d of %d queries' grids reused from the cache", scenario.name,
+                         len(scenario.queries) - len(todo), len(scenario.queries))
         wall = time.time() - t0
         log.info("%s: %d grid scorers (%s, ...) in one pass, %.1fs", scenario.name, len(group), group[0].name, wall)
         for s, g in zip(group, grids):
@@ -219,6 +273,7 @@ def run_all(
     num_folds: int = 5,
     fprs: Sequence[float] = FPRS,
     keep_scores: bool = False,
+    cache: GridCache | None = None,
 ) -> list[Result]:
     """Asks ``scenario`` of every scorer on the same folds: one :class:`Result` per scorer, in order.
 
@@ -234,6 +289,8 @@ def run_all(
       fprs: false-positive rates of the verify TPR figures.
       keep_scores: also keep the score matrix (grid scorers: the ``[A, K, M]``
         grid) with the labels in ``details``, for figures.
+      cache: a :class:`GridCache` shared with other scenarios (grid scorers reuse
+        the pairs it holds).
 
     Returns:
       ``[Result]``; ``metrics`` holds ``mean_std`` dicts over folds.
@@ -245,7 +302,7 @@ def run_all(
     if scenario.question is Question.RECOVER:
         raise NotImplementedError(_RECOVER)
     fold_idx = folds(scenario.split_keys, num_folds, key=key)
-    grids = _grids(scenario, scorers)
+    grids = _grids(scenario, scorers, cache)
     settings = {"num_folds": num_folds, "key": _key_json(key), "fold_sizes": [int(len(f)) for f in fold_idx],
                 "candidates": len(scenario.candidates), "queries": len(scenario.queries),
                 "probe_shape": list(np.shape(scenario.probe)),
