@@ -40,7 +40,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import parse_floats, quick_variant, setup_logging, write  # noqa: E402
 
 from jaxlineage import mgmp, zoo  # noqa: E402
-from jaxlineage.modelgif import roc_auc  # noqa: E402
+from jaxlineage.eval import metrics  # noqa: E402
+from jaxlineage.eval.metrics import roc_auc  # noqa: E402
 
 METHODS = ("with_generator", "without_generator")
 
@@ -103,14 +104,8 @@ def child_distances(z, out: dict) -> dict:
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in groups.items()}
 
 
-def best_threshold_accuracy(pos, neg) -> float:
-    """``max_t (mean(pos > t) + mean(neg <= t)) / 2`` over every threshold ``t`` (exact: each distinct
-    value and -inf, via sorted counts)."""
-    pos, neg = np.sort(np.asarray(pos, np.float64)), np.sort(np.asarray(neg, np.float64))
-    ts = np.concatenate([[-np.inf], np.unique(np.concatenate([pos, neg]))])
-    tpr = 1.0 - np.searchsorted(pos, ts, side="right") / pos.size
-    tnr = np.searchsorted(neg, ts, side="right") / neg.size
-    return float(np.max(0.5 * (tpr + tnr)))
+#: The evaluation layer's exact best-threshold accuracy (kept under this name for the script's callers).
+best_threshold_accuracy = metrics.best_threshold_accuracy
 
 
 def fragment_cosine(z, out: dict) -> dict:

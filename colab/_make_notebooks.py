@@ -105,6 +105,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
+from jaxlineage import eval as jl_eval
 from jaxlineage import lineage, zoo
 """),
         md("""
@@ -136,7 +137,7 @@ parents, children = z.parents, z.children
 labels = np.array([[p.id for p in parents].index(c.parent_id) for c in children])  # true parent of each child
 P = z.stack([p.id for p in parents], backbone=True)  # leaves [K, ...]
 C = z.stack([c.id for c in children], backbone=True)  # leaves [M, ...]
-feature_fn = z.feature_fn(lineage.default_tap(z.network))  # (params, x) -> [N, D]
+feature_fn = z.feature_fn(jl_eval.default_tap(z.network))  # (params, x) -> [N, D]
 x = z.probe(PROBE_SIZE)  # the first images of the children's training split
 
 scores = lineage.score_matrices(("l2", "cka"), feature_fn, P, C, x, alpha=np.array(ALPHAS))
@@ -165,19 +166,24 @@ axes[0].legend(loc="lower left", fontsize=8)
 plt.show()
 """),
         md("""
-## The paper's protocol (Table 1)
+## The paper's protocol (Table 1), with the baselines
 
-`lineage.evaluate` splits the children into folds; for each fold α is chosen on the
-other folds' children and the fold is scored as the test set. The table shows the
-mean ± std of the test accuracy over folds for the paper's two columns ("w/o approx."
-= `PLAIN`, "w approx." = `FIRST_ORDER`) and the exact linearisation (`LINEARIZED`).
+The evaluation layer (`jaxlineage.eval`) asks one question of every scorer on the same
+folds: `identify` makes the scenario (candidates = the parents, queries = the children,
+the probe batch), and `run_all` splits the children into folds; for each fold α is
+chosen on the other folds' children and the fold is scored as the test set. The table
+shows the mean ± std of the test accuracy over folds for the paper's two columns
+("w/o approx." = `plain`, "w approx." = `first_order`), the exact linearisation
+(`linearized`), and the trivial baselines every table shows (weight-space L2 and
+cosine, output agreement and KL).
 """),
         code("""
-rows = lineage.evaluate(z, metrics=METRICS, alphas=ALPHAS, probe_size=PROBE_SIZE, num_folds=NUM_FOLDS,
-                        key=jax.random.key(0))
+scenario = jl_eval.identify(z, probe_size=PROBE_SIZE)
+scorers = jl_eval.learning_free(METRICS, alphas=ALPHAS) + jl_eval.baselines()
+results = jl_eval.run_all(scenario, scorers, key=jax.random.key(0), num_folds=NUM_FOLDS)
 print(f"{len(children)} children, {len(parents)} candidate parents (chance {1 / len(parents):.0%}), "
       f"{NUM_FOLDS} folds")
-print(lineage.format_table(rows))
+print(jl_eval.table(results))
 """),
     ]
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxlineage.errors import JaxlineageError
@@ -44,6 +45,7 @@ __all__ = [
     "Scenario",
     "Scorer",
     "ScorerError",
+    "check_models",
 ]
 
 PyTree = Any
@@ -175,6 +177,16 @@ class Scorer:
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def decide(self, scores: np.ndarray) -> np.ndarray | None:
+        """Open-set answers from ``[K, M]`` scores: a candidate index or :data:`NO_PARENT` per query.
+
+        ``None`` (the default) means the scorer gives no "no parent" answer, so
+        the protocol reports closed-set accuracy only. The hook for scorers
+        that can say "none of these" (a no-parent logit, a p-value test).
+        """
+        del scores
+        return None
+
     def score(self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray,
               unreadable: str = "raise") -> np.ndarray:
         """Scores ``[K, M]`` of every candidate against every query (higher = more related).
@@ -185,10 +197,7 @@ class Scorer:
           unreadable: ``"raise"`` (a :class:`ScorerError` naming the first query
             the scorer cannot read) or ``"nan"`` (those entries are NaN).
         """
-        if len(candidates) == 0:
-            raise ScorerError(f"{self.name}: empty candidate set")
-        if len(queries) == 0:
-            raise ScorerError(f"{self.name}: empty query set")
+        check_models(self.name, candidates, queries)
         out = np.full((len(candidates), len(queries)), np.nan)
         for ko, cp in zip(candidates.offsets(), candidates.populations):
             for mo, qp in zip(queries.offsets(), queries.populations):
@@ -206,6 +215,39 @@ class Scorer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+@jax.jit
+def _finite_per_model(leaves):
+    return tuple(jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves)
+
+
+def _check_finite(scorer: str, models: ModelSet) -> None:
+    for p in models.populations:
+        path_leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(p.params)[0]
+                       if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+        if not path_leaves:
+            continue
+        flags = jax.device_get(_finite_per_model(tuple(jnp.asarray(leaf) for _, leaf in path_leaves)))
+        for (path, _), ok in zip(path_leaves, flags):
+            ok = np.asarray(ok)
+            if not ok.all():
+                raise ScorerError(f"{scorer}: model {p.ids[int(np.argmin(ok))]!r} has NaN or inf parameters at"
+                                  f" {jax.tree_util.keystr(path)}")
+
+
+def check_models(scorer: str, candidates: ModelSet, queries: ModelSet) -> None:
+    """The checks every scorer gets at its boundary: non-empty sets, finite parameters.
+
+    Raises:
+      ScorerError: naming the scorer and the first model (and parameter path) at fault.
+    """
+    if len(candidates) == 0:
+        raise ScorerError(f"{scorer}: empty candidate set")
+    if len(queries) == 0:
+        raise ScorerError(f"{scorer}: empty query set")
+    _check_finite(scorer, candidates)
+    _check_finite(scorer, queries)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
