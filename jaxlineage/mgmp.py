@@ -86,6 +86,7 @@ __all__ = [
     "PoolOutputs",
     "Population",
     "Prediction",
+    "SplitBy",
     "State",
     "assemble",
     "cosine_similarity_matrix",
@@ -166,6 +167,18 @@ class PairInput(enum.Enum):
 
     def width(self, fragment_dim: int) -> int:
         return (4 if self is PairInput.BOTH else 2) * fragment_dim
+
+
+class SplitBy(enum.Enum):
+    """The training hyper-parameter whose distinct values separate pool from evaluation targets (``run_protocol``).
+
+    Attributes:
+        LR: the fine-tuning learning rate (evaluation targets use a rate the pool never saw).
+        SEED: the fine-tuning / training seed (every rate seen, an unseen seed).
+    """
+
+    LR = "lr"
+    SEED = "seed"
 
 
 class Optimizer(enum.Enum):
@@ -1007,8 +1020,8 @@ def run_protocol(
     num_inputs: int | None = 2048,
     eval_split: str = "test",
     delta: float = 0.9,
-    split_children_by: str = "lr",
-    split_independents_by: str = "seed",
+    split_children_by: SplitBy | str = SplitBy.LR,
+    split_independents_by: SplitBy | str = SplitBy.SEED,
     tap: str = "logits",
 ) -> dict:
     """The paper's Table 1 protocol on a zoo, with and without the generator; a thin wrapper kept for the bench.

@@ -182,9 +182,10 @@ def detector_protocol(zoo=None, *, examples=None, repetitions: int = 5, key: jax
 # --------------------------------------------------------------------------- MGMP
 
 
-def _split_field(records, what: str, preferred: str) -> str:
-    """The hyper-parameter that splits ``records`` into disjoint pool / evaluation groups."""
-    for field in (preferred, "lr", "seed"):
+def _split_field(records, what: str, preferred) -> str:
+    """The hyper-parameter that splits ``records`` into disjoint pool / evaluation groups (preferred, lr, seed)."""
+    preferred = mgmp_lib.SplitBy(preferred).value
+    for field in (preferred, mgmp_lib.SplitBy.LR.value, mgmp_lib.SplitBy.SEED.value):
         if len({r.hparams[field] for r in records}) >= 2:
             return field
     raise mgmp_lib.MGMPError(f"run_protocol: the {what} do not differ in {preferred}, seed or learning rate, so they"
@@ -207,7 +208,8 @@ def _mgmp_summary(accs, correct, total) -> dict:
 
 def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed: int = 0,
                   config: mgmp_lib.Config | None = None, num_inputs: int | None = 2048, eval_split: str = "test",
-                  delta: float = 0.9, split_children_by: str = "lr", split_independents_by: str = "seed",
+                  delta: float = 0.9, split_children_by=mgmp_lib.SplitBy.LR,
+                  split_independents_by=mgmp_lib.SplitBy.SEED,
                   tap: str = "logits") -> dict:
     """The paper's Table 1 protocol on a zoo, with and without the DNA generator (``mgmp.run_protocol``).
 
@@ -320,8 +322,9 @@ def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed
                 "independents": len(independents)},
         "settings": {"repetitions": repetitions, "seed": seed, "key": np.asarray(jax.random.key_data(base)).tolist(),
                      "num_inputs": int(x_dna.shape[0]), "eval_split": eval_split, "eval_inputs": int(x_eval.shape[0]),
-                     "delta": delta, "tap": tap, "split_children_by": split_children_by,
-                     "split_independents_by": split_independents_by, "config": config.to_json()},
+                     "delta": delta, "tap": tap, "split_children_by": mgmp_lib.SplitBy(split_children_by).value,
+                     "split_independents_by": mgmp_lib.SplitBy(split_independents_by).value,
+                     "config": config.to_json()},
         "with_generator": _mgmp_summary(*results["with_generator"]),
         "without_generator": _mgmp_summary(*results["without_generator"]),
         "runs": runs,

@@ -104,7 +104,7 @@ def _probe(probe: Any, who: str) -> np.ndarray:
 # --------------------------------------------------------------------------- Lineage Detector
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class DetectorScorer(Scorer):
     """The Lineage Detector as a learned scorer: ``S[k, m]`` = logit of candidate ``k`` for query ``m``.
 
@@ -379,7 +379,7 @@ def _group_split(split_keys: Sequence[str], fraction: float, key: jax.Array, who
 # --------------------------------------------------------------------------- Model DNA (MGMP)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ModelDNAScorer(Scorer):
     """MGMP / Model DNA as a learned scorer: ``S[k, m]`` = fraction of query ``m``'s fragments called homologous.
 
@@ -525,7 +525,7 @@ class Field(enum.Enum):
     LOGITS = "logits"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ModelGiFScorer(Scorer):
     """ModelGiF as a learning-free scorer: ``S[k, m] = -d(k, m)``.
 
