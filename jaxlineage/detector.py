@@ -430,6 +430,10 @@ def examples_from_arrays(
     Raises:
       ValueError: neither modality, mismatched shapes (naming the model), non-finite
         values (naming the model), pooling larger than the arrays, bad labels.
+
+    References:
+      Yu & Wang, "Neural Lineage", CVPR 2024, Sec. 4 and supplement S2.5 (the
+      weight and feature pairs of one child against every candidate).
     """
     weight_pool, feature_pool = _positive_int("weight_pool", weight_pool), _positive_int("feature_pool", feature_pool)
     if n_probe is not None:

@@ -530,8 +530,8 @@ def sample_references(
         labels: its integer labels ``[P]``; required for ``CLASS_BALANCED`` and
             returned subsampled when given.
         n: the number of references, ``1 <= n <= P``.
-        key: a JAX PRNG key (its bits seed a numpy generator: the draw runs on the
-            host and compiles nothing).
+        key: a JAX PRNG key. The draw is ``jax.random.permutation`` of the split
+            (and of the classes), so it compiles one small sort per split size.
         strategy: ``ReferenceSampling`` (or its string value); default ``RANDOM``.
             ``CLASS_BALANCED`` orders the sample round-robin over classes (in a random
             class order), so every prefix ``[:m]`` holds ``floor(m / c)`` or
@@ -554,18 +554,26 @@ def sample_references(
         labels = np.asarray(labels)
         if labels.shape != (total,):
             raise ValueError(f"labels must have shape ({total},) to match x {x.shape}; got {labels.shape}")
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    k_items, k_classes = jax.random.split(key)
+    perm = np.asarray(jax.random.permutation(k_items, total))
 
     if strategy is ReferenceSampling.RANDOM:
-        indices = rng.permutation(total)[:n]
+        indices = perm[:n]
     else:
         if labels is None:
             raise ValueError("strategy=CLASS_BALANCED needs labels")
-        # Round-robin: sort by (rank within the shuffled class, shuffled class order).
+        # Round-robin: sort by (rank within the shuffled class, shuffled class order). One
+        # permutation of all items gives every class a uniformly random order at once.
+        priority = np.empty(total, np.int64)
+        priority[perm] = np.arange(total)
+        classes = np.unique(labels)
+        position = np.empty(classes.size, np.int64)
+        position[np.asarray(jax.random.permutation(k_classes, classes.size))] = np.arange(classes.size)
         rank, class_order = np.empty(total, np.int64), np.empty(total, np.int64)
-        for position, c in enumerate(rng.permutation(np.unique(labels))):
-            members = rng.permutation(np.flatnonzero(labels == c))
-            rank[members], class_order[members] = np.arange(members.size), position
+        for i, c in enumerate(classes):
+            members = np.flatnonzero(labels == c)
+            members = members[np.argsort(priority[members])]
+            rank[members], class_order[members] = np.arange(members.size), position[i]
         indices = np.lexsort((class_order, rank))[:n]
     return x[indices], None if labels is None else labels[indices], indices
 
