@@ -256,7 +256,7 @@ plt.show()
 print(f"best validation epoch: {det.best_epoch}")
 """),
         code("""
-res = detector.evaluate(det, ex.take(test_idx))
+res = detector.assess(det, ex.take(test_idx))
 print(f"test accuracy {res['accuracy']:.3f} on {res['n']} children")
 for i, pred, true in zip(test_idx, res["predictions"], res["labels"]):
     print(f"  {ex.child_ids[i]}: predicted {ex.parent_ids[pred]}, true {ex.parent_ids[true]}")
@@ -319,12 +319,16 @@ The source is the first parent. The pool holds all but one of its children
 (non-homologous). The held-out child and independent are the evaluation targets.
 """),
         code("""
+def population(ids):  # models of one task: one pure apply function and stacked params
+    return mgmp.Population(z.network_for(ids[0]).logits_fn, z.stack(ids), tuple(ids))
+
+
 source = z.parents[0]
 own = z.children_of(source.id)
 others = [z.children_of(p.id)[0].id for p in z.parents[1:] if z.children_of(p.id)]
 pool = mgmp.Pool(
-    homologous=mgmp.zoo_population(z, [c.id for c in own[:-1]]),
-    non_homologous=mgmp.zoo_population(z, others + [r.id for r in z.independents[:-1]]),
+    homologous=population([c.id for c in own[:-1]]),
+    non_homologous=population(others + [r.id for r in z.independents[:-1]]),
 )
 targets = {"held-out child (homologous)": own[-1].id, "held-out independent (not homologous)": z.independents[-1].id}
 
@@ -361,7 +365,8 @@ for what, target_id in targets.items():
 `mgmp.run_protocol` repeats this for several sources with pool and evaluation models
 that share no training configuration; the baseline uses the model outputs alone as
 fragments. Accuracy is `(A_o + A_n) / 2`: the fragment accuracy on homologous and
-non-homologous evaluation targets.
+non-homologous evaluation targets, mean ± sample std over repetitions. (It runs the
+evaluation layer's `jaxlineage.eval.methods.ModelDNAScorer` on one scenario per repetition.)
 """),
         code("""
 result = mgmp.run_protocol(z, repetitions=REPETITIONS, num_inputs=NUM_INPUTS, config=config)
