@@ -75,6 +75,7 @@ import optax
 from flax.training import train_state
 
 from jaxlineage import nets
+from jaxlineage.errors import path_str
 from jaxlineage._io import atomic_dir
 
 log = logging.getLogger("jaxlineage.detector")
@@ -294,7 +295,7 @@ def backbone_kernels(params: PyTree) -> dict[str, Any]:
     """
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        parts = nets._path_str(path).split("/")
+        parts = path_str(path).split("/")
         if nets.HEAD in parts or np.ndim(leaf) < 2:
             continue
         if parts[0] == "params" and len(parts) > 1:

@@ -25,13 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlineage.errors import JaxlineageError, path_str
+
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
 HEAD = "head"
 
 
-class TreeMismatchError(ValueError):
+class TreeMismatchError(JaxlineageError):
     """Two parameter trees differ; the message names the first differing path and both shapes."""
 
 
@@ -257,17 +259,13 @@ def with_head(backbone_params: PyTree, head_params: PyTree) -> PyTree:
     return out
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
 def check_trees_match(a: PyTree, b: PyTree, *, names: tuple[str, str] = ("parent", "child")) -> None:
     """Raises :class:`TreeMismatchError` unless ``a`` and ``b`` have the same paths and leaf shapes.
 
     The message names the first differing path and both shapes (or which side lacks it).
     """
-    la = {_path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(a)[0]}
-    lb = {_path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(b)[0]}
+    la = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(a)[0]}
+    lb = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(b)[0]}
     for path in sorted(set(la) | set(lb)):
         if path not in lb:
             raise TreeMismatchError(f"{path} is in the {names[0]} tree (shape {np.shape(la[path])}) but not in the {names[1]} tree")

@@ -52,7 +52,7 @@ from jaxlineage import data as data_lib
 from jaxlineage import graph as graph_lib
 from jaxlineage import nets
 from jaxlineage._io import atomic_dir
-from jaxlineage.errors import JaxlineageError
+from jaxlineage.errors import JaxlineageError, path_str
 
 log = logging.getLogger("jaxlineage.zoo")
 
@@ -428,7 +428,7 @@ def load_params(path: str | os.PathLike) -> PyTree:
 def _check_finite(tree, what):
     for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if not np.all(np.isfinite(np.asarray(leaf))):
-            raise ZooError(f"{what}: non-finite values at {nets._path_str(p)}")
+            raise ZooError(f"{what}: non-finite values at {path_str(p)}")
 
 
 def _write_json(path: pathlib.Path, obj) -> None:

@@ -162,7 +162,7 @@ def test_nan_parameters_name_the_model(fitted, toy):
     _, scorer = fitted
     params = jax.tree.map(lambda a: a[:2], toy["test"].queries.populations[0].params)
     params["params"]["dense2"]["kernel"] = params["params"]["dense2"]["kernel"].at[1, 0, 0].set(jnp.nan)
-    with pytest.raises(ScorerError, match=r"model 'nan1'.*non-finite parameters.*dense2"):
+    with pytest.raises(ScorerError, match=r"model 'nan1'.*non-finite \(NaN or inf\) parameters at params/dense2/kernel"):
         scorer.score(toy["test"].candidates, ModelSet((_population("nan", params),)), probe=toy["probe"])
 
 

@@ -38,6 +38,7 @@ from jaxlineage.eval.core import (
                                   Scenario,
                                   Scorer,
                                   ScorerError,
+                                  check_finite,
                                   check_models,
 )
 from jaxlineage.eval.protocols import alpha_sweep, folds, run, run_all, run_zoo, table
@@ -69,6 +70,7 @@ __all__ = [
     "WeightL2",
     "alpha_sweep",
     "baselines",
+    "check_finite",
     "check_models",
     "core",
     "default_tap",

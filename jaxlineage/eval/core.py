@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlineage.errors import JaxlineageError
+from jaxlineage.errors import JaxlineageError, path_str
 from jaxlineage.eval.metrics import NO_PARENT
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "Scenario",
     "Scorer",
     "ScorerError",
+    "check_finite",
     "check_models",
 ]
 
@@ -222,7 +223,8 @@ def _finite_per_model(leaves):
     return tuple(jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves)
 
 
-def _check_finite(scorer: str, models: ModelSet) -> None:
+def check_finite(scorer: str, models: ModelSet) -> None:
+    """Raises :class:`ScorerError` naming the first model (and parameter path) with a NaN or inf parameter."""
     for p in models.populations:
         path_leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(p.params)[0]
                        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
@@ -232,8 +234,8 @@ def _check_finite(scorer: str, models: ModelSet) -> None:
         for (path, _), ok in zip(path_leaves, flags):
             ok = np.asarray(ok)
             if not ok.all():
-                raise ScorerError(f"{scorer}: model {p.ids[int(np.argmin(ok))]!r} has NaN or inf parameters at"
-                                  f" {jax.tree_util.keystr(path)}")
+                raise ScorerError(f"{scorer}: model {p.ids[int(np.argmin(ok))]!r} ({p.arch}) has non-finite"
+                                  f" (NaN or inf) parameters at {path_str(path)}")
 
 
 def check_models(scorer: str, candidates: ModelSet, queries: ModelSet) -> None:
@@ -246,8 +248,8 @@ def check_models(scorer: str, candidates: ModelSet, queries: ModelSet) -> None:
         raise ScorerError(f"{scorer}: empty candidate set")
     if len(queries) == 0:
         raise ScorerError(f"{scorer}: empty query set")
-    _check_finite(scorer, candidates)
-    _check_finite(scorer, queries)
+    check_finite(scorer, candidates)
+    check_finite(scorer, queries)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -43,7 +43,7 @@ from jaxlineage import detector as detector_lib
 from jaxlineage import mgmp as mgmp_lib
 from jaxlineage import modelgif as modelgif_lib
 from jaxlineage.eval import metrics
-from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scenario, Scorer, ScorerError
+from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scenario, Scorer, ScorerError, check_finite
 
 __all__ = [
     "DetectorScorer",
@@ -61,18 +61,6 @@ __all__ = [
 def _first(pop: Population) -> Any:
     """The first model's (unstacked) parameters."""
     return jax.tree.map(lambda a: a[0], pop.params)
-
-
-def _check_finite(pop: Population, who: str) -> None:
-    """Raises :class:`ScorerError` naming the first model of ``pop`` with a non-finite parameter."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(pop.params)[0]:
-        a = np.asarray(leaf)
-        if not np.issubdtype(a.dtype, np.inexact):
-            continue
-        bad = ~np.isfinite(a.reshape(len(pop), -1)).all(axis=1)
-        if bad.any():
-            raise ScorerError(f"{who}: model {pop.ids[int(np.argmax(bad))]!r} ({pop.arch}) has non-finite parameters"
-                              f" at {jax.tree_util.keystr(path)}")
 
 
 def _check_applies(pop: Population, fn: Callable, x: np.ndarray, who: str, what: str) -> None:
@@ -208,7 +196,7 @@ class DetectorScorer(Scorer):
 
     def _arrays(self, pop: Population, layer: str | None, tap: str | None, x: np.ndarray):
         """``([P, out, in] or None, [P, n_probe, D] or None)`` of one population."""
-        _check_finite(pop, self.name)
+        check_finite(self.name, ModelSet((pop,)))
         w = f = None
         if layer is not None:
             kernels = detector_lib.backbone_kernels(pop.params)
@@ -437,7 +425,7 @@ class ModelDNAScorer(Scorer):
             if self.tap is not None and self.tap not in pop.feature_fns:
                 raise ScorerError(f"{self.name}: {what} {pop.ids[0]!r} ({pop.arch}) has no feature tap {self.tap!r};"
                                   f" valid taps: {tuple(pop.feature_fns)}")
-            _check_finite(pop, self.name)
+            check_finite(self.name, ModelSet((pop,)))
             fn = _fn(pop, self.tap)
             _check_applies(pop, fn, x, self.name, "the fragment function")
             o = _outputs(pop, fn, x)
@@ -457,7 +445,7 @@ class ModelDNAScorer(Scorer):
         cand_ids = train.candidates.ids
         k = 0
         for pop in train.candidates.populations:
-            _check_finite(pop, self.name)
+            check_finite(self.name, ModelSet((pop,)))
             fn = _fn(pop, self.tap)
             for j in range(len(pop)):
                 hom = np.flatnonzero(train.related[k])
@@ -609,7 +597,7 @@ class ModelGiFScorer(Scorer):
             if self.tap is not None and self.tap not in pop.feature_fns:
                 raise ScorerError(f"{self.name}: {what} {pop.ids[0]!r} ({pop.arch}) has no feature tap {self.tap!r};"
                                   f" valid taps: {tuple(pop.feature_fns)}")
-            _check_finite(pop, self.name)
+            check_finite(self.name, ModelSet((pop,)))
             fn = _fn(pop, self.tap)
             _check_applies(pop, fn, x_ref, self.name, "the field's function")
             sides.append(modelgif_lib.Population(fn, pop.params))
