@@ -13,7 +13,6 @@ from jaxlineage.eval import core, tree
 from jaxlineage.graph import LineageGraph
 from jaxlineage.linearize import Mode
 
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -92,7 +91,7 @@ def _relu1(params, x):
 @pytest.mark.parametrize("roots", ["known", "gap"])
 def test_exact_recovery_on_unambiguous_scores(rule, roots):
     truth, ids, depth, sym, towards_deeper = _synthetic()
-    kwargs = dict(ids=ids, direction=rule, num_roots=3 if roots == "known" else None)
+    kwargs = {"ids": ids, "direction": rule, "num_roots": 3 if roots == "known" else None}
     if rule is tree.Direction.NONE:
         g = tree.recover(sym + 0.3 * towards_deeper, **kwargs)  # the scores' own asymmetry
     elif rule is tree.Direction.KURTOSIS:
@@ -207,7 +206,6 @@ def test_weight_kurtosis_matches_scipy():
 def test_kurtosis_rule_on_constructed_fine_tunes():
     """Fine-tuning modelled as Gaussian steps on heavy-tailed weights: kurtosis falls down the tree."""
     rng = np.random.default_rng(2)
-    parents = {}
     models = []
     for r in range(2):
         root = rng.laplace(scale=0.05, size=(40, 30))  # excess kurtosis ~3
@@ -291,7 +289,7 @@ def test_restrict_graph_hangs_orphans_from_the_nearest_kept_ancestor():
 
 
 def test_tree_result_and_plot(tmp_path):
-    truth, ids, depth, sym, towards_deeper = _synthetic()
+    truth, ids, _, sym, _ = _synthetic()
     g = tree.recover(sym, ids=ids, num_roots=3)
     res = tree.tree_result(truth, g, scenario="synthetic", scorer="tree-distance", settings={"num_roots": 3})
     assert res.question == core.Question.RECOVER.value == "recover"
