@@ -60,6 +60,15 @@ TREE_SPEC = dataclasses.replace(
     zoo.QUICK, name="tree_quick", generations=2,
     grandchildren=zoo.Grid(lrs=(1e-3,), batch_sizes=(128,), seeds=(0,), epochs=2))
 
+#: A diagnostic variant, not the benchmark: each root's 6 children split over two tasks (3 each:
+#: classes 5-9 and the even classes, lr 1e-2 / 5e-3 / 3e-3, one seed), so that siblings on different
+#: tasks do not share their drift (MoTHer's trees fine-tune each child on its own dataset).
+TWO_TASKS_SPEC = dataclasses.replace(
+    TREE_SPEC, name="tree_two_tasks",
+    child_tasks=(zoo.Task("B", "embedded", tuple(range(5, 10))), zoo.Task("E", "embedded", (0, 2, 4, 6, 8))),
+    children=dataclasses.replace(zoo.QUICK.children, seeds=(0,)))
+SPECS = {"tree_quick": TREE_SPEC, "tree_two_tasks": TWO_TASKS_SPEC}
+
 METRICS = ("l2", "l1", "cka")
 MODES = (Mode.PLAIN, Mode.FIRST_ORDER, Mode.LINEARIZED)
 
@@ -85,7 +94,9 @@ def wrong_parent_relations(truth, recovered) -> dict[str, int]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--spec", default="tree_quick", choices=sorted(SPECS))
     ap.add_argument("--workdir", default="/tmp/jl_zoo_tree_quick")
+    ap.add_argument("--metrics", default=",".join(METRICS), help="learning-free metrics (comma-separated)")
     ap.add_argument("--probe-size", type=int, default=256)
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--tap", default="relu1")
@@ -97,7 +108,9 @@ def main(argv=None):
     t_start = time.time()
 
     t0 = time.time()
-    z = zoo.build(TREE_SPEC, args.workdir, progress=False)
+    spec = SPECS[args.spec]
+    metrics = tuple(args.metrics.split(",")) if args.metrics else ()
+    z = zoo.build(spec, args.workdir, progress=False)
     build_s = time.time() - t0
     ids, truth = forest(z)
     params = z.stack(ids, backbone=True)
@@ -112,7 +125,7 @@ def main(argv=None):
                 raise SystemExit(f"{cache} holds scores of other models; delete it")
             scores = {"weight-l2": f["weight-l2"]}
             kurt = f["kurtosis"]
-            raw = {(m, mode): f[f"raw/{m}/{mode.value}"] for m in METRICS for mode in MODES}
+            raw = {(m, mode): f[f"raw/{m}/{mode.value}"] for m in metrics for mode in MODES}
         weight_s = score_s = float("nan")
     else:
         t0 = time.time()
@@ -121,7 +134,7 @@ def main(argv=None):
         weight_s = time.time() - t0
         t0 = time.time()
         # One pass for both step sizes: the jvp (and CKA's Gram products) serve every alpha.
-        raw = lineage.score_matrices(METRICS, z.feature_fn(args.tap), params, params, probe,
+        raw = lineage.score_matrices(metrics, z.feature_fn(args.tap), params, params, probe,
                                      alpha=np.array([args.alpha, 1.0]), modes=MODES)
         raw = {k: np.asarray(v) for k, v in raw.items()}
         score_s = time.time() - t0
@@ -269,7 +282,7 @@ def main(argv=None):
 
     write(args.out, {
         "benchmark": "tree_recovery",
-        "settings": {"spec": TREE_SPEC.name, "workdir": args.workdir, "probe_size": args.probe_size,
+        "settings": {"spec": spec.name, "workdir": args.workdir, "probe_size": args.probe_size,
                      "alpha": args.alpha, "tap": args.tap, "models": len(ids), "true_edges": len(truth.edges()),
                      "true_roots": len(truth.roots()), "strength": tree.DEFAULT_STRENGTH,
                      "kurtosis_order": tree.KurtosisOrder.DECREASING.value},
