@@ -1,7 +1,8 @@
 """Lineage tree recovery on a 3-generation forest: every scorer x direction rule, three accuracies.
 
-    PYTHONPATH=. python benchmarks/tree_recovery.py [--workdir /tmp/jl_zoo_tree_quick]
-        [--probe-size 256] [--alpha 0.01] [--tap relu1]
+    PYTHONPATH=. python benchmarks/tree_recovery.py [--spec tree_quick|tree_two_tasks]
+        [--workdir /tmp/jl_zoo_tree_quick] [--metrics l2,l1,cka] [--probe-size 256] [--alpha 0.01]
+        [--tap relu1] [--scores-cache FILE.npz]
         [--out benchmarks/results/tree_recovery.jsonl] [--plot benchmarks/results/tree_recovery.png]
 
 Expected runtime on the shared 2-core CPU: ~2 min for the zoo (built once, resumable,
@@ -29,8 +30,10 @@ Direction rules: ``none`` (the score matrix's own asymmetry), ``kurtosis``
 (MoTHer: the parent's summed kernel kurtosis is higher, lambda = 0.3),
 ``taylor`` (the sign of ``D[a, b] - D[b, a]`` with ``D`` the same metric's
 ``first_order`` scores; ``linearized`` scorers use their own; ``weight-l2`` uses
-``l2``'s). Roots: the number of roots given (8), and unknown (the largest-gap
-threshold). One JSON line per run with the whole table, the direction rules'
+``l2``'s). Two more rows that are not results: ``kurtosis-inc`` (MoTHer's reverse
+order, added after the fine-tuning order failed on this forest) and ``oracle`` (the
+direction from the true generation: the ceiling the edges allow). Roots: the number
+of roots given (8), and unknown (the largest-gap threshold). One JSON line per run with the whole table, the direction rules'
 accuracy on the true edges taken alone, and where the best combination's wrong
 parents sit in the true graph.
 """
