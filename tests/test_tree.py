@@ -1,0 +1,346 @@
+"""Lineage tree recovery: exact on unambiguous scores, Edmonds against brute force, direction rules on toys."""
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlineage import lineage
+from jaxlineage.errors import JaxlineageError
+from jaxlineage.eval import core, tree
+from jaxlineage.graph import LineageGraph
+from jaxlineage.linearize import Mode
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _forest(n_roots=3, n_children=3, n_grand=2):
+    """A 3-generation forest: ids, parent map, depth."""
+    parents = {}
+    for r in range(n_roots):
+        parents[f"r{r}"] = None
+        for c in range(n_children):
+            parents[f"r{r}c{c}"] = f"r{r}"
+            for g in range(n_grand):
+                parents[f"r{r}c{c}g{g}"] = f"r{r}c{c}"
+    return LineageGraph.from_parents(parents)
+
+
+def _tree_distance(graph):
+    """Edges between two models of one tree; 10 across trees."""
+    ids = graph.ids
+    p = len(ids)
+    d = np.full((p, p), 10.0)
+    for i, a in enumerate(ids):
+        anc_a = (a,) + graph.ancestors(a)
+        for j, b in enumerate(ids):
+            anc_b = (b,) + graph.ancestors(b)
+            common = [x for x in anc_a if x in anc_b]
+            if common:
+                d[i, j] = anc_a.index(common[0]) + anc_b.index(common[0])
+    return d
+
+
+def _synthetic(seed=0):
+    """Unambiguous scores: minus the tree distance plus small noise, and a separate direction signal."""
+    truth = _forest()
+    ids = truth.ids
+    depth = np.array([truth.generation(m) for m in ids], float)
+    rng = np.random.default_rng(seed)
+    noise = 0.01 * rng.normal(size=(len(ids), len(ids)))
+    sym = -_tree_distance(truth) + noise + noise.T
+    towards_deeper = np.sign(depth[None, :] - depth[:, None])  # +1 for a -> b when b is deeper
+    return truth, ids, depth, sym, towards_deeper
+
+
+def _brute_force(w, root_scores, k=None):
+    """The best total weight over every forest (parent function without cycles), optionally with k roots."""
+    p = w.shape[0]
+    best = -np.inf
+    for assign in itertools.product(*[[-1] + [a for a in range(p) if a != b] for b in range(p)]):
+        if k is not None and sum(a < 0 for a in assign) != k:
+            continue
+        ok = True
+        for b in range(p):  # follow parents; a cycle never reaches a root
+            seen, n = 0, b
+            while n >= 0 and seen <= p:
+                n, seen = assign[n], seen + 1
+            if n >= 0:
+                ok = False
+                break
+        if ok:
+            best = max(best, tree.arborescence_weight(w, assign, root_scores))
+    return best
+
+
+def _population(ids, params, arch):
+    fn = lambda p, x: x
+    return core.Population(ids=tuple(ids), params=params, logits_fn=fn, feature_fns={"x": fn}, arch=arch)
+
+
+def _relu1(params, x):
+    return jax.nn.relu(x @ params["w"] + params["b"][None, :])
+
+
+# ----------------------------------------------------------------------------- recovery
+
+
+@pytest.mark.parametrize("rule", list(tree.Direction))
+@pytest.mark.parametrize("roots", ["known", "gap"])
+def test_exact_recovery_on_unambiguous_scores(rule, roots):
+    truth, ids, depth, sym, towards_deeper = _synthetic()
+    kwargs = {"ids": ids, "direction": rule, "num_roots": 3 if roots == "known" else None}
+    if rule is tree.Direction.NONE:
+        g = tree.recover(sym + 0.3 * towards_deeper, **kwargs)  # the scores' own asymmetry
+    elif rule is tree.Direction.KURTOSIS:
+        g = tree.recover(sym, kurtosis=-depth + 0.01 * np.arange(len(ids)) / len(ids), **kwargs)
+    else:
+        g = tree.recover(sym, direction_scores=sym + 0.05 * towards_deeper, **kwargs)
+    assert dict(g.parent_map) == dict(truth.parent_map)
+    acc = tree.tree_accuracy(truth, g)
+    assert (acc.undirected, acc.directed, acc.root, acc.model_root, acc.reversed) == (1.0, 1.0, 1.0, 1.0, 0.0)
+
+
+def test_symmetric_scores_without_direction_get_edges_not_directions():
+    truth, ids, depth, sym, _ = _synthetic()
+    g = tree.recover(sym, ids=ids, num_roots=3)
+    acc = tree.tree_accuracy(truth, g)
+    assert acc.undirected == 1.0  # the edges are unambiguous; their direction is not
+    # The wrong kurtosis order makes every true edge point up: a reversed tree is no forest (a parent
+    # would need several parents), so the edges that survive are mostly reversed.
+    g = tree.recover(sym, ids=ids, direction="kurtosis", kurtosis=-depth, kurtosis_order="increasing", num_roots=3)
+    acc = tree.tree_accuracy(truth, g)
+    assert acc.directed == 0.0 and acc.reversed > 0.3
+
+
+@pytest.mark.parametrize("solver", list(tree.Solver))
+@pytest.mark.parametrize("p,seed", [(3, 0), (4, 1), (4, 2), (5, 3), (5, 4)])
+def test_arborescence_matches_brute_force(p, seed, solver):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(p, p))
+    r = rng.normal(size=p) - 1.0
+    # Free number of roots, with per-model root scores.
+    par = tree.max_arborescence(w, root_scores=r, solver=solver)
+    assert tree.arborescence_weight(w, par, r) == pytest.approx(_brute_force(w, r))
+    # Exactly k roots (the Lagrangian search) for every k.
+    for k in range(1, p + 1):
+        par = tree.max_arborescence(w, root_scores=r, num_roots=k, solver=solver)
+        assert int(np.sum(par < 0)) == k
+        assert tree.arborescence_weight(w, par, r) == pytest.approx(_brute_force(w, r, k)), k
+
+
+@pytest.mark.parametrize("solver", list(tree.Solver))
+def test_arborescence_six_nodes_with_forbidden_edges(solver):
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(6, 6))
+    w[0, 3] = w[2, 5] = w[4, 1] = -np.inf
+    for k in (1, 2, 4):
+        par = tree.max_arborescence(w, num_roots=k, solver=solver)
+        assert all(np.isfinite(w[a, b]) for b, a in enumerate(par) if a >= 0)
+        assert tree.arborescence_weight(w, par) == pytest.approx(_brute_force(np.where(np.isinf(w), -1e9, w), 0.0, k))
+
+
+def test_dense_solver_agrees_with_networkx_on_larger_graphs():
+    rng = np.random.default_rng(11)
+    for p in (8, 15, 30):
+        w = rng.normal(size=(p, p))
+        w[rng.random((p, p)) < 0.2] = -np.inf
+        r = rng.normal(size=p) - 1.0
+        a = tree.max_arborescence(w, root_scores=r, solver="networkx")
+        b = tree.max_arborescence(w, root_scores=r, solver="dense")
+        assert tree.arborescence_weight(w, a, r) == pytest.approx(tree.arborescence_weight(w, b, r))
+        a = tree.max_arborescence(w, num_roots=3, solver="networkx")
+        b = tree.max_arborescence(w, num_roots=3, solver="dense")
+        assert tree.arborescence_weight(w, a) == pytest.approx(tree.arborescence_weight(w, b))
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def test_weight_scores_match_direct_norms_and_keep_shared_leaves():
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(4, 3, 5)).astype(np.float32), "b": rng.normal(size=(4, 5)).astype(np.float32)}
+    s = tree.weight_scores(params)
+    flat = np.concatenate([params["w"].reshape(4, -1), params["b"]], axis=1).astype(np.float64)
+    for a, b in itertools.permutations(range(4), 2):
+        assert s[a, b] == pytest.approx(-np.linalg.norm(flat[a] - flat[b]), rel=1e-10)
+    assert np.isnan(np.diag(s)).all() and np.allclose(s, s.T, equal_nan=True)
+    # A model set of one architecture whose heads differ in shape: only the shared leaves count.
+    pa = _population(["a0", "a1"], {"w": params["w"][:2], "head": np.zeros((2, 5, 3))}, "mlp")
+    pb = _population(["b0", "b1"], {"w": params["w"][2:], "head": np.zeros((2, 5, 7))}, "mlp")
+    s2 = tree.weight_scores(core.ModelSet((pa, pb)))
+    np.testing.assert_allclose(s2, tree.weight_scores({"w": params["w"]}), rtol=1e-12)
+    # A list of per-model trees.
+    np.testing.assert_allclose(tree.weight_scores([{"w": params["w"][i]} for i in range(4)]), s2, rtol=1e-6)
+
+
+def test_learning_free_scores_are_score_matrices_over_ordered_pairs():
+    key = jax.random.key(0)
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {"w": jax.random.normal(k1, (3, 6, 8)), "b": 0.1 * jax.random.normal(k2, (3, 8))}
+    x = jax.random.normal(k3, (16, 6))
+    out = tree.learning_free_scores(("l2", "cka"), _relu1, params, x, alpha=0.01, reported=False)
+    ref = lineage.score_matrix("l2", _relu1, params, params, x, alpha=0.01, mode=Mode.FIRST_ORDER)
+    s = out[("l2", Mode.FIRST_ORDER)]
+    np.testing.assert_allclose(s[~np.eye(3, dtype=bool)], np.asarray(ref)[~np.eye(3, dtype=bool)], rtol=1e-5)
+    assert np.isnan(np.diag(s)).all()
+    plain = out[("l2", Mode.PLAIN)]
+    np.testing.assert_allclose(plain, plain.T, rtol=1e-5)
+    assert not np.allclose(s, s.T, equal_nan=True)  # the Taylor step starts at the row's model
+
+
+# ----------------------------------------------------------------------------- direction rules
+
+
+def test_weight_kurtosis_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    params = {"k1": rng.laplace(size=(3, 20, 30)), "k2": rng.normal(size=(3, 10, 10)), "bias": rng.normal(size=(3, 30))}
+    k = tree.weight_kurtosis(params, model_chunk=2)
+    for i in range(3):
+        assert k[i] == pytest.approx(stats.kurtosis(params["k1"][i].ravel()) + stats.kurtosis(params["k2"][i].ravel()))
+
+
+def test_kurtosis_rule_on_constructed_fine_tunes():
+    """Fine-tuning modelled as Gaussian steps on heavy-tailed weights: kurtosis falls down the tree."""
+    rng = np.random.default_rng(2)
+    models = []
+    for r in range(2):
+        root = rng.laplace(scale=0.05, size=(40, 30))  # excess kurtosis ~3
+        models.append((f"r{r}", None, root))
+        for c in range(2):
+            child = root + rng.normal(scale=0.04, size=root.shape)
+            models.append((f"r{r}c{c}", f"r{r}", child))
+            grand = child + rng.normal(scale=0.03, size=root.shape)
+            models.append((f"r{r}c{c}g", f"r{r}c{c}", grand))
+    ids = [m[0] for m in models]
+    truth = LineageGraph.from_parents({m[0]: m[1] for m in models})
+    params = {"kernel": np.stack([m[2] for m in models])}
+    s = tree.weight_scores(params)
+    k = tree.weight_kurtosis(params)
+    ev = k[:, None] - k[None, :]
+    assert tree.direction_accuracy(truth, ev, ids) == 1.0
+    g = tree.recover(s, ids=ids, direction=tree.Direction.KURTOSIS, kurtosis=k, num_roots=2)
+    acc = tree.tree_accuracy(truth, g)
+    assert acc.directed == 1.0 and acc.root == 1.0
+    # Without a direction rule the distances find the edges but not their direction.
+    assert tree.tree_accuracy(truth, tree.recover(s, ids=ids, num_roots=2)).undirected == 1.0
+
+
+def test_taylor_asymmetry_matches_its_closed_form_and_points_to_the_child():
+    """A ReLU layer fine-tuned by lowering its biases (units switch off): the first-order step from the parent wins.
+
+    For ``f = relu(x W + b)`` and L2, with ``u``, ``v`` the parent's and child's
+    pre-activations, ``S_FO[a, b] - S_FO[b, a] = (2 alpha / n) (sum_{u > 0 >= v} u (u - v)
+    - sum_{v > 0 >= u} v (v - u))``: positive when units switch off from ``a`` to ``b``.
+    """
+    key = jax.random.key(3)
+    kw, kb, kx, kn1, kn2 = jax.random.split(key, 5)
+    w = jax.random.normal(kw, (6, 12)) / 3
+    b = 0.2 * jax.random.normal(kb, (12,))
+    x = jax.random.normal(kx, (64, 6))
+    child_b = b - 0.3
+    grand_b = b - 0.6
+    other_w = jax.random.normal(kn1, (6, 12)) / 3
+    ws = jnp.stack([w, w + 0.02 * jax.random.normal(kn2, (6, 12)), w, other_w, other_w])
+    bs = jnp.stack([b, child_b, grand_b, b, b - 0.3])
+    params = {"w": ws, "b": bs}
+    ids = ["p", "c", "g", "q", "qc"]
+    truth = LineageGraph.from_parents({"p": None, "c": "p", "g": "c", "q": None, "qc": "q"})
+    alpha = 0.01
+    fo = tree.learning_free_scores("l2", _relu1, params, x, alpha=alpha, modes=Mode.FIRST_ORDER,
+                                   reported=False)[("l2", Mode.FIRST_ORDER)]
+    # Closed form of the asymmetry for one pair.
+    xn, wn, bn = (np.asarray(a, np.float64) for a in (x, ws, bs))
+    u = xn @ wn[0] + bn[0]
+    v = xn @ wn[1] + bn[1]
+    closed = 2 * alpha / u.size * (np.sum(np.where((u > 0) & (v <= 0), u * (u - v), 0))
+                                   - np.sum(np.where((v > 0) & (u <= 0), v * (v - u), 0)))
+    assert fo[0, 1] - fo[1, 0] == pytest.approx(closed, rel=1e-3, abs=1e-7)
+    assert tree.direction_accuracy(truth, fo - fo.T, ids) == 1.0
+    plain = tree.learning_free_scores("l2", _relu1, params, x, alpha=alpha, modes=Mode.PLAIN)[("l2", Mode.PLAIN)]
+    g = tree.recover(plain, ids=ids, direction=tree.Direction.TAYLOR, direction_scores=fo, num_roots=2)
+    assert dict(g.parent_map) == dict(truth.parent_map)
+
+
+# ----------------------------------------------------------------------------- metrics, result, plot
+
+
+def test_tree_accuracy_definitions_by_hand():
+    truth = LineageGraph.from_parents({"p": None, "c1": "p", "c2": "p", "g": "c1"})
+    rec = LineageGraph.from_parents({"c1": None, "p": "c1", "c2": "p", "g": "c2"})
+    acc = tree.tree_accuracy(truth, rec)
+    assert acc.undirected == pytest.approx(2 / 3)
+    assert acc.directed == pytest.approx(1 / 3)
+    assert acc.reversed == pytest.approx(1 / 3)
+    assert acc.root == 0.0 and acc.model_root == 0.0
+    two_roots = LineageGraph.from_parents({"p": None, "c1": "p", "c2": None, "g": "c1"})
+    acc = tree.tree_accuracy(truth, two_roots)
+    assert acc.root == 0.5 and acc.directed == pytest.approx(2 / 3) and acc.model_root == 0.75
+
+
+def test_restrict_graph_hangs_orphans_from_the_nearest_kept_ancestor():
+    g = LineageGraph.from_parents({"p": None, "c": "p", "g": "c", "x": None}, init_keys={"p": 1, "x": 1})
+    r = tree.restrict_graph(g, ["p", "g", "x"])
+    assert dict(r.parent_map) == {"p": (), "g": ("p",), "x": ()}
+    assert dict(r.init_keys) == {"p": 1, "x": 1}
+
+
+def test_tree_result_and_plot(tmp_path):
+    truth, ids, _, sym, _ = _synthetic()
+    g = tree.recover(sym, ids=ids, num_roots=3)
+    res = tree.tree_result(truth, g, scenario="synthetic", scorer="tree-distance", settings={"num_roots": 3})
+    assert res.question == core.Question.RECOVER.value == "recover"
+    assert set(res.metrics) >= {"undirected_edge_accuracy", "directed_edge_accuracy", "root_accuracy"}
+    assert res.metrics["undirected_edge_accuracy"]["mean"] == 1.0
+    back = core.Result.from_json(json.loads(json.dumps(res.to_json())))
+    assert back.metrics == res.metrics
+    path = tmp_path / "forest.png"
+    tree.tree_plot(truth, g, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_raises_clear_errors():
+    assert issubclass(tree.TreeError, JaxlineageError)
+    with pytest.raises(tree.TreeError, match="at least 2 models"):
+        tree.recover(np.zeros((1, 1)))
+    with pytest.raises(tree.TreeError, match="square"):
+        tree.recover(np.zeros((3, 4)))
+    bad = np.random.default_rng(0).normal(size=(4, 4))
+    bad[1, 2] = np.nan
+    with pytest.raises(tree.TreeError, match=r"scores\[1, 2\] is nan"):
+        tree.recover(bad)
+    bad[1, 2] = np.inf
+    with pytest.raises(tree.TreeError, match="finite"):
+        tree.edge_weights(bad)
+    good = np.random.default_rng(1).normal(size=(4, 4))
+    with pytest.raises(tree.TreeError, match="needs kurtosis"):
+        tree.recover(good, direction="kurtosis")
+    with pytest.raises(tree.TreeError, match="kurtosis must have shape"):
+        tree.recover(good, direction="kurtosis", kurtosis=np.zeros(3))
+    with pytest.raises(tree.TreeError, match="unknown direction"):
+        tree.recover(good, direction="sideways")
+    with pytest.raises(tree.TreeError, match="num_roots"):
+        tree.recover(good, num_roots=5)
+    with pytest.raises(tree.TreeError, match="4 models"):
+        tree.recover(good, ids=["a", "b"])
+    # Weight space: one model, mixed architectures, differing trees.
+    with pytest.raises(tree.TreeError, match="at least 2 models"):
+        tree.weight_scores({"w": np.zeros((1, 3))})
+    pa = _population(["m0", "m1"], {"w": np.ones((2, 3))}, "mlp")
+    pb = _population(["c0"], {"w": np.ones((1, 3))}, "convnet")
+    with pytest.raises(tree.TreeError, match="one architecture.*'convnet'.*'c0'"):
+        tree.weight_scores(core.ModelSet((pa, pb)))
+    with pytest.raises(tree.TreeError, match="trees differ"):
+        tree.weight_scores([{"w": np.ones(3)}, {"w": np.ones(4)}])
+    with pytest.raises(tree.TreeError, match="at least 2 models"):
+        tree.learning_free_scores("l2", _relu1, {"w": jnp.ones((1, 2, 3)), "b": jnp.ones((1, 3))},
+                                  jnp.ones((4, 2)), alpha=0.1)
+    truth = LineageGraph.from_parents({"a": None, "b": "a"})
+    with pytest.raises(tree.TreeError, match="'b' is only in the true graph"):
+        tree.tree_accuracy(truth, LineageGraph.from_parents({"a": None, "c": "a"}))
