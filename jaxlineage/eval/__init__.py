@@ -14,6 +14,12 @@ joins them:
 * :mod:`~jaxlineage.eval.protocols`: folds, fitting on training folds only,
   one :class:`Result` per (scenario, scorer) (:func:`run`, :func:`run_all`,
   :func:`table`);
+* :mod:`~jaxlineage.eval.methods`: the other papers' methods as scorers
+  (:class:`~jaxlineage.eval.methods.DetectorScorer`,
+  :class:`~jaxlineage.eval.methods.ModelDNAScorer`,
+  :class:`~jaxlineage.eval.methods.ModelGiFScorer`);
+* :mod:`~jaxlineage.eval.tree`: the *recover* question, lineage forests from any
+  pairwise score;
 * :mod:`~jaxlineage.eval.metrics`: accuracy, ROC AUC, TPR at FPR, mean ± std.
 
 Two lines (the paper's learning-free table and the baselines on the quick zoo)::
@@ -28,7 +34,7 @@ Any scenario and scorers::
                               key=jax.random.key(0))
 """
 
-from jaxlineage.eval import core, metrics, protocols, scenarios, scorers
+from jaxlineage.eval import core, methods, metrics, protocols, scenarios, scorers, tree
 from jaxlineage.eval.core import (
                                   NO_PARENT,
                                   ModelSet,
@@ -77,6 +83,7 @@ __all__ = [
     "folds",
     "identify",
     "learning_free",
+    "methods",
     "metrics",
     "model_set",
     "protocols",
@@ -86,5 +93,6 @@ __all__ = [
     "scenarios",
     "scorers",
     "table",
+    "tree",
     "verify",
 ]
