@@ -115,7 +115,7 @@ class _Interrupt(Exception):
 
 
 def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
-    real_save, saves = zoo.save_params, []
+    real_save, saves = zoo.storage.save_params, []
 
     def flaky_save(path, params):
         if len(saves) == 4:
@@ -123,10 +123,12 @@ def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
         real_save(path, params)
         saves.append(path.name)
 
-    monkeypatch.setattr(zoo, "save_params", flaky_save)
+    monkeypatch.setattr(zoo.storage, "save_params", flaky_save)
     with pytest.raises(_Interrupt):
         zoo.build(MICRO, tmp_path, progress=False)
     assert not (tmp_path / zoo.MANIFEST).exists()
+    # Killed in the middle of group "child" (3 parent candidates, then 1 of 4 children were saved).
+    assert [n.startswith("p-") for n in saves] == [True, True, True, False]
     models = tmp_path / "models"
     assert sorted(p.stem for p in models.glob("*.json")) == sorted(saves)
     assert not list(models.glob(".tmp-*"))
@@ -135,15 +137,15 @@ def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
     (models / f"{orphan}.json").unlink()
     before = {k: v for k, v in _tree_files(models).items() if not k.startswith(orphan)}
 
-    monkeypatch.setattr(zoo, "save_params", real_save)
+    monkeypatch.setattr(zoo.storage, "save_params", real_save)
     trained = []
-    real_train = zoo.train_population
+    real_train = zoo.training.train_population
 
     def counting_train(network, init_params, *a, **k):
         trained.append(nets.population_size(init_params))
         return real_train(network, init_params, *a, **k)
 
-    monkeypatch.setattr(zoo, "train_population", counting_train)
+    monkeypatch.setattr(zoo.training, "train_population", counting_train)
     z = zoo.build(MICRO, tmp_path, progress=False)
     total = len(z.records)
     assert sum(trained) == total - len(saves)

@@ -29,6 +29,7 @@ Extend it with :func:`register_op`::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -287,11 +288,15 @@ def magnitude_prune(params: PyTree, sparsity: jax.Array | float, *, scope: Prune
     return pruned, mask
 
 
+@functools.lru_cache(maxsize=None)
+def _prune_population_fn(scope: PruneScope, include_head: bool):
+    # One compiled function per setting: op-by-op dispatch of the vmapped sort is slow on CPU.
+    return jax.jit(jax.vmap(lambda p, s: magnitude_prune(p, s, scope=scope, include_head=include_head)))
+
+
 def _op_prune(inp: OpInput) -> PyTree:
-    scope = PruneScope(inp.shared("scope"))
-    include_head = bool(inp.shared("include_head"))
-    sparsity = jnp.asarray(inp.per_model("sparsity"), jnp.float32)
-    pruned, mask = jax.vmap(lambda p, s: magnitude_prune(p, s, scope=scope, include_head=include_head))(inp.sources, sparsity)
+    fn = _prune_population_fn(PruneScope(inp.shared("scope")), bool(inp.shared("include_head")))
+    pruned, mask = fn(inp.sources, jnp.asarray(inp.per_model("sparsity"), jnp.float32))
     if int(inp.shared("epochs")) == 0:
         return pruned
     # Repair: fine-tune with the mask fixed (pruned weights get a zero update, so stay exactly 0).
@@ -401,18 +406,22 @@ def permute_params(params: PyTree, spec: Mapping[str, tuple[int, Sequence[PermAx
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _permute_population_fn(spec_items: tuple):
+    spec = dict(spec_items)
+    return jax.jit(jax.vmap(lambda p, k: permute_params(p, spec, k)))
+
+
 def _op_permute(inp: OpInput) -> PyTree:
     spec = permutation_spec(inp.network, nets.unstack(inp.sources)[0])
-    return jax.vmap(lambda p, k: permute_params(p, spec, k))(inp.sources, inp.keys)
+    return _permute_population_fn(tuple(spec.items()))(inp.sources, inp.keys)
 
 
 # --------------------------------------------------------------------------- perturb
 
 
-def _op_perturb(inp: OpInput) -> PyTree:
-    kind = PerturbKind(inp.shared("kind"))
-    scale = jnp.asarray(inp.per_model("scale"), jnp.float32)
-
+@functools.lru_cache(maxsize=None)
+def _perturb_population_fn(kind: PerturbKind):
     def one(variables, s, key):
         flat, treedef = jax.tree.flatten(variables["params"])
         if kind is PerturbKind.NOISE:
@@ -428,7 +437,12 @@ def _op_perturb(inp: OpInput) -> PyTree:
         out["params"] = jax.tree.unflatten(treedef, flat)
         return out
 
-    return jax.vmap(one)(inp.sources, scale, inp.keys)
+    return jax.jit(jax.vmap(one))
+
+
+def _op_perturb(inp: OpInput) -> PyTree:
+    fn = _perturb_population_fn(PerturbKind(inp.shared("kind")))
+    return fn(inp.sources, jnp.asarray(inp.per_model("scale"), jnp.float32), inp.keys)
 
 
 # --------------------------------------------------------------------------- registry
