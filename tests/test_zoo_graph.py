@@ -52,7 +52,8 @@ def _groups(a):
     return groups
 
 
-OPS_SPEC = zoo.GraphSpec("ops", TASKS, tuple(_groups("mlp") + _groups("cnn")), max_population=8)
+OPS_SPEC = zoo.GraphSpec("ops", TASKS, tuple(_groups("mlp") + _groups("cnn")), max_population=8,
+                         sequential_archs=("convnet",))
 
 
 @pytest.fixture(scope="module")

@@ -415,8 +415,19 @@ class _Builder:
     def __init__(self, spec: GraphSpec, workdir: pathlib.Path, progress: bool):
         self.spec, self.workdir = spec, workdir
         self.models = workdir / "models"
-        self.bar = _Progress(sum(len(g.points()) for g in spec.groups if g.source is None), progress)
+        # Expected models: every grid point for every kept source (top-k groups keep k; floors are
+        # unknown in advance, so the total can shrink once they apply).
+        n, kept = {}, {}
+        for g in spec.order():
+            n[g.name] = len(g.points()) * (1 if g.source is None else kept[g.source])
+            kept[g.name] = min(g.top_k, n[g.name]) if g.top_k is not None else n[g.name]
+        self.bar = _Progress(sum(n.values()), progress)
         self._params_cache: dict[str, PyTree] = {}
+
+    def _expected(self, g: Group) -> int:
+        src = self.spec.group(g.source)
+        n_src = len(src.points()) if src.source is None else self._expected(src)
+        return len(g.points()) * (min(src.top_k, n_src) if src.top_k is not None else n_src)
 
     def stored(self, model_id: str) -> ModelRecord | None:
         path = self.models / f"{model_id}.json"
@@ -438,7 +449,7 @@ class _Builder:
                 sources: list[ModelRecord | None] = [None]
             else:
                 sources = kept[g.source]
-                self.bar.add_total(len(sources) * len(g.points()))
+                self.bar.add_total(len(sources) * len(g.points()) - self._expected(g))
                 if not sources:
                     log.warning("zoo: group %r has no models: its source group %r kept none", g.name, g.source)
             jobs = []
@@ -510,14 +521,17 @@ class _Builder:
         # sources' derived models never share it.
         keys = jax.numpy.stack([jax.random.fold_in(jax.random.key(d), zlib.crc32((j.source.id if j.source else "").encode()) & 0x7FFFFFFF)
                                 for j, d in zip(jobs, data_seeds)])
+        seq = network.name in spec.sequential_archs
+        src_seq = src_net is not None and src_net.name in spec.sequential_archs
         t0 = time.time()
         params = op.fn(ops_lib.OpInput(network, src_net, sources, x, y, tuple(j.hparams for j in jobs), init_keys, keys,
-                                       data_seeds))
-        accs = training.population_accuracy(network, params, xt, yt)
+                                       data_seeds, seq, src_seq))
+        mine = training.population_logits(network, params, xt, sequential=seq)
+        accs = (mine.argmax(-1) == np.asarray(yt)[None]).mean(-1)
         fids = [None] * len(jobs)
         if g.source is not None and spec.task_of(g.source).output_space == task.output_space:
-            mine = training.population_logits(network, params, xt).argmax(-1)
-            theirs = training.population_logits(src_net, sources, xt).argmax(-1)
+            mine = mine.argmax(-1)
+            theirs = training.population_logits(src_net, sources, xt, sequential=src_seq).argmax(-1)
             fids = [float(v) for v in (mine == theirs).mean(-1)]
         log.info("zoo: made %d models of group %r (%s) on %s in %.1fs", len(jobs), g.name, g.op, task.name, time.time() - t0)
         arch = spec.arch_of(g.name)

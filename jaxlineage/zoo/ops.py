@@ -70,6 +70,9 @@ class OpInput:
         (models with equal ``init_seed`` get equal initialisations).
       keys: ``[P]`` keys for any other randomness, distinct per (source, seed).
       data_seeds: per-model data-order seeds ``seed * 7919 + spec.seed``.
+      sequential: train / evaluate the new models (``sequential``) and the sources
+        (``source_sequential``) one after another instead of vmapped (conv nets on CPU;
+        :attr:`GraphSpec.sequential_archs`).
     """
 
     network: nets.Network
@@ -81,6 +84,8 @@ class OpInput:
     init_keys: jax.Array
     keys: jax.Array
     data_seeds: tuple[int, ...]
+    sequential: bool = False
+    source_sequential: bool = False
 
     @property
     def size(self) -> int:
@@ -191,7 +196,7 @@ def _train(inp: OpInput, init, *, labels=None, soft=None, temperature=1.0, alpha
         batch_size=int(inp.shared("batch_size")), epochs=int(inp.shared("epochs") if epochs is None else epochs),
         optimizer=Optimizer(inp.shared("optimizer")), momentum=float(inp.shared("momentum")),
         weight_decay=float(inp.shared("weight_decay")), soft_targets=soft, temperature=temperature, alpha=alpha,
-        update_mask=mask, freeze_stats=freeze_stats,
+        update_mask=mask, freeze_stats=freeze_stats, sequential=inp.sequential,
     )
 
 
@@ -308,7 +313,8 @@ def _op_prune(inp: OpInput) -> PyTree:
 
 def _op_distill(inp: OpInput) -> PyTree:
     mode = DistillMode(inp.shared("mode"))
-    teacher = training.population_logits(inp.source_network, inp.sources, inp.x)  # [P, N, C]
+    teacher = training.population_logits(inp.source_network, inp.sources, inp.x,
+                                         sequential=inp.source_sequential)  # [P, N, C]
     labels = teacher.argmax(-1).astype(np.int32)
     student = _fresh(inp.network, inp.keys)  # a student's init depends on its teacher: no shared inits across teachers
     if mode is DistillMode.LABEL:

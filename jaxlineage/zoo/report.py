@@ -34,14 +34,14 @@ def format_summary(zoo: Zoo) -> str:
     return "\n".join(lines)
 
 
-def draw_graph(zoo: Zoo, path: str | pathlib.Path, *, max_nodes: int = 600) -> pathlib.Path | None:
-    """Draws the model-level lineage graph (one node per kept model, coloured by operation, one
-    column per generation) as a PNG; returns the path, or ``None`` if matplotlib or networkx is missing.
+def draw_graph(zoo: Zoo, path: str | pathlib.Path) -> pathlib.Path | None:
+    """Draws the zoo's graph of groups as a PNG: one node per group (area ~ kept models, colour =
+    operation, label = name, operation and count), an edge from each source group, one column per
+    generation. Returns the path, or ``None`` if matplotlib or networkx is missing.
 
     Args:
       zoo: a built zoo.
       path: the PNG to write.
-      max_nodes: draw only the first ``max_nodes`` kept models (large zoos are unreadable anyway).
     """
     try:
         import matplotlib
@@ -52,26 +52,46 @@ def draw_graph(zoo: Zoo, path: str | pathlib.Path, *, max_nodes: int = 600) -> p
     except ImportError:
         log.warning("zoo: matplotlib or networkx missing; no lineage drawing")
         return None
-    recs = [r for r in zoo.records if r.kept][:max_nodes]
-    ids = {r.id for r in recs}
-    g = nx.DiGraph()
-    for r in recs:
-        g.add_node(r.id, layer=r.generation)
-    g.add_edges_from((r.parent_id, r.id) for r in recs if r.parent_id in ids)
-    ops = sorted({r.op for r in recs})
+    spec = zoo.graph_spec
+    rows = {r["group"]: r for r in zoo.group_summary()}
+    # Order each column by its groups' root group, so that edges from one root stay together.
+    def root(name):
+        g = spec.group(name)
+        return name if g.source is None else root(g.source)
+
+    roots = [g.name for g in spec.order() if g.source is None]
+    ordered = sorted(spec.groups, key=lambda g: (spec.generation(g.name), roots.index(root(g.name))))
+    graph = nx.DiGraph()
+    for g in ordered:
+        graph.add_node(g.name, layer=spec.generation(g.name))
+    graph.add_edges_from((g.source, g.name) for g in spec.groups if g.source is not None)
+    ops = sorted({g.op for g in spec.groups})
     cmap = plt.get_cmap("tab10")
     colour = {op: cmap(i % 10) for i, op in enumerate(ops)}
-    pos = nx.multipartite_layout(g, subset_key="layer", align="vertical")
-    fig, ax = plt.subplots(figsize=(10, max(4, len(recs) * 0.06)))
-    nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, alpha=0.3, width=0.5)
+    # Columns by generation, rows in ``ordered`` order, centred (networkx's multipartite layout
+    # does not keep the order).
+    columns: dict[int, list[str]] = {}
+    for g in ordered:
+        columns.setdefault(spec.generation(g.name), []).append(g.name)
+    pos = {n: (float(k), (len(col) - 1) / 2.0 - i) for k, col in columns.items() for i, n in enumerate(col)}
+    height = max(4.0, 0.3 * max(len(col) for col in columns.values()))
+    fig, ax = plt.subplots(figsize=(11, height))
+    nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=6, alpha=0.35, width=0.6)
     for op in ops:
-        nodes = [r.id for r in recs if r.op == op]
-        nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_color=[colour[op]], node_size=18, ax=ax, label=op)
-    ax.legend(loc="upper left", fontsize=8, markerscale=1.5)
-    ax.set_title(f"zoo {zoo.spec.name!r}: {len(recs)} kept models, generations left to right")
+        nodes = [g.name for g in ordered if g.op == op]
+        sizes = [40 + 12 * rows[n]["kept"] for n in nodes]
+        nx.draw_networkx_nodes(graph, pos, nodelist=nodes, node_color=[colour[op]], node_size=sizes, ax=ax, label=op)
+    for g in ordered:
+        x, y = pos[g.name]
+        ax.annotate(f"{g.name} ({rows[g.name]['kept']})", (x, y), xytext=(6, 0), textcoords="offset points",
+                    fontsize=7, va="center")
+    ax.legend(loc="upper left", fontsize=8, title="operation", title_fontsize=8)
+    ax.set_title(f"zoo {zoo.spec.name!r}: {len(spec.groups)} groups, {sum(r['kept'] for r in rows.values())} kept "
+                 "models (in brackets); sources left, derivations right")
     ax.axis("off")
+    ax.margins(x=0.25)
     path = pathlib.Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

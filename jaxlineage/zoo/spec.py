@@ -231,6 +231,9 @@ class GraphSpec:
       max_population: most models trained together in one vmapped population (memory bound).
       seed: salt mixed into every model's keys.
       notes: free text (the recipe's provenance), stored with the spec.
+      sequential_archs: architectures whose populations run one model after another in one
+        compiled loop instead of vmapped (XLA on CPU runs a vmapped convolution several times
+        slower per model); results agree with vmapped training up to float reassociation.
 
     Raises:
       ZooError: on construction, for a malformed graph; the message names the group
@@ -245,9 +248,11 @@ class GraphSpec:
     max_population: int = 16
     seed: int = 0
     notes: str = ""
+    sequential_archs: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "sequential_archs", tuple(self.sequential_archs))
         object.__setattr__(self, "groups", tuple(self.groups))
         self.validate()
 
@@ -408,6 +413,7 @@ class GraphSpec:
     def from_json(cls, d: Mapping[str, Any]) -> "GraphSpec":
         d = dict(d)
         d.pop("kind", None)
+        d["sequential_archs"] = tuple(d.get("sequential_archs", ()))
         tasks = tuple(Task(**{**t, "classes": tuple(t["classes"])}) for t in d.pop("tasks"))
         groups = []
         for g in d.pop("groups"):

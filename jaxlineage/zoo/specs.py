@@ -72,23 +72,25 @@ PAPER_FC = ZooSpec(
 #: Architectures of PROVENANCE_QUICK / DNA_QUICK: small widths so that the zoo builds in minutes.
 PQ_ARCHS = {
     "mlp": (("features", (256, 128)),),
-    "cnn": (("channels", (8, 16)), ("hidden", 64)),
+    "cnn": (("channels", (4, 8)), ("hidden", 32)),
 }
 _NET = {"mlp": "mlp", "cnn": "convnet"}
 
 # Recipes (fixed before any method was measured; BUILD_NOTES.md states them with their sources).
-_BS, _EP = 64, 5
-_SOURCE = dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=_EP)
-# SAC's fine-tuning attack: SGD lr 5e-4, momentum 0.9, weight decay 5e-4 (30 epochs on CIFAR; 5 here).
+# Epochs per architecture of the model being trained (the CPU budget: a ConvNet epoch costs ~10x an
+# MLP's on 2 cores), the same for positives and negatives.
+_BS = 64
+_EP = {"mlp": 5, "cnn": 3}
+
+
+def _source(arch):
+    return dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=_EP[arch])
+
+
+# SAC's fine-tuning attack: SGD lr 5e-4, momentum 0.9, weight decay 5e-4 (30 epochs on CIFAR; 5 / 3 here).
 _SAC_SGD = dict(optimizer=Optimizer.SGD, momentum=0.9, weight_decay=5e-4, batch_size=_BS)
-_FT = dict(_SAC_SGD, lr=5e-4, epochs=_EP)
 # SAC's pruning repair: SGD lr 1e-3; one epoch after pruning to the target at once.
 _REPAIR = dict(_SAC_SGD, lr=1e-3, epochs=1)
-# SAC's extraction: SGD 0.1 (soft) / 0.05 (label-only) with cosine decay on CIFAR ResNets; without
-# BatchNorm our MLP / ConvNet students need smaller constant rates: 0.01 for both.
-_EXTRACT = dict(_SAC_SGD, lr=1e-2, epochs=_EP)
-# Transfer: the victim fine-tuned (all parameters, fresh head) on another task.
-_TRANSFER = dict(_SAC_SGD, lr=1e-2, epochs=_EP)
 
 
 def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...]) -> list[Group]:
@@ -96,6 +98,13 @@ def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...]) ->
     on the attacker's half. Applied to the sources (positives) and, with the same recipes, to the
     independents (negatives)."""
     other = "cnn" if arch == "mlp" else "mlp"
+    _FT = dict(_SAC_SGD, lr=5e-4, epochs=_EP[arch])
+    # SAC's extraction: SGD 0.1 (soft) / 0.05 (label-only) with cosine decay on CIFAR ResNets; without
+    # BatchNorm our MLP / ConvNet students need smaller constant rates: 0.01 for both.
+    _EXTRACT = dict(_SAC_SGD, lr=1e-2, epochs=_EP[arch])
+    _EXTRACT_X = dict(_SAC_SGD, lr=1e-2, epochs=_EP[other])
+    # Transfer: the victim fine-tuned (all parameters, fresh head) on another task.
+    _TRANSFER = dict(_SAC_SGD, lr=1e-2, epochs=_EP[arch])
     g = lambda name, op, **kw: Group(f"{prefix}{name}", op, source=base, prefix=f"{name}-", tags=tags, **kw)  # noqa: E731
     return [
         g("ft_all", "finetune", task="A-att", kind="finetune_all",
@@ -107,7 +116,7 @@ def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...]) ->
         g("extract_p", "distill", task="A-att", kind="extract_p", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
           grid=dict(_EXTRACT, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
         g("extract_px", "distill", task="A-att", kind="extract_p_other_arch", arch=_NET[other],
-          arch_kwargs=PQ_ARCHS[other], grid=dict(_EXTRACT, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
+          arch_kwargs=PQ_ARCHS[other], grid=dict(_EXTRACT_X, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
         g("extract_l", "distill", task="A-att", kind="extract_l", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
           grid=dict(_EXTRACT, mode=DistillMode.LABEL, seed=(0,))),
         g("transfer", "finetune", task="B-att", kind="transfer",
@@ -129,18 +138,18 @@ def _provenance_quick() -> GraphSpec:
         # Sources (victims): trained on the defender's half. Independents (negatives' bases): the same
         # recipe on the attacker's half, other seeds.
         groups.append(Group(f"src_{arch}", "train", task="A-def", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_SOURCE, seed=(0, 1)), prefix=f"src_{arch}-", kind="source", tags=("source",)))
+                            grid=dict(_source(arch), seed=(0, 1)), prefix=f"src_{arch}-", kind="source", tags=("source",)))
         groups.append(Group(f"ind_{arch}", "train", task="A-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_SOURCE, seed=(10, 11)), prefix=f"ind_{arch}-", kind="independent",
+                            grid=dict(_source(arch), seed=(10, 11)), prefix=f"ind_{arch}-", kind="independent",
                             tags=("negative", "independent")))
         # From scratch on the transfer task (the negatives of ``transfer``).
         groups.append(Group(f"scratch_B_{arch}", "train", task="B-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_SOURCE, seed=(20, 21)), prefix=f"scratch_{arch}-", kind="scratch_transfer",
+                            grid=dict(_source(arch), seed=(20, 21)), prefix=f"scratch_{arch}-", kind="scratch_transfer",
                             tags=("negative",)))
         groups += _derivations(f"src_{arch}", arch, prefix=f"{arch}.", tags=("positive",))
         groups += _derivations(f"ind_{arch}", arch, prefix=f"ind_{arch}.", tags=("negative",))
     return GraphSpec("provenance_quick", tasks, tuple(groups), max_population=16, seed=0,
-                     notes="SAC / ModelGiF IP-protection benchmark on the embedded Fashion-MNIST; see BUILD_NOTES.md")
+                     sequential_archs=("convnet",), notes="SAC / ModelGiF IP-protection benchmark on the embedded Fashion-MNIST; see BUILD_NOTES.md")
 
 
 #: SAC / ModelGiF's IP-protection benchmark on the embedded Fashion-MNIST (DESIGN.md section 7).
@@ -161,7 +170,7 @@ PROVENANCE_QUICK = _provenance_quick()
 #: provenance classifier) and evaluation tasks are different tasks.
 DNA_POOL_TASKS = ((5, 6), (7, 8), (6, 9))
 DNA_EVAL_TASKS = ((5, 7), (8, 9))
-_DNA = dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=3)
+_DNA = dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=3)  # MGMP: framework defaults for both
 
 
 def _dna_quick() -> GraphSpec:

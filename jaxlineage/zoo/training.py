@@ -39,11 +39,12 @@ def _optimizer(optimizer: Optimizer, momentum: float, weight_decay: float) -> op
 @functools.partial(
     jax.jit,
     static_argnames=("network", "batch_size", "steps", "optimizer", "momentum", "weight_decay", "temperature",
-                     "alpha", "freeze_stats"),
+                     "alpha", "freeze_stats", "sequential"),
 )
 def _train_epoch(network: nets.Network, params, opt_state, lrs, keys, x, y, soft=None, mask=None, *,
                  batch_size: int, steps: int, optimizer: Optimizer = Optimizer.ADAM, momentum: float = 0.0,
-                 weight_decay: float = 0.0, temperature: float = 1.0, alpha: float = 0.0, freeze_stats: bool = False):
+                 weight_decay: float = 0.0, temperature: float = 1.0, alpha: float = 0.0, freeze_stats: bool = False,
+                 sequential: bool = False):
     """One epoch for a population: vmap over models of a lax.scan over steps.
 
     Args:
@@ -57,6 +58,9 @@ def _train_epoch(network: nets.Network, params, opt_state, lrs, keys, x, y, soft
       mask: ``None`` or per-model multipliers of the update direction with the structure of
         ``params["params"]`` (0 freezes a weight exactly: head-only fine-tunes, pruned weights).
       freeze_stats: keep non-trainable collections (BatchNorm statistics) fixed.
+      sequential: run the models one after another (``lax.map``, one compiled body) instead of
+        ``vmap``: XLA on CPU lowers a vmapped convolution with per-model weights to a grouped
+        convolution that is several times slower per model than one model's.
 
     Returns:
       ``(params, opt_state, mean loss [P])``.
@@ -95,6 +99,12 @@ def _train_epoch(network: nets.Network, params, opt_state, lrs, keys, x, y, soft
         return variables, state, losses.mean()
 
     y_axis = 0 if y.ndim == 2 else None
+    if sequential:
+        def body(args):
+            v, st, lr, key, labels, target, m = args
+            return one_model(v, st, lr, key, y if y_axis is None else labels, target, m)
+
+        return jax.lax.map(body, (params, opt_state, lrs, keys, y if y_axis == 0 else None, soft, mask))
     return jax.vmap(one_model, in_axes=(0, 0, 0, 0, y_axis, 0, 0))(params, opt_state, lrs, keys, y, soft, mask)
 
 
@@ -117,6 +127,7 @@ def train_population(
     alpha: float = 0.0,
     update_mask: PyTree | None = None,
     freeze_stats: bool = False,
+    sequential: bool = False,
 ) -> PyTree:
     """Trains a stacked population, all models in one vmapped, jitted epoch.
 
@@ -137,6 +148,8 @@ def train_population(
       update_mask: ``None`` or stacked multipliers ``[P, ...]`` of the update direction
         with the structure of ``init_params["params"]``: zeros freeze weights exactly.
       freeze_stats: keep BatchNorm statistics fixed (head-only fine-tunes).
+      sequential: train the models one after another in one compiled loop instead of vmapped
+        (faster for convolutional nets on CPU; same results up to float reassociation).
 
     Returns:
       The trained stacked variables.
@@ -165,6 +178,8 @@ def train_population(
         static.update(temperature=float(temperature), alpha=float(alpha))
     if freeze_stats:
         static.update(freeze_stats=True)
+    if sequential:
+        static.update(sequential=True)
     params = init_params
     for epoch in range(epochs):
         keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(base)
@@ -174,20 +189,25 @@ def train_population(
     return params
 
 
-@functools.partial(jax.jit, static_argnames=("network",))
-def _logits(network: nets.Network, params, x):
+@functools.partial(jax.jit, static_argnames=("network", "sequential"))
+def _logits(network: nets.Network, params, x, sequential: bool = False):
+    if sequential:
+        return jax.lax.map(lambda p: network.logits_fn(p, x), params)
     return jax.vmap(lambda p: network.logits_fn(p, x))(params)
 
 
-def population_logits(network: nets.Network, params: PyTree, x, *, chunk: int = 2048) -> np.ndarray:
-    """Eval-mode logits ``[P, N, C]`` of a stacked population on ``x`` ``[N, ...]``, in chunks of examples."""
-    out = [np.asarray(_logits(network, params, jnp.asarray(x[s : s + chunk]))) for s in range(0, len(x), chunk)]
+def population_logits(network: nets.Network, params: PyTree, x, *, chunk: int = 2048, sequential: bool = False) -> np.ndarray:
+    """Eval-mode logits ``[P, N, C]`` of a stacked population on ``x`` ``[N, ...]``, in chunks of examples
+    (``sequential``: one model after another, see :func:`train_population`)."""
+    out = [np.asarray(_logits(network, params, jnp.asarray(x[s : s + chunk]), sequential))
+           for s in range(0, len(x), chunk)]
     return np.concatenate(out, axis=1)
 
 
-def population_accuracy(network: nets.Network, params: PyTree, x, y, *, chunk: int = 2048) -> np.ndarray:
+def population_accuracy(network: nets.Network, params: PyTree, x, y, *, chunk: int = 2048,
+                        sequential: bool = False) -> np.ndarray:
     """Test accuracy ``[P]`` of a stacked population, evaluated in chunks of examples."""
     if len(y) == 0:
         return np.zeros(nets.population_size(params))
-    pred = population_logits(network, params, x, chunk=chunk).argmax(-1)
+    pred = population_logits(network, params, x, chunk=chunk, sequential=sequential).argmax(-1)
     return (pred == np.asarray(y)[None]).mean(-1)
