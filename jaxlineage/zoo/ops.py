@@ -431,8 +431,13 @@ def _perturb_population_fn(kind: PerturbKind):
     def one(variables, s, key):
         flat, treedef = jax.tree.flatten(variables["params"])
         if kind is PerturbKind.NOISE:
-            keys = jax.random.split(key, len(flat))
-            flat = [w + s * jnp.std(w) * jax.random.normal(k, w.shape, w.dtype) for w, k in zip(flat, keys)]
+            # One draw for all leaves (a draw per leaf compiles one random-bits kernel each).
+            eps = jax.random.normal(key, (sum(w.size for w in flat),), jnp.float32)
+            out, at = [], 0
+            for w in flat:
+                out.append(w + s * jnp.std(w) * eps[at : at + w.size].reshape(w.shape).astype(w.dtype))
+                at += w.size
+            flat = out
         else:
             def q(w):
                 step = jnp.max(jnp.abs(w)) / 127.0
