@@ -7,9 +7,9 @@
 Runs :func:`jaxlineage.detector.run_protocol` with :data:`jaxlineage.detector.QUICK_PROTOCOL`
 (CPU-sized inputs; see its comment) on the children of the zoo: 7:1:2 train/val/test splits,
 ``--repetitions`` of them, mean +- std (ddof=1) of test accuracy; then the open-set variant
-(repetition r holds parent r mod K out; its children must get "no parent"). Closed-set records
-carry the learning-free plain-L2 nearest-parent accuracy on the same arrays and test children.
-One JSON line per (variant, closed/open) with versions and device. Never builds a zoo: build
+(repetition r holds parent r mod K out; its children must get "no parent"). Learning-free
+baselines on the same zoo are scorers of their own (the evaluation layer's weight / output
+baselines), no longer part of the detector's records. One JSON line per (variant, closed/open) with versions and device. Never builds a zoo: build
 it first (``zoo.build(zoo.QUICK, workdir)``). On 2 shared CPU cores a repetition takes
 about 1.5 min (``both``), 50 s (``weights``) and 25 s (``features``); all six runs ~30 min.
 """
@@ -17,6 +17,7 @@ about 1.5 min (``both``), 50 s (``weights``) and 25 s (``features``); all six ru
 from __future__ import annotations
 
 import argparse
+import enum
 import pathlib
 import sys
 import time
@@ -56,9 +57,10 @@ def main(argv=None):
             res = detector.run_protocol(z, examples=ex, repetitions=args.repetitions, seed=args.seed,
                                         open_set=open_set, module_kwargs=module_kwargs, **settings)
             wall = time.perf_counter() - t0
+            recorded = {k: v.value if isinstance(v, enum.Enum) else v for k, v in {**ex_kwargs, **settings}.items()}
             write(args.out, {"benchmark": "detector_quick", "variant": variant, "zoo_dir": args.zoo,
                              "wall_s": wall, "open_set": open_set,
-                             "zoo": repr(z), "settings": {**vars(args), **ex_kwargs, **settings,
+                             "zoo": repr(z), "settings": {**vars(args), **recorded,
                                                           "module_kwargs": module_kwargs}, "result": res})
             t = res["test_accuracy"]
             line = (f"{variant} {'open' if open_set else 'closed'}: test {t['mean']:.3f} +- {t['std']:.3f} "
@@ -67,8 +69,6 @@ def main(argv=None):
                 a = res["accuracy_no_parent"]
                 line += (f"; parentless {a['mean']:.3f} +- {a['std']:.3f} "
                          f"({res['no_parent_correct']}/{res['no_parent_total']} pooled)")
-            else:
-                line += "; nearest-L2 " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in res["nearest_l2_accuracy"].items())
             print(line, flush=True)
 
 

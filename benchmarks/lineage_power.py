@@ -9,8 +9,8 @@ from noise. This script builds ``QUICK`` with more fine-tuning seeds per
 (parent, learning rate) (default 6: 144 children; everything else identical, ~4 min
 on 2 CPU cores, resumable) and reports, for the norm metrics (L1, L2, Lp, L∞, LSE):
 
-* the bench's table (``lineage.evaluate`` = ``zoo_scores`` + ``fold_table``: 5 folds,
-  alpha chosen on the other folds from {0.001, 0.01, 0.1});
+* the bench's table (``eval.identify`` + ``eval.learning_free`` through ``eval.run_all``:
+  5 folds, alpha chosen on the other folds from {0.001, 0.01, 0.1});
 * per alpha, over **all** children (no selection, so a diagnostic, not a result):
   how many children each mode gets right, and the paired counts against PLAIN
   (children only the mode gets right / only PLAIN gets right).
@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import parse_floats, quick_variant, setup_logging, write  # noqa: E402
 
+from jaxlineage import eval as jl_eval  # noqa: E402
 from jaxlineage import lineage, zoo  # noqa: E402
-from jaxlineage.lineage import Mode  # noqa: E402
 
 NORM_METRICS = ("l1", "l2", "lp", "linf", "lse")
 
@@ -53,33 +53,36 @@ def main(argv=None):
     t0 = time.time()
     z = zoo.build(quick_variant(child_seeds=args.child_seeds, child_lrs=parse_floats(args.child_lrs)), args.workdir)
     build_s = time.time() - t0
-    alphas = np.asarray(lineage.DEFAULT_ALPHAS, float)
+    alphas = lineage.DEFAULT_ALPHAS
     t0 = time.time()
-    # One scoring pass: the fold table and the all-children counts below use the same scores.
-    scores, labels = lineage.zoo_scores(z, NORM_METRICS, alphas=alphas, probe_size=args.probe_size)
-    rows = lineage.fold_table(scores, labels, alphas=alphas, num_folds=args.folds, key=jax.random.key(0))
+    # One scoring pass: the fold table and the all-children counts below use the same score grids.
+    scenario = jl_eval.identify(z, probe_size=args.probe_size)
+    results = jl_eval.run_all(scenario, jl_eval.learning_free(NORM_METRICS, alphas=alphas), key=jax.random.key(0),
+                              num_folds=args.folds, keep_scores=True)
     eval_s = time.time() - t0
-    correct = {k: np.asarray(s).argmax(axis=1) == labels[None] for k, s in scores.items()}  # [A, M]
-
-    by_metric = {}
-    for r in rows:
-        by_metric.setdefault(r.metric, {})[r.mode.value] = {
-            "mean": r.mean, "std": r.std, "folds": list(r.fold_accuracies), "alphas": list(r.alphas)}
+    labels = scenario.labels
+    by_metric, correct = {}, {}
+    for r in results:
+        metric, _, mode = r.scorer.rpartition(" ")
+        acc = r.metrics["accuracy"]
+        by_metric.setdefault(metric, {})[mode] = {
+            "mean": acc["mean"], "std": acc["std"], "folds": acc["values"], "alphas": r.details.get("alphas", [])}
+        correct[(metric, mode)] = np.asarray(r.details["scores"]).argmax(axis=1) == labels[None]  # [A, M]
     for metric, table in by_metric.items():
-        plain = correct[(metric, Mode.PLAIN)][0]
+        plain = correct[(metric, "plain")][0]
         per_alpha = {}
-        for mode in (Mode.FIRST_ORDER, Mode.LINEARIZED):
+        for mode in ("first_order", "linearized"):
             if (metric, mode) not in correct:
                 continue
             c = correct[(metric, mode)]
-            per_alpha[mode.value] = [
+            per_alpha[mode] = [
                 {"alpha": float(a), "correct": int(c[i].sum()), "only_mode": int((c[i] & ~plain).sum()),
                  "only_plain": int((plain & ~c[i]).sum())} for i, a in enumerate(alphas)]
         write(args.out, {
             "benchmark": "lineage_power", "zoo": z.spec.name, "zoo_dir": args.workdir,
             "children": int(labels.size), "parents": len(z.parents), "child_seeds": args.child_seeds,
             "child_lrs": list(z.spec.children.lrs),
-            "folds": args.folds, "probe_size": args.probe_size, "tap": lineage.default_tap(z.network),
+            "folds": args.folds, "probe_size": args.probe_size, "tap": jl_eval.default_tap(z.network),
             "metric": metric, "table": table, "plain_correct": int(plain.sum()), "per_alpha": per_alpha,
             "build_s": build_s, "evaluate_s": eval_s,
         })

@@ -40,13 +40,26 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import parse_floats, quick_variant, setup_logging, write  # noqa: E402
 
 from jaxlineage import mgmp, zoo  # noqa: E402
-from jaxlineage.modelgif import roc_auc  # noqa: E402
+from jaxlineage.eval.metrics import best_threshold_accuracy, mean_std, roc_auc  # noqa: E402,F401 (re-exported)
 
 METHODS = ("with_generator", "without_generator")
 
 
 def _mean_std(v) -> dict:
-    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+    s = mean_std(v)  # the sample std (ddof 1), as every ± of the library
+    return {"mean": s["mean"], "std": s["std"]}
+
+
+def zoo_outputs(z, ids, x, *, tap: str) -> dict:
+    """``{id: outputs [N, D]}`` at ``tap`` on ``x``: one stacked population (``vmap``) per task, public API only."""
+    by_task: dict[str, list[str]] = {}
+    for i in ids:
+        by_task.setdefault(z.get(i).task, []).append(i)
+    out = {}
+    for task_ids in by_task.values():
+        fn = z.network_for(task_ids[0]).feature_fn(tap)
+        out.update(zip(task_ids, mgmp.population_outputs(fn, z.stack(task_ids), x)))
+    return out
 
 
 def _kind(z, source_id: str, target_id: str) -> str:
@@ -100,17 +113,7 @@ def child_distances(z, out: dict) -> dict:
                     groups["same_seed_other_lr"].append(d)
                 elif a.hparams["lr"] == b.hparams["lr"]:
                     groups["same_lr_other_seed"].append(d)
-    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in groups.items()}
-
-
-def best_threshold_accuracy(pos, neg) -> float:
-    """``max_t (mean(pos > t) + mean(neg <= t)) / 2`` over every threshold ``t`` (exact: each distinct
-    value and -inf, via sorted counts)."""
-    pos, neg = np.sort(np.asarray(pos, np.float64)), np.sort(np.asarray(neg, np.float64))
-    ts = np.concatenate([[-np.inf], np.unique(np.concatenate([pos, neg]))])
-    tpr = 1.0 - np.searchsorted(pos, ts, side="right") / pos.size
-    tnr = np.searchsorted(neg, ts, side="right") / neg.size
-    return float(np.max(0.5 * (tpr + tnr)))
+    return {k: {**_mean_std(v), "n": len(v)} for k, v in groups.items()}
 
 
 def fragment_cosine(z, out: dict) -> dict:
@@ -121,16 +124,16 @@ def fragment_cosine(z, out: dict) -> dict:
     of target: mean and std over fragments; against the homologous fragments, the
     best balanced accuracy of a single threshold on the cosine (fragment level) and
     the ROC AUC of the pair's mean cosine (model level). A classifier can combine more
-    than this one statistic, so these are a reference point, not a bound.
+    than this one statistic, so these are a reference point, not a bound. ``std`` is
+    the spread of the fragments' cosines (ddof 0, a description of one population of
+    fragments, not a ± over repetitions).
     """
     cos = {}
     for p in z.parents:
         s = np.asarray(out[p.id], np.float64)
         for t in list(z.children) + list(z.independents):
             kind = "homologous" if t.parent_id == p.id else _kind(z, p.id, t.id)
-            f = np.asarray(out[t.id], np.float64)
-            c = (s * f).sum(1) / np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(f, axis=1), 1e-12)
-            cos.setdefault(kind, []).append(c)
+            cos.setdefault(kind, []).append(mgmp.fragment_cosine(s, out[t.id]))
     hom = np.concatenate(cos["homologous"])
     hom_means = np.array([c.mean() for c in cos["homologous"]])
     res = {}
@@ -161,7 +164,7 @@ def main(argv=None):
     x_eval = np.asarray(z.task_data(z.spec.parent_task.name, "test")[0][:1000], np.float32)
     ids = [r.id for r in list(z.parents) + list(z.children) + list(z.independents)]
     for tap in args.taps.split(","):
-        out, = mgmp._zoo_outputs(z, ids, x_eval, tap=tap)  # every model once per tap
+        out = zoo_outputs(z, ids, x_eval, tap=tap)  # every model once per tap
         write(args.out, {"benchmark": "mgmp_fragments", "zoo": z.spec.name, "zoo_dir": args.zoo, "tap": tap,
                          "child_lrs": list(z.spec.children.lrs), "inputs": int(x_eval.shape[0]),
                          "child_distances": child_distances(z, out),

@@ -105,6 +105,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
+from jaxlineage import eval as jl_eval
 from jaxlineage import lineage, zoo
 """),
         md("""
@@ -136,7 +137,7 @@ parents, children = z.parents, z.children
 labels = np.array([[p.id for p in parents].index(c.parent_id) for c in children])  # true parent of each child
 P = z.stack([p.id for p in parents], backbone=True)  # leaves [K, ...]
 C = z.stack([c.id for c in children], backbone=True)  # leaves [M, ...]
-feature_fn = z.feature_fn(lineage.default_tap(z.network))  # (params, x) -> [N, D]
+feature_fn = z.feature_fn(jl_eval.default_tap(z.network))  # (params, x) -> [N, D]
 x = z.probe(PROBE_SIZE)  # the first images of the children's training split
 
 scores = lineage.score_matrices(("l2", "cka"), feature_fn, P, C, x, alpha=np.array(ALPHAS))
@@ -165,19 +166,24 @@ axes[0].legend(loc="lower left", fontsize=8)
 plt.show()
 """),
         md("""
-## The paper's protocol (Table 1)
+## The paper's protocol (Table 1), with the baselines
 
-`lineage.evaluate` splits the children into folds; for each fold α is chosen on the
-other folds' children and the fold is scored as the test set. The table shows the
-mean ± std of the test accuracy over folds for the paper's two columns ("w/o approx."
-= `PLAIN`, "w approx." = `FIRST_ORDER`) and the exact linearisation (`LINEARIZED`).
+The evaluation layer (`jaxlineage.eval`) asks one question of every scorer on the same
+folds: `identify` makes the scenario (candidates = the parents, queries = the children,
+the probe batch), and `run_all` splits the children into folds; for each fold α is
+chosen on the other folds' children and the fold is scored as the test set. The table
+shows the mean ± std of the test accuracy over folds for the paper's two columns
+("w/o approx." = `plain`, "w approx." = `first_order`), the exact linearisation
+(`linearized`), and the trivial baselines every table shows (weight-space L2 and
+cosine, output agreement and KL).
 """),
         code("""
-rows = lineage.evaluate(z, metrics=METRICS, alphas=ALPHAS, probe_size=PROBE_SIZE, num_folds=NUM_FOLDS,
-                        key=jax.random.key(0))
+scenario = jl_eval.identify(z, probe_size=PROBE_SIZE)
+scorers = jl_eval.learning_free(METRICS, alphas=ALPHAS) + jl_eval.baselines()
+results = jl_eval.run_all(scenario, scorers, key=jax.random.key(0), num_folds=NUM_FOLDS)
 print(f"{len(children)} children, {len(parents)} candidate parents (chance {1 / len(parents):.0%}), "
       f"{NUM_FOLDS} folds")
-print(lineage.format_table(rows))
+print(jl_eval.table(results))
 """),
     ]
 
@@ -250,7 +256,7 @@ plt.show()
 print(f"best validation epoch: {det.best_epoch}")
 """),
         code("""
-res = detector.evaluate(det, ex.take(test_idx))
+res = detector.assess(det, ex.take(test_idx))
 print(f"test accuracy {res['accuracy']:.3f} on {res['n']} children")
 for i, pred, true in zip(test_idx, res["predictions"], res["labels"]):
     print(f"  {ex.child_ids[i]}: predicted {ex.parent_ids[pred]}, true {ex.parent_ids[true]}")
@@ -313,12 +319,16 @@ The source is the first parent. The pool holds all but one of its children
 (non-homologous). The held-out child and independent are the evaluation targets.
 """),
         code("""
+def population(ids):  # models of one task: one pure apply function and stacked params
+    return mgmp.Population(z.network_for(ids[0]).logits_fn, z.stack(ids), tuple(ids))
+
+
 source = z.parents[0]
 own = z.children_of(source.id)
 others = [z.children_of(p.id)[0].id for p in z.parents[1:] if z.children_of(p.id)]
 pool = mgmp.Pool(
-    homologous=mgmp.zoo_population(z, [c.id for c in own[:-1]]),
-    non_homologous=mgmp.zoo_population(z, others + [r.id for r in z.independents[:-1]]),
+    homologous=population([c.id for c in own[:-1]]),
+    non_homologous=population(others + [r.id for r in z.independents[:-1]]),
 )
 targets = {"held-out child (homologous)": own[-1].id, "held-out independent (not homologous)": z.independents[-1].id}
 
@@ -355,7 +365,8 @@ for what, target_id in targets.items():
 `mgmp.run_protocol` repeats this for several sources with pool and evaluation models
 that share no training configuration; the baseline uses the model outputs alone as
 fragments. Accuracy is `(A_o + A_n) / 2`: the fragment accuracy on homologous and
-non-homologous evaluation targets.
+non-homologous evaluation targets, mean ± sample std over repetitions. (It runs the
+evaluation layer's `jaxlineage.eval.methods.ModelDNAScorer` on one scenario per repetition.)
 """),
         code("""
 result = mgmp.run_protocol(z, repetitions=REPETITIONS, num_inputs=NUM_INPUTS, config=config)

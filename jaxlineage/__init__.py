@@ -7,9 +7,15 @@ Lineage Detector), Model DNA (MGMP) and ModelGiF on one substrate: pure
     >>> from jaxlineage import zoo, lineage
     >>> z = zoo.build(zoo.QUICK, "/tmp/zoo")
     >>> print(lineage.format_table(lineage.evaluate(z)))
+
+The evaluation layer (:mod:`jaxlineage.eval`) asks any method and the trivial
+baselines the same question on the same folds::
+
+    >>> from jaxlineage import eval as jl_eval
+    >>> print(jl_eval.table(jl_eval.run_zoo(z)))   # learning-free table + baselines
 """
 
-from jaxlineage import data, detector, lineage, linearize, mgmp, modelgif, nets, similarity, zoo
+from jaxlineage import data, detector, eval, lineage, linearize, mgmp, modelgif, nets, similarity, zoo  # noqa: A004
 from jaxlineage.linearize import Mode, taylor_features
 from jaxlineage.nets import Network, backbone, check_trees_match, stack, unstack
 from jaxlineage.zoo import Zoo, ZooSpec
@@ -20,6 +26,7 @@ __all__ = [
     # modules
     "data",
     "detector",
+    "eval",
     "lineage",
     "linearize",
     "mgmp",

@@ -98,7 +98,7 @@ class Dataset:
     def num_classes(self) -> int:
         return int(self.labels.max()) + 1 if len(self) else 0
 
-    def take(self, idx: np.ndarray) -> "Dataset":
+    def take(self, idx: np.ndarray) -> Dataset:
         """The examples at ``idx`` (same order)."""
         return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx])
 

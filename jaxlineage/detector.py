@@ -27,14 +27,26 @@ batch are formed on device inside the jitted step (:func:`make_pairs`), so a
 training step is one jitted function with its batch on device and the training
 loop makes no host round trip between steps.
 
+The pure entry point is :func:`examples_from_arrays`: stacked weight matrices of
+one layer (``[K, out, in]`` parents, ``[M, out, in]`` children, or raw kernels via
+:func:`kernel_matrices`) and features on the first probe inputs. Reading models
+(stacked parameter pytrees and feature functions) is the evaluation layer's job:
+:class:`jaxlineage.eval.methods.DetectorScorer` builds the examples from
+populations, fits on a training scenario and scores candidates x queries.
+
 Usage::
 
-    z = zoo.Zoo.open("/tmp/jl_zoo_quick")
-    ex = detector.make_examples(z)                    # weights of dense3, features at relu1
+    ex = detector.examples_from_arrays(parent_weights=pw, child_weights=cw,      # [K|M, out, in]
+                                       parent_features=pf, child_features=cf,    # [K|M, n_probe, D]
+                                       labels=labels)
     tr, va, te = detector.split_indices(len(ex), key=jax.random.key(0))
     det = detector.train(ex.take(tr), ex.take(va), key=jax.random.key(1))
-    detector.evaluate(det, ex.take(te))["accuracy"]
+    detector.assess(det, ex.take(te))["accuracy"]
     detector.save("/tmp/det", det); det, _ = detector.restore("/tmp/det")
+
+On a zoo (thin wrappers over the evaluation layer, kept for the bench)::
+
+    ex = detector.make_examples(z)                    # weights of dense3, features at relu1
     result = detector.run_protocol(z, repetitions=5, open_set=True, **detector.QUICK_PROTOCOL)
 
 References:
@@ -52,7 +64,6 @@ import json
 import logging
 import os
 import pathlib
-import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -64,14 +75,25 @@ import optax
 from flax.training import train_state
 
 from jaxlineage import nets
+from jaxlineage.errors import path_str
 from jaxlineage._io import atomic_dir
 
 log = logging.getLogger("jaxlineage.detector")
 
 PyTree = Any
 
-#: Default for ``weight_layer`` / ``feature_tap`` of :func:`make_examples`; see there.
-AUTO = "auto"
+class Auto(enum.Enum):
+    """Let the detector choose (a documented default per argument), e.g. ``weight_layer=AUTO``.
+
+    * for a weight layer: the backbone kernel with the fewest entries (ties: the later one);
+    * for a feature tap: the first tap (the first hidden layer).
+    """
+
+    AUTO = "auto"
+
+
+#: Default for ``weight_layer`` / ``feature_tap``: see :class:`Auto`.
+AUTO = Auto.AUTO
 
 #: Child split fractions of the paper's protocol (train, val, test).
 PAPER_SPLIT = (0.7, 0.1, 0.2)
@@ -265,22 +287,45 @@ def make_pairs(parents: jax.Array, children: jax.Array) -> jax.Array:
     return jnp.stack([p, c], axis=2)
 
 
+def backbone_kernels(params: PyTree) -> dict[str, Any]:
+    """``{layer name: kernel}`` of every backbone leaf with >= 2 axes (``params/`` and ``/kernel`` dropped).
+
+    Works on one model's parameters and on stacked ones (``[P, ...]`` leaves; then
+    biases ``[P, D]`` appear too, under their own names such as ``"dense1/bias"``).
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        parts = path_str(path).split("/")
+        if nets.HEAD in parts or np.ndim(leaf) < 2:
+            continue
+        if parts[0] == "params" and len(parts) > 1:
+            parts = parts[1:]
+        if parts[-1] == "kernel" and len(parts) > 1:
+            parts = parts[:-1]
+        out["/".join(parts)] = leaf
+    return out
+
+
 def weight_layers(params: PyTree) -> tuple[str, ...]:
-    """Names of the backbone layers whose kernel :func:`make_examples` can use (e.g. ``"dense1"``).
+    """Names of the backbone layers whose kernel the detector can use (e.g. ``"dense1"``).
+
+    Any pytree works: every leaf with at least 2 axes outside the classifier head
+    (:data:`jaxlineage.nets.HEAD`) is a layer, named by its path without a leading
+    ``params/`` and a trailing ``/kernel`` (``{"params": {"dense1": {"kernel": ...}}}``
+    -> ``"dense1"``).
 
     Args:
-      params: a flax variables dict (``{"params": ...}``) of the zoo's network.
+      params: one model's parameters.
     """
-    tree = nets.backbone(params).get("params", {})
-    out = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        p = nets._path_str(path)
-        if p.endswith("/kernel") and np.ndim(leaf) >= 2:
-            out.append(p[: -len("/kernel")])
-    return tuple(out)
+    return tuple(backbone_kernels(params))
 
 
-def _resolve_layer(layer: str, params: PyTree) -> str:
+def resolve_layer(layer: str, params: PyTree) -> str:
+    """The canonical name of ``layer`` (``"dense1"``, ``"params/dense1/kernel"``, ...) in ``params``.
+
+    Raises:
+      ValueError: no such backbone layer (the message lists the valid ones).
+    """
     valid = weight_layers(params)
     name = layer.strip("/")
     name = name.removeprefix("params/")
@@ -292,30 +337,37 @@ def _resolve_layer(layer: str, params: PyTree) -> str:
     return name
 
 
-def weight_matrix(params: PyTree, layer: str) -> np.ndarray:
-    """One layer's kernel in the paper's ``[out, in]`` layout.
+def kernel_matrices(kernels: Any) -> np.ndarray:
+    """Stacked kernels in the paper's ``[out, in]`` layout: ``[P, ..., in, out]`` -> ``[P, out, prod(...) * in]``.
 
-    Flax dense kernels ``[in, out]`` are transposed; conv kernels ``[kh, kw, in, out]``
-    become ``[out, kh * kw * in]``.
+    Dense kernels ``[P, in, out]`` are transposed; conv kernels ``[P, kh, kw, in, out]``
+    become ``[P, out, kh * kw * in]``.
+    """
+    k = np.asarray(kernels, np.float32)
+    if k.ndim < 3:
+        raise ValueError(f"stacked kernels must be [P, ..., in, out], got shape {k.shape}")
+    return np.moveaxis(k, -1, 1).reshape(k.shape[0], k.shape[-1], -1)
+
+
+def weight_matrix(params: PyTree, layer: str) -> np.ndarray:
+    """One model's kernel of ``layer`` in the paper's ``[out, in]`` layout (see :func:`kernel_matrices`).
 
     Args:
-      params: flax variables of one model.
+      params: one model's parameters (any pytree; flax variables work).
       layer: a layer name from :func:`weight_layers` (``"dense1"``, ``"params/dense1/kernel"``).
 
     Raises:
       ValueError: no such backbone layer (the message lists the valid ones).
     """
-    name = _resolve_layer(layer, params)
-    node = params["params"]
-    for part in name.split("/"):
-        node = node[part]
-    k = np.asarray(node["kernel"], np.float32)
-    return np.moveaxis(k, -1, 0).reshape(k.shape[-1], -1)
+    name = resolve_layer(layer, params)
+    return kernel_matrices(np.asarray(backbone_kernels(params)[name])[None])[0]
 
 
-def _auto_layer(params: PyTree) -> str:
-    """The backbone layer with the fewest kernel entries (ties: the later one)."""
-    sizes = {name: weight_matrix(params, name).size for name in weight_layers(params)}
+def auto_layer(params: PyTree) -> str:
+    """The :data:`AUTO` weight layer: the backbone kernel with the fewest entries (ties: the later one)."""
+    sizes = {name: int(np.size(k)) for name, k in backbone_kernels(params).items()}
+    if not sizes:
+        raise ValueError("the parameters have no backbone kernel (no leaf with >= 2 axes outside the head)")
     return min(reversed(list(sizes)), key=sizes.__getitem__)
 
 
@@ -330,120 +382,147 @@ def block_mean(a: np.ndarray, pool: tuple[int, int]) -> np.ndarray:
     return a.mean(axis=(-3, -1))
 
 
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or int(v) != v or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def examples_from_arrays(
+    *,
+    labels: Any,
+    parent_weights: Any = None,
+    child_weights: Any = None,
+    parent_features: Any = None,
+    child_features: Any = None,
+    parent_ids: Sequence[str] | None = None,
+    child_ids: Sequence[str] | None = None,
+    open_set: bool = False,
+    weight_pool: int = 1,
+    feature_pool: int = 1,
+    n_probe: int | None = None,
+    weight_layer: str | None = None,
+    feature_tap: str | None = None,
+) -> Examples:
+    """The detector's pure entry point: examples from weight matrices and features.
+
+    Child ``m`` becomes one example against all ``K`` candidates. Weight matrices
+    are block-averaged in ``weight_pool x weight_pool`` blocks and features over
+    ``feature_pool`` adjacent units (:func:`block_mean`); features keep their first
+    ``n_probe`` probe inputs (the official code uses the first 64).
+
+    Args:
+      labels: ``[M]`` index of each child's parent among the candidates; with
+        ``open_set``, ``K`` (or :data:`jaxlineage.eval.NO_PARENT`, ``-1``) means "no parent".
+      parent_weights: ``[K, out, in]`` one layer's weight matrices (see
+        :func:`kernel_matrices` for raw kernels), or ``None`` (features only).
+      child_weights: ``[M, out, in]`` or ``None``.
+      parent_features: ``[K, N, D]`` features on the probe inputs, or ``None`` (weights only).
+      child_features: ``[M, N, D]`` on the same probe inputs, or ``None``.
+      parent_ids, child_ids: names for messages and records (default ``"parent <k>"``, ``"child <m>"``).
+      open_set: allow "no parent" labels (the detector then needs its "no parent" logit).
+      weight_pool, feature_pool: pooling factors (1 = none, as in the paper).
+      n_probe: keep the first ``n_probe`` probe inputs (default: all).
+      weight_layer, feature_tap: what the arrays are (recorded only).
+
+    Returns:
+      :class:`Examples`.
+
+    Raises:
+      ValueError: neither modality, mismatched shapes (naming the model), non-finite
+        values (naming the model), pooling larger than the arrays, bad labels.
+
+    References:
+      Yu & Wang, "Neural Lineage", CVPR 2024, Sec. 4 and supplement S2.5 (the
+      weight and feature pairs of one child against every candidate).
+    """
+    weight_pool, feature_pool = _positive_int("weight_pool", weight_pool), _positive_int("feature_pool", feature_pool)
+    if n_probe is not None:
+        n_probe = _positive_int("n_probe", n_probe)
+    if parent_weights is None and parent_features is None:
+        raise ValueError("weights and features are both None: the detector needs weights, features or both")
+    k = len(parent_weights if parent_weights is not None else parent_features)
+    m = len(child_weights if child_weights is not None else child_features)
+    parent_ids = tuple(parent_ids) if parent_ids is not None else tuple(f"parent {i}" for i in range(k))
+    child_ids = tuple(child_ids) if child_ids is not None else tuple(f"child {i}" for i in range(m))
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    if open_set:
+        labels = np.where(labels < 0, k, labels)
+
+    def prepare(p, c, what, pool):
+        if p is None and c is None:
+            return None, None
+        if (p is None) != (c is None):
+            raise ValueError(f"parent and child {what} must both be given or both be None")
+        p, c = np.asarray(p, np.float32), np.asarray(c, np.float32)
+        for arr, ids, side in ((p, parent_ids, "parent"), (c, child_ids, "child")):
+            if arr.ndim != 3 or arr.shape[0] != len(ids):
+                raise ValueError(f"{side} {what} must be [{len(ids)}, H, W] ({len(ids)} {side} ids); got {arr.shape}")
+            bad = ~np.isfinite(arr).reshape(len(ids), -1).all(axis=1)
+            if bad.any():
+                raise ValueError(f"{what} of model {ids[int(np.argmax(bad))]!r} are not finite")
+        if p.shape[1:] != c.shape[1:]:
+            raise ValueError(f"candidate {what} of shape {p.shape[1:]} do not match the children's {c.shape[1:]} "
+                             f"(e.g. {parent_ids[0]!r} vs {child_ids[0]!r})")
+        if what == "features" and n_probe is not None:
+            if n_probe > p.shape[1]:
+                raise ValueError(f"n_probe={n_probe} exceeds the {p.shape[1]} probe inputs of the features")
+            p, c = p[:, :n_probe], c[:, :n_probe]
+        if min(p.shape[1:][1 if what == "features" else 0:]) < pool:
+            raise ValueError(f"{'weight' if what == 'weights' else 'feature'}_pool={pool} exceeds the {what} of "
+                             f"shape {p.shape[1:]}")
+        window = (pool, pool) if what == "weights" else (1, pool)
+        return block_mean(p, window), block_mean(c, window)
+
+    pw, cw = prepare(parent_weights, child_weights, "weights", weight_pool)
+    pf, cf = prepare(parent_features, child_features, "features", feature_pool)
+    return Examples(labels=labels, parent_ids=parent_ids, child_ids=child_ids, parent_weights=pw, child_weights=cw,
+                    parent_features=pf, child_features=cf, open_set=open_set,
+                    weight_layer=weight_layer if pw is not None else None,
+                    feature_tap=feature_tap if pf is not None else None, weight_pool=weight_pool,
+                    feature_pool=feature_pool)
+
+
 def make_examples(
     zoo,
     *,
-    weight_layer: str | None = AUTO,
-    feature_tap: str | None = AUTO,
+    weight_layer: str | Auto | None = AUTO,
+    feature_tap: str | Auto | None = AUTO,
     n_probe: int = 64,
     weight_pool: int = 1,
     feature_pool: int = 1,
     task: str | None = None,
 ) -> Examples:
-    """Turns each child of ``zoo`` into one example against all ``K`` kept parents.
+    """Each kept child of ``zoo`` on ``task`` as one example against all ``K`` kept parents.
+
+    A thin wrapper, kept for the bench and the notebooks: the zoo is read by the
+    evaluation layer (:meth:`jaxlineage.eval.methods.DetectorScorer.examples`), which
+    calls :func:`examples_from_arrays`.
 
     Args:
-      zoo: a :class:`jaxlineage.zoo.Zoo` (any object with ``parents``, ``children``,
-        ``load``, ``network``, ``network_for``, ``probe``).
+      zoo: a :class:`jaxlineage.zoo.Zoo`.
       weight_layer: the backbone layer whose ``[out, in]`` matrices form the weight
-        pairs, e.g. ``"dense3"`` or ``"params/dense3/kernel"``; ``None`` for a
-        features-only detector. ``AUTO`` picks the backbone layer with the fewest
-        entries (``dense3``, ``[128, 256]``, for the paper's MLP). The paper feeds the
-        first FC layer (``[1024, 784]``); that costs ~25x more convolution work per
-        pair, which matters on CPU, and weights of any fine-tuned layer carry the
-        parent's identity.
-      feature_tap: a tap of ``zoo.network`` (``"relu1"``); ``None`` for a
-        weights-only detector. ``AUTO`` is the first tap (the first hidden layer,
-        the representation the learning-free methods use).
-      n_probe: probe inputs (the first ``n_probe`` training images of the children's
-        task, as in the official code).
-      weight_pool: block-average the ``[out, in]`` matrices in ``pool x pool``
-        blocks (:func:`block_mean`); 1 (default) keeps them whole, as the paper does.
-      feature_pool: block-average the features over ``feature_pool`` adjacent units
-        (``D -> D // feature_pool``; probe inputs are never pooled). Pooling cuts
-        the encoders' work by the square of the factor / by the factor, for CPU
-        runs; fine-tuning moves every entry, so parent identity survives it.
-      task: the children's task (default: the zoo's first child task). Features are
-        taken on that task's probe, so one example set holds one task.
+        pairs (``"dense3"``, ``"params/dense3/kernel"``), ``None`` for features only,
+        or :data:`AUTO`: the smallest backbone kernel (``dense3``, ``[128, 256]``, for
+        the paper's MLP; the paper feeds ``[1024, 784]``, ~25x more convolution work).
+      feature_tap: a tap of the zoo's network, ``None`` for weights only, or
+        :data:`AUTO` (the first tap).
+      n_probe: probe inputs (the first ``n_probe`` training images of the children's task).
+      weight_pool, feature_pool: see :func:`examples_from_arrays`.
+      task: the children's task (default: the zoo's first child task).
 
     Returns:
-      :class:`Examples` with ``labels[i]`` the index of child ``i``'s parent in
+      :class:`Examples`; ``labels[i]`` is the index of child ``i``'s parent in
       ``parent_ids`` (the zoo's kept parents, in manifest order).
 
     Raises:
       ValueError: fewer than 2 parents, no children, an unknown layer or tap (the
-        message lists the valid ones), a child whose parent is not a kept parent,
-        or models whose arrays differ in shape (naming the model).
+        message lists the valid ones), or models whose arrays differ (naming the model).
     """
-    if weight_layer is None and feature_tap is None:
-        raise ValueError("weight_layer and feature_tap are both None: the detector needs weights, features or both")
-    for name, v in (("n_probe", n_probe), ("weight_pool", weight_pool), ("feature_pool", feature_pool)):
-        if int(v) != v or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    parents = list(zoo.parents)
-    if len(parents) < 2:
-        raise ValueError(f"zoo {zoo.spec.name!r} has {len(parents)} kept parent(s); the detector needs at least 2")
-    task = task or zoo.spec.child_tasks[0].name
-    children = [c for c in zoo.children if c.task == task]
-    if not children:
-        raise ValueError(f"zoo {zoo.spec.name!r} has no kept children on task {task!r}")
-    parent_ids = tuple(p.id for p in parents)
-    labels = []
-    for c in children:
-        if c.parent_id not in parent_ids:
-            raise ValueError(f"child {c.id!r} descends from {c.parent_id!r}, which is not a kept parent")
-        labels.append(parent_ids.index(c.parent_id))
+    from jaxlineage.eval import _zoo_protocols  # the evaluation layer reads zoos; imported late (it imports us)
 
-    first = zoo.load(parent_ids[0])
-    if weight_layer == AUTO:
-        weight_layer = _auto_layer(first)
-    elif weight_layer is not None:
-        weight_layer = _resolve_layer(weight_layer, first)
-    if weight_layer is not None and min(weight_matrix(first, weight_layer).shape) < weight_pool:
-        raise ValueError(f"weight_pool={weight_pool} exceeds the {weight_matrix(first, weight_layer).shape} "
-                         f"matrix of layer {weight_layer!r}")
-    if feature_tap == AUTO:
-        feature_tap = zoo.network.taps[0]
-    if feature_tap is not None and feature_tap not in zoo.network.taps:
-        raise ValueError(f"feature tap {feature_tap!r} does not exist for {zoo.network.name}; "
-                         f"valid taps: {zoo.network.taps}")
-    probe = jnp.asarray(zoo.probe(n_probe, task=task)) if feature_tap is not None else None
-
-    feature_fns = {}
-
-    def arrays(model_id, network):
-        variables = zoo.load(model_id)
-        w = f = None
-        if weight_layer is not None:
-            w = block_mean(weight_matrix(variables, weight_layer), (weight_pool, weight_pool))
-        if feature_tap is not None:
-            if network not in feature_fns:
-                feature_fns[network] = jax.jit(network.feature_fn(feature_tap))
-            f = block_mean(np.asarray(feature_fns[network](variables, probe), np.float32), (1, feature_pool))
-            if f.shape[-1] == 0:
-                raise ValueError(f"feature_pool={feature_pool} exceeds the width of the features "
-                                 f"features of tap {feature_tap!r}")
-        return w, f
-
-    p_arrays = [arrays(i, zoo.network) for i in parent_ids]
-    c_arrays = [arrays(c.id, zoo.network_for(c.id)) for c in children]
-    ids = list(parent_ids) + [c.id for c in children]
-
-    def stacked(j, what):
-        if (weight_layer if j == 0 else feature_tap) is None:
-            return None, None
-        items = [a[j] for a in p_arrays + c_arrays]
-        for model_id, a in zip(ids, items):
-            if a.shape != items[0].shape:
-                raise ValueError(f"{what} of model {model_id!r} has shape {a.shape} but {ids[0]!r} has {items[0].shape}")
-        return np.stack(items[: len(parent_ids)]), np.stack(items[len(parent_ids):])
-
-    pw, cw = stacked(0, f"weight layer {weight_layer!r}")
-    pf, cf = stacked(1, f"feature tap {feature_tap!r}")
-    return Examples(labels=np.asarray(labels, np.int32), parent_ids=parent_ids, child_ids=tuple(c.id for c in children),
-                    parent_weights=pw, child_weights=cw, parent_features=pf, child_features=cf,
-                    weight_layer=weight_layer, feature_tap=feature_tap, weight_pool=weight_pool,
-                    feature_pool=feature_pool)
+    return _zoo_protocols.detector_examples(zoo, weight_layer=weight_layer, feature_tap=feature_tap, n_probe=n_probe,
+                                            weight_pool=weight_pool, feature_pool=feature_pool, task=task)
 
 
 # --------------------------------------------------------------------------- model
@@ -853,8 +932,8 @@ def predict_logits(detector: Detector, examples: Examples, *, chunk: int = 64) -
     return _logits(detector.module, detector.variables, _device_arrays(examples), len(examples), chunk)
 
 
-def evaluate(detector: Detector, examples: Examples, *, chunk: int = 64) -> dict:
-    """Accuracy and loss of ``detector`` on ``examples``.
+def assess(detector: Detector, examples: Examples, *, chunk: int = 64) -> dict:
+    """Accuracy and loss of ``detector`` on ``examples`` (formerly ``evaluate``).
 
     Returns:
       ``accuracy``, ``loss``, ``n``, ``predictions`` ``[M]`` (index ``K`` = "no parent"),
@@ -866,7 +945,7 @@ def evaluate(detector: Detector, examples: Examples, *, chunk: int = 64) -> dict
       ValueError: empty ``examples``.
     """
     if len(examples) == 0:
-        raise ValueError("evaluate: the example set is empty")
+        raise ValueError("assess: the example set is empty")
     logits = predict_logits(detector, examples, chunk=chunk)
     loss, acc = _loss_accuracy(logits, examples.labels)
     pred = np.argmax(logits, -1)
@@ -949,36 +1028,16 @@ def split_indices(n: int, *, key: jax.Array, fractions: Sequence[float] = PAPER_
     return order[: sizes["train"]], order[sizes["train"]: sizes["train"] + n_val], order[sizes["train"] + n_val:]
 
 
-def _nearest_l2_accuracy(ex: Examples) -> dict:
-    """Learning-free reference on the same arrays: the candidate with the least mean squared difference.
-
-    Plain L2 (DESIGN.md section 3, no Taylor term); closed set only.
-    """
-    out = {}
-    for name in ("weights", "features"):
-        p, c = getattr(ex, f"parent_{name}"), getattr(ex, f"child_{name}")
-        if p is not None:
-            d = np.stack([np.mean((c - p[k][None]) ** 2, axis=(1, 2)) for k in range(len(p))], axis=1)  # [M, K]
-            out[name] = float(np.mean(np.argmin(d, axis=1) == ex.labels))
-    return out
-
-
-def _summary(values: Sequence[float]) -> dict:
-    v = np.asarray([x for x in values if not np.isnan(x)], np.float64)
-    return dict(mean=float(v.mean()) if v.size else float("nan"),
-                std=float(v.std(ddof=1)) if v.size > 1 else 0.0,
-                per_repetition=[None if np.isnan(x) else float(x) for x in values])  # None: no such child
-
-
 def run_protocol(
     zoo=None,
     *,
     examples: Examples | None = None,
     repetitions: int = 5,
+    key: jax.Array | None = None,
     seed: int = 0,
     open_set: bool = False,
-    weight_layer: str | None = AUTO,
-    feature_tap: str | None = AUTO,
+    weight_layer: str | Auto | None = AUTO,
+    feature_tap: str | Auto | None = AUTO,
     n_probe: int = 64,
     weight_pool: int = 1,
     feature_pool: int = 1,
@@ -986,86 +1045,19 @@ def run_protocol(
     module_kwargs: dict | None = None,
     **train_kwargs,
 ) -> dict:
-    """The paper's protocol: ``repetitions`` random 7:1:2 child splits; mean +- std of test accuracy.
+    """The paper's protocol (``repetitions`` random 7:1:2 child splits); a thin wrapper kept for the bench.
 
-    Repetition ``r`` splits the children with ``fold_in(key(seed), r)``, trains
-    on the train split, keeps the best validation epoch and reports test accuracy.
-    In the **open-set** variant repetition ``r`` also holds parent ``r mod K`` out
-    of the candidates; its children (in every split) are labelled "no parent" and
-    the detector has the "no parent" logit. Overall test accuracy and accuracy on
-    the parentless test children are reported (supplement's open-set table).
-
-    Args:
-      zoo: a :class:`jaxlineage.zoo.Zoo` (only named in the result when ``examples`` is given).
-      examples: precomputed :func:`make_examples` output (saves reloading models).
-      repetitions, seed: number of splits and the seed they derive from.
-      open_set: the held-out-parent variant.
-      weight_layer, feature_tap, n_probe, weight_pool, feature_pool: passed to
-        :func:`make_examples`.
-      fractions: train / val / test fractions.
-      module_kwargs: :class:`LineageDetector` fields (default: the paper's
-        detector); ``no_parent`` always follows ``open_set``.
-      **train_kwargs: passed to :func:`train` (``epochs``, ``batch_size``, ...).
-
-    Returns:
-      A JSON-serialisable dict: ``test_accuracy`` / ``val_accuracy`` as
-      ``{mean, std (ddof=1), per_repetition}``, ``split_sizes``, ``num_parents``,
-      ``num_children``, ``weight_layer``, ``feature_tap``, ``seconds``, and
-      ``per_repetition`` records (test child ids included). Closed set adds
-      ``nearest_l2_accuracy``: the learning-free plain-L2 nearest parent on the same
-      weights / features and test children, for reference. Open set
-      adds ``accuracy_no_parent`` (mean over repetitions with a parentless test
-      child), ``no_parent_correct`` / ``no_parent_total`` pooled over repetitions,
-      ``accuracy_with_parent`` and ``held_out``.
+    The protocol lives in the evaluation layer
+    (:func:`jaxlineage.eval._zoo_protocols.detector_protocol`), which fits
+    :class:`jaxlineage.eval.methods.DetectorScorer` per repetition; see there for
+    the result's keys. ``±`` is the sample std (``ddof = 1``); repetition ``r``
+    uses ``fold_in(key, r)`` with ``key = jax.random.key(seed)`` unless ``key`` is
+    given. The learning-free weight / feature baselines are not part of this
+    protocol (they are scorers of their own in the evaluation layer).
     """
-    if repetitions < 1:
-        raise ValueError(f"repetitions must be >= 1, got {repetitions}")
-    t0 = time.time()
-    if examples is None:
-        if zoo is None:
-            raise ValueError("run_protocol needs a zoo or examples")
-        examples = make_examples(zoo, weight_layer=weight_layer, feature_tap=feature_tap, n_probe=n_probe,
-                                 weight_pool=weight_pool, feature_pool=feature_pool)
-    module = LineageDetector(**{**(module_kwargs or {}), "no_parent": open_set})
-    base = jax.random.key(seed)
-    reps = []
-    for r in range(repetitions):
-        key = jax.random.fold_in(base, r)
-        split_key, train_key = jax.random.split(key)
-        ex = examples.drop_parent(r % examples.num_candidates) if open_set else examples
-        tr, va, te = split_indices(len(ex), key=split_key, fractions=fractions)
-        det = train(ex.take(tr), ex.take(va), key=train_key, module=module, **train_kwargs)
-        res = evaluate(det, ex.take(te))
-        rep = dict(repetition=r, test_accuracy=res["accuracy"], val_accuracy=det.history[det.best_epoch - 1]["val_accuracy"],
-                   best_epoch=det.best_epoch, split_sizes=[len(tr), len(va), len(te)],
-                   test_children=[ex.child_ids[i] for i in te])
-        if not open_set:
-            rep["nearest_l2_accuracy"] = _nearest_l2_accuracy(ex.take(te))
-        else:
-            none = ex.no_parent[te]
-            rep.update(held_out=examples.parent_ids[r % examples.num_candidates], n_no_parent=res["n_no_parent"],
-                       no_parent_correct=int((res["predictions"] == res["labels"])[none].sum()),
-                       accuracy_no_parent=res["accuracy_no_parent"], accuracy_with_parent=res["accuracy_with_parent"])
-        log.info("detector protocol: repetition %d test accuracy %.3f (%s)", r, res["accuracy"],
-                 rep.get("held_out", "closed set"))
-        reps.append(rep)
+    from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
 
-    out = dict(zoo=getattr(getattr(zoo, "spec", None), "name", None), open_set=open_set, repetitions=repetitions, seed=seed, num_parents=examples.num_candidates,
-               num_children=len(examples), weight_layer=examples.weight_layer, feature_tap=examples.feature_tap,
-               weight_pool=examples.weight_pool, feature_pool=examples.feature_pool,
-               split_sizes=reps[0]["split_sizes"],
-               test_accuracy=_summary([r["test_accuracy"] for r in reps]),
-               val_accuracy=_summary([r["val_accuracy"] for r in reps]),
-               module=module_config(module),
-               train_kwargs={k: v for k, v in train_kwargs.items()}, per_repetition=reps)
-    if not open_set:
-        out["nearest_l2_accuracy"] = {name: _summary([r["nearest_l2_accuracy"][name] for r in reps])
-                                      for name in reps[0]["nearest_l2_accuracy"]}
-    else:
-        out.update(accuracy_no_parent=_summary([r["accuracy_no_parent"] for r in reps]),
-                   accuracy_with_parent=_summary([r["accuracy_with_parent"] for r in reps]),
-                   no_parent_correct=sum(r["no_parent_correct"] for r in reps),
-                   no_parent_total=sum(r["n_no_parent"] for r in reps),
-                   held_out=[r["held_out"] for r in reps])
-    out["seconds"] = time.time() - t0
-    return out
+    return _zoo_protocols.detector_protocol(
+        zoo, examples=examples, repetitions=repetitions, key=key, seed=seed, open_set=open_set,
+        weight_layer=weight_layer, feature_tap=feature_tap, n_probe=n_probe, weight_pool=weight_pool,
+        feature_pool=feature_pool, fractions=fractions, module_kwargs=module_kwargs, **train_kwargs)

@@ -49,18 +49,14 @@ __all__ = [
     "DEFAULT_ALPHAS",
     "DEFAULT_MEMORY_BUDGET",
     "AlphaSelection",
-    "TableRow",
     "accuracy",
-    "default_tap",
     "evaluate",
-    "fold_table",
     "format_table",
     "predict",
     "probabilities",
     "score_matrices",
     "score_matrix",
     "select_alpha",
-    "zoo_scores",
 ]
 
 Array = jax.Array
@@ -547,149 +543,7 @@ def select_alpha(
 
 
 # ----------------------------------------------------------------------------
-# Evaluation on a zoo (the paper's Table 1).
-
-
-@dataclasses.dataclass(frozen=True)
-class TableRow:
-    """One row of the learning-free lineage table.
-
-    Attributes:
-      metric: the metric's name.
-      mode: the mode.
-      mean: mean test accuracy over folds.
-      std: sample standard deviation over folds (``ddof=1``; 0 for one fold).
-      fold_accuracies: per-fold test accuracy.
-      alphas: the step size chosen on each fold's validation children (empty for
-        ``PLAIN``).
-    """
-
-    metric: str
-    mode: Mode
-    mean: float
-    std: float
-    fold_accuracies: tuple[float, ...]
-    alphas: tuple[float, ...]
-
-
-_DEFAULT_TAPS = {"mlp": "relu1", "convnet": "conv1", "resnet18": "block1"}
-
-
-def default_tap(network: Any) -> str:
-    """The feature tap used by default: the first ReLU layer / first block."""
-    return _DEFAULT_TAPS.get(network.name, network.taps[0])
-
-
-def _zoo_children(zoo: Any, task: str) -> tuple[list, list, np.ndarray]:
-    """The zoo's parents, the children of ``task`` whose parent is among them, and
-    each child's parent index."""
-    parents = list(zoo.parents)
-    if not parents:
-        raise ValueError("The zoo has no parents.")
-    index = {r.id: i for i, r in enumerate(parents)}
-    children = [r for r in zoo.children if r.task == task and r.parent_id in index]
-    return parents, children, np.array([index[r.parent_id] for r in children], dtype=int)
-
-
-def _check_folds(num_children: int, num_folds: int, task: str | None = None) -> None:
-    if num_children < num_folds:
-        where = f" of task {task!r}" if task else ""
-        raise ValueError(
-            f"Need at least num_folds = {num_folds} children{where}; got {num_children}."
-        )
-
-
-def _score_zoo(zoo, parents, children, task, metrics, *, modes, alphas, tap, probe_size, **kwargs):
-    network = zoo.network
-    return score_matrices(
-        metrics,
-        network.feature_fn(tap or default_tap(network)),
-        zoo.stack([r.id for r in parents], backbone=True),
-        zoo.stack([r.id for r in children], backbone=True),
-        zoo.probe(probe_size, task=task),
-        alpha=np.asarray(alphas, float),
-        modes=modes,
-        **kwargs,
-    )
-
-
-def zoo_scores(
-    zoo: Any,
-    metrics: Any = None,
-    *,
-    modes: Any = tuple(Mode),
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    tap: str | None = None,
-    task: str | None = None,
-    probe_size: int = 512,
-    chunk_size: int | None = None,
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
-    mesh: Mesh | None = None,
-) -> tuple[dict, np.ndarray]:
-    """Scores of every (parent, child) pair of a zoo and the children's true parents.
-
-    The setting of :func:`evaluate` without the folds: candidates are all the
-    zoo's parents, the children are those of ``task`` (default the first child
-    task), the probe batch is the first ``probe_size`` inputs of its training
-    split, features at ``tap`` (default :func:`default_tap`).
-
-    Returns:
-      ``(scores, labels)``: :func:`score_matrices`'s dict ``{(metric.name, mode):
-      [A, K, M]}`` over the ``alphas`` grid, and ``labels`` ``[M]``, the index of
-      each child's parent in ``zoo.parents``.
-    """
-    metrics = similarity_lib.all_metrics() if metrics is None else metrics
-    task = task or zoo.spec.child_tasks[0].name
-    parents, children, labels = _zoo_children(zoo, task)
-    scores = _score_zoo(zoo, parents, children, task, metrics, modes=modes, alphas=alphas, tap=tap,
-                        probe_size=probe_size, chunk_size=chunk_size,
-                        memory_budget_bytes=memory_budget_bytes, mesh=mesh)
-    return scores, labels
-
-
-def fold_table(
-    scores: Any,
-    labels: Any,
-    *,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    num_folds: int = 5,
-    key: jax.Array | None = None,
-) -> list[TableRow]:
-    """The paper's fold protocol on precomputed scores (e.g. from :func:`zoo_scores`).
-
-    Children are shuffled with ``key`` (default ``jax.random.key(0)``) and split
-    into ``num_folds`` folds. For each fold, ``alpha`` is chosen by
-    :func:`select_alpha` on the other folds' children and the fold is scored as
-    test (``PLAIN`` rows use the first alpha: their scores do not depend on it).
-
-    Args:
-      scores: ``{(metric name, mode): [A, K, M]}`` over the ``alphas`` grid.
-      labels: ``[M]`` true parent indices.
-
-    Returns:
-      One :class:`TableRow` per entry of ``scores``, in its order.
-    """
-    labels = np.asarray(labels)
-    _check_folds(labels.size, num_folds)
-    key = jax.random.key(0) if key is None else key
-    order = np.asarray(jax.random.permutation(key, labels.size))
-    folds = np.array_split(order, num_folds)
-    rows = []
-    for (name, mode), s in scores.items():
-        s = np.asarray(s)  # [A, K, M]
-        accs, chosen = [], []
-        for f, test in enumerate(folds):
-            val = np.concatenate([fold for g, fold in enumerate(folds) if g != f])
-            if mode is Mode.PLAIN:
-                a_idx = 0
-            else:
-                sel = select_alpha(s[:, :, val], labels[val], alphas=alphas)
-                a_idx = sel.index
-                chosen.append(sel.alpha)
-            accs.append(float(accuracy(s[a_idx][:, test], labels[test])))
-        std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
-        rows.append(TableRow(name, mode, float(np.mean(accs)), std, tuple(accs), tuple(chosen)))
-    return rows
+# Evaluation on a zoo: thin wrappers over the evaluation layer (jaxlineage.eval).
 
 
 def evaluate(
@@ -706,77 +560,35 @@ def evaluate(
     chunk_size: int | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     mesh: Mesh | None = None,
-) -> list[TableRow]:
-    """The paper's Table 1 on a zoo: accuracy of every metric and mode.
+) -> list:
+    """The paper's Table 1 on a zoo; a thin wrapper over :mod:`jaxlineage.eval`.
 
-    :func:`zoo_scores` followed by :func:`fold_table`: children (of ``task``)
-    are shuffled with ``key`` and split into ``num_folds`` folds. For each fold,
-    ``alpha`` is chosen by :func:`select_alpha` on the other folds' children and
-    the fold is scored as test; rows report mean and std of the test accuracy
-    over folds. Candidates are all the zoo's parents; the probe batch is the
-    first ``probe_size`` inputs of the child task's training split (as in the
-    official code).
+    Equivalent to::
 
-    Args:
-      zoo: a :class:`jaxlineage.zoo.Zoo`.
-      metrics: metrics to evaluate (default
-        :func:`jaxlineage.similarity.all_metrics`).
-      modes: modes to evaluate (default all; ``FIRST_ORDER`` is skipped for
-        ``linf``).
-      alphas: the step-size grid.
-      tap: the feature tap (default :func:`default_tap`).
-      task: the child task (default the zoo's first child task).
-      probe_size: ``N``.
-      num_folds: the number of folds (default 5).
-      key: PRNG key for the fold split (default ``jax.random.key(0)``).
-      chunk_size: see :func:`score_matrices`.
-      memory_budget_bytes: see :func:`score_matrices`.
-      mesh: see :func:`score_matrices`.
+        s = eval.identify(zoo, task=task, probe_size=probe_size)
+        eval.run_all(s, eval.learning_free(metrics, modes, tap=tap, alphas=alphas), key=key, num_folds=num_folds)
+
+    Candidates are the zoo's kept parents, queries the kept children of ``task``
+    (default the first child task), the probe the first ``probe_size`` inputs of
+    its training split; children are shuffled with ``key`` (default
+    ``jax.random.key(0)``) into ``num_folds`` folds, alpha is chosen on the other
+    folds' children, and every (metric, mode) shares one scoring pass.
 
     Returns:
-      One :class:`TableRow` per (metric, mode), in input order.
+      One :class:`jaxlineage.eval.Result` per (metric, mode) (``FIRST_ORDER``
+      skipped for ``linf``): ``metrics["accuracy"]`` is the mean ± std over folds,
+      ``details["alphas"]`` the alpha chosen per fold.
     """
-    metrics = similarity_lib.all_metrics() if metrics is None else metrics
-    combos = _combos(metrics, modes, strict=False)
-    task = task or zoo.spec.child_tasks[0].name
-    parents, children, labels = _zoo_children(zoo, task)
-    _check_folds(len(children), num_folds, task)  # before the (long) scoring
-    scores = _score_zoo(
-        zoo,
-        parents,
-        children,
-        task,
-        tuple(dict.fromkeys(m for m, _ in combos)),
-        modes=tuple(dict.fromkeys(mode for _, mode in combos)),
-        alphas=alphas,
-        tap=tap,
-        probe_size=probe_size,
-        chunk_size=chunk_size,
-        memory_budget_bytes=memory_budget_bytes,
-        mesh=mesh,
-    )
-    ordered = {(m.name, mode): scores[(m.name, mode)] for m, mode in combos}
-    return fold_table(ordered, labels, alphas=alphas, num_folds=num_folds, key=key)
+    from jaxlineage.eval import protocols, scenarios, scorers  # the evaluation layer imports this module
+
+    scenario = scenarios.identify(zoo, task=task, probe_size=probe_size)
+    rows = scorers.learning_free(metrics, modes, tap=tap, alphas=alphas, chunk_size=chunk_size,
+                                 memory_budget_bytes=memory_budget_bytes, mesh=mesh)
+    return protocols.run_all(scenario, rows, key=jax.random.key(0) if key is None else key, num_folds=num_folds)
 
 
-_MODE_HEADERS = {
-    Mode.PLAIN: "w/o approx.",
-    Mode.FIRST_ORDER: "w approx.",
-    Mode.LINEARIZED: "linearised",
-}
+def format_table(results: Sequence[Any]) -> str:
+    """A Markdown table of :func:`evaluate`'s results (:func:`jaxlineage.eval.table`)."""
+    from jaxlineage.eval import protocols
 
-
-def format_table(rows: Sequence[TableRow]) -> str:
-    """A Markdown table (metrics x modes), cells ``mean ± std`` in percent."""
-    metrics = list(dict.fromkeys(r.metric for r in rows))
-    modes = list(dict.fromkeys(r.mode for r in rows))
-    cell = {(r.metric, r.mode): f"{100 * r.mean:.1f} ± {100 * r.std:.1f}" for r in rows}
-    lines = [
-        "| metric | " + " | ".join(_MODE_HEADERS[m] for m in modes) + " |",
-        "|---|" + "---|" * len(modes),
-    ]
-    for metric in metrics:
-        lines.append(
-            f"| {metric} | " + " | ".join(cell.get((metric, m), "n/a") for m in modes) + " |"
-        )
-    return "\n".join(lines)
+    return protocols.table(results)

@@ -31,21 +31,19 @@ Notation: ``N`` DNA inputs, ``B`` mini-batch size, ``C`` model outputs (logits),
 Usage::
 
     import jax
-    from jaxlineage import mgmp, zoo
+    import jaxlineage.mgmp as mgmp
 
-    z = zoo.Zoo.open("/tmp/jl_zoo_quick")
-    src = z.parents[0].id
-    own = [c.id for c in z.children_of(src)]
-    pool = mgmp.Pool(homologous=mgmp.zoo_population(z, own[1:]),
-                     non_homologous=mgmp.zoo_population(z, [r.id for r in z.independents[1:]]))
-    x, _ = z.task_data("A", "train")                  # the source's training data
-    state, history = mgmp.train((z.network.logits_fn, z.load(src)), pool, x[:2048],
+    pool = mgmp.Pool(homologous=mgmp.Population(apply_fn, stacked_own_children),
+                     non_homologous=mgmp.Population(apply_fn, stacked_others))
+    state, history = mgmp.train((apply_fn, source_params), pool, x_source_train,
                                 mgmp.Config(), key=jax.random.key(0))
-    for target in (own[0], z.independents[0].id):     # not in the pool
-        pred = mgmp.predict(state, (z.network_for(target).logits_fn, z.load(target)))
-        print(target, pred.fraction, pred.homologous)  # homologous-fragment rate, decision
+    pred = mgmp.predict(state, (apply_fn, target_params))
+    print(pred.fraction, pred.homologous)               # homologous-fragment rate, decision
 
-    mgmp.run_protocol(z)                                # the Table 1 protocol (dict)
+Reading zoos and scenarios is the evaluation layer's job:
+:class:`jaxlineage.eval.methods.ModelDNAScorer` fits one generator + classifier
+per source on a training scenario and scores targets; ``mgmp.run_protocol(z)``
+(the Table 1 protocol on a zoo) is a thin wrapper over it, kept for the bench.
 
 References:
     Mu, Wang, Zhang, Zhang, Wang, Xiang, Yu. "Model Provenance via Model DNA".
@@ -65,7 +63,6 @@ import functools
 import json
 import os
 import pathlib
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -77,7 +74,6 @@ import optax
 from flax import struct
 
 from jaxlineage._io import atomic_dir
-from jaxlineage.modelgif import roc_auc
 
 __all__ = [
     "Assembly",
@@ -90,10 +86,12 @@ __all__ = [
     "PoolOutputs",
     "Population",
     "Prediction",
+    "SplitBy",
     "State",
     "assemble",
     "cosine_similarity_matrix",
     "dna_similarity_loss",
+    "fragment_cosine",
     "init",
     "model_outputs",
     "pair_features",
@@ -107,7 +105,6 @@ __all__ = [
     "train",
     "train_step",
     "with_inputs",
-    "zoo_population",
 ]
 
 PyTree = Any
@@ -170,6 +167,18 @@ class PairInput(enum.Enum):
 
     def width(self, fragment_dim: int) -> int:
         return (4 if self is PairInput.BOTH else 2) * fragment_dim
+
+
+class SplitBy(enum.Enum):
+    """The training hyper-parameter whose distinct values separate pool from evaluation targets (``run_protocol``).
+
+    Attributes:
+        LR: the fine-tuning learning rate (evaluation targets use a rate the pool never saw).
+        SEED: the fine-tuning / training seed (every rate seen, an unseen seed).
+    """
+
+    LR = "lr"
+    SEED = "seed"
 
 
 class Optimizer(enum.Enum):
@@ -665,22 +674,6 @@ def _check_fit(config: Config, c: int, name: str, source_c: int | None = None):
                         "must have one dim to be compared")
 
 
-def zoo_population(z, ids: Sequence[str], *, tap: str = "logits") -> Population:
-    """A :class:`Population` of zoo models (``zoo.Zoo``) that share one network (task).
-
-    ``tap`` picks the outputs the fragments are built from: ``"logits"`` (the
-    paper) or a feature tap of the network (e.g. ``"relu3"``), which models of
-    different tasks share when they share a backbone.
-    """
-    ids = list(ids)
-    if not ids:
-        raise MGMPError("zoo_population: empty list of model ids")
-    tasks = {z.get(i).task for i in ids}
-    if len(tasks) != 1:
-        raise MGMPError(f"zoo_population: models of several tasks {sorted(tasks)}; make one population per task")
-    return Population(z.network_for(ids[0]).feature_fn(tap), z.stack(ids), tuple(ids))
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -992,190 +985,59 @@ def restore(path: str | os.PathLike) -> State:
 # --------------------------------------------------------------------------- protocol
 
 
-def _split_field(records, what: str, preferred: str) -> str:
-    """The hyper-parameter that splits ``records`` into disjoint pool / evaluation groups."""
-    for field in (preferred, "lr", "seed"):
-        if len({r.hparams[field] for r in records}) >= 2:
-            return field
-    raise MGMPError(f"run_protocol: the {what} do not differ in {preferred}, seed or learning rate, so they cannot "
-                    "be split into disjoint pool and evaluation sets")
+def fragment_cosine(source_outputs: Any, target_outputs: Any) -> np.ndarray:
+    r"""Per-input cosine between a source's and targets' outputs: how much lineage one fragment carries untrained.
 
+    .. math:: c_{mi} = \frac{\langle y^s_i, y^{t_m}_i \rangle}{\lVert y^s_i \rVert\, \lVert y^{t_m}_i \rVert}
 
-def _halves(values, rng) -> tuple[set, set]:
-    """A random split of distinct ``values`` into (pool, evaluation), both non-empty."""
-    values = sorted(values)
-    perm = [values[i] for i in rng.permutation(len(values))]
-    n_eval = max(1, len(values) // 2)
-    return set(perm[n_eval:]), set(perm[:n_eval])
+    (norm products floored at ``1e-12``), in float64. The no-generator fragments
+    of MGMP are these outputs, so a single threshold on ``c`` is a reference
+    point for what the provenance classifier can learn from one fragment.
 
+    Args:
+        source_outputs: ``[N, C]``.
+        target_outputs: ``[N, C]`` (one target) or ``[M, N, C]``.
 
-def _summary(accs, correct, total) -> dict:
-    accs = np.asarray(accs, np.float64)
-    return {"accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std()), "accuracies": accs.tolist(),
-            "models_correct": int(correct), "models_total": int(total)}
-
-
-def _zoo_outputs(z, ids, *xs, tap: str = "logits"):
-    """``{id: outputs [N, C]}`` on each of ``xs``: every model once, one vmapped population per task."""
-    by_task: dict[str, list[str]] = {}
-    for i in ids:
-        by_task.setdefault(z.get(i).task, []).append(i)
-    stores = tuple({} for _ in xs)
-    for task_ids in by_task.values():
-        pop = zoo_population(z, task_ids, tap=tap)
-        for x, store in zip(xs, stores):
-            store.update(zip(task_ids, population_outputs(pop.apply_fn, pop.params, x)))
-    return stores
+    Returns:
+        ``[N]`` or ``[M, N]``.
+    """
+    s = np.asarray(source_outputs, np.float64)
+    t = np.asarray(target_outputs, np.float64)
+    if s.ndim != 2 or t.shape[-2:] != s.shape:
+        raise MGMPError(f"fragment_cosine: source outputs must be [N, C] and targets [N, C] or [M, N, C] of the same"
+                        f" N, C; got {s.shape} and {t.shape}")
+    num = np.sum(s * t, axis=-1)
+    return num / np.maximum(np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1), 1e-12)
 
 
 def run_protocol(
     z,
     *,
     repetitions: int = 4,
+    key: jax.Array | None = None,
     seed: int = 0,
     config: Config | None = None,
     num_inputs: int | None = 2048,
     eval_split: str = "test",
     delta: float = 0.9,
-    split_children_by: str = "lr",
-    split_independents_by: str = "seed",
+    split_children_by: SplitBy | str = SplitBy.LR,
+    split_independents_by: SplitBy | str = SplitBy.SEED,
     tap: str = "logits",
 ) -> dict:
-    """The paper's Table 1 protocol on a zoo, with and without the DNA generator.
+    """The paper's Table 1 protocol on a zoo, with and without the generator; a thin wrapper kept for the bench.
 
-    For repetition ``r`` the source ``M_s`` is a parent (parents are visited in a
-    seeded random order, cycling if ``repetitions`` exceeds their number). Targets
-    are split into a **pool** (training) and an **evaluation** set that share no
-    training configuration:
-
-    * children (of every parent) are split by ``split_children_by`` (default: their
-      fine-tuning learning rate; by seed if all share one learning rate): a random
-      half of the distinct values is held out;
-      the source's children with a held-out value are the homologous evaluation
-      targets, the others its homologous pool;
-    * non-homologous targets are the other parents' children (same split) and
-      the independents (a random half of their distinct training seeds held out).
-
-    Evaluation targets never enter training. Both methods (``config`` and the same
-    config with ``Generator.NONE``) train on the same pool with the same key, on the
-    first ``num_inputs`` inputs of the parent task's train split (the source's
-    training data), and are evaluated on the parent task's ``eval_split`` inputs.
-
-    Fragment accuracy per repetition is ``(A_o + A_n) / 2``, ``A_o`` (``A_n``) the
-    mean over homologous (non-homologous) evaluation targets of the fraction of
-    fragments classified correctly; for one target of each kind this is the paper's
-    ``(A_n + A_o) / 2N``. The model-level decision (fraction of homologous fragments
-    ``>= delta``) is recorded for every evaluation target.
-
-    Args:
-        z: a :class:`jaxlineage.zoo.Zoo` with parents, children and independents.
-        repetitions: number of (source, split, key) repetitions.
-        seed: seeds the source order, the splits and the training keys.
-        config: :class:`Config` of the generator run (default ``Config()``).
-        num_inputs: DNA inputs taken from the parent task's train split (``None``: all).
-        eval_split: the parent task split whose inputs make the evaluation fragments.
-        delta: the model-level threshold.
-        split_children_by: the child hyper-parameter that separates pool from
-            evaluation children (``"lr"``, ``"seed"``, ...).
-        split_independents_by: the same for independents.
-        tap: the outputs fragments are built from: ``"logits"`` (the paper) or a
-            feature tap shared by parents and children (e.g. ``"relu3"``).
-
-    Returns:
-        A JSON-serialisable dict: ``zoo`` (name and counts), ``settings``,
-        ``with_generator`` / ``without_generator`` (``accuracy_mean``,
-        ``accuracy_std`` (population std over repetitions), ``accuracies``,
-        ``models_correct``, ``models_total``), ``runs`` (per repetition: source,
-        pool and evaluation ids, ``A_o``, ``A_n``, ``model_auc`` (ROC AUC of the
-        homologous-fragment fraction, homologous vs non-homologous evaluation
-        targets: 1 when some ``delta`` decides every target correctly) and
-        per-target decisions of both methods) and ``seconds``.
+    The protocol lives in the evaluation layer
+    (:func:`jaxlineage.eval._zoo_protocols.mgmp_protocol`, which fits
+    :class:`jaxlineage.eval.methods.ModelDNAScorer`); see there for the
+    splits and the result's keys. ``accuracy_std`` is the sample std
+    (``ddof = 1``); sources and splits are drawn with ``key``
+    (default ``jax.random.key(seed)``).
 
     References:
         Mu et al., "Model Provenance via Model DNA", ECAI 2024, Table 1.
     """
-    t0 = time.time()
-    config = Config() if config is None else config
-    baseline = dataclasses.replace(config, generator=Generator.NONE)
-    if repetitions < 1:
-        raise MGMPError(f"repetitions must be >= 1, got {repetitions}")
-    parents, children, independents = list(z.parents), list(z.children), list(z.independents)
-    if not parents or not children:
-        raise MGMPError(f"zoo {z.spec.name!r} has {len(parents)} parents and {len(children)} children; "
-                        "MGMP needs parents with children")
-    ptask = z.spec.parent_task.name
-    x_dna = _as_inputs(z.task_data(ptask, "train")[0][:num_inputs])
-    x_eval = _as_inputs(z.task_data(ptask, eval_split)[0])
+    from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
 
-    out_dna, out_eval = _zoo_outputs(z, [r.id for r in parents + children + independents], x_dna, x_eval, tap=tap)
-
-    child_field = _split_field(children, "children", split_children_by)
-    ind_field = _split_field(independents, "independents", split_independents_by) if len(independents) >= 2 else None
-    rng = np.random.default_rng(seed)
-    order = [parents[i] for i in rng.permutation(len(parents))]
-    runs = []
-    results = {"with_generator": ([], 0, 0), "without_generator": ([], 0, 0)}
-    for rep in range(repetitions):
-        source = order[rep % len(order)]
-        child_pool_vals, child_eval_vals = _halves({c.hparams[child_field] for c in children}, rng)
-        own = z.children_of(source.id)
-        if not any(c.hparams[child_field] in child_eval_vals for c in own) or not any(
-                c.hparams[child_field] in child_pool_vals for c in own):
-            # The source lacks children on one side (e.g. after the accuracy floor): flip the split.
-            child_pool_vals, child_eval_vals = child_eval_vals, child_pool_vals
-        if ind_field is None:
-            ind_pool_vals, ind_eval_vals = set(), set()
-        else:
-            ind_pool_vals, ind_eval_vals = _halves({r.hparams[ind_field] for r in independents}, rng)
-        others = [c for c in children if c.parent_id != source.id]
-        split = {
-            "pool_homologous": [c.id for c in own if c.hparams[child_field] in child_pool_vals],
-            "pool_non_homologous": [c.id for c in others if c.hparams[child_field] in child_pool_vals]
-            + [r.id for r in independents if ind_field and r.hparams[ind_field] in ind_pool_vals],
-            "eval_homologous": [c.id for c in own if c.hparams[child_field] in child_eval_vals],
-            "eval_non_homologous": [c.id for c in others if c.hparams[child_field] in child_eval_vals]
-            + [r.id for r in independents if ind_field and r.hparams[ind_field] in ind_eval_vals],
-        }
-        if not all(split.values()):
-            raise MGMPError(f"run_protocol: repetition {rep} (source {source.id!r}) has an empty set: "
-                            + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
-        pool = PoolOutputs(jnp.stack([out_dna[i] for i in split["pool_homologous"]]),
-                           jnp.stack([out_dna[i] for i in split["pool_non_homologous"]]))
-        eval_ids = split["eval_homologous"] + split["eval_non_homologous"]
-        truth = np.array([True] * len(split["eval_homologous"]) + [False] * len(split["eval_non_homologous"]))
-        eval_out = jnp.stack([out_eval[i] for i in eval_ids])
-        source_params = z.load(source.id)
-        source_net = (z.network_for(source.id).feature_fn(tap), source_params)
-        key = jax.random.fold_in(jax.random.key(seed), rep)
-        run = {"repetition": rep, "source": source.id, "split_by": {"children": child_field, "independents": ind_field},
-               **split}
-        for name, cfg in (("with_generator", config), ("without_generator", baseline)):
-            state, history = train(source_net, pool, x_dna, cfg, key=key)
-            state = state.replace(x=x_eval, source_outputs=out_eval[source.id])
-            pred = jax.device_get(predict_outputs(state, eval_out, delta=delta))
-            frag_correct = np.where(truth[:, None], pred.probabilities > cfg.threshold,
-                                    pred.probabilities <= cfg.threshold).mean(axis=1)
-            a_o, a_n = float(frag_correct[truth].mean()), float(frag_correct[~truth].mean())
-            decisions = [{"id": i, "homologous": bool(t), "fraction": float(f), "decision": bool(d),
-                          "correct": bool(d == t)} for i, t, f, d in zip(eval_ids, truth, pred.fraction, pred.homologous)]
-            accs, correct, total = results[name]
-            acc = 0.5 * (a_o + a_n)
-            results[name] = (accs + [acc], correct + sum(d["correct"] for d in decisions), total + len(decisions))
-            # Threshold-free view of the model-level decision: does the homologous-fragment fraction
-            # rank every homologous target above every non-homologous one (whatever delta)?
-            auc = roc_auc(pred.fraction[truth], pred.fraction[~truth])
-            run[name] = {"accuracy": acc, "A_o": a_o, "A_n": a_n, "model_auc": auc, "final_train_accuracy":
-                         float(history["train_accuracy"][-50:].mean()), "decisions": decisions}
-        runs.append(run)
-    return {
-        "zoo": {"name": z.spec.name, "workdir": str(z.workdir), "parents": len(parents), "children": len(children),
-                "independents": len(independents)},
-        "settings": {"repetitions": repetitions, "seed": seed, "num_inputs": int(x_dna.shape[0]),
-                     "eval_split": eval_split, "eval_inputs": int(x_eval.shape[0]), "delta": delta, "tap": tap,
-                     "split_children_by": split_children_by, "split_independents_by": split_independents_by,
-                     "config": config.to_json()},
-        "with_generator": _summary(*results["with_generator"]),
-        "without_generator": _summary(*results["without_generator"]),
-        "runs": runs,
-        "seconds": time.time() - t0,
-    }
+    return _zoo_protocols.mgmp_protocol(
+        z, repetitions=repetitions, key=key, seed=seed, config=config, num_inputs=num_inputs, eval_split=eval_split,
+        delta=delta, split_children_by=split_children_by, split_independents_by=split_independents_by, tap=tap)

@@ -24,7 +24,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import math
@@ -38,18 +37,14 @@ import numpy as np
 __all__ = [
     "Population",
     "ReferenceSampling",
-    "SweepPoint",
     "Target",
-    "auc_sweep",
     "distance",
     "distance_matrix",
     "evaluate",
     "feature_sum",
     "gauss_legendre",
     "gradient_field",
-    "roc_auc",
     "sample_references",
-    "tpr_at_fpr",
 ]
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -204,7 +199,7 @@ def gradient_field(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from jaxlineage import modelgif
+        >>> import jaxlineage.modelgif as modelgif
         >>> w = jnp.arange(6.0).reshape(3, 2)
         >>> apply_fn = lambda p, x: x @ p
         >>> g = modelgif.gradient_field(apply_fn, w, jnp.ones((4, 3)), steps=8, target=1)
@@ -535,8 +530,8 @@ def sample_references(
         labels: its integer labels ``[P]``; required for ``CLASS_BALANCED`` and
             returned subsampled when given.
         n: the number of references, ``1 <= n <= P``.
-        key: a JAX PRNG key (its bits seed a numpy generator: the draw runs on the
-            host and compiles nothing).
+        key: a JAX PRNG key. The draw is ``jax.random.permutation`` of the split
+            (and of the classes), so it compiles one small sort per split size.
         strategy: ``ReferenceSampling`` (or its string value); default ``RANDOM``.
             ``CLASS_BALANCED`` orders the sample round-robin over classes (in a random
             class order), so every prefix ``[:m]`` holds ``floor(m / c)`` or
@@ -559,179 +554,32 @@ def sample_references(
         labels = np.asarray(labels)
         if labels.shape != (total,):
             raise ValueError(f"labels must have shape ({total},) to match x {x.shape}; got {labels.shape}")
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    k_items, k_classes = jax.random.split(key)
+    perm = np.asarray(jax.random.permutation(k_items, total))
 
     if strategy is ReferenceSampling.RANDOM:
-        indices = rng.permutation(total)[:n]
+        indices = perm[:n]
     else:
         if labels is None:
             raise ValueError("strategy=CLASS_BALANCED needs labels")
-        # Round-robin: sort by (rank within the shuffled class, shuffled class order).
+        # Round-robin: sort by (rank within the shuffled class, shuffled class order). One
+        # permutation of all items gives every class a uniformly random order at once.
+        priority = np.empty(total, np.int64)
+        priority[perm] = np.arange(total)
+        classes = np.unique(labels)
+        position = np.empty(classes.size, np.int64)
+        position[np.asarray(jax.random.permutation(k_classes, classes.size))] = np.arange(classes.size)
         rank, class_order = np.empty(total, np.int64), np.empty(total, np.int64)
-        for position, c in enumerate(rng.permutation(np.unique(labels))):
-            members = rng.permutation(np.flatnonzero(labels == c))
-            rank[members], class_order[members] = np.arange(members.size), position
+        for i, c in enumerate(classes):
+            members = np.flatnonzero(labels == c)
+            members = members[np.argsort(priority[members])]
+            rank[members], class_order[members] = np.arange(members.size), position[i]
         indices = np.lexsort((class_order, rank))[:n]
     return x[indices], None if labels is None else labels[indices], indices
 
 
 # ---------------------------------------------------------------------------
-# ROC metrics (exact, numpy).
-
-
-def _check_scores(pos, neg):
-    pos = np.asarray(pos, np.float64).ravel()
-    neg = np.asarray(neg, np.float64).ravel()
-    if pos.size == 0 or neg.size == 0:
-        raise ValueError(f"need at least one positive and one negative score; got {pos.size} and {neg.size}")
-    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(neg))):
-        raise ValueError("scores must be finite")
-    return pos, neg
-
-
-def roc_auc(pos_scores, neg_scores) -> float:
-    """Exact area under the ROC curve (Mann-Whitney U with ties counted half).
-
-    .. math::
-        \\mathrm{AUC} = \\frac{1}{P\\,Q} \\sum_{i=1}^{P} \\sum_{j=1}^{Q}
-            \\Big( [s^+_i > s^-_j] + \\tfrac12 [s^+_i = s^-_j] \\Big).
-
-    Higher scores mean "more likely positive"; pass ``-distance`` for distances.
-
-    Args:
-        pos_scores: ``[P]`` scores of positive pairs.
-        neg_scores: ``[Q]`` scores of negative pairs.
-
-    Returns:
-        The AUC in ``[0, 1]``. ``O((P + Q) log Q)``.
-
-    References:
-        Hanley & McNeil, "The meaning and use of the area under a ROC curve",
-        Radiology 1982.
-    """
-    pos, neg = _check_scores(pos_scores, neg_scores)
-    neg = np.sort(neg)
-    below = np.searchsorted(neg, pos, side="left")
-    not_above = np.searchsorted(neg, pos, side="right")
-    return float(np.sum(below + not_above) / (2.0 * pos.size * neg.size))
-
-
-def tpr_at_fpr(pos_scores, neg_scores, fpr: float) -> float:
-    """The best true-positive rate of a threshold whose false-positive rate <= ``fpr``.
-
-    A threshold ``t`` calls ``score >= t`` positive. Over all thresholds (every
-    distinct score, and ``+inf``),
-
-    .. math::
-        \\mathrm{TPR@FPR}(\\beta) = \\max_t \\{\\, \\mathrm{TPR}(t) :
-            \\mathrm{FPR}(t) \\le \\beta \\,\\}.
-
-    Ties are never split: with ``Q`` negatives, ``fpr < 1 / Q`` allows no false
-    positive, so the rate is the fraction of positives scoring strictly above
-    every negative.
-
-    Args:
-        pos_scores: ``[P]`` scores of positive pairs (higher = more likely positive).
-        neg_scores: ``[Q]`` scores of negative pairs.
-        fpr: the false-positive budget ``β`` in ``[0, 1]``.
-
-    Returns:
-        The TPR in ``[0, 1]``.
-    """
-    if not 0.0 <= fpr <= 1.0:
-        raise ValueError(f"fpr must be in [0, 1]; got {fpr}")
-    pos, neg = _check_scores(pos_scores, neg_scores)
-    thresholds = np.concatenate([np.unique(np.concatenate([pos, neg])), [np.inf]])
-    # Counts of scores >= t; comparing the integer count of false positives with
-    # fpr * Q avoids rounding in FP / Q.
-    false_pos = neg.size - np.searchsorted(np.sort(neg), thresholds, side="left")
-    true_pos = pos.size - np.searchsorted(np.sort(pos), thresholds, side="left")
-    return float(np.max(true_pos[false_pos <= fpr * neg.size]) / pos.size)
-
-
-# ---------------------------------------------------------------------------
-# Evaluation on a model zoo.
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepPoint:
-    """Detection quality with ``n_refs`` reference points.
-
-    Attributes:
-        n_refs: the number of reference points (a prefix of one draw).
-        auc: ROC AUC of positive vs negative pairs, score = ``-distance``.
-        tpr_at_1: TPR at 1 % FPR (see ``tpr_at_fpr``).
-        tpr_at_5: TPR at 5 % FPR.
-        num_pos: the number of positive pairs.
-        num_neg: the number of negative pairs.
-        mean_pos: mean distance of positive pairs.
-        mean_neg: mean distance of negative pairs.
-    """
-
-    n_refs: int
-    auc: float
-    tpr_at_1: float
-    tpr_at_5: float
-    num_pos: int
-    num_neg: int
-    mean_pos: float
-    mean_neg: float
-
-
-def auc_sweep(
-    per_reference: np.ndarray,
-    positive: np.ndarray,
-    negative: np.ndarray,
-    *,
-    n_refs: Sequence[int],
-) -> list[SweepPoint]:
-    """Detection metrics as a function of the number of reference points.
-
-    The distance of pair ``(i, j)`` with ``m`` references is the mean of
-    ``per_reference[i, j, :m]``; positives are pairs where ``positive[i, j]``,
-    negatives where ``negative[i, j]``.
-
-    Args:
-        per_reference: ``[Ma, Mb, N]`` from ``distance_matrix(..., per_reference=True)``.
-        positive: boolean ``[Ma, Mb]``.
-        negative: boolean ``[Ma, Mb]``, disjoint from ``positive``.
-        n_refs: reference counts, each in ``[1, N]``.
-
-    Returns:
-        One ``SweepPoint`` per count, in the given order.
-    """
-    per_reference = np.asarray(per_reference, np.float64)
-    positive, negative = np.asarray(positive, bool), np.asarray(negative, bool)
-    if (
-        per_reference.ndim != 3
-        or positive.shape != per_reference.shape[:2]
-        or negative.shape != positive.shape
-    ):
-        raise ValueError(
-            f"per_reference must be [Ma, Mb, N] and the masks [Ma, Mb]; got {per_reference.shape}, "
-            f"{positive.shape} and {negative.shape}"
-        )
-    if np.any(positive & negative):
-        raise ValueError("a pair cannot be both positive and negative")
-    points = []
-    for m in n_refs:
-        if not 1 <= m <= per_reference.shape[2]:
-            raise ValueError(f"n_refs entries must be in [1, {per_reference.shape[2]}]; got {m}")
-        dist = per_reference[..., :m].mean(axis=-1)
-        pos, neg = dist[positive], dist[negative]
-        points.append(
-            SweepPoint(
-                n_refs=int(m),
-                auc=roc_auc(-pos, -neg),
-                tpr_at_1=tpr_at_fpr(-pos, -neg, 0.01),
-                tpr_at_5=tpr_at_fpr(-pos, -neg, 0.05),
-                num_pos=int(pos.size),
-                num_neg=int(neg.size),
-                mean_pos=float(pos.mean()),
-                mean_neg=float(neg.mean()),
-            )
-        )
-    return points
+# Evaluation on a model zoo (a thin wrapper over the evaluation layer).
 
 
 def evaluate(
@@ -739,6 +587,7 @@ def evaluate(
     *,
     n_refs: Sequence[int] = (8, 32, 128, 256),
     steps: int = 50,
+    key: jax.Array | None = None,
     seed: int = 0,
     task: str = "B",
     split: str = "test",
@@ -747,109 +596,28 @@ def evaluate(
     tap: str | None = None,
     chunk_size: int | None = 32,
 ) -> dict[str, Any]:
-    """ModelGiF lineage detection on a zoo: each parent vs its children and vs independents.
+    """ModelGiF lineage detection on a zoo by reference count; a thin wrapper kept for the bench.
 
-    Pairs (rows: the zoo's kept parents; columns: its kept children and
-    independents trained on ``task``):
-
-    * positive: ``(p, c)`` for every parent ``p`` and every child ``c`` with
-        ``c.parent_id == p.id``;
-    * negative: ``(p, i)`` for every parent ``p`` and every independent ``i``.
-
-    Also reported (``"other_children"``): own children vs the *other* parents'
-    children as negatives, a harder contrast since those models share the
-    fine-tuning task and recipe with the positives.
-
-    References are one draw of ``max(n_refs)`` points from ``task``'s ``split``
-    (the children's task by default), taken by ``sample_references`` without ever
-    evaluating a model; smaller counts use prefixes of that draw. Baseline: zeros.
-    Score = ``-distance``.
-
-    Args:
-        zoo: a ``jaxlineage.zoo.Zoo`` (needs ``parents``, ``children``,
-            ``independents``, ``stack(ids)``, ``network_for(id).logits_fn`` and
-            ``task_data(task, split)``).
-        n_refs: the reference counts of the sweep.
-        steps: quadrature nodes ``K``.
-        seed: seeds the reference draw.
-        task: the task whose data gives the references.
-        split: the split of that task.
-        strategy: how references are drawn (``ReferenceSampling``).
-        target: the scalar output ``F`` (see ``gradient_field``); ``Target.LABEL``
-            uses the references' labels. ``None``: ``Target.PREDICTED`` on the
-            logits (the paper), ``feature_sum`` with a ``tap``.
-        tap: ``None`` for the logits (the paper's field). A feature tap of the
-            zoo's network (e.g. ``"relu3"``) gives the *backbone field*: the field of
-            ``F = target(features at tap)`` (default ``feature_sum``). It ignores the
-            heads, which the children re-initialise for their new task, and which
-            otherwise dominate the input gradients of the logits.
-        chunk_size: reference points per chunk in ``distance_matrix``.
-
-    Returns:
-        A dict with ``"children_vs_independents"`` and ``"other_children"`` (lists of
-        ``SweepPoint``), ``"distances"`` (``[P, C + I, max(n_refs)]`` per-reference
-        distances), ``"parent_ids"``, ``"column_ids"``, ``"reference_indices"`` and
-        the settings.
+    Each parent vs its own children (positives) and vs independents (negatives;
+    ``"other_children"``: vs the other parents' children) on ``task``. The
+    protocol lives in the evaluation layer
+    (:func:`jaxlineage.eval._zoo_protocols.modelgif_protocol`, which calls
+    :class:`jaxlineage.eval.methods.ModelGiFScorer`); see there for the result's
+    keys (the sweeps are lists of :class:`jaxlineage.eval.methods.SweepPoint`).
+    References are drawn from ``task``'s ``split`` with ``key`` (default
+    ``jax.random.key(seed)``) without evaluating any model. ``tap=None``: the
+    paper's field of the logits; a feature tap: the backbone field
+    (``feature_sum`` of the features at the tap).
 
     References:
-        Song et al., "ModelGiF", ICCV 2023, intellectual property protection (AUC of derived vs
-        independent models as a function of the number of reference points).
+        Song et al., "ModelGiF", ICCV 2023, intellectual property protection (AUC of
+        derived vs independent models as a function of the number of reference points).
     """
-    parents = list(zoo.parents)
-    parent_ids = {p.id for p in parents}
-    children = [r for r in zoo.children if r.task == task and r.parent_id in parent_ids]
-    independents = [r for r in zoo.independents if r.task == task]
-    if not parents or not children or not independents:
-        raise ValueError(
-            f"the zoo needs parents, their children on task {task!r} and independents on it; "
-            f"got {len(parents)}, {len(children)} and {len(independents)}"
-        )
-    if target is None:
-        target = Target.PREDICTED if tap is None else feature_sum
-    target = _parse_target(target)
-    x_all, y_all = zoo.task_data(task, split)
-    x_ref, y_ref, idx = sample_references(
-        x_all, y_all, n=max(n_refs), key=jax.random.key(seed), strategy=strategy
-    )
-    x_ref = jnp.asarray(x_ref, jnp.float32)
-    columns = children + independents
+    from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
 
-    def apply_fn(model_id):
-        # Parents (task A) and columns (task `task`) may differ in their heads.
-        network = zoo.network_for(model_id)
-        return network.logits_fn if tap is None else network.feature_fn(tap)
-
-    per_ref = distance_matrix(
-        Population(apply_fn(parents[0].id), zoo.stack([p.id for p in parents])),
-        Population(apply_fn(columns[0].id), zoo.stack([c.id for c in columns])),
-        x=x_ref,
-        steps=steps,
-        target=target,
-        labels=jnp.asarray(y_ref) if target is Target.LABEL else None,
-        chunk_size=chunk_size,
-        per_reference=True,
-    )
-    own = np.array([[c.parent_id == p.id for c in columns] for p in parents])
-    is_child = np.array([c.role == "child" for c in columns])[None, :].repeat(len(parents), 0)
-    per_ref = np.asarray(per_ref)
-    return {
-        "children_vs_independents": auc_sweep(per_ref, own, ~is_child, n_refs=n_refs),
-        "other_children": auc_sweep(per_ref, own, is_child & ~own, n_refs=n_refs),
-        "distances": per_ref,
-        "parent_ids": [p.id for p in parents],
-        "column_ids": [c.id for c in columns],
-        "reference_indices": idx,
-        "settings": {
-            "n_refs": tuple(n_refs),
-            "steps": steps,
-            "seed": seed,
-            "task": task,
-            "split": split,
-            "strategy": _parse_enum(strategy, ReferenceSampling, "strategy").value,
-            "target": getattr(target, "value", getattr(target, "__name__", repr(target))),
-            "tap": tap,
-        },
-    }
+    return _zoo_protocols.modelgif_protocol(zoo, n_refs=n_refs, steps=steps, key=key, seed=seed, task=task,
+                                            split=split, strategy=strategy, target=target, tap=tap,
+                                            chunk_size=chunk_size)
 
 
 # ---------------------------------------------------------------------------

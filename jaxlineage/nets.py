@@ -25,13 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlineage.errors import JaxlineageError, path_str
+
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
 HEAD = "head"
 
 
-class TreeMismatchError(ValueError):
+class TreeMismatchError(JaxlineageError):
     """Two parameter trees differ; the message names the first differing path and both shapes."""
 
 
@@ -257,17 +259,13 @@ def with_head(backbone_params: PyTree, head_params: PyTree) -> PyTree:
     return out
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
 def check_trees_match(a: PyTree, b: PyTree, *, names: tuple[str, str] = ("parent", "child")) -> None:
     """Raises :class:`TreeMismatchError` unless ``a`` and ``b`` have the same paths and leaf shapes.
 
     The message names the first differing path and both shapes (or which side lacks it).
     """
-    la = {_path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(a)[0]}
-    lb = {_path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(b)[0]}
+    la = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(a)[0]}
+    lb = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(b)[0]}
     for path in sorted(set(la) | set(lb)):
         if path not in lb:
             raise TreeMismatchError(f"{path} is in the {names[0]} tree (shape {np.shape(la[path])}) but not in the {names[1]} tree")
@@ -310,25 +308,66 @@ def population_size(tree: PyTree) -> int:
 # --------------------------------------------------------------------------- adapters
 
 
+@dataclasses.dataclass(frozen=True)
+class LinenApply:
+    """``apply_fn(params, x) = module.apply(params, x, **kwargs)``, equal by value.
+
+    Jitted scorers key their compilation caches on the apply function. A fresh
+    ``lambda`` or ``functools.partial`` per call is a new key and recompiles
+    every time; two ``LinenApply`` of equal modules and keyword arguments are
+    equal and hash alike, so a freshly built adapter reuses the compiled code.
+    """
+
+    module: nn.Module
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __call__(self, params: PyTree, x: jax.Array) -> jax.Array:
+        return self.module.apply(params, x, **dict(self.kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class NNXApply:
+    """``apply_fn(params, x) = nnx.merge(graphdef, params)(x)``, equal by value (see :class:`LinenApply`)."""
+
+    graphdef: Any
+
+    def __call__(self, params: PyTree, x: jax.Array) -> jax.Array:
+        from flax import nnx
+
+        return nnx.merge(self.graphdef, params)(x)
+
+
 def from_linen(module: nn.Module, variables: PyTree, **apply_kwargs) -> tuple[ApplyFn, PyTree]:
-    """``(apply_fn, params)`` for any linen module: ``apply_fn(params, x) = module.apply(params, x, **kw)``."""
-    return functools.partial(module.apply, **apply_kwargs), variables
+    """``(apply_fn, params)`` for any linen module: ``apply_fn(params, x) = module.apply(params, x, **kw)``.
+
+    ``apply_fn`` is a :class:`LinenApply`: calling ``from_linen`` again with an
+    equal module and keywords gives an equal function, so jitted scorers do not
+    recompile. The keyword values must be hashable (strings, numbers, tuples).
+
+    Raises:
+      TypeError: an unhashable keyword value (the message names it).
+    """
+    kwargs = tuple(sorted(apply_kwargs.items()))
+    for k, v in kwargs:
+        try:
+            hash(v)
+        except TypeError:
+            raise TypeError(f"from_linen: keyword {k}={v!r} is not hashable; pass a tuple instead of a list or dict") from None
+    return LinenApply(module, kwargs), variables
 
 
 def from_nnx(model) -> tuple[ApplyFn, PyTree]:
     """``(apply_fn, params)`` for a Flax NNX model via ``nnx.split`` / ``nnx.merge``.
 
-    ``params`` is the model's ``nnx.State``; ``apply_fn`` rebuilds the model from it,
-    so it is pure and can be differentiated, vmapped and jitted.
+    ``params`` is the model's ``nnx.State``; ``apply_fn`` (an :class:`NNXApply`)
+    rebuilds the model from it, so it is pure and can be differentiated, vmapped
+    and jitted; adapters of models with equal graph definitions are equal, so
+    they share compiled code.
     """
     from flax import nnx
 
     graphdef, state = nnx.split(model)
-
-    def apply_fn(params, x):
-        return nnx.merge(graphdef, params)(x)
-
-    return apply_fn, state
+    return NNXApply(graphdef), state
 
 
 def from_apply(apply_fn: ApplyFn, params: PyTree) -> tuple[ApplyFn, PyTree]:

@@ -49,12 +49,15 @@ def _check_report(out, results):
         assert len(rows) - 1 == len(t["rows"]) >= 1, t["key"]
         for r, md_row in zip(t["rows"], rows[1:]):
             assert md_row[: len(t["row_header"])] == r["label"]
-            for c, text in zip(r["cells"], md_row[len(t["row_header"]):]):
+            for c, text, dec in zip(r["cells"], md_row[len(t["row_header"]):], report.column_decimals(t)):
+                if c["mean"] is None:  # a scorer that cannot fill this cell: shown as n/a, never a number
+                    assert text == "n/a" and c["std"] is None, (t["key"], r["label"], text)
+                    continue
                 assert report.is_number(c["mean"]), (t["key"], r["label"], c)
                 assert c["std"] is None or report.is_number(c["std"])
                 m = _NUM.match(text)
                 assert m, f"{t['key']} {r['label']}: cell {text!r} is not a number"
-                assert math.isclose(float(m.group(1)), c["mean"], abs_tol=0.51 * 10 ** -t["decimals"])
+                assert math.isclose(float(m.group(1)), c["mean"], abs_tol=0.51 * 10 ** -dec)
                 assert (m.group(2) is None) == (c["std"] is None)
     return data
 
@@ -78,8 +81,8 @@ def test_entry_point_tiny_end_to_end(tiny_run):
     assert results["stages"]["zoo"]["result"]["trained"] == 0
     assert results["stages"]["zoo"]["result"]["reused"] == len(zoo_lib.Zoo.open(results["settings"]["workdir"]).records)
     keys = [t["key"] for t in results["tables"]]
-    assert keys == ["neural_lineage", "mgmp", "modelgif", "timing"]
-    for name in ("learning_free", "detector", "mgmp", "modelgif"):
+    assert keys == ["identify", "verify", "mgmp", "modelgif", "timing"]
+    for name in presets.METHODS:
         assert results["stages"][name]["wall_s"] > 0
     assert results["environment"]["jax"] and results["environment"]["device"]
     assert results["data"][0]["source"] == "embedded"
@@ -88,9 +91,31 @@ def test_entry_point_tiny_end_to_end(tiny_run):
         assert (out / png).stat().st_size > 1000
 
 
-def test_table1_cells_come_from_the_stage_results(tiny_run):
+def test_tables_come_from_the_results_every_method_and_baseline_in_each(tiny_run):
+    _, out, results = tiny_run
+    from jaxlineage.eval import Result
+
+    for key, column, scale in (("identify", "accuracy (%)", 100), ("verify", "AUC", 1)):
+        t = next(t for t in results["tables"] if t["key"] == key)
+        col = t["columns"].index(column)
+        by_label = {tuple(r["label"]): r["cells"][col]["mean"] for r in t["rows"]}
+        got = [Result.from_json(d) for m in ("learning_free", "baselines")
+               for d in results["stages"][m]["result"]["results"] if d["details"]["scenario"] == key]
+        assert {r.scorer for r in got} >= {"l2 plain", "cka first_order", "weight L2", "weight cosine",
+                                           "output agreement", "output KL"}
+        for r in got:
+            want = scale * r.metrics[column.split(" ")[0].lower()]["mean"]
+            assert math.isclose(by_label[(r.details["label"], r.scorer)], want), (key, r.scorer)
+    # The figures come from the results (grids kept for the first identify scenario), none recomputed.
+    assert {"fig3a_first_order_vs_linearized.png", "fig3b_similarity_change.png", "accuracy_vs_alpha.png"} <= set(
+        results["plots"])
+    sweep = results["stages"]["learning_free"]["result"]["alpha_sweep"]
+    assert sweep and all(d["details"]["alphas"] == [0.01, 0.1] for d in sweep)
+
+
+def test_detector_and_modelgif_cells_come_from_the_stage_results(tiny_run):
     _, _, results = tiny_run
-    t1 = next(t for t in results["tables"] if t["key"] == "neural_lineage")
+    t1 = next(t for t in results["tables"] if t["key"] == "identify")
     det_row = next(r for r in t1["rows"] if r["label"][0] == "Lineage Detector")
     raw = results["stages"]["detector"]["result"]["raw"]["B"]["closed set"]
     accs = [100 * r["test_accuracy"] for r in raw["per_repetition"]]
@@ -120,8 +145,9 @@ def test_tables_show_what_the_stages_returned(tiny_zoo, tmp_path, monkeypatch):
     monkeypatch.setitem(stages.STAGES, "mgmp", broken)
     res = runner.run("tiny", methods="detector,mgmp", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
     assert res["failed"] == ["mgmp"] and "boom" in res["stages"]["mgmp"]["error"]
-    assert [t["key"] for t in res["tables"]] == ["neural_lineage", "timing"]
-    cell = res["tables"][0]["rows"][0]["cells"][0]
+    assert res["settings"]["methods"] == ["baselines", "detector", "mgmp"]  # the baselines always run
+    assert [t["key"] for t in res["tables"]] == ["identify", "verify", "timing"]
+    cell = next(r for r in res["tables"][0]["rows"] if r["label"][0] == "Lineage Detector")["cells"][0]
     v = seen["det"]
     assert math.isclose(cell["mean"], 100 * sum(v) / 3)
     _check_report(tmp_path, res)
@@ -176,3 +202,21 @@ def test_quick_preset_runs_the_documented_detector_protocol():
     assert settings.pop("repetitions") >= 3
     expected = {k: v for k, v in detector.QUICK_PROTOCOL.items() if v != detector.AUTO}  # AUTO is the default
     assert settings == expected
+
+
+def test_a_scorer_joins_every_table_with_one_line_in_the_preset(tiny_zoo, tmp_path, monkeypatch):
+    """A method with a ScorerSpec runs through the evaluation layer (its legacy stage is not called)."""
+    from jaxlineage.eval import scorers
+
+    def legacy(zoo, *, seed, **settings):
+        raise AssertionError("the legacy detector stage must not run once the detector has a scorer")
+
+    monkeypatch.setitem(stages.STAGES, "detector", legacy)
+    p = dataclasses.replace(presets.TINY, scorers=presets.TINY.scorers + (
+        presets.ScorerSpec("detector", scorers.WeightL2, label="stand-in detector"),))
+    res = runner.run(p, methods="detector", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
+    assert not res["failed"] and res["stages"]["detector"]["via"] == "jaxlineage.eval"
+    for t in res["tables"][:2]:
+        labels = [r["label"] for r in t["rows"]]
+        assert ["stand-in detector", "weight L2"] in labels and ["baselines", "weight L2"] in labels
+    _check_report(tmp_path, res)

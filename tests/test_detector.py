@@ -62,7 +62,8 @@ def test_make_examples_layout(tiny_zoo, examples):
     np.testing.assert_array_equal(wp[1, 1, 1], wp[1, 0, 1])
     probe = tiny_zoo.probe(N_PROBE)
     feats = tiny_zoo.network.feature_fn(TAP)(tiny_zoo.load(examples.parent_ids[1]), probe)
-    np.testing.assert_allclose(fp[0, 1, 0], feats, rtol=1e-6)
+    # Features come from one vmap over the stacked models: float32 rounding differs from one model's call.
+    np.testing.assert_allclose(fp[0, 1, 0], feats, rtol=1e-4, atol=1e-6)
 
 
 def test_make_examples_defaults_and_aliases(tiny_zoo, examples):
@@ -165,7 +166,7 @@ def test_tiny_zoo_trains_above_chance(examples):
     first, last = det.history[0], det.history[-1]
     assert last["train_loss"] < first["train_loss"]
     # Held-out children of the 2 candidates: chance is 0.5.
-    res = detector.evaluate(det, held_ex)
+    res = detector.assess(det, held_ex)
     assert res["accuracy"] == 1.0, det.history
     assert len(det.history) == 8 and 1 <= det.best_epoch <= 8
 
@@ -186,7 +187,7 @@ def test_open_set_detector_learns_no_parent():
     ex = _synthetic_open_set(0)
     det = detector.train(ex.take(np.arange(48)), ex.take(np.arange(48, 52)), key=jax.random.key(0), epochs=10,
                          batch_size=8, module=detector.LineageDetector(embed_dim=8, no_parent=True))
-    res = detector.evaluate(det, ex.take(np.arange(52, 72)))
+    res = detector.assess(det, ex.take(np.arange(52, 72)))
     assert res["n_no_parent"] == 5
     # Chance is 1/4; a detector without the "no parent" logit scores 0 on these.
     assert res["accuracy_no_parent"] >= 0.6 and res["accuracy"] >= 0.9, res
@@ -279,7 +280,8 @@ def test_mismatched_candidate_shapes(tiny_zoo, examples):
         params[LAYER] = dict(params[LAYER], kernel=params[LAYER]["kernel"][:, :31])
         return {"params": params}
 
-    with pytest.raises(ValueError, match=rf"model .{re.escape(odd)}. has shape \(31, 64\).*\(32, 64\)"):
+    # The zoo's models are read into stacked populations: the first model that differs is named.
+    with pytest.raises(ValueError, match=rf"dense2/kernel has shape \(64, 32\) in the model .* but \(64, 31\) in the model .{re.escape(odd)}."):
         detector.make_examples(_Zoo(tiny_zoo, load=shrink), weight_layer=LAYER, feature_tap=None)
     with pytest.raises(ValueError, match=r"candidate weights of shape \(32, 64\) do not match the children's \(32, 63\)"):
         dataclasses.replace(examples, child_weights=examples.child_weights[..., :63])
@@ -299,7 +301,7 @@ def test_empty_split(examples):
     with pytest.raises(ValueError, match="val split is empty"):
         detector.train(examples, examples.take([]), key=jax.random.key(0))
     with pytest.raises(ValueError, match="empty"):
-        detector.evaluate(detector.Detector(detector.LineageDetector(), {}), examples.take([]))
+        detector.assess(detector.Detector(detector.LineageDetector(), {}), examples.take([]))
 
 
 def test_open_set_examples_need_the_no_parent_logit(examples):

@@ -1,7 +1,5 @@
 """Tests for jaxlineage.lineage on synthetic populations (no zoo needed)."""
 
-import dataclasses
-import types
 
 import jax
 import jax.numpy as jnp
@@ -210,82 +208,4 @@ def test_bad_input():
         score(p_stack, c_stack, chunk_size=0)
 
 
-# ---------------------------------------------------------------------------
-# evaluate() on a stand-in zoo with the same interface as jaxlineage.zoo.Zoo.
-
-
-@dataclasses.dataclass(frozen=True)
-class _Record:
-    id: str
-    parent_id: str | None
-    task: str
-
-
-class _FakeZoo:
-    def __init__(self, parents, children, labels, x):
-        self._trees = {f"p{i}": t for i, t in enumerate(parents)}
-        self._trees.update({f"c{j}": t for j, t in enumerate(children)})
-        self.parents = [_Record(f"p{i}", None, "A") for i in range(len(parents))]
-        self.children = [_Record(f"c{j}", f"p{l}", "B") for j, l in enumerate(labels)]
-        self.children.append(_Record("other", "p0", "C"))  # another task: ignored
-        self.network = types.SimpleNamespace(
-            name="toy", taps=("h",), feature_fn=lambda tap: features
-        )
-        self.spec = types.SimpleNamespace(child_tasks=(types.SimpleNamespace(name="B"),))
-        self._x = x
-
-    def stack(self, ids, *, backbone=False):
-        del backbone
-        return _stack([self._trees[i] for i in ids])
-
-    def probe(self, n, *, task=None):
-        assert task == "B"
-        return self._x[:n]
-
-
-def test_evaluate_folds_and_table(monkeypatch):
-    parents, children, x, labels = _population(k=3, m=10, seed=5, drift=0.05)
-    zoo = _FakeZoo(parents, children, labels, x)
-    seen = []
-    real = LG.select_alpha
-
-    def spy(scores, labels, **kw):
-        seen.append(scores.shape)
-        return real(scores, labels, **kw)
-
-    monkeypatch.setattr(LG, "select_alpha", spy)
-    rows = LG.evaluate(
-        zoo, metrics=("l2", "linf"), probe_size=9, num_folds=5, key=jax.random.key(1)
-    )
-    assert [(r.metric, r.mode) for r in rows] == [
-        ("l2", Mode.PLAIN),
-        ("l2", Mode.FIRST_ORDER),
-        ("l2", Mode.LINEARIZED),
-        ("linf", Mode.PLAIN),
-        ("linf", Mode.LINEARIZED),
-    ]
-    # alpha chosen on the 8 validation children of each of the 5 folds.
-    assert seen == [(3, 3, 8)] * 5 * 3
-    for r in rows:
-        assert len(r.fold_accuracies) == 5
-        assert r.mean == pytest.approx(np.mean(r.fold_accuracies))
-        assert len(r.alphas) == (0 if r.mode is Mode.PLAIN else 5)
-        assert set(r.alphas) <= set(LG.DEFAULT_ALPHAS)
-    assert rows[0].mean == 1.0  # small drift: plain L2 already finds every parent
-    table = LG.format_table(rows)
-    assert "| l2 | 100.0 ± 0.0 |" in table and "| linf |" in table and "n/a" in table
-    with pytest.raises(ValueError, match="num_folds = 20"):
-        LG.evaluate(zoo, metrics=("l2",), probe_size=9, num_folds=20)
-
-
-def test_zoo_scores_and_fold_table_compose_to_evaluate():
-    parents, children, x, labels = _population(k=3, m=10, seed=5, drift=0.05)
-    zoo = _FakeZoo(parents, children, labels, x)
-    rows = LG.evaluate(zoo, metrics=("l2", "linf"), probe_size=9, num_folds=5, key=jax.random.key(1))
-    scores, got_labels = LG.zoo_scores(zoo, ("l2", "linf"), probe_size=9)
-    np.testing.assert_array_equal(got_labels, labels)
-    assert all(s.shape == (len(LG.DEFAULT_ALPHAS), 3, 10) for s in scores.values())
-    by_key = {(r.metric, r.mode): r for r in LG.fold_table(scores, got_labels, num_folds=5, key=jax.random.key(1))}
-    assert {(r.metric, r.mode): r for r in rows} == by_key
-    with pytest.raises(ValueError, match="num_folds = 11 children; got 10"):
-        LG.fold_table(scores, got_labels, num_folds=11)
+# evaluate() / the fold protocol on a zoo moved to the evaluation layer: tests/test_eval.py.

@@ -378,20 +378,45 @@ def test_run_protocol_keeps_evaluation_out_of_training(tiny_protocol, tiny_zoo):
 
 def test_fragments_from_a_backbone_tap(tiny_zoo):
     # Parents (task A head) and children (task B head) share the backbone: a feature tap
-    # gives them one output space, and the population is exactly the network's feature_fn.
+    # gives them one output space. Zoos are read by the evaluation layer into populations.
+    from jaxlineage.eval import _zoo_protocols
+
     ids = [c.id for c in tiny_zoo.children]
     x = jnp.asarray(tiny_zoo.task_data("A", "test")[0][:64])
-    pop = mgmp.zoo_population(tiny_zoo, ids, tap="relu2")
-    out = mgmp.population_outputs(pop.apply_fn, pop.params, x)
+    pop, = _zoo_protocols.zoo_models(tiny_zoo, ids).populations
+    out = mgmp.population_outputs(pop.feature_fn("relu2"), pop.params, x)
     assert out.shape == (len(ids), 64, 32)  # TINY: features (64, 32)
     for i, c in enumerate(ids):
         want = tiny_zoo.network_for(c).feature_fn("relu2")(tiny_zoo.load(c), x)
         np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-6)
-    logits = mgmp.zoo_population(tiny_zoo, ids)  # default: the paper's logits
-    assert mgmp.population_outputs(logits.apply_fn, logits.params, x).shape[-1] == len(tiny_zoo.spec.child_tasks[0].classes)
-    with pytest.raises(ValueError, match="unknown tap"):
-        mgmp.zoo_population(tiny_zoo, ids, tap="relu9")
+    assert mgmp.population_outputs(pop.logits_fn, pop.params, x).shape[-1] == len(tiny_zoo.spec.child_tasks[0].classes)
+    with pytest.raises(ValueError, match="no feature tap 'relu9'"):
+        pop.feature_fn("relu9")
 
     cfg = dataclasses.replace(TINY, num_steps=5)
     res = mgmp.run_protocol(tiny_zoo, repetitions=1, seed=0, config=cfg, num_inputs=64, tap="relu2")
     assert res["settings"]["tap"] == "relu2" and len(res["runs"]) == 1
+    # A seed int and the key it stands for give the same run.
+    again = mgmp.run_protocol(tiny_zoo, repetitions=1, key=jax.random.key(0), config=cfg, num_inputs=64, tap="relu2")
+    assert again["runs"][0]["with_generator"]["decisions"] == res["runs"][0]["with_generator"]["decisions"]
+
+
+def test_fragment_cosine_matches_a_loop():
+    rng = np.random.default_rng(3)
+    s, t = rng.normal(size=(7, 4)), rng.normal(size=(3, 7, 4))
+    t[1, 2] = 0.0  # a zero output: cosine 0, not NaN
+    got = mgmp.fragment_cosine(s, t)
+    assert got.shape == (3, 7)
+    for m in range(3):
+        for i in range(7):
+            want = 0.0 if m == 1 and i == 2 else cos(s[i], t[m, i])
+            assert got[m, i] == pytest.approx(want, abs=1e-12)
+    np.testing.assert_array_equal(mgmp.fragment_cosine(s, t[0]), got[0])
+    with pytest.raises(mgmp.MGMPError, match="fragment_cosine"):
+        mgmp.fragment_cosine(s, t[:, :5])
+
+
+def test_std_over_repetitions_is_the_sample_std(tiny_protocol):
+    for name in ("with_generator", "without_generator"):
+        s = tiny_protocol[name]
+        assert s["accuracy_std"] == pytest.approx(np.std(s["accuracies"], ddof=1))

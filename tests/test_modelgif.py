@@ -1,4 +1,6 @@
-"""Tests for jaxlineage.modelgif: gradient fields, distances, samplers, ROC metrics."""
+"""Tests for jaxlineage.modelgif: gradient fields, distances, samplers, the zoo wrapper.
+
+ROC AUC and TPR at FPR live in jaxlineage.eval.metrics (tests/test_eval_metrics.py)."""
 
 from __future__ import annotations
 
@@ -340,47 +342,6 @@ def test_sample_references_random_and_balanced():
         mg.sample_references(x, n=3, key=jax.random.key(0), strategy=mg.ReferenceSampling.CLASS_BALANCED)
 
 
-# ---------------------------------------------------------------------- ROC metrics
-
-
-def brute_auc(pos, neg):
-    return np.mean([[1.0 if p > q else 0.5 if p == q else 0.0 for q in neg] for p in pos])
-
-
-def brute_tpr_at_fpr(pos, neg, fpr):
-    best = 0.0
-    for t in sorted(set(pos) | set(neg) | {np.inf}):
-        if np.mean(np.asarray(neg) >= t) <= fpr:
-            best = max(best, np.mean(np.asarray(pos) >= t))
-    return best
-
-
-def test_roc_auc_matches_pair_count_with_ties():
-    assert mg.roc_auc([3, 2], [1, 2]) == 0.875  # (1 + 1 + 1 + 1/2) / 4.
-    assert mg.roc_auc([2, 3], [0, 1]) == 1.0 and mg.roc_auc([0, 1], [2, 3]) == 0.0
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        pos = rng.integers(0, 6, rng.integers(1, 15)).tolist()  # Small range: many ties.
-        neg = rng.integers(0, 6, rng.integers(1, 15)).tolist()
-        assert mg.roc_auc(pos, neg) == pytest.approx(brute_auc(pos, neg), abs=1e-12)
-    with pytest.raises(ValueError, match="at least one"):
-        mg.roc_auc([], [1.0])
-
-
-def test_tpr_at_fpr_matches_threshold_sweep():
-    neg = np.arange(100.0)
-    pos = [97.5, 98.5, 100.5]
-    assert mg.tpr_at_fpr(pos, neg, 0.0) == pytest.approx(1 / 3)  # Only 100.5 beats all.
-    assert mg.tpr_at_fpr(pos, neg, 0.01) == pytest.approx(2 / 3)  # One false positive (99).
-    assert mg.tpr_at_fpr(pos, neg, 0.02) == pytest.approx(1.0)
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        pos = rng.integers(0, 8, rng.integers(1, 12)).tolist()
-        neg = rng.integers(0, 8, rng.integers(1, 30)).tolist()
-        for fpr in (0.0, 0.01, 0.05, 0.3, 1.0):
-            assert mg.tpr_at_fpr(pos, neg, fpr) == pytest.approx(brute_tpr_at_fpr(pos, neg, fpr))
-
-
 # ----------------------------------------------------------------- zoo evaluation
 
 
@@ -393,6 +354,8 @@ class FakeRecord:
 
 
 class FakeNetwork:
+    name = "linear"
+    taps = ("logits",)
     logits_fn = staticmethod(linear_apply)
 
     @staticmethod
@@ -425,6 +388,12 @@ class FakeZoo:
 
     def network_for(self, model_id):
         return FakeNetwork()
+
+    def get(self, model_id):
+        return next(r for r in self.records if r.id == model_id)
+
+    def load(self, model_id):
+        return self.params[model_id]
 
     parents = property(lambda self: [r for r in self.records if r.role == "parent"])
     children = property(lambda self: [r for r in self.records if r.role == "child"])

@@ -133,3 +133,37 @@ def test_feature_fn_is_one_object_per_module_and_tap():
     compiled = lineage._score_core._cache_size()
     np.testing.assert_array_equal(score(b), first)
     assert lineage._score_core._cache_size() == compiled
+
+
+def test_fresh_adapters_do_not_recompile():
+    """Adapters are equal by value: building one anew per call reuses the compiled scorer."""
+    from flax import nnx
+
+    from jaxlineage import linearize
+
+    module = nets.MLP(3, (8,))
+    parent = module.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+    child = jax.tree.map(lambda a: a + 0.01, parent)
+    x = jax.random.normal(jax.random.key(1), (6, 4, 4, 1))
+    f1, _ = nets.from_linen(module, parent, tap="relu1")
+    f2, _ = nets.from_linen(nets.MLP(3, (8,)), parent, tap="relu1")
+    assert f1 == f2 and hash(f1) == hash(f2)
+    assert f1 != nets.from_linen(module, parent, tap="logits")[0]
+    linearize.similarity("l2", f1, parent, child, x, alpha=0.01, mode="first_order")
+    size = linearize._similarity_core._cache_size()
+    out = linearize.similarity("l2", f2, parent, child, x, alpha=0.01, mode="first_order")
+    assert linearize._similarity_core._cache_size() == size
+    assert np.isfinite(float(out))
+    with pytest.raises(TypeError, match="keyword tap=\\['relu1'\\] is not hashable"):
+        nets.from_linen(module, parent, tap=["relu1"])
+
+    class Lin(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return jax.nn.relu(self.lin(x))
+
+    a, _ = nets.from_nnx(Lin(nnx.Rngs(0)))
+    b, state = nets.from_nnx(Lin(nnx.Rngs(1)))
+    assert a == b and b(state, jnp.ones((2, 4))).shape == (2, 3)

@@ -3,7 +3,7 @@ import importlib
 
 import jaxlineage
 
-MODULES = ("data", "detector", "lineage", "linearize", "mgmp", "modelgif", "nets", "similarity", "zoo")
+MODULES = ("data", "detector", "eval", "lineage", "linearize", "mgmp", "modelgif", "nets", "similarity", "zoo")
 
 
 def test_all_names_resolve():
@@ -18,6 +18,13 @@ def test_module_all_names_resolve():
         m = importlib.import_module(f"jaxlineage.{mod}")
         for name in getattr(m, "__all__", ()):
             assert hasattr(m, name), f"jaxlineage.{mod}.{name}"
+
+
+def test_eval_submodules_all_names_resolve():
+    for mod in ("core", "metrics", "protocols", "scenarios", "scorers"):
+        m = importlib.import_module(f"jaxlineage.eval.{mod}")
+        for name in m.__all__:
+            assert hasattr(m, name), f"jaxlineage.eval.{mod}.{name}"
 
 
 def test_bench_is_importable():

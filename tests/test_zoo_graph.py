@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlineage import data, nets, zoo
+from jaxlineage.errors import path_str
 from jaxlineage.graph import Relation
 from jaxlineage.zoo import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams
 
@@ -104,7 +105,7 @@ def test_permute_keeps_function_changes_weights(ops_zoo, a):
 
 def _kernel_sparsity(params, include_head=False):
     ks = [np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params["params"])[0]
-          if nets._path_str(p).endswith("kernel") and (include_head or not nets._path_str(p).startswith("head"))]
+          if path_str(p).endswith("kernel") and (include_head or not path_str(p).startswith("head"))]
     return sum(int((k == 0).sum()) for k in ks), sum(k.size for k in ks), ks
 
 
@@ -260,7 +261,10 @@ def test_build_revalidates_and_writes_nothing(tmp_path):
 
 def test_registered_op_builds(tmp_path):
     def negate_head(inp):
-        return jax.vmap(lambda p: {**p, "params": {**p["params"], "head": jax.tree.map(jnp.negative, p["params"]["head"])}})(inp.sources)
+        def one(p):
+            return {**p, "params": {**p["params"], "head": jax.tree.map(jnp.negative, p["params"]["head"])}}
+
+        return jax.vmap(one)(inp.sources)
 
     zoo.register_op("negate_head", negate_head, needs_source=True, output="source")
     try:

@@ -1,13 +1,14 @@
 """`python -m jaxlineage.bench`: reproduce the papers' tables on a zoo.
 
 Importable pieces: :func:`run` (the whole bench), :mod:`~jaxlineage.bench.presets`
-(configs as code), :mod:`~jaxlineage.bench.stages` (one function per method),
+(configs as code: scenarios x scorers), :mod:`~jaxlineage.bench.stages` (the evaluation-layer
+stage and the legacy per-method stages),
 :mod:`~jaxlineage.bench.report` (tables) and :mod:`~jaxlineage.bench.plots` (figures).
 """
 
 from jaxlineage.bench import presets, report, stages
-from jaxlineage.bench.presets import METHODS, PRESETS, Preset
+from jaxlineage.bench.presets import METHODS, PRESETS, Preset, ScenarioSpec, ScorerSpec
 from jaxlineage.bench.runner import run
 from jaxlineage.bench.stages import BenchError
 
-__all__ = ["BenchError", "METHODS", "PRESETS", "Preset", "presets", "report", "run", "stages"]
+__all__ = ["METHODS", "PRESETS", "BenchError", "Preset", "ScenarioSpec", "ScorerSpec", "presets", "report", "run", "stages"]

@@ -71,12 +71,52 @@ def _lf(stages):
     return report._ok(stages, "learning_free")
 
 
+def _pairs(stages) -> dict | None:
+    """Per-pair scores of the learning-free results that kept their grids (first task's identify scenario).
+
+    For each metric, the alpha the folds chose most often for its ``first_order`` row (else its
+    ``linearized`` row), and every mode's ``[K, M]`` scores at that alpha, read off the results'
+    ``[A, K, M]`` grids: no scoring here.
+    """
+    lf = _lf(stages)
+    if not lf:
+        return None
+    kept = [d for d in lf.get("results", []) if "scores" in d["details"]]
+    if not kept:
+        return None
+    by: dict[str, dict[str, dict]] = {}
+    for d in kept:
+        metric, _, mode = d["scorer"].rpartition(" ")
+        by.setdefault(metric, {})[mode] = d
+    labels = np.asarray(kept[0]["details"]["labels"])
+    k = np.asarray(kept[0]["details"]["scores"]).shape[1]
+    pairs = {"task": kept[0]["details"]["task"], "metrics": [], "alpha": {}, "scores": {},
+             "is_parent": (np.arange(k)[:, None] == labels[None, :]).ravel()}
+    for metric, modes in by.items():
+        chosen = None
+        for mode in ("first_order", "linearized"):
+            alphas = modes.get(mode, {}).get("details", {}).get("alphas")
+            if alphas:
+                vals, counts = np.unique(alphas, return_counts=True)
+                chosen = float(vals[np.argmax(counts)])
+                break
+        if chosen is None:
+            continue
+        pairs["metrics"].append(metric)
+        pairs["alpha"][metric] = chosen
+        pairs["scores"][metric] = {}
+        for mode, d in modes.items():
+            grid_alphas = [float(a) for a in d["details"]["grid_alphas"]]
+            a = grid_alphas.index(chosen) if chosen in grid_alphas else 0  # PLAIN: any alpha
+            pairs["scores"][metric][mode] = np.asarray(d["details"]["scores"], np.float64)[a].ravel()
+    return pairs if pairs["metrics"] else None
+
+
 def fig3a(stages, out, plt) -> str | None:
     """Per pair: FIRST_ORDER similarity (x) vs the metric on the exactly linearised child (y)."""
-    lf = _lf(stages)
-    if not lf or not lf.get("pairs"):
+    pairs = _pairs(stages)
+    if not pairs:
         return None
-    pairs = lf["pairs"]
     metrics = [m for m in pairs["metrics"] if "first_order" in pairs["scores"][m] and "linearized" in pairs["scores"][m]]
     if not metrics:
         return None
@@ -102,10 +142,9 @@ def fig3a(stages, out, plt) -> str | None:
 
 def fig3b(stages, out, plt) -> str | None:
     """Similarity change (mode score - plain score) for true vs false parents."""
-    lf = _lf(stages)
-    if not lf or not lf.get("pairs"):
+    pairs = _pairs(stages)
+    if not pairs:
         return None
-    pairs = lf["pairs"]
     true = np.asarray(pairs["is_parent"], bool)
     metrics = [m for m in pairs["metrics"] if "plain" in pairs["scores"][m]]
     mode = "first_order"
@@ -132,18 +171,22 @@ def accuracy_vs_alpha(stages, out, plt) -> str | None:
     if not lf or not lf.get("alpha_sweep"):
         return None
     sweep = lf["alpha_sweep"]
-    alphas = np.asarray(sweep["alphas"], np.float64)
-    modes = [m for m in ("first_order", "linearized") if any(k.endswith(" " + m) for k in sweep["accuracy"])]
+    modes = [m for m in ("first_order", "linearized") if any(d["scorer"].endswith(" " + m) for d in sweep)]
+    if not modes:
+        return None
     fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.8), squeeze=False, sharey=True)
+    metrics = list(dict.fromkeys(d["scorer"].rpartition(" ")[0] for d in sweep))
     for ax, mode in zip(axes[0], modes):
-        for label, acc in sweep["accuracy"].items():
-            metric, _, m = label.rpartition(" ")
-            if m == mode:
-                ax.plot(alphas, 100 * np.asarray(acc, np.float64), marker="o", ms=3,
+        for d in sweep:
+            metric, _, m = d["scorer"].rpartition(" ")
+            if m == mode:  # one colour per metric in every panel (a panel may lack a metric: linf has no first order)
+                ax.plot(np.asarray(d["details"]["alphas"], np.float64), 100 * np.asarray(d["details"]["values"], np.float64),
+                        marker="o", ms=3, color=f"C{metrics.index(metric) % 10}",
                         label=report.METRIC_LABELS.get(metric, metric))
         ax.set_xscale("log")
         ax.set_xlabel("alpha")
         ax.set_title(report.MODE_LABELS.get(mode, mode))
+    sweep = {"task": sweep[0]["details"]["task"]}
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Learning-free lineage: accuracy vs alpha (task {sweep['task']}, all children, no fold split)")

@@ -1,8 +1,18 @@
 """Bench presets as code: a zoo spec plus the settings of every method stage.
 
-Each preset names the command that runs it and what it costs (flax-examples
-style). Method settings are keyword arguments handed to the method module's
-protocol function unchanged, so a preset reads exactly like the call it makes:
+A preset is **scenarios x scorers** on a zoo: every scenario (``identify``,
+``verify``, per child task) is asked of every scorer through one protocol
+(:mod:`jaxlineage.eval`), so every method and baseline lands in the same table.
+Adding a method is one line, a :class:`ScorerSpec` in ``scorers``::
+
+    ScorerSpec("detector", "jaxlineage.eval.methods:DetectorScorer", dict(epochs=8))
+
+Methods that have no scorer yet (``detector``, ``mgmp``, ``modelgif`` until
+``jaxlineage.eval.methods`` lands) run their own protocol function with the
+keyword arguments in the preset's field of that name; a method with a
+:class:`ScorerSpec` runs through the evaluation layer instead.
+
+Each preset names the command that runs it and what it costs (flax-examples style):
 
 ============  ======================================================  =============================
 preset        command                                                 cost
@@ -20,6 +30,7 @@ To vary a preset, ``dataclasses.replace`` it in Python and pass the result to
     from jaxlineage import bench
     p = bench.presets.get("quick")
     p = dataclasses.replace(p, modelgif=dict(p.modelgif, steps=20))
+    p = dataclasses.replace(p, scorers=p.scorers + (ScorerSpec("baselines", "my_module:MyScorer"),))
     bench.run(p, workdir="/tmp/zoo", out="/tmp/report")
 """
 
@@ -32,13 +43,83 @@ from typing import Any
 
 from jaxlineage import zoo
 
-#: The method stages, in the order they run and appear in the report.
-METHODS = ("learning_free", "detector", "mgmp", "modelgif")
+#: Step sizes of the accuracy-vs-alpha figure (one jvp per pair serves them all).
+ALPHA_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+#: The methods, in the order they run and appear in the report. ``baselines`` run with every selection.
+METHODS = ("learning_free", "baselines", "detector", "mgmp", "modelgif")
+#: Methods that still run their own protocol function when the preset gives them no :class:`ScorerSpec`.
+LEGACY = ("detector", "mgmp", "modelgif")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioSpec:
+    """One question of the bench, asked once per child task of the zoo.
+
+    Attributes:
+      name: the table's name (``"identify"``, ``"verify"``, ``"open_set"`` ...).
+      question: ``"identify"`` or ``"verify"`` (:func:`jaxlineage.eval.identify` / ``verify``).
+      kwargs: keyword arguments of that function (``candidates``, ``queries``,
+        ``probe_size``, ``split_by``, ``open_set``); ``task`` is set per child task.
+    """
+
+    name: str
+    question: str = "identify"
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.question not in ("identify", "verify"):
+            raise ValueError(f"ScenarioSpec {self.name!r}: question must be 'identify' or 'verify'"
+                             f" (recover has no protocol yet); got {self.question!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScorerSpec:
+    """Scorers of one method: ``factory(**kwargs)`` returns a scorer or a list of scorers.
+
+    Attributes:
+      method: which method (a name of :data:`METHODS`); ``--methods`` selects by it.
+      factory: ``"module:attribute"`` (imported when the stage runs, so a missing
+        module costs only its method) or a callable.
+      kwargs: the factory's keyword arguments.
+      label: the method's name in the tables (default: ``method``).
+    """
+
+    method: str
+    factory: Any
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"ScorerSpec: unknown method {self.method!r}; known: {', '.join(METHODS)}")
+
+    def to_json(self) -> dict:
+        f = self.factory
+        name = f if isinstance(f, str) else f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
+        return {"method": self.method, "factory": name, "kwargs": _jsonable(self.kwargs), "label": self.label}
+
+
+#: The scenarios every preset asks by default, per child task: Neural Lineage's question (closed set,
+#: the kept parents as candidates) and the provenance question (parents against children and independents).
+DEFAULT_SCENARIOS = (
+    ScenarioSpec("identify", "identify"),
+    ScenarioSpec("verify", "verify"),
+)
+
+
+def default_scorers(**learning_free) -> tuple[ScorerSpec, ...]:
+    """The learning-free table (every metric x mode; ``learning_free`` are :func:`jaxlineage.eval.learning_free`'s
+    keyword arguments) and the four baselines."""
+    return (
+        ScorerSpec("learning_free", "jaxlineage.eval.scorers:learning_free", dict(learning_free)),
+        ScorerSpec("baselines", "jaxlineage.eval.scorers:baselines"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A zoo spec plus per-method settings.
+    """A zoo spec, scenarios x scorers, and the settings of the methods that have no scorer yet.
 
     Attributes:
       name: the ``--preset`` value.
@@ -46,8 +127,11 @@ class Preset:
       description: one line for ``--help`` and the report header.
       command: the command line that runs this preset.
       expected_runtime: what it costs, where measured.
-      learning_free: keyword arguments of ``lineage.evaluate``, plus the stage's ``figures`` and
-        ``alpha_sweep`` (see :func:`jaxlineage.bench.stages.learning_free`).
+      scenarios: :class:`ScenarioSpec` s, each asked once per child task.
+      scorers: :class:`ScorerSpec` s; every one is asked every scenario.
+      probe_size: the probe batch of every scenario (the first ``N`` training inputs of the task).
+      num_folds: folds of the protocol (:func:`jaxlineage.eval.run_all`).
+      alpha_sweep: step sizes of the accuracy-vs-alpha figure (all queries, no folds; ``()`` for none).
       detector: keyword arguments of ``detector.run_protocol`` (``open_set`` may list both variants).
       mgmp: keyword arguments of ``mgmp.run_protocol`` (``config`` may be a dict of ``mgmp.Config`` fields).
       modelgif: keyword arguments of ``modelgif.evaluate`` (run once per child task).
@@ -61,18 +145,26 @@ class Preset:
     description: str = ""
     command: str = ""
     expected_runtime: str = ""
-    learning_free: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    scenarios: tuple[ScenarioSpec, ...] = DEFAULT_SCENARIOS
+    scorers: tuple[ScorerSpec, ...] = dataclasses.field(default_factory=default_scorers)
+    probe_size: int = 512
+    num_folds: int = 5
+    alpha_sweep: tuple[float, ...] = ALPHA_SWEEP
     detector: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     mgmp: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     modelgif: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     plots: bool = True
     stage_estimates_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
+    def scorer_specs(self, method: str) -> tuple[ScorerSpec, ...]:
+        """The preset's :class:`ScorerSpec` s of ``method`` (empty: a legacy stage or nothing)."""
+        return tuple(s for s in self.scorers if s.method == method)
+
     def settings(self, method: str) -> dict[str, Any]:
-        """A copy of the keyword arguments of ``method``'s protocol function."""
+        """A copy of the keyword arguments of a legacy method's protocol function."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        return dict(getattr(self, method))
+        return dict(getattr(self, method)) if method in LEGACY else {}
 
     def to_json(self) -> dict:
         return {
@@ -81,7 +173,12 @@ class Preset:
             "command": self.command,
             "expected_runtime": self.expected_runtime,
             "zoo": self.zoo.to_json(),
-            **{m: _jsonable(self.settings(m)) for m in METHODS},
+            "scenarios": _jsonable(self.scenarios),
+            "scorers": [s.to_json() for s in self.scorers],
+            "probe_size": self.probe_size,
+            "num_folds": self.num_folds,
+            "alpha_sweep": list(self.alpha_sweep),
+            **{m: _jsonable(self.settings(m)) for m in LEGACY},
         }
 
 
@@ -108,8 +205,10 @@ TINY = Preset(
     description="test preset: 2 parents, 4 children, 2 independents; tiny method settings",
     command="python -m jaxlineage.bench --preset tiny",
     expected_runtime="seconds once the tiny zoo is built",
-    learning_free=dict(metrics=("l2", "linf", "cka"), probe_size=32, num_folds=2, alphas=(0.01, 0.1),
-                       alpha_sweep=(0.01, 0.1)),
+    scorers=default_scorers(metrics=("l2", "linf", "cka"), alphas=(0.01, 0.1)),
+    probe_size=32,
+    num_folds=2,
+    alpha_sweep=(0.01, 0.1),
     detector=dict(repetitions=2, epochs=2, fractions=(0.5, 0.25, 0.25), n_probe=16),
     mgmp=dict(repetitions=2, num_inputs=256, config=dict(num_steps=40, batch_size=32)),
     modelgif=dict(n_refs=(2, 4, 8), steps=4),
@@ -123,7 +222,6 @@ QUICK = Preset(
     description="the paper's MLP on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench",
     expected_runtime="7 min on 2 CPU cores including the 1.5 min zoo build (measured 2026-12-01)",
-    learning_free=dict(),
     # detector.QUICK_PROTOCOL (copied so presets need not import the detector). A repetition takes
     # ~75 s on 2 CPU cores, so the bench runs 3 closed-set splits to stay under 10 min; the 5-split
     # closed- and open-set figures come from benchmarks/detector_quick.py.
@@ -139,7 +237,7 @@ CNN = Preset(
     description="the small ConvNet on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench --preset cnn",
     expected_runtime="tens of minutes on 2 CPU cores; minutes on a GPU",
-    learning_free=dict(tap="fc1"),
+    scorers=default_scorers(tap="fc1"),
     detector=dict(repetitions=5),
     mgmp=dict(repetitions=5),
     modelgif=dict(n_refs=(8, 32, 128, 256), steps=20),
@@ -152,7 +250,6 @@ PAPER_FC = Preset(
     description="Neural Lineage FC recipe: MNIST parents, FMNIST / EMNIST-letters children (TFDS)",
     command="python -m jaxlineage.bench --preset paper_fc --download",
     expected_runtime="GPU: about an hour for the zoo (108 parents x 50 epochs, 480 children x 36 epochs)",
-    learning_free=dict(),
     detector=dict(repetitions=5),
     mgmp=dict(repetitions=5),
     modelgif=dict(n_refs=(8, 32, 128, 256), steps=50),
@@ -176,7 +273,7 @@ RESNET = Preset(
     description="ResNet-18 on CIFAR-10 through TFDS (GPU)",
     command="python -m jaxlineage.bench --preset resnet --download",
     expected_runtime="GPU hours (12 parents x 30 epochs, 48 children x 10 epochs)",
-    learning_free=dict(tap="block1"),
+    scorers=default_scorers(tap="block1"),
     detector=dict(repetitions=5),
     mgmp=dict(repetitions=5),
     modelgif=dict(n_refs=(8, 32, 128, 256), steps=50),

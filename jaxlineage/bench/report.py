@@ -29,8 +29,16 @@ def cell(mean: float, std: float | None = None) -> dict:
     return {"mean": float(mean), "std": None if std is None else float(std)}
 
 
+def na() -> dict:
+    """A cell a scorer cannot fill (it cannot read those models, or has no such figure): shown as ``n/a``."""
+    return {"mean": None, "std": None}
+
+
 def table(key: str, title: str, row_header: Sequence[str], columns: Sequence[str], rows: list[dict], *,
-          decimals: int, notes: Sequence[str] = ()) -> dict:
+          decimals: int | Sequence[int], notes: Sequence[str] = ()) -> dict:
+    """``decimals``: one for every column or one per column."""
+    if not isinstance(decimals, int) and len(decimals) != len(columns):
+        raise ValueError(f"table {key}: {len(decimals)} decimals for {len(columns)} columns")
     for r in rows:
         if len(r["cells"]) != len(columns) or len(r["label"]) != len(row_header):
             raise ValueError(f"table {key}: row {r['label']} does not fit columns {list(columns)}")
@@ -39,6 +47,8 @@ def table(key: str, title: str, row_header: Sequence[str], columns: Sequence[str
 
 
 def format_cell(c: dict, decimals: int) -> str:
+    if c["mean"] is None:
+        return "n/a"
     s = f"{c['mean']:.{decimals}f}"
     if c.get("std") is not None:
         s += f" ± {c['std']:.{decimals}f}"
@@ -49,11 +59,17 @@ def to_markdown(t: dict) -> str:
     head = [*t["row_header"], *t["columns"]]
     lines = [f"### {t['title']}", "", "| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * len(t["row_header"]) + ["---:"] * len(t["columns"])) + "|"]
+    decimals = column_decimals(t)
     for r in t["rows"]:
-        lines.append("| " + " | ".join([*r["label"], *(format_cell(c, t["decimals"]) for c in r["cells"])]) + " |")
+        lines.append("| " + " | ".join([*r["label"], *(format_cell(c, d) for c, d in zip(r["cells"], decimals))]) + " |")
     lines.append("")
     lines += [f"{n}" for n in t["notes"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def column_decimals(t: dict) -> list[int]:
+    d = t["decimals"]
+    return [d] * len(t["columns"]) if isinstance(d, int) else list(d)
 
 
 def parse_markdown_tables(text: str) -> list[list[list[str]]]:
@@ -79,53 +95,75 @@ def _pct(v):
     return None if v is None else 100.0 * float(v)
 
 
-def lineage_table(stages: dict) -> dict | None:
-    """Neural Lineage Table 1 layout: metric x mode rows plus the Lineage Detector; columns = child tasks."""
-    lf = _ok(stages, "learning_free")
-    det = _ok(stages, "detector")
-    if lf is None and det is None:
-        return None
-    tasks = _child_tasks(stages)
-    rows, notes = [], []
-    if lf is not None:
-        rows += _learning_free_rows(lf, tasks, notes)
-    if det is not None:
-        rows += _detector_rows(det, tasks, notes)
-    notes.append("± is the sample standard deviation (ddof=1) over folds / repetitions.")
-    return table("neural_lineage", "Neural Lineage Table 1: parent identification accuracy (%), mean ± std over folds",
-                 ["method", "mode"], tasks, rows, decimals=1, notes=notes)
+def scenario_tables(stages: dict) -> list[dict]:
+    """One table per (scenario, task): every method's and baseline's :class:`~jaxlineage.eval.Result` in one layout.
+
+    Rows = scorers (``[method, scorer]``), columns = the figures
+    (:func:`jaxlineage.eval.protocols.columns`): accuracy for *identify*; AUC, TPR
+    at 1 % / 5 % FPR and AUC per derivation kind for *verify*. Cells are
+    ``mean ± std`` over folds; ``n/a`` where a scorer cannot read the models
+    (e.g. weights across architectures). Until the detector has a scorer, its
+    legacy closed-set accuracy joins the first *identify* table as a row.
+    """
+    from jaxlineage.eval import Result, protocols
+
+    groups: dict[tuple[str, str], list] = {}
+    for name, st in stages.items():
+        if st.get("status") != "ok" or st.get("via") != "jaxlineage.eval":
+            continue
+        for d in st["result"]["results"]:
+            groups.setdefault((d["details"]["scenario"], d["details"]["task"]), []).append(Result.from_json(d))
+    tasks = list(dict.fromkeys(t for _, t in groups))
+    det = _ok(stages, "detector") if stages.get("detector", {}).get("via") == "legacy protocol" else None
+    det_done: set[str] = set()
+    out = []
+    for (scenario, task), rs in groups.items():
+        cols = protocols.columns(rs)
+        fmts = [protocols._format(c) for c in cols]  # pylint: disable=protected-access
+        rows, notes = [], []
+        for r in rs:
+            cells = []
+            for c, (scale, _, _) in zip(cols, fmts):
+                v = protocols.cell(r, c)
+                cells.append(na() if v is None else cell(scale * v["mean"], scale * v["std"]))
+            rows.append({"label": [r.details.get("label", ""), r.scorer], "cells": cells})
+            if "n/a" in r.details:
+                notes.append(f"`{r.scorer}`: n/a, {r.details['n/a']}.")
+        first = rs[0]
+        if first.question == "identify" and det is not None and task not in det_done and "accuracy" in cols:
+            det_done.add(task)
+            rows += _detector_rows(det, task, cols, notes)
+        s = first.settings
+        what = ("parent identification accuracy (%)" if first.question == "identify" else
+                "provenance verification: AUC, TPR at low FPR (%), AUC per derivation kind")
+        title = (f"{scenario} (task {task}): {what}; {s.get('candidates')} candidates, {s.get('queries')} queries,"
+                 f" mean ± std over {s.get('num_folds')} folds")
+        alphas = next((r.details.get("grid_alphas") for r in rs if r.details.get("alphas")), None)
+        notes.append(f"Folds {s.get('split')} (sizes {s.get('fold_sizes')}), the same for every row"
+                     + (f"; alpha of the learning-free rows chosen per fold on the training folds from {alphas}"
+                        if alphas else "") + ". ± is the sample standard deviation (ddof=1) over folds.")
+        key = scenario if len(tasks) == 1 else f"{scenario}_{task}"
+        out.append(table(key, title, ["method", "scorer"], [f[2] for f in fmts], rows,
+                         decimals=[f[1] for f in fmts], notes=notes))
+    return out
 
 
-def _learning_free_rows(lf: dict, tasks: list[str], notes: list[str]) -> list[dict]:
-    rows = []
-    for row in lf.get("rows", []):
-        cells = []
-        for t in tasks:
-            v = row["tasks"].get(t)
-            if v is None:
-                break
-            cells.append(cell(_pct(v["mean"]), _pct(v.get("std"))))
-        else:
-            rows.append({"label": [METRIC_LABELS.get(row["metric"], row["metric"]), MODE_LABELS.get(row["mode"], row["mode"])],
-                         "cells": cells})
-    if lf.get("note"):
-        notes.append(lf["note"])
-    return rows
-
-
-def _detector_rows(det: dict, tasks: list[str], notes: list[str]) -> list[dict]:
+def _detector_rows(det: dict, task: str, cols: list[str], notes: list[str]) -> list[dict]:
+    """The legacy detector stage's closed-/open-set accuracy as rows of an identify table (other figures n/a)."""
     rows = []
     for variant, v in det.get("variants", {}).items():
-        if all(t in v["tasks"] for t in tasks):
+        if task in v["tasks"]:
+            c = v["tasks"][task]
             rows.append({"label": ["Lineage Detector", variant],
-                         "cells": [cell(_pct(v["tasks"][t]["mean"]), _pct(v["tasks"][t]["std"])) for t in tasks]})
-    raw = next(iter(det.get("raw", {}).values()), {})
-    first = next(iter(raw.values()), None)
+                         "cells": [cell(_pct(c["mean"]), _pct(c["std"])) if col == "accuracy" else na()
+                                   for col in cols]})
+    first = det.get("raw", {}).get(task, {})
+    first = next(iter(first.values()), None)
     if first:
         sizes = first.get("split_sizes")
-        notes.append(f"Lineage Detector: {first.get('repetitions')} random train/val/test splits of the children "
-                     f"(sizes {sizes}), weights of `{first.get('weight_layer')}` and features at "
-                     f"`{first.get('feature_tap')}`; test accuracy.")
+        notes.append(f"Lineage Detector (its own protocol until it has a scorer): {first.get('repetitions')} random"
+                     f" train/val/test splits of the children (sizes {sizes}), weights of"
+                     f" `{first.get('weight_layer')}` and features at `{first.get('feature_tap')}`; test accuracy.")
     return rows
 
 
@@ -196,11 +234,14 @@ def timing_table(results: dict) -> dict:
     return table("timing", "Wall time per stage (s)", ["stage", "status"], ["wall time (s)"], rows, decimals=1, notes=notes)
 
 
-TABLES: list[Callable[[dict], dict | None]] = [lineage_table, mgmp_table, modelgif_table]
+TABLES: list[Callable[[dict], dict | list[dict] | None]] = [scenario_tables, mgmp_table, modelgif_table]
 
 
 def build_tables(results: dict) -> list[dict]:
-    out = [t for f in TABLES if (t := f(results["stages"])) is not None]
+    out = []
+    for f in TABLES:
+        t = f(results["stages"])
+        out += t if isinstance(t, list) else [] if t is None else [t]
     out.append(timing_table(results))
     return out
 

@@ -37,7 +37,10 @@ def default_out(preset: str) -> pathlib.Path:
 
 
 def parse_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``None``/``"all"`` -> every method; else a comma list or sequence, checked against :data:`METHODS`."""
+    """``None``/``"all"`` -> every method; else a comma list or sequence, checked against :data:`METHODS`.
+
+    ``baselines`` are always added: every table shows them next to the methods.
+    """
     if methods is None:
         return presets_lib.METHODS
     if isinstance(methods, str):
@@ -48,6 +51,7 @@ def parse_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
     bad = [m for m in methods if m not in presets_lib.METHODS]
     if bad:
         raise BenchError(f"unknown method(s) {bad}; known: {', '.join(presets_lib.METHODS)} (or 'all')")
+    methods = set(methods) | {"baselines"}  # every table shows the baselines
     return tuple(m for m in presets_lib.METHODS if m in methods)  # report order
 
 
@@ -201,12 +205,28 @@ def run(
 
     eta = _Eta(workdir, preset, methods)
     failed = []
+    scenarios = stages.ScenarioCache(zoo, preset)
     for i, name in enumerate(methods):
         eta.start(i, name)
         t0 = time.time()
-        entry: dict = {"settings": stages.to_json(preset.settings(name))}
+        specs = preset.scorer_specs(name)
+        if specs:  # through the evaluation layer: every scenario x this method's scorers
+            entry: dict = {"settings": [sp.to_json() for sp in specs], "via": "jaxlineage.eval"}
+
+            def call(name=name):
+                return stages.evaluate(zoo, method=name, preset=preset, scenarios=scenarios, seed=seed)
+        elif name in stages.STAGES:  # a method without a scorer yet: its own protocol function
+            entry = {"settings": stages.to_json(preset.settings(name)), "via": "legacy protocol"}
+
+            def call(name=name):
+                return stages.STAGES[name](zoo, seed=seed, **preset.settings(name))
+        else:
+            entry = {"status": "skipped", "error": f"preset {preset.name!r} has no scorer for {name}", "wall_s": 0.0}
+            eta.done(name, 0.0, False)
+            results["stages"][name] = entry
+            continue
         try:
-            entry["result"] = stages.STAGES[name](zoo, seed=seed, **preset.settings(name))
+            entry["result"] = call()
             entry["status"] = "ok"
         except MethodUnavailable as e:
             if strict:
@@ -223,6 +243,7 @@ def run(
         eta.done(name, entry["wall_s"], entry["status"] == "ok")
         results["stages"][name] = entry
     eta.save()
+    results["scenarios"] = {"wall_s": scenarios.wall_s}
 
     t0 = time.time()
     results["plots"] = []

@@ -1,10 +1,13 @@
 """The bench's stages: importable functions, each returning a JSON-able dict.
 
-One stage per method calls that method module's protocol function on a built
-zoo and reduces its answer to plain numbers (lists, dicts, floats) that
-:mod:`jaxlineage.bench.report` turns into tables and :mod:`jaxlineage.bench.plots`
-into figures. Method modules are imported lazily, so a missing or broken one
-costs only its own stage (:class:`MethodUnavailable`).
+One stage per method. A method with scorers in the preset runs :func:`evaluate`:
+every scenario of the preset asked of its scorers through :mod:`jaxlineage.eval`,
+returning :class:`~jaxlineage.eval.Result` s, from which
+:mod:`jaxlineage.bench.report` builds the tables and :mod:`jaxlineage.bench.plots`
+the figures. Methods without a scorer yet (:data:`STAGES`: detector, MGMP,
+ModelGiF) call their module's protocol function and reduce its answer to plain
+numbers. Modules are imported lazily, so a missing or broken one costs only its
+own stage (:class:`MethodUnavailable`).
 
 Usage in a notebook::
 
@@ -31,6 +34,7 @@ import jax
 import numpy as np
 
 from jaxlineage import data as data_lib
+from jaxlineage.eval import metrics as metrics_lib
 from jaxlineage import zoo as zoo_lib
 
 log = logging.getLogger("jaxlineage.bench")
@@ -234,95 +238,103 @@ def _summary(v: Sequence[float]) -> dict:
 # --------------------------------------------------------------------------- methods
 
 
-#: Step sizes of the accuracy-vs-alpha figure (one jvp per pair serves them all).
-ALPHA_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+def resolve(spec: Any) -> list:
+    """The scorers of a :class:`~jaxlineage.bench.presets.ScorerSpec`: ``factory(**kwargs)`` as a list.
+
+    Raises:
+      MethodUnavailable: the factory's module is missing from this installation.
+    """
+    factory = spec.factory
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                raise MethodUnavailable(f"{spec.method}: module {module} is not available in this installation") from e
+            raise
+        try:
+            factory = getattr(mod, attr)
+        except AttributeError:
+            raise MethodUnavailable(f"{spec.method}: {module} has no {attr}") from None
+    made = factory(**dict(spec.kwargs))
+    return list(made) if isinstance(made, (list, tuple)) else [made]
 
 
-def learning_free(zoo: zoo_lib.Zoo, *, seed: int = 0, figures: bool = True,
-                  alpha_sweep: Sequence[float] = ALPHA_SWEEP, **settings) -> dict:
-    """Neural Lineage Table 1 (learning-free rows) via ``lineage.evaluate``, once per child task.
+class ScenarioCache:
+    """The bench's scenarios, built once per (scenario, task) and shared by every method of a run."""
 
-    Args:
-      zoo: a built zoo.
-      seed: seeds the fold split (``key=jax.random.key(seed)``).
-      figures: also score every (parent, child) pair of the first child task over
-        ``alpha_sweep`` for the figures (one more pass over the pairs).
-      **settings: ``lineage.evaluate``'s keyword arguments (``metrics``, ``modes``, ``alphas``,
-        ``tap``, ``probe_size``, ``num_folds``, ...).
+    def __init__(self, zoo: zoo_lib.Zoo, preset: Any):
+        self.zoo, self.preset = zoo, preset
+        self._built: dict = {}
+        self.wall_s: dict[str, float] = {}
+        from jaxlineage.eval import protocols
+
+        #: Learning-free grids shared by the scenarios (verify reuses identify's pairs).
+        self.grids = protocols.GridCache()
+
+    def tasks(self) -> list[str]:
+        return [t.name for t in self.zoo.spec.child_tasks]
+
+    def get(self, spec: Any, task: str):
+        from jaxlineage.eval import scenarios
+
+        key = (spec.name, task)
+        if key not in self._built:
+            t0 = time.time()
+            kwargs = {"probe_size": self.preset.probe_size, **dict(spec.kwargs), "task": task}
+            fn = scenarios.identify if spec.question == "identify" else scenarios.verify
+            self._built[key] = fn(self.zoo, name=f"{spec.name}/{task}", **kwargs)
+            self.wall_s[f"{spec.name}/{task}"] = time.time() - t0
+            log.info("scenario %s/%s: %d candidates x %d queries built in %.1fs", spec.name, task,
+                     len(self._built[key].candidates), len(self._built[key].queries), time.time() - t0)
+        return self._built[key]
+
+
+def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioCache, seed: int = 0) -> dict:
+    """One method's scorers asked every scenario of the preset (per child task) through :mod:`jaxlineage.eval`.
+
+    Every scorer of every method sees the same scenarios and the same folds
+    (``key = jax.random.key(seed)``), so the rows of a table are paired. The
+    learning-free results on the first task's first *identify* scenario keep
+    their score grids (for Fig. 3a / 3b), and the preset's ``alpha_sweep`` adds
+    accuracy-vs-alpha results on it (a diagnostic over all queries).
 
     Returns:
-      ``{"rows": [{"metric", "mode", "tasks": {task: mean_std of fold accuracies + "alphas"}}],
-      "pairs": per-pair scores for Fig. 3a/3b, "alpha_sweep": accuracy per alpha}``.
+      ``{"results": [Result.to_json()], "alpha_sweep": [Result.to_json()], "scorers": [names]}``;
+      each result's ``details`` carries ``method``, ``label``, ``scenario`` (the spec's name) and ``task``.
     """
-    lineage = _import("learning_free", "lineage")
-    rows: dict = {}
-    for t in zoo.spec.child_tasks:
-        t0 = time.time()
-        res = lineage.evaluate(zoo, task=t.name, key=jax.random.key(seed), **settings)
-        for r in res:
-            mode = getattr(r.mode, "value", r.mode)
-            row = rows.setdefault((r.metric, mode), {"metric": r.metric, "mode": mode, "tasks": {}})
-            row["tasks"][t.name] = {**mean_std(r.fold_accuracies), "alphas": [float(a) for a in r.alphas]}
-        log.info("learning_free: task %s, %d metric x mode rows in %.1fs", t.name, len(res), time.time() - t0)
-    out = {"rows": list(rows.values()), "settings": to_json(settings)}
-    if figures:
-        t0 = time.time()
-        out.update(_learning_free_figures(lineage, zoo, list(rows.values()), alpha_sweep, settings))
-        log.info("learning_free: figure data (all pairs, %d alphas) in %.1fs", len(alpha_sweep), time.time() - t0)
+    from jaxlineage import eval as eval_lib
+
+    specs = preset.scorer_specs(method)
+    labelled = [(spec.label or method, s) for spec in specs for s in resolve(spec)]
+    out: dict = {"results": [], "alpha_sweep": [], "scorers": [s.name for _, s in labelled]}
+    tasks = scenarios.tasks()
+    figures_on = next(((sc, tasks[0]) for sc in preset.scenarios if sc.question == "identify"), None)
+    for task in tasks:
+        for sc in preset.scenarios:
+            scen = scenarios.get(sc, task)
+            t0 = time.time()
+            keep = method == "learning_free" and (sc, task) == figures_on
+            results = eval_lib.run_all(scen, [s for _, s in labelled], key=jax.random.key(seed),
+                                       num_folds=preset.num_folds, keep_scores=keep, cache=scenarios.grids)
+            for (label, _), r in zip(labelled, results):
+                r.details.update(method=method, label=label, scenario=sc.name, task=task)
+                out["results"].append(to_json(r.to_json()))
+            log.info("%s: %s/%s, %d scorers in %.1fs", method, sc.name, task, len(results), time.time() - t0)
+            if keep and preset.alpha_sweep:
+                t0 = time.time()
+                swept = [s for _, s in labelled if getattr(s, "grid", False) and getattr(s, "selects_alpha", False)]
+                for r in eval_lib.alpha_sweep(scen, swept, alphas=preset.alpha_sweep):
+                    r.details.update(method=method, scenario=sc.name, task=task)
+                    out["alpha_sweep"].append(to_json(r.to_json()))
+                log.info("%s: accuracy vs alpha (%d alphas, all queries) in %.1fs", method, len(preset.alpha_sweep),
+                         time.time() - t0)
     return out
 
 
-def _learning_free_figures(lineage, zoo, rows, alpha_sweep, settings) -> dict:
-    """Per-pair scores at each metric's chosen alpha, and accuracy over an alpha sweep, on the first child task."""
-    task = zoo.spec.child_tasks[0].name
-    from jaxlineage import similarity as similarity_lib
-
-    given = settings.get("metrics")
-    fns = similarity_lib.all_metrics() if given is None else [similarity_lib.get(m) for m in given]
-    by_name = {f.name: f for f in fns}
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
-    chosen = {}
-    for m in metrics:  # the alpha the folds chose most often for the FIRST_ORDER (else LINEARIZED) row
-        for mode in ("first_order", "linearized"):
-            r = next((r for r in rows if r["metric"] == m and r["mode"] == mode), None)
-            if r and r["tasks"][task]["alphas"]:
-                vals, counts = np.unique(r["tasks"][task]["alphas"], return_counts=True)
-                chosen[m] = float(vals[np.argmax(counts)])
-                break
-    sweep = sorted(set(float(a) for a in alpha_sweep) | set(chosen.values()))
-    scores, labels = lineage.zoo_scores(zoo, [by_name[m] for m in metrics], modes=modes, alphas=sweep,
-                                        tap=settings.get("tap"), task=task,
-                                        probe_size=settings.get("probe_size", 512))
-    scores = {(name, getattr(mode, "value", mode)): np.asarray(v) for (name, mode), v in scores.items()}
-    num_parents = len(list(zoo.parents))
-    is_parent = (np.arange(num_parents)[:, None] == labels[None, :])
-    pairs = {"task": task, "metrics": [m for m in metrics if m in chosen], "alpha": chosen, "scores": {},
-             "is_parent": is_parent.ravel().tolist(), "num_parents": num_parents, "num_children": int(labels.size)}
-    for m in pairs["metrics"]:
-        a = sweep.index(chosen[m])
-        pairs["scores"][m] = {mode: to_json(scores[(m, mode)][a].ravel()) for mode in modes if (m, mode) in scores}
-    acc = {}
-    for (m, mode), s in scores.items():
-        if mode == "plain":
-            continue
-        acc[f"{m} {mode}"] = to_json(np.asarray(lineage.accuracy(s, labels)))
-    return {"pairs": pairs, "alpha_sweep": {"task": task, "alphas": sweep, "accuracy": acc,
-                                            "note": "all children of the task, no fold split (a diagnostic, not a result)"}}
-
-
-def mean_std(values: Sequence[float]) -> dict:
-    """``{"mean", "std", "n", "values"}`` with the sample standard deviation (ddof=1; 0 for one value).
-
-    Every ``±`` in the bench's tables is this, recomputed from the per-fold or
-    per-repetition values the methods return, so all rows use one convention.
-    """
-    v = np.asarray([float(x) for x in values], np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        raise ValueError("mean_std of no finite values")
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size),
-            "values": v.tolist()}
+#: Every ``±`` of the bench is this (sample std, ddof = 1): the evaluation layer's one definition.
+mean_std = metrics_lib.mean_std
 
 
 def detector(zoo: zoo_lib.Zoo, *, seed: int = 0, open_set: bool | Sequence[bool] = False, **settings) -> dict:
@@ -427,5 +439,5 @@ def modelgif(zoo: zoo_lib.Zoo, *, seed: int = 0, **settings) -> dict:
     return {"tasks": out}
 
 
-#: stage name -> function(zoo, *, seed, **settings) -> JSON-able dict.
-STAGES = {"learning_free": learning_free, "detector": detector, "mgmp": mgmp, "modelgif": modelgif}
+#: Legacy stages (methods without a scorer yet): name -> function(zoo, *, seed, **settings) -> JSON-able dict.
+STAGES = {"detector": detector, "mgmp": mgmp, "modelgif": modelgif}

@@ -40,11 +40,19 @@ Usage::
 """
 
 from jaxlineage.zoo import ops, spec, specs, storage, training
-from jaxlineage.zoo._base import (DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams,
-                                  ZooError)
+from jaxlineage.zoo._base import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams, ZooError
 from jaxlineage.zoo.build import MANIFEST, SPEC_FILE, ModelRecord, Zoo, build, task_arrays
-from jaxlineage.zoo.ops import (OPERATIONS, Operation, OpInput, PermAxis, get_op, magnitude_prune, permutation_spec,
-                                permute_params, register_op)
+from jaxlineage.zoo.ops import (
+                                  OPERATIONS,
+                                  Operation,
+                                  OpInput,
+                                  PermAxis,
+                                  get_op,
+                                  magnitude_prune,
+                                  permutation_spec,
+                                  permute_params,
+                                  register_op,
+)
 from jaxlineage.zoo.report import draw_graph, format_summary, main
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec, spec_from_json
 from jaxlineage.zoo.specs import DNA_QUICK, PAPER_FC, PROVENANCE_QUICK, QUICK, SPECS, TINY

@@ -120,7 +120,7 @@ class Zoo:
         self._data_cache: dict = {}
 
     @classmethod
-    def open(cls, workdir: str | os.PathLike) -> "Zoo":
+    def open(cls, workdir: str | os.PathLike) -> Zoo:
         """Opens a built zoo; raises :class:`ZooError` if the workdir holds none or a broken manifest."""
         workdir = pathlib.Path(workdir)
         man = workdir / MANIFEST
@@ -300,7 +300,8 @@ def _fill_legacy(gspec: GraphSpec, records: list[ModelRecord]) -> list[ModelReco
             arch = gspec.arch_of(name)
             init_key = None
             if r.parent_id is None:
-                init_key = _init_key(arch, gspec.task(r.task).num_classes, r.hparams.get("init_seed", r.hparams["seed"]), gspec.seed)
+                init_seed = r.hparams.get("init_seed", r.hparams["seed"])
+                init_key = _init_key(arch, gspec.task(r.task).num_classes, init_seed, gspec.seed)
             r = dataclasses.replace(r, group=name, op=g.op, kind=g.kind_name, arch=arch[0], init_key=init_key)
         out.append(r)
     return out
@@ -497,7 +498,8 @@ class _Builder:
             return r
         spec = self.spec
         init_key = None if j.source is not None else _init_key(
-            spec.arch_of(g.name), spec.task_of(g.name).num_classes, j.hparams.get("init_seed", j.hparams["seed"]), spec.seed)
+            spec.arch_of(g.name), spec.task_of(g.name).num_classes, j.hparams.get("init_seed", j.hparams["seed"]),
+            spec.seed)
         return dataclasses.replace(r, group=g.name, op=g.op, kind=g.kind_name, arch=spec.arch_of(g.name)[0],
                                    init_key=init_key)
 
@@ -515,11 +517,13 @@ class _Builder:
         xt, yt = task_arrays(task, "test")
         sources = None if g.source is None else nets.stack([self.source_params(j.source.id) for j in jobs])
         data_seeds = tuple(int(j.hparams["seed"]) * 7919 + spec.seed for j in jobs)
-        init_keys = jax.numpy.stack([jax.random.fold_in(jax.random.key(int(j.hparams.get("init_seed", j.hparams["seed"]))), spec.seed)
+        init_keys = jax.numpy.stack([
+            jax.random.fold_in(jax.random.key(int(j.hparams.get("init_seed", j.hparams["seed"]))), spec.seed)
                                      for j in jobs])
         # Other randomness (permutations, noise, students' inits) differs per source, so that two
         # sources' derived models never share it.
-        keys = jax.numpy.stack([jax.random.fold_in(jax.random.key(d), zlib.crc32((j.source.id if j.source else "").encode()) & 0x7FFFFFFF)
+        keys = jax.numpy.stack([
+            jax.random.fold_in(jax.random.key(d), zlib.crc32((j.source.id if j.source else "").encode()) & 0x7FFFFFFF)
                                 for j, d in zip(jobs, data_seeds)])
         seq = network.name in spec.sequential_archs
         src_seq = src_net is not None and src_net.name in spec.sequential_archs
@@ -533,7 +537,8 @@ class _Builder:
             mine = mine.argmax(-1)
             theirs = training.population_logits(src_net, sources, xt, sequential=src_seq).argmax(-1)
             fids = [float(v) for v in (mine == theirs).mean(-1)]
-        log.info("zoo: made %d models of group %r (%s) on %s in %.1fs", len(jobs), g.name, g.op, task.name, time.time() - t0)
+        log.info("zoo: made %d models of group %r (%s) on %s in %.1fs", len(jobs), g.name, g.op, task.name,
+                 time.time() - t0)
         arch = spec.arch_of(g.name)
         out = []
         for j, p, acc, fid in zip(jobs, nets.unstack(params), accs, fids):

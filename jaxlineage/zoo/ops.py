@@ -39,8 +39,16 @@ import numpy as np
 
 from jaxlineage import nets
 from jaxlineage.zoo import training
-from jaxlineage.zoo._base import (DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, PyTree, TrainParams,
-                                  ZooError)
+from jaxlineage.zoo._base import (
+    DistillMode,
+    HeadMode,
+    Optimizer,
+    PerturbKind,
+    PruneScope,
+    PyTree,
+    TrainParams,
+    ZooError,
+)
 
 __all__ = [
     "OPERATIONS",
@@ -293,7 +301,7 @@ def magnitude_prune(params: PyTree, sparsity: jax.Array | float, *, scope: Prune
     return pruned, mask
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _prune_population_fn(scope: PruneScope, include_head: bool):
     # One compiled function per setting: op-by-op dispatch of the vmapped sort is slow on CPU.
     return jax.jit(jax.vmap(lambda p, s: magnitude_prune(p, s, scope=scope, include_head=include_head)))
@@ -412,7 +420,7 @@ def permute_params(params: PyTree, spec: Mapping[str, tuple[int, Sequence[PermAx
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _permute_population_fn(spec_items: tuple):
     spec = dict(spec_items)
     return jax.jit(jax.vmap(lambda p, k: permute_params(p, spec, k)))
@@ -426,7 +434,7 @@ def _op_permute(inp: OpInput) -> PyTree:
 # --------------------------------------------------------------------------- perturb
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _perturb_population_fn(kind: PerturbKind):
     def one(variables, s, key):
         flat, treedef = jax.tree.flatten(variables["params"])

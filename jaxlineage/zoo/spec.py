@@ -291,7 +291,8 @@ class GraphSpec:
             if g.source is None and g.arch is None:
                 raise ZooError(f"group {g.name!r}: a root group needs an architecture")
             if g.arch is not None and g.arch not in nets.ARCHITECTURES:
-                raise ZooError(f"group {g.name!r}: unknown architecture {g.arch!r}; known: {sorted(nets.ARCHITECTURES)}")
+                raise ZooError(f"group {g.name!r}: unknown architecture {g.arch!r}; "
+                               f"known: {sorted(nets.ARCHITECTURES)}")
             for k, vs in g.grid:
                 if k not in op.defaults:
                     raise ZooError(f"group {g.name!r}: operation {g.op!r} takes no hyper-parameter {k!r}; "
@@ -410,7 +411,7 @@ class GraphSpec:
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "GraphSpec":
+    def from_json(cls, d: Mapping[str, Any]) -> GraphSpec:
         d = dict(d)
         d.pop("kind", None)
         d["sequential_archs"] = tuple(d.get("sequential_archs", ()))
@@ -424,7 +425,7 @@ class GraphSpec:
             groups.append(Group(**g))
         return cls(tasks=tasks, groups=tuple(groups), **d)
 
-    def to_graph(self) -> "GraphSpec":
+    def to_graph(self) -> GraphSpec:
         return self
 
 
@@ -486,7 +487,8 @@ class ZooSpec:
         for t in (self.parent_task, *self.child_tasks):
             if t.name == name:
                 return t
-        raise ZooError(f"unknown task {name!r}; this zoo has {[self.parent_task.name] + [t.name for t in self.child_tasks]}")
+        names = [self.parent_task.name] + [t.name for t in self.child_tasks]
+        raise ZooError(f"unknown task {name!r}; this zoo has {names}")
 
     def to_graph(self) -> GraphSpec:
         """The groups ``parent``, ``child``, ``grandchild``, ``independent`` (suffixed ``.<task>``
@@ -519,7 +521,7 @@ class ZooSpec:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "ZooSpec":
+    def from_json(cls, d: dict) -> ZooSpec:
         def grid(g):
             if g is None:
                 return None

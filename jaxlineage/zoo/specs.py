@@ -116,7 +116,8 @@ def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...]) ->
         g("extract_p", "distill", task="A-att", kind="extract_p", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
           grid=dict(_EXTRACT, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
         g("extract_px", "distill", task="A-att", kind="extract_p_other_arch", arch=_NET[other],
-          arch_kwargs=PQ_ARCHS[other], grid=dict(_EXTRACT_X, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
+          arch_kwargs=PQ_ARCHS[other],
+          grid=dict(_EXTRACT_X, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
         g("extract_l", "distill", task="A-att", kind="extract_l", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
           grid=dict(_EXTRACT, mode=DistillMode.LABEL, seed=(0,))),
         g("transfer", "finetune", task="B-att", kind="transfer",
@@ -138,7 +139,8 @@ def _provenance_quick() -> GraphSpec:
         # Sources (victims): trained on the defender's half. Independents (negatives' bases): the same
         # recipe on the attacker's half, other seeds.
         groups.append(Group(f"src_{arch}", "train", task="A-def", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_source(arch), seed=(0, 1)), prefix=f"src_{arch}-", kind="source", tags=("source",)))
+                            grid=dict(_source(arch), seed=(0, 1)), prefix=f"src_{arch}-", kind="source",
+                            tags=("source",)))
         groups.append(Group(f"ind_{arch}", "train", task="A-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
                             grid=dict(_source(arch), seed=(10, 11)), prefix=f"ind_{arch}-", kind="independent",
                             tags=("negative", "independent")))
@@ -149,7 +151,8 @@ def _provenance_quick() -> GraphSpec:
         groups += _derivations(f"src_{arch}", arch, prefix=f"{arch}.", tags=("positive",))
         groups += _derivations(f"ind_{arch}", arch, prefix=f"ind_{arch}.", tags=("negative",))
     return GraphSpec("provenance_quick", tasks, tuple(groups), max_population=16, seed=0,
-                     sequential_archs=("convnet",), notes="SAC / ModelGiF IP-protection benchmark on the embedded Fashion-MNIST; see BUILD_NOTES.md")
+                     sequential_archs=("convnet",),
+                     notes="SAC / ModelGiF IP-protection benchmark on the embedded Fashion-MNIST; see BUILD_NOTES.md")
 
 
 #: SAC / ModelGiF's IP-protection benchmark on the embedded Fashion-MNIST (DESIGN.md section 7).

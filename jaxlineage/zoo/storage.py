@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlineage import nets
 from jaxlineage._io import atomic_dir
+from jaxlineage.errors import path_str
 from jaxlineage.zoo._base import PyTree, ZooError
 
 __all__ = ["load_params", "save_params"]
@@ -49,7 +49,7 @@ def check_finite(tree, what):
     """Raises :class:`ZooError` naming ``what`` and the first leaf path with a NaN or inf."""
     for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if not np.all(np.isfinite(np.asarray(leaf))):
-            raise ZooError(f"{what}: non-finite values at {nets._path_str(p)}")
+            raise ZooError(f"{what}: non-finite values at {path_str(p)}")
 
 
 def write_json(path: pathlib.Path, obj) -> None:

@@ -182,8 +182,9 @@ def train_population(
         static.update(sequential=True)
     params = init_params
     for epoch in range(epochs):
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(base)
-        params, opt_state, loss = _train_epoch(network, params, opt_state, lrs, keys, xd, yd, soft, update_mask, **static)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(base, epoch)
+        params, opt_state, loss = _train_epoch(network, params, opt_state, lrs, keys, xd, yd, soft, update_mask,
+                                               **static)
         if on_epoch is not None:
             on_epoch(epoch, np.asarray(loss))
     return params
@@ -196,7 +197,8 @@ def _logits(network: nets.Network, params, x, sequential: bool = False):
     return jax.vmap(lambda p: network.logits_fn(p, x))(params)
 
 
-def population_logits(network: nets.Network, params: PyTree, x, *, chunk: int = 2048, sequential: bool = False) -> np.ndarray:
+def population_logits(network: nets.Network, params: PyTree, x, *, chunk: int = 2048,
+                      sequential: bool = False) -> np.ndarray:
     """Eval-mode logits ``[P, N, C]`` of a stacked population on ``x`` ``[N, ...]``, in chunks of examples
     (``sequential``: one model after another, see :func:`train_population`)."""
     out = [np.asarray(_logits(network, params, jnp.asarray(x[s : s + chunk]), sequential))

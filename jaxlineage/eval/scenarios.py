@@ -1,0 +1,298 @@
+"""Scenarios from a zoo: the question, the models and the ground truth, ready for any scorer.
+
+A zoo knows its models and their lineage graph; a method knows pure functions
+and pytrees. These functions read a zoo once and hand out a
+:class:`~jaxlineage.eval.core.Scenario`:
+
+* :func:`identify`: which candidate is each query's parent (Neural Lineage's
+  question; closed set, or open set with :data:`~jaxlineage.eval.core.NO_PARENT`);
+* :func:`verify`: is candidate ``k`` an ancestor of query ``m`` (SAC / ModelGiF /
+  Model DNA's question), reported per derivation kind;
+* :func:`model_set`: any list of zoo models as populations of stacked parameters.
+
+Models are selected by *group* name: ``zoo.group(name)`` where the zoo has
+lineage-graph groups, else today's roles (``"parent"``, ``"child"``,
+``"independent"``, ``"grandchild"``), kept models only.
+
+Example::
+
+    >>> from jaxlineage import zoo
+    >>> from jaxlineage.eval import scenarios
+    >>> z = zoo.build(zoo.QUICK, "/tmp/zoo")
+    >>> s = scenarios.identify(z)                 # 8 parents x 48 children of task B
+    >>> v = scenarios.verify(z)                   # 8 parents x (48 children + 8 independents)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxlineage import nets
+from jaxlineage.eval.core import (
+    NO_PARENT,
+    ModelSet,
+    Population,
+    Question,
+    Scenario,
+    ScorerError,
+)
+
+__all__ = ["NEGATIVE", "identify", "model_set", "verify"]
+
+log = logging.getLogger("jaxlineage.eval")
+
+#: The derivation kind of a query unrelated to every candidate (verify).
+NEGATIVE = "negative"
+
+SplitBy = str | Callable[[Any], Any] | None
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _select(zoo: Any, name: str) -> list:
+    """The kept records of group ``name`` (``zoo.group`` when the zoo has groups, else today's roles)."""
+    if hasattr(zoo, "group"):
+        return list(zoo.group(name))
+    return [r for r in zoo.records if r.kept and r.role == name]
+
+
+def _select_all(zoo: Any, names: str | Sequence[str]) -> list:
+    names = (names,) if isinstance(names, str) else tuple(names)
+    out, seen = [], set()
+    for n in names:
+        for r in _select(zoo, n):
+            if r.id not in seen:
+                seen.add(r.id)
+                out.append(r)
+    if not out:
+        raise ScorerError(f"zoo {_zoo_name(zoo)!r} has no kept model in group(s) {list(names)}")
+    return out
+
+
+def _zoo_name(zoo: Any) -> str:
+    spec = getattr(zoo, "spec", None)
+    return getattr(spec, "name", None) or str(getattr(zoo, "workdir", "zoo"))
+
+
+def _kind(record: Any) -> str:
+    """A record's derivation kind: its group (lineage-graph zoos), else its operation, else its role."""
+    for field in ("group", "op", "role"):
+        v = getattr(record, field, None)
+        if v:
+            return str(v)
+    return "model"
+
+
+def _split_key(record: Any, split_by: SplitBy) -> str:
+    if split_by is None:
+        return str(record.id)
+    if callable(split_by):
+        return str(split_by(record))
+    if hasattr(record, split_by):
+        return str(getattr(record, split_by))
+    hp = getattr(record, "hparams", {}) or {}
+    if split_by in hp:
+        return str(hp[split_by])
+    raise ScorerError(f"split_by={split_by!r}: model {record.id!r} has no such field or hyper-parameter"
+                      f" (hyper-parameters: {sorted(hp)})")
+
+
+def _default_task(zoo: Any, queries: list) -> str:
+    """Today's default: the zoo's first child task if a query has it, else the first query's task."""
+    spec = getattr(zoo, "spec", None)
+    child_tasks = [t.name for t in getattr(spec, "child_tasks", ())]
+    tasks = [r.task for r in queries]
+    for t in child_tasks:
+        if t in tasks:
+            return t
+    return tasks[0]
+
+
+# --------------------------------------------------------------------------- populations
+
+
+def _signature(network: nets.Network, params: Any) -> tuple:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return (network.name, network.module, tuple((jax.tree_util.keystr(p), np.shape(v), str(v.dtype))
+                                                for p, v in leaves))
+
+
+def model_set(zoo: Any, ids: Sequence[str]) -> ModelSet:
+    """Zoo models as populations: one :class:`Population` per network (architecture and parameter shapes).
+
+    Parameters are the full variables (heads included) stacked per population;
+    feature functions read only the layers up to their tap, and the scoring
+    kernel prunes unused leaves, so models whose heads differ still compare at
+    every tap, while ``logits_fn`` needs one head shape (hence one population per
+    shape). Populations keep the order in which their first model appears in
+    ``ids``; within one, models keep the order of ``ids``.
+
+    Args:
+      zoo: a :class:`jaxlineage.zoo.Zoo` (``load``, ``get``, ``network_for``).
+      ids: model ids.
+
+    Returns:
+      A :class:`ModelSet`; every population's ``feature_fns`` holds every tap
+      of its network (the cached function objects of
+      :meth:`jaxlineage.nets.Network.feature_fn`, so jitted scorers never
+      recompile for a new population of the same network).
+    """
+    ids = list(ids)
+    if not ids:
+        raise ScorerError("model_set: empty list of model ids")
+    groups: dict[tuple, dict] = {}
+    for i in ids:
+        network = zoo.network_for(i)
+        params = zoo.load(i)
+        g = groups.setdefault(_signature(network, params), {"network": network, "ids": [], "params": []})
+        g["ids"].append(i)
+        g["params"].append(params)
+    pops = []
+    for g in groups.values():
+        network = g["network"]
+        info = {}
+        for i in g["ids"]:
+            r = zoo.get(i)
+            info[i] = {"task": r.task, "kind": _kind(r), "parent_id": getattr(r, "parent_id", None),
+                       "hparams": dict(getattr(r, "hparams", {}) or {}), "test_acc": getattr(r, "test_acc", None)}
+        pops.append(Population(
+            ids=tuple(g["ids"]), params=nets.stack(g["params"]), logits_fn=network.logits_fn,
+            feature_fns={tap: network.feature_fn(tap) for tap in network.taps}, arch=network.name, info=info))
+    return ModelSet(tuple(pops))
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def _truth(zoo: Any, candidates: ModelSet, queries: ModelSet) -> tuple[np.ndarray, np.ndarray]:
+    """``labels [M]`` (direct parent's index among the candidates or NO_PARENT) and ``related [K, M]`` (ancestor)."""
+    graph = zoo.graph
+    index = {c: k for k, c in enumerate(candidates.ids)}
+    labels = np.full(len(queries), NO_PARENT, int)
+    related = np.zeros((len(candidates), len(queries)), bool)
+    for m, q in enumerate(queries.ids):
+        parents = graph.parents(q)
+        hits = [index[p] for p in parents if p in index]
+        if len(hits) == 1:
+            labels[m] = hits[0]
+        elif len(hits) > 1:
+            raise ScorerError(f"query {q!r} has {len(hits)} parents among the candidates; identify needs one")
+        for a in graph.ancestors(q):
+            if a in index:
+                related[index[a], m] = True
+    return labels, related
+
+
+def _probe(zoo: Any, probe_size: int, task: str) -> np.ndarray:
+    return np.asarray(zoo.probe(probe_size, task=task))
+
+
+def identify(
+    zoo: Any,
+    *,
+    candidates: str | Sequence[str] = "parent",
+    queries: str | Sequence[str] = "child",
+    task: str | None = None,
+    open_set: bool = False,
+    probe_size: int = 512,
+    split_by: SplitBy = None,
+    name: str | None = None,
+) -> Scenario:
+    """Which candidate is each query's parent: Neural Lineage's question on a zoo.
+
+    The label of query ``q`` is the index of ``graph.parent(q)`` among the
+    candidates. In a closed set (``open_set=False``, the paper's Table 1) queries
+    whose parent is not a candidate are dropped; in an open set they stay with
+    label :data:`NO_PARENT` (e.g. ``queries=("child", "independent")``).
+
+    Args:
+      zoo: a :class:`jaxlineage.zoo.Zoo`.
+      candidates: group name(s) of the candidates (default the kept parents).
+      queries: group name(s) of the queries (default the kept children).
+      task: only queries of this task (default: the zoo's first child task, as
+        :func:`jaxlineage.lineage.evaluate` always did).
+      open_set: keep parentless queries, labelled :data:`NO_PARENT`.
+      probe_size: ``N``; the probe is ``zoo.probe(N, task=task)``, the first ``N``
+        inputs of the queries' task's training split (the official code's probe).
+      split_by: the queries' split keys (queries sharing one fall in one fold):
+        ``None`` (each query alone), a record field or hyper-parameter name
+        (e.g. ``"seed"``: held-out fine-tuning seeds), or ``f(record)``.
+      name: the scenario's name (default ``"<zoo>/identify/<task>"``).
+
+    Returns:
+      A :class:`Scenario` with ``question = IDENTIFY``; ``kinds`` are the queries'
+      groups (roles), ``related`` their ancestors among the candidates.
+    """
+    cand = _select_all(zoo, candidates)
+    qs = _select_all(zoo, queries)
+    task = task or _default_task(zoo, qs)
+    qs = [r for r in qs if r.task == task]
+    if not qs:
+        raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} in group(s) {queries!r}")
+    cand_ids = {r.id for r in cand}
+    if not open_set:
+        parents = {r.id: set(zoo.graph.parents(r.id)) for r in qs}
+        qs = [r for r in qs if parents[r.id] & cand_ids]
+        if not qs:
+            raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} has a parent among the candidates")
+    return _scenario(zoo, Question.IDENTIFY, cand, qs, task, probe_size, split_by,
+                     name or f"{_zoo_name(zoo)}/identify/{task}", negative_kind=False)
+
+
+def verify(
+    zoo: Any,
+    *,
+    candidates: str | Sequence[str] = "parent",
+    queries: str | Sequence[str] = ("child", "independent"),
+    task: str | None = None,
+    probe_size: int = 512,
+    split_by: SplitBy = None,
+    name: str | None = None,
+) -> Scenario:
+    """Is candidate ``k`` an ancestor of query ``m``: the provenance question, per derivation kind.
+
+    ``related[k, m] = graph.is_ancestor(candidate_k, query_m)``. A query's kind is
+    its group (operation, role); queries unrelated to every candidate get the
+    kind :data:`NEGATIVE`. Positive pairs of kind ``k`` are scored against all
+    negative pairs (unrelated candidates of derived queries included).
+
+    Args:
+      zoo: a :class:`jaxlineage.zoo.Zoo`.
+      candidates: group name(s) of the candidates (default the kept parents).
+      queries: group name(s) of the queries (default children and independents).
+      task: only queries of this task (default: the zoo's first child task).
+      probe_size, split_by, name: as in :func:`identify`.
+
+    Returns:
+      A :class:`Scenario` with ``question = VERIFY``.
+    """
+    cand = _select_all(zoo, candidates)
+    qs = _select_all(zoo, queries)
+    task = task or _default_task(zoo, qs)
+    qs = [r for r in qs if r.task == task]
+    if not qs:
+        raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} in group(s) {queries!r}")
+    return _scenario(zoo, Question.VERIFY, cand, qs, task, probe_size, split_by,
+                     name or f"{_zoo_name(zoo)}/verify/{task}", negative_kind=True)
+
+
+def _scenario(zoo, question, cand, qs, task, probe_size, split_by, name, *, negative_kind) -> Scenario:
+    candidates = model_set(zoo, [r.id for r in cand])
+    queries = model_set(zoo, [r.id for r in qs])
+    labels, related = _truth(zoo, candidates, queries)
+    by_id = {r.id: r for r in qs}
+    kinds = []
+    for m, q in enumerate(queries.ids):
+        kinds.append(NEGATIVE if negative_kind and not related[:, m].any() else _kind(by_id[q]))
+    split_keys = [_split_key(by_id[q], split_by) for q in queries.ids]
+    probe = _probe(zoo, probe_size, task)
+    log.info("scenario %s: %d candidates, %d queries, probe %s", name, len(candidates), len(queries), probe.shape)
+    return Scenario(name=name, question=question, candidates=candidates, queries=queries, labels=labels,
+                    related=related, kinds=tuple(kinds), split_keys=tuple(split_keys), probe=probe,
+                    graph=zoo.graph)

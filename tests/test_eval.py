@@ -1,0 +1,378 @@
+"""The evaluation layer: one contract battery for every scorer, the protocols, and the quick table's equality.
+
+To add a scorer to the contract battery (e.g. ``eval/methods.py``'s
+``DetectorScorer``), append a :class:`Case` to :data:`SCORERS`; a learned scorer
+is ``fit`` on the toy scenario before it scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlineage import eval as jl_eval
+from jaxlineage import lineage
+from jaxlineage.eval import core, protocols, scenarios, scorers
+from jaxlineage.eval.core import (
+    NO_PARENT,
+    ModelSet,
+    Population,
+    Question,
+    Result,
+    Scenario,
+    ScorerError,
+)
+
+DIN, HIDDEN, CLASSES, N = 6, 16, 4, 64
+
+
+# --------------------------------------------------------------------------- toy populations
+
+
+def _init(key, hidden=HIDDEN, classes=CLASSES):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"dense1": {"w": jax.random.normal(k1, (DIN, hidden)) / np.sqrt(DIN),
+                       "b": 0.1 * jax.random.normal(k2, (hidden,))},
+            "head": {"w": jax.random.normal(k3, (hidden, classes)) / np.sqrt(hidden)}}
+
+
+def toy_features(params, x):
+    return jnp.tanh(x @ params["dense1"]["w"] + params["dense1"]["b"][None, :])
+
+
+def toy_logits(params, x):
+    return toy_features(params, x) @ params["head"]["w"]
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def _pop(prefix, trees, arch="toy"):
+    return Population(ids=tuple(f"{prefix}{i}" for i in range(len(trees))), params=_stack(trees),
+                      logits_fn=toy_logits, feature_fns={"h": toy_features}, arch=arch)
+
+
+def toy_scenario(*, k=3, m=6, drift=0.05, seed=0, question=Question.IDENTIFY, independents=0) -> Scenario:
+    """K random parents; query j = parent j % K plus small noise (head included); optional independents."""
+    keys = jax.random.split(jax.random.key(seed), k + m + independents + 1)
+    parents = [_init(keys[i]) for i in range(k)]
+    children = [jax.tree.map(lambda p, e: p + drift * e, parents[j % k], _init(keys[k + j])) for j in range(m)]
+    inds = [_init(keys[k + m + i]) for i in range(independents)]
+    labels = np.r_[np.arange(m) % k, np.full(independents, NO_PARENT)]
+    related = labels[None, :] == np.arange(k)[:, None]
+    queries = ModelSet((_pop("c", children + inds),))
+    kinds = ["child"] * m + ["negative"] * independents
+    return Scenario(name="toy", question=question, candidates=ModelSet((_pop("p", parents),)), queries=queries,
+                    labels=labels, related=related, kinds=tuple(kinds), split_keys=queries.ids,
+                    probe=np.asarray(jax.random.normal(keys[-1], (N, DIN))))
+
+
+class _CompileCounter:
+    """Counts XLA backend compilations while active."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __enter__(self):
+        self.count = 0
+
+        def listener(name, *args, **kwargs):
+            if name == self.EVENT:
+                self.count += 1
+
+        self._listener = listener
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+# --------------------------------------------------------------------------- the contract battery
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A scorer factory for the battery.
+
+    Attributes:
+      make: ``() -> Scorer``.
+      reads_any_tree: the scorer compares only outputs, so models of other parameter trees are
+        fine as long as their outputs have one size (no mismatch error expected).
+    """
+
+    make: Callable[[], core.Scorer]
+    reads_any_tree: bool = False
+
+    def __str__(self):
+        return self.make().name
+
+
+#: Every scorer runs through the same battery; eval/methods.py's scorers are appended here.
+SCORERS: list[Case] = [
+    Case(lambda: scorers.LearningFree("l2", "linearized", tap="h")),
+    Case(lambda: scorers.LearningFree("cka", "first_order", tap="h", alphas=(0.01, 0.1))),
+    Case(lambda: scorers.LearningFree("linf", "plain", tap="h")),
+    Case(scorers.WeightL2),
+    Case(scorers.WeightCosine),
+    Case(scorers.OutputAgreement, reads_any_tree=True),
+    Case(scorers.OutputKL, reads_any_tree=True),
+]
+
+
+def _ready(case: Case, scenario: Scenario):
+    s = case.make()
+    if s.learned:
+        s = s.fit(scenario, key=jax.random.key(0))
+    return s
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_scenario()
+
+
+@pytest.mark.parametrize("case", SCORERS, ids=str)
+def test_contract_shape_and_known_answer(case, toy):
+    s = _ready(case, toy)
+    scores = s.score(toy.candidates, toy.queries, probe=toy.probe)
+    assert scores.shape == (3, 6) and np.all(np.isfinite(scores))
+    np.testing.assert_array_equal(np.argmax(scores, axis=0), toy.labels)  # children = parent + small noise
+
+
+@pytest.mark.parametrize("case", SCORERS, ids=str)
+def test_contract_deterministic_and_no_recompile(case, toy):
+    first = _ready(case, toy).score(toy.candidates, toy.queries, probe=toy.probe)
+    s = _ready(case, toy)
+    with _CompileCounter() as c:
+        second = s.score(toy.candidates, toy.queries, probe=toy.probe)
+    np.testing.assert_array_equal(first, second)
+    assert c.count == 0, f"{s.name} recompiled {c.count} time(s) on a second call with the same shapes"
+
+
+@pytest.mark.parametrize("case", SCORERS, ids=str)
+def test_contract_bad_input_names_the_model(case, toy):
+    s = _ready(case, toy)
+    cand, probe = toy.candidates, toy.probe
+    with pytest.raises(ScorerError, match="empty candidate set"):
+        s.score(ModelSet(()), toy.queries, probe=probe)
+    # NaN parameters: the message names the model and the path.
+    bad = toy.queries.populations[0]
+    nan_params = jax.tree.map(lambda a: a.at[2].set(jnp.nan) if a.ndim == 3 else a, bad.params)
+    with pytest.raises(ScorerError, match=r"'c2'.*NaN"):
+        s.score(cand, ModelSet((dataclasses.replace(bad, params=nan_params),)), probe=probe)
+    # Another architecture (and output size): unreadable; "raise" names the query, "nan" leaves a hole.
+    keys = jax.random.split(jax.random.key(9), 2)
+    other = _pop("x", [_init(k, hidden=8, classes=CLASSES + 1) for k in keys], arch="other")
+    with pytest.raises(ScorerError, match="'x0'"):
+        s.score(cand, ModelSet((other,)), probe=probe)
+    mixed = s.score(cand, ModelSet((toy.queries.populations[0], other)), probe=probe, unreadable="nan")
+    assert np.all(np.isfinite(mixed[:, :6])) and np.all(np.isnan(mixed[:, 6:]))
+    # Same architecture name, mismatched trees (another hidden width).
+    wide = _pop("w", [_init(k, hidden=HIDDEN + 4) for k in keys])
+    if case.reads_any_tree:
+        assert np.all(np.isfinite(s.score(cand, ModelSet((wide,)), probe=probe)))
+    else:
+        with pytest.raises(ScorerError, match=r"'w0'|'p0'"):
+            s.score(cand, ModelSet((wide,)), probe=probe)
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def test_folds_group_split_keys_and_match_the_former_split():
+    key = jax.random.key(3)
+    ids = [f"q{i}" for i in range(11)]
+    got = protocols.folds(ids, 4, key=key)
+    want = np.array_split(np.asarray(jax.random.permutation(key, 11)), 4)  # lineage.fold_table's split
+    assert [f.tolist() for f in got] == [f.tolist() for f in want]
+    seeds = [f"s{i % 5}" for i in range(20)]
+    got = protocols.folds(seeds, 5, key=key)
+    assert sorted(np.concatenate(got).tolist()) == list(range(20))
+    for f in got:
+        assert len({seeds[i] for i in f}) == 1 and len(f) == 4
+    with pytest.raises(ScorerError, match="num_folds = 6 split keys"):
+        protocols.folds(seeds, 6, key=key)
+
+
+def test_identify_protocol_on_toy():
+    s = toy_scenario(m=10)
+    rs = jl_eval.run_all(s, scorers.learning_free(("l2", "linf"), tap="h") + scorers.baselines(),
+                         key=jax.random.key(1), num_folds=5)
+    assert [r.scorer for r in rs] == ["l2 plain", "l2 first_order", "l2 linearized", "linf plain", "linf linearized",
+                                      "weight L2", "weight cosine", "output agreement", "output KL"]
+    for r in rs:
+        acc = r.metrics["accuracy"]
+        assert acc["n"] == 5 and acc["mean"] == pytest.approx(np.mean(acc["values"]))
+        assert acc["std"] == pytest.approx(np.std(acc["values"], ddof=1))
+        assert ("alphas" in r.details) == (r.details["kind"] == "grid" and "plain" not in r.scorer)
+        assert r.to_json() == Result.from_json(r.to_json()).to_json()
+    assert rs[0].metrics["accuracy"]["mean"] == 1.0
+    text = jl_eval.table(rs)
+    assert "| l2 plain | 100.0 ± 0.0 |" in text and "| weight L2 |" in text
+
+
+def test_grid_selection_uses_training_folds_only():
+    """The grid protocol picks alpha from training columns: equal to LearningFree.fit on the training scenario."""
+    s = toy_scenario(m=10, drift=0.3, seed=2)
+    lf = scorers.LearningFree("l1", "first_order", tap="h", alphas=(0.01, 0.3, 3.0))
+    key = jax.random.key(4)
+    r = protocols.run(s, lf, key=key, num_folds=5)
+    for f, test in enumerate(protocols.folds(s.split_keys, 5, key=key)):
+        train = np.setdiff1d(np.arange(10), test)
+        assert r.details["alphas"][f] == lf.fit(s.take_queries(train), key=key).alpha
+
+
+def test_verify_protocol_per_kind():
+    s = toy_scenario(m=8, independents=4, question=Question.VERIFY)
+    (r,) = jl_eval.run_all(s, [scorers.WeightL2()], key=jax.random.key(0), num_folds=4)
+    assert set(r.metrics) == {"auc", "tpr@1%fpr", "tpr@5%fpr"}
+    assert r.metrics["auc"]["mean"] == 1.0 and set(r.by_kind) == {"child"}
+    # A scorer that ranks everything equal: AUC 0.5 (ties count half), no TPR at a small FPR.
+    class Flat(core.Scorer):
+        name = "flat"
+
+        def score_block(self, candidates, queries, *, probe):
+            return np.zeros((len(candidates), len(queries)))
+
+    (r,) = jl_eval.run_all(s, [Flat()], key=jax.random.key(0), num_folds=4)
+    assert r.metrics["auc"]["mean"] == 0.5 and r.metrics["tpr@1%fpr"]["mean"] == 0.0
+
+
+def test_learned_scorer_is_fitted_on_training_queries_only_and_open_set_hook():
+    s = toy_scenario(m=9, independents=3)
+    seen = []
+
+    class Memo(core.Scorer):
+        """Remembers the queries it was fitted on; says NO_PARENT when the best score is low."""
+
+        name, learned = "memo", True
+
+        def fit(self, train, *, key):
+            seen.append((set(train.queries.ids), np.asarray(jax.random.key_data(key)).tolist()))
+            return self
+
+        def score_block(self, candidates, queries, *, probe):
+            return scorers.WeightL2().score_block(candidates, queries, probe=probe)
+
+        def decide(self, scores):
+            return np.where(scores.max(0) > -0.2, scores.argmax(0), NO_PARENT)
+
+    key = jax.random.key(5)
+    r = protocols.run(s, Memo(), key=key, num_folds=3)
+    for (train_ids, _), test in zip(seen, protocols.folds(s.split_keys, 3, key=key)):
+        assert not train_ids & {s.queries.ids[i] for i in test}
+    assert len({str(k) for _, k in seen}) == 3  # a fresh key per fold
+    assert r.metrics["accuracy"]["mean"] == 1.0
+    assert {"open_set_accuracy", "known_accuracy", "no_parent_accuracy"} <= set(r.metrics)
+    assert r.metrics["no_parent_accuracy"]["mean"] == 1.0
+
+
+def test_unreadable_scorer_reports_n_a_and_recover_is_a_slot():
+    s = toy_scenario(m=6)
+    keys = jax.random.split(jax.random.key(9), 2)
+    other = _pop("x", [_init(k, hidden=8) for k in keys], arch="other")
+    mixed = dataclasses.replace(s, candidates=ModelSet((*s.candidates.populations, other)),
+                                related=np.r_[s.related, np.zeros((2, 6), bool)])
+    r_w, r_o = jl_eval.run_all(mixed, [scorers.WeightL2(), scorers.OutputAgreement()], key=jax.random.key(0),
+                               num_folds=3)
+    assert not r_w.metrics and "cannot read" in r_w.details["n/a"] and "'x0'" in r_w.details["n/a"]
+    assert r_o.metrics["accuracy"]["n"] == 3
+    assert "n/a" in jl_eval.table([r_w, r_o])
+    with pytest.raises(NotImplementedError, match="RECOVER"):
+        jl_eval.run(dataclasses.replace(s, question=Question.RECOVER), scorers.WeightL2(), key=jax.random.key(0))
+
+
+# --------------------------------------------------------------------------- on the tiny zoo
+
+#: ``lineage.fold_table(*lineage.zoo_scores(tiny_zoo, probe_size=64), num_folds=2, key=jax.random.key(7))``
+#: computed by the code before the evaluation layer (commit 441757a): (fold accuracies, chosen alphas).
+TINY_REFERENCE = {
+    "dcor plain": ([0.5, 1.0], []),
+    "dcor first_order": ([0.5, 1.0], [0.001, 0.1]),
+    "dcor linearized": ([0.5, 1.0], [0.001, 0.1]),
+    "l2 first_order": ([1.0, 1.0], [0.001, 0.001]),
+    "linf linearized": ([1.0, 1.0], [0.001, 0.001]),
+}
+#: ... and its scores ``[A, K, M]`` (first 7 digits).
+TINY_SCORES = {
+    "l2 plain": [[-0.4366494, -0.1012105, -1.2412053, -0.8664962], [-1.1154889, -0.7818475, -0.5434384, -0.1433307]],
+    "l2 linearized": [[[-0.4359263, -0.1010238, -1.2397468, -0.8653039], [-1.1135426, -0.7802383, -0.542516, -0.1430707]],
+                      [[-0.4294533, -0.0993519, -1.2267079, -0.8546488], [-1.0961549, -0.7658614, -0.5342618, -0.1407426]],
+                      [[-0.3681236, -0.0834919, -1.1050332, -0.7556806], [-0.9351919, -0.6326241, -0.4564269, -0.1187108]]],
+    "dcor first_order": [[[0.9118399, 0.9881992, 0.8936526, 0.9680242], [0.8985258, 0.9689707, 0.8911203, 0.9830585]],
+                         [[0.9120544, 0.9882624, 0.8938208, 0.9681734], [0.8989684, 0.9692072, 0.8920161, 0.9833021]],
+                         [[0.9141991, 0.9888942, 0.8955019, 0.9696659], [0.9033947, 0.9715721, 0.9009735, 0.9857376]]],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_identify(tiny_zoo):
+    return scenarios.identify(tiny_zoo, probe_size=64)
+
+
+@pytest.mark.slow  # builds the tiny zoo (~25 s) unless another test module did
+def test_tiny_zoo_table_equals_the_former_fold_table(tiny_zoo, tiny_identify):
+    s = tiny_identify
+    assert s.candidates.ids == tuple(r.id for r in tiny_zoo.parents)
+    assert s.queries.ids == tuple(r.id for r in tiny_zoo.children)
+    np.testing.assert_array_equal(s.labels, [0, 0, 1, 1])
+    rs = jl_eval.run_all(s, scorers.learning_free(), key=jax.random.key(7), num_folds=2, keep_scores=True)
+    by_name = {r.scorer: r for r in rs}
+    assert len(rs) == 23
+    for name, (accs, alphas) in TINY_REFERENCE.items():
+        assert by_name[name].metrics["accuracy"]["values"] == accs, name
+        assert by_name[name].details.get("alphas", []) == alphas, name
+    for name, ref in TINY_SCORES.items():
+        got = by_name[name].details["scores"]
+        np.testing.assert_allclose(got if np.ndim(ref) == 3 else got[0], ref, rtol=2e-6, atol=1e-7)
+    # The kernel on backbone stacks (the former zoo_scores) gives the same numbers as full parameters.
+    net = tiny_zoo.network
+    old = lineage.score_matrices(("l2", "dcor"), net.feature_fn("relu1"),
+                                 tiny_zoo.stack(s.candidates.ids, backbone=True),
+                                 tiny_zoo.stack(s.queries.ids, backbone=True), tiny_zoo.probe(64, task="B"),
+                                 alpha=np.asarray(scorers.DEFAULT_ALPHAS))
+    for (metric, mode), v in old.items():
+        np.testing.assert_array_equal(by_name[f"{metric} {mode.value}"].details["scores"], np.asarray(v, np.float64))
+
+
+@pytest.mark.slow
+def test_tiny_zoo_baselines_verify_and_lineage_wrapper(tiny_zoo, tiny_identify):
+    rs = jl_eval.run_all(tiny_identify, scorers.baselines(), key=jax.random.key(0), num_folds=2)
+    assert rs[0].scorer == "weight L2" and rs[0].metrics["accuracy"]["mean"] == 1.0
+    v = scenarios.verify(tiny_zoo, probe_size=64)
+    assert v.kinds.count(scenarios.NEGATIVE) == len(tiny_zoo.independents)
+    assert v.related.sum() == len(tiny_zoo.children)
+    (r,) = jl_eval.run_all(v, [scorers.WeightL2()], key=jax.random.key(0), num_folds=2)
+    assert r.metrics["auc"]["mean"] == 1.0 and "child" in r.by_kind
+    (r2,) = jl_eval.run_zoo(tiny_zoo, [scorers.WeightL2()], question="verify", num_folds=2, probe_size=64)
+    assert r2.metrics == r.metrics
+    # lineage.evaluate is a thin wrapper over the layer.
+    got = lineage.evaluate(tiny_zoo, metrics=("l2",), probe_size=64, num_folds=2, key=jax.random.key(7))
+    assert [r.scorer for r in got] == ["l2 plain", "l2 first_order", "l2 linearized"]
+    assert "| l2 plain | 100.0 ± 0.0 |" in lineage.format_table(got)
+    open_set = scenarios.identify(tiny_zoo, queries=("child", "independent"), open_set=True, probe_size=64)
+    assert (open_set.labels == NO_PARENT).sum() == len(tiny_zoo.independents)
+    with pytest.raises(ScorerError, match="split_by='nope'"):
+        scenarios.identify(tiny_zoo, split_by="nope")
+
+
+def test_grid_cache_scores_only_new_pairs_and_changes_nothing():
+    s = toy_scenario(m=6, independents=3, question=Question.VERIFY)
+    sub = s.take_queries(np.arange(6))  # the children only
+    rows = scorers.learning_free(("l2",), tap="h")
+    cache = protocols.GridCache()
+    first = jl_eval.run_all(sub, rows, key=jax.random.key(0), num_folds=3, cache=cache, keep_scores=True)
+    assert cache.hits == 0
+    with_cache = jl_eval.run_all(s, rows, key=jax.random.key(0), num_folds=3, cache=cache, keep_scores=True)
+    assert cache.hits == 6  # the children's grids were reused; only the 3 independents were scored
+    fresh = jl_eval.run_all(s, rows, key=jax.random.key(0), num_folds=3, keep_scores=True)
+    for a, b, c in zip(with_cache, fresh, first):
+        np.testing.assert_allclose(a.details["scores"], b.details["scores"], rtol=1e-6)
+        np.testing.assert_array_equal(a.details["scores"][..., :6], c.details["scores"])
+        assert a.metrics.keys() == b.metrics.keys()
