@@ -525,8 +525,9 @@ class _Builder:
         keys = jax.numpy.stack([
             jax.random.fold_in(jax.random.key(d), zlib.crc32((j.source.id if j.source else "").encode()) & 0x7FFFFFFF)
                                 for j, d in zip(jobs, data_seeds)])
-        seq = network.name in spec.sequential_archs
-        src_seq = src_net is not None and src_net.name in spec.sequential_archs
+        seq_archs = spec.resolved_sequential_archs()
+        seq = network.name in seq_archs
+        src_seq = src_net is not None and src_net.name in seq_archs
         t0 = time.time()
         params = op.fn(ops_lib.OpInput(network, src_net, sources, x, y, tuple(j.hparams for j in jobs), init_keys, keys,
                                        data_seeds, seq, src_seq))

@@ -234,6 +234,9 @@ class GraphSpec:
       sequential_archs: architectures whose populations run one model after another in one
         compiled loop instead of vmapped (XLA on CPU runs a vmapped convolution several times
         slower per model); results agree with vmapped training up to float reassociation.
+        ``None`` (default): the convolutional ones (``convnet``, ``resnet18``) on a CPU backend,
+        none on accelerators. Classic :class:`ZooSpec` s compile with ``()`` (always vmapped,
+        as they always were).
 
     Raises:
       ZooError: on construction, for a malformed graph; the message names the group
@@ -248,11 +251,12 @@ class GraphSpec:
     max_population: int = 16
     seed: int = 0
     notes: str = ""
-    sequential_archs: tuple[str, ...] = ()
+    sequential_archs: tuple[str, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
-        object.__setattr__(self, "sequential_archs", tuple(self.sequential_archs))
+        if self.sequential_archs is not None:
+            object.__setattr__(self, "sequential_archs", tuple(self.sequential_archs))
         object.__setattr__(self, "groups", tuple(self.groups))
         self.validate()
 
@@ -414,7 +418,8 @@ class GraphSpec:
     def from_json(cls, d: Mapping[str, Any]) -> GraphSpec:
         d = dict(d)
         d.pop("kind", None)
-        d["sequential_archs"] = tuple(d.get("sequential_archs", ()))
+        if d.get("sequential_archs") is not None:
+            d["sequential_archs"] = tuple(d["sequential_archs"])
         tasks = tuple(Task(**{**t, "classes": tuple(t["classes"])}) for t in d.pop("tasks"))
         groups = []
         for g in d.pop("groups"):
@@ -427,6 +432,14 @@ class GraphSpec:
 
     def to_graph(self) -> GraphSpec:
         return self
+
+    def resolved_sequential_archs(self) -> tuple[str, ...]:
+        """:attr:`sequential_archs`, with ``None`` resolved for the current JAX backend."""
+        if self.sequential_archs is not None:
+            return self.sequential_archs
+        import jax
+
+        return ("convnet", "resnet18") if jax.default_backend() == "cpu" else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,7 +522,7 @@ class ZooSpec:
             groups.append(Group(f"independent{sfx}", "train", task=t.name, arch=self.arch, arch_kwargs=self.arch_kwargs,
                                 grid=self.independents.axes(), prefix="ind-", role="independent", tags=("classic",)))
         return GraphSpec(self.name, (self.parent_task, *self.child_tasks), tuple(groups),
-                         max_population=self.max_population, seed=self.seed)
+                         max_population=self.max_population, seed=self.seed, sequential_archs=())
 
     def to_json(self) -> dict:
         d = json.loads(json.dumps(dataclasses.asdict(self)))
