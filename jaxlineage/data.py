@@ -98,7 +98,7 @@ class Dataset:
     def num_classes(self) -> int:
         return int(self.labels.max()) + 1 if len(self) else 0
 
-    def take(self, idx: np.ndarray) -> "Dataset":
+    def take(self, idx: np.ndarray) -> Dataset:
         """The examples at ``idx`` (same order)."""
         return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx])
 
@@ -305,6 +305,32 @@ def class_subset(ds: Dataset, classes: Sequence[int], *, relabel: bool = True) -
         lut[list(classes)] = np.arange(len(classes), dtype=np.int32)
         out = dataclasses.replace(out, labels=lut[out.labels])
     return out
+
+
+def halves(labels: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint, class-stratified halves of a split (e.g. a defender's and an attacker's data).
+
+    Each class's examples are shuffled with ``seed`` and dealt into the two halves (the first
+    ``ceil(n_c / 2)`` to half 0), so both halves hold every class in (nearly) equal numbers.
+
+    Args:
+      labels: ``[N]`` integer labels.
+      seed: the shuffle's seed; the same labels and seed always give the same halves.
+
+    Returns:
+      ``(idx0, idx1)``: sorted example indices of half 0 and half 1, disjoint, covering ``0..N-1``.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        cut = (len(members) + 1) // 2
+        first.append(members[:cut])
+        second.append(members[cut:])
+    if not first:
+        return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
 def k_shot(ds: Dataset, k: int, *, seed: int = 0) -> Dataset:

@@ -102,7 +102,8 @@ def test_empty_grid_and_bad_spec():
 
 def test_spec_json_round_trip():
     for spec in zoo.SPECS.values():
-        assert zoo.ZooSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+        assert zoo.spec_from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert zoo.ZooSpec.from_json(json.loads(json.dumps(zoo.QUICK.to_json()))) == zoo.QUICK
 
 
 def test_open_without_zoo(tmp_path):
@@ -115,7 +116,7 @@ class _Interrupt(Exception):
 
 
 def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
-    real_save, saves = zoo.save_params, []
+    real_save, saves = zoo.storage.save_params, []
 
     def flaky_save(path, params):
         if len(saves) == 4:
@@ -123,10 +124,12 @@ def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
         real_save(path, params)
         saves.append(path.name)
 
-    monkeypatch.setattr(zoo, "save_params", flaky_save)
+    monkeypatch.setattr(zoo.storage, "save_params", flaky_save)
     with pytest.raises(_Interrupt):
         zoo.build(MICRO, tmp_path, progress=False)
     assert not (tmp_path / zoo.MANIFEST).exists()
+    # Killed in the middle of group "child" (3 parent candidates, then 1 of 4 children were saved).
+    assert ["__c-" in n for n in saves] == [False, False, False, True]
     models = tmp_path / "models"
     assert sorted(p.stem for p in models.glob("*.json")) == sorted(saves)
     assert not list(models.glob(".tmp-*"))
@@ -135,15 +138,15 @@ def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
     (models / f"{orphan}.json").unlink()
     before = {k: v for k, v in _tree_files(models).items() if not k.startswith(orphan)}
 
-    monkeypatch.setattr(zoo, "save_params", real_save)
+    monkeypatch.setattr(zoo.storage, "save_params", real_save)
     trained = []
-    real_train = zoo.train_population
+    real_train = zoo.training.train_population
 
     def counting_train(network, init_params, *a, **k):
         trained.append(nets.population_size(init_params))
         return real_train(network, init_params, *a, **k)
 
-    monkeypatch.setattr(zoo, "train_population", counting_train)
+    monkeypatch.setattr(zoo.training, "train_population", counting_train)
     z = zoo.build(MICRO, tmp_path, progress=False)
     total = len(z.records)
     assert sum(trained) == total - len(saves)
@@ -194,3 +197,33 @@ def test_zoo_graph(tiny_zoo):
     assert g.relation(kids[0].id, kids[1].id) is Relation.SIBLING
     assert g.relation(p0.id, tiny_zoo.children_of(p1.id)[0].id) is Relation.UNRELATED
     assert all(g.relation(i.id, c.id) is Relation.UNRELATED for i in tiny_zoo.independents for c in tiny_zoo.children)
+
+
+def test_classic_zoo_is_a_graph_of_groups(tiny_zoo):
+    z = tiny_zoo
+    assert [g.name for g in z.groups] == ["parent", "child", "independent"]
+    assert z.group("child") == z.children and z.group("parent") == z.parents
+    assert len(z.group("parent", kept=None)) == 3 and z.models(role="parent_candidate", kept=None)[0].kept is False
+    assert all(r.op == "finetune" and r.fidelity is None for r in z.children)  # new task: no fidelity
+    assert all(r.op == "train" and r.init_key for r in z.parents + z.independents)
+    assert z.spec.child_tasks[0].name == "B" and z.graph_spec.child_tasks == z.spec.child_tasks
+
+
+def test_manifest_of_an_earlier_build_opens(tiny_zoo, tmp_path):
+    """Records written before groups existed (only the classic fields) still open, with groups inferred."""
+    man = json.loads((tiny_zoo.workdir / zoo.MANIFEST).read_text())
+    classic = {"id", "role", "parent_id", "generation", "task", "hparams", "test_acc", "kept"}
+    man["models"] = [{k: v for k, v in r.items() if k in classic} for r in man["models"]]
+    (tmp_path / zoo.MANIFEST).write_text(json.dumps(man))
+    old = zoo.Zoo.open(tmp_path)
+    assert [r.group for r in old.records] == [r.group for r in tiny_zoo.records]
+    assert old.graph.edges() == tiny_zoo.graph.edges()
+    p0, p1 = old.parents
+    assert old.graph.relation(p0.id, p1.id) is tiny_zoo.graph.relation(p0.id, p1.id)
+
+
+def test_cli_prints_summary_and_draws(tiny_zoo, capsys):
+    zoo.main(["--spec", "tiny", "--workdir", str(tiny_zoo.workdir)])
+    out = capsys.readouterr().out
+    assert "| child | finetune |" in out and "| parent | train |" in out
+    assert (tiny_zoo.workdir / "lineage.png").stat().st_size > 1000

@@ -1,0 +1,486 @@
+"""Operations: how a zoo derives models, in one registry users can extend.
+
+An operation turns a population of source models (or nothing, for training from
+scratch) into a population of new models. Mathematically each is a pure function
+of ``(source params, data, hyper-parameters, key)``; the zoo calls it on a whole
+population at once (stacked parameters ``[P, ...]``, one hyper-parameter dict and
+one key per model) so that training runs in one vmapped, jitted step.
+
+Built in (``OPERATIONS``):
+
+=========  ================================================================
+``train``     from scratch: init key ``fold_in(key(init_seed), spec seed)``
+``finetune``  all parameters or the head only; keep the head or a fresh one
+``prune``     magnitude pruning to an exact sparsity, optional masked repair
+``distill``   a fresh student trained on a transfer set labelled by the teacher
+``permute``   a random permutation of hidden units (same function)
+``perturb``   Gaussian weight noise or int8 rounding
+=========  ================================================================
+
+Extend it with :func:`register_op`::
+
+    def scale(inp: OpInput) -> PyTree:
+        f = jnp.asarray([hp["factor"] for hp in inp.hparams])
+        return jax.tree.map(lambda w: w * f.reshape((-1,) + (1,) * (w.ndim - 1)), inp.sources)
+
+    zoo.register_op("scale", scale, needs_source=True, defaults={"factor": 1.0, "seed": 0})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlineage import nets
+from jaxlineage.zoo import training
+from jaxlineage.zoo._base import (
+    DistillMode,
+    HeadMode,
+    Optimizer,
+    PerturbKind,
+    PruneScope,
+    PyTree,
+    TrainParams,
+    ZooError,
+)
+
+__all__ = [
+    "OPERATIONS",
+    "OpInput",
+    "Operation",
+    "PermAxis",
+    "get_op",
+    "magnitude_prune",
+    "permutation_spec",
+    "permute_params",
+    "register_op",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpInput:
+    """What an operation receives for one population of ``P`` new models.
+
+    Attributes:
+      network: the new models' network (architecture and number of classes).
+      source_network: the sources' network, ``None`` for roots.
+      sources: stacked source variables ``[P, ...]`` (source ``i`` for model ``i``), ``None`` for roots.
+      x, y: the training split of the group's task, ``[N, ...]`` and ``[N]`` (for
+        ``distill``, the transfer set; its labels are not used).
+      hparams: one dict per model, the grid point merged with the operation's defaults.
+      init_keys: ``[P]`` keys ``fold_in(key(init_seed), spec.seed)`` for fresh parameters
+        (models with equal ``init_seed`` get equal initialisations).
+      keys: ``[P]`` keys for any other randomness, distinct per (source, seed).
+      data_seeds: per-model data-order seeds ``seed * 7919 + spec.seed``.
+      sequential: train / evaluate the new models (``sequential``) and the sources
+        (``source_sequential``) one after another instead of vmapped (conv nets on CPU;
+        :attr:`GraphSpec.sequential_archs`).
+    """
+
+    network: nets.Network
+    source_network: nets.Network | None
+    sources: PyTree | None
+    x: np.ndarray
+    y: np.ndarray
+    hparams: tuple[dict, ...]
+    init_keys: jax.Array
+    keys: jax.Array
+    data_seeds: tuple[int, ...]
+    sequential: bool = False
+    source_sequential: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.hparams)
+
+    def shared(self, name: str) -> Any:
+        """A hyper-parameter that the population shares (the builder groups models so that it does)."""
+        return self.hparams[0][name]
+
+    def per_model(self, name: str) -> list:
+        return [hp[name] for hp in self.hparams]
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    """A registered operation.
+
+    Attributes:
+      name: the registry key a :class:`~jaxlineage.zoo.Group` names.
+      fn: ``fn(OpInput) -> stacked variables [P, ...]`` of the new models.
+      needs_source: whether groups using it derive from a source group (else roots).
+      supports: architectures it can apply to (``None``: all).
+      defaults: every hyper-parameter it reads with its default; a grid may set only these.
+      static: hyper-parameters that must be equal within one population (they change
+        the compiled step or the shapes); the builder splits a group by them.
+      enums: ``{hyper-parameter: Enum class}`` whose values are validated.
+      output: ``"target"`` (the new model has the group task's classes; the default),
+        ``"source"`` (it keeps the source's output layer and must match the task's classes).
+      fresh_arch: whether the group chooses the architecture (``train``, ``distill``); else
+        models keep their source's.
+    """
+
+    name: str
+    fn: Callable[[OpInput], PyTree]
+    needs_source: bool
+    supports: frozenset[str] | None = None
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    static: tuple[str, ...] = ()
+    enums: Mapping[str, type] = dataclasses.field(default_factory=dict)
+    output: str = "target"
+    fresh_arch: bool = False
+
+    def check_arch(self, arch: str, group: str) -> None:
+        if self.supports is not None and arch not in self.supports:
+            raise ZooError(f"group {group!r}: operation {self.name!r} does not support architecture {arch!r} "
+                           f"(unsupported; it supports {sorted(self.supports)})")
+
+
+OPERATIONS: dict[str, Operation] = {}
+
+
+def register_op(
+    name: str,
+    fn: Callable[[OpInput], PyTree],
+    *,
+    needs_source: bool,
+    supports: Iterable[str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    static: Sequence[str] = (),
+    enums: Mapping[str, type] | None = None,
+    output: str = "target",
+    fresh_arch: bool = False,
+    overwrite: bool = False,
+) -> Operation:
+    """Adds an operation to the registry (see :class:`Operation` for the arguments).
+
+    ``defaults`` must contain ``seed`` (every model's data-order and key seed).
+
+    Returns:
+      The registered :class:`Operation`.
+
+    Raises:
+      ZooError: the name is taken (unless ``overwrite``), or ``defaults`` lacks ``seed``.
+    """
+    if name in OPERATIONS and not overwrite:
+        raise ZooError(f"operation {name!r} is already registered; pass overwrite=True to replace it")
+    defaults = dict(defaults or {})
+    defaults.setdefault("seed", 0)
+    if output not in ("target", "source"):
+        raise ZooError(f"operation {name!r}: output must be 'target' or 'source', got {output!r}")
+    op = Operation(name, fn, needs_source, None if supports is None else frozenset(supports), defaults,
+                   tuple(static), dict(enums or {}), output, fresh_arch)
+    OPERATIONS[name] = op
+    return op
+
+
+def get_op(name: str, *, group: str | None = None) -> Operation:
+    """The registered operation ``name``; raises :class:`ZooError` naming the group and the known ones."""
+    if name not in OPERATIONS:
+        where = f"group {group!r}: " if group else ""
+        raise ZooError(f"{where}unknown operation {name!r}; registered: {sorted(OPERATIONS)}")
+    return OPERATIONS[name]
+
+
+# --------------------------------------------------------------------------- training helpers
+
+_TRAIN_DEFAULTS = dict(lr=1e-3, batch_size=128, epochs=1, seed=0, init_seed=None, optimizer=Optimizer.ADAM.value,
+                       momentum=0.9, weight_decay=0.0)
+_TRAIN_STATIC = ("batch_size", "epochs", "optimizer", "momentum", "weight_decay")
+
+
+def _train(inp: OpInput, init, *, labels=None, soft=None, temperature=1.0, alpha=0.0, mask=None, freeze_stats=False,
+           epochs: int | None = None, lr_key: str = "lr"):
+    """Population training of ``init`` with the shared recipe in ``inp.hparams``."""
+    return training.train_population(
+        inp.network, init, inp.x, inp.y if labels is None else labels,
+        lrs=inp.per_model(lr_key), seeds=list(inp.data_seeds),
+        batch_size=int(inp.shared("batch_size")), epochs=int(inp.shared("epochs") if epochs is None else epochs),
+        optimizer=Optimizer(inp.shared("optimizer")), momentum=float(inp.shared("momentum")),
+        weight_decay=float(inp.shared("weight_decay")), soft_targets=soft, temperature=temperature, alpha=alpha,
+        update_mask=mask, freeze_stats=freeze_stats, sequential=inp.sequential,
+    )
+
+
+def _fresh(network: nets.Network, keys: jax.Array) -> PyTree:
+    return nets.stack([network.init(k) for k in keys])
+
+
+def _head_mask(params: PyTree) -> PyTree:
+    """1 on the classifier head's parameters, 0 elsewhere, structured like ``params["params"]``."""
+    return {k: jax.tree.map(lambda w, one=(k == nets.HEAD): jnp.full_like(w, 1.0 if one else 0.0), v)
+            for k, v in params["params"].items()}
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _op_train(inp: OpInput) -> PyTree:
+    return _train(inp, _fresh(inp.network, inp.init_keys))
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+def _op_finetune(inp: OpInput) -> PyTree:
+    src = nets.unstack(inp.sources)
+    if HeadMode(inp.shared("head")) is HeadMode.FRESH:
+        # The fresh head's key depends only on init_seed (as the classic zoos' children), not on the source.
+        fresh = [inp.network.init(k) for k in inp.init_keys]
+        src = [nets.with_head(nets.backbone(s), f) for s, f in zip(src, fresh)]
+    init = nets.stack(src)
+    if TrainParams(inp.shared("params")) is TrainParams.HEAD:
+        mask = jax.vmap(_head_mask)(init)
+        return _train(inp, init, mask=mask, freeze_stats=True)
+    return _train(inp, init)
+
+
+# --------------------------------------------------------------------------- prune
+
+
+def _prunable(path: tuple[str, ...], leaf, include_head: bool) -> bool:
+    # Kernels (matrices and conv filters) only: biases, BatchNorm scales and the optional head stay dense.
+    return path[0] == "params" and path[-1] == "kernel" and leaf.ndim >= 2 and (include_head or nets.HEAD not in path)
+
+
+def magnitude_prune(params: PyTree, sparsity: jax.Array | float, *, scope: PruneScope = PruneScope.GLOBAL,
+                    include_head: bool = False) -> tuple[PyTree, PyTree]:
+    """Zeros the smallest-magnitude kernel weights of one model to an exact sparsity.
+
+    Exactly ``round(sparsity * n)`` weights are zeroed among the ``n`` prunable ones
+    (all kernels together for ``GLOBAL``; per kernel for ``LAYER``), ties broken by
+    position, so the achieved sparsity is exact. Biases, normalisation parameters and
+    (unless ``include_head``) the classifier head are not pruned.
+
+    Args:
+      params: one model's variables (``{"params": ...}``).
+      sparsity: fraction in ``[0, 1]`` (a traced scalar is fine: vmap over models).
+      scope: :class:`PruneScope`.
+      include_head: prune the head's kernel too.
+
+    Returns:
+      ``(pruned params, mask)``: the mask is structured like ``params["params"]``, 1.0 where
+      a weight is kept and 0.0 where it was pruned.
+    """
+    scope = PruneScope(scope)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params["params"])
+    paths = [("params",) + tuple(str(getattr(k, "key", k)) for k in p) for p, _ in flat]
+    leaves = [leaf for _, leaf in flat]
+    prunable = [_prunable(p, w, include_head) for p, w in zip(paths, leaves)]
+
+    def keep_mask(ws: list[jax.Array]) -> list[jax.Array]:
+        mags = jnp.concatenate([jnp.abs(w).ravel() for w in ws])
+        n = mags.shape[0]
+        k = jnp.round(jnp.asarray(sparsity, jnp.float32) * n).astype(jnp.int32)
+        rank = jnp.empty((n,), jnp.int32).at[jnp.argsort(mags, stable=True)].set(jnp.arange(n, dtype=jnp.int32))
+        keep = (rank >= k).astype(jnp.float32)
+        out, s = [], 0
+        for w in ws:
+            out.append(keep[s : s + w.size].reshape(w.shape))
+            s += w.size
+        return out
+
+    masks = [jnp.ones_like(w) for w in leaves]
+    idx = [i for i, p in enumerate(prunable) if p]
+    if idx:
+        if scope is PruneScope.GLOBAL:
+            for i, m in zip(idx, keep_mask([leaves[i] for i in idx])):
+                masks[i] = m
+        else:
+            for i in idx:
+                masks[i] = keep_mask([leaves[i]])[0]
+    mask = jax.tree.unflatten(treedef, masks)
+    pruned = dict(params)
+    pruned["params"] = jax.tree.map(lambda w, m: w * m, params["params"], mask)
+    return pruned, mask
+
+
+@functools.cache
+def _prune_population_fn(scope: PruneScope, include_head: bool):
+    # One compiled function per setting: op-by-op dispatch of the vmapped sort is slow on CPU.
+    return jax.jit(jax.vmap(lambda p, s: magnitude_prune(p, s, scope=scope, include_head=include_head)))
+
+
+def _op_prune(inp: OpInput) -> PyTree:
+    fn = _prune_population_fn(PruneScope(inp.shared("scope")), bool(inp.shared("include_head")))
+    pruned, mask = fn(inp.sources, jnp.asarray(inp.per_model("sparsity"), jnp.float32))
+    if int(inp.shared("epochs")) == 0:
+        return pruned
+    # Repair: fine-tune with the mask fixed (pruned weights get a zero update, so stay exactly 0).
+    return _train(inp, pruned, mask=mask)
+
+
+# --------------------------------------------------------------------------- distill
+
+
+def _op_distill(inp: OpInput) -> PyTree:
+    mode = DistillMode(inp.shared("mode"))
+    teacher = training.population_logits(inp.source_network, inp.sources, inp.x,
+                                         sequential=inp.source_sequential)  # [P, N, C]
+    labels = teacher.argmax(-1).astype(np.int32)
+    student = _fresh(inp.network, inp.keys)  # a student's init depends on its teacher: no shared inits across teachers
+    if mode is DistillMode.LABEL:
+        return _train(inp, student, labels=labels)
+    t = float(inp.shared("temperature"))
+    soft = np.asarray(jax.nn.softmax(jnp.asarray(teacher) / t, axis=-1))
+    return _train(inp, student, labels=labels, soft=soft, temperature=t, alpha=float(inp.shared("alpha")))
+
+
+# --------------------------------------------------------------------------- permute
+
+
+@dataclasses.dataclass(frozen=True)
+class PermAxis:
+    """One axis of one leaf that a hidden-unit permutation acts on.
+
+    Attributes:
+      path: the leaf's path in the variables, e.g. ``("params", "dense1", "kernel")``.
+      axis: the axis indexed by the permuted units.
+      tile: that axis holds ``tile`` consecutive blocks of the units (a conv layer's
+        channels flattened with its spatial positions into a dense layer: index
+        ``position * units + unit``); 1 otherwise.
+    """
+
+    path: tuple[str, ...]
+    axis: int
+    tile: int = 1
+
+
+def permutation_spec(network: nets.Network, params: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]]:
+    """The hidden-unit permutation symmetries of a network (as in git re-basin).
+
+    Args:
+      network: an ``mlp`` or ``convnet`` from :mod:`jaxlineage.nets`.
+      params: one model's variables (for the sizes).
+
+    Returns:
+      ``{name: (units, axes)}``: permuting the ``units`` along every listed axis together
+      leaves the network's function unchanged.
+
+    Raises:
+      ZooError: an architecture without a description (ResNet-18's residual stages would
+        need shared permutations across blocks and BatchNorm statistics: unsupported).
+    """
+    p = params["params"]
+    if network.name == "mlp":
+        n = len(network.module.features)
+        spec = {}
+        for i in range(1, n + 1):
+            nxt = f"dense{i + 1}" if i < n else nets.HEAD
+            spec[f"dense{i}"] = (p[f"dense{i}"]["kernel"].shape[-1], (
+                PermAxis(("params", f"dense{i}", "kernel"), 1), PermAxis(("params", f"dense{i}", "bias"), 0),
+                PermAxis(("params", nxt, "kernel"), 0)))
+        return spec
+    if network.name == "convnet":
+        chans = network.module.channels
+        spec = {}
+        for i in range(1, len(chans) + 1):
+            c = p[f"conv{i}"]["kernel"].shape[-1]
+            axes = [PermAxis(("params", f"conv{i}", "kernel"), 3), PermAxis(("params", f"conv{i}", "bias"), 0)]
+            if i < len(chans):
+                axes.append(PermAxis(("params", f"conv{i + 1}", "kernel"), 2))
+            else:
+                # The last conv's channels reach fc1 flattened as (row, col, channel).
+                axes.append(PermAxis(("params", "fc1", "kernel"), 0, tile=p["fc1"]["kernel"].shape[0] // c))
+            spec[f"conv{i}"] = (c, tuple(axes))
+        spec["fc1"] = (p["fc1"]["kernel"].shape[-1], (
+            PermAxis(("params", "fc1", "kernel"), 1), PermAxis(("params", "fc1", "bias"), 0),
+            PermAxis(("params", nets.HEAD, "kernel"), 0)))
+        return spec
+    raise ZooError(f"permute: architecture {network.name!r} is unsupported (no permutation description; "
+                   "supported: convnet, mlp)")
+
+
+def permute_params(params: PyTree, spec: Mapping[str, tuple[int, Sequence[PermAxis]]], key: jax.Array) -> PyTree:
+    """Applies one random permutation per entry of ``spec`` (see :func:`permutation_spec`).
+
+    Args:
+      params: one model's variables.
+      spec: ``{name: (units, axes)}``.
+      key: the permutations' key (entry ``i`` uses ``fold_in(key, i)``).
+
+    Returns:
+      Variables with the same function and permuted hidden units.
+    """
+    out = jax.tree.map(lambda v: v, params)
+    for i, (units, axes) in enumerate(spec.values()):
+        perm = jax.random.permutation(jax.random.fold_in(key, i), units)
+        for ax in axes:
+            idx = (jnp.arange(ax.tile)[:, None] * units + perm[None, :]).ravel() if ax.tile > 1 else perm
+            node = out
+            for k in ax.path[:-1]:
+                node = node[k]
+            node[ax.path[-1]] = jnp.take(node[ax.path[-1]], idx, axis=ax.axis)
+    return out
+
+
+@functools.cache
+def _permute_population_fn(spec_items: tuple):
+    spec = dict(spec_items)
+    return jax.jit(jax.vmap(lambda p, k: permute_params(p, spec, k)))
+
+
+def _op_permute(inp: OpInput) -> PyTree:
+    spec = permutation_spec(inp.network, nets.unstack(inp.sources)[0])
+    return _permute_population_fn(tuple(spec.items()))(inp.sources, inp.keys)
+
+
+# --------------------------------------------------------------------------- perturb
+
+
+@functools.cache
+def _perturb_population_fn(kind: PerturbKind):
+    def one(variables, s, key):
+        flat, treedef = jax.tree.flatten(variables["params"])
+        if kind is PerturbKind.NOISE:
+            # One draw for all leaves (a draw per leaf compiles one random-bits kernel each).
+            eps = jax.random.normal(key, (sum(w.size for w in flat),), jnp.float32)
+            out, at = [], 0
+            for w in flat:
+                out.append(w + s * jnp.std(w) * eps[at : at + w.size].reshape(w.shape).astype(w.dtype))
+                at += w.size
+            flat = out
+        else:
+            def q(w):
+                step = jnp.max(jnp.abs(w)) / 127.0
+                return jnp.where(step > 0, jnp.round(w / jnp.where(step > 0, step, 1.0)) * step, w)
+
+            flat = [q(w) for w in flat]
+        out = dict(variables)
+        out["params"] = jax.tree.unflatten(treedef, flat)
+        return out
+
+    return jax.jit(jax.vmap(one))
+
+
+def _op_perturb(inp: OpInput) -> PyTree:
+    fn = _perturb_population_fn(PerturbKind(inp.shared("kind")))
+    return fn(inp.sources, jnp.asarray(inp.per_model("scale"), jnp.float32), inp.keys)
+
+
+# --------------------------------------------------------------------------- registry
+
+register_op("train", _op_train, needs_source=False, defaults=_TRAIN_DEFAULTS, static=_TRAIN_STATIC,
+            enums={"optimizer": Optimizer}, fresh_arch=True)
+register_op("finetune", _op_finetune, needs_source=True,
+            defaults=dict(_TRAIN_DEFAULTS, params=TrainParams.ALL.value, head=HeadMode.FRESH.value),
+            static=_TRAIN_STATIC + ("params", "head"),
+            enums={"optimizer": Optimizer, "params": TrainParams, "head": HeadMode})
+register_op("prune", _op_prune, needs_source=True,
+            defaults=dict(_TRAIN_DEFAULTS, sparsity=0.5, scope=PruneScope.GLOBAL.value, include_head=False, epochs=0),
+            static=_TRAIN_STATIC + ("scope", "include_head"),
+            enums={"optimizer": Optimizer, "scope": PruneScope}, output="source")
+register_op("distill", _op_distill, needs_source=True,
+            defaults=dict(_TRAIN_DEFAULTS, mode=DistillMode.SOFT.value, temperature=20.0, alpha=0.9),
+            static=_TRAIN_STATIC + ("mode", "temperature", "alpha"),
+            enums={"optimizer": Optimizer, "mode": DistillMode}, output="source", fresh_arch=True)
+register_op("permute", _op_permute, needs_source=True, supports=("mlp", "convnet"), defaults=dict(seed=0),
+            output="source")
+register_op("perturb", _op_perturb, needs_source=True, defaults=dict(seed=0, kind=PerturbKind.NOISE.value, scale=0.05),
+            static=("kind",), enums={"kind": PerturbKind}, output="source")

@@ -1,0 +1,205 @@
+"""The zoos shipped as code: TINY (tests), QUICK, PAPER_FC, PROVENANCE_QUICK, DNA_QUICK.
+
+Each spec's command and expected build time on a 2-core CPU are stated above it.
+Recipes were fixed before any lineage or provenance method was measured on them
+(BUILD_NOTES.md, section "Lineage-graph zoos").
+"""
+
+from __future__ import annotations
+
+from jaxlineage import data as data_lib
+from jaxlineage.zoo._base import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams
+from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec
+
+__all__ = ["DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "QUICK", "SPECS", "TINY"]
+
+
+def _emb(name, classes, **kw):
+    return Task(name, "embedded", tuple(classes), **kw)
+
+
+#: A tiny zoo for tests: 2 parents, 4 children, 2 independents; seconds to build.
+TINY = ZooSpec(
+    name="tiny",
+    arch="mlp",
+    arch_kwargs=(("features", (64, 32)),),
+    parent_task=Task("A", "embedded", data_lib.TASK_A, n_train=1000),
+    child_tasks=(Task("B", "embedded", data_lib.TASK_B, n_train=1000),),
+    parents=Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(0, 1, 2), epochs=1),
+    top_k=2,
+    children=Grid(lrs=(1e-3, 3e-4), batch_sizes=(64,), seeds=(0,), epochs=1),
+    independents=Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(100, 101), epochs=1),
+)
+
+#: The default zoo on the embedded Fashion-MNIST subset: parents on classes 0-4, children on 5-9.
+#: 8 parents (top 8 of 12), 48 children, 8 independents of the paper's MLP. Groups: ``parent``
+#: (train, top 8), ``child`` (finetune, fresh head, floor 0.90), ``independent`` (train).
+#: ``python -m jaxlineage.zoo --spec quick --workdir /tmp/zoo``: minutes on 2 CPU cores.
+QUICK = ZooSpec(
+    name="quick",
+    arch="mlp",
+    parent_task=_emb("A", data_lib.TASK_A),
+    child_tasks=(_emb("B", data_lib.TASK_B),),
+    # Parents share four initialisations (siblings differ only in data order) and children
+    # fine-tune with large learning rates, which keeps lineage non-trivial: with independent
+    # inits and gentle fine-tuning the plain L2 metric is above 90 % (BUILD_NOTES.md).
+    parents=Grid(lrs=(1e-3,), batch_sizes=(128,), seeds=(0, 1, 2), init_seeds=(0, 1, 2, 3), epochs=3),
+    top_k=8,
+    children=Grid(lrs=(1e-2, 5e-3, 3e-3), batch_sizes=(128,), seeds=(0, 1), epochs=4),
+    child_floor=0.90,
+    independents=Grid(lrs=(1e-3, 5e-4), batch_sizes=(128,), seeds=(100, 101, 102, 103), epochs=3),
+)
+
+#: The Neural Lineage FC recipe (DESIGN.md section 7): MNIST parents, FMNIST / EMNIST-letters children.
+PAPER_FC = ZooSpec(
+    name="paper_fc",
+    arch="mlp",
+    parent_task=Task("mnist", "mnist", tuple(range(10))),
+    child_tasks=(
+        Task("fmnist", "fashion_mnist", tuple(range(10))),
+        Task("emnist_letters", "emnist/letters", tuple(range(1, 27))),
+    ),
+    parents=Grid(lrs=(0.1, 0.01, 0.001), batch_sizes=(64, 256, 1024), seeds=(0, 1, 2, 3), epochs=50),
+    top_k=20,
+    children=Grid(lrs=(1e-2, 1e-3, 1e-4), batch_sizes=(256, 1024), seeds=(0, 1, 2, 3), epochs=36),
+    child_floor=0.80,
+    independents=Grid(lrs=(1e-3,), batch_sizes=(256,), seeds=tuple(range(100, 110)), epochs=36),
+)
+
+
+# --------------------------------------------------------------------------- PROVENANCE_QUICK
+
+#: Architectures of PROVENANCE_QUICK / DNA_QUICK: small widths so that the zoo builds in minutes.
+PQ_ARCHS = {
+    "mlp": (("features", (256, 128)),),
+    "cnn": (("channels", (4, 8)), ("hidden", 32)),
+}
+_NET = {"mlp": "mlp", "cnn": "convnet"}
+
+# Recipes (fixed before any method was measured; BUILD_NOTES.md states them with their sources).
+# Epochs per architecture of the model being trained (the CPU budget: a ConvNet epoch costs ~10x an
+# MLP's on 2 cores), the same for positives and negatives.
+_BS = 64
+_EP = {"mlp": 5, "cnn": 3}
+
+
+def _source(arch):
+    return dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=_EP[arch])
+
+
+# SAC's fine-tuning attack: SGD lr 5e-4, momentum 0.9, weight decay 5e-4 (30 epochs on CIFAR; 5 / 3 here).
+_SAC_SGD = dict(optimizer=Optimizer.SGD, momentum=0.9, weight_decay=5e-4, batch_size=_BS)
+# SAC's pruning repair: SGD lr 1e-3; one epoch after pruning to the target at once.
+_REPAIR = dict(_SAC_SGD, lr=1e-3, epochs=1)
+
+
+def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...]) -> list[Group]:
+    """The SAC / ModelGiF derivations applied to every model of group ``base`` (``arch``: ``mlp`` / ``cnn``),
+    on the attacker's half. Applied to the sources (positives) and, with the same recipes, to the
+    independents (negatives)."""
+    other = "cnn" if arch == "mlp" else "mlp"
+    _FT = dict(_SAC_SGD, lr=5e-4, epochs=_EP[arch])
+    # SAC's extraction: SGD 0.1 (soft) / 0.05 (label-only) with cosine decay on CIFAR ResNets; without
+    # BatchNorm our MLP / ConvNet students need smaller constant rates: 0.01 for both.
+    _EXTRACT = dict(_SAC_SGD, lr=1e-2, epochs=_EP[arch])
+    _EXTRACT_X = dict(_SAC_SGD, lr=1e-2, epochs=_EP[other])
+    # Transfer: the victim fine-tuned (all parameters, fresh head) on another task.
+    _TRANSFER = dict(_SAC_SGD, lr=1e-2, epochs=_EP[arch])
+    g = lambda name, op, **kw: Group(f"{prefix}{name}", op, source=base, prefix=f"{name}-", tags=tags, **kw)  # noqa: E731
+    return [
+        g("ft_all", "finetune", task="A-att", kind="finetune_all",
+          grid=dict(_FT, params=TrainParams.ALL, head=HeadMode.KEEP, seed=(0,))),
+        g("ft_head", "finetune", task="A-att", kind="finetune_head",
+          grid=dict(_FT, params=TrainParams.HEAD, head=HeadMode.KEEP, seed=(0,))),
+        g("prune", "prune", task="A-att", kind="prune",
+          grid=dict(_REPAIR, sparsity=(0.3, 0.6, 0.9), scope=PruneScope.GLOBAL, seed=(0,))),
+        g("extract_p", "distill", task="A-att", kind="extract_p", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
+          grid=dict(_EXTRACT, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
+        g("extract_px", "distill", task="A-att", kind="extract_p_other_arch", arch=_NET[other],
+          arch_kwargs=PQ_ARCHS[other],
+          grid=dict(_EXTRACT_X, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
+        g("extract_l", "distill", task="A-att", kind="extract_l", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
+          grid=dict(_EXTRACT, mode=DistillMode.LABEL, seed=(0,))),
+        g("transfer", "finetune", task="B-att", kind="transfer",
+          grid=dict(_TRANSFER, params=TrainParams.ALL, head=HeadMode.FRESH, seed=(0,))),
+        g("permute", "permute", kind="permute", grid=dict(seed=(0,))),
+        g("noise", "perturb", kind="perturb_noise", grid=dict(kind=PerturbKind.NOISE, scale=0.05, seed=(0,))),
+        g("int8", "perturb", kind="perturb_int8", grid=dict(kind=PerturbKind.INT8, seed=(0,))),
+    ]
+
+
+def _provenance_quick() -> GraphSpec:
+    tasks = (
+        _emb("A-def", data_lib.TASK_A, half=0),  # the defender's half of classes 0-4
+        _emb("A-att", data_lib.TASK_A, half=1),  # the attacker's half of classes 0-4
+        _emb("B-att", data_lib.TASK_B, half=1),  # the transfer task: the attacker's half of classes 5-9
+    )
+    groups = []
+    for arch in ("mlp", "cnn"):
+        # Sources (victims): trained on the defender's half. Independents (negatives' bases): the same
+        # recipe on the attacker's half, other seeds.
+        groups.append(Group(f"src_{arch}", "train", task="A-def", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
+                            grid=dict(_source(arch), seed=(0, 1)), prefix=f"src_{arch}-", kind="source",
+                            tags=("source",)))
+        groups.append(Group(f"ind_{arch}", "train", task="A-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
+                            grid=dict(_source(arch), seed=(10, 11)), prefix=f"ind_{arch}-", kind="independent",
+                            tags=("negative", "independent")))
+        # From scratch on the transfer task (the negatives of ``transfer``).
+        groups.append(Group(f"scratch_B_{arch}", "train", task="B-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
+                            grid=dict(_source(arch), seed=(20, 21)), prefix=f"scratch_{arch}-", kind="scratch_transfer",
+                            tags=("negative",)))
+        groups += _derivations(f"src_{arch}", arch, prefix=f"{arch}.", tags=("positive",))
+        groups += _derivations(f"ind_{arch}", arch, prefix=f"ind_{arch}.", tags=("negative",))
+    return GraphSpec("provenance_quick", tasks, tuple(groups), max_population=16, seed=0,
+                     sequential_archs=("convnet",),
+                     notes="SAC / ModelGiF IP-protection benchmark on the embedded Fashion-MNIST; see BUILD_NOTES.md")
+
+
+#: SAC / ModelGiF's IP-protection benchmark on the embedded Fashion-MNIST (DESIGN.md section 7).
+#: Sources ``src_mlp`` / ``src_cnn`` (2 each) on the defender's half of classes 0-4; every source
+#: derived on the attacker's half into groups ``<arch>.<kind>`` (tag ``positive``): ``ft_all``,
+#: ``ft_head``, ``prune`` (30 / 60 / 90 %), ``extract_p``, ``extract_px`` (other architecture),
+#: ``extract_l``, ``transfer`` (classes 5-9, fresh head), ``permute``, ``noise``, ``int8``.
+#: Negatives (tag ``negative``): ``ind_<arch>`` trained from scratch on the attacker's half with the
+#: sources' recipe, the same derivations of them (``ind_<arch>.<kind>``: e.g. students of an
+#: independent teacher), and ``scratch_B_<arch>`` from scratch on the transfer task.
+#: ``python -m jaxlineage.zoo --spec provenance_quick --workdir /tmp/pq``: a few minutes on 2 CPU cores.
+PROVENANCE_QUICK = _provenance_quick()
+
+
+# --------------------------------------------------------------------------- DNA_QUICK
+
+#: Model DNA's tasks: class pairs disjoint from the sources' classes 0-4. Pool tasks (for training the
+#: provenance classifier) and evaluation tasks are different tasks.
+DNA_POOL_TASKS = ((5, 6), (7, 8), (6, 9))
+DNA_EVAL_TASKS = ((5, 7), (8, 9))
+_DNA = dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=3)  # MGMP: framework defaults for both
+
+
+def _dna_quick() -> GraphSpec:
+    tasks = [_emb("A", data_lib.TASK_A)]
+    groups = [Group("source", "train", task="A", arch="mlp", arch_kwargs=PQ_ARCHS["mlp"],
+                    grid=dict(_DNA, seed=(0, 1, 2, 3)), prefix="src-", kind="source", tags=("source",))]
+    for split, pairs in (("pool", DNA_POOL_TASKS), ("eval", DNA_EVAL_TASKS)):
+        for a, b in pairs:
+            t = f"T{a}{b}"
+            tasks.append(_emb(t, (a, b)))
+            # Homologous: fine-tuned from each source (all parameters, fresh head) with the same recipe
+            # as the non-homologous models, trained from random initialisations on the same task.
+            groups.append(Group(f"{split}.hom.{t}", "finetune", source="source", task=t, prefix="hom-",
+                                grid=dict(_DNA, head=HeadMode.FRESH, seed=(0, 1)), kind="homologous",
+                                tags=(split, "homologous")))
+            groups.append(Group(f"{split}.non.{t}", "train", task=t, arch="mlp", arch_kwargs=PQ_ARCHS["mlp"],
+                                grid=dict(_DNA, seed=tuple(range(100, 108))), prefix="non-", kind="non_homologous",
+                                tags=(split, "non_homologous")))
+    return GraphSpec("dna_quick", tuple(tasks), tuple(groups), max_population=16, seed=0,
+                     notes="Model DNA (MGMP) protocol on the embedded Fashion-MNIST; see BUILD_NOTES.md")
+
+
+#: Model DNA's protocol: 4 MLP ``source`` models on classes 0-4; per task (class pairs of 5-9),
+#: homologous models fine-tuned from every source (2 seeds: groups ``<split>.hom.<task>``) and as many
+#: non-homologous ones from random inits (``<split>.non.<task>``); ``split`` is ``pool`` (tasks
+#: T56, T78, T69) or ``eval`` (T57, T89). Tags ``pool`` / ``eval``, ``homologous`` / ``non_homologous``.
+DNA_QUICK = _dna_quick()
+
+SPECS = {s.name: s for s in (TINY, QUICK, PAPER_FC, PROVENANCE_QUICK, DNA_QUICK)}
