@@ -349,7 +349,7 @@ def test_tiny_zoo_baselines_verify_and_lineage_wrapper(tiny_zoo, tiny_identify):
     assert v.kinds.count(scenarios.NEGATIVE) == len(tiny_zoo.independents)
     assert v.related.sum() == len(tiny_zoo.children)
     (r,) = jl_eval.run_all(v, [scorers.WeightL2()], key=jax.random.key(0), num_folds=2)
-    assert r.metrics["auc"]["mean"] == 1.0 and "child" in r.by_kind
+    assert r.metrics["auc"]["mean"] == 1.0 and "finetune_transfer" in r.by_kind
     (r2,) = jl_eval.run_zoo(tiny_zoo, [scorers.WeightL2()], question="verify", num_folds=2, probe_size=64)
     assert r2.metrics == r.metrics
     # lineage.evaluate is a thin wrapper over the layer.

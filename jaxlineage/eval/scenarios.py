@@ -56,10 +56,8 @@ SplitBy = str | Callable[[Any], Any] | None
 
 
 def _select(zoo: Any, name: str) -> list:
-    """The kept records of group ``name`` (``zoo.group`` when the zoo has groups, else today's roles)."""
-    if hasattr(zoo, "group"):
-        return list(zoo.group(name))
-    return [r for r in zoo.records if r.kept and r.role == name]
+    """The kept records of group ``name``."""
+    return list(zoo.group(name))
 
 
 def _select_all(zoo: Any, names: str | Sequence[str]) -> list:
@@ -81,12 +79,8 @@ def _zoo_name(zoo: Any) -> str:
 
 
 def _kind(record: Any) -> str:
-    """A record's derivation kind: its group (lineage-graph zoos), else its operation, else its role."""
-    for field in ("group", "op", "role"):
-        v = getattr(record, field, None)
-        if v:
-            return str(v)
-    return "model"
+    """A record's derivation kind (e.g. ``"finetune_all"``, ``"extract_l"``), pooled across architectures."""
+    return str(record.kind)
 
 
 def _split_key(record: Any, split_by: SplitBy) -> str:
