@@ -34,6 +34,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxlineage.errors import JaxlineageError
+
 log = logging.getLogger("jaxlineage.data")
 
 #: TFDS names the library knows, with their image shape and number of classes.
@@ -46,6 +48,29 @@ DATASETS: dict[str, tuple[tuple[int, int, int], int]] = {
     "svhn_cropped": ((32, 32, 3), 10),
     "embedded": ((28, 28, 1), 10),
 }
+__all__ = [
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "DEBIAN_DIRS",
+    "DataError",
+    "Dataset",
+    "EMBEDDED_FILE",
+    "SOURCES",
+    "SPLITS",
+    "TASK_A",
+    "TASK_B",
+    "class_subset",
+    "halves",
+    "imbalanced",
+    "k_shot",
+    "load",
+    "load_embedded",
+    "load_local",
+    "load_tfds",
+    "normalize",
+    "task",
+]
+
 SPLITS = ("train", "test")
 SOURCES = ("auto", "local", "tfds", "embedded")
 DATA_DIR_ENV = "JAXLINEAGE_DATA_DIR"
@@ -61,7 +86,7 @@ _IDX_FILES = {
 }
 
 
-class DataError(ValueError):
+class DataError(JaxlineageError):
     """A dataset could not be found or read; the message says what and where."""
 
 

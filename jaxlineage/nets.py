@@ -27,6 +27,32 @@ import numpy as np
 
 from jaxlineage.errors import JaxlineageError, path_str
 
+__all__ = [
+    "ARCHITECTURES",
+    "BasicBlock",
+    "ConvNet",
+    "HEAD",
+    "LinenApply",
+    "MLP",
+    "NNXApply",
+    "Network",
+    "ResNet18",
+    "TreeMismatchError",
+    "backbone",
+    "check_trees_match",
+    "convnet",
+    "from_apply",
+    "from_linen",
+    "from_nnx",
+    "make",
+    "mlp",
+    "population_size",
+    "resnet18",
+    "stack",
+    "unstack",
+    "with_head",
+]
+
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
