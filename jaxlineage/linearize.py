@@ -99,8 +99,21 @@ def as_mode(mode: Mode | str) -> Mode:
     raise ValueError(f"Unknown mode {mode!r}; expected one of {[m.value for m in Mode]}.")
 
 
-def as_alpha(alpha: Any) -> np.ndarray:
-    """Validates ``alpha``: a finite real scalar or 1-D array (a sweep)."""
+def as_alpha(alpha: Any, *, modes: Any = ()) -> np.ndarray:
+    """Validates ``alpha``: a finite real scalar or 1-D array (a sweep).
+
+    ``None`` is allowed when every mode in ``modes`` is ``PLAIN`` (which ignores
+    the step size) and stands for the scalar 0.
+
+    Raises:
+      ValueError: ``None`` with a mode that needs a step, or a malformed ``alpha``.
+    """
+    if alpha is None:
+        needing = [m.value for m in (modes if isinstance(modes, (tuple, list)) else (modes,))
+                   if as_mode(m) is not Mode.PLAIN]
+        if needing:
+            raise ValueError(f"alpha is required by mode {needing[0]!r} (only 'plain' ignores it).")
+        return np.zeros((), np.float64)
     if isinstance(alpha, jax.core.Tracer):
         if alpha.ndim > 1:
             raise ValueError(f"alpha must be a scalar or a 1-D array; got shape {alpha.shape}.")
@@ -262,7 +275,7 @@ def similarity(
     child_params: Any,
     x: Array,
     *,
-    alpha: Any,
+    alpha: Any = None,
     mode: Mode | str = DEFAULT_MODE,
 ) -> Array:
     r"""Similarity of a child to a candidate parent (higher = more similar).
@@ -286,7 +299,8 @@ def similarity(
       child_params: ``theta_c``; must match ``theta_p`` (path, shape, dtype) on
         the leaves ``feature_fn`` reads.
       x: the probe batch ``[N, ...]``.
-      alpha: step size, a scalar or a 1-D sweep ``[A]`` (ignored by ``PLAIN``).
+      alpha: step size, a scalar or a 1-D sweep ``[A]``; required by
+        ``FIRST_ORDER`` and ``LINEARIZED``, optional (ignored) for ``PLAIN``.
       mode: a :class:`Mode` (default ``Mode.LINEARIZED``) or its name.
 
     Returns:
@@ -309,7 +323,7 @@ def similarity(
       Yu & Wang (2024), Neural Lineage, Sec. 3, Eq. (5), Proposition 1.
     """
     metric, mode = _check_metric_mode(metric, mode)
-    alpha = as_alpha(alpha)
+    alpha = as_alpha(alpha, modes=(mode,))
     pruned, p, c, x = _prepare(feature_fn, parent_params, child_params, x)
     vals, ok_p, ok_c = _similarity_core(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned)
     _check_features_finite(parent=ok_p, child=ok_c)
@@ -406,7 +420,7 @@ def stepwise_similarity(
     child_params: Any,
     x: Array,
     *,
-    alpha: Any,
+    alpha: Any = None,
     mode: Mode | str = DEFAULT_MODE,
     row_chunk: int | None = None,
 ) -> Array:
@@ -421,7 +435,7 @@ def stepwise_similarity(
       Yu & Wang (2024), Neural Lineage, Proposition 1 and Fig. 2.
     """
     metric, mode = _check_metric_mode(metric, mode)
-    alpha = as_alpha(alpha)
+    alpha = as_alpha(alpha, modes=(mode,))
     pruned, p, c, x = _prepare(feature_fn, parent_params, child_params, x)
     if row_chunk is not None and (not isinstance(row_chunk, int) or row_chunk < 1):
         raise ValueError(f"row_chunk must be a positive int or None; got {row_chunk!r}.")

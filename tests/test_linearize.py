@@ -342,3 +342,12 @@ def test_bad_arguments_raise():
         L.similarity("l2", mlp_features, parent, child, x[:0], alpha=0.1)
     with pytest.raises(ValueError, match=r"N = 7"):
         L.similarity("l2", lambda p, x: mlp_features(p, x)[:3], parent, child, x, alpha=0.1)
+
+
+def test_alpha_is_optional_only_for_plain():
+    parent, child, x = _population(seed=8)
+    plain = L.similarity("l2", mlp_features, parent, child, x, mode="plain")
+    np.testing.assert_allclose(plain, L.similarity("l2", mlp_features, parent, child, x, alpha=0.3, mode="plain"))
+    for mode in ("first_order", "linearized"):
+        with pytest.raises(ValueError, match=f"alpha is required by mode '{mode}'"):
+            L.similarity("l2", mlp_features, parent, child, x, mode=mode)
