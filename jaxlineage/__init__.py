@@ -4,15 +4,25 @@ Neural Lineage (learning-free metrics linearised with ``jax.jvp``, and the learn
 Lineage Detector), Model DNA (MGMP) and ModelGiF on one substrate: pure
 ``apply_fn(params, x)`` functions over pytrees.
 
-    >>> from jaxlineage import zoo, lineage
-    >>> z = zoo.build(zoo.QUICK, "/tmp/zoo")
-    >>> print(lineage.format_table(lineage.evaluate(z)))
+Any pure apply function and two parameter trees give a lineage score:
 
-The evaluation layer (:mod:`jaxlineage.eval`) asks any method and the trivial
-baselines the same question on the same folds::
+    >>> import jax
+    >>> from jaxlineage import linearize
+    >>> def f(params, x):
+    ...     return jax.nn.relu(x @ params["w"])
+    >>> parent = {"w": jax.random.normal(jax.random.key(0), (8, 16))}
+    >>> child = {"w": parent["w"] + 0.01}
+    >>> x = jax.random.normal(jax.random.key(1), (32, 8))
+    >>> s = linearize.similarity("l2", f, parent, child, x, alpha=0.1, mode="first_order")
+    >>> s.shape
+    ()
 
-    >>> from jaxlineage import eval as jl_eval
-    >>> print(jl_eval.table(jl_eval.run_zoo(z)))   # learning-free table + baselines
+A zoo of models with known lineage and the evaluation layer (:mod:`jaxlineage.eval`),
+which asks every method and the trivial baselines the same question on the same
+folds (minutes on a CPU)::
+
+    from jaxlineage import zoo, eval as jl_eval
+    print(jl_eval.table(jl_eval.run_zoo(zoo.build(zoo.QUICK, "/tmp/zoo"))))
 """
 
 from jaxlineage import data, detector, eval, lineage, linearize, mgmp, modelgif, nets, similarity, zoo  # noqa: A004
