@@ -459,12 +459,13 @@ def table(results: Sequence[Result]) -> str:
     lines = [head, "|---|---|" + "---:|" * 8]
     for r in results:
         m = r.metrics
-        pct = lambda k: f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}"  # noqa: E731
+        pct = lambda k, m=m: f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}"  # noqa: E731
         per = r.details.get("per_repetition")
         right = f"{sum(p['num_right'] for p in per)} / {sum(p['num_targets'] for p in per)}" if per else \
             f"{100 * m['model_accuracy']['mean']:+.1f} ± {100 * m['model_accuracy']['std']:.1f} %"
         test = r.details.get("paired", {}).get("fragment_accuracy")
-        p = "" if test is None else f"{test['sign_p']:.3g} / " + ("n/a" if test["t_p"] is None else f"{test['t_p']:.3g}")
+        p = "" if test is None else f"{test['sign_p']:.3g} / " + (
+            "n/a" if test["t_p"] is None else f"{test['t_p']:.3g}")
         tap = r.settings.get("fragment_tap")
         lines.append(f"| {r.scenario} @{tap} | {r.scorer} | {pct('fragment_accuracy')} | {pct('a_o')} | {pct('a_n')}"
                      f" | {right} | {pct('homologous_accepted')} | {pct('non_homologous_rejected')}"
