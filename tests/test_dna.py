@@ -7,6 +7,7 @@ it follows the spec. The scorer runs on toy pure-jnp MLPs (no Flax, a few steps)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import types
 
@@ -162,9 +163,9 @@ LOGITS = functools.partial(_mlp, tap=None)
 FEATURES = {"relu1": functools.partial(_mlp, tap="relu1")}
 
 
-def _init(seed, n):
+def _init(seed, n, classes=4):
     rng = np.random.default_rng(seed)
-    shapes = {"dense1": (8, 16), "head": (16, 4)}
+    shapes = {"dense1": (8, 16), "head": (16, classes)}
     return {"params": {name: {"kernel": jnp.asarray(rng.normal(size=(n, *s)) / np.sqrt(s[0]), jnp.float32),
                               "bias": jnp.zeros((n, s[1]), jnp.float32)} for name, s in shapes.items()}}
 
@@ -192,10 +193,13 @@ def _toy():
     return train, ev, rng.normal(size=(32, 8)).astype(np.float32)
 
 
+#: One tiny configuration for every scorer test (a static argument of the jitted step: one compilation).
+_CFG = mgmp.Config(num_steps=10, batch_size=16, generator_features=(16,), dna_dim=8, classifier_width=16)
+
+
 def test_scorer_fit_and_score_are_deterministic_under_a_key():
     train, ev, probe = _toy()
-    cfg = mgmp.Config(num_steps=30, batch_size=16, generator_features=(16,), dna_dim=8, classifier_width=16)
-    runs = [methods.ModelDNAScorer(config=cfg, tap="relu1").fit(train, key=jax.random.key(k)).score(
+    runs = [methods.ModelDNAScorer(config=_CFG).fit(train, key=jax.random.key(k)).score(
         train.candidates, ev, probe=probe) for k in (0, 0)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert runs[0].shape == (1, 6)
@@ -210,3 +214,20 @@ def test_logits_padding_keeps_values_and_widens():
     np.testing.assert_allclose(y[:, :4], LOGITS(jax.tree.map(lambda a: a[0], pop.params), probe))
     np.testing.assert_array_equal(y[:, 4:], 0)
     assert dna._pad_fn(LOGITS, 7) is dna._pad_fn(LOGITS, 7)  # one function object: jit caches stay warm
+
+
+def test_scorer_on_a_generic_verify_scenario_with_mixed_heads():
+    """Queries with another head (another logits width) stay out of the pool and score NaN when asked to."""
+    train, ev, probe = _toy()
+    other = _population("other", _init(5, 2, classes=3))
+    queries = ModelSet(train.queries.populations + (other,))
+    related = np.concatenate([train.related, [[False, False]]], axis=1)
+    mixed = dataclasses.replace(train, queries=queries, related=related,
+                                labels=np.concatenate([train.labels, [NO_PARENT] * 2]),
+                                kinds=train.kinds + ("n", "n"), split_keys=queries.ids)
+    scorer = methods.ModelDNAScorer(config=_CFG).fit(mixed, key=jax.random.key(0))
+    assert scorer.left_out == {"src0": ("other0", "other1")}
+    s = scorer.score(train.candidates, ModelSet(ev.populations + (other,)), probe=probe, unreadable="nan")
+    assert s.shape == (1, 8) and np.all(np.isfinite(s[0, :6])) and np.all(np.isnan(s[0, 6:]))
+    with pytest.raises(ScorerError, match="other0"):
+        scorer.score(train.candidates, ModelSet((other,)), probe=probe)
