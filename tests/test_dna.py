@@ -231,3 +231,8 @@ def test_scorer_on_a_generic_verify_scenario_with_mixed_heads():
     assert s.shape == (1, 8) and np.all(np.isfinite(s[0, :6])) and np.all(np.isnan(s[0, 6:]))
     with pytest.raises(ScorerError, match="other0"):
         scorer.score(train.candidates, ModelSet((other,)), probe=probe)
+
+
+def test_public_names_resolve():
+    for name in dna.__all__:
+        assert hasattr(dna, name), f"jaxlineage.eval.dna.{name}"
