@@ -236,3 +236,12 @@ def test_scorer_on_a_generic_verify_scenario_with_mixed_heads():
 def test_public_names_resolve():
     for name in dna.__all__:
         assert hasattr(dna, name), f"jaxlineage.eval.dna.{name}"
+
+
+def test_quick_settings_are_run_arguments():
+    import inspect
+
+    params = inspect.signature(dna.run).parameters
+    settings = dna.quick_settings()
+    assert set(settings) <= set(params) and all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in settings)
+    assert settings["split"] is dna.Split.STRICT and settings["repetitions"] >= 5

@@ -41,6 +41,7 @@ Example::
     >>> z = zoo.build(zoo.DNA_QUICK, "/tmp/dna")                       # 84 models, ~30 s on 2 cores
     >>> results = dna.run(z, key=jax.random.key(0), repetitions=8)     # with / without generator + paired
     >>> print(dna.table(results))
+    >>> quick = dna.run(z, key=jax.random.key(0), **dna.quick_settings())  # the bench's section: ~1 min
 
 References:
     Mu, Wang, Zhang, Zhang, Wang, Xiang, Yu. "Model Provenance via Model DNA".
@@ -73,6 +74,7 @@ __all__ = [
     "figures",
     "paired",
     "plan",
+    "quick_settings",
     "run",
     "table",
 ]
@@ -446,6 +448,18 @@ def run(
                               " exact two-sided sign test and paired t-test"),
                 details={"paired": tests}))
     return results
+
+
+def quick_settings() -> dict[str, Any]:
+    """The bench's cheap settings of :func:`run`: ``run(zoo, key=key, **quick_settings())``.
+
+    5 repetitions, ``relu1`` fragments, the strict split, 300 training steps, ``D_s`` = 1024
+    inputs, a probe of 500. Measured: 53 s on the shared 2-core CPU (load average ~7), plus
+    the DNA_QUICK build (~30-45 s) if the zoo is absent; 99.8 ± 0.4 % fragment accuracy with
+    the generator, 99.5 ± 0.5 % without, 50 / 50 targets right (BUILD_NOTES.md, MGMP section).
+    """
+    return dict(repetitions=5, taps=("relu1",), split=Split.STRICT, config=mgmp_lib.Config(num_steps=300),
+                num_inputs=1024, num_probe=500)
 
 
 def table(results: Sequence[Result]) -> str:
