@@ -44,6 +44,8 @@ Reading zoos and scenarios is the evaluation layer's job:
 :class:`jaxlineage.eval.methods.ModelDNAScorer` fits one generator + classifier
 per source on a training scenario and scores targets; ``mgmp.run_protocol(z)``
 (the Table 1 protocol on a zoo) is a thin wrapper over it, kept for the bench.
+:func:`jaxlineage.eval.dna.run` is the paper's own protocol (Sec. 5.2) on a zoo like
+``zoo.DNA_QUICK``: evaluation targets on tasks and seeds the pool never saw.
 
 References:
     Mu, Wang, Zhang, Zhang, Wang, Xiang, Yu. "Model Provenance via Model DNA".

@@ -381,11 +381,21 @@ class ModelDNAScorer(Scorer):
     paper's model-level decision.
 
     :meth:`fit` trains one generator + classifier per candidate on the training
-    scenario: the pool is the training queries, homologous where
-    ``train.related[k, m]``, non-homologous elsewhere; the DNA inputs are
-    ``train.probe`` (the source's training data). A candidate without a
-    homologous or without a non-homologous training query is not fitted (scoring
-    it raises). :meth:`score` builds the fragments on the probe it is given.
+    scenario, and reads nothing else: the pool is the training queries,
+    homologous where ``train.related[k, m]``, non-homologous elsewhere; the DNA
+    inputs ``D_s`` are ``train.probe``. The paper draws ``D_s`` from the
+    *source's* training data: :func:`jaxlineage.eval.dna.run` builds its training
+    scenario with the source task's train inputs as probe; a generic
+    :func:`jaxlineage.eval.scenarios.verify` scenario carries a probe of the
+    queries' task, which then serves as ``D_s``. Only training queries whose
+    fragments have the candidate's width enter its pool (e.g. at the logits, a
+    transfer target with another head is left out; the ids left out are in
+    ``left_out``). A candidate without a homologous or without a non-homologous
+    training query is not fitted (scoring it raises). :meth:`score` builds every
+    fragment on the probe it is given (the state's ``x`` and the source's
+    outputs are replaced by the probe's); :meth:`readable` is ``False`` for
+    queries whose fragment width differs from the candidate's, so
+    ``score(..., unreadable="nan")`` leaves those pairs NaN.
 
     Attributes:
       config: :class:`jaxlineage.mgmp.Config` (``Generator.NONE`` = the paper's
@@ -394,6 +404,7 @@ class ModelDNAScorer(Scorer):
         tap shared by sources and targets (e.g. ``"relu1"``) when heads differ.
       states: ``{candidate id: trained mgmp.State}`` (after :meth:`fit`).
       histories: ``{candidate id: per-step training metrics}``.
+      left_out: ``{candidate id: training query ids of another fragment width}``.
 
     References:
       Mu et al., "Model Provenance via Model DNA", ECAI 2024, Eq. 3-9 and Table 1.
@@ -403,6 +414,7 @@ class ModelDNAScorer(Scorer):
     tap: str | None = None
     states: Mapping[str, mgmp_lib.State] = dataclasses.field(default_factory=dict)
     histories: Mapping[str, Mapping[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    left_out: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     learned: ClassVar[bool] = True
 
@@ -416,7 +428,16 @@ class ModelDNAScorer(Scorer):
         return dict(config=self.config.to_json(), fragment_tap=self.tap or "logits")
 
     def readable(self, candidates: Population, queries: Population) -> bool:
-        return self.tap is None or (self.tap in candidates.feature_fns and self.tap in queries.feature_fns)
+        if self.tap is not None and not (self.tap in candidates.feature_fns and self.tap in queries.feature_fns):
+            return False
+        state = next((self.states[i] for i in candidates.ids if i in self.states), None)
+        if state is None:  # not fitted: score_block raises with the reason
+            return True
+        x = jax.ShapeDtypeStruct((1, *state.x.shape[1:]), state.x.dtype)
+        try:
+            return _fragment_width(candidates, self.tap, x) == _fragment_width(queries, self.tap, x)
+        except Exception:  # score_block names the model that cannot be applied
+            return True
 
     def _model_outputs(self, models: ModelSet, x: np.ndarray, what: str) -> jax.Array:
         """``[M, N, C]`` fragment outputs of every model (names the model whose outputs do not fit)."""
@@ -440,16 +461,28 @@ class ModelDNAScorer(Scorer):
     def fit(self, train: Scenario, *, key: jax.Array) -> "ModelDNAScorer":
         """Trains one generator + classifier per candidate of ``train``; candidate ``k`` uses ``fold_in(key, k)``."""
         x = jnp.asarray(_probe(train.probe, self.name))
-        pool = self._model_outputs(train.queries, np.asarray(x), "training query")
-        states, histories = {}, {}
+        # Pool outputs per query population: queries of another fragment width (e.g. another head at the
+        # logits) cannot be compared with a candidate of this width and stay out of its pool.
+        pools, widths = [], np.zeros(len(train.queries), int)
+        for off, qpop in zip(train.queries.offsets(), train.queries.populations):
+            o = self._model_outputs(ModelSet((qpop,)), np.asarray(x), "training query")
+            pools.append(o)
+            widths[off:off + len(qpop)] = o.shape[-1]
+        states, histories, left_out = {}, {}, {}
         cand_ids = train.candidates.ids
         k = 0
         for pop in train.candidates.populations:
             check_finite(self.name, ModelSet((pop,)))
             fn = _fn(pop, self.tap)
+            width = _fragment_width(pop, self.tap, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+            fits = widths == width
+            pool = jnp.concatenate([o for o in pools if o.shape[-1] == width]) if fits.any() else None
+            index = np.cumsum(fits) - 1  # position of query m among the queries of this width
             for j in range(len(pop)):
-                hom = np.flatnonzero(train.related[k])
-                non = np.flatnonzero(~train.related[k])
+                if not fits.all():
+                    left_out[cand_ids[k]] = tuple(q for q, f in zip(train.queries.ids, fits) if not f)
+                hom = index[np.flatnonzero(train.related[k] & fits)]
+                non = index[np.flatnonzero(~train.related[k] & fits)]
                 if hom.size and non.size:
                     source = (_flat(fn), jax.tree.map(lambda a: a[j], pop.params))
                     outputs = mgmp_lib.PoolOutputs(pool[hom], pool[non])
@@ -462,8 +495,8 @@ class ModelDNAScorer(Scorer):
                 k += 1
         if not states:
             raise ScorerError(f"{self.name}: no candidate of {train.name!r} has both a homologous and a non-homologous"
-                              " training query")
-        return dataclasses.replace(self, states=states, histories=histories)
+                              " training query (of its fragment width)")
+        return dataclasses.replace(self, states=states, histories=histories, left_out=left_out)
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
         if not self.states:
@@ -484,6 +517,12 @@ class ModelDNAScorer(Scorer):
             state = state.replace(x=jnp.asarray(x), source_outputs=sources[k])
             out[k] = np.asarray(mgmp_lib.predict_outputs(state, targets).fraction)
         return out
+
+
+def _fragment_width(pop: Population, tap: str | None, x: jax.ShapeDtypeStruct) -> int:
+    """The width of ``pop``'s flattened fragment outputs on inputs like ``x`` (shapes only, nothing runs)."""
+    out = jax.eval_shape(_fn(pop, tap), _first(pop), x)
+    return int(np.prod(out.shape[1:]))
 
 
 @functools.lru_cache(maxsize=None)
