@@ -34,7 +34,7 @@ Any scenario and scorers::
                               key=jax.random.key(0))
 """
 
-from jaxlineage.eval import core, methods, metrics, protocols, scenarios, scorers, tree
+from jaxlineage.eval import core, dna, methods, metrics, protocols, scenarios, scorers, tree
 from jaxlineage.eval.core import (
                                   NO_PARENT,
                                   ModelSet,
@@ -80,6 +80,7 @@ __all__ = [
     "check_models",
     "core",
     "default_tap",
+    "dna",
     "folds",
     "identify",
     "learning_free",
