@@ -57,8 +57,13 @@ def main(argv=None):
     t0 = time.time()
     # One scoring pass: the fold table and the all-children counts below use the same score grids.
     scenario = jl_eval.identify(z, probe_size=args.probe_size)
-    results = jl_eval.run_all(scenario, jl_eval.learning_free(NORM_METRICS, alphas=alphas), key=jax.random.key(0),
-                              num_folds=args.folds, keep_scores=True)
+    results = jl_eval.run_all(
+        scenario,
+        jl_eval.learning_free(NORM_METRICS, alphas=alphas),
+        key=jax.random.key(0),
+        num_folds=args.folds,
+        keep_scores=True,
+    )
     eval_s = time.time() - t0
     labels = scenario.labels
     by_metric, correct = {}, {}
@@ -66,7 +71,11 @@ def main(argv=None):
         metric, _, mode = r.scorer.rpartition(" ")
         acc = r.metrics["accuracy"]
         by_metric.setdefault(metric, {})[mode] = {
-            "mean": acc["mean"], "std": acc["std"], "folds": acc["values"], "alphas": r.details.get("alphas", [])}
+            "mean": acc["mean"],
+            "std": acc["std"],
+            "folds": acc["values"],
+            "alphas": r.details.get("alphas", []),
+        }
         correct[(metric, mode)] = np.asarray(r.details["scores"]).argmax(axis=1) == labels[None]  # [A, M]
     for metric, table in by_metric.items():
         plain = correct[(metric, "plain")][0]
@@ -76,16 +85,35 @@ def main(argv=None):
                 continue
             c = correct[(metric, mode)]
             per_alpha[mode] = [
-                {"alpha": float(a), "correct": int(c[i].sum()), "only_mode": int((c[i] & ~plain).sum()),
-                 "only_plain": int((plain & ~c[i]).sum())} for i, a in enumerate(alphas)]
-        write(args.out, {
-            "benchmark": "lineage_power", "zoo": z.spec.name, "zoo_dir": args.workdir,
-            "children": int(labels.size), "parents": len(z.parents), "child_seeds": args.child_seeds,
-            "child_lrs": list(z.spec.children.lrs),
-            "folds": args.folds, "probe_size": args.probe_size, "tap": jl_eval.default_tap(z.network),
-            "metric": metric, "table": table, "plain_correct": int(plain.sum()), "per_alpha": per_alpha,
-            "build_s": build_s, "evaluate_s": eval_s,
-        })
+                {
+                    "alpha": float(a),
+                    "correct": int(c[i].sum()),
+                    "only_mode": int((c[i] & ~plain).sum()),
+                    "only_plain": int((plain & ~c[i]).sum()),
+                }
+                for i, a in enumerate(alphas)
+            ]
+        write(
+            args.out,
+            {
+                "benchmark": "lineage_power",
+                "zoo": z.spec.name,
+                "zoo_dir": args.workdir,
+                "children": int(labels.size),
+                "parents": len(z.parents),
+                "child_seeds": args.child_seeds,
+                "child_lrs": list(z.spec.children.lrs),
+                "folds": args.folds,
+                "probe_size": args.probe_size,
+                "tap": jl_eval.default_tap(z.network),
+                "metric": metric,
+                "table": table,
+                "plain_correct": int(plain.sum()),
+                "per_alpha": per_alpha,
+                "build_s": build_s,
+                "evaluate_s": eval_s,
+            },
+        )
 
 
 if __name__ == "__main__":

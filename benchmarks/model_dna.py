@@ -60,12 +60,29 @@ def main(argv=None):
     for split in args.splits.split(","):
         for tap in args.taps.split(","):
             t0 = time.perf_counter()
-            rs = dna.run(z, key=jax.random.key(args.seed), repetitions=args.repetitions, config=config, taps=(tap,),
-                         split=split, num_inputs=args.num_inputs, num_probe=args.num_probe)
+            rs = dna.run(
+                z,
+                key=jax.random.key(args.seed),
+                repetitions=args.repetitions,
+                config=config,
+                taps=(tap,),
+                split=split,
+                num_inputs=args.num_inputs,
+                num_probe=args.num_probe,
+            )
             wall = time.perf_counter() - t0
             for r in rs:
-                write(args.out, {"benchmark": "model_dna", "zoo": args.zoo, "zoo_build_s": build_s, "seed": args.seed,
-                                 "wall_s": wall, "result": r.to_json()})
+                write(
+                    args.out,
+                    {
+                        "benchmark": "model_dna",
+                        "zoo": args.zoo,
+                        "zoo_build_s": build_s,
+                        "seed": args.seed,
+                        "wall_s": wall,
+                        "result": r.to_json(),
+                    },
+                )
             results += rs
     print(dna.table(results))
 

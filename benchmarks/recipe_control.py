@@ -54,28 +54,65 @@ def main(argv=None):
 
     for spec, workdir in ((zoo.QUICK, args.quick_zoo), (CONTROL, args.control_zoo)):
         z = zoo.build(spec, workdir)
-        common = {"benchmark": "recipe_control", "zoo": spec.name, "zoo_dir": workdir,
-                  "independents": dataclasses.asdict(spec.independents),
-                  "accuracy": {role: sorted(round(r.test_acc, 4) for r in getattr(z, role))
-                               for role in ("parents", "children", "independents")}}
+        common = {
+            "benchmark": "recipe_control",
+            "zoo": spec.name,
+            "zoo_dir": workdir,
+            "independents": dataclasses.asdict(spec.independents),
+            "accuracy": {
+                role: sorted(round(r.test_acc, 4) for r in getattr(z, role))
+                for role in ("parents", "children", "independents")
+            },
+        }
         for tap in (None, "relu3"):
             t0 = time.perf_counter()
             res = modelgif.evaluate(z, n_refs=n_refs, steps=args.steps, seed=args.seed, tap=tap)
-            points = [{"n_refs": p.n_refs, "auc": p.auc, "tpr_at_5": p.tpr_at_5, "mean_pos": p.mean_pos,
-                       "mean_neg": p.mean_neg} for p in res["children_vs_independents"]]
+            points = [
+                {
+                    "n_refs": p.n_refs,
+                    "auc": p.auc,
+                    "tpr_at_5": p.tpr_at_5,
+                    "mean_pos": p.mean_pos,
+                    "mean_neg": p.mean_neg,
+                }
+                for p in res["children_vs_independents"]
+            ]
             others = [{"n_refs": p.n_refs, "auc": p.auc} for p in res["other_children"]]
-            write(args.out, {**common, "method": "modelgif", "field": tap or "logits", "steps": args.steps,
-                             "children_vs_independents": points, "other_children": others,
-                             "wall_s": time.perf_counter() - t0})
-            print(f"{spec.name} modelgif {tap or 'logits'}: " + ", ".join(f"{p['n_refs']}: {p['auc']:.3f}" for p in points))
+            write(
+                args.out,
+                {
+                    **common,
+                    "method": "modelgif",
+                    "field": tap or "logits",
+                    "steps": args.steps,
+                    "children_vs_independents": points,
+                    "other_children": others,
+                    "wall_s": time.perf_counter() - t0,
+                },
+            )
+            print(
+                f"{spec.name} modelgif {tap or 'logits'}: "
+                + ", ".join(f"{p['n_refs']}: {p['auc']:.3f}" for p in points)
+            )
         t0 = time.perf_counter()
         res = mgmp.run_protocol(z, repetitions=args.repetitions, seed=args.seed)
-        summary = {k: {kk: res[k][kk] for kk in ("accuracy_mean", "accuracy_std", "models_correct", "models_total")}
-                   for k in ("with_generator", "without_generator")}
+        summary = {
+            k: {kk: res[k][kk] for kk in ("accuracy_mean", "accuracy_std", "models_correct", "models_total")}
+            for k in ("with_generator", "without_generator")
+        }
         a_o = {k: [r[k]["A_o"] for r in res["runs"]] for k in ("with_generator", "without_generator")}
         a_n = {k: [r[k]["A_n"] for r in res["runs"]] for k in ("with_generator", "without_generator")}
-        write(args.out, {**common, "method": "mgmp", "summary": summary, "A_o": a_o, "A_n": a_n,
-                         "wall_s": time.perf_counter() - t0})
+        write(
+            args.out,
+            {
+                **common,
+                "method": "mgmp",
+                "summary": summary,
+                "A_o": a_o,
+                "A_n": a_n,
+                "wall_s": time.perf_counter() - t0,
+            },
+        )
         print(f"{spec.name} mgmp: " + ", ".join(f"{k} {v['accuracy_mean']:.3f}" for k, v in summary.items()))
 
 

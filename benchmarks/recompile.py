@@ -56,13 +56,31 @@ def main(argv=None):
     rows = []
     for name, make in adapters.items():
         kept = make()
-        reused = timeit(lambda: call(kept), repeats=args.repeats)
-        fresh = timeit(lambda: call(make()), repeats=args.repeats)
-        rows.append({"adapter": name, "reused_s": reused["median_s"], "fresh_s": fresh["median_s"],
-                     "fresh_over_reused": fresh["median_s"] / reused["median_s"]})
-    write(args.out, {"benchmark": "recompile", "settings": {"repeats": args.repeats, "net": "mlp 784-64-5",
-                                                         "tap": "relu1", "n": 128, "metric": "l2",
-                                                         "mode": "first_order"}, "rows": rows})
+        reused = timeit(lambda kept=kept: call(kept), repeats=args.repeats)
+        fresh = timeit(lambda make=make: call(make()), repeats=args.repeats)
+        rows.append(
+            {
+                "adapter": name,
+                "reused_s": reused["median_s"],
+                "fresh_s": fresh["median_s"],
+                "fresh_over_reused": fresh["median_s"] / reused["median_s"],
+            }
+        )
+    write(
+        args.out,
+        {
+            "benchmark": "recompile",
+            "settings": {
+                "repeats": args.repeats,
+                "net": "mlp 784-64-5",
+                "tap": "relu1",
+                "n": 128,
+                "metric": "l2",
+                "mode": "first_order",
+            },
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ Direction rules: ``none`` (the score matrix's own asymmetry), ``kurtosis``
 ``l2``'s). Two more rows that are not results: ``kurtosis-inc`` (MoTHer's reverse
 order, added after the fine-tuning order failed on this forest) and ``oracle`` (the
 direction from the true generation: the ceiling the edges allow). Roots: the number
-of roots given (8), and unknown (the largest-gap threshold). One JSON line per run with the whole table, the direction rules'
+of roots given (8), and unknown (the largest-gap threshold). One JSON line per run with the whole table, the
+direction rules'
 accuracy on the true edges taken alone, and where the best combination's wrong
 parents sit in the true graph.
 """
@@ -60,8 +61,11 @@ from jaxlineage.linearize import Mode
 
 #: QUICK plus one grandchild per kept child (same task, head kept).
 TREE_SPEC = dataclasses.replace(
-    zoo.QUICK, name="tree_quick", generations=2,
-    grandchildren=zoo.Grid(lrs=(1e-3,), batch_sizes=(128,), seeds=(0,), epochs=2))
+    zoo.QUICK,
+    name="tree_quick",
+    generations=2,
+    grandchildren=zoo.Grid(lrs=(1e-3,), batch_sizes=(128,), seeds=(0,), epochs=2),
+)
 
 #: A diagnostic variant, not the benchmark: each root's 6 children split over two tasks (3 each:
 #: classes 5-9 and the odd classes, lr 1e-2 / 5e-3 / 3e-3, one seed), so that siblings on different
@@ -69,9 +73,12 @@ TREE_SPEC = dataclasses.replace(
 #: accuracy floor: a first try with the even classes and QUICK's 0.90 floor kept no child of that
 #: task (70-80 % test accuracy).
 TWO_TASKS_SPEC = dataclasses.replace(
-    TREE_SPEC, name="tree_two_tasks",
+    TREE_SPEC,
+    name="tree_two_tasks",
     child_tasks=(zoo.Task("B", "embedded", tuple(range(5, 10))), zoo.Task("O", "embedded", (1, 3, 5, 7, 9))),
-    children=dataclasses.replace(zoo.QUICK.children, seeds=(0,)), child_floor=0.0)
+    children=dataclasses.replace(zoo.QUICK.children, seeds=(0,)),
+    child_floor=0.0,
+)
 SPECS = {"tree_quick": TREE_SPEC, "tree_two_tasks": TWO_TASKS_SPEC}
 
 METRICS = ("l2", "l1", "cka")
@@ -139,13 +146,19 @@ def main(argv=None):
         weight_s = time.time() - t0
         t0 = time.time()
         # One pass for both step sizes: the jvp (and CKA's Gram products) serve every alpha.
-        raw = lineage.score_matrices(metrics, z.feature_fn(args.tap), params, params, probe,
-                                     alpha=np.array([args.alpha, 1.0]), modes=MODES)
+        raw = lineage.score_matrices(
+            metrics, z.feature_fn(args.tap), params, params, probe, alpha=np.array([args.alpha, 1.0]), modes=MODES
+        )
         raw = {k: np.asarray(v) for k, v in raw.items()}
         score_s = time.time() - t0
         if cache is not None:
-            np.savez(cache, ids=np.array(ids), kurtosis=kurt, **{"weight-l2": scores["weight-l2"]},
-                     **{f"raw/{m}/{mode.value}": v for (m, mode), v in raw.items()})
+            np.savez(
+                cache,
+                ids=np.array(ids),
+                kurtosis=kurt,
+                **{"weight-l2": scores["weight-l2"]},
+                **{f"raw/{m}/{mode.value}": v for (m, mode), v in raw.items()},
+            )
     lf, lf_lin1 = {}, {}
     for (metric, mode), s in raw.items():
         s = np.array(similarity.report(metric, s), np.float64)
@@ -186,24 +199,33 @@ def main(argv=None):
     # a post-hoc choice on the evaluated forest, not a held-out one. "oracle" takes the direction
     # from the true generation: what the edges alone allow.
     depth = np.array([gen[m] for m in ids], float)
-    rules = [("none", tree.Direction.NONE, kurt, "decreasing"),
-             ("kurtosis", tree.Direction.KURTOSIS, kurt, "decreasing"),
-             ("taylor", tree.Direction.TAYLOR, kurt, "decreasing"),
-             ("kurtosis-inc", tree.Direction.KURTOSIS, kurt, "increasing"),
-             ("oracle", tree.Direction.KURTOSIS, -depth, "decreasing")]
+    rules = [
+        ("none", tree.Direction.NONE, kurt, "decreasing"),
+        ("kurtosis", tree.Direction.KURTOSIS, kurt, "decreasing"),
+        ("taylor", tree.Direction.TAYLOR, kurt, "decreasing"),
+        ("kurtosis-inc", tree.Direction.KURTOSIS, kurt, "increasing"),
+        ("oracle", tree.Direction.KURTOSIS, -depth, "decreasing"),
+    ]
     rows, graphs = [], {}
     t0 = time.time()
     for name, s in scores.items():
         for label, rule, k_stat, order in rules:
             for roots in ("known", "gap"):
                 t1 = time.time()
-                g = tree.recover(s, ids=ids, direction=rule, kurtosis=k_stat, kurtosis_order=order,
-                                 direction_scores=taylor_source(name),
-                                 num_roots=len(truth.roots()) if roots == "known" else None,
-                                 solver=tree.Solver.DENSE)
+                g = tree.recover(
+                    s,
+                    ids=ids,
+                    direction=rule,
+                    kurtosis=k_stat,
+                    kurtosis_order=order,
+                    direction_scores=taylor_source(name),
+                    num_roots=len(truth.roots()) if roots == "known" else None,
+                    solver=tree.Solver.DENSE,
+                )
                 acc = tree.tree_accuracy(truth, g)
-                rows.append({"scorer": name, "direction": label, "roots": roots, **acc.as_dict(),
-                             "seconds": time.time() - t1})
+                rows.append(
+                    {"scorer": name, "direction": label, "roots": roots, **acc.as_dict(), "seconds": time.time() - t1}
+                )
                 graphs[(name, label, roots)] = g
     recover_s = time.time() - t0
 
@@ -215,17 +237,17 @@ def main(argv=None):
     for r in truth.roots():
         kids = [idx_ for idx_, m in enumerate(ids) if truth.parents(m) == (r,)]
         d = flat[kids].astype(np.float64) - flat[ids.index(r)].astype(np.float64)
-        shared.append(float(np.sum(d.mean(0) ** 2) / np.mean(np.sum(d ** 2, axis=1))))
+        shared.append(float(np.sum(d.mean(0) ** 2) / np.mean(np.sum(d**2, axis=1))))
     del flat
     shared_drift = {"mean": float(np.mean(shared)), "min": float(np.min(shared)), "max": float(np.max(shared))}
     # The L1 / L2 first-order asymmetry at relu1 compares the units active in one model only
     # (tests/test_tree.py gives the closed form); does it merely follow first-layer activity? Mean
     # of the tap's features per generation, and the kurtosis statistic per generation.
     feats = jax.lax.map(lambda th: z.feature_fn(args.tap)(th, probe).mean(), params)
-    activity = {f"gen{g_}": float(np.mean([float(feats[i]) for i, m in enumerate(ids) if gen[m] == g_]))
-                for g_ in (0, 1, 2)}
-    kurt_by_gen = {f"gen{g_}": float(np.mean([kurt[i] for i, m in enumerate(ids) if gen[m] == g_]))
-                   for g_ in (0, 1, 2)}
+    activity = {
+        f"gen{g_}": float(np.mean([float(feats[i]) for i, m in enumerate(ids) if gen[m] == g_])) for g_ in (0, 1, 2)
+    }
+    kurt_by_gen = {f"gen{g_}": float(np.mean([kurt[i] for i, m in enumerate(ids) if gen[m] == g_])) for g_ in (0, 1, 2)}
 
     # Why edges fail: is a model's true parent its best-scoring neighbour, or is a sibling better?
     idx = {m: i for i, m in enumerate(ids)}
@@ -245,8 +267,10 @@ def main(argv=None):
                 others = [j for j in range(len(ids)) if j != i and j not in desc]
                 parent_wins.append(sym[par, i] > max((sym[j, i] for j in sibs), default=-np.inf))
                 best_is_parent.append(max(others, key=lambda j: sym[j, i]) == par)
-            per_gen[f"gen{g_}"] = {"parent_beats_every_sibling": float(np.mean(parent_wins)),
-                                   "parent_beats_every_non_descendant": float(np.mean(best_is_parent))}
+            per_gen[f"gen{g_}"] = {
+                "parent_beats_every_sibling": float(np.mean(parent_wins)),
+                "parent_beats_every_non_descendant": float(np.mean(best_is_parent)),
+            }
         edge_diag[name] = per_gen
 
     known = [r for r in rows if r["roots"] == "known" and r["direction"] in ("none", "kurtosis", "taylor")]
@@ -256,66 +280,110 @@ def main(argv=None):
     # A sibling chosen as parent: is it the gentler fine-tune (smaller lr, "on the way" from the parent)?
     lr = {m: z.get(m).hparams["lr"] for m in ids}
     sib_lr = collections.Counter(
-        "smaller lr" if lr[best_g.parents(m)[0]] < lr[m] else "equal lr" if lr[best_g.parents(m)[0]] == lr[m]
+        "smaller lr"
+        if lr[best_g.parents(m)[0]] < lr[m]
+        else "equal lr"
+        if lr[best_g.parents(m)[0]] == lr[m]
         else "larger lr"
-        for m in ids if best_g.parents(m) and best_g.parents(m) != truth.parents(m)
-        and truth.relation(best_g.parents(m)[0], m).value == "sibling")
+        for m in ids
+        if best_g.parents(m)
+        and best_g.parents(m) != truth.parents(m)
+        and truth.relation(best_g.parents(m)[0], m).value == "sibling"
+    )
     best_undirected = max(known, key=lambda r: r["undirected"])
     why_undirected = wrong_parent_relations(
-        truth, graphs[(best_undirected["scorer"], best_undirected["direction"], "known")])
+        truth, graphs[(best_undirected["scorer"], best_undirected["direction"], "known")]
+    )
     if args.plot:
         pathlib.Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        tree.tree_plot(truth, best_g, args.plot,
-                       title=f"{best['scorer']} + {best['direction']} (8 roots given): directed {best['directed']:.1%},"
-                             f" undirected {best['undirected']:.1%}, roots {best['root']:.1%}")
-    result = tree.tree_result(truth, best_g, scenario="tree_quick", scorer=f"{best['scorer']}+{best['direction']}",
-                              settings={"num_roots": "known", "alpha": args.alpha, "tap": args.tap})
+        tree.tree_plot(
+            truth,
+            best_g,
+            args.plot,
+            title=f"{best['scorer']} + {best['direction']} (8 roots given): directed {best['directed']:.1%},"
+            f" undirected {best['undirected']:.1%}, roots {best['root']:.1%}",
+        )
+    result = tree.tree_result(
+        truth,
+        best_g,
+        scenario="tree_quick",
+        scorer=f"{best['scorer']}+{best['direction']}",
+        settings={"num_roots": "known", "alpha": args.alpha, "tap": args.tap},
+    )
 
-    print(f"\n{len(ids)} models, {len(truth.edges())} true edges, {len(truth.roots())} roots; "
-          f"probe {args.probe_size}, alpha {args.alpha:g}, tap {args.tap}")
-    print(f"{'scorer':24s} {'direction':9s} {'roots':5s} {'undirected':>10s} {'directed':>9s} {'root':>6s}"
-          f" {'reversed':>8s}")
+    print(
+        f"\n{len(ids)} models, {len(truth.edges())} true edges, {len(truth.roots())} roots; "
+        f"probe {args.probe_size}, alpha {args.alpha:g}, tap {args.tap}"
+    )
+    print(
+        f"{'scorer':24s} {'direction':9s} {'roots':5s} {'undirected':>10s} {'directed':>9s} {'root':>6s}"
+        f" {'reversed':>8s}"
+    )
     for r in rows:
-        print(f"{r['scorer']:24s} {r['direction']:9s} {r['roots']:5s} {r['undirected']:10.1%} {r['directed']:9.1%}"
-              f" {r['root']:6.1%} {r['reversed']:8.1%}")
-    print("\ndirection rules alone, fraction of true edges pointing the right way (all / root->child / child->grandchild):")
+        print(
+            f"{r['scorer']:24s} {r['direction']:9s} {r['roots']:5s} {r['undirected']:10.1%} {r['directed']:9.1%}"
+            f" {r['root']:6.1%} {r['reversed']:8.1%}"
+        )
+    print(
+        "\ndirection rules alone, fraction of true edges pointing the right way"
+        " (all / root->child / child->grandchild):"
+    )
     for k, v in direction_only.items():
         print(f"  {k:40s} {v['all']:.1%} / {v['gen1']:.1%} / {v['gen2']:.1%}")
-    print("\nedges alone: fraction of children / grandchildren whose true parent beats every sibling"
-          " | every model but their descendants (symmetrised scores):")
+    print(
+        "\nedges alone: fraction of children / grandchildren whose true parent beats every sibling"
+        " | every model but their descendants (symmetrised scores):"
+    )
     for k, v in edge_diag.items():
-        print(f"  {k:24s} {v['gen1']['parent_beats_every_sibling']:.1%} / {v['gen2']['parent_beats_every_sibling']:.1%}"
-              f" | {v['gen1']['parent_beats_every_non_descendant']:.1%}"
-              f" / {v['gen2']['parent_beats_every_non_descendant']:.1%}")
+        print(
+            f"  {k:24s} {v['gen1']['parent_beats_every_sibling']:.1%} / {v['gen2']['parent_beats_every_sibling']:.1%}"
+            f" | {v['gen1']['parent_beats_every_non_descendant']:.1%}"
+            f" / {v['gen2']['parent_beats_every_non_descendant']:.1%}"
+        )
     print(f"\nshared part of the children's weight change per root (|mean D|^2 / mean |D|^2): {shared_drift}")
     print(f"mean {args.tap} activation by generation: {activity}; mean kurtosis statistic: {kurt_by_gen}")
     print(f"\nbest: {best['scorer']} + {best['direction']}: wrong parents by true relation {why}")
     print(f"siblings chosen as parent, their fine-tuning lr vs the model's: {dict(sib_lr)}")
     print(f"best undirected: {best_undirected['scorer']} + {best_undirected['direction']}: {why_undirected}")
 
-    write(args.out, {
-        "benchmark": "tree_recovery",
-        "settings": {"spec": spec.name, "workdir": args.workdir, "probe_size": args.probe_size,
-                     "alpha": args.alpha, "tap": args.tap, "models": len(ids), "true_edges": len(truth.edges()),
-                     "true_roots": len(truth.roots()), "strength": tree.DEFAULT_STRENGTH,
-                     "kurtosis_order": tree.KurtosisOrder.DECREASING.value},
-        "zoo_summary": z.summary(),
-        "rows": rows,
-        "direction_only": direction_only,
-        "edges_alone": edge_diag,
-        "children_shared_drift": shared_drift,
-        "activation_by_generation": activity,
-        "kurtosis_by_generation": kurt_by_gen,
-        "best": best,
-        "best_wrong_parent_relations": why,
-        "best_sibling_parents_lr": dict(sib_lr),
-        "best_undirected": {k: best_undirected[k] for k in ("scorer", "direction", "undirected", "directed")},
-        "best_undirected_wrong_parent_relations": why_undirected,
-        "result": result.to_json() | {"details": {k: v for k, v in result.details.items() if "graph" not in k}},
-        "timings_s": {"zoo_build": build_s, "weight_scores_and_kurtosis": weight_s,
-                      "learning_free_scores": score_s, "recover_all_rows": recover_s,
-                      "total": time.time() - t_start},
-    })
+    write(
+        args.out,
+        {
+            "benchmark": "tree_recovery",
+            "settings": {
+                "spec": spec.name,
+                "workdir": args.workdir,
+                "probe_size": args.probe_size,
+                "alpha": args.alpha,
+                "tap": args.tap,
+                "models": len(ids),
+                "true_edges": len(truth.edges()),
+                "true_roots": len(truth.roots()),
+                "strength": tree.DEFAULT_STRENGTH,
+                "kurtosis_order": tree.KurtosisOrder.DECREASING.value,
+            },
+            "zoo_summary": z.summary(),
+            "rows": rows,
+            "direction_only": direction_only,
+            "edges_alone": edge_diag,
+            "children_shared_drift": shared_drift,
+            "activation_by_generation": activity,
+            "kurtosis_by_generation": kurt_by_gen,
+            "best": best,
+            "best_wrong_parent_relations": why,
+            "best_sibling_parents_lr": dict(sib_lr),
+            "best_undirected": {k: best_undirected[k] for k in ("scorer", "direction", "undirected", "directed")},
+            "best_undirected_wrong_parent_relations": why_undirected,
+            "result": result.to_json() | {"details": {k: v for k, v in result.details.items() if "graph" not in k}},
+            "timings_s": {
+                "zoo_build": build_s,
+                "weight_scores_and_kurtosis": weight_s,
+                "learning_free_scores": score_s,
+                "recover_all_rows": recover_s,
+                "total": time.time() - t_start,
+            },
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +36,11 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--n-train", type=int, default=5000)
-    ap.add_argument("--features", default="1024,256,128;256,64;32",
-                    help="MLP hidden widths; several configurations separated by ';' are measured in turn")
+    ap.add_argument(
+        "--features",
+        default="1024,256,128;256,64;32",
+        help="MLP hidden widths; several configurations separated by ';' are measured in turn",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/zoo_training.jsonl")
     args = ap.parse_args(argv)
@@ -62,8 +65,10 @@ def measure(network, x, y, args):
         return zoo.train_population(network, nets.stack(inits), x, y, lrs=lrs, seeds=seeds, **kw)
 
     def sequential_scan():
-        return [zoo.train_population(network, nets.stack([inits[i]]), x, y, lrs=[lrs[i]], seeds=[seeds[i]], **kw)
-                for i in range(p)]
+        return [
+            zoo.train_population(network, nets.stack([inits[i]]), x, y, lrs=[lrs[i]], seeds=[seeds[i]], **kw)
+            for i in range(p)
+        ]
 
     adam = optax.scale_by_adam()
 
@@ -95,10 +100,18 @@ def measure(network, x, y, args):
         return out
 
     results = {}
-    for name, fn in (("population", population), ("sequential_scan", sequential_scan), ("sequential_loop", sequential_loop)):
+    for name, fn in (
+        ("population", population),
+        ("sequential_scan", sequential_scan),
+        ("sequential_loop", sequential_loop),
+    ):
         t = timeit(fn, repeats=args.repeats, warmup=1)
         results[name] = {**t, "models_per_min": 60.0 * p / t["median_s"]}
-        print(f"mlp{list(network.module.features)} {name}: {t['median_s']:.2f} s for {p} models ({results[name]['models_per_min']:.1f} models/min)", flush=True)
+        print(
+            f"mlp{list(network.module.features)} {name}: {t['median_s']:.2f} s for {p} models"
+            f" ({results[name]['models_per_min']:.1f} models/min)",
+            flush=True,
+        )
     ratios = {
         "population_vs_sequential_scan": results["sequential_scan"]["median_s"] / results["population"]["median_s"],
         "population_vs_sequential_loop": results["sequential_loop"]["median_s"] / results["population"]["median_s"],

@@ -268,7 +268,9 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims)) if dims else 0
     if len(raw) - header != expected:
-        raise DataError(f"{path}: truncated or oversized: {len(raw) - header} data bytes, header says {dims} = {expected}")
+        raise DataError(
+            f"{path}: truncated or oversized: {len(raw) - header} data bytes, header says {dims} = {expected}"
+        )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -304,7 +306,9 @@ def load_tfds(name: str, split: str, *, data_dir=None, download: bool = False) -
         recs = src.__getitems__(list(range(n)))
     except (TypeError, AttributeError):  # mocked sources lack the batched read
         recs = [src[i] for i in range(n)]
-    images = np.stack([np.asarray(r["image"], np.uint8) for r in recs]) if n else np.zeros((0, *DATASETS[name][0]), np.uint8)
+    images = (
+        np.stack([np.asarray(r["image"], np.uint8) for r in recs]) if n else np.zeros((0, *DATASETS[name][0]), np.uint8)
+    )
     labels = np.asarray([r["label"] for r in recs], np.int32)
     return Dataset(images, labels, name, split, "tfds")
 

@@ -99,7 +99,7 @@ class LineageGraph:
         parents: Mapping[str, str | Iterable[str] | None],
         *,
         init_keys: Mapping[str, Any] | None = None,
-    ) -> "LineageGraph":
+    ) -> LineageGraph:
         """A graph from ``{id: parent id | (parent ids) | None}``.
 
         Args:
@@ -290,5 +290,5 @@ class LineageGraph:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "LineageGraph":
+    def from_json(cls, d: Mapping[str, Any]) -> LineageGraph:
         return cls.from_parents(d["parents"], init_keys=d.get("init_keys") or {})

@@ -72,7 +72,7 @@ Array = jax.Array
 FeatureFn = Callable[[Any, Array], Array]
 
 
-class Mode(str, enum.Enum):
+class Mode(str, enum.Enum):  # noqa: UP042 (str() and format() keep the enum repr)
     """How a parent is compared with a child (see the module docstring).
 
     A ``str`` enum (``Mode.PLAIN == "plain"``), so that ``(metric, mode)`` keys
@@ -109,8 +109,9 @@ def as_alpha(alpha: Any, *, modes: Any = ()) -> np.ndarray:
       ValueError: ``None`` with a mode that needs a step, or a malformed ``alpha``.
     """
     if alpha is None:
-        needing = [m.value for m in (modes if isinstance(modes, (tuple, list)) else (modes,))
-                   if as_mode(m) is not Mode.PLAIN]
+        needing = [
+            m.value for m in (modes if isinstance(modes, (tuple, list)) else (modes,)) if as_mode(m) is not Mode.PLAIN
+        ]
         if needing:
             raise ValueError(f"alpha is required by mode {needing[0]!r} (only 'plain' ignores it).")
         return np.zeros((), np.float64)
@@ -121,8 +122,7 @@ def as_alpha(alpha: Any, *, modes: Any = ()) -> np.ndarray:
     a = np.asarray(jax.device_get(alpha))
     if a.ndim > 1 or a.size == 0 or not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
         raise ValueError(
-            f"alpha must be a real scalar or a non-empty 1-D array; got {alpha!r}"
-            f" (shape {a.shape}, dtype {a.dtype})."
+            f"alpha must be a real scalar or a non-empty 1-D array; got {alpha!r} (shape {a.shape}, dtype {a.dtype})."
         )
     if not np.all(np.isfinite(a)):
         raise ValueError(f"alpha must be finite; got {alpha!r}.")
@@ -165,9 +165,7 @@ def _feature_jvp_core(p, c, x, *, pruned):
     return f_p, jd, jnp.all(jnp.isfinite(f_p)) & jnp.all(jnp.isfinite(jd))
 
 
-def feature_jvp(
-    feature_fn: FeatureFn, parent_params: Any, child_params: Any, x: Array
-) -> tuple[Array, Array]:
+def feature_jvp(feature_fn: FeatureFn, parent_params: Any, child_params: Any, x: Array) -> tuple[Array, Array]:
     r"""Parent features and their directional derivative toward the child.
 
     .. math:: (F_p, J_p \Delta) = \texttt{jax.jvp}(\theta \mapsto f(\theta, X),
@@ -193,9 +191,7 @@ def feature_jvp(
     return f_p, jd
 
 
-def taylor_features(
-    feature_fn: FeatureFn, parent_params: Any, child_params: Any, x: Array, *, alpha: Any
-) -> Array:
+def taylor_features(feature_fn: FeatureFn, parent_params: Any, child_params: Any, x: Array, *, alpha: Any) -> Array:
     r"""The parent's features moved by a first-order Taylor step toward the child.
 
     .. math:: \tilde F_c(\alpha) = F_p + \alpha\, J_p (\theta_c - \theta_p)
@@ -439,6 +435,4 @@ def stepwise_similarity(
     pruned, p, c, x = _prepare(feature_fn, parent_params, child_params, x)
     if row_chunk is not None and (not isinstance(row_chunk, int) or row_chunk < 1):
         raise ValueError(f"row_chunk must be a positive int or None; got {row_chunk!r}.")
-    return _stepwise_core(
-        p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, row_chunk=row_chunk
-    )
+    return _stepwise_core(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, row_chunk=row_chunk)

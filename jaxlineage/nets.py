@@ -184,7 +184,7 @@ class Network:
     def has_batch_stats(self) -> bool:
         return self.name == "resnet18"
 
-    def with_num_classes(self, num_classes: int) -> "Network":
+    def with_num_classes(self, num_classes: int) -> Network:
         return dataclasses.replace(self, module=self.module.clone(num_classes=num_classes))
 
     def init(self, key: jax.Array) -> PyTree:
@@ -217,7 +217,7 @@ class Network:
         return _feature_fn(self.module, tap)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _feature_fn(module: nn.Module, tap: str) -> ApplyFn:
     """One function object per (module, tap): jitted scorers key their caches on it, so
     asking a network for the same tap twice must not force a recompilation."""
@@ -241,7 +241,9 @@ def mlp(num_classes: int = 10, *, features: Sequence[int] = (1024, 256, 128), in
     return Network("mlp", MLP(num_classes, features), tuple(input_shape), taps)
 
 
-def convnet(num_classes: int = 10, *, channels: Sequence[int] = (32, 64), hidden: int = 128, input_shape=(28, 28, 1)) -> Network:
+def convnet(
+    num_classes: int = 10, *, channels: Sequence[int] = (32, 64), hidden: int = 128, input_shape=(28, 28, 1)
+) -> Network:
     channels = tuple(channels)
     taps = tuple(f"conv{i}" for i in range(1, len(channels) + 1)) + ("fc1", "logits")
     return Network("convnet", ConvNet(num_classes, channels, hidden), tuple(input_shape), taps)
@@ -272,7 +274,10 @@ def backbone(params: PyTree) -> PyTree:
     """
     if not isinstance(params, dict):
         raise TypeError(f"backbone expects a flax variables dict, got {type(params).__name__}")
-    return {col: {k: v for k, v in tree.items() if k != HEAD} if isinstance(tree, dict) else tree for col, tree in params.items()}
+    return {
+        col: {k: v for k, v in tree.items() if k != HEAD} if isinstance(tree, dict) else tree
+        for col, tree in params.items()
+    }
 
 
 def with_head(backbone_params: PyTree, head_params: PyTree) -> PyTree:
@@ -294,9 +299,13 @@ def check_trees_match(a: PyTree, b: PyTree, *, names: tuple[str, str] = ("parent
     lb = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(b)[0]}
     for path in sorted(set(la) | set(lb)):
         if path not in lb:
-            raise TreeMismatchError(f"{path} is in the {names[0]} tree (shape {np.shape(la[path])}) but not in the {names[1]} tree")
+            raise TreeMismatchError(
+                f"{path} is in the {names[0]} tree (shape {np.shape(la[path])}) but not in the {names[1]} tree"
+            )
         if path not in la:
-            raise TreeMismatchError(f"{path} is in the {names[1]} tree (shape {np.shape(lb[path])}) but not in the {names[0]} tree")
+            raise TreeMismatchError(
+                f"{path} is in the {names[1]} tree (shape {np.shape(lb[path])}) but not in the {names[0]} tree"
+            )
         sa, sb = np.shape(la[path]), np.shape(lb[path])
         if sa != sb:
             raise TreeMismatchError(f"{path} has shape {sa} in the {names[0]} tree but {sb} in the {names[1]} tree")
@@ -378,7 +387,9 @@ def from_linen(module: nn.Module, variables: PyTree, **apply_kwargs) -> tuple[Ap
         try:
             hash(v)
         except TypeError:
-            raise TypeError(f"from_linen: keyword {k}={v!r} is not hashable; pass a tuple instead of a list or dict") from None
+            raise TypeError(
+                f"from_linen: keyword {k}={v!r} is not hashable; pass a tuple instead of a list or dict"
+            ) from None
     return LinenApply(module, kwargs), variables
 
 

@@ -159,10 +159,7 @@ def _check_pair(name: str, a: Any, b: Any, *, same_width: bool) -> tuple[Array, 
             f" N; got shapes {a.shape} and {b.shape}."
         )
     if same_width and a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"{name}: the two feature matrices must have the same shape; got"
-            f" {a.shape} and {b.shape}."
-        )
+        raise ValueError(f"{name}: the two feature matrices must have the same shape; got {a.shape} and {b.shape}.")
     if a.size == 0 or b.size == 0:
         raise ValueError(f"{name}: empty feature matrix; got shapes {a.shape} and {b.shape}.")
     dtype = jnp.result_type(a, b)
@@ -380,8 +377,7 @@ def cka(a: Array, b: Array, *, estimator: CKAEstimator = CKAEstimator.BIASED) ->
     n = a.shape[0]
     if estimator is CKAEstimator.UNBIASED and n < 4:
         raise ValueError(
-            f"cka: the unbiased HSIC estimator needs N >= 4 samples; got N = {n}"
-            f" (shapes {a.shape}, {b.shape})."
+            f"cka: the unbiased HSIC estimator needs N >= 4 samples; got N = {n} (shapes {a.shape}, {b.shape})."
         )
     x = _centre_and_scale(a)
     y = _centre_and_scale(b)
@@ -555,17 +551,14 @@ def get(metric: Metric | str | MetricFn, **hparams: Any) -> MetricFn:
     """
     if isinstance(metric, MetricFn):
         if hparams:
-            raise TypeError(
-                f"get: {metric.name} is already configured; got extra {sorted(hparams)}."
-            )
+            raise TypeError(f"get: {metric.name} is already configured; got extra {sorted(hparams)}.")
         return metric
     if isinstance(metric, str):
         try:
             metric = Metric(metric.lower())
         except ValueError:
             raise ValueError(
-                f"Unknown metric {metric!r}; expected one of"
-                f" {[m.value for m in Metric]} or a similarity.MetricFn."
+                f"Unknown metric {metric!r}; expected one of {[m.value for m in Metric]} or a similarity.MetricFn."
             ) from None
     if not isinstance(metric, Metric):
         raise TypeError(
@@ -576,19 +569,14 @@ def get(metric: Metric | str | MetricFn, **hparams: Any) -> MetricFn:
     unknown = set(hparams) - set(defaults)
     if unknown:
         raise TypeError(
-            f"Metric {metric.value!r} takes hyper-parameters {sorted(defaults) or 'none'};"
-            f" got {sorted(unknown)}."
+            f"Metric {metric.value!r} takes hyper-parameters {sorted(defaults) or 'none'}; got {sorted(unknown)}."
         )
     kwargs = {**defaults, **hparams}
     if "p" in kwargs:
         _check_p(kwargs["p"])
         kwargs["p"] = float(kwargs["p"])
-    if "t" in kwargs and not (
-        isinstance(kwargs["t"], (int, float)) and math.isfinite(kwargs["t"]) and kwargs["t"] > 0
-    ):
-        raise ValueError(
-            f"lse: the temperature t must be a finite number > 0; got {kwargs['t']!r}."
-        )
+    if "t" in kwargs and not (isinstance(kwargs["t"], (int, float)) and math.isfinite(kwargs["t"]) and kwargs["t"] > 0):
+        raise ValueError(f"lse: the temperature t must be a finite number > 0; got {kwargs['t']!r}.")
     if "t" in kwargs:
         kwargs["t"] = float(kwargs["t"])
     if "estimator" in kwargs:
@@ -613,9 +601,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def custom(
-    fn: Callable[[Array, Array], Array], *, name: str | None = None, differentiable: bool = True
-) -> MetricFn:
+def custom(fn: Callable[[Array, Array], Array], *, name: str | None = None, differentiable: bool = True) -> MetricFn:
     """Wraps a user metric ``fn(a, b) -> scalar`` (higher = more similar).
 
     ``fn`` must be a pure, jit-compatible function of two ``[N, D]`` arrays; keep
@@ -631,9 +617,7 @@ def custom(
     """
     if not callable(fn):
         raise TypeError(f"custom: expected a callable metric; got {fn!r}.")
-    return MetricFn(
-        name=name or getattr(fn, "__name__", repr(fn)), fn=fn, differentiable=differentiable
-    )
+    return MetricFn(name=name or getattr(fn, "__name__", repr(fn)), fn=fn, differentiable=differentiable)
 
 
 def all_metrics() -> tuple[MetricFn, ...]:

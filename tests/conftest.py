@@ -1,4 +1,5 @@
 """Test configuration: 4 forced CPU devices (for sharding tests) and strict numerics."""
+
 import os
 
 # Must be set before JAX initialises its backends.

@@ -16,7 +16,7 @@ def _write_idx(path, arr, gz=False):
 @pytest.fixture
 def idx_folder(tmp_path):
     rng = np.random.default_rng(0)
-    for split, stem, n in (("train", "train", 30), ("test", "t10k", 10)):
+    for _split, stem, n in (("train", "train", 30), ("test", "t10k", 10)):
         _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), gz=True)
         _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10)
     return tmp_path

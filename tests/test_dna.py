@@ -36,8 +36,11 @@ class _Zoo:
                 for hp in g.points():
                     hp = dict(hp, init_seed=hp["seed"])
                     rid = (f"{parent.id}__" if parent else "") + f"{g.prefix}{g.task}-s{hp['seed']}"
-                    recs.append(types.SimpleNamespace(id=rid, group=g.name, task=g.task, hparams=hp,
-                                                      parent_id=parent.id if parent else None))
+                    recs.append(
+                        types.SimpleNamespace(
+                            id=rid, group=g.name, task=g.task, hparams=hp, parent_id=parent.id if parent else None
+                        )
+                    )
             self._groups[g.name] = recs
             self._by_id.update({r.id: r for r in recs})
 
@@ -79,10 +82,10 @@ def test_strict_split_shares_no_task_and_no_seed(zoo, seed):
                 if ".hom." in r.group:
                     assert r.parent_id == rep.source  # never another source's child
         # The recorded seed halves are the seeds of the models.
-        assert {r.hparams["seed"] for r, h in zip(pool, rep.pool_homologous) if h} == set(
-            rep.pool_seeds["homologous"])
+        assert {r.hparams["seed"] for r, h in zip(pool, rep.pool_homologous) if h} == set(rep.pool_seeds["homologous"])
         assert {r.hparams["seed"] for r, h in zip(ev, rep.eval_homologous) if not h} == set(
-            rep.eval_seeds["non_homologous"])
+            rep.eval_seeds["non_homologous"]
+        )
 
 
 def test_lenient_split_shares_seeds_not_tasks(zoo):
@@ -150,7 +153,6 @@ def test_paired_against_a_direct_computation():
 # ----------------------------------------------------------------- the scorer on a toy scenario
 
 
-
 def _mlp(params, x, *, tap=None):
     p = params["params"]
     h = jax.nn.relu(x @ p["dense1"]["kernel"] + p["dense1"]["bias"][None])
@@ -166,20 +168,33 @@ FEATURES = {"relu1": functools.partial(_mlp, tap="relu1")}
 def _init(seed, n, classes=4):
     rng = np.random.default_rng(seed)
     shapes = {"dense1": (8, 16), "head": (16, classes)}
-    return {"params": {name: {"kernel": jnp.asarray(rng.normal(size=(n, *s)) / np.sqrt(s[0]), jnp.float32),
-                              "bias": jnp.zeros((n, s[1]), jnp.float32)} for name, s in shapes.items()}}
+    return {
+        "params": {
+            name: {
+                "kernel": jnp.asarray(rng.normal(size=(n, *s)) / np.sqrt(s[0]), jnp.float32),
+                "bias": jnp.zeros((n, s[1]), jnp.float32),
+            }
+            for name, s in shapes.items()
+        }
+    }
 
 
 def _population(prefix, params):
     n = jax.tree.leaves(params)[0].shape[0]
-    return Population(ids=tuple(f"{prefix}{i}" for i in range(n)), params=params, logits_fn=LOGITS,
-                      feature_fns=FEATURES, arch="toy_mlp")
+    return Population(
+        ids=tuple(f"{prefix}{i}" for i in range(n)),
+        params=params,
+        logits_fn=LOGITS,
+        feature_fns=FEATURES,
+        arch="toy_mlp",
+    )
 
 
 def _toy():
     src = _population("src", _init(0, 1))
     noise = lambda p, s: jax.tree.map(  # noqa: E731
-        lambda a: a + 0.05 * np.random.default_rng(s).normal(size=a.shape).astype(np.float32), p)
+        lambda a: a + 0.05 * np.random.default_rng(s).normal(size=a.shape).astype(np.float32), p
+    )
     kids = jax.tree.map(lambda a: np.repeat(np.asarray(a), 6, axis=0), src.params)
     hom = _population("hom", noise(kids, 1))
     non = _population("non", _init(2, 6))
@@ -187,9 +202,17 @@ def _toy():
     ev = ModelSet((hom.take(range(3, 6)), non.take(range(3, 6))))
     related = np.array([[True] * 3 + [False] * 3])
     rng = np.random.default_rng(0)
-    train = Scenario(name="toy", question=Question.VERIFY, candidates=ModelSet((src,)), queries=pool,
-                     labels=np.where(related[0], 0, NO_PARENT), related=related, kinds=("h",) * 3 + ("n",) * 3,
-                     split_keys=pool.ids, probe=rng.normal(size=(64, 8)).astype(np.float32))
+    train = Scenario(
+        name="toy",
+        question=Question.VERIFY,
+        candidates=ModelSet((src,)),
+        queries=pool,
+        labels=np.where(related[0], 0, NO_PARENT),
+        related=related,
+        kinds=("h",) * 3 + ("n",) * 3,
+        split_keys=pool.ids,
+        probe=rng.normal(size=(64, 8)).astype(np.float32),
+    )
     return train, ev, rng.normal(size=(32, 8)).astype(np.float32)
 
 
@@ -199,8 +222,10 @@ _CFG = mgmp.Config(num_steps=10, batch_size=16, generator_features=(16,), dna_di
 
 def test_scorer_fit_and_score_are_deterministic_under_a_key():
     train, ev, probe = _toy()
-    runs = [methods.ModelDNAScorer(config=_CFG).fit(train, key=jax.random.key(k)).score(
-        train.candidates, ev, probe=probe) for k in (0, 0)]
+    runs = [
+        methods.ModelDNAScorer(config=_CFG).fit(train, key=jax.random.key(k)).score(train.candidates, ev, probe=probe)
+        for k in (0, 0)
+    ]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert runs[0].shape == (1, 6)
 
@@ -222,9 +247,14 @@ def test_scorer_on_a_generic_verify_scenario_with_mixed_heads():
     other = _population("other", _init(5, 2, classes=3))
     queries = ModelSet(train.queries.populations + (other,))
     related = np.concatenate([train.related, [[False, False]]], axis=1)
-    mixed = dataclasses.replace(train, queries=queries, related=related,
-                                labels=np.concatenate([train.labels, [NO_PARENT] * 2]),
-                                kinds=train.kinds + ("n", "n"), split_keys=queries.ids)
+    mixed = dataclasses.replace(
+        train,
+        queries=queries,
+        related=related,
+        labels=np.concatenate([train.labels, [NO_PARENT] * 2]),
+        kinds=train.kinds + ("n", "n"),
+        split_keys=queries.ids,
+    )
     scorer = methods.ModelDNAScorer(config=_CFG).fit(mixed, key=jax.random.key(0))
     assert scorer.left_out == {"src0": ("other0", "other1")}
     s = scorer.score(train.candidates, ModelSet(ev.populations + (other,)), probe=probe, unreadable="nan")

@@ -22,8 +22,11 @@ def test_tpr_at_fpr_brute_force():
     for _ in range(20):
         pos, neg = rng.integers(0, 6, 8).astype(float), rng.integers(0, 6, 10).astype(float)
         for fpr in (0.0, 0.05, 0.1, 0.5, 1.0):
-            best = max(np.mean(pos >= t) for t in list(np.unique(np.r_[pos, neg])) + [np.inf]
-                       if np.sum(neg >= t) <= fpr * neg.size)
+            best = max(
+                np.mean(pos >= t)
+                for t in list(np.unique(np.r_[pos, neg])) + [np.inf]
+                if np.sum(neg >= t) <= fpr * neg.size
+            )
             assert m.tpr_at_fpr(pos, neg, fpr) == pytest.approx(best)
 
 
@@ -48,14 +51,17 @@ def test_mean_std_is_sample_std():
     assert m.mean_std([0.5])["std"] == 0.0
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: m.roc_auc([], [1.0]), "at least one positive"),
-    (lambda: m.roc_auc([np.nan], [1.0]), "finite"),
-    (lambda: m.accuracy(np.zeros((2, 3)), [0, 1]), r"\[K, M\]"),
-    (lambda: m.accuracy(np.zeros((2, 2)), [0, 5]), "labels must be in"),
-    (lambda: m.mean_std([np.nan]), "no finite"),
-    (lambda: m.tpr_at_fpr([1.0], [0.0], 2.0), "fpr must be"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: m.roc_auc([], [1.0]), "at least one positive"),
+        (lambda: m.roc_auc([np.nan], [1.0]), "finite"),
+        (lambda: m.accuracy(np.zeros((2, 3)), [0, 1]), r"\[K, M\]"),
+        (lambda: m.accuracy(np.zeros((2, 2)), [0, 5]), "labels must be in"),
+        (lambda: m.mean_std([np.nan]), "no finite"),
+        (lambda: m.tpr_at_fpr([1.0], [0.0], 2.0), "fpr must be"),
+    ],
+)
 def test_bad_input(call, match):
     with pytest.raises(m.MetricError, match=match):
         call()

@@ -3,8 +3,18 @@ import pytest
 from jaxlineage.graph import GraphError, LineageGraph, Relation
 
 # r1 -> a -> a1 -> a11 ; r1 -> b ; r2 (same init as r1) -> c ; r3 -> d ; e has two parents a and d.
-PARENTS = {"r1": None, "a": "r1", "a1": "a", "a11": "a1", "b": "r1", "r2": None, "c": "r2",
-           "r3": None, "d": "r3", "e": ("a", "d")}
+PARENTS = {
+    "r1": None,
+    "a": "r1",
+    "a1": "a",
+    "a11": "a1",
+    "b": "r1",
+    "r2": None,
+    "c": "r2",
+    "r3": None,
+    "d": "r3",
+    "e": ("a", "d"),
+}
 INITS = {"r1": "init0", "r2": "init0", "r3": "init1"}
 
 
@@ -31,20 +41,23 @@ def test_parent_children_ancestors_descendants(g):
     assert g.is_ancestor("r1", "a11") and not g.is_ancestor("a11", "r1") and not g.is_ancestor("a", "a")
 
 
-@pytest.mark.parametrize("a, b, rel", [
-    ("a", "a", Relation.SELF),
-    ("a", "a1", Relation.PARENT),
-    ("a1", "a", Relation.CHILD),
-    ("r1", "a11", Relation.ANCESTOR),
-    ("a11", "a", Relation.DESCENDANT),
-    ("a", "b", Relation.SIBLING),
-    ("a1", "b", Relation.SHARED_INIT),   # cousins through r1
-    ("c", "a11", Relation.SHARED_INIT),  # roots r2 and r1 share an initialisation
-    ("d", "a", Relation.UNRELATED),
-    ("e", "d", Relation.CHILD),
-    ("e", "b", Relation.SHARED_INIT),
-    ("r3", "r1", Relation.UNRELATED),
-])
+@pytest.mark.parametrize(
+    "a, b, rel",
+    [
+        ("a", "a", Relation.SELF),
+        ("a", "a1", Relation.PARENT),
+        ("a1", "a", Relation.CHILD),
+        ("r1", "a11", Relation.ANCESTOR),
+        ("a11", "a", Relation.DESCENDANT),
+        ("a", "b", Relation.SIBLING),
+        ("a1", "b", Relation.SHARED_INIT),  # cousins through r1
+        ("c", "a11", Relation.SHARED_INIT),  # roots r2 and r1 share an initialisation
+        ("d", "a", Relation.UNRELATED),
+        ("e", "d", Relation.CHILD),
+        ("e", "b", Relation.SHARED_INIT),
+        ("r3", "r1", Relation.UNRELATED),
+    ],
+)
 def test_relation(g, a, b, rel):
     assert g.relation(a, b) is rel
 

@@ -1,6 +1,5 @@
 """Tests for jaxlineage.lineage on synthetic populations (no zoo needed)."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,9 +56,7 @@ def test_score_matrices_equal_pairwise_similarity():
     parents, children, x, _ = _population()
     alphas = jnp.array([0.01, 0.5])
     # chunk_size=2 with M=5 exercises the padded last chunk.
-    out = LG.score_matrices(
-        COMBO_METRICS, features, _stack(parents), _stack(children), x, alpha=alphas, chunk_size=2
-    )
+    out = LG.score_matrices(COMBO_METRICS, features, _stack(parents), _stack(children), x, alpha=alphas, chunk_size=2)
     assert len(out) == 4 * 3 - 1  # no FIRST_ORDER for linf
     for (name, mode), scores in out.items():
         assert scores.shape == (2, 3, 5)
@@ -67,10 +64,7 @@ def test_score_matrices_equal_pairwise_similarity():
         ref = np.stack(
             [
                 np.stack(
-                    [
-                        L.similarity(metric, features, p, c, x, alpha=alphas, mode=mode)
-                        for c in children
-                    ],
+                    [L.similarity(metric, features, p, c, x, alpha=alphas, mode=mode) for c in children],
                     axis=-1,
                 )
                 for p in parents
@@ -82,9 +76,7 @@ def test_score_matrices_equal_pairwise_similarity():
 
 def test_predict_probabilities_accuracy():
     parents, children, x, labels = _population(k=3, m=6, drift=0.05)
-    s = LG.score_matrix(
-        "l2", features, _stack(parents), _stack(children), x, alpha=0.1, mode=Mode.PLAIN
-    )
+    s = LG.score_matrix("l2", features, _stack(parents), _stack(children), x, alpha=0.1, mode=Mode.PLAIN)
     assert s.shape == (3, 6)
     np.testing.assert_array_equal(LG.predict(s), labels)
     assert LG.accuracy(s, labels) == 1.0
@@ -128,21 +120,15 @@ def test_sharded_equals_unsharded_and_no_recompile():
 
     kwargs = {"alpha": jnp.array([0.01, 0.1]), "modes": (Mode.FIRST_ORDER, Mode.LINEARIZED)}
     metrics = (S.get("lp"), S.get("cka"))
-    plain = LG.score_matrices(
-        metrics, counted, _stack(parents), _stack(children), x, chunk_size=1, **kwargs
-    )
-    sharded = LG.score_matrices(
-        metrics, counted, _stack(parents), _stack(children), x, mesh=mesh, **kwargs
-    )
+    plain = LG.score_matrices(metrics, counted, _stack(parents), _stack(children), x, chunk_size=1, **kwargs)
+    sharded = LG.score_matrices(metrics, counted, _stack(parents), _stack(children), x, mesh=mesh, **kwargs)
     assert plain.keys() == sharded.keys()
     for key in plain:
         np.testing.assert_allclose(sharded[key], plain[key], rtol=1e-5, atol=1e-7, err_msg=key)
     # A second population of the same shapes reuses the compiled scorer.
     parents2, children2, _, _ = _population(k=2, m=6, seed=2)
     n = len(traces)
-    again = LG.score_matrices(
-        metrics, counted, _stack(parents2), _stack(children2), x, mesh=mesh, **kwargs
-    )
+    again = LG.score_matrices(metrics, counted, _stack(parents2), _stack(children2), x, mesh=mesh, **kwargs)
     assert len(traces) == n, "the second call re-traced (and so recompiled)"
     assert not np.allclose(again[("lp", Mode.LINEARIZED)], sharded[("lp", Mode.LINEARIZED)])
 
@@ -169,9 +155,7 @@ def test_float64_path():
 def test_bad_input():
     parents, children, x, _ = _population(k=2, m=3, seed=4)
     p_stack, c_stack = _stack(parents), _stack(children)
-    score = lambda p, c, xx=x, **kw: LG.score_matrix(
-        kw.pop("metric", "l2"), features, p, c, xx, alpha=0.1, **kw
-    )
+    score = lambda p, c, xx=x, **kw: LG.score_matrix(kw.pop("metric", "l2"), features, p, c, xx, alpha=0.1, **kw)
     empty = jax.tree_util.tree_map(lambda a: a[:0], p_stack)
     with pytest.raises(ValueError, match="parents stack is empty"):
         score(empty, c_stack)

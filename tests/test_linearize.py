@@ -89,16 +89,12 @@ def test_taylor_features_match_full_jacobian_and_finite_differences():
         parent, child, x = _population(dtype=jnp.float64)
         f_p, jd = L.feature_jvp(mlp_features, parent, child, x)
         assert jd.dtype == jnp.float64 and jd.shape == (7, HIDDEN)
-        np.testing.assert_allclose(
-            jd, _jacobian_jd(mlp_features, parent, child, x), rtol=1e-12, atol=1e-14
-        )
+        np.testing.assert_allclose(jd, _jacobian_jd(mlp_features, parent, child, x), rtol=1e-12, atol=1e-14)
         # Central finite difference along Delta, O(h^2) accurate.
         h = 1e-5
         delta = jax.tree_util.tree_map(jnp.subtract, _used(child), _used(parent))
         shifted = lambda s: jax.tree_util.tree_map(lambda p, d: p + s * h * d, _used(parent), delta)
-        fd = jax.jit(
-            lambda: (mlp_features(shifted(1), x) - mlp_features(shifted(-1), x)) / (2 * h)
-        )()
+        fd = jax.jit(lambda: (mlp_features(shifted(1), x) - mlp_features(shifted(-1), x)) / (2 * h))()
         np.testing.assert_allclose(jd, fd, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(f_p, mlp_features(parent, x), rtol=1e-14)
         alphas = jnp.array([0.0, 0.5, 2.0])
@@ -116,13 +112,9 @@ def test_linearisation_is_exact_for_a_linear_model():
     )
     # So LINEARIZED at alpha = 1 compares the child with itself: the maximum.
     for metric in ("l2",):
-        np.testing.assert_allclose(
-            L.similarity(metric, linear_features, parent, child, x, alpha=1.0), 0.0, atol=1e-5
-        )
+        np.testing.assert_allclose(L.similarity(metric, linear_features, parent, child, x, alpha=1.0), 0.0, atol=1e-5)
     for metric in ("cka",):
-        np.testing.assert_allclose(
-            L.similarity(metric, linear_features, parent, child, x, alpha=1.0), 1.0, rtol=1e-5
-        )
+        np.testing.assert_allclose(L.similarity(metric, linear_features, parent, child, x, alpha=1.0), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-4), (jnp.float64, 1e-10)])
@@ -134,9 +126,7 @@ def test_first_order_equals_paper_closed_form_weights(dtype, rtol):
         alphas = jnp.array([0.0, 1e-2, 1.0], dtype)
         for name, weight_fn in CLOSED_FORMS.items():
             metric = S.get(name)
-            got = L.similarity(
-                metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER
-            )
+            got = L.similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER)
             assert got.dtype == dtype and got.shape == (3,)
             s0 = metric(f_p, f_c)
             np.testing.assert_allclose(got[0], s0, rtol=rtol, err_msg=name)
@@ -159,12 +149,8 @@ def test_linearized_agrees_with_first_order_to_first_order():
             S.get("cka", estimator=S.CKAEstimator.UNBIASED),
             S.get("dcor"),
         ):
-            lin = L.similarity(
-                metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.LINEARIZED
-            )
-            fo = L.similarity(
-                metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER
-            )
+            lin = L.similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.LINEARIZED)
+            fo = L.similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER)
             s0 = metric(mlp_features(parent, x), mlp_features(child, x))
             np.testing.assert_allclose([lin[0], fo[0]], [s0, s0], rtol=1e-13)
             gap = np.abs(np.asarray(lin - fo))[1:]
@@ -193,9 +179,7 @@ def test_stepwise_baseline_matches_jvp_path():
         ("linf", Mode.LINEARIZED),
     ]:
         fast = L.similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=mode)
-        slow = L.stepwise_similarity(
-            metric, mlp_features, parent, child, x, alpha=alphas, mode=mode
-        )
+        slow = L.stepwise_similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=mode)
         np.testing.assert_allclose(fast, slow, rtol=2e-5, atol=1e-7, err_msg=metric)
 
 
@@ -215,9 +199,7 @@ def test_alpha_sweep_costs_one_network_pass_and_matches_scalar_calls():
         # and one jvp for F_p: independent of the number of alphas.
         assert len(traces) == 2 + (mode is Mode.LINEARIZED), (mode, len(traces))
         for a, s in zip(alphas, sweep):
-            np.testing.assert_allclose(
-                L.similarity("l2", counted, parent, child, x, alpha=a, mode=mode), s, rtol=1e-6
-            )
+            np.testing.assert_allclose(L.similarity("l2", counted, parent, child, x, alpha=a, mode=mode), s, rtol=1e-6)
 
 
 def _largest_intermediate(fn, *args):
@@ -245,9 +227,7 @@ def test_no_jacobian_is_materialised():
     for mode in Mode:
         fast = functools.partial(L._similarity_core, metric=metric, mode=mode, pruned=pruned)
         assert _largest_intermediate(fast, *args) <= jac_block // 4, mode
-    slow = functools.partial(
-        L._stepwise_core, metric=metric, mode=Mode.LINEARIZED, pruned=pruned, row_chunk=None
-    )
+    slow = functools.partial(L._stepwise_core, metric=metric, mode=Mode.LINEARIZED, pruned=pruned, row_chunk=None)
     assert _largest_intermediate(slow, *args) >= jac_block
 
 
@@ -312,9 +292,7 @@ def test_non_finite_inputs_raise():
         "w": parent["dense1"]["w"],
         "b": parent["dense1"]["b"].at[1].set(jnp.inf),
     }
-    with pytest.raises(
-        ValueError, match=r"parent has NaN or inf parameters at \['dense1'\]\['b'\]"
-    ):
+    with pytest.raises(ValueError, match=r"parent has NaN or inf parameters at \['dense1'\]\['b'\]"):
         L.feature_jvp(mlp_features, inf_parent, child, x)
     # A NaN in the unused head is irrelevant and accepted.
     head_nan = jax.tree_util.tree_map(lambda a: a, child)

@@ -11,8 +11,18 @@ from jaxlineage import nets
     [
         (nets.mlp(5), {"relu1": 1024, "relu2": 256, "relu3": 128, "logits": 5}),
         (nets.convnet(7), {"conv1": 28 * 28 * 32, "conv2": 14 * 14 * 64, "fc1": 128, "logits": 7}),
-        (nets.resnet18(3, width=0.125), {"stem": 32 * 32 * 8, "block1": 32 * 32 * 8, "block2": 16 * 16 * 16,
-                                         "block3": 8 * 8 * 32, "block4": 4 * 4 * 64, "pool": 64, "logits": 3}),
+        (
+            nets.resnet18(3, width=0.125),
+            {
+                "stem": 32 * 32 * 8,
+                "block1": 32 * 32 * 8,
+                "block2": 16 * 16 * 16,
+                "block3": 8 * 8 * 32,
+                "block4": 4 * 4 * 64,
+                "pool": 64,
+                "logits": 3,
+            },
+        ),
     ],
     ids=["mlp", "convnet", "resnet18"],
 )
@@ -39,8 +49,12 @@ def test_feature_fn_reads_only_the_backbone():
     np.testing.assert_array_equal(f(params, x), f(nets.backbone(params), x))
     # relu1 is the ReLU of the first dense layer, computed by hand.
     p = params["params"]["dense1"]
-    np.testing.assert_allclose(network.feature_fn("relu1")(params, x),
-                               jax.nn.relu(x.reshape(3, -1) @ p["kernel"] + p["bias"][None]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        network.feature_fn("relu1")(params, x),
+        jax.nn.relu(x.reshape(3, -1) @ p["kernel"] + p["bias"][None]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_unknown_tap():
@@ -84,7 +98,10 @@ def test_stack_unstack_round_trip():
 def test_stack_mismatch_names_path_and_shapes():
     a = nets.mlp(5, features=(16, 8)).init(jax.random.key(0))
     b = nets.mlp(5, features=(16, 9)).init(jax.random.key(0))
-    with pytest.raises(nets.TreeMismatchError, match=r"params/dense2/bias has shape \(8,\) in the model 0 tree but \(9,\) in the model 1 tree"):
+    with pytest.raises(
+        nets.TreeMismatchError,
+        match=r"params/dense2/bias has shape \(8,\) in the model 0 tree but \(9,\) in the model 1 tree",
+    ):
         nets.stack([a, b])
     with pytest.raises(nets.TreeMismatchError, match="params/head/bias is in the parent tree"):
         nets.check_trees_match(a, nets.backbone(a))

@@ -47,9 +47,7 @@ def _np_hsic_song(k, l):
     l = l - np.diag(np.diag(l))
     one = np.ones(n)
     return (
-        np.trace(k @ l)
-        + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-        - 2.0 / (n - 2) * one @ k @ l @ one
+        np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * one @ k @ l @ one
     ) / (n * (n - 3))
 
 
@@ -99,9 +97,7 @@ def test_metrics_match_brute_force_and_keep_dtype(dtype, rtol):
                 got = metric(jnp.asarray(x), jnp.asarray(y))
                 want = ORACLES[metric.name](x.astype(np.float64), y.astype(np.float64))
                 assert got.dtype == dtype, metric.name
-                np.testing.assert_allclose(
-                    got, want, rtol=rtol, atol=rtol * 1e-3, err_msg=metric.name
-                )
+                np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-3, err_msg=metric.name)
 
 
 def test_lp_hyperparameter_and_cka_paths():
@@ -115,9 +111,7 @@ def test_lp_hyperparameter_and_cka_paths():
     for n, da, db in [(20, 3, 4), (6, 30, 9)]:
         x, y = rng.normal(size=(n, da)), rng.normal(size=(n, db))
         np.testing.assert_allclose(S.cka(x, y), _np_cka_biased(x, y), rtol=1e-5)
-        np.testing.assert_allclose(
-            S.cka(x, y, estimator="unbiased"), _np_cka_unbiased(x, y), rtol=1e-4, atol=1e-6
-        )
+        np.testing.assert_allclose(S.cka(x, y, estimator="unbiased"), _np_cka_unbiased(x, y), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(S.dcor(x, y), _np_dcor(x, y), rtol=1e-5)
 
 

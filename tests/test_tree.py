@@ -1,4 +1,5 @@
 """Lineage tree recovery: exact on unambiguous scores, Edmonds against brute force, direction rules on toys."""
+
 import itertools
 import json
 
@@ -250,14 +251,19 @@ def test_taylor_asymmetry_matches_its_closed_form_and_points_to_the_child():
     ids = ["p", "c", "g", "q", "qc"]
     truth = LineageGraph.from_parents({"p": None, "c": "p", "g": "c", "q": None, "qc": "q"})
     alpha = 0.01
-    fo = tree.learning_free_scores("l2", _relu1, params, x, alpha=alpha, modes=Mode.FIRST_ORDER,
-                                   reported=False)[("l2", Mode.FIRST_ORDER)]
+    fo = tree.learning_free_scores("l2", _relu1, params, x, alpha=alpha, modes=Mode.FIRST_ORDER, reported=False)[
+        ("l2", Mode.FIRST_ORDER)
+    ]
     # Closed form of the asymmetry for one pair.
     xn, wn, bn = (np.asarray(a, np.float64) for a in (x, ws, bs))
     u = xn @ wn[0] + bn[0]
     v = xn @ wn[1] + bn[1]
-    closed = 2 * alpha / u.size * (np.sum(np.where((u > 0) & (v <= 0), u * (u - v), 0))
-                                   - np.sum(np.where((v > 0) & (u <= 0), v * (v - u), 0)))
+    closed = (
+        2
+        * alpha
+        / u.size
+        * (np.sum(np.where((u > 0) & (v <= 0), u * (u - v), 0)) - np.sum(np.where((v > 0) & (u <= 0), v * (v - u), 0)))
+    )
     assert fo[0, 1] - fo[1, 0] == pytest.approx(closed, rel=1e-3, abs=1e-7)
     assert tree.direction_accuracy(truth, fo - fo.T, ids) == 1.0
     plain = tree.learning_free_scores("l2", _relu1, params, x, alpha=alpha, modes=Mode.PLAIN)[("l2", Mode.PLAIN)]
@@ -339,8 +345,9 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(tree.TreeError, match="trees differ"):
         tree.weight_scores([{"w": np.ones(3)}, {"w": np.ones(4)}])
     with pytest.raises(tree.TreeError, match="at least 2 models"):
-        tree.learning_free_scores("l2", _relu1, {"w": jnp.ones((1, 2, 3)), "b": jnp.ones((1, 3))},
-                                  jnp.ones((4, 2)), alpha=0.1)
+        tree.learning_free_scores(
+            "l2", _relu1, {"w": jnp.ones((1, 2, 3)), "b": jnp.ones((1, 3))}, jnp.ones((4, 2)), alpha=0.1
+        )
     truth = LineageGraph.from_parents({"a": None, "b": "a"})
     with pytest.raises(tree.TreeError, match="'b' is only in the true graph"):
         tree.tree_accuracy(truth, LineageGraph.from_parents({"a": None, "c": "a"}))

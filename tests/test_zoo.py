@@ -19,8 +19,11 @@ MICRO = dataclasses.replace(
 
 
 def _tree_files(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_tiny_manifest_lineage(tiny_zoo):
@@ -45,8 +48,13 @@ def test_children_start_from_their_parent(tiny_zoo):
     z = tiny_zoo
     c = z.children[0]
     child = nets.backbone(z.load(c.id))
-    dist = {p.id: sum(float(np.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(child), jax.tree.leaves(nets.backbone(z.load(p.id)))))
-            for p in z.parents}
+    dist = {
+        p.id: sum(
+            float(np.sum((a - b) ** 2))
+            for a, b in zip(jax.tree.leaves(child), jax.tree.leaves(nets.backbone(z.load(p.id))))
+        )
+        for p in z.parents
+    }
     assert min(dist, key=dist.get) == c.parent_id
 
 
@@ -180,10 +188,12 @@ def test_population_training_matches_single_model():
     network = nets.mlp(5, features=(16,))
     x, y = data.task("embedded", data.TASK_A, "test")
     inits = [network.init(jax.random.key(i)) for i in range(3)]
-    pop = zoo.train_population(network, nets.stack(inits), x[:256], y[:256], lrs=[1e-3, 3e-3, 1e-2],
-                               seeds=[0, 1, 2], batch_size=32, epochs=2)
-    alone = zoo.train_population(network, nets.stack(inits[1:2]), x[:256], y[:256], lrs=[3e-3], seeds=[1],
-                                 batch_size=32, epochs=2)
+    pop = zoo.train_population(
+        network, nets.stack(inits), x[:256], y[:256], lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1, 2], batch_size=32, epochs=2
+    )
+    alone = zoo.train_population(
+        network, nets.stack(inits[1:2]), x[:256], y[:256], lrs=[3e-3], seeds=[1], batch_size=32, epochs=2
+    )
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5), pop, alone)
 
 

@@ -30,31 +30,57 @@ def _groups(a):
     src = f"{a}.src"
     groups = [
         # The MLP's two sources share an initialisation (init_seed 0) and differ in data order.
-        G("src", "train", task="A", arch=arch, arch_kwargs=kw,
-          grid=dict(FIT, seed=(0, 1) if a == "mlp" else (0,), init_seed=(0,))),
+        G(
+            "src",
+            "train",
+            task="A",
+            arch=arch,
+            arch_kwargs=kw,
+            grid=dict(FIT, seed=(0, 1) if a == "mlp" else (0,), init_seed=(0,)),
+        ),
         G("ind", "train", task="A-att", arch=arch, arch_kwargs=kw, grid=dict(FIT, seed=(5,))),
         G("ft_head", "finetune", source=src, task="A-att", grid=dict(FIT, params=TrainParams.HEAD, head=HeadMode.KEEP)),
         G("prune", "prune", source=src, task="A-att", grid=dict(FIT, epochs=1, sparsity=(0.5, 0.9))),
-        G("distill", "distill", source=src, task="A-att", arch=arch, arch_kwargs=kw,
-          grid=dict(FIT, epochs=4, mode=DistillMode.SOFT)),
+        G(
+            "distill",
+            "distill",
+            source=src,
+            task="A-att",
+            arch=arch,
+            arch_kwargs=kw,
+            grid=dict(FIT, epochs=4, mode=DistillMode.SOFT),
+        ),
         G("permute", "permute", source=src, grid=dict(seed=(0, 1))),
         G("noise", "perturb", source=src, grid=dict(kind=PerturbKind.NOISE, scale=0.1)),
     ]
     if a == "mlp":
         groups += [
-            G("ft_all", "finetune", source=src, task="A-att",
-              grid=dict(FIT, head=HeadMode.KEEP, optimizer=Optimizer.SGD, lr=1e-2)),
+            G(
+                "ft_all",
+                "finetune",
+                source=src,
+                task="A-att",
+                grid=dict(FIT, head=HeadMode.KEEP, optimizer=Optimizer.SGD, lr=1e-2),
+            ),
             G("transfer", "finetune", source=src, task="B", grid=dict(FIT, head=HeadMode.FRESH)),
             G("prune_layer", "prune", source=f"{a}.ft_all", grid=dict(sparsity=0.6, scope=PruneScope.LAYER)),
-            G("extract_l", "distill", source=src, task="A-att", arch=ARCHS[other][0], arch_kwargs=ARCHS[other][1],
-              grid=dict(FIT, mode=DistillMode.LABEL)),
+            G(
+                "extract_l",
+                "distill",
+                source=src,
+                task="A-att",
+                arch=ARCHS[other][0],
+                arch_kwargs=ARCHS[other][1],
+                grid=dict(FIT, mode=DistillMode.LABEL),
+            ),
             G("int8", "perturb", source=src, grid=dict(kind=PerturbKind.INT8)),
         ]
     return groups
 
 
-OPS_SPEC = zoo.GraphSpec("ops", TASKS, tuple(_groups("mlp") + _groups("cnn")), max_population=8,
-                         sequential_archs=("convnet",))
+OPS_SPEC = zoo.GraphSpec(
+    "ops", TASKS, tuple(_groups("mlp") + _groups("cnn")), max_population=8, sequential_archs=("convnet",)
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +130,11 @@ def test_permute_keeps_function_changes_weights(ops_zoo, a):
 
 
 def _kernel_sparsity(params, include_head=False):
-    ks = [np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params["params"])[0]
-          if path_str(p).endswith("kernel") and (include_head or not path_str(p).startswith("head"))]
+    ks = [
+        np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(params["params"])[0]
+        if path_str(p).endswith("kernel") and (include_head or not path_str(p).startswith("head"))
+    ]
     return sum(int((k == 0).sum()) for k in ks), sum(k.size for k in ks), ks
 
 
@@ -116,8 +145,9 @@ def test_prune_exact_sparsity_kept_through_repair(ops_zoo, a):
         zeros, n, _ = _kernel_sparsity(z.load(r.id))
         assert zeros == round(r.hparams["sparsity"] * n), (r.id, zeros, n)
         # The head is not pruned.
-        np.testing.assert_array_equal(z.load(r.id)["params"]["head"]["kernel"] != 0,
-                                      z.load(r.parent_id)["params"]["head"]["kernel"] != 0)
+        np.testing.assert_array_equal(
+            z.load(r.id)["params"]["head"]["kernel"] != 0, z.load(r.parent_id)["params"]["head"]["kernel"] != 0
+        )
     for r in z.models(group=f"{a}.prune_layer"):  # per layer: every kernel at the target
         _, _, ks = _kernel_sparsity(z.load(r.id))
         for k in ks:
@@ -125,8 +155,12 @@ def test_prune_exact_sparsity_kept_through_repair(ops_zoo, a):
 
 
 def test_magnitude_prune_removes_smallest():
-    params = {"params": {"d": {"kernel": jnp.array([[0.1, -3.0], [2.0, -0.2]]), "bias": jnp.array([0.0, 1e-9])},
-                         "head": {"kernel": jnp.array([[1e-6], [5.0]])}}}
+    params = {
+        "params": {
+            "d": {"kernel": jnp.array([[0.1, -3.0], [2.0, -0.2]]), "bias": jnp.array([0.0, 1e-9])},
+            "head": {"kernel": jnp.array([[1e-6], [5.0]])},
+        }
+    }
     pruned, mask = zoo.magnitude_prune(params, 0.5)
     np.testing.assert_array_equal(pruned["params"]["d"]["kernel"], [[0.0, -3.0], [2.0, 0.0]])
     np.testing.assert_array_equal(pruned["params"]["head"]["kernel"], params["params"]["head"]["kernel"])
@@ -219,24 +253,40 @@ def _root(name="r", **kw):
 
 
 BAD = {
-    "cycle": (lambda: (_root(), zoo.Group("x", "finetune", source="y"), zoo.Group("y", "finetune", source="x")),
-              "group 'x'.*cycle"),
-    "unknown source": (lambda: (_root(), zoo.Group("d", "finetune", source="missing")),
-                       "group 'd': unknown source group 'missing'"),
+    "cycle": (
+        lambda: (_root(), zoo.Group("x", "finetune", source="y"), zoo.Group("y", "finetune", source="x")),
+        "group 'x'.*cycle",
+    ),
+    "unknown source": (
+        lambda: (_root(), zoo.Group("d", "finetune", source="missing")),
+        "group 'd': unknown source group 'missing'",
+    ),
     "unknown op": (lambda: (_root(), zoo.Group("d", "sharpen", source="r")), "group 'd': unknown operation 'sharpen'"),
-    "unsupported arch": (lambda: (zoo.Group("res", "train", task="A", arch="resnet18", grid=dict(seed=0)),
-                                  zoo.Group("perm", "permute", source="res")),
-                         "group 'perm'.*'permute' does not support architecture 'resnet18'"),
-    "empty grid": (lambda: (_root(), zoo.Group("d", "prune", source="r", grid=dict(sparsity=()))),
-                   "group 'd': grid axis 'sparsity' is empty"),
-    "unknown hparam": (lambda: (_root(), zoo.Group("d", "prune", source="r", grid=dict(lr_typo=1.0))),
-                       "group 'd'.*no hyper-parameter 'lr_typo'"),
-    "bad enum": (lambda: (_root(), zoo.Group("d", "perturb", source="r", grid=dict(kind="gauss"))),
-                 "group 'd': kind='gauss'"),
+    "unsupported arch": (
+        lambda: (
+            zoo.Group("res", "train", task="A", arch="resnet18", grid=dict(seed=0)),
+            zoo.Group("perm", "permute", source="res"),
+        ),
+        "group 'perm'.*'permute' does not support architecture 'resnet18'",
+    ),
+    "empty grid": (
+        lambda: (_root(), zoo.Group("d", "prune", source="r", grid=dict(sparsity=()))),
+        "group 'd': grid axis 'sparsity' is empty",
+    ),
+    "unknown hparam": (
+        lambda: (_root(), zoo.Group("d", "prune", source="r", grid=dict(lr_typo=1.0))),
+        "group 'd'.*no hyper-parameter 'lr_typo'",
+    ),
+    "bad enum": (
+        lambda: (_root(), zoo.Group("d", "perturb", source="r", grid=dict(kind="gauss"))),
+        "group 'd': kind='gauss'",
+    ),
     "unknown task": (lambda: (_root(), zoo.Group("d", "prune", source="r", task="B3")), "group 'd': unknown task 'B3'"),
     "duplicate": (lambda: (_root(), _root()), "group 'r' is defined 2 times"),
-    "output space": (lambda: (_root(), zoo.Group("d", "finetune", source="r", task="C", grid=dict(head=HeadMode.KEEP))),
-                     "group 'd'.*keeps the source's 5 outputs"),
+    "output space": (
+        lambda: (_root(), zoo.Group("d", "finetune", source="r", task="C", grid=dict(head=HeadMode.KEEP))),
+        "group 'd'.*keeps the source's 5 outputs",
+    ),
 }
 
 
@@ -268,10 +318,16 @@ def test_registered_op_builds(tmp_path):
 
     zoo.register_op("negate_head", negate_head, needs_source=True, output="source")
     try:
-        spec = zoo.GraphSpec("reg", (zoo.Task("A", "embedded", data.TASK_A, n_train=64),),
-                             (zoo.Group("r", "train", task="A", arch="mlp", arch_kwargs=(("features", (8,)),),
-                                        grid=dict(batch_size=32)),
-                              zoo.Group("n", "negate_head", source="r")))
+        spec = zoo.GraphSpec(
+            "reg",
+            (zoo.Task("A", "embedded", data.TASK_A, n_train=64),),
+            (
+                zoo.Group(
+                    "r", "train", task="A", arch="mlp", arch_kwargs=(("features", (8,)),), grid=dict(batch_size=32)
+                ),
+                zoo.Group("n", "negate_head", source="r"),
+            ),
+        )
         z = zoo.build(spec, tmp_path, progress=False)
     finally:
         zoo.OPERATIONS.pop("negate_head")
@@ -306,8 +362,16 @@ def test_graph_zoo_deterministic(tmp_path):
     """Same spec, same params, for the operations with their own randomness (permutation, noise, students)."""
     groups = [g for g in _groups("mlp") if g.name in ("mlp.src", "mlp.permute", "mlp.noise", "mlp.extract_l")]
     groups = [g for g in groups if g.name != "mlp.extract_l"] + [
-        zoo.Group("mlp.extract_l", "distill", source="mlp.src", task="A-att", arch="mlp", arch_kwargs=ARCHS["mlp"][1],
-                  grid=dict(FIT, epochs=1, mode=DistillMode.LABEL))]
+        zoo.Group(
+            "mlp.extract_l",
+            "distill",
+            source="mlp.src",
+            task="A-att",
+            arch="mlp",
+            arch_kwargs=ARCHS["mlp"][1],
+            grid=dict(FIT, epochs=1, mode=DistillMode.LABEL),
+        )
+    ]
     spec = zoo.GraphSpec("det", TASKS, tuple(groups))
     a = zoo.build(spec, tmp_path / "a", progress=False)
     b = zoo.build(spec, tmp_path / "b", progress=False)

@@ -11,4 +11,15 @@ from jaxlineage.bench.presets import METHODS, PRESETS, Preset, ScenarioSpec, Sco
 from jaxlineage.bench.runner import run
 from jaxlineage.bench.stages import BenchError
 
-__all__ = ["METHODS", "PRESETS", "BenchError", "Preset", "ScenarioSpec", "ScorerSpec", "presets", "report", "run", "stages"]
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "BenchError",
+    "Preset",
+    "ScenarioSpec",
+    "ScorerSpec",
+    "presets",
+    "report",
+    "run",
+    "stages",
+]

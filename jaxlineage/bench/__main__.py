@@ -22,13 +22,23 @@ from absl import app, flags
 from jaxlineage.bench import log_setup, presets, runner
 from jaxlineage.bench.stages import BenchError
 
-_PRESET = flags.DEFINE_enum("preset", "quick", list(presets.PRESETS),
-                            "Preset: " + "; ".join(f"{p.name}: {p.description}" for p in presets.PRESETS.values()))
+_PRESET = flags.DEFINE_enum(
+    "preset",
+    "quick",
+    list(presets.PRESETS),
+    "Preset: " + "; ".join(f"{p.name}: {p.description}" for p in presets.PRESETS.values()),
+)
 _METHODS = flags.DEFINE_list("methods", ["all"], f"Comma list of {', '.join(presets.METHODS)}, or 'all'.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Zoo cache (default ~/.cache/jaxlineage/<preset>); a second run reuses it.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Zoo cache (default ~/.cache/jaxlineage/<preset>); a second run reuses it."
+)
 _OUT = flags.DEFINE_string("out", None, "Report folder (default ./jaxlineage_results/<preset>).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seeds the method stages (folds, splits, references); the zoo's seeds are in its spec.")
-_REBUILD = flags.DEFINE_bool("rebuild", False, "If --workdir holds a zoo of another spec, delete it and rebuild (default: refuse).")
+_SEED = flags.DEFINE_integer(
+    "seed", 0, "Seeds the method stages (folds, splits, references); the zoo's seeds are in its spec."
+)
+_REBUILD = flags.DEFINE_bool(
+    "rebuild", False, "If --workdir holds a zoo of another spec, delete it and rebuild (default: refuse)."
+)
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Let TFDS download missing datasets (network; paper_fc, resnet).")
 _PLOTS = flags.DEFINE_bool("plots", True, "Draw the PNG figures (needs matplotlib).")
 

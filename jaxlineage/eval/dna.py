@@ -82,8 +82,15 @@ __all__ = [
 #: The fragment "tap" meaning each model's logits, zero-padded to the widest head.
 LOGITS = "logits"
 
-_FIGURES = ("fragment_accuracy", "a_o", "a_n", "model_accuracy", "homologous_accepted", "non_homologous_rejected",
-            "model_auc")
+_FIGURES = (
+    "fragment_accuracy",
+    "a_o",
+    "a_n",
+    "model_accuracy",
+    "homologous_accepted",
+    "non_homologous_rejected",
+    "model_auc",
+)
 
 
 class Split(enum.Enum):
@@ -133,8 +140,10 @@ def _groups(zoo: Any, side: str, kind: str) -> list:
     prefix = f"{side}.{kind}."
     recs = [r for g in zoo.groups if g.name.startswith(prefix) for r in zoo.group(g.name)]
     if not recs:
-        raise ScorerError(f"zoo has no model in groups {prefix}*; Model DNA's protocol needs a zoo like DNA_QUICK"
-                          f" (groups: {[g.name for g in zoo.groups]})")
+        raise ScorerError(
+            f"zoo has no model in groups {prefix}*; Model DNA's protocol needs a zoo like DNA_QUICK"
+            f" (groups: {[g.name for g in zoo.groups]})"
+        )
     return recs
 
 
@@ -154,8 +163,9 @@ def _halves(seeds: Sequence[int], key: jax.Array) -> tuple[tuple[int, ...], tupl
     return tuple(sorted(seeds[i] for i in perm[:half])), tuple(sorted(seeds[i] for i in perm[half:]))
 
 
-def plan(zoo: Any, *, key: jax.Array, repetitions: int = 8, split: Split | str = Split.STRICT,
-         sources: str = "source") -> list[Repetition]:
+def plan(
+    zoo: Any, *, key: jax.Array, repetitions: int = 8, split: Split | str = Split.STRICT, sources: str = "source"
+) -> list[Repetition]:
     """The repetitions of the protocol: which source, which pool, which evaluation targets.
 
     Sources are taken in an order drawn with ``key``; repetition ``r`` uses source
@@ -213,13 +223,22 @@ def plan(zoo: Any, *, key: jax.Array, repetitions: int = 8, split: Split | str =
                         ids.append(r.id)
                         hom.append(k == "hom")
             if not any(hom) or all(hom):
-                raise ScorerError(f"repetition {rep}: source {src!r} has no homologous or no non-homologous {side}"
-                                  " model")
+                raise ScorerError(
+                    f"repetition {rep}: source {src!r} has no homologous or no non-homologous {side} model"
+                )
             sides[side] = (tuple(ids), tuple(hom))
-        out.append(Repetition(index=rep, source=src, pool=sides["pool"][0], pool_homologous=sides["pool"][1],
-                              eval=sides["eval"][0], eval_homologous=sides["eval"][1],
-                              pool_seeds={k: v[0] for k, v in halves.items()},
-                              eval_seeds={k: v[1] for k, v in halves.items()}))
+        out.append(
+            Repetition(
+                index=rep,
+                source=src,
+                pool=sides["pool"][0],
+                pool_homologous=sides["pool"][1],
+                eval=sides["eval"][0],
+                eval_homologous=sides["eval"][1],
+                pool_seeds={k: v[0] for k, v in halves.items()},
+                eval_seeds={k: v[1] for k, v in halves.items()},
+            )
+        )
     return out
 
 
@@ -254,15 +273,26 @@ def figures(fractions: Any, homologous: Any, *, delta: float = 0.9) -> dict[str,
     f = np.asarray(fractions, np.float64).reshape(-1)
     h = np.asarray(homologous, bool).reshape(-1)
     if f.shape != h.shape or not h.any() or h.all():
-        raise ScorerError(f"figures need [M] fractions and [M] labels with both kinds; got {f.shape}, {h.shape}"
-                          f" with {int(h.sum())} homologous")
+        raise ScorerError(
+            f"figures need [M] fractions and [M] labels with both kinds; got {f.shape}, {h.shape}"
+            f" with {int(h.sum())} homologous"
+        )
     a_o, a_n = float(f[h].mean()), float((1.0 - f[~h]).mean())
     called = f >= delta
     right = called == h
-    return {"fragment_accuracy": 0.5 * (a_o + a_n), "a_o": a_o, "a_n": a_n, "model_accuracy": float(right.mean()),
-            "homologous_accepted": float(called[h].mean()), "non_homologous_rejected": float((~called[~h]).mean()),
-            "model_auc": metrics.roc_auc(f[h], f[~h]), "num_right": int(right.sum()), "num_targets": int(f.size),
-            "num_homologous": int(h.sum()), "num_non_homologous": int((~h).sum())}
+    return {
+        "fragment_accuracy": 0.5 * (a_o + a_n),
+        "a_o": a_o,
+        "a_n": a_n,
+        "model_accuracy": float(right.mean()),
+        "homologous_accepted": float(called[h].mean()),
+        "non_homologous_rejected": float((~called[~h]).mean()),
+        "model_auc": metrics.roc_auc(f[h], f[~h]),
+        "num_right": int(right.sum()),
+        "num_targets": int(f.size),
+        "num_homologous": int(h.sum()),
+        "num_non_homologous": int((~h).sum()),
+    }
 
 
 def _t_sf(t: float, df: int) -> float:
@@ -299,15 +329,22 @@ def paired(with_values: Sequence[float], without_values: Sequence[float]) -> dic
     k = min(wins, losses)
     from math import comb
 
-    sign_p = 1.0 if n == 0 else min(1.0, 2.0 * sum(comb(n, i) for i in range(k + 1)) / 2.0 ** n)
+    sign_p = 1.0 if n == 0 else min(1.0, 2.0 * sum(comb(n, i) for i in range(k + 1)) / 2.0**n)
     t = t_p = None
     if d.size > 1:
         s = float(d.std(ddof=1))
         if s > 0:
             t = float(d.mean() / (s / np.sqrt(d.size)))
             t_p = _t_sf(t, d.size - 1)
-    return {"differences": metrics.mean_std(d), "wins": wins, "losses": losses, "ties": int(d.size - n),
-            "sign_p": float(sign_p), "t": t, "t_p": t_p}
+    return {
+        "differences": metrics.mean_std(d),
+        "wins": wins,
+        "losses": losses,
+        "ties": int(d.size - n),
+        "sign_p": float(sign_p),
+        "t": t,
+        "t_p": t_p,
+    }
 
 
 # --------------------------------------------------------------------------- running
@@ -328,9 +365,11 @@ def _pad_fn(fn, width):
     # One function object per (fn, width): the scorer's jitted vmaps stay cached across repetitions.
     key = (fn, width)
     if key not in _PAD_CACHE:
+
         def padded(params, x):
             y = fn(params, x)
             return jnp.pad(y, ((0, 0), (0, width - y.shape[-1])))
+
         _PAD_CACHE[key] = padded
     return _PAD_CACHE[key]
 
@@ -392,8 +431,9 @@ def run(
     src_task = zoo.get(reps[0].source).task
     d_s = np.asarray(zoo.task_data(src_task, "train")[0][:num_inputs])
     probe = np.asarray(zoo.task_data(src_task, "test")[0][:num_probe])
-    configs = [config] + ([dataclasses.replace(config, generator=mgmp_lib.Generator.NONE)]
-                          if baseline and config.uses_generator else [])
+    configs = [config] + (
+        [dataclasses.replace(config, generator=mgmp_lib.Generator.NONE)] if baseline and config.uses_generator else []
+    )
     zoo_name = getattr(getattr(zoo, "graph_spec", None), "name", "zoo")
     results = []
     for tap in taps:
@@ -409,10 +449,18 @@ def run(
             hom_pool = dict(zip(rep.pool, rep.pool_homologous))
             hom_eval = dict(zip(rep.eval, rep.eval_homologous))
             related = np.asarray([[hom_pool[i] for i in pool.ids]])
-            train = Scenario(name=f"{zoo_name}/dna/{split.value}/rep{rep.index}", question=Question.VERIFY,
-                             candidates=cands, queries=pool, labels=np.where(related[0], 0, NO_PARENT),
-                             related=related, kinds=tuple("homologous" if h else "negative" for h in related[0]),
-                             split_keys=pool.ids, probe=d_s, graph=getattr(zoo, "graph", None))
+            train = Scenario(
+                name=f"{zoo_name}/dna/{split.value}/rep{rep.index}",
+                question=Question.VERIFY,
+                candidates=cands,
+                queries=pool,
+                labels=np.where(related[0], 0, NO_PARENT),
+                related=related,
+                kinds=tuple("homologous" if h else "negative" for h in related[0]),
+                split_keys=pool.ids,
+                probe=d_s,
+                graph=getattr(zoo, "graph", None),
+            )
             truth = np.asarray([hom_eval[i] for i in targets.ids])
             for i, cfg in enumerate(configs):
                 t0 = time.perf_counter()
@@ -424,29 +472,54 @@ def run(
                 fracs[i].append(dict(zip(targets.ids, np.round(f, 4).tolist())))
                 h = scorer.histories[rep.source]
                 histories[i].append({k: float(np.mean(v[-50:])) for k, v in h.items()})
-        settings = dict(split=split.value, fragment_tap=tap, repetitions=repetitions, delta=delta,
-                        num_inputs=int(len(d_s)), num_probe=int(len(probe)),
-                        d_s=f"{src_task}/train[:{len(d_s)}]", probe=f"{src_task}/test[:{len(probe)}]",
-                        key=np.asarray(jax.random.key_data(key)).tolist(),
-                        logits="zero-padded to the widest head" if tap == LOGITS else None)
+        settings = dict(
+            split=split.value,
+            fragment_tap=tap,
+            repetitions=repetitions,
+            delta=delta,
+            num_inputs=int(len(d_s)),
+            num_probe=int(len(probe)),
+            d_s=f"{src_task}/train[:{len(d_s)}]",
+            probe=f"{src_task}/test[:{len(probe)}]",
+            key=np.asarray(jax.random.key_data(key)).tolist(),
+            logits="zero-padded to the widest head" if tap == LOGITS else None,
+        )
         names = []
         for i, cfg in enumerate(configs):
             name = ModelDNAScorer(config=cfg, tap=tap).name
             names.append(name)
-            results.append(Result(
-                scenario=f"{zoo_name}/dna/{split.value}", question=Question.VERIFY.value, scorer=name,
-                metrics={m: metrics.mean_std([p[m] for p in per[i]]) for m in _FIGURES},
-                settings=dict(settings, config=cfg.to_json()),
-                details=dict(per_repetition=per[i], fractions=fracs[i], final_training_metrics=histories[i],
-                             plan=[r.to_json() for r in reps], seconds=secs[i])))
+            results.append(
+                Result(
+                    scenario=f"{zoo_name}/dna/{split.value}",
+                    question=Question.VERIFY.value,
+                    scorer=name,
+                    metrics={m: metrics.mean_std([p[m] for p in per[i]]) for m in _FIGURES},
+                    settings=dict(settings, config=cfg.to_json()),
+                    details=dict(
+                        per_repetition=per[i],
+                        fractions=fracs[i],
+                        final_training_metrics=histories[i],
+                        plan=[r.to_json() for r in reps],
+                        seconds=secs[i],
+                    ),
+                )
+            )
         if len(configs) == 2:
             tests = {m: paired([p[m] for p in per[0]], [p[m] for p in per[1]]) for m in _FIGURES}
-            results.append(Result(
-                scenario=f"{zoo_name}/dna/{split.value}", question=Question.VERIFY.value,
-                scorer=f"{names[0]} - no generator", metrics={m: v["differences"] for m, v in tests.items()},
-                settings=dict(settings, config=config.to_json(), test="per-repetition differences (with - without);"
-                              " exact two-sided sign test and paired t-test"),
-                details={"paired": tests}))
+            results.append(
+                Result(
+                    scenario=f"{zoo_name}/dna/{split.value}",
+                    question=Question.VERIFY.value,
+                    scorer=f"{names[0]} - no generator",
+                    metrics={m: v["differences"] for m, v in tests.items()},
+                    settings=dict(
+                        settings,
+                        config=config.to_json(),
+                        test="per-repetition differences (with - without); exact two-sided sign test and paired t-test",
+                    ),
+                    details={"paired": tests},
+                )
+            )
     return results
 
 
@@ -458,8 +531,14 @@ def quick_settings() -> dict[str, Any]:
     the DNA_QUICK build (~30-45 s) if the zoo is absent; 99.8 ± 0.4 % fragment accuracy with
     the generator, 99.5 ± 0.5 % without, 50 / 50 targets right (BUILD_NOTES.md, MGMP section).
     """
-    return dict(repetitions=5, taps=("relu1",), split=Split.STRICT, config=mgmp_lib.Config(num_steps=300),
-                num_inputs=1024, num_probe=500)
+    return dict(
+        repetitions=5,
+        taps=("relu1",),
+        split=Split.STRICT,
+        config=mgmp_lib.Config(num_steps=300),
+        num_inputs=1024,
+        num_probe=500,
+    )
 
 
 def table(results: Sequence[Result]) -> str:
@@ -468,20 +547,30 @@ def table(results: Sequence[Result]) -> str:
     Shares in percent; model decisions as ``right / targets`` summed over repetitions where available;
     difference rows add the sign-test and paired-t p-values of the fragment accuracy.
     """
-    head = ("| scenario | scorer | fragment acc. (%) | A_o (%) | A_n (%) | targets right at δ | homologous accepted (%)"
-            " | non-homologous rejected (%) | model AUC | p (sign / t), fragment acc. |")
+    head = (
+        "| scenario | scorer | fragment acc. (%) | A_o (%) | A_n (%) | targets right at δ | homologous accepted (%)"
+        " | non-homologous rejected (%) | model AUC | p (sign / t), fragment acc. |"
+    )
     lines = [head, "|---|---|" + "---:|" * 8]
     for r in results:
         m = r.metrics
         pct = lambda k, m=m: f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}"  # noqa: E731
         per = r.details.get("per_repetition")
-        right = f"{sum(p['num_right'] for p in per)} / {sum(p['num_targets'] for p in per)}" if per else \
-            f"{100 * m['model_accuracy']['mean']:+.1f} ± {100 * m['model_accuracy']['std']:.1f} %"
+        right = (
+            f"{sum(p['num_right'] for p in per)} / {sum(p['num_targets'] for p in per)}"
+            if per
+            else f"{100 * m['model_accuracy']['mean']:+.1f} ± {100 * m['model_accuracy']['std']:.1f} %"
+        )
         test = r.details.get("paired", {}).get("fragment_accuracy")
-        p = "" if test is None else f"{test['sign_p']:.3g} / " + (
-            "n/a" if test["t_p"] is None else f"{test['t_p']:.3g}")
+        p = (
+            ""
+            if test is None
+            else f"{test['sign_p']:.3g} / " + ("n/a" if test["t_p"] is None else f"{test['t_p']:.3g}")
+        )
         tap = r.settings.get("fragment_tap")
-        lines.append(f"| {r.scenario} @{tap} | {r.scorer} | {pct('fragment_accuracy')} | {pct('a_o')} | {pct('a_n')}"
-                     f" | {right} | {pct('homologous_accepted')} | {pct('non_homologous_rejected')}"
-                     f" | {m['model_auc']['mean']:.3f} ± {m['model_auc']['std']:.3f} | {p} |")
+        lines.append(
+            f"| {r.scenario} @{tap} | {r.scorer} | {pct('fragment_accuracy')} | {pct('a_o')} | {pct('a_n')}"
+            f" | {right} | {pct('homologous_accepted')} | {pct('non_homologous_rejected')}"
+            f" | {m['model_auc']['mean']:.3f} ± {m['model_auc']['std']:.3f} | {p} |"
+        )
     return "\n".join(lines)

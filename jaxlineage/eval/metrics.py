@@ -45,7 +45,10 @@ def _scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     if s.shape[0] == 0:
         raise MetricError("scores have no candidate (K = 0)")
     if np.any((y < NO_PARENT) | (y >= s.shape[0])):
-        raise MetricError(f"labels must be in [{NO_PARENT}, {s.shape[0] - 1}] ({NO_PARENT} = no parent); got {sorted(set(y.tolist()))}")
+        raise MetricError(
+            f"labels must be in [{NO_PARENT}, {s.shape[0] - 1}] ({NO_PARENT} = no parent);"
+            f" got {sorted(set(y.tolist()))}"
+        )
     return s, y
 
 
@@ -92,8 +95,13 @@ def open_set_accuracy(predictions: Any, labels: Any) -> dict[str, float]:
     def rate(mask):
         return float(np.mean(p[mask] == y[mask])) if mask.any() else float("nan")
 
-    return {"accuracy": float(np.mean(p == y)), "known_accuracy": rate(known), "no_parent_accuracy": rate(~known),
-            "known": int(known.sum()), "no_parent": int((~known).sum())}
+    return {
+        "accuracy": float(np.mean(p == y)),
+        "known_accuracy": rate(known),
+        "no_parent_accuracy": rate(~known),
+        "known": int(known.sum()),
+        "no_parent": int((~known).sum()),
+    }
 
 
 def _pos_neg(pos: Any, neg: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -181,5 +189,9 @@ def mean_std(values: Sequence[float]) -> dict[str, Any]:
     v = v[np.isfinite(v)]
     if v.size == 0:
         raise MetricError("mean_std of no finite value")
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size),
-            "values": v.tolist()}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "n": int(v.size),
+        "values": v.tolist(),
+    }

@@ -13,14 +13,13 @@ Every scorer follows :class:`~jaxlineage.eval.core.Scorer`:
 * Baselines (DESIGN.md section 9; QuRD, AAAI'25, found such baselines match
   published fingerprints):
 
-  ==========================  ==============================================================  ================
-  scorer                      score ``S[k, m]``                                               readable when
-  ==========================  ==============================================================  ================
-  :class:`WeightL2`           :math:`-\sqrt{\tfrac1D \sum_i (\theta_{c_k,i} - \theta_{q_m,i})^2}`  same architecture
-  :class:`WeightCosine`       :math:`\cos(\theta_{c_k}, \theta_{q_m})`                         same architecture
-  :class:`OutputAgreement`    :math:`\tfrac1N \sum_n [\arg\max f_{c_k}(x_n) = \arg\max f_{q_m}(x_n)]`  same output size
-  :class:`OutputKL`           :math:`-\tfrac1N \sum_n \mathrm{KL}(\sigma(f_{c_k}(x_n)) \,\|\, \sigma(f_{q_m}(x_n)))`  same output size
-  ==========================  ==============================================================  ================
+  - :class:`WeightL2`: :math:`-\sqrt{\tfrac1D \sum_i (\theta_{c_k,i} - \theta_{q_m,i})^2}`;
+    readable for the same architecture.
+  - :class:`WeightCosine`: :math:`\cos(\theta_{c_k}, \theta_{q_m})`; same architecture.
+  - :class:`OutputAgreement`: :math:`\tfrac1N \sum_n [\arg\max f_{c_k}(x_n) = \arg\max f_{q_m}(x_n)]`;
+    same output size.
+  - :class:`OutputKL`: :math:`-\tfrac1N \sum_n \mathrm{KL}(\sigma(f_{c_k}(x_n)) \,\|\, \sigma(f_{q_m}(x_n)))`;
+    same output size.
 
   Weight scorers compare the *shared leaves*: same path and same shape (a
   classifier head of another size is left out); a leaf of one path with
@@ -102,8 +101,9 @@ def _renamed(err: Exception, scorer: str, cp: Population, qp: Population) -> Sco
     msg = str(err)
     msg = re.sub(r"parents\[(\d+)\]", lambda m: f"candidate {cp.ids[int(m.group(1))]!r}", msg)
     msg = re.sub(r"children\[(\d+)\]", lambda m: f"query {qp.ids[int(m.group(1))]!r}", msg)
-    return ScorerError(f"{scorer}: candidates {cp.ids[0]!r}... ({cp.arch}) against queries {qp.ids[0]!r}..."
-                       f" ({qp.arch}): {msg}")
+    return ScorerError(
+        f"{scorer}: candidates {cp.ids[0]!r}... ({cp.arch}) against queries {qp.ids[0]!r}... ({qp.arch}): {msg}"
+    )
 
 
 def _is_head(path) -> bool:
@@ -141,15 +141,24 @@ class LearningFree(Scorer):
 
     grid = True
 
-    def __init__(self, metric: Any, mode: Mode | str = linearize.DEFAULT_MODE, *, tap: str | None = None,
-                 alphas: Sequence[float] = DEFAULT_ALPHAS, alpha: float | None = None,
-                 chunk_size: int | None = None, memory_budget_bytes: int = lineage.DEFAULT_MEMORY_BUDGET,
-                 mesh: Any = None):
+    def __init__(
+        self,
+        metric: Any,
+        mode: Mode | str = linearize.DEFAULT_MODE,
+        *,
+        tap: str | None = None,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        alpha: float | None = None,
+        chunk_size: int | None = None,
+        memory_budget_bytes: int = lineage.DEFAULT_MEMORY_BUDGET,
+        mesh: Any = None,
+    ):
         self.metric = similarity_lib.get(metric)
         self.mode = linearize.as_mode(mode)
         if self.mode is Mode.FIRST_ORDER and not self.metric.differentiable:
-            raise ValueError(f"metric {self.metric.name!r} is not differentiable: Mode.FIRST_ORDER is undefined;"
-                             " use Mode.LINEARIZED")
+            raise ValueError(
+                f"metric {self.metric.name!r} is not differentiable: Mode.FIRST_ORDER is undefined; use Mode.LINEARIZED"
+            )
         self.alphas = tuple(float(a) for a in np.asarray(alphas, float).reshape(-1))
         if not self.alphas:
             raise ValueError("alphas is empty")
@@ -179,8 +188,14 @@ class LearningFree(Scorer):
         return candidates.arch == queries.arch and tap in candidates.feature_fns and tap in queries.feature_fns
 
     @staticmethod
-    def score_grids(scorers: Sequence[LearningFree], candidates: ModelSet, queries: ModelSet, *,
-                    probe: Any, unreadable: str = "raise") -> list[np.ndarray]:
+    def score_grids(
+        scorers: Sequence[LearningFree],
+        candidates: ModelSet,
+        queries: ModelSet,
+        *,
+        probe: Any,
+        unreadable: str = "raise",
+    ) -> list[np.ndarray]:
         """Grids ``[A, K, M]`` of several learning-free scorers from one scoring pass per population pair.
 
         Args:
@@ -206,23 +221,34 @@ class LearningFree(Scorer):
         for ko, cp, mo, qp in _blocks(candidates, queries):
             if not first.readable(cp, qp):
                 if unreadable == "raise":
-                    raise ScorerError(f"{first.name} cannot score query {qp.ids[0]!r} ({qp.arch}) against candidate"
-                                      f" {cp.ids[0]!r} ({cp.arch})")
+                    raise ScorerError(
+                        f"{first.name} cannot score query {qp.ids[0]!r} ({qp.arch}) against candidate"
+                        f" {cp.ids[0]!r} ({cp.arch})"
+                    )
                 continue
             tap = first._tap(cp, qp)
             try:
                 got = lineage.score_matrices(
-                    metrics, cp.feature_fn(tap), cp.params, qp.params, probe, alpha=np.asarray(first.alphas, float),
-                    modes=modes, chunk_size=first.chunk_size, memory_budget_bytes=first.memory_budget_bytes,
-                    mesh=first.mesh)
+                    metrics,
+                    cp.feature_fn(tap),
+                    cp.params,
+                    qp.params,
+                    probe,
+                    alpha=np.asarray(first.alphas, float),
+                    modes=modes,
+                    chunk_size=first.chunk_size,
+                    memory_budget_bytes=first.memory_budget_bytes,
+                    mesh=first.mesh,
+                )
             except ValueError as e:
                 raise _renamed(e, first.name, cp, qp) from e
             for s, o in zip(scorers, out):
-                o[:, ko:ko + len(cp), mo:mo + len(qp)] = np.asarray(got[(s.metric.name, s.mode)], np.float64)
+                o[:, ko : ko + len(cp), mo : mo + len(qp)] = np.asarray(got[(s.metric.name, s.mode)], np.float64)
         return out
 
-    def score_grid(self, candidates: ModelSet, queries: ModelSet, *, probe: Any,
-                   unreadable: str = "raise") -> np.ndarray:
+    def score_grid(
+        self, candidates: ModelSet, queries: ModelSet, *, probe: Any, unreadable: str = "raise"
+    ) -> np.ndarray:
         """``[A, K, M]``: the scores at every ``alpha`` of the grid."""
         return self.score_grids([self], candidates, queries, probe=probe, unreadable=unreadable)[0]
 
@@ -244,8 +270,14 @@ class LearningFree(Scorer):
         return out
 
 
-def learning_free(metrics: Any = None, modes: Any = tuple(Mode), *, tap: str | None = None,
-                  alphas: Sequence[float] = DEFAULT_ALPHAS, **kwargs) -> list[LearningFree]:
+def learning_free(
+    metrics: Any = None,
+    modes: Any = tuple(Mode),
+    *,
+    tap: str | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    **kwargs,
+) -> list[LearningFree]:
     """The paper's table as scorers: every metric in every mode (``FIRST_ORDER`` skipped for ``linf``).
 
     Args:
@@ -275,8 +307,6 @@ def learning_free(metrics: Any = None, modes: Any = tuple(Mode), *, tap: str | N
     return out
 
 
-
-
 # --------------------------------------------------------------------------- weight space
 
 
@@ -292,8 +322,10 @@ def _shared_leaves(scorer: str, cp: Population, qp: Population) -> tuple[tuple, 
         if np.shape(a)[1:] != np.shape(b)[1:]:
             if _is_head(path):
                 continue
-            raise ScorerError(f"{scorer}: candidate {cp.ids[0]!r} and query {qp.ids[0]!r} differ at {key}:"
-                              f" shapes {np.shape(a)[1:]} and {np.shape(b)[1:]}")
+            raise ScorerError(
+                f"{scorer}: candidate {cp.ids[0]!r} and query {qp.ids[0]!r} differ at {key}:"
+                f" shapes {np.shape(a)[1:]} and {np.shape(b)[1:]}"
+            )
         if not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
             continue
         cs.append(a)
@@ -307,6 +339,7 @@ def _shared_leaves(scorer: str, cp: Population, qp: Population) -> tuple[tuple, 
 @jax.jit
 def _sq_distances(cands, queries):
     """``[K, M]`` sums of squared differences over the leaves, one candidate at a time (bounded memory)."""
+
     def one(c_leaves):
         tot = 0.0
         for c, q in zip(c_leaves, queries):
@@ -319,8 +352,10 @@ def _sq_distances(cands, queries):
 
 @jax.jit
 def _cosines(cands, queries):
-    dot = sum(c.reshape(c.shape[0], -1).astype(jnp.float32) @ q.reshape(q.shape[0], -1).astype(jnp.float32).T
-              for c, q in zip(cands, queries))
+    dot = sum(
+        c.reshape(c.shape[0], -1).astype(jnp.float32) @ q.reshape(q.shape[0], -1).astype(jnp.float32).T
+        for c, q in zip(cands, queries)
+    )
     nc = jnp.sqrt(sum(jnp.sum(jnp.square(c.reshape(c.shape[0], -1).astype(jnp.float32)), axis=1) for c in cands))
     nq = jnp.sqrt(sum(jnp.sum(jnp.square(q.reshape(q.shape[0], -1).astype(jnp.float32)), axis=1) for q in queries))
     return dot / jnp.maximum(nc[:, None] * nq[None, :], jnp.finfo(jnp.float32).tiny)
@@ -383,6 +418,7 @@ def _agreement(lc, lq):
 @jax.jit
 def _neg_kl(lc, lq):
     """``-mean_n KL(p_c || p_q)`` for every pair, ``[K, M]``."""
+
     def one(l):
         return -jnp.mean(jnp.sum(jnp.exp(l)[None] * (l[None] - lq), axis=-1), axis=1)
 
@@ -394,8 +430,10 @@ def _output_size(p: Population, probe: Any) -> tuple:
     try:
         out = jax.eval_shape(p.logits_fn, one, jax.ShapeDtypeStruct(np.shape(probe), jnp.result_type(probe)))
     except Exception as e:
-        raise ScorerError(f"model {p.ids[0]!r} ({p.arch}): logits_fn fails on the probe of shape {np.shape(probe)}:"
-                          f" {type(e).__name__}: {e}") from e
+        raise ScorerError(
+            f"model {p.ids[0]!r} ({p.arch}): logits_fn fails on the probe of shape {np.shape(probe)}:"
+            f" {type(e).__name__}: {e}"
+        ) from e
     return tuple(out.shape[1:])
 
 
@@ -406,8 +444,10 @@ class _OutputScorer(Scorer):
     def _probs(self, candidates: Population, queries: Population, probe: Any):
         sc, sq = _output_size(candidates, probe), _output_size(queries, probe)
         if sc != sq:
-            raise _Unreadable(f"{self.name} cannot compare outputs of size {sc} (candidate {candidates.ids[0]!r})"
-                              f" and {sq} (query {queries.ids[0]!r})")
+            raise _Unreadable(
+                f"{self.name} cannot compare outputs of size {sc} (candidate {candidates.ids[0]!r})"
+                f" and {sq} (query {queries.ids[0]!r})"
+            )
         x = jnp.asarray(probe)
         return _log_probs(candidates.logits_fn, candidates.params, x), _log_probs(queries.logits_fn, queries.params, x)
 
@@ -416,7 +456,7 @@ class _OutputScorer(Scorer):
         out = np.full((len(candidates), len(queries)), np.nan)
         for ko, cp, mo, qp in _blocks(candidates, queries):
             try:
-                out[ko:ko + len(cp), mo:mo + len(qp)] = self.score_block(cp, qp, probe=probe)
+                out[ko : ko + len(cp), mo : mo + len(qp)] = self.score_block(cp, qp, probe=probe)
             except _Unreadable as e:
                 if unreadable == "raise":
                     raise ScorerError(str(e)) from None

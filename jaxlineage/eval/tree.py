@@ -157,7 +157,9 @@ def _as_direction(direction: Direction | str) -> Direction:
     try:
         return Direction(str(direction).lower())
     except ValueError:
-        raise TreeError(f"unknown direction rule {direction!r}; expected one of {[d.value for d in Direction]}") from None
+        raise TreeError(
+            f"unknown direction rule {direction!r}; expected one of {[d.value for d in Direction]}"
+        ) from None
 
 
 def _as_order(order: KurtosisOrder | str) -> KurtosisOrder:
@@ -166,7 +168,9 @@ def _as_order(order: KurtosisOrder | str) -> KurtosisOrder:
     try:
         return KurtosisOrder(str(order).lower())
     except ValueError:
-        raise TreeError(f"unknown kurtosis order {order!r}; expected one of {[o.value for o in KurtosisOrder]}") from None
+        raise TreeError(
+            f"unknown kurtosis order {order!r}; expected one of {[o.value for o in KurtosisOrder]}"
+        ) from None
 
 
 def _as_solver(solver: Solver | str) -> Solver:
@@ -192,8 +196,10 @@ def _check_square(scores: Any, name: str, *, allow_neg_inf: bool = False) -> np.
         bad &= ~np.isneginf(s)
     if bad.any():
         a, b = np.argwhere(bad)[0]
-        raise TreeError(f"{name}[{a}, {b}] is {s[a, b]} (every off-diagonal entry must be finite"
-                        f"{' or -inf' if allow_neg_inf else ''})")
+        raise TreeError(
+            f"{name}[{a}, {b}] is {s[a, b]} (every off-diagonal entry must be finite"
+            f"{' or -inf' if allow_neg_inf else ''})"
+        )
     np.fill_diagonal(s, np.nan)
     return s
 
@@ -227,8 +233,9 @@ def _path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
-def _stacked_leaves(params: Any, leaf_filter: Callable[[str, tuple[int, ...]], bool] | None,
-                    what: str) -> tuple[list[str], list[np.ndarray | jax.Array], int]:
+def _stacked_leaves(
+    params: Any, leaf_filter: Callable[[str, tuple[int, ...]], bool] | None, what: str
+) -> tuple[list[str], list[np.ndarray | jax.Array], int]:
     """``(paths, leaves [P, ...], P)`` of the weights to compare, from any accepted input."""
     if isinstance(params, core.Population):
         params = core.ModelSet((params,))
@@ -237,14 +244,18 @@ def _stacked_leaves(params: Any, leaf_filter: Callable[[str, tuple[int, ...]], b
         archs = sorted({p.arch for p in pops})
         if len(archs) > 1:
             first = {a: next(p.ids[0] for p in pops if p.arch == a) for a in archs}
-            raise TreeError(f"{what} compares weights, so every model needs one architecture; got "
-                            + ", ".join(f"{a!r} (e.g. model {first[a]!r})" for a in archs))
+            raise TreeError(
+                f"{what} compares weights, so every model needs one architecture; got "
+                + ", ".join(f"{a!r} (e.g. model {first[a]!r})" for a in archs)
+            )
         per_pop = [{_path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(p.params)[0]} for p in pops]
         # Shared leaves: same path and per-model shape in every population (heads of other tasks drop out).
-        paths = [k for k in per_pop[0] if all(k in d and np.shape(d[k])[1:] == np.shape(per_pop[0][k])[1:]
-                                              for d in per_pop)]
-        leaves = [np.concatenate([np.asarray(d[k]) for d in per_pop]) if len(pops) > 1 else per_pop[0][k]
-                  for k in paths]
+        paths = [
+            k for k in per_pop[0] if all(k in d and np.shape(d[k])[1:] == np.shape(per_pop[0][k])[1:] for d in per_pop)
+        ]
+        leaves = [
+            np.concatenate([np.asarray(d[k]) for d in per_pop]) if len(pops) > 1 else per_pop[0][k] for k in paths
+        ]
         n = len(params)
     else:
         if isinstance(params, (list, tuple)):
@@ -263,8 +274,10 @@ def _stacked_leaves(params: Any, leaf_filter: Callable[[str, tuple[int, ...]], b
         leaves = [v for _, v in flat]
         sizes = {np.shape(v)[0] if np.ndim(v) else None for v in leaves}
         if len(sizes) != 1 or None in sizes:
-            raise TreeError(f"{what}: every leaf must be stacked along a leading model axis of one size;"
-                            f" got leading sizes {sorted(str(s) for s in sizes)}")
+            raise TreeError(
+                f"{what}: every leaf must be stacked along a leading model axis of one size;"
+                f" got leading sizes {sorted(str(s) for s in sizes)}"
+            )
         n = sizes.pop()
     if leaf_filter is not None:
         keep = [i for i, (k, v) in enumerate(zip(paths, leaves)) if leaf_filter(k, tuple(np.shape(v)[1:]))]
@@ -311,7 +324,7 @@ def weight_scores(params: Any, *, leaf_filter: Callable[[str, tuple[int, ...]], 
     for leaf in leaves:
         x = np.asarray(leaf).reshape(p, -1)
         for s in range(0, x.shape[1], _COLUMN_CHUNK):
-            c = x[:, s:s + _COLUMN_CHUNK].astype(np.float64)
+            c = x[:, s : s + _COLUMN_CHUNK].astype(np.float64)
             c -= c.mean(axis=0, keepdims=True)
             gram += c @ c.T
     sq = np.diag(gram)[:, None] + np.diag(gram)[None, :] - 2 * gram
@@ -322,8 +335,13 @@ def weight_scores(params: Any, *, leaf_filter: Callable[[str, tuple[int, ...]], 
     return out
 
 
-def weight_kurtosis(params: Any, *, leaf_filter: Callable[[str, tuple[int, ...]], bool] | None = None,
-                    min_ndim: int = 2, model_chunk: int = 8) -> np.ndarray:
+def weight_kurtosis(
+    params: Any,
+    *,
+    leaf_filter: Callable[[str, tuple[int, ...]], bool] | None = None,
+    min_ndim: int = 2,
+    model_chunk: int = 8,
+) -> np.ndarray:
     r"""MoTHer's per-model direction statistic: summed excess kurtosis of the weight matrices.
 
     .. math:: k(\theta) = \sum_{W \in \theta,\ \mathrm{ndim}(W) \ge 2}
@@ -355,12 +373,12 @@ def weight_kurtosis(params: Any, *, leaf_filter: Callable[[str, tuple[int, ...]]
     out = np.zeros(p)
     for path, leaf in keep:
         for s in range(0, p, model_chunk):
-            x = np.asarray(leaf[s:s + model_chunk]).reshape(min(model_chunk, p - s), -1).astype(np.float64)
+            x = np.asarray(leaf[s : s + model_chunk]).reshape(min(model_chunk, p - s), -1).astype(np.float64)
             x = x - x.mean(axis=1, keepdims=True)
             m2 = np.mean(x * x, axis=1)
             if np.any(m2 == 0):
                 raise TreeError(f"weight_kurtosis: leaf {path!r} of model {s + int(np.argmin(m2))} is constant")
-            out[s:s + len(m2)] += np.mean(x ** 4, axis=1) / m2 ** 2 - 3.0
+            out[s : s + len(m2)] += np.mean(x**4, axis=1) / m2**2 - 3.0
     return out
 
 
@@ -408,8 +426,9 @@ def learning_free_scores(
         raise TreeError(f"learning_free_scores: tree recovery needs at least 2 models; got {p}")
     if np.ndim(alpha) != 0:
         raise TreeError(f"learning_free_scores: alpha must be a scalar; got shape {np.shape(alpha)}")
-    mats = lineage_lib.score_matrices(metrics, feature_fn, params, params, x, alpha=alpha, modes=modes,
-                                      chunk_size=chunk_size)
+    mats = lineage_lib.score_matrices(
+        metrics, feature_fn, params, params, x, alpha=alpha, modes=modes, chunk_size=chunk_size
+    )
     out = {}
     for (name, mode), s in mats.items():
         s = similarity_lib.report(name, s) if reported else s
@@ -529,7 +548,7 @@ def _find_cycle(parent: np.ndarray) -> list[int] | None:
             walk.append(n)
             n = parent[n]
         if n >= 0 and state[n] == 1:
-            return walk[walk.index(n):]
+            return walk[walk.index(n) :]
         state[walk] = 2
     return None
 
@@ -715,8 +734,10 @@ def max_arborescence(
         if hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi)):
             break
         c = 0.5 * (lo + hi)
-    raise TreeError(f"found no forest with exactly {num_roots} roots (closest: {_num_roots(best)} roots);"
-                    " ties in the weights or forbidden edges prevent it; break ties or pass root_scores")
+    raise TreeError(
+        f"found no forest with exactly {num_roots} roots (closest: {_num_roots(best)} roots);"
+        " ties in the weights or forbidden edges prevent it; break ties or pass root_scores"
+    )
 
 
 def _gap_threshold(w: np.ndarray) -> float:
@@ -742,8 +763,14 @@ def recover_parents(
     solver: Solver | str = Solver.NETWORKX,
 ) -> np.ndarray:
     """:func:`recover` as a parent index array ``[P]`` (``-1`` for roots)."""
-    w = edge_weights(scores, direction=direction, kurtosis=kurtosis, kurtosis_order=kurtosis_order,
-                     direction_scores=direction_scores, strength=strength)
+    w = edge_weights(
+        scores,
+        direction=direction,
+        kurtosis=kurtosis,
+        kurtosis_order=kurtosis_order,
+        direction_scores=direction_scores,
+        strength=strength,
+    )
     if num_roots is None and root_scores is None:
         root_scores = _gap_threshold(w)
     return max_arborescence(w, root_scores=root_scores, num_roots=num_roots, solver=solver)
@@ -795,9 +822,17 @@ def recover(
       TreeError: see :func:`edge_weights` and :func:`max_arborescence`.
     """
     p = np.shape(scores)[0] if np.ndim(scores) == 2 else -1
-    parents = recover_parents(scores, direction=direction, kurtosis=kurtosis, kurtosis_order=kurtosis_order,
-                              direction_scores=direction_scores, strength=strength, num_roots=num_roots,
-                              root_scores=root_scores, solver=solver)
+    parents = recover_parents(
+        scores,
+        direction=direction,
+        kurtosis=kurtosis,
+        kurtosis_order=kurtosis_order,
+        direction_scores=direction_scores,
+        strength=strength,
+        num_roots=num_roots,
+        root_scores=root_scores,
+        solver=solver,
+    )
     names = _ids(ids, p)
     return LineageGraph.from_parents({names[b]: None if a < 0 else names[a] for b, a in enumerate(parents)})
 
@@ -888,8 +923,10 @@ def tree_accuracy(true: LineageGraph, recovered: LineageGraph) -> TreeAccuracy:
     if set(true.ids) != set(recovered.ids):
         only = min(set(true.ids) ^ set(recovered.ids))
         where = "true" if only in true else "recovered"
-        raise TreeError(f"the graphs differ in their models: {only!r} is only in the {where} graph;"
-                        " restrict the truth with restrict_graph(true, ids)")
+        raise TreeError(
+            f"the graphs differ in their models: {only!r} is only in the {where} graph;"
+            " restrict the truth with restrict_graph(true, ids)"
+        )
     e_true, e_rec = set(true.edges()), set(recovered.edges())
     u_rec = {frozenset(e) for e in e_rec}
     n = len(e_true)
@@ -903,9 +940,17 @@ def tree_accuracy(true: LineageGraph, recovered: LineageGraph) -> TreeAccuracy:
     r_true, r_rec = set(true.roots()), set(recovered.roots())
     root = len(r_true & r_rec) / max(len(r_true), len(r_rec))
     model_root = float(np.mean([set(true.roots(m)) == set(recovered.roots(m)) for m in true.ids]))
-    return TreeAccuracy(undirected=float(undirected), directed=float(directed), root=float(root),
-                        model_root=model_root, reversed=float(rev), n_true_edges=n, n_recovered_edges=len(e_rec),
-                        n_true_roots=len(r_true), n_recovered_roots=len(r_rec))
+    return TreeAccuracy(
+        undirected=float(undirected),
+        directed=float(directed),
+        root=float(root),
+        model_root=model_root,
+        reversed=float(rev),
+        n_true_edges=n,
+        n_recovered_edges=len(e_rec),
+        n_true_roots=len(r_true),
+        n_recovered_roots=len(r_rec),
+    )
 
 
 def direction_accuracy(true: LineageGraph, evidence: Any, ids: Sequence[str]) -> float:
@@ -957,8 +1002,12 @@ def tree_result(
         scorer=scorer,
         metrics={k: metrics_lib.mean_std([v]) for k, v in metric_values.items()},
         settings=dict(settings or {}),
-        details={**acc.as_dict(), "true_graph": true.to_json(), "recovered_graph": recovered.to_json(),
-                 **dict(details or {})},
+        details={
+            **acc.as_dict(),
+            "true_graph": true.to_json(),
+            "recovered_graph": recovered.to_json(),
+            **dict(details or {}),
+        },
     )
 
 
@@ -991,8 +1040,9 @@ def _layered_positions(graph: LineageGraph) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def tree_plot(true: LineageGraph, recovered: LineageGraph, path: Any, *, title: str | None = None,
-              labels: bool | None = None) -> None:
+def tree_plot(
+    true: LineageGraph, recovered: LineageGraph, path: Any, *, title: str | None = None, labels: bool | None = None
+) -> None:
     """Draws the true forest (left) and the recovered one (right) as a PNG.
 
     Both panels place the models where the true forest has them, so a wrong edge
@@ -1024,23 +1074,38 @@ def tree_plot(true: LineageGraph, recovered: LineageGraph, path: Any, *, title: 
         dg.add_edges_from(g.edges())
         roots = set(g.roots())
         node_size = 120 if len(g) <= 30 else 40
-        nx.draw_networkx_nodes(dg, pos, ax=ax, nodelist=[n for n in g.ids if n not in roots], node_size=node_size,
-                               node_color="#9ecae1")
-        nx.draw_networkx_nodes(dg, pos, ax=ax, nodelist=[n for n in g.ids if n in roots], node_size=2 * node_size,
-                               node_color="#3182bd", node_shape="s")
+        nx.draw_networkx_nodes(
+            dg, pos, ax=ax, nodelist=[n for n in g.ids if n not in roots], node_size=node_size, node_color="#9ecae1"
+        )
+        nx.draw_networkx_nodes(
+            dg,
+            pos,
+            ax=ax,
+            nodelist=[n for n in g.ids if n in roots],
+            node_size=2 * node_size,
+            node_color="#3182bd",
+            node_shape="s",
+        )
         if g is true:
             colors = ["black"] * dg.number_of_edges()
         else:
             colors = ["black" if e in e_true else "orange" if (e[1], e[0]) in e_true else "red" for e in dg.edges()]
-        nx.draw_networkx_edges(dg, pos, ax=ax, edge_color=colors, arrows=True, arrowsize=8, width=1.0,
-                               node_size=node_size)
+        nx.draw_networkx_edges(
+            dg, pos, ax=ax, edge_color=colors, arrows=True, arrowsize=8, width=1.0, node_size=node_size
+        )
         if labels:
             nx.draw_networkx_labels(dg, pos, ax=ax, font_size=6)
         ax.set_title(f"{name}: {len(g.edges())} edges, {len(roots)} roots")
         ax.set_axis_off()
-    axes[1].legend(handles=[Line2D([], [], color="black", label="right"),
-                            Line2D([], [], color="orange", label="reversed"),
-                            Line2D([], [], color="red", label="wrong")], loc="lower right", fontsize=8)
+    axes[1].legend(
+        handles=[
+            Line2D([], [], color="black", label="right"),
+            Line2D([], [], color="orange", label="reversed"),
+            Line2D([], [], color="red", label="wrong"),
+        ],
+        loc="lower right",
+        fontsize=8,
+    )
     fig.suptitle(title or f"directed {acc.directed:.1%}, undirected {acc.undirected:.1%}, roots {acc.root:.1%}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

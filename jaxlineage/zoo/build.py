@@ -136,8 +136,10 @@ class Zoo:
 
     def __repr__(self):
         if isinstance(self.spec, ZooSpec):
-            return (f"Zoo({self.spec.name!r}: {len(self.parents)} parents, {len(self.children)} children, "
-                    f"{len(self.independents)} independents, {len(self.grandchildren)} grandchildren)")
+            return (
+                f"Zoo({self.spec.name!r}: {len(self.parents)} parents, {len(self.children)} children, "
+                f"{len(self.independents)} independents, {len(self.grandchildren)} grandchildren)"
+            )
         return f"Zoo({self.spec.name!r}: {len(self.records)} models in {len(self.graph_spec.groups)} groups)"
 
     # ------------------------------------------------------------------ selection
@@ -170,17 +172,33 @@ class Zoo:
         self.graph_spec.group(name)
         return [r for r in self.records if r.group == name and (kept is None or r.kept == kept)]
 
-    def models(self, *, group: str | Sequence[str] | None = None, op: str | None = None, kind: str | None = None,
-               task: str | None = None, arch: str | None = None, tag: str | None = None, role: str | None = None,
-               kept: bool | None = True) -> list[ModelRecord]:
+    def models(
+        self,
+        *,
+        group: str | Sequence[str] | None = None,
+        op: str | None = None,
+        kind: str | None = None,
+        task: str | None = None,
+        arch: str | None = None,
+        tag: str | None = None,
+        role: str | None = None,
+        kept: bool | None = True,
+    ) -> list[ModelRecord]:
         """Models matching every given filter (``tag``: the group carries that tag), in build order."""
         groups = {group} if isinstance(group, str) else (set(group) if group is not None else None)
         tagged = None if tag is None else {g.name for g in self.groups if tag in g.tags}
-        return [r for r in self.records
-                if (groups is None or r.group in groups) and (op is None or r.op == op)
-                and (kind is None or r.kind == kind) and (task is None or r.task == task)
-                and (arch is None or r.arch == arch) and (tagged is None or r.group in tagged)
-                and (role is None or r.role == role) and (kept is None or r.kept == kept)]
+        return [
+            r
+            for r in self.records
+            if (groups is None or r.group in groups)
+            and (op is None or r.op == op)
+            and (kind is None or r.kind == kind)
+            and (task is None or r.task == task)
+            and (arch is None or r.arch == arch)
+            and (tagged is None or r.group in tagged)
+            and (role is None or r.role == role)
+            and (kept is None or r.kept == kept)
+        ]
 
     def children_of(self, parent_id: str, task: str | None = None) -> list[ModelRecord]:
         return [r for r in self.children if r.parent_id == parent_id and (task is None or r.task == task)]
@@ -211,12 +229,20 @@ class Zoo:
             kept = [r for r in recs if r.kept]
             accs = [r.test_acc for r in kept]
             fids = [r.fidelity for r in kept if r.fidelity is not None]
-            rows.append({
-                "group": g.name, "op": g.op, "kind": g.kind_name, "source": g.source,
-                "task": self.graph_spec.task_of(g.name).name, "arch": self.graph_spec.arch_of(g.name)[0],
-                "n": len(recs), "kept": len(kept),
-                "acc": _stats(accs), "fidelity": _stats(fids),
-            })
+            rows.append(
+                {
+                    "group": g.name,
+                    "op": g.op,
+                    "kind": g.kind_name,
+                    "source": g.source,
+                    "task": self.graph_spec.task_of(g.name).name,
+                    "arch": self.graph_spec.arch_of(g.name)[0],
+                    "n": len(recs),
+                    "kept": len(kept),
+                    "acc": _stats(accs),
+                    "fidelity": _stats(fids),
+                }
+            )
         return rows
 
     # ------------------------------------------------------------------ lineage
@@ -351,8 +377,9 @@ class _Progress:
             self.bar.close()
 
 
-def build(spec: ZooSpec | GraphSpec, workdir: str | os.PathLike, *, progress: bool | None = None,
-          overwrite: bool = False) -> Zoo:
+def build(
+    spec: ZooSpec | GraphSpec, workdir: str | os.PathLike, *, progress: bool | None = None, overwrite: bool = False
+) -> Zoo:
     """Builds (or resumes building) a zoo in ``workdir`` and returns it.
 
     Args:
@@ -397,8 +424,14 @@ def build(spec: ZooSpec | GraphSpec, workdir: str | os.PathLike, *, progress: bo
         records = builder.run()
     finally:
         builder.bar.close()
-    storage.write_json(workdir / MANIFEST, {"spec": spec.to_json(), "models": [dataclasses.asdict(r) for r in records],
-                                           "graph": Zoo(workdir, spec, records).graph.to_json()})
+    storage.write_json(
+        workdir / MANIFEST,
+        {
+            "spec": spec.to_json(),
+            "models": [dataclasses.asdict(r) for r in records],
+            "graph": Zoo(workdir, spec, records).graph.to_json(),
+        },
+    )
     zoo = Zoo(workdir, spec, records)
     log.info("zoo: built %r", zoo)
     return zoo
@@ -497,11 +530,19 @@ class _Builder:
         if r.group is not None:
             return r
         spec = self.spec
-        init_key = None if j.source is not None else _init_key(
-            spec.arch_of(g.name), spec.task_of(g.name).num_classes, j.hparams.get("init_seed", j.hparams["seed"]),
-            spec.seed)
-        return dataclasses.replace(r, group=g.name, op=g.op, kind=g.kind_name, arch=spec.arch_of(g.name)[0],
-                                   init_key=init_key)
+        init_key = (
+            None
+            if j.source is not None
+            else _init_key(
+                spec.arch_of(g.name),
+                spec.task_of(g.name).num_classes,
+                j.hparams.get("init_seed", j.hparams["seed"]),
+                spec.seed,
+            )
+        )
+        return dataclasses.replace(
+            r, group=g.name, op=g.op, kind=g.kind_name, arch=spec.arch_of(g.name)[0], init_key=init_key
+        )
 
     def source_params(self, model_id: str) -> PyTree:
         if model_id not in self._params_cache:
@@ -517,20 +558,41 @@ class _Builder:
         xt, yt = task_arrays(task, "test")
         sources = None if g.source is None else nets.stack([self.source_params(j.source.id) for j in jobs])
         data_seeds = tuple(int(j.hparams["seed"]) * 7919 + spec.seed for j in jobs)
-        init_keys = jax.numpy.stack([
-            jax.random.fold_in(jax.random.key(int(j.hparams.get("init_seed", j.hparams["seed"]))), spec.seed)
-                                     for j in jobs])
+        init_keys = jax.numpy.stack(
+            [
+                jax.random.fold_in(jax.random.key(int(j.hparams.get("init_seed", j.hparams["seed"]))), spec.seed)
+                for j in jobs
+            ]
+        )
         # Other randomness (permutations, noise, students' inits) differs per source, so that two
         # sources' derived models never share it.
-        keys = jax.numpy.stack([
-            jax.random.fold_in(jax.random.key(d), zlib.crc32((j.source.id if j.source else "").encode()) & 0x7FFFFFFF)
-                                for j, d in zip(jobs, data_seeds)])
+        keys = jax.numpy.stack(
+            [
+                jax.random.fold_in(
+                    jax.random.key(d), zlib.crc32((j.source.id if j.source else "").encode()) & 0x7FFFFFFF
+                )
+                for j, d in zip(jobs, data_seeds)
+            ]
+        )
         seq_archs = spec.resolved_sequential_archs()
         seq = network.name in seq_archs
         src_seq = src_net is not None and src_net.name in seq_archs
         t0 = time.time()
-        params = op.fn(ops_lib.OpInput(network, src_net, sources, x, y, tuple(j.hparams for j in jobs), init_keys, keys,
-                                       data_seeds, seq, src_seq))
+        params = op.fn(
+            ops_lib.OpInput(
+                network,
+                src_net,
+                sources,
+                x,
+                y,
+                tuple(j.hparams for j in jobs),
+                init_keys,
+                keys,
+                data_seeds,
+                seq,
+                src_seq,
+            )
+        )
         mine = training.population_logits(network, params, xt, sequential=seq)
         accs = (mine.argmax(-1) == np.asarray(yt)[None]).mean(-1)
         fids = [None] * len(jobs)
@@ -538,18 +600,33 @@ class _Builder:
             mine = mine.argmax(-1)
             theirs = training.population_logits(src_net, sources, xt, sequential=src_seq).argmax(-1)
             fids = [float(v) for v in (mine == theirs).mean(-1)]
-        log.info("zoo: made %d models of group %r (%s) on %s in %.1fs", len(jobs), g.name, g.op, task.name,
-                 time.time() - t0)
+        log.info(
+            "zoo: made %d models of group %r (%s) on %s in %.1fs", len(jobs), g.name, g.op, task.name, time.time() - t0
+        )
         arch = spec.arch_of(g.name)
         out = []
         for j, p, acc, fid in zip(jobs, nets.unstack(params), accs, fids):
             storage.check_finite(p, f"model {j.id} of group {g.name!r} after {g.op}")
-            init_key = None if j.source is not None else _init_key(
-                arch, task.num_classes, j.hparams.get("init_seed", j.hparams["seed"]), spec.seed)
-            rec = ModelRecord(id=j.id, role=g.role_name, parent_id=None if j.source is None else j.source.id,
-                              generation=spec.generation(g.name), task=task.name, hparams=_jsonable(j.hparams),
-                              test_acc=float(acc), group=g.name, op=g.op, kind=g.kind_name, arch=arch[0], fidelity=fid,
-                              init_key=init_key)
+            init_key = (
+                None
+                if j.source is not None
+                else _init_key(arch, task.num_classes, j.hparams.get("init_seed", j.hparams["seed"]), spec.seed)
+            )
+            rec = ModelRecord(
+                id=j.id,
+                role=g.role_name,
+                parent_id=None if j.source is None else j.source.id,
+                generation=spec.generation(g.name),
+                task=task.name,
+                hparams=_jsonable(j.hparams),
+                test_acc=float(acc),
+                group=g.name,
+                op=g.op,
+                kind=g.kind_name,
+                arch=arch[0],
+                fidelity=fid,
+                init_key=init_key,
+            )
             storage.save_params(self.models / j.id, p)
             storage.write_json(self.models / f"{j.id}.json", dataclasses.asdict(rec))
             out.append(rec)

@@ -26,11 +26,15 @@ def _rng(s: dict | None) -> str:
 def format_summary(zoo: Zoo) -> str:
     """A Markdown table, one row per group: op, kind, task, arch, models (kept / stored),
     test accuracy range and fidelity-to-parent range of the kept models."""
-    lines = ["| group | op | kind | task | arch | models (kept/all) | test acc | fidelity |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| group | op | kind | task | arch | models (kept/all) | test acc | fidelity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in zoo.group_summary():
-        lines.append(f"| {r['group']} | {r['op']} | {r['kind']} | {r['task']} | {r['arch']} | "
-                     f"{r['kept']}/{r['n']} | {_rng(r['acc'])} | {_rng(r['fidelity'])} |")
+        lines.append(
+            f"| {r['group']} | {r['op']} | {r['kind']} | {r['task']} | {r['arch']} | "
+            f"{r['kept']}/{r['n']} | {_rng(r['acc'])} | {_rng(r['fidelity'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -54,6 +58,7 @@ def draw_graph(zoo: Zoo, path: str | pathlib.Path) -> pathlib.Path | None:
         return None
     spec = zoo.graph_spec
     rows = {r["group"]: r for r in zoo.group_summary()}
+
     # Order each column by its groups' root group, so that edges from one root stay together.
     def root(name):
         g = spec.group(name)
@@ -83,11 +88,19 @@ def draw_graph(zoo: Zoo, path: str | pathlib.Path) -> pathlib.Path | None:
         nx.draw_networkx_nodes(graph, pos, nodelist=nodes, node_color=[colour[op]], node_size=sizes, ax=ax, label=op)
     for g in ordered:
         x, y = pos[g.name]
-        ax.annotate(f"{g.name} ({rows[g.name]['kept']})", (x, y), xytext=(6, 0), textcoords="offset points",
-                    fontsize=7, va="center")
+        ax.annotate(
+            f"{g.name} ({rows[g.name]['kept']})",
+            (x, y),
+            xytext=(6, 0),
+            textcoords="offset points",
+            fontsize=7,
+            va="center",
+        )
     ax.legend(loc="upper left", fontsize=8, title="operation", title_fontsize=8)
-    ax.set_title(f"zoo {zoo.spec.name!r}: {len(spec.groups)} groups, {sum(r['kept'] for r in rows.values())} kept "
-                 "models (in brackets); sources left, derivations right")
+    ax.set_title(
+        f"zoo {zoo.spec.name!r}: {len(spec.groups)} groups, {sum(r['kept'] for r in rows.values())} kept "
+        "models (in brackets); sources left, derivations right"
+    )
     ax.axis("off")
     ax.margins(x=0.25)
     path = pathlib.Path(path)

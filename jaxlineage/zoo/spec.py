@@ -96,16 +96,27 @@ class Grid:
     def axes(self) -> tuple[tuple[str, tuple], ...]:
         """The grid as :class:`Group` axes, in the classic enumeration order (init, seed, lr, batch size)."""
         out = [] if self.init_seeds is None else [("init_seed", tuple(self.init_seeds))]
-        out += [("seed", tuple(self.seeds)), ("lr", tuple(float(v) for v in self.lrs)),
-                ("batch_size", tuple(int(v) for v in self.batch_sizes)), ("epochs", (int(self.epochs),))]
+        out += [
+            ("seed", tuple(self.seeds)),
+            ("lr", tuple(float(v) for v in self.lrs)),
+            ("batch_size", tuple(int(v) for v in self.batch_sizes)),
+            ("epochs", (int(self.epochs),)),
+        ]
         return tuple(out)
 
     def points(self) -> list[dict]:
         inits = self.init_seeds if self.init_seeds is not None else (None,)
         out = []
         for init, seed, lr, bs in itertools.product(inits, self.seeds, self.lrs, self.batch_sizes):
-            out.append(dict(lr=float(lr), batch_size=int(bs), seed=int(seed), epochs=int(self.epochs),
-                            init_seed=int(seed if init is None else init)))
+            out.append(
+                dict(
+                    lr=float(lr),
+                    batch_size=int(bs),
+                    seed=int(seed),
+                    epochs=int(self.epochs),
+                    init_seed=int(seed if init is None else init),
+                )
+            )
         return out
 
 
@@ -281,8 +292,10 @@ class GraphSpec:
             if op.needs_source and g.source is None:
                 raise ZooError(f"group {g.name!r}: operation {g.op!r} needs a source group")
             if not op.needs_source and g.source is not None:
-                raise ZooError(f"group {g.name!r}: operation {g.op!r} makes models from scratch; it takes no source "
-                               f"(got {g.source!r})")
+                raise ZooError(
+                    f"group {g.name!r}: operation {g.op!r} makes models from scratch; it takes no source "
+                    f"(got {g.source!r})"
+                )
             if g.source is not None and g.source not in by:
                 raise ZooError(f"group {g.name!r}: unknown source group {g.source!r}; groups: {names}")
             if g.task is not None and g.task not in tnames:
@@ -290,24 +303,30 @@ class GraphSpec:
             if g.source is None and g.task is None:
                 raise ZooError(f"group {g.name!r}: a root group needs a task")
             if g.arch is not None and not op.fresh_arch:
-                raise ZooError(f"group {g.name!r}: operation {g.op!r} keeps its source's architecture; "
-                               f"do not set arch ({g.arch!r})")
+                raise ZooError(
+                    f"group {g.name!r}: operation {g.op!r} keeps its source's architecture; "
+                    f"do not set arch ({g.arch!r})"
+                )
             if g.source is None and g.arch is None:
                 raise ZooError(f"group {g.name!r}: a root group needs an architecture")
             if g.arch is not None and g.arch not in nets.ARCHITECTURES:
-                raise ZooError(f"group {g.name!r}: unknown architecture {g.arch!r}; "
-                               f"known: {sorted(nets.ARCHITECTURES)}")
+                raise ZooError(
+                    f"group {g.name!r}: unknown architecture {g.arch!r}; known: {sorted(nets.ARCHITECTURES)}"
+                )
             for k, vs in g.grid:
                 if k not in op.defaults:
-                    raise ZooError(f"group {g.name!r}: operation {g.op!r} takes no hyper-parameter {k!r}; "
-                                   f"it takes {sorted(op.defaults)}")
+                    raise ZooError(
+                        f"group {g.name!r}: operation {g.op!r} takes no hyper-parameter {k!r}; "
+                        f"it takes {sorted(op.defaults)}"
+                    )
                 if k in op.enums:
                     for v in vs:
                         try:
                             op.enums[k](v)
                         except ValueError:
-                            raise ZooError(f"group {g.name!r}: {k}={v!r} is not one of "
-                                           f"{[e.value for e in op.enums[k]]}") from None
+                            raise ZooError(
+                                f"group {g.name!r}: {k}={v!r} is not one of {[e.value for e in op.enums[k]]}"
+                            ) from None
             if not g.points():
                 raise ZooError(f"group {g.name!r}: the grid has no points")
         self._check_acyclic(by)
@@ -321,15 +340,19 @@ class GraphSpec:
             t, s = self.task_of(g.name), self.task_of(g.source)
             keep_head = g.op == "finetune" and self.hparams_of(g.name, "head") == {HeadMode.KEEP.value}
             if (op.output == "source" or keep_head) and t.num_classes != s.num_classes:
-                raise ZooError(f"group {g.name!r}: operation {g.op!r} keeps the source's {s.num_classes} outputs "
-                               f"(task {s.name!r}) but its task {t.name!r} has {t.num_classes} classes")
+                raise ZooError(
+                    f"group {g.name!r}: operation {g.op!r} keeps the source's {s.num_classes} outputs "
+                    f"(task {s.name!r}) but its task {t.name!r} has {t.num_classes} classes"
+                )
         # Model ids must be unique within each group (e.g. lrs 1e-3 and 1.2e-3 print alike).
         for g in self.groups:
             sfx = [point_suffix(g, self._merged(g, hp)) for hp in g.points()]
             dup = {s for s in sfx if sfx.count(s) > 1}
             if dup:
-                raise ZooError(f"group {g.name!r}: grid points give equal model ids {sorted(dup)}; "
-                               "make the values distinguishable at the id's precision")
+                raise ZooError(
+                    f"group {g.name!r}: grid points give equal model ids {sorted(dup)}; "
+                    "make the values distinguishable at the id's precision"
+                )
 
     def _check_acyclic(self, by: Mapping[str, Group]) -> None:
         for g in self.groups:
@@ -507,22 +530,71 @@ class ZooSpec:
         """The groups ``parent``, ``child``, ``grandchild``, ``independent`` (suffixed ``.<task>``
         with several child tasks), with the classic ids, keys and training."""
         multi = len(self.child_tasks) > 1
-        groups = [Group("parent", "train", task=self.parent_task.name, arch=self.arch, arch_kwargs=self.arch_kwargs,
-                        grid=self.parents.axes(), top_k=self.top_k, prefix="p-", tags=("classic",))]
+        groups = [
+            Group(
+                "parent",
+                "train",
+                task=self.parent_task.name,
+                arch=self.arch,
+                arch_kwargs=self.arch_kwargs,
+                grid=self.parents.axes(),
+                top_k=self.top_k,
+                prefix="p-",
+                tags=("classic",),
+            )
+        ]
         for t in self.child_tasks:
             sfx = f".{t.name}" if multi else ""
-            groups.append(Group(f"child{sfx}", "finetune", source="parent", task=t.name, grid=self.children.axes(),
-                                floor=self.child_floor, prefix="c-", role="child", kind="finetune_transfer",
-                                tags=("classic",)))
+            groups.append(
+                Group(
+                    f"child{sfx}",
+                    "finetune",
+                    source="parent",
+                    task=t.name,
+                    grid=self.children.axes(),
+                    floor=self.child_floor,
+                    prefix="c-",
+                    role="child",
+                    kind="finetune_transfer",
+                    tags=("classic",),
+                )
+            )
             if self.generations == 2:
-                groups.append(Group(f"grandchild{sfx}", "finetune", source=f"child{sfx}", task=t.name,
-                                    grid=self.grandchildren.axes() + (("head", (HeadMode.KEEP.value,)),),
-                                    floor=self.child_floor, prefix="g-", role="grandchild", kind="finetune",
-                                    tags=("classic",)))
-            groups.append(Group(f"independent{sfx}", "train", task=t.name, arch=self.arch, arch_kwargs=self.arch_kwargs,
-                                grid=self.independents.axes(), prefix="ind-", role="independent", tags=("classic",)))
-        return GraphSpec(self.name, (self.parent_task, *self.child_tasks), tuple(groups),
-                         max_population=self.max_population, seed=self.seed, sequential_archs=())
+                groups.append(
+                    Group(
+                        f"grandchild{sfx}",
+                        "finetune",
+                        source=f"child{sfx}",
+                        task=t.name,
+                        grid=self.grandchildren.axes() + (("head", (HeadMode.KEEP.value,)),),
+                        floor=self.child_floor,
+                        prefix="g-",
+                        role="grandchild",
+                        kind="finetune",
+                        tags=("classic",),
+                    )
+                )
+            groups.append(
+                Group(
+                    f"independent{sfx}",
+                    "train",
+                    task=t.name,
+                    arch=self.arch,
+                    arch_kwargs=self.arch_kwargs,
+                    grid=self.independents.axes(),
+                    prefix="ind-",
+                    role="independent",
+                    tags=("classic",),
+                )
+            )
+        return GraphSpec(
+            self.name,
+            (self.parent_task, *self.child_tasks),
+            tuple(groups),
+            max_population=self.max_population,
+            seed=self.seed,
+            sequential_archs=(),
+        )
 
     def to_json(self) -> dict:
         d = json.loads(json.dumps(dataclasses.asdict(self)))

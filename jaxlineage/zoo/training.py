@@ -38,13 +38,40 @@ def _optimizer(optimizer: Optimizer, momentum: float, weight_decay: float) -> op
 
 @functools.partial(
     jax.jit,
-    static_argnames=("network", "batch_size", "steps", "optimizer", "momentum", "weight_decay", "temperature",
-                     "alpha", "freeze_stats", "sequential"),
+    static_argnames=(
+        "network",
+        "batch_size",
+        "steps",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "temperature",
+        "alpha",
+        "freeze_stats",
+        "sequential",
+    ),
 )
-def _train_epoch(network: nets.Network, params, opt_state, lrs, keys, x, y, soft=None, mask=None, *,
-                 batch_size: int, steps: int, optimizer: Optimizer = Optimizer.ADAM, momentum: float = 0.0,
-                 weight_decay: float = 0.0, temperature: float = 1.0, alpha: float = 0.0, freeze_stats: bool = False,
-                 sequential: bool = False):
+def _train_epoch(
+    network: nets.Network,
+    params,
+    opt_state,
+    lrs,
+    keys,
+    x,
+    y,
+    soft=None,
+    mask=None,
+    *,
+    batch_size: int,
+    steps: int,
+    optimizer: Optimizer = Optimizer.ADAM,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    temperature: float = 1.0,
+    alpha: float = 0.0,
+    freeze_stats: bool = False,
+    sequential: bool = False,
+):
     """One epoch for a population: vmap over models of a lax.scan over steps.
 
     Args:
@@ -100,6 +127,7 @@ def _train_epoch(network: nets.Network, params, opt_state, lrs, keys, x, y, soft
 
     y_axis = 0 if y.ndim == 2 else None
     if sequential:
+
         def body(args):
             v, st, lr, key, labels, target, m = args
             return one_model(v, st, lr, key, y if y_axis is None else labels, target, m)
@@ -183,8 +211,9 @@ def train_population(
     params = init_params
     for epoch in range(epochs):
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(base, epoch)
-        params, opt_state, loss = _train_epoch(network, params, opt_state, lrs, keys, xd, yd, soft, update_mask,
-                                               **static)
+        params, opt_state, loss = _train_epoch(
+            network, params, opt_state, lrs, keys, xd, yd, soft, update_mask, **static
+        )
         if on_epoch is not None:
             on_epoch(epoch, np.asarray(loss))
     return params
@@ -197,17 +226,20 @@ def _logits(network: nets.Network, params, x, sequential: bool = False):
     return jax.vmap(lambda p: network.logits_fn(p, x))(params)
 
 
-def population_logits(network: nets.Network, params: PyTree, x, *, chunk: int = 2048,
-                      sequential: bool = False) -> np.ndarray:
+def population_logits(
+    network: nets.Network, params: PyTree, x, *, chunk: int = 2048, sequential: bool = False
+) -> np.ndarray:
     """Eval-mode logits ``[P, N, C]`` of a stacked population on ``x`` ``[N, ...]``, in chunks of examples
     (``sequential``: one model after another, see :func:`train_population`)."""
-    out = [np.asarray(_logits(network, params, jnp.asarray(x[s : s + chunk]), sequential))
-           for s in range(0, len(x), chunk)]
+    out = [
+        np.asarray(_logits(network, params, jnp.asarray(x[s : s + chunk]), sequential)) for s in range(0, len(x), chunk)
+    ]
     return np.concatenate(out, axis=1)
 
 
-def population_accuracy(network: nets.Network, params: PyTree, x, y, *, chunk: int = 2048,
-                        sequential: bool = False) -> np.ndarray:
+def population_accuracy(
+    network: nets.Network, params: PyTree, x, y, *, chunk: int = 2048, sequential: bool = False
+) -> np.ndarray:
     """Test accuracy ``[P]`` of a stacked population, evaluated in chunks of examples."""
     if len(y) == 0:
         return np.zeros(nets.population_size(params))
