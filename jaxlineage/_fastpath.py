@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from jax.extend import core as jax_core
 
 from jaxlineage import _pairing
+from jaxlineage import similarity as similarity_lib
 
 Array = jax.Array
 
@@ -110,35 +111,39 @@ def _eval(
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: one object per analysis
 class SplitFeatureFn:
-    """A pruned feature function split after its first (bilinear) layer.
+    """A pruned feature function split after its first (affine-in-parameters) layer.
 
-    ``f(theta, X) = rest(theta, pre(theta, X), X)`` with ``pre`` a tuple of the
-    outputs of the split equations (e.g. ``[N, H]`` before the bias of a Dense,
-    ``[N, H, W, C]`` out of a conv), each linear in one parameter leaf.
+    ``f(theta, X) = rest(theta, pre(theta, X), X)`` with ``pre`` a tuple of
+    arrays affine in the parameters with coefficients that depend on the probe
+    only (e.g. ``x @ W + b`` ``[N, H]`` of a Dense, ``conv(x, W) - mean`` of a
+    conv followed by a BatchNorm), so that their tangent is ``pre_c - pre_p``.
 
     Attributes:
       pruned: the feature function over its used leaves.
       closed: its jaxpr (used leaves..., x) -> ``[N, D]``, jit calls inlined.
-      split_eqns: indices of the split equations in ``closed.jaxpr.eqns``.
-      split_leaves: for each, the index (among the used leaves) of its weight.
-      pre_eqns: the equations ``pre`` evaluates (the split ones and what feeds them).
-      rest_eqns: the equations ``rest`` evaluates (none that feeds only a split).
+      pre_eqns_out: indices of the equations whose outputs are ``pre``.
+      first_layers: indices of the bilinear probe-reading equations.
+      pre_eqns: the equations ``pre`` evaluates.
+      rest_eqns: the equations ``rest`` evaluates (given ``pre``).
       rest_reads: which used leaves ``rest`` reads.
       pre_shapes: shapes of the ``pre`` outputs for one model.
+      elementwise: ``rest`` reads no parameter and acts elementwise on a single
+        ``pre`` of ``N * D`` numbers (then ``J_p Delta = h'(pre_p) (pre_c - pre_p)``).
     """
 
     pruned: _pairing.PrunedFeatureFn
     closed: Any
-    split_eqns: tuple[int, ...]
-    split_leaves: tuple[int, ...]
+    pre_eqns_out: tuple[int, ...]
+    first_layers: tuple[int, ...]
     pre_eqns: frozenset[int]
     rest_eqns: frozenset[int]
     rest_reads: tuple[bool, ...]
     pre_shapes: tuple[tuple[int, ...], ...]
+    elementwise: bool
 
     @property
-    def split_primitives(self) -> tuple[str, ...]:
-        return tuple(self.closed.jaxpr.eqns[i].primitive.name for i in self.split_eqns)
+    def first_layer_primitives(self) -> tuple[str, ...]:
+        return tuple(self.closed.jaxpr.eqns[i].primitive.name for i in self.first_layers)
 
     @property
     def pre_size(self) -> int:
@@ -146,9 +151,9 @@ class SplitFeatureFn:
         return sum(math.prod(s) for s in self.pre_shapes)
 
     def pre(self, leaves: Sequence[Array], x: Array) -> tuple[Array, ...]:
-        """The split equations' outputs for one model: the first layer's pass."""
+        """The first layer's outputs for one model (its only matrix products)."""
         jaxpr = self.closed.jaxpr
-        outvars = [jaxpr.eqns[i].outvars[0] for i in self.split_eqns]
+        outvars = [jaxpr.eqns[i].outvars[0] for i in self.pre_eqns_out]
         return tuple(
             _eval(jaxpr, self.closed.consts, [*leaves, x], keep=self.pre_eqns, outvars=outvars)
         )
@@ -157,9 +162,21 @@ class SplitFeatureFn:
         """Features ``[N, D]`` from the model's ``pre`` outputs and its other leaves."""
         jaxpr = self.closed.jaxpr
         args = [l if r else None for l, r in zip(leaves, self.rest_reads)] + [x]
-        given = dict(zip(self.split_eqns, pre))
+        given = dict(zip(self.pre_eqns_out, pre))
         (out,) = _eval(jaxpr, self.closed.consts, args, keep=self.rest_eqns, given=given)
         return out
+
+    def elementwise_arrays(self, leaves: Sequence[Array], x: Array) -> tuple[Array, Array, Array]:
+        """For an ``elementwise`` split: ``(F, U, H)``, each ``[N, D]``.
+
+        ``U`` is ``pre`` flattened, ``F = h(U)`` the features and ``H = h'(U)``
+        the diagonal of the remainder's Jacobian (one jvp with a tangent of
+        ones), so that a pair's ``J_p Delta = H_p * (U_c - U_p)``.
+        """
+        (pre,) = self.pre(leaves, x)
+        h = lambda u: self.rest(leaves, (u,), x)
+        f, dh = jax.jvp(h, (pre,), (jnp.ones_like(pre),))
+        return f, pre.reshape(f.shape), dh
 
 
 def _inlined_jaxpr(pruned: _pairing.PrunedFeatureFn, x_struct: jax.ShapeDtypeStruct):
@@ -207,46 +224,224 @@ def split(pruned: _pairing.PrunedFeatureFn, x_struct: jax.ShapeDtypeStruct) -> S
     n_leaves = len(pruned.used_structs)
     leaf_of = {v: i for i, v in enumerate(jaxpr.invars[:n_leaves])}
     x_var = jaxpr.invars[n_leaves]
-    deps: dict[Any, frozenset[int]] = {v: frozenset({i}) for v, i in leaf_of.items()}
-    reads_x: dict[Any, bool] = {x_var: True}
-    linear_leaf: dict[Any, int] = dict(leaf_of)  # var = a linear function of that leaf alone
-    dep = lambda v: deps.get(v, frozenset()) if isinstance(v, jax_core.Var) else frozenset()
-    rx = lambda v: reads_x.get(v, False) if isinstance(v, jax_core.Var) else False
-    split_eqns, split_leaves = [], []
+    is_var = lambda v: isinstance(v, jax_core.Var)
+    floating = lambda v: jnp.issubdtype(v.aval.dtype, jnp.floating)
+    params_in: set[Any] = set(leaf_of)  # vars that depend on some parameter
+    reads_x: set[Any] = {x_var}  # vars that depend on the probe
+    linear_leaf: set[Any] = set(leaf_of)  # linear in one leaf, no probe
+    affine: set[Any] = set()  # affine in the parameters, probe-only coefficients, reads x
+    producer: dict[Any, int] = {}
+    first_layers = []
+    param_free = lambda v: not is_var(v) or v not in params_in
     for i, eqn in enumerate(jaxpr.eqns):
-        d = frozenset().union(*(dep(v) for v in eqn.invars)) if eqn.invars else frozenset()
-        r = any(rx(v) for v in eqn.invars)
+        ins = [v for v in eqn.invars if is_var(v)]
+        has_p = any(v in params_in for v in ins)
+        has_x = any(v in reads_x for v in ins)
         for v in eqn.outvars:
-            deps[v], reads_x[v] = d, r
+            producer[v] = i
+            if has_p:
+                params_in.add(v)
+            if has_x:
+                reads_x.add(v)
+        if len(eqn.outvars) != 1 or not floating(eqn.outvars[0]):
+            continue
+        (out,) = eqn.outvars
         name = eqn.primitive.name
-        if name in _LINEAR_STRUCTURAL and len(eqn.invars) == 1 and isinstance(eqn.invars[0], jax_core.Var) and eqn.invars[0] in linear_leaf:
-            if jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.floating):
-                linear_leaf[eqn.outvars[0]] = linear_leaf[eqn.invars[0]]
-        if name in _BILINEAR and len(eqn.invars) == 2 and len(eqn.outvars) == 1:
+        if name in _LINEAR_STRUCTURAL and len(eqn.invars) == 1 and is_var(eqn.invars[0]):
+            if eqn.invars[0] in linear_leaf:
+                linear_leaf.add(out)
+            elif eqn.invars[0] in affine:
+                affine.add(out)
+        elif name in _BILINEAR and len(eqn.invars) == 2:
             a, b = eqn.invars
             for probe_side, weight_side in ((a, b), (b, a)):
                 if (
-                    isinstance(weight_side, jax_core.Var)
+                    is_var(weight_side)
                     and weight_side in linear_leaf
-                    and not dep(probe_side)
-                    and rx(probe_side)
-                    and not rx(weight_side)
-                    and jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.floating)
+                    and param_free(probe_side)
+                    and is_var(probe_side)
+                    and probe_side in reads_x
                 ):
-                    split_eqns.append(i)
-                    split_leaves.append(linear_leaf[weight_side])
+                    affine.add(out)
+                    first_layers.append(i)
                     break
-    if not split_eqns:
+        elif name in ("add", "sub", "add_any") and any(v in affine for v in ins):
+            # pre + bias, pre - running mean, pre + probe-only term: still affine.
+            if all(param_free(v) or v in affine or v in linear_leaf for v in eqn.invars):
+                affine.add(out)
+        elif name == "neg" and ins and ins[0] in affine:
+            affine.add(out)
+        elif name in ("mul", "div") and len(eqn.invars) == 2:
+            a, b = eqn.invars
+            if (is_var(a) and a in affine and param_free(b)) or (
+                name == "mul" and is_var(b) and b in affine and param_free(a)
+            ):
+                affine.add(out)
+    if not first_layers:
         return None
-    stop = frozenset(split_eqns)
-    pre_eqns = _live(jaxpr, [jaxpr.eqns[i].outvars[0] for i in split_eqns])
+    # pre = the affine vars read by a non-affine equation (or returned): the frontier.
+    frontier = set(v for v in jaxpr.outvars if is_var(v) and v in affine)
+    for eqn in jaxpr.eqns:
+        if not (len(eqn.outvars) == 1 and eqn.outvars[0] in affine):
+            frontier.update(v for v in eqn.invars if is_var(v) and v in affine)
+    if not frontier:
+        return None
+    pre_eqns_out = tuple(sorted(producer[v] for v in frontier))
+    stop = frozenset(pre_eqns_out)
+    pre_eqns = _live(jaxpr, [jaxpr.eqns[i].outvars[0] for i in pre_eqns_out])
     rest_eqns = _live(jaxpr, jaxpr.outvars, stop=stop)
-    # Inputs rest reads: those read by a kept, non-split equation, or returned.
-    read = set(v for v in jaxpr.outvars if isinstance(v, jax_core.Var))
+    # Inputs rest reads: those read by a kept equation that it runs, or returned.
+    read = set(v for v in jaxpr.outvars if is_var(v))
     for i in rest_eqns - stop:
-        read.update(v for v in jaxpr.eqns[i].invars if isinstance(v, jax_core.Var))
+        read.update(v for v in jaxpr.eqns[i].invars if is_var(v))
     rest_reads = tuple(v in read for v in jaxpr.invars[:n_leaves])
-    pre_shapes = tuple(tuple(jaxpr.eqns[i].outvars[0].aval.shape) for i in split_eqns)
-    return SplitFeatureFn(
-        pruned, closed, tuple(split_eqns), tuple(split_leaves), pre_eqns, rest_eqns, rest_reads, pre_shapes
+    pre_shapes = tuple(tuple(jaxpr.eqns[i].outvars[0].aval.shape) for i in pre_eqns_out)
+    elementwise = (
+        len(pre_eqns_out) == 1
+        and not any(rest_reads)
+        and math.prod(pre_shapes[0]) == math.prod(pruned.out_shape)
+        and all(
+            _is_elementwise(jaxpr.eqns[i], pre_shapes[0], pruned.out_shape)
+            for i in sorted(rest_eqns - stop)
+        )
     )
+    return SplitFeatureFn(
+        pruned, closed, pre_eqns_out, tuple(first_layers), pre_eqns, rest_eqns, rest_reads,
+        pre_shapes, elementwise,
+    )
+
+
+#: Primitives that act elementwise on same-shape operands (scalars broadcast).
+_ELEMENTWISE = frozenset(
+    {
+        "add", "sub", "mul", "div", "max", "min", "neg", "abs", "sign", "exp", "exp2", "log",
+        "log1p", "expm1", "tanh", "logistic", "sin", "cos", "sqrt", "rsqrt", "cbrt",
+        "integer_pow", "pow", "square", "erf", "erfc", "select_n", "clamp", "convert_element_type",
+        "copy", "copy_p", "ge", "gt", "le", "lt", "eq", "ne", "and", "or", "not", "is_finite",
+    }
+)
+
+
+def _is_elementwise(eqn: Any, shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+    """Whether ``eqn`` maps arrays of ``shape`` elementwise (scalars broadcast), or is
+    the final reshape to the features' ``out_shape``."""
+    same = lambda v: tuple(v.aval.shape) in (shape, ())
+    name = eqn.primitive.name
+    if name == "reshape":
+        return tuple(eqn.invars[0].aval.shape) == shape and tuple(eqn.outvars[0].aval.shape) in (
+            shape,
+            tuple(out_shape),
+        )
+    if name in ("custom_jvp_call", "custom_vjp_call"):
+        sub = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
+        sub = getattr(sub, "jaxpr", sub)
+        if sub is None or not all(same(v) for v in [*eqn.invars, *eqn.outvars]):
+            return False
+        return all(_is_elementwise(e, shape, shape) for e in sub.eqns)
+    if name in _INLINE and "jaxpr" in eqn.params:
+        return all(same(v) for v in [*eqn.invars, *eqn.outvars]) and all(
+            _is_elementwise(e, shape, shape) for e in eqn.params["jaxpr"].jaxpr.eqns
+        )
+    return name in _ELEMENTWISE and all(same(v) for v in [*eqn.invars, *eqn.outvars])
+
+
+# ----------------------------------------------------------------------------
+# Row-tiled norm metrics for an elementwise split.
+
+
+def _row_partial(metric: Any) -> tuple[Any, str] | None:
+    """``(partial, norm)`` for a built-in metric that is a sum over rows, else ``None``.
+
+    ``partial(d)`` on a block of rows ``d = a - b`` ``[R, D]`` is that block's
+    share of the metric's sum, so that ``s(a, b) = sum_blocks partial / n`` with
+    ``n = N * D`` (``norm == "nd"``) or ``n = N`` (``"n"``, for ``linf``).
+    """
+    kind = metric.metric
+    kw = dict(metric.kwargs)
+    if kind is similarity_lib.Metric.L1:
+        return (lambda d: -jnp.sum(jnp.abs(d))), "nd"
+    if kind is similarity_lib.Metric.L2:
+        return (lambda d: -jnp.sum(jnp.square(d))), "nd"
+    if kind is similarity_lib.Metric.LP:
+        p = kw["p"]
+        return (lambda d: -jnp.sum(similarity_lib._power(jnp.abs(d), p))), "nd"  # pylint: disable=protected-access
+    if kind is similarity_lib.Metric.LINF:
+        return (lambda d: -jnp.sum(jnp.max(jnp.abs(d), axis=1))), "n"
+    if kind is similarity_lib.Metric.LSE:
+        t = kw["t"]
+        clamp = similarity_lib.LSE_CLAMP
+        return (
+            lambda d: -jnp.sum(jax.nn.logsumexp(jnp.minimum(t * jnp.abs(d), clamp), axis=1)) / t
+        ), "nd"
+    return None
+
+
+def row_separable(metric: Any) -> bool:
+    """Whether :func:`tiled_norm_scores` evaluates ``metric`` (L1, L2, Lp, L-inf, LSE)."""
+    return _row_partial(metric) is not None
+
+
+def block_rows(n: int, row_bytes: int, *, target_bytes: int = 2**20) -> int:
+    """The largest divisor of ``n`` whose block of rows takes at most ``target_bytes``."""
+    cap = max(1, target_bytes // max(row_bytes, 1))
+    return max(r for r in range(1, min(n, cap) + 1) if n % r == 0)
+
+
+def tiled_norm_scores(combos, parent, child, alpha, *, rows):
+    r"""Row-separable metrics of all pairs, from per-model arrays only.
+
+    For an elementwise split the linearised pair is
+    ``F_p + alpha G`` with ``G = H_p * (U_c - U_p)``, so every score is a sum
+    over rows of an elementwise function of five per-model arrays. Rows are
+    processed in blocks of ``rows`` so that the block of every parent and child
+    stays in cache while all metrics, modes and alphas read it; nothing of size
+    ``K x M x N x D`` is ever stored.
+
+    .. math:: s(F_p + \alpha G, F_c) = \frac{1}{n} \sum_{\text{blocks } b}
+              \mathrm{partial}(F_p^b + \alpha G^b - F_c^b)
+
+    (``FIRST_ORDER``: ``partial`` and its jvp along ``G^b``, summed.)
+
+    Args:
+      combos: ``(metric, mode)`` pairs, each metric :func:`row_separable`.
+      parent: ``(F_p, U_p, H_p)``, each ``[K, N, D]``.
+      child: ``(F_c, U_c)``, each ``[B, N, D]``.
+      alpha: ``[A]``.
+      rows: rows per block, a divisor of ``N``.
+
+    Returns:
+      Scores ``[len(combos), A, K, B]``.
+    """
+    f_p, u_p, h_p = parent
+    f_c, u_c = child
+    n, d = f_p.shape[1:]
+    alpha = jnp.asarray(alpha, f_p.dtype)
+    partials = [_row_partial(metric) for metric, _ in combos]
+
+    def pair(fp, up, hp, fc, uc):  # blocks [R, D] -> [C, A]
+        g = hp * (uc - up)
+        diff = fp - fc
+        out = []
+        for (part, _), (_, mode) in zip(partials, combos):
+            if mode.value == "plain":
+                out.append(jnp.broadcast_to(part(diff), alpha.shape))
+            elif mode.value == "first_order":
+                s0, ds = jax.jvp(part, (diff,), (g,))
+                out.append(s0 + alpha * ds)
+            else:
+                out.append(jax.vmap(lambda a: part(diff + a * g))(alpha))
+        return jnp.stack(out)
+
+    over_children = jax.vmap(pair, in_axes=(None, None, None, 0, 0))
+    over_pairs = jax.vmap(over_children, in_axes=(0, 0, 0, None, None))  # [K, B, C, A]
+
+    def block(total, start):
+        take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, rows, axis=1)
+        vals = over_pairs(take(f_p), take(u_p), take(h_p), take(f_c), take(u_c))
+        return total + vals, None
+
+    k, b = f_p.shape[0], f_c.shape[0]
+    zero = jnp.zeros((k, b, len(combos), alpha.shape[0]), f_p.dtype)
+    total, _ = jax.lax.scan(block, zero, jnp.arange(0, n, rows))
+    norms = jnp.asarray([n * d if norm == "nd" else n for _, norm in partials], f_p.dtype)
+    return jnp.transpose(total / norms[:, None], (2, 3, 0, 1))

@@ -168,6 +168,10 @@ def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk):
         return leaf.reshape((n_chunks, chunk) + leaf.shape[1:])
 
     chunks = tuple(padded(l) for l in c_stack)
+    if split is not None and split.elementwise:
+        return _score_local_elementwise(
+            p_stack, chunks, x, alpha, m=m, combos=combos, split=split
+        )
     if split is None:
         pre_of = lambda th: ()
         f = lambda th, pre: pruned(th, x)
@@ -209,10 +213,71 @@ def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk):
         return vals, ok_pair, ok_c
 
     vals, ok_pair, ok_c = jax.lax.map(per_chunk, chunks)  # [n, K, B, C, A], [n, K, B], [n, B]
-    k = vals.shape[1]
+    return _unchunk(vals, ok_pair, ok_c, m)
+
+
+def _unchunk(vals, ok_pair, ok_c, m):
+    """``[n, K, B, C, A]``, ``[n, K, B]``, ``[n, B]`` -> ``[C, A, K, M]``, ``[K, M]``, ``[M]``."""
+    n_chunks, k, chunk = ok_pair.shape
     vals = jnp.transpose(vals, (3, 4, 1, 0, 2)).reshape(vals.shape[3:] + (k, n_chunks * chunk))
     ok_pair = jnp.transpose(ok_pair, (1, 0, 2)).reshape(k, n_chunks * chunk)
     return vals[..., :m], ok_pair[:, :m], ok_c.reshape(-1)[:m]
+
+
+def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
+    """:func:`_score_local` for an elementwise split (e.g. a tap right after the first layer).
+
+    Every model contributes ``F = h(U)`` and ``U`` (its first layer's output,
+    ``[N, D]``), parents also ``H = h'(U)``; a pair's ``J_p Delta`` is
+    ``H_p * (U_c - U_p)``, elementwise. Row-separable metrics (L1, L2, Lp,
+    L-inf, LSE) are evaluated by :func:`jaxlineage._fastpath.tiled_norm_scores`
+    in cache-sized row blocks; the others (CKA, dCor, custom) per pair on the
+    materialised ``J_p Delta``.
+    """
+    p_arrays = jax.lax.map(lambda th: split.elementwise_arrays(th, x), p_stack)  # K passes
+    ok_p = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a), axis=(1, 2)) for a in p_arrays]), axis=0)
+    tiled = [i for i, (metric, _) in enumerate(combos) if _fastpath.row_separable(metric)]
+    other = [i for i in range(len(combos)) if i not in tiled]
+    tiled_combos = tuple(combos[i] for i in tiled)
+    other_combos = tuple(combos[i] for i in other)
+    order = np.argsort(tiled + other)  # back to the order of combos
+    need_gram = _needs_gram(other_combos)
+    k, n, d = p_arrays[0].shape
+    chunk = chunks[0].shape[1]
+    itemsize = jnp.dtype(p_arrays[0].dtype).itemsize
+    rows = _fastpath.block_rows(n, (3 * k + 2 * chunk) * d * itemsize)
+
+    def child_arrays(th):
+        (pre,) = split.pre(th, x)
+        f = split.rest(th, (pre,), x)
+        return f, pre.reshape(f.shape)
+
+    def per_chunk(c_chunk):
+        f_c, u_c = jax.vmap(child_arrays)(c_chunk)  # [B, N, D], once per child
+        ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2)) & jnp.all(jnp.isfinite(u_c), axis=(1, 2))
+        parts = []
+        if tiled_combos:
+            vals = _fastpath.tiled_norm_scores(tiled_combos, p_arrays, (f_c, u_c), alpha, rows=rows)
+            parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Ct, A]
+        if other_combos:
+            l_c = jax.vmap(_child_context)(f_c) if need_gram else f_c[:, :0, :0]
+
+            def per_parent(args):
+                f_p, u_p, h_p = args
+                ctx = _parent_context(f_p) if need_gram else None
+
+                def per_child(fc, uc, lc):
+                    jd = h_p * (uc - u_p)
+                    return _pair_values(other_combos, f_p, jd, fc, lc, ctx, alpha)
+
+                return jax.vmap(per_child)(f_c, u_c, l_c)  # [B, Co, A]
+
+            parts.append(jax.lax.map(per_parent, p_arrays))  # [K, B, Co, A]
+        vals = jnp.concatenate(parts, axis=2)[:, :, order]
+        return vals, ok_p[:, None] & ok_c[None, :], ok_c
+
+    vals, ok_pair, ok_c = jax.lax.map(per_chunk, chunks)
+    return _unchunk(vals, ok_pair, ok_c, m)
 
 
 @functools.partial(jax.jit, static_argnames=("combos", "pruned", "split", "chunk", "mesh", "axis"))
