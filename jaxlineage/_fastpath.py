@@ -349,36 +349,50 @@ def _is_elementwise(eqn: Any, shape: tuple[int, ...], out_shape: tuple[int, ...]
 # Row-tiled norm metrics for an elementwise split.
 
 
-def _row_partial(metric: Any) -> tuple[Any, str] | None:
-    """``(partial, norm)`` for a built-in metric that is a sum over rows, else ``None``.
-
-    ``partial(d)`` on a block of rows ``d = a - b`` ``[R, D]`` is that block's
-    share of the metric's sum, so that ``s(a, b) = sum_blocks partial / n`` with
-    ``n = N * D`` (``norm == "nd"``) or ``n = N`` (``"n"``, for ``linf``).
-    """
-    kind = metric.metric
-    kw = dict(metric.kwargs)
-    if kind is similarity_lib.Metric.L1:
-        return (lambda d: -jnp.sum(jnp.abs(d))), "nd"
-    if kind is similarity_lib.Metric.L2:
-        return (lambda d: -jnp.sum(jnp.square(d))), "nd"
-    if kind is similarity_lib.Metric.LP:
-        p = kw["p"]
-        return (lambda d: -jnp.sum(similarity_lib._power(jnp.abs(d), p))), "nd"  # pylint: disable=protected-access
-    if kind is similarity_lib.Metric.LINF:
-        return (lambda d: -jnp.sum(jnp.max(jnp.abs(d), axis=1))), "n"
-    if kind is similarity_lib.Metric.LSE:
-        t = kw["t"]
-        clamp = similarity_lib.LSE_CLAMP
-        return (
-            lambda d: -jnp.sum(jax.nn.logsumexp(jnp.minimum(t * jnp.abs(d), clamp), axis=1)) / t
-        ), "nd"
-    return None
+#: Built-in metrics that are sums over rows of a function of one row of ``d = a - b``.
+_ROW_METRICS = frozenset(
+    {
+        similarity_lib.Metric.L1,
+        similarity_lib.Metric.L2,
+        similarity_lib.Metric.LP,
+        similarity_lib.Metric.LINF,
+        similarity_lib.Metric.LSE,
+    }
+)
 
 
 def row_separable(metric: Any) -> bool:
     """Whether :func:`tiled_norm_scores` evaluates ``metric`` (L1, L2, Lp, L-inf, LSE)."""
-    return _row_partial(metric) is not None
+    return metric.metric in _ROW_METRICS
+
+
+def _elementwise_term(metric: Any):
+    """``(phi, kind)``: the metric's per-element function of ``d`` and its row reduction."""
+    kind = metric.metric
+    kw = dict(metric.kwargs)
+    if kind is similarity_lib.Metric.L1:
+        return jnp.abs, "sum"
+    if kind is similarity_lib.Metric.L2:
+        return jnp.square, "sum"
+    if kind is similarity_lib.Metric.LP:
+        p = kw["p"]
+        return (lambda d: similarity_lib._power(jnp.abs(d), p)), "sum"  # pylint: disable=protected-access
+    if kind is similarity_lib.Metric.LINF:
+        return jnp.abs, "max"
+    t = kw["t"]
+    # LSE: exp(min(t|d|, 10)) <= e^10, so row sums need no max-shift (the clamp is the official code's).
+    return (lambda d: jnp.exp(jnp.minimum(t * jnp.abs(d), similarity_lib.LSE_CLAMP))), "sum_exp"
+
+
+def _finish(metric: Any, n: int, d: int):
+    """Row reductions ``[..., R]`` -> the block's share of the metric (before nothing else)."""
+    kind = metric.metric
+    if kind is similarity_lib.Metric.LINF:
+        return lambda r: -jnp.sum(r, axis=-1) / n
+    if kind is similarity_lib.Metric.LSE:
+        t = dict(metric.kwargs)["t"]
+        return lambda r: -jnp.sum(jnp.log(r), axis=-1) / (t * n * d)
+    return lambda r: -jnp.sum(r, axis=-1) / (n * d)
 
 
 def block_rows(n: int, row_bytes: int, *, target_bytes: int = 2**20) -> int:
@@ -390,17 +404,22 @@ def block_rows(n: int, row_bytes: int, *, target_bytes: int = 2**20) -> int:
 def tiled_norm_scores(combos, parent, child, alpha, *, rows):
     r"""Row-separable metrics of all pairs, from per-model arrays only.
 
-    For an elementwise split the linearised pair is
-    ``F_p + alpha G`` with ``G = H_p * (U_c - U_p)``, so every score is a sum
-    over rows of an elementwise function of five per-model arrays. Rows are
-    processed in blocks of ``rows`` so that the block of every parent and child
-    stays in cache while all metrics, modes and alphas read it; nothing of size
-    ``K x M x N x D`` is ever stored.
+    For an elementwise split the linearised pair is ``F_p + alpha G`` with
+    ``G = H_p * (U_c - U_p)``, so every score is a sum over rows of a row
+    reduction (a sum, or a max for L-inf) of an elementwise function ``phi`` of
+    ``d = F_p - F_c`` and ``G``:
 
-    .. math:: s(F_p + \alpha G, F_c) = \frac{1}{n} \sum_{\text{blocks } b}
-              \mathrm{partial}(F_p^b + \alpha G^b - F_c^b)
+    .. math::
+       \texttt{PLAIN}: \sum \phi(d), \quad
+       \texttt{LINEARIZED}: \sum \phi(d + \alpha G), \quad
+       \texttt{FIRST\_ORDER}: \sum \phi(d) + \alpha \sum \phi'(d) G
 
-    (``FIRST_ORDER``: ``partial`` and its jvp along ``G^b``, summed.)
+    (LSE: ``-(1/t) sum_i log sum_j phi``, first order ``sum_i (sum_j phi' G) /
+    (sum_j phi)``; ``phi'`` by ``jax.jvp``, as the plain path's chain rule).
+    Rows are processed in blocks of ``rows``; for each block one variadic
+    reduction computes every metric, mode and alpha of every pair in a single
+    sweep over the block (so it is read once, from cache), and nothing of size
+    ``K x M x N x D`` is stored.
 
     Args:
       combos: ``(metric, mode)`` pairs, each metric :func:`row_separable`.
@@ -414,34 +433,85 @@ def tiled_norm_scores(combos, parent, child, alpha, *, rows):
     """
     f_p, u_p, h_p = parent
     f_c, u_c = child
-    n, d = f_p.shape[1:]
+    (k, n, d), b = f_p.shape, f_c.shape[0]
     alpha = jnp.asarray(alpha, f_p.dtype)
-    partials = [_row_partial(metric) for metric, _ in combos]
-
-    def pair(fp, up, hp, fc, uc):  # blocks [R, D] -> [C, A]
-        g = hp * (uc - up)
-        diff = fp - fc
-        out = []
-        for (part, _), (_, mode) in zip(partials, combos):
-            if mode.value == "plain":
-                out.append(jnp.broadcast_to(part(diff), alpha.shape))
-            elif mode.value == "first_order":
-                s0, ds = jax.jvp(part, (diff,), (g,))
-                out.append(s0 + alpha * ds)
-            else:
-                out.append(jax.vmap(lambda a: part(diff + a * g))(alpha))
-        return jnp.stack(out)
-
-    over_children = jax.vmap(pair, in_axes=(None, None, None, 0, 0))
-    over_pairs = jax.vmap(over_children, in_axes=(0, 0, 0, None, None))  # [K, B, C, A]
+    n_alpha = alpha.shape[0]
 
     def block(total, start):
         take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, rows, axis=1)
-        vals = over_pairs(take(f_p), take(u_p), take(h_p), take(f_c), take(u_c))
-        return total + vals, None
+        fp, up, hp = (take(a)[:, None] for a in (f_p, u_p, h_p))  # [K, 1, R, D]
+        fc, uc = (take(a)[None] for a in (f_c, u_c))  # [1, B, R, D]
+        g = hp * (uc - up)
+        diff = fp - fc
+        terms, kinds, index = [], [], {}
 
-    k, b = f_p.shape[0], f_c.shape[0]
-    zero = jnp.zeros((k, b, len(combos), alpha.shape[0]), f_p.dtype)
+        def term(key, make, kind):
+            if key not in index:
+                index[key] = len(terms)
+                terms.append(make())
+                kinds.append(kind)
+            return index[key]
+
+        plans = []
+        for metric, mode in combos:
+            phi, kind = _elementwise_term(metric)
+            name = metric.name
+            if mode.value == "linearized":
+                ids = [
+                    term((name, i), lambda i=i: phi(diff + alpha[i] * g), kind)
+                    for i in range(n_alpha)
+                ]
+                plans.append(("lin", metric, ids))
+                continue
+            i0 = term((name, "plain"), lambda: phi(diff), kind)
+            if mode.value == "plain":
+                plans.append(("plain", metric, [i0]))
+            else:
+                i1 = term((name, "jvp"), lambda: jax.jvp(phi, (diff,), (g,))[1], kind)
+                plans.append(("first_order", metric, [i0, i1]))
+        shape = (k, b, rows, d)
+        ops = tuple(jnp.broadcast_to(t, shape) for t in terms)
+        # |.|, exp(.) and their jvp rows: 0 is the identity of both the sum and (|.| >= 0) the max.
+        init = tuple(jnp.zeros((), f_p.dtype) for _ in ops)
+
+        def combine_kinds(xs, ys, kinds_):
+            return tuple(
+                jnp.maximum(x, y) if kind == "max" else x + y for x, y, kind in zip(xs, ys, kinds_)
+            )
+
+        # One variadic reduction (a single sweep over the block) for the cheap terms;
+        # exp terms reduce on their own, which XLA's CPU backend vectorises better.
+        red = [None] * len(ops)
+        joint = [i for i, kd in enumerate(kinds) if kd != "sum_exp"]
+        if joint:
+            outs = jax.lax.reduce(
+                tuple(ops[i] for i in joint),
+                tuple(init[i] for i in joint),
+                lambda xs, ys: combine_kinds(xs, ys, [kinds[i] for i in joint]),
+                (3,),
+            )
+            for i, o in zip(joint, outs):
+                red[i] = o
+        for i, kd in enumerate(kinds):
+            if kd == "sum_exp":
+                red[i] = jnp.sum(ops[i], axis=3)
+        out = []
+        for how, metric, ids in plans:
+            fin = _finish(metric, n, d)
+            if how == "lin":
+                out.append(jnp.stack([fin(red[i]) for i in ids]))
+            elif how == "plain":
+                out.append(jnp.broadcast_to(fin(red[ids[0]]), (n_alpha, k, b)))
+            else:
+                s0 = fin(red[ids[0]])
+                if metric.metric is similarity_lib.Metric.LSE:
+                    t = dict(metric.kwargs)["t"]
+                    ds = -jnp.sum(red[ids[1]] / red[ids[0]], axis=-1) / (t * n * d)
+                else:
+                    ds = fin(red[ids[1]])
+                out.append(s0[None] + alpha[:, None, None] * ds[None])
+        return total + jnp.stack(out), None
+
+    zero = jnp.zeros((len(combos), n_alpha, k, b), f_p.dtype)
     total, _ = jax.lax.scan(block, zero, jnp.arange(0, n, rows))
-    norms = jnp.asarray([n * d if norm == "nd" else n for _, norm in partials], f_p.dtype)
-    return jnp.transpose(total / norms[:, None], (2, 3, 0, 1))
+    return total

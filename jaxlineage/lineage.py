@@ -26,6 +26,20 @@ How the work is organised (:func:`score_matrices`):
 * with a :class:`jax.sharding.Mesh`, children are split over one mesh axis by
   ``jax.shard_map`` (parents replicated), e.g. over devices or hosts.
 
+Scoring at the floor (``fast_path=True``, the default; :mod:`jaxlineage._fastpath`):
+when the feature function's first layer is affine in the parameters and reads
+the probe (a ``dot_general`` / ``conv_general_dilated`` of ``x`` with a weight
+leaf, plus bias; found on the jaxpr, so any user model qualifies), its tangent
+along ``Delta`` is ``pre_c - pre_p``. That layer then runs once per model
+(``K + M`` passes, the floor) and each pair's jvp covers only the remaining
+layers. When those are elementwise (a tap right after the first layer: the
+MLP's ``relu1``, the ConvNet's ``conv1``), ``J_p Delta = h'(U_p) (U_c - U_p)``
+needs no jvp at all, and L1 / L2 / Lp / L-inf / LSE are computed in every mode
+from per-model arrays in cache-sized row blocks; CKA and dCor still form the
+pair's ``N x N`` Gram products (``X_p G^T`` and ``G G^T``, ``O(N^2 D)`` per
+pair), which bounds their cost. ``fast_path=False`` is the plain jvp path, the
+reference the fast one is tested against.
+
 References:
   Yu, R. & Wang, X. (2024). Neural Lineage. CVPR. Sec. 3 and Table 1.
 """
@@ -337,23 +351,32 @@ def _combos(metrics, modes, *, strict: bool) -> tuple[tuple[MetricFn, Mode], ...
     return tuple(combos)
 
 
-def _chunk_size(pruned, split, k, m_local, n_alpha, need_gram, dtype, budget):
+def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
     """Children per chunk so that a chunk's intermediates fit in ``budget`` bytes.
 
     Per child: its leaves and tangents, its features and the pair's linearised
     features per alpha, Gram matrices for CKA / dCor, and with ``split`` its
-    first-layer outputs; with ``split`` the ``K`` parents' first-layer outputs
-    are kept for the whole call and come off the budget first.
+    first-layer outputs. With ``split`` the ``K`` parents' first-layer outputs
+    (elementwise split: ``F``, ``U``, ``H``) are kept for the whole call and
+    come off the budget first. An elementwise split evaluates the norm metrics
+    from ``F`` and ``U`` alone (row blocks), so only the other metrics need the
+    pair's linearised features.
     """
     n, d = pruned.out_shape
     p = sum(int(np.prod(s.shape)) for s in pruned.used_structs)
-    pre = 0 if split is None else split.pre_size
+    need_gram = _needs_gram(combos)
     itemsize = jnp.dtype(dtype).itemsize
-    per_child = itemsize * (
-        3 * p + 2 * pre + (6 + 3 * n_alpha) * n * d + need_gram * (8 + 2 * n_alpha) * n * n
-    )
-    budget = budget - itemsize * k * pre
-    return int(max(1, min(m_local, budget // max(per_child, 1))))
+    gram = need_gram * (8 + 2 * n_alpha) * n * n
+    if split is not None and split.elementwise:
+        per_pair = any(not _fastpath.row_separable(m) for m, _ in combos)
+        per_child = 3 * p + 3 * n * d + per_pair * (6 + 3 * n_alpha) * n * d + gram
+        kept = 3 * k * n * d
+    else:
+        pre = 0 if split is None else split.pre_size
+        per_child = 3 * p + 2 * pre + (6 + 3 * n_alpha) * n * d + gram
+        kept = k * pre
+    budget = budget - itemsize * kept
+    return int(max(1, min(m_local, budget // max(itemsize * per_child, 1))))
 
 
 def _validate_mesh(mesh, axis):
@@ -430,8 +453,7 @@ def score_matrices(
         m_local = -(-m // (1 if mesh is None else mesh.shape[axis]))
         dtype = jnp.result_type(*[s.dtype for s in pruned.used_structs])
         chunk_size = _chunk_size(
-            pruned, split, k, m_local, max(1, alpha.size), _needs_gram(combos), dtype,
-            memory_budget_bytes,
+            pruned, split, combos, k, m_local, max(1, alpha.size), dtype, memory_budget_bytes
         )
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
