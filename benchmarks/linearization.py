@@ -23,8 +23,8 @@ change the cost:
   ``--floor-sizes`` (MLP ``relu1``, ConvNet ``conv1``, ResNet-18 ``block1``), K parents x M
   children at N probe inputs: (a) the K + M forward passes to the tap alone (the floor);
   (b) :func:`jaxlineage.lineage.score_matrices` for the norm metrics (L1, L2, Lp, L-inf,
-  LSE) in every mode at the three-alpha grid; CKA (both estimators) and dCor alone; (c) all
-  metrics; each over (a). With ``--floor-before`` the all-metrics call is also timed on the
+  LSE) in every mode at the three-alpha grid, together and each alone; CKA (both estimators)
+  and dCor alone; (c) all metrics; each over (a). With ``--floor-before`` the all-metrics call is also timed on the
   plain jvp path (``fast_path=False``, the scorer before this section existed)::
 
       python benchmarks/linearization.py --sections floor --repeats 1 --nets ''
@@ -302,7 +302,7 @@ def _floor_population(name, k, m, n):
     return network, tap, parents, children, x
 
 
-def bench_floor(name, k, m, n, repeats, *, before):
+def bench_floor(name, k, m, n, repeats, *, before, parts=("norms", "gram", "all")):
     """(a) the K + M forward passes; (b) norm metrics, (c) all metrics; ratios to (a)."""
     network, tap, parents, children, x = _floor_population(name, k, m, n)
     f = network.feature_fn(tap)
@@ -326,11 +326,14 @@ def bench_floor(name, k, m, n, repeats, *, before):
         lineage.score_matrices, metrics, f, parents, children, x, alpha=alpha,
         modes=tuple(Mode), **kw
     )
-    runs = {
-        "norms": timeit(score(NORM_METRICS), repeats=repeats),
-        "gram": timeit(score(GRAM_METRICS), repeats=repeats),
-        "all": timeit(score(similarity.all_metrics()), repeats=repeats),
-    }
+    groups = {"norms": NORM_METRICS, "gram": GRAM_METRICS, "all": similarity.all_metrics()}
+    # "per_metric": each norm metric alone (all modes, three alphas), to see what dominates.
+    groups.update({m: (m,) for m in NORM_METRICS if "per_metric" in parts})
+    runs = {}
+    for key, metrics in groups.items():
+        if key in parts or key in NORM_METRICS:
+            runs[key] = timeit(score(metrics), repeats=repeats)
+            print(name, key, round(runs[key]["median_s"], 3), flush=True)
     rec = {
         "net": name,
         "tap": tap,
@@ -384,6 +387,11 @@ def main(argv=None):
         default="mlp",
         help="section floor: networks also timed on the plain jvp path (all metrics), or ''",
     )
+    ap.add_argument(
+        "--floor-parts",
+        default="norms,gram,all,per_metric",
+        help="section floor: which scorings to time (norms, gram, all, per_metric)",
+    )
     ap.add_argument("--sections", default="modes,stepwise,memory,population")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/linearization.jsonl")
@@ -421,7 +429,10 @@ def main(argv=None):
             name, size = item.split("=")
             k, m, n = (int(v) for v in size.lower().split("x"))
             record["floor"].append(
-                bench_floor(name, k, m, n, args.repeats, before=name in before)
+                bench_floor(
+                    name, k, m, n, args.repeats, before=name in before,
+                    parts=tuple(args.floor_parts.split(",")),
+                )
             )
     if "population" in sections and args.population != "none":
         k, m = (int(v) for v in args.population.lower().split("x"))

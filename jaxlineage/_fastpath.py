@@ -22,6 +22,15 @@ children then costs ``K + M`` evaluations of the first layer, and per pair only
 the jvp of ``r`` (elementwise for a tap right after the first layer, e.g. the
 MLP's ``relu1``).
 
+The same holds for anything affine in the parameters with probe-only
+coefficients built on top (``+ b``, ``- running_mean``), so ``pre`` is taken at
+the *frontier*: the affine values read by the first non-affine equation (the
+ReLU, the BatchNorm's scale, a LayerNorm). When the remainder reads no
+parameter and acts elementwise (``F = h(U)``, e.g. the MLP's ``relu1`` or the
+ConvNet's ``conv1``), ``J_p Delta = h'(U_p) (U_c - U_p)`` needs no jvp per
+pair, and the row-separable metrics (L1, L2, Lp, L-inf, LSE) are evaluated in
+every mode from per-model arrays by :func:`tiled_norm_scores`.
+
 The split is read off the jaxpr of the (pruned) feature function, with calls to
 jitted sub-functions inlined, so it applies to any pure ``f(params, x)`` (Flax
 linen, NNX, hand-written), not only to :mod:`jaxlineage.nets`. When no equation
@@ -59,7 +68,10 @@ Array = jax.Array
 _BILINEAR = frozenset({"dot_general", "conv_general_dilated"})
 #: Equations linear in their single array operand: a weight may pass through them.
 _LINEAR_STRUCTURAL = frozenset(
-    {"reshape", "transpose", "convert_element_type", "broadcast_in_dim", "squeeze", "expand_dims", "copy", "copy_p"}
+    {
+        "reshape", "transpose", "convert_element_type", "broadcast_in_dim", "squeeze",
+        "expand_dims", "copy", "copy_p",
+    }
 )
 #: Call primitives inlined before the analysis (``jax.jit`` inside the model).
 _INLINE = frozenset({"pjit", "jit", "closed_call", "core_call"})
@@ -228,7 +240,9 @@ def split(pruned: _pairing.PrunedFeatureFn, x_struct: jax.ShapeDtypeStruct) -> S
     floating = lambda v: jnp.issubdtype(v.aval.dtype, jnp.floating)
     params_in: set[Any] = set(leaf_of)  # vars that depend on some parameter
     reads_x: set[Any] = {x_var}  # vars that depend on the probe
-    linear_leaf: set[Any] = set(leaf_of)  # linear in one leaf, no probe
+    # Linear in one floating leaf, no probe. Integer leaves have no tangent on the plain
+    # path (float0), so a weight cast from one must not contribute pre_c - pre_p.
+    linear_leaf: set[Any] = {v for v in leaf_of if floating(v)}
     affine: set[Any] = set()  # affine in the parameters, probe-only coefficients, reads x
     producer: dict[Any, int] = {}
     first_layers = []
@@ -327,8 +341,8 @@ def _is_elementwise(eqn: Any, shape: tuple[int, ...], out_shape: tuple[int, ...]
     the final reshape to the features' ``out_shape``."""
     same = lambda v: tuple(v.aval.shape) in (shape, ())
     name = eqn.primitive.name
-    if name == "reshape":
-        return tuple(eqn.invars[0].aval.shape) == shape and tuple(eqn.outvars[0].aval.shape) in (
+    if name == "reshape":  # row-major only (dimensions=None): no transposition
+        return eqn.params.get("dimensions") is None and tuple(eqn.invars[0].aval.shape) == shape and tuple(eqn.outvars[0].aval.shape) in (
             shape,
             tuple(out_shape),
         )
