@@ -409,13 +409,24 @@ def _finish(metric: Any, n: int, d: int):
     return lambda r: -jnp.sum(r, axis=-1) / (n * d)
 
 
-def block_rows(n: int, row_bytes: int, *, target_bytes: int = 2**20) -> int:
-    """The largest divisor of ``n`` whose block of rows takes at most ``target_bytes``."""
-    cap = max(1, target_bytes // max(row_bytes, 1))
-    return max(r for r in range(1, min(n, cap) + 1) if n % r == 0)
+def _largest_divisor(n: int, cap: int) -> int:
+    return max(r for r in range(1, max(1, min(n, cap)) + 1) if n % r == 0)
 
 
-def tiled_norm_scores(combos, parent, child, alpha, *, rows):
+def block_shape(n: int, d: int, element_bytes: int, *, target_bytes: int = 2**19) -> tuple[int, int]:
+    """``(rows, cols)``, divisors of ``n`` and ``d``, for blocks of about ``target_bytes``.
+
+    ``element_bytes`` is what one (row, column) position costs over all the
+    models of a block (e.g. ``(3 K + 2 B) * itemsize``). Whole rows when one
+    fits (fewer, longer reductions), else one row split into columns.
+    """
+    cap = max(1, target_bytes // max(element_bytes, 1))
+    if d <= cap:
+        return _largest_divisor(n, cap // d), d
+    return 1, _largest_divisor(d, cap)
+
+
+def tiled_norm_scores(combos, parent, child, alpha, *, block):
     r"""Row-separable metrics of all pairs, from per-model arrays only.
 
     For an elementwise split the linearised pair is ``F_p + alpha G`` with
@@ -430,17 +441,18 @@ def tiled_norm_scores(combos, parent, child, alpha, *, rows):
 
     (LSE: ``-(1/t) sum_i log sum_j phi``, first order ``sum_i (sum_j phi' G) /
     (sum_j phi)``; ``phi'`` by ``jax.jvp``, as the plain path's chain rule).
-    Rows are processed in blocks of ``rows``; for each block one variadic
-    reduction computes every metric, mode and alpha of every pair in a single
-    sweep over the block (so it is read once, from cache), and nothing of size
-    ``K x M x N x D`` is stored.
+    The ``[N, D]`` arrays are processed in blocks of ``rows x cols`` so that the
+    block of every parent and child stays in cache while all metrics, modes
+    and alphas read it (cheap terms in one variadic reduction, i.e. one sweep;
+    the exp terms of LSE on their own); nothing of size ``K x M x N x D`` is
+    ever stored.
 
     Args:
       combos: ``(metric, mode)`` pairs, each metric :func:`row_separable`.
       parent: ``(F_p, U_p, H_p)``, each ``[K, N, D]``.
       child: ``(F_c, U_c)``, each ``[B, N, D]``.
       alpha: ``[A]``.
-      rows: rows per block, a divisor of ``N``.
+      block: ``(rows, cols)``, divisors of ``N`` and ``D`` (:func:`block_shape`).
 
     Returns:
       Scores ``[len(combos), A, K, B]``.
@@ -448,67 +460,69 @@ def tiled_norm_scores(combos, parent, child, alpha, *, rows):
     f_p, u_p, h_p = parent
     f_c, u_c = child
     (k, n, d), b = f_p.shape, f_c.shape[0]
+    rows, cols = block
     alpha = jnp.asarray(alpha, f_p.dtype)
     n_alpha = alpha.shape[0]
 
-    def block(total, start):
-        take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, rows, axis=1)
-        fp, up, hp = (take(a)[:, None] for a in (f_p, u_p, h_p))  # [K, 1, R, D]
-        fc, uc = (take(a)[None] for a in (f_c, u_c))  # [1, B, R, D]
+    # The terms to reduce, shared between modes where equal (PLAIN = FIRST_ORDER's primal).
+    makers, kinds, index, plans = [], [], {}, []
+
+    def term(key, make, kind):
+        if key not in index:
+            index[key] = len(makers)
+            makers.append(make)
+            kinds.append(kind)
+        return index[key]
+
+    for metric, mode in combos:
+        phi, kind = _elementwise_term(metric)
+        name = metric.name
+        if mode.value == "linearized":
+            ids = [
+                term((name, i), lambda diff, g, phi=phi, i=i: phi(diff + alpha[i] * g), kind)
+                for i in range(n_alpha)
+            ]
+            plans.append(("lin", metric, ids))
+            continue
+        i0 = term((name, "plain"), lambda diff, g, phi=phi: phi(diff), kind)
+        if mode.value == "plain":
+            plans.append(("plain", metric, [i0]))
+        else:
+            i1 = term((name, "jvp"), lambda diff, g, phi=phi: jax.jvp(phi, (diff,), (g,))[1], kind)
+            plans.append(("first_order", metric, [i0, i1]))
+    joint = [i for i, kd in enumerate(kinds) if kd != "sum_exp"]
+    alone = [i for i, kd in enumerate(kinds) if kd == "sum_exp"]
+    merge = lambda xs, ys, ks: tuple(
+        jnp.maximum(x, y) if kd == "max" else x + y for x, y, kd in zip(xs, ys, ks)
+    )
+
+    def col_block(acc, starts):
+        r0, c0 = starts
+        take = lambda a: jax.lax.dynamic_slice(a, (0, r0, c0), (a.shape[0], rows, cols))
+        fp, up, hp = (take(a)[:, None] for a in (f_p, u_p, h_p))  # [K, 1, R, C]
+        fc, uc = (take(a)[None] for a in (f_c, u_c))  # [1, B, R, C]
         g = hp * (uc - up)
         diff = fp - fc
-        terms, kinds, index = [], [], {}
-
-        def term(key, make, kind):
-            if key not in index:
-                index[key] = len(terms)
-                terms.append(make())
-                kinds.append(kind)
-            return index[key]
-
-        plans = []
-        for metric, mode in combos:
-            phi, kind = _elementwise_term(metric)
-            name = metric.name
-            if mode.value == "linearized":
-                ids = [
-                    term((name, i), lambda i=i: phi(diff + alpha[i] * g), kind)
-                    for i in range(n_alpha)
-                ]
-                plans.append(("lin", metric, ids))
-                continue
-            i0 = term((name, "plain"), lambda: phi(diff), kind)
-            if mode.value == "plain":
-                plans.append(("plain", metric, [i0]))
-            else:
-                i1 = term((name, "jvp"), lambda: jax.jvp(phi, (diff,), (g,))[1], kind)
-                plans.append(("first_order", metric, [i0, i1]))
-        shape = (k, b, rows, d)
-        ops = tuple(jnp.broadcast_to(t, shape) for t in terms)
-        # |.|, exp(.) and their jvp rows: 0 is the identity of both the sum and (|.| >= 0) the max.
-        init = tuple(jnp.zeros((), f_p.dtype) for _ in ops)
-
-        def combine_kinds(xs, ys, kinds_):
-            return tuple(
-                jnp.maximum(x, y) if kind == "max" else x + y for x, y, kind in zip(xs, ys, kinds_)
-            )
-
-        # One variadic reduction (a single sweep over the block) for the cheap terms;
-        # exp terms reduce on their own, which XLA's CPU backend vectorises better.
-        red = [None] * len(ops)
-        joint = [i for i, kd in enumerate(kinds) if kd != "sum_exp"]
+        full = lambda i: jnp.broadcast_to(makers[i](diff, g), (k, b, rows, cols))
+        red = [None] * len(makers)
         if joint:
+            # |.|, |.|^p, (.)^2 and their jvps: 0 is the identity of the sum and of the max (>= 0).
             outs = jax.lax.reduce(
-                tuple(ops[i] for i in joint),
-                tuple(init[i] for i in joint),
-                lambda xs, ys: combine_kinds(xs, ys, [kinds[i] for i in joint]),
+                tuple(full(i) for i in joint),
+                tuple(jnp.zeros((), f_p.dtype) for _ in joint),
+                lambda xs, ys: merge(xs, ys, [kinds[i] for i in joint]),
                 (3,),
             )
             for i, o in zip(joint, outs):
                 red[i] = o
-        for i, kd in enumerate(kinds):
-            if kd == "sum_exp":
-                red[i] = jnp.sum(ops[i], axis=3)
+        for i in alone:  # XLA's CPU backend vectorises exp better in a plain reduction
+            red[i] = jnp.sum(full(i), axis=3)
+        return merge(acc, red, kinds), None
+
+    def row_block(total, r0):
+        acc = tuple(jnp.zeros((k, b, rows), f_p.dtype) for _ in makers)
+        starts = (jnp.full((d // cols,), r0), jnp.arange(0, d, cols))
+        red, _ = jax.lax.scan(col_block, acc, starts)  # row reductions, [K, B, R] each
         out = []
         for how, metric, ids in plans:
             fin = _finish(metric, n, d)
@@ -527,5 +541,5 @@ def tiled_norm_scores(combos, parent, child, alpha, *, rows):
         return total + jnp.stack(out), None
 
     zero = jnp.zeros((len(combos), n_alpha, k, b), f_p.dtype)
-    total, _ = jax.lax.scan(block, zero, jnp.arange(0, n, rows))
+    total, _ = jax.lax.scan(row_block, zero, jnp.arange(0, n, rows))
     return total

@@ -259,7 +259,7 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
     k, n, d = p_arrays[0].shape
     chunk = chunks[0].shape[1]
     itemsize = jnp.dtype(p_arrays[0].dtype).itemsize
-    rows = _fastpath.block_rows(n, (3 * k + 2 * chunk) * d * itemsize)
+    block = _fastpath.block_shape(n, d, (3 * k + 2 * chunk) * itemsize)
 
     def child_arrays(th):
         (pre,) = split.pre(th, x)
@@ -271,7 +271,9 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
         ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2)) & jnp.all(jnp.isfinite(u_c), axis=(1, 2))
         parts = []
         if tiled_combos:
-            vals = _fastpath.tiled_norm_scores(tiled_combos, p_arrays, (f_c, u_c), alpha, rows=rows)
+            vals = _fastpath.tiled_norm_scores(
+                tiled_combos, p_arrays, (f_c, u_c), alpha, block=block
+            )
             parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Ct, A]
         if other_combos:
             l_c = jax.vmap(_child_context)(f_c) if need_gram else f_c[:, :0, :0]

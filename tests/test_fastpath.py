@@ -201,7 +201,9 @@ def test_elementwise_path_sharded_tiny_budget_and_no_recompile():
     assert len(traces) == n, "the second call re-traced (and so recompiled)"
 
 
-def test_block_rows_divides_n():
-    assert _fastpath.block_rows(512, 4096 * 60, target_bytes=2**20) == 4
-    assert _fastpath.block_rows(7, 1, target_bytes=5) == 1
-    assert _fastpath.block_rows(12, 1, target_bytes=100) == 12
+def test_block_shape_divides_n_and_d():
+    assert _fastpath.block_shape(512, 1024, 60 * 4, target_bytes=2**20) == (4, 1024)
+    assert _fastpath.block_shape(7, 3, 1, target_bytes=5) == (1, 3)
+    assert _fastpath.block_shape(12, 8, 1, target_bytes=100) == (12, 8)
+    # Rows wider than the target: one row, a divisor of D as columns.
+    assert _fastpath.block_shape(64, 25088, 100, target_bytes=2**20) == (1, 6272)
