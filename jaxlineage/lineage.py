@@ -378,7 +378,11 @@ def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
         per_child = 3 * p + 2 * pre + (6 + 3 * n_alpha) * n * d + gram
         kept = k * pre
     budget = budget - itemsize * kept
-    return int(max(1, min(m_local, budget // max(itemsize * per_child, 1))))
+    most = int(max(1, min(m_local, budget // max(itemsize * per_child, 1))))
+    # As few chunks as the budget allows, of equal size: the last chunk is padded with
+    # copies, so 8 children in chunks of 7 would cost 14.
+    n_chunks = -(-m_local // most)
+    return -(-m_local // n_chunks)
 
 
 def _validate_mesh(mesh, axis):
