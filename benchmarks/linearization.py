@@ -19,6 +19,16 @@ change the cost:
 * ``population``: ``K x M`` parents x children, all metrics, all modes, the three-alpha grid,
   one :func:`jaxlineage.lineage.score_matrices` call: compile and run seconds.
 
+* ``floor`` (``--sections floor``): scoring at the floor. Per network and tap of
+  ``--floor-sizes`` (MLP ``relu1``, ConvNet ``conv1``, ResNet-18 ``block1``), K parents x M
+  children at N probe inputs: (a) the K + M forward passes to the tap alone (the floor);
+  (b) :func:`jaxlineage.lineage.score_matrices` for the norm metrics (L1, L2, Lp, L-inf,
+  LSE) in every mode at the three-alpha grid, together and each alone; CKA (both estimators)
+  and dCor alone; (c) all metrics; each over (a). With ``--floor-before`` the all-metrics call is also timed on the
+  plain jvp path (``fast_path=False``, the scorer before this section existed)::
+
+      python benchmarks/linearization.py --sections floor --repeats 1 --nets ''
+
 Times are medians of ``--repeats`` after a warm-up call that compiles (``block_until_ready``).
 Expected runtime on an idle 2-core CPU: about 15-20 minutes with the defaults.
 """
@@ -38,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import timeit, write
 
-from jaxlineage import lineage, linearize, nets, similarity
+from jaxlineage import _fastpath, lineage, linearize, nets, similarity
 
 Mode = linearize.Mode
 
@@ -257,6 +267,101 @@ def bench_population(k, m, n, chunk_size):
     return rec
 
 
+_FLOOR_NETS = {
+    # name: (network, tap, top-level modules the tap reads: trees are trimmed to them)
+    "mlp": (lambda: nets.mlp(5), "relu1", ("dense1",)),
+    "convnet": (lambda: nets.convnet(5), "conv1", ("conv1",)),
+    "resnet18": (
+        lambda: nets.resnet18(5),
+        "block1",
+        ("stem_conv", "stem_bn", "block1_0", "block1_1"),
+    ),
+}
+NORM_METRICS = ("l1", "l2", "lp", "linf", "lse")
+GRAM_METRICS = (
+    similarity.get("cka"),
+    similarity.get("cka", estimator=similarity.CKAEstimator.UNBIASED),
+    similarity.get("dcor"),
+)
+
+
+def _floor_population(name, k, m, n):
+    make, tap, keep = _FLOOR_NETS[name]
+    network = make()
+    trim = lambda v: {col: {mod: v[col][mod] for mod in keep if mod in v[col]} for col in v}
+    keys = jax.random.split(jax.random.key(7), 3)
+    # jit: the untrimmed layers are dead code, never materialised for K models.
+    init = jax.jit(jax.vmap(lambda key: trim(network.init(key))))
+    parents = init(jax.random.split(keys[0], k))
+    noise = init(jax.random.split(keys[1], m))
+    # Children move away from parent m % K; relative noise keeps BatchNorm variances > 0.
+    children = jax.tree.map(
+        lambda p, e: p[jnp.arange(m) % k] * (1 + 0.05 * jnp.tanh(e)), parents, noise
+    )
+    x = _probe(network, n, keys[2])
+    return network, tap, parents, children, x
+
+
+def bench_floor(name, k, m, n, repeats, *, before, parts=("norms", "gram", "all")):
+    """(a) the K + M forward passes; (b) norm metrics, (c) all metrics; ratios to (a)."""
+    network, tap, parents, children, x = _floor_population(name, k, m, n)
+    f = network.feature_fn(tap)
+    pruned, p, c, xx = linearize._prepare(f, jax.tree.map(lambda a: a[0], parents),
+                                          jax.tree.map(lambda a: a[0], children), x)
+    split = _fastpath.split(pruned, jax.ShapeDtypeStruct(xx.shape, xx.dtype))
+    used = lambda tree: tuple(
+        leaf for path, leaf in zip(
+            [jax.tree_util.keystr(q) for q, _ in jax.tree_util.tree_flatten_with_path(tree)[0]],
+            jax.tree.leaves(tree),
+        ) if path in pruned.used_paths
+    )
+    p_used, c_used = used(parents), used(children)
+    assert len(p_used) == len(pruned.used_paths)
+    forward = jax.jit(lambda ps, cs, x: (
+        jax.lax.map(lambda th: pruned(th, x), ps), jax.lax.map(lambda th: pruned(th, x), cs)
+    ))
+    floor = timeit(functools.partial(forward, p_used, c_used, xx), repeats=repeats)
+    alpha = np.asarray(lineage.DEFAULT_ALPHAS)
+    score = lambda metrics, **kw: functools.partial(
+        lineage.score_matrices, metrics, f, parents, children, x, alpha=alpha,
+        modes=tuple(Mode), **kw
+    )
+    groups = {"norms": NORM_METRICS, "gram": GRAM_METRICS, "all": similarity.all_metrics()}
+    # "per_metric": each norm metric alone (all modes, three alphas), to see what dominates.
+    groups.update({m: (m,) for m in NORM_METRICS if "per_metric" in parts})
+    runs = {}
+    for key, metrics in groups.items():
+        if key in parts or key in NORM_METRICS:
+            runs[key] = timeit(score(metrics), repeats=repeats)
+            print(name, key, round(runs[key]["median_s"], 3), flush=True)
+    rec = {
+        "net": name,
+        "tap": tap,
+        "k": k,
+        "m": m,
+        "n": n,
+        "d": pruned.out_shape[1],
+        "alphas": list(lineage.DEFAULT_ALPHAS),
+        "first_layers": list(split.first_layer_primitives) if split else None,
+        "elementwise_split": bool(split and split.elementwise),
+        "floor": floor,
+        **runs,
+        **{f"{key}_over_floor": v["median_s"] / floor["median_s"] for key, v in runs.items()},
+    }
+    if before:
+        # The plain jvp path (= the scorer before the fast path). Large populations: one
+        # cold call (compiling takes well under a second of the ~2 minutes at 20 x 200).
+        warm = int(k * m < 1000)
+        rec["before_all"] = timeit(
+            score(similarity.all_metrics(), fast_path=False), repeats=1, warmup=warm
+        )
+        rec["before_all"]["warmup"] = warm
+        rec["speedup_all"] = rec["before_all"]["median_s"] / runs["all"]["median_s"]
+    print("floor", {key: (round(v, 3) if isinstance(v, float) else v) for key, v in rec.items()
+                    if key.endswith("over_floor") or key in ("net", "speedup_all")})
+    return rec
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -276,6 +381,21 @@ def main(argv=None):
     ap.add_argument("--population", default="20x200", help="KxM, or 'none'")
     ap.add_argument("--population-n", type=int, default=512)
     ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument(
+        "--floor-sizes",
+        default="mlp=20x200x512,convnet=8x48x64,resnet18=2x8x16",
+        help="section floor: per network KxMxN (K parents, M children, N probe inputs)",
+    )
+    ap.add_argument(
+        "--floor-before",
+        default="mlp",
+        help="section floor: networks also timed on the plain jvp path (all metrics), or ''",
+    )
+    ap.add_argument(
+        "--floor-parts",
+        default="norms,gram,all,per_metric",
+        help="section floor: which scorings to time (norms, gram, all, per_metric)",
+    )
     ap.add_argument("--sections", default="modes,stepwise,memory,population")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/linearization.jsonl")
@@ -292,7 +412,7 @@ def main(argv=None):
     else:
         max_rows = {name: int(args.stepwise_max_rows) for name in args.nets.split(",")}
     record = {"benchmark": "linearization", "settings": vars(args)}
-    for name in args.nets.split(","):
+    for name in filter(None, args.nets.split(",")):
         network, tap = _network(name)
         entry = {"tap": tap, "input_shape": list(network.input_shape)}
         if "modes" in sections:
@@ -306,6 +426,18 @@ def main(argv=None):
         record[name] = entry
     if "memory" in sections:
         record["memory"] = bench_memory([int(w) for w in args.widths.split(",")], args.memory_n)
+    if "floor" in sections:
+        before = set(filter(None, args.floor_before.split(",")))
+        record["floor"] = []
+        for item in args.floor_sizes.split(","):
+            name, size = item.split("=")
+            k, m, n = (int(v) for v in size.lower().split("x"))
+            record["floor"].append(
+                bench_floor(
+                    name, k, m, n, args.repeats, before=name in before,
+                    parts=tuple(args.floor_parts.split(",")),
+                )
+            )
     if "population" in sections and args.population != "none":
         k, m = (int(v) for v in args.population.lower().split("x"))
         record["population"] = bench_population(k, m, args.population_n, args.chunk_size)

@@ -55,6 +55,9 @@ def _struct(leaf: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf))
 
 
+struct_of = _struct
+
+
 @dataclasses.dataclass(frozen=True)
 class PrunedFeatureFn:
     """``feature_fn`` as a function of its used leaves only; hashable by value.

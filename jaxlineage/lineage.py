@@ -26,6 +26,20 @@ How the work is organised (:func:`score_matrices`):
 * with a :class:`jax.sharding.Mesh`, children are split over one mesh axis by
   ``jax.shard_map`` (parents replicated), e.g. over devices or hosts.
 
+Scoring at the floor (``fast_path=True``, the default; :mod:`jaxlineage._fastpath`):
+when the feature function's first layer is affine in the parameters and reads
+the probe (a ``dot_general`` / ``conv_general_dilated`` of ``x`` with a weight
+leaf, plus bias; found on the jaxpr, so any user model qualifies), its tangent
+along ``Delta`` is ``pre_c - pre_p``. That layer then runs once per model
+(``K + M`` passes, the floor) and each pair's jvp covers only the remaining
+layers. When those are elementwise (a tap right after the first layer: the
+MLP's ``relu1``, the ConvNet's ``conv1``), ``J_p Delta = h'(U_p) (U_c - U_p)``
+needs no jvp at all, and L1 / L2 / Lp / L-inf / LSE are computed in every mode
+from per-model arrays in cache-sized row blocks; CKA and dCor still form the
+pair's ``N x N`` Gram products (``X_p G^T`` and ``G G^T``, ``O(N^2 D)`` per
+pair), which bounds their cost. ``fast_path=False`` is the plain jvp path, the
+reference the fast one is tested against.
+
 References:
   Yu, R. & Wang, X. (2024). Neural Lineage. CVPR. Sec. 3 and Table 1.
 """
@@ -42,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from jaxlineage import _pairing, linearize
+from jaxlineage import _fastpath, _pairing, linearize
 from jaxlineage import similarity as similarity_lib
 
 __all__ = [
@@ -146,8 +160,14 @@ def _parent_context(f_p: Array):
     return x_p, x_p @ x_p.T, scale
 
 
-def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, chunk):
-    """Scores of all parents against local children: ``[C, A, K, M]`` plus flags."""
+def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk):
+    """Scores of all parents against local children: ``[C, A, K, M]`` plus flags.
+
+    With ``split`` (:mod:`jaxlineage._fastpath`) every model's first layer runs
+    once (``K + M`` passes) and each pair's jvp is the remainder's, fed the
+    tangent ``pre_c - pre_p``; without it each parent is linearised through the
+    whole feature function.
+    """
     m = jax.tree_util.tree_leaves(c_stack)[0].shape[0]
     n_chunks = -(-m // chunk)
     pad = n_chunks * chunk - m
@@ -158,43 +178,123 @@ def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, chunk):
         return leaf.reshape((n_chunks, chunk) + leaf.shape[1:])
 
     chunks = tuple(padded(l) for l in c_stack)
-    f = lambda th: pruned(th, x)
+    if split is not None and split.elementwise:
+        return _score_local_elementwise(
+            p_stack, chunks, x, alpha, m=m, combos=combos, split=split
+        )
+    if split is None:
+        pre_of = lambda th: ()
+        f = lambda th, pre: pruned(th, x)
+    else:
+        pre_of = lambda th: split.pre(th, x)
+        f = lambda th, pre: split.rest(th, pre, x)
+    # The parents' first layers, once for all chunks (K passes; [K, *pre] kept).
+    p_pre = jax.lax.map(pre_of, p_stack)
     need_gram, need_jvp = _needs_gram(combos), _needs_jvp(combos)
 
     def per_chunk(c_chunk):
-        f_c = jax.vmap(f)(c_chunk)  # [B, N, D], once per child
+        c_pre = jax.vmap(pre_of)(c_chunk)  # the children's first layers, once per child
+        f_c = jax.vmap(f)(c_chunk, c_pre)  # [B, N, D]
         ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2))
         l_c = jax.vmap(_child_context)(f_c) if need_gram else f_c[:, :0, :0]
 
-        def per_parent(p):
+        def per_parent(args):
+            p, pp = args
             if need_jvp:
-                f_p, jvp_fn = jax.linearize(f, p)  # the parent's forward pass, once
+                f_p, jvp_fn = jax.linearize(f, p, pp)  # the parent's (remaining) pass, once
             else:
-                f_p, jvp_fn = f(p), None
+                f_p, jvp_fn = f(p, pp), None
             ctx = _parent_context(f_p) if need_gram else None
 
-            def per_child(c, fc, lc):
-                jd = None if jvp_fn is None else jvp_fn(_pairing.delta(c, p))
+            def per_child(c, pc, fc, lc):
+                if jvp_fn is None:
+                    jd = None
+                else:
+                    # d pre = pre_c - pre_p exactly, as the first layer is linear in its weight.
+                    jd = jvp_fn(_pairing.delta(c, p), tuple(a - b for a, b in zip(pc, pp)))
                 vals = _pair_values(combos, f_p, jd, fc, lc, ctx, alpha)
                 ok = jnp.ones((), bool) if jd is None else jnp.all(jnp.isfinite(jd))
                 return vals, ok
 
-            vals, ok_pair = jax.vmap(per_child)(c_chunk, f_c, l_c)  # [B, C, A], [B]
+            vals, ok_pair = jax.vmap(per_child)(c_chunk, c_pre, f_c, l_c)  # [B, C, A], [B]
             return vals, ok_pair & jnp.all(jnp.isfinite(f_p))
 
-        vals, ok_pair = jax.lax.map(per_parent, p_stack)  # [K, B, C, A], [K, B]
+        vals, ok_pair = jax.lax.map(per_parent, (p_stack, p_pre))  # [K, B, C, A], [K, B]
         return vals, ok_pair, ok_c
 
     vals, ok_pair, ok_c = jax.lax.map(per_chunk, chunks)  # [n, K, B, C, A], [n, K, B], [n, B]
-    k = vals.shape[1]
+    return _unchunk(vals, ok_pair, ok_c, m)
+
+
+def _unchunk(vals, ok_pair, ok_c, m):
+    """``[n, K, B, C, A]``, ``[n, K, B]``, ``[n, B]`` -> ``[C, A, K, M]``, ``[K, M]``, ``[M]``."""
+    n_chunks, k, chunk = ok_pair.shape
     vals = jnp.transpose(vals, (3, 4, 1, 0, 2)).reshape(vals.shape[3:] + (k, n_chunks * chunk))
     ok_pair = jnp.transpose(ok_pair, (1, 0, 2)).reshape(k, n_chunks * chunk)
     return vals[..., :m], ok_pair[:, :m], ok_c.reshape(-1)[:m]
 
 
-@functools.partial(jax.jit, static_argnames=("combos", "pruned", "chunk", "mesh", "axis"))
-def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, chunk, mesh, axis):
-    local = functools.partial(_score_local, combos=combos, pruned=pruned, chunk=chunk)
+def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
+    """:func:`_score_local` for an elementwise split (e.g. a tap right after the first layer).
+
+    Every model contributes ``F = h(U)`` and ``U`` (its first layer's output,
+    ``[N, D]``), parents also ``H = h'(U)``; a pair's ``J_p Delta`` is
+    ``H_p * (U_c - U_p)``, elementwise. Row-separable metrics (L1, L2, Lp,
+    L-inf, LSE) are evaluated by :func:`jaxlineage._fastpath.tiled_norm_scores`
+    in cache-sized row blocks; the others (CKA, dCor, custom) per pair on the
+    materialised ``J_p Delta``.
+    """
+    p_arrays = jax.lax.map(lambda th: split.elementwise_arrays(th, x), p_stack)  # K passes
+    ok_p = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a), axis=(1, 2)) for a in p_arrays]), axis=0)
+    tiled = [i for i, (metric, _) in enumerate(combos) if _fastpath.row_separable(metric)]
+    other = [i for i in range(len(combos)) if i not in tiled]
+    tiled_combos = tuple(combos[i] for i in tiled)
+    other_combos = tuple(combos[i] for i in other)
+    order = np.argsort(tiled + other)  # back to the order of combos
+    need_gram = _needs_gram(other_combos)
+    k, n, d = p_arrays[0].shape
+    chunk = chunks[0].shape[1]
+    itemsize = jnp.dtype(p_arrays[0].dtype).itemsize
+    block = _fastpath.block_shape(n, d, (3 * k + 2 * chunk) * itemsize)
+
+    def child_arrays(th):
+        (pre,) = split.pre(th, x)
+        f = split.rest(th, (pre,), x)
+        return f, pre.reshape(f.shape)
+
+    def per_chunk(c_chunk):
+        f_c, u_c = jax.vmap(child_arrays)(c_chunk)  # [B, N, D], once per child
+        ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2)) & jnp.all(jnp.isfinite(u_c), axis=(1, 2))
+        parts = []
+        if tiled_combos:
+            vals = _fastpath.tiled_norm_scores(
+                tiled_combos, p_arrays, (f_c, u_c), alpha, block=block
+            )
+            parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Ct, A]
+        if other_combos:
+            l_c = jax.vmap(_child_context)(f_c) if need_gram else f_c[:, :0, :0]
+
+            def per_parent(args):
+                f_p, u_p, h_p = args
+                ctx = _parent_context(f_p) if need_gram else None
+
+                def per_child(fc, uc, lc):
+                    jd = h_p * (uc - u_p)
+                    return _pair_values(other_combos, f_p, jd, fc, lc, ctx, alpha)
+
+                return jax.vmap(per_child)(f_c, u_c, l_c)  # [B, Co, A]
+
+            parts.append(jax.lax.map(per_parent, p_arrays))  # [K, B, Co, A]
+        vals = jnp.concatenate(parts, axis=2)[:, :, order]
+        return vals, ok_p[:, None] & ok_c[None, :], ok_c
+
+    vals, ok_pair, ok_c = jax.lax.map(per_chunk, chunks)
+    return _unchunk(vals, ok_pair, ok_c, m)
+
+
+@functools.partial(jax.jit, static_argnames=("combos", "pruned", "split", "chunk", "mesh", "axis"))
+def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk, mesh, axis):
+    local = functools.partial(_score_local, combos=combos, pruned=pruned, split=split, chunk=chunk)
     if mesh is None:
         return local(p_stack, c_stack, x, alpha)
     n_dev = mesh.shape[axis]
@@ -249,14 +349,36 @@ def _combos(metrics, modes, *, strict: bool) -> tuple[tuple[MetricFn, Mode], ...
     return tuple(combos)
 
 
-def _chunk_size(pruned, m_local, n_alpha, need_gram, dtype, budget):
+def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
+    """Children per chunk so that a chunk's intermediates fit in ``budget`` bytes.
+
+    Per child: its leaves and tangents, its features and the pair's linearised
+    features per alpha, Gram matrices for CKA / dCor, and with ``split`` its
+    first-layer outputs. With ``split`` the ``K`` parents' first-layer outputs
+    (elementwise split: ``F``, ``U``, ``H``) are kept for the whole call and
+    come off the budget first. An elementwise split evaluates the norm metrics
+    from ``F`` and ``U`` alone (row blocks), so only the other metrics need the
+    pair's linearised features.
+    """
     n, d = pruned.out_shape
     p = sum(int(np.prod(s.shape)) for s in pruned.used_structs)
+    need_gram = _needs_gram(combos)
     itemsize = jnp.dtype(dtype).itemsize
-    per_child = itemsize * (
-        3 * p + (6 + 3 * n_alpha) * n * d + need_gram * (8 + 2 * n_alpha) * n * n
-    )
-    return int(max(1, min(m_local, budget // max(per_child, 1))))
+    gram = need_gram * (8 + 2 * n_alpha) * n * n
+    if split is not None and split.elementwise:
+        per_pair = any(not _fastpath.row_separable(m) for m, _ in combos)
+        per_child = 3 * p + 3 * n * d + per_pair * (6 + 3 * n_alpha) * n * d + gram
+        kept = 3 * k * n * d
+    else:
+        pre = 0 if split is None else split.pre_size
+        per_child = 3 * p + 2 * pre + (6 + 3 * n_alpha) * n * d + gram
+        kept = k * pre
+    budget = budget - itemsize * kept
+    most = int(max(1, min(m_local, budget // max(itemsize * per_child, 1))))
+    # As few chunks as the budget allows, of equal size: the last chunk is padded with
+    # copies, so 8 children in chunks of 7 would cost 14.
+    n_chunks = -(-m_local // most)
+    return -(-m_local // n_chunks)
 
 
 def _validate_mesh(mesh, axis):
@@ -283,6 +405,7 @@ def score_matrices(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
+    fast_path: bool = True,
 ) -> dict[tuple[str, Mode], Array]:
     r"""Score matrices for several metrics and modes in one pass.
 
@@ -305,6 +428,12 @@ def score_matrices(
       mesh: optional :class:`jax.sharding.Mesh`; children are split over
         ``mesh_axis`` (default: its first axis), parents are replicated.
       mesh_axis: the mesh axis to shard children over.
+      fast_path: when the feature function's first layer is linear in its weight
+        and reads the probe (a ``Dense`` / ``Conv`` on ``x``, found on the
+        jaxpr, :mod:`jaxlineage._fastpath`), run it once per model and feed the
+        jvp of the remaining layers the tangent ``pre_c - pre_p`` (equal to the
+        plain jvp up to rounding). ``False`` forces the plain jvp path (the
+        reference); feature functions that do not match use it anyway.
 
     Returns:
       ``{(metric.name, mode): scores}`` with scores of shape ``[*alpha.shape, K, M]``.
@@ -320,18 +449,20 @@ def score_matrices(
     alpha = linearize.as_alpha(alpha)
     axis = _validate_mesh(mesh, mesh_axis)
     pruned, p, c, x = _pairing.prepare(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
-    m = c[0].shape[0]
+    split = _fastpath.split(pruned, _pairing.struct_of(x)) if fast_path else None
+    k, m = p[0].shape[0], c[0].shape[0]
     if chunk_size is None:
         m_local = -(-m // (1 if mesh is None else mesh.shape[axis]))
         dtype = jnp.result_type(*[s.dtype for s in pruned.used_structs])
         chunk_size = _chunk_size(
-            pruned, m_local, max(1, alpha.size), _needs_gram(combos), dtype, memory_budget_bytes
+            pruned, split, combos, k, m_local, max(1, alpha.size), dtype, memory_budget_bytes
         )
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
     alpha_flat = alpha.reshape(-1)
     vals, ok_pair, ok_c = _score_core(
-        p, c, x, alpha_flat, combos=combos, pruned=pruned, chunk=chunk_size, mesh=mesh, axis=axis
+        p, c, x, alpha_flat, combos=combos, pruned=pruned, split=split, chunk=chunk_size,
+        mesh=mesh, axis=axis,
     )
     if _pairing.is_concrete(vals):
         _raise_if_not_finite(vals, ok_pair, ok_c, combos)
@@ -377,6 +508,7 @@ def score_matrix(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
+    fast_path: bool = True,
 ) -> Array:
     r"""The score matrix ``S[k, m]`` of ``K`` parents against ``M`` children.
 
@@ -399,6 +531,8 @@ def score_matrix(
       memory_budget_bytes: estimated intermediate memory per chunk.
       mesh: optional :class:`jax.sharding.Mesh` to shard the children over.
       mesh_axis: which mesh axis (default: the first).
+      fast_path: first layer once per model when it applies (see
+        :func:`score_matrices`); ``False`` forces the plain jvp path.
 
     Returns:
       Scores ``[*alpha.shape, K, M]``.
@@ -426,6 +560,7 @@ def score_matrix(
         memory_budget_bytes=memory_budget_bytes,
         mesh=mesh,
         mesh_axis=mesh_axis,
+        fast_path=fast_path,
     )
     return out[(combo[0].name, combo[1])]
 

@@ -1,0 +1,209 @@
+"""The scorer's fast path (first layer once per model) against the plain jvp path."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from jaxlineage import _fastpath, _pairing, nets
+from jaxlineage import lineage as LG
+from jaxlineage import similarity as S
+from jaxlineage.linearize import Mode
+
+N = 6  # >= 4 for unbiased CKA
+ALPHAS = np.array([0.01, 0.5])
+
+
+class _UserBlock(nn.Module):
+    """A user's own linen model: conv, LayerNorm (parameters after the first layer), tanh."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(3, (3, 3), name="c")(x)
+        h = jnp.tanh(nn.LayerNorm(name="ln")(h))
+        return h.reshape(h.shape[0], -1)
+
+
+@jax.jit  # jitted sub-functions are inlined by the analysis
+def _user_apply(params, x):
+    """A hand-written apply function: tanh(x W + b), then a head that it does not read."""
+    return jnp.tanh(jnp.einsum("nd,dh->nh", x, params["w"]) + params["b"][None, :])
+
+
+def _user_init(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "w": jax.random.normal(k1, (5, 7)) / np.sqrt(5),
+        "b": 0.3 * jax.random.normal(k2, (7,)),
+        "head": jax.random.normal(k3, (7, 2)),
+    }
+
+
+def _case(name):
+    """``(feature_fn, init(key), input_shape, elementwise, first-layer primitive)``."""
+    if name == "mlp_relu1":
+        net = nets.mlp(3, features=(12, 8), input_shape=(4, 4, 1))
+        return net.feature_fn("relu1"), net.init, net.input_shape, True, "dot_general"
+    if name == "mlp_relu2":
+        net = nets.mlp(3, features=(12, 8), input_shape=(4, 4, 1))
+        return net.feature_fn("relu2"), net.init, net.input_shape, False, "dot_general"
+    if name == "convnet_conv1":
+        net = nets.convnet(3, channels=(3, 4), hidden=8, input_shape=(6, 6, 1))
+        return net.feature_fn("conv1"), net.init, net.input_shape, True, "conv_general_dilated"
+    if name == "resnet18_block1":
+        net = nets.resnet18(3, width=0.125, input_shape=(8, 8, 3))
+        return net.feature_fn("block1"), net.init, net.input_shape, False, "conv_general_dilated"
+    if name == "user_apply":
+        return _user_apply, _user_init, (5,), True, "dot_general"
+    if name == "user_linen":
+        module = _UserBlock()
+        init = lambda key: module.init(key, jnp.zeros((1, 5, 5, 2)))
+        return module.apply, init, (5, 5, 2), False, "conv_general_dilated"
+    raise ValueError(name)
+
+
+def _population(init, input_shape, *, k=2, m=3, dtype=jnp.float64):
+    to = lambda t: jax.tree_util.tree_map(lambda a: a.astype(dtype), t)
+    parents = [to(init(jax.random.key(i))) for i in range(k)]
+    # Multiplicative noise keeps BatchNorm variances positive.
+    children = [
+        jax.tree_util.tree_map(
+            lambda a, e: a + 0.1 * (jnp.abs(a) + 0.1) * e, parents[j % k], to(init(jax.random.key(10 + j)))
+        )
+        for j in range(m)
+    ]
+    stack = lambda ts: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ts)
+    x = jax.random.normal(jax.random.key(99), (N, *input_shape), dtype)
+    return stack(parents), stack(children), x
+
+
+def _split_of(feature_fn, parents, x):
+    pruned, _, _ = _pairing.analyse(feature_fn, parents, x, name="parents", stacked=True)
+    return _fastpath.split(pruned, _pairing.struct_of(x))
+
+
+_slow = pytest.mark.slow  # > 10 s on a loaded 2-core CPU (two compilations of 23 scorers)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("mlp_relu1", marks=_slow),
+        pytest.param("mlp_relu2", marks=_slow),
+        pytest.param("convnet_conv1", marks=_slow),
+        pytest.param("resnet18_block1", marks=_slow),
+        "user_apply",
+        pytest.param("user_linen", marks=_slow),
+    ],
+)
+def test_fast_path_equals_plain_jvp_path_float64(name):
+    feature_fn, init, input_shape, elementwise, primitive = _case(name)
+    with jax.enable_x64(True):
+        parents, children, x = _population(init, input_shape)
+        split = _split_of(feature_fn, parents, x)
+        assert split is not None, "the first layer reads the probe and is linear in its weight"
+        assert split.first_layer_primitives == (primitive,)
+        assert split.elementwise is elementwise
+        kw = {"alpha": ALPHAS, "modes": tuple(Mode), "chunk_size": 2}  # 3 children: a padded chunk
+        fast = LG.score_matrices(S.all_metrics(), feature_fn, parents, children, x, **kw)
+        ref = LG.score_matrices(
+            S.all_metrics(), feature_fn, parents, children, x, fast_path=False, **kw
+        )
+        assert fast.keys() == ref.keys() and len(fast) == 8 * 3 - 1
+        for key in ref:
+            assert fast[key].dtype == jnp.float64 and fast[key].shape == (2, 2, 3)
+            np.testing.assert_allclose(fast[key], ref[key], rtol=1e-10, atol=1e-12, err_msg=str(key))
+
+
+def _user_normalised(params, x):
+    # The probe is normalised by parameters before the first layer: no split.
+    return jax.nn.relu((x - params["mu"][None, :]) @ params["w"])
+
+
+def _user_weight_norm(params, x):
+    # The weight enters non-linearly (weight normalisation): no split.
+    w = params["w"] / jnp.linalg.norm(params["w"], axis=0, keepdims=True)
+    return jax.nn.relu(x @ w)
+
+
+@pytest.mark.parametrize("feature_fn", [_user_normalised, _user_weight_norm])
+def test_no_split_when_the_pattern_does_not_apply(feature_fn):
+    init = lambda key: {"w": jax.random.normal(key, (5, 4)), "mu": jnp.full((5,), 0.1)}
+    parents, children, x = _population(init, (5,), dtype=jnp.float32)
+    assert _split_of(feature_fn, parents, x) is None
+    fast = LG.score_matrix("l2", feature_fn, parents, children, x, alpha=0.1)
+    ref = LG.score_matrix("l2", feature_fn, parents, children, x, alpha=0.1, fast_path=False)
+    np.testing.assert_array_equal(fast, ref)  # the same (plain) computation
+
+
+def _probe_products(jaxpr, din):
+    """dot_general equations, at any depth, with an operand whose last axis is the probe's ``din``."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general" and any(
+            v.aval.shape and v.aval.shape[-1] == din for v in eqn.invars
+        ):
+            count += 1
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    count += _probe_products(sub, din)
+    return count
+
+
+def test_fast_path_runs_the_first_layer_once_per_model():
+    # On the traced scorer: the fast path multiplies the probe by weights twice (the
+    # parents' pass and the children's, each batched over models); the plain jvp path
+    # also does so inside each parent's linearisation (primal and tangent).
+    din = 11
+    feature_fn, init = _user_apply, lambda key: {"w": jnp.ones((din, 7)), "b": jnp.ones((7,))}
+    parents, children, x = _population(init, (din,), dtype=jnp.float32)
+    pruned, p, c, xx = _pairing.prepare(
+        feature_fn, parents, children, x, stacked=True, names=("parents", "children")
+    )
+    split = _fastpath.split(pruned, _pairing.struct_of(xx))
+    combos = LG._combos(("l2", "cka"), tuple(Mode), strict=False)
+    count = {}
+    for label, sp in (("fast", split), ("plain", None)):
+        core = functools.partial(
+            LG._score_core, combos=combos, pruned=pruned, split=sp, chunk=2, mesh=None, axis=None
+        )
+        count[label] = _probe_products(jax.make_jaxpr(core)(p, c, xx, np.asarray([0.1])).jaxpr, din)
+    assert count == {"fast": 2, "plain": 3}
+
+
+def test_elementwise_path_sharded_tiny_budget_and_no_recompile():
+    assert jax.device_count() >= 4, "conftest forces 4 CPU devices"
+    traces = []
+
+    def counted(params, x):
+        traces.append(1)
+        return _user_apply(params, x)
+
+    parents, children, x = _population(_user_init, (5,), k=2, m=6, dtype=jnp.float32)
+    metrics = (S.get("l1"), S.get("lse"), S.get("linf"), S.get("dcor"))
+    kw = {"alpha": jnp.array([0.01, 0.1]), "modes": tuple(Mode)}
+    ref = LG.score_matrices(metrics, counted, parents, children, x, fast_path=False, **kw)
+    mesh = Mesh(np.array(jax.devices()[:4]), ("children",))
+    sharded = LG.score_matrices(metrics, counted, parents, children, x, mesh=mesh, **kw)
+    tiny = LG.score_matrices(metrics, counted, parents, children, x, memory_budget_bytes=1, **kw)
+    for key in ref:
+        np.testing.assert_allclose(sharded[key], ref[key], rtol=1e-5, atol=1e-7, err_msg=str(key))
+        np.testing.assert_allclose(tiny[key], ref[key], rtol=1e-5, atol=1e-7, err_msg=str(key))
+    parents2, children2, _ = _population(_user_init, (5,), k=2, m=6, dtype=jnp.float32)
+    n = len(traces)
+    LG.score_matrices(metrics, counted, parents2, children2, x, mesh=mesh, **kw)
+    assert len(traces) == n, "the second call re-traced (and so recompiled)"
+
+
+def test_block_shape_divides_n_and_d():
+    assert _fastpath.block_shape(512, 1024, 60 * 4, target_bytes=2**20) == (4, 1024)
+    assert _fastpath.block_shape(7, 3, 1, target_bytes=5) == (1, 3)
+    assert _fastpath.block_shape(12, 8, 1, target_bytes=100) == (12, 8)
+    # Rows wider than the target: one row, a divisor of D as columns.
+    assert _fastpath.block_shape(64, 25088, 100, target_bytes=2**20) == (1, 6272)
