@@ -6,7 +6,7 @@
 Measured in one run, on random (untrained) parents and perturbed children, which do not
 change the cost:
 
-* ``modes``: per network and metric, the time of ``linearize.similarity`` in each mode at
+* ``modes``: per network and metric, the time of ``linearize.pair_similarity`` in each mode at
   ``N = --n`` probe inputs and the ratios ``LINEARIZED / PLAIN`` and ``FIRST_ORDER / PLAIN``
   (target <= 2.0: one jvp replaces the parent's forward pass).
 * ``stepwise``: the step-by-step baseline (per-sample Jacobians materialised, the paper's
@@ -82,7 +82,7 @@ def bench_modes(network, tap, metrics, n, repeats):
     for metric in metrics:
         calls = {
             mode.value: functools.partial(
-                linearize.similarity, metric, f, parent, child, x, alpha=0.01, mode=mode
+                linearize.pair_similarity, metric, f, parent, child, x, alpha=0.01, mode=mode
             )
             for mode in Mode
         }
@@ -144,7 +144,7 @@ def bench_stepwise(network, tap, n, max_rows, repeats):
     row_chunk = int(max(1, min(d, 2**25 // n_params)))
     fast = timeit(
         functools.partial(
-            linearize.similarity, "l2", f, parent, child, x, alpha=0.01, mode=Mode.LINEARIZED
+            linearize.pair_similarity, "l2", f, parent, child, x, alpha=0.01, mode=Mode.LINEARIZED
         ),
         repeats=repeats,
     )

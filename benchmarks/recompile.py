@@ -5,7 +5,7 @@
 A jitted scorer keys its compilation cache on the apply function. Following the
 docs, a user builds the adapter inside a loop or a notebook cell, so every call
 may see a new function object. For each adapter this times one
-``linearize.similarity`` call (MLP 784-64-5, ``relu1``, N = 128, FIRST_ORDER L2)
+``linearize.pair_similarity`` call (MLP 784-64-5, ``relu1``, N = 128, FIRST_ORDER L2)
 in two ways, after a warm-up that compiles:
 
 * ``reused``: the same adapter object every call;
@@ -51,7 +51,7 @@ def main(argv=None):
     }
 
     def call(fn):
-        return linearize.similarity("l2", fn, parent, child, x, alpha=0.01, mode=linearize.Mode.FIRST_ORDER)
+        return linearize.pair_similarity("l2", fn, parent, child, x, alpha=0.01, mode=linearize.Mode.FIRST_ORDER)
 
     rows = []
     for name, make in adapters.items():

@@ -570,14 +570,14 @@ x = xb[:PROBE_SIZE]  # probe: the children's training inputs
         md("""
 ## One pair: similarity in the three modes
 
-`linearize.similarity(metric, feature_fn, parent, child, x, alpha=..., mode=...)`
+`linearize.pair_similarity(metric, feature_fn, parent, child, x, alpha=..., mode=...)`
 (higher = more similar). An α sweep costs one jvp in total.
 """),
         code("""
 alphas = jnp.array([0.01, 0.1, 1.0])
 for mode in linearize.Mode:
-    own = linearize.similarity("l2", feature_fn, parents[0], children[0], x, alpha=alphas, mode=mode)
-    other = linearize.similarity("l2", feature_fn, parents[1], children[0], x, alpha=alphas, mode=mode)
+    own = linearize.pair_similarity("l2", feature_fn, parents[0], children[0], x, alpha=alphas, mode=mode)
+    other = linearize.pair_similarity("l2", feature_fn, parents[1], children[0], x, alpha=alphas, mode=mode)
     print(f"{mode.value:12s} l2 to the true parent {np.round(np.asarray(own), 4)}, "
           f"to another parent {np.round(np.asarray(other), 4)}")
 """),

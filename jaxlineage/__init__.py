@@ -13,7 +13,7 @@ Any pure apply function and two parameter trees give a lineage score:
     >>> parent = {"w": jax.random.normal(jax.random.key(0), (8, 16))}
     >>> child = {"w": parent["w"] + 0.01}
     >>> x = jax.random.normal(jax.random.key(1), (32, 8))
-    >>> s = linearize.similarity("l2", f, parent, child, x, alpha=0.1, mode="first_order")
+    >>> s = linearize.pair_similarity("l2", f, parent, child, x, alpha=0.1, mode="first_order")
     >>> s.shape
     ()
 

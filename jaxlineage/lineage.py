@@ -399,7 +399,7 @@ def score_matrices(
     children: Any,
     x: Array,
     *,
-    alpha: Any,
+    alpha: Any = None,
     modes: Any = tuple(Mode),
     chunk_size: int | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
@@ -421,7 +421,8 @@ def score_matrices(
       children: stacked child parameters, leaves ``[M, ...]``; must match the
         parents on the leaves ``feature_fn`` reads (heads may differ).
       x: the probe batch ``[N, ...]``.
-      alpha: a scalar or a 1-D sweep ``[A]`` (one jvp serves all).
+      alpha: a scalar or a 1-D sweep ``[A]`` (one jvp serves all); optional when
+        every mode is ``PLAIN``.
       modes: one :class:`~jaxlineage.linearize.Mode` or a sequence (default all).
       chunk_size: children per vmapped chunk (default: from the budget).
       memory_budget_bytes: estimated intermediate memory per chunk.
@@ -446,7 +447,7 @@ def score_matrices(
         raise ValueError(
             "No (metric, mode) pair is defined (FIRST_ORDER needs a differentiable metric)."
         )
-    alpha = linearize.as_alpha(alpha)
+    alpha = linearize.as_alpha(alpha, modes=tuple(dict.fromkeys(mode for _, mode in combos)))
     axis = _validate_mesh(mesh, mesh_axis)
     pruned, p, c, x = _pairing.prepare(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
     split = _fastpath.split(pruned, _pairing.struct_of(x)) if fast_path else None
@@ -502,7 +503,7 @@ def score_matrix(
     children: Any,
     x: Array,
     *,
-    alpha: Any,
+    alpha: Any = None,
     mode: Mode | str = linearize.DEFAULT_MODE,
     chunk_size: int | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
@@ -514,7 +515,7 @@ def score_matrix(
 
     .. math:: S[k, m] = s_{\text{mode}}(\theta_{p_k}, \theta_{c_m}; X, \alpha)
 
-    equal, entry by entry, to :func:`jaxlineage.linearize.similarity` (higher =
+    equal, entry by entry, to :func:`jaxlineage.linearize.pair_similarity` (higher =
     more similar; raw, not reported, scores). Jit-compiled once per shape and
     configuration; a second call with new parameters does not recompile.
 
@@ -525,7 +526,7 @@ def score_matrix(
       parents: stacked parent parameters, leaves ``[K, ...]`` (``K >= 1``).
       children: stacked child parameters, leaves ``[M, ...]`` (``M >= 1``).
       x: the probe batch ``[N, ...]``.
-      alpha: a scalar or a 1-D sweep ``[A]``.
+      alpha: a scalar or a 1-D sweep ``[A]``; optional for ``PLAIN``.
       mode: a :class:`~jaxlineage.linearize.Mode` (default ``LINEARIZED``).
       chunk_size: children per vmapped chunk (default: from the budget).
       memory_budget_bytes: estimated intermediate memory per chunk.

@@ -62,7 +62,7 @@ __all__ = [
     "as_alpha",
     "as_mode",
     "feature_jvp",
-    "similarity",
+    "pair_similarity",
     "stepwise_feature_jvp",
     "stepwise_similarity",
     "taylor_features",
@@ -264,7 +264,7 @@ def _check_values_finite(vals: Array, metric, mode) -> None:
         )
 
 
-def similarity(
+def pair_similarity(
     metric: Any,
     feature_fn: FeatureFn,
     parent_params: Any,
@@ -310,10 +310,15 @@ def similarity(
 
     Example:
 
-    >>> def f(params, x):                       # any pure apply function
-    ...   return jax.nn.relu(x @ params["w"] + params["b"])
-    >>> s = similarity("l2", f, parent, child, x, alpha=jnp.array([1e-3, 1e-2]),
-    ...                mode=Mode.FIRST_ORDER)   # shape [2], one jvp
+    >>> def f(params, x):  # any pure apply function
+    ...     return jax.nn.relu(x @ params["w"] + params["b"])
+    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    >>> parent = {"w": jax.random.normal(k1, (8, 16)), "b": jnp.zeros(16)}
+    >>> child = jax.tree.map(lambda p: p + 0.01 * jax.random.normal(k2, p.shape), parent)
+    >>> x = jax.random.normal(k3, (32, 8))
+    >>> s = pair_similarity("l2", f, parent, child, x, alpha=jnp.array([1e-3, 1e-2]), mode=Mode.FIRST_ORDER)
+    >>> s.shape  # one jvp serves both step sizes
+    (2,)
 
     References:
       Yu & Wang (2024), Neural Lineage, Sec. 3, Eq. (5), Proposition 1.
@@ -420,9 +425,9 @@ def stepwise_similarity(
     mode: Mode | str = DEFAULT_MODE,
     row_chunk: int | None = None,
 ) -> Array:
-    """:func:`similarity` through materialised per-sample Jacobians (baseline only).
+    """:func:`pair_similarity` through materialised per-sample Jacobians (baseline only).
 
-    Same arguments and result as :func:`similarity`, computed the slow way:
+    Same arguments and result as :func:`pair_similarity`, computed the slow way:
     ``J_p Delta`` from :func:`stepwise_feature_jvp`, and for ``FIRST_ORDER`` the
     weight ``grad_F s`` by ``jax.grad`` contracted with it, as in the paper's
     derivation. ``row_chunk`` bounds the Jacobian block held in memory.

@@ -64,7 +64,7 @@ def test_score_matrices_equal_pairwise_similarity():
         ref = np.stack(
             [
                 np.stack(
-                    [L.similarity(metric, features, p, c, x, alpha=alphas, mode=mode) for c in children],
+                    [L.pair_similarity(metric, features, p, c, x, alpha=alphas, mode=mode) for c in children],
                     axis=-1,
                 )
                 for p in parents
@@ -148,7 +148,7 @@ def test_float64_path():
         jax.block_until_ready(out)  # a dict keyed by (name, Mode) is a pytree
         for (name, mode), s in out.items():
             assert s.dtype == jnp.float64 and s.shape == (2, 3)
-            ref = L.similarity(name, features, parents[1], children[2], x, alpha=0.1, mode=mode)
+            ref = L.pair_similarity(name, features, parents[1], children[2], x, alpha=0.1, mode=mode)
             np.testing.assert_allclose(s[1, 2], ref, rtol=1e-12, err_msg=name)
 
 

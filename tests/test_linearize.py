@@ -112,9 +112,9 @@ def test_linearisation_is_exact_for_a_linear_model():
     )
     # So LINEARIZED at alpha = 1 compares the child with itself: the maximum.
     for metric in ("l2",):
-        np.testing.assert_allclose(L.similarity(metric, linear_features, parent, child, x, alpha=1.0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(L.pair_similarity(metric, linear_features, parent, child, x, alpha=1.0), 0.0, atol=1e-5)
     for metric in ("cka",):
-        np.testing.assert_allclose(L.similarity(metric, linear_features, parent, child, x, alpha=1.0), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(L.pair_similarity(metric, linear_features, parent, child, x, alpha=1.0), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-4), (jnp.float64, 1e-10)])
@@ -126,7 +126,7 @@ def test_first_order_equals_paper_closed_form_weights(dtype, rtol):
         alphas = jnp.array([0.0, 1e-2, 1.0], dtype)
         for name, weight_fn in CLOSED_FORMS.items():
             metric = S.get(name)
-            got = L.similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER)
+            got = L.pair_similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER)
             assert got.dtype == dtype and got.shape == (3,)
             s0 = metric(f_p, f_c)
             np.testing.assert_allclose(got[0], s0, rtol=rtol, err_msg=name)
@@ -149,8 +149,8 @@ def test_linearized_agrees_with_first_order_to_first_order():
             S.get("cka", estimator=S.CKAEstimator.UNBIASED),
             S.get("dcor"),
         ):
-            lin = L.similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.LINEARIZED)
-            fo = L.similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER)
+            lin = L.pair_similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.LINEARIZED)
+            fo = L.pair_similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER)
             s0 = metric(mlp_features(parent, x), mlp_features(child, x))
             np.testing.assert_allclose([lin[0], fo[0]], [s0, s0], rtol=1e-13)
             gap = np.abs(np.asarray(lin - fo))[1:]
@@ -178,7 +178,7 @@ def test_stepwise_baseline_matches_jvp_path():
         ("cka", Mode.FIRST_ORDER),
         ("linf", Mode.LINEARIZED),
     ]:
-        fast = L.similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=mode)
+        fast = L.pair_similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=mode)
         slow = L.stepwise_similarity(metric, mlp_features, parent, child, x, alpha=alphas, mode=mode)
         np.testing.assert_allclose(fast, slow, rtol=2e-5, atol=1e-7, err_msg=metric)
 
@@ -194,12 +194,12 @@ def test_alpha_sweep_costs_one_network_pass_and_matches_scalar_calls():
     alphas = [0.001, 0.1, 1.0]
     for mode in (Mode.LINEARIZED, Mode.FIRST_ORDER):
         traces.clear()
-        sweep = L.similarity("l2", counted, parent, child, x, alpha=jnp.array(alphas), mode=mode)
+        sweep = L.pair_similarity("l2", counted, parent, child, x, alpha=jnp.array(alphas), mode=mode)
         # One trace to find the used leaves (first call only), then one for F_c
         # and one jvp for F_p: independent of the number of alphas.
         assert len(traces) == 2 + (mode is Mode.LINEARIZED), (mode, len(traces))
         for a, s in zip(alphas, sweep):
-            np.testing.assert_allclose(L.similarity("l2", counted, parent, child, x, alpha=a, mode=mode), s, rtol=1e-6)
+            np.testing.assert_allclose(L.pair_similarity("l2", counted, parent, child, x, alpha=a, mode=mode), s, rtol=1e-6)
 
 
 def _largest_intermediate(fn, *args):
@@ -244,23 +244,23 @@ def test_jit_no_recompile_and_traced_use():
         traces.append(1)
         return mlp_features(params, x)
 
-    first = L.similarity("cka", counted, parent, child, x, alpha=0.1)
+    first = L.pair_similarity("cka", counted, parent, child, x, alpha=0.1)
     n = len(traces)
-    second = L.similarity("cka", counted, parent2, child2, x, alpha=0.2)
+    second = L.pair_similarity("cka", counted, parent2, child2, x, alpha=0.2)
     assert len(traces) == n, "the second call re-traced (and so recompiled)"
     assert first != second
     # Usable inside a user's jit (value checks are then skipped).
-    user = jax.jit(lambda p, c: L.similarity("cka", mlp_features, p, c, x, alpha=0.1))
+    user = jax.jit(lambda p, c: L.pair_similarity("cka", mlp_features, p, c, x, alpha=0.1))
     np.testing.assert_allclose(user(parent, child), first, rtol=1e-6)
 
 
 def test_float64_path():
     with jax.enable_x64(True):
         parent, child, x = _population(seed=8, dtype=jnp.float64)
-        s = L.similarity("cka", mlp_features, parent, child, x, alpha=0.1)
+        s = L.pair_similarity("cka", mlp_features, parent, child, x, alpha=0.1)
         assert s.dtype == jnp.float64
         f32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), (parent, child, x))
-    s32 = L.similarity("cka", mlp_features, *f32, alpha=0.1)
+    s32 = L.pair_similarity("cka", mlp_features, *f32, alpha=0.1)
     assert s32.dtype == jnp.float32
     np.testing.assert_allclose(s32, s, rtol=1e-4)
 
@@ -268,14 +268,14 @@ def test_float64_path():
 def test_mismatched_trees_name_path_and_shapes():
     parent, child, x = _population(seed=9)
     # Heads differ (unused): fine. A used leaf differing in shape: error.
-    L.similarity("l2", mlp_features, parent, child, x, alpha=0.1)
+    L.pair_similarity("l2", mlp_features, parent, child, x, alpha=0.1)
     bad = jax.tree_util.tree_map(lambda a: a, child)
     bad["dense2"] = {"w": jnp.zeros((HIDDEN, HIDDEN + 1))}
     with pytest.raises(ValueError, match=r"\['dense2'\]\['w'\].*\(6, 6\).*\(6, 7\)"):
-        L.similarity("l2", mlp_features, parent, bad, x, alpha=0.1)
+        L.pair_similarity("l2", mlp_features, parent, bad, x, alpha=0.1)
     missing = {"dense1": child["dense1"]}
     with pytest.raises(ValueError, match=r"no leaf at \['dense2'\]\['w'\]"):
-        L.similarity("l2", mlp_features, parent, missing, x, alpha=0.1)
+        L.pair_similarity("l2", mlp_features, parent, missing, x, alpha=0.1)
     wrong_dtype = jax.tree_util.tree_map(lambda a: a.astype(jnp.int32), child)
     with pytest.raises(ValueError, match="dtype"):
         L.taylor_features(mlp_features, parent, wrong_dtype, x, alpha=0.1)
@@ -286,7 +286,7 @@ def test_non_finite_inputs_raise():
     nan_child = jax.tree_util.tree_map(lambda a: a, child)
     nan_child["dense2"] = {"w": child["dense2"]["w"].at[0, 0].set(jnp.nan)}
     with pytest.raises(ValueError, match=r"child has NaN or inf parameters at \['dense2'\]"):
-        L.similarity("l2", mlp_features, parent, nan_child, x, alpha=0.1)
+        L.pair_similarity("l2", mlp_features, parent, nan_child, x, alpha=0.1)
     inf_parent = jax.tree_util.tree_map(lambda a: a, parent)
     inf_parent["dense1"] = {
         "w": parent["dense1"]["w"],
@@ -297,35 +297,35 @@ def test_non_finite_inputs_raise():
     # A NaN in the unused head is irrelevant and accepted.
     head_nan = jax.tree_util.tree_map(lambda a: a, child)
     head_nan["head"] = {"w": jnp.full((HIDDEN, 5), jnp.nan)}
-    L.similarity("l2", mlp_features, parent, head_nan, x, alpha=0.1)
+    L.pair_similarity("l2", mlp_features, parent, head_nan, x, alpha=0.1)
     log_features = lambda p, x: jnp.log(mlp_features(p, x))  # NaN for negative features
     with pytest.raises(ValueError, match="NaN or inf .*features"):
-        L.similarity("l2", log_features, parent, child, x, alpha=0.1, mode=Mode.PLAIN)
+        L.pair_similarity("l2", log_features, parent, child, x, alpha=0.1, mode=Mode.PLAIN)
 
 
 def test_bad_arguments_raise():
     parent, child, x = _population(seed=11)
     with pytest.raises(ValueError, match="Unknown metric 'l7'"):
-        L.similarity("l7", mlp_features, parent, child, x, alpha=0.1)
+        L.pair_similarity("l7", mlp_features, parent, child, x, alpha=0.1)
     with pytest.raises(ValueError, match=r"Unknown mode 'taylor'.*'linearized'"):
-        L.similarity("l2", mlp_features, parent, child, x, alpha=0.1, mode="taylor")
+        L.pair_similarity("l2", mlp_features, parent, child, x, alpha=0.1, mode="taylor")
     with pytest.raises(ValueError, match="not differentiable.*LINEARIZED"):
-        L.similarity("linf", mlp_features, parent, child, x, alpha=0.1, mode=Mode.FIRST_ORDER)
+        L.pair_similarity("linf", mlp_features, parent, child, x, alpha=0.1, mode=Mode.FIRST_ORDER)
     for alpha in (jnp.ones((2, 2)), float("nan"), []):
         with pytest.raises(ValueError, match="alpha"):
-            L.similarity("l2", mlp_features, parent, child, x, alpha=alpha)
+            L.pair_similarity("l2", mlp_features, parent, child, x, alpha=alpha)
     with pytest.raises(ValueError, match=r"probe batch x of shape \(7, 5\)"):
-        L.similarity("l2", mlp_features, parent, child, jnp.ones((7, DIN + 1)), alpha=0.1)
+        L.pair_similarity("l2", mlp_features, parent, child, jnp.ones((7, DIN + 1)), alpha=0.1)
     with pytest.raises(ValueError, match=r"N >= 1"):
-        L.similarity("l2", mlp_features, parent, child, x[:0], alpha=0.1)
+        L.pair_similarity("l2", mlp_features, parent, child, x[:0], alpha=0.1)
     with pytest.raises(ValueError, match=r"N = 7"):
-        L.similarity("l2", lambda p, x: mlp_features(p, x)[:3], parent, child, x, alpha=0.1)
+        L.pair_similarity("l2", lambda p, x: mlp_features(p, x)[:3], parent, child, x, alpha=0.1)
 
 
 def test_alpha_is_optional_only_for_plain():
     parent, child, x = _population(seed=8)
-    plain = L.similarity("l2", mlp_features, parent, child, x, mode="plain")
-    np.testing.assert_allclose(plain, L.similarity("l2", mlp_features, parent, child, x, alpha=0.3, mode="plain"))
+    plain = L.pair_similarity("l2", mlp_features, parent, child, x, mode="plain")
+    np.testing.assert_allclose(plain, L.pair_similarity("l2", mlp_features, parent, child, x, alpha=0.3, mode="plain"))
     for mode in ("first_order", "linearized"):
         with pytest.raises(ValueError, match=f"alpha is required by mode '{mode}'"):
-            L.similarity("l2", mlp_features, parent, child, x, mode=mode)
+            L.pair_similarity("l2", mlp_features, parent, child, x, mode=mode)

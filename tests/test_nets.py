@@ -166,9 +166,9 @@ def test_fresh_adapters_do_not_recompile():
     f2, _ = nets.from_linen(nets.MLP(3, (8,)), parent, tap="relu1")
     assert f1 == f2 and hash(f1) == hash(f2)
     assert f1 != nets.from_linen(module, parent, tap="logits")[0]
-    linearize.similarity("l2", f1, parent, child, x, alpha=0.01, mode="first_order")
+    linearize.pair_similarity("l2", f1, parent, child, x, alpha=0.01, mode="first_order")
     size = linearize._similarity_core._cache_size()
-    out = linearize.similarity("l2", f2, parent, child, x, alpha=0.01, mode="first_order")
+    out = linearize.pair_similarity("l2", f2, parent, child, x, alpha=0.01, mode="first_order")
     assert linearize._similarity_core._cache_size() == size
     assert np.isfinite(float(out))
     with pytest.raises(TypeError, match="keyword tap=\\['relu1'\\] is not hashable"):
