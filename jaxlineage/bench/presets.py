@@ -253,8 +253,10 @@ TINY = Preset(
 )
 
 #: The provenance benchmark of the default preset: every scorer x every attack on PROVENANCE_QUICK.
+#: ModelGiF's fields of the ConvNets (vmapped over models) dominate its cost on CPU: 20 nodes took 280 s per
+#: field on 2 shared cores (load ~9), so the default uses 5 Gauss-Legendre nodes (BUILD_NOTES.md, "Provenance").
 PROVENANCE_SECTION = Section("provenance", zoo.PROVENANCE_QUICK,
-                             dict(probe_size=512, modelgif_refs=(8, 16, 32, 64, 128, 256), modelgif_steps=20))
+                             dict(probe_size=512, modelgif_refs=(8, 16, 32, 64, 128, 256), modelgif_steps=5))
 
 #: The default: the paper's MLP on the embedded Fashion-MNIST subset (parents classes 0-4, children 5-9).
 QUICK = Preset(

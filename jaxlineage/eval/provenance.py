@@ -38,8 +38,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jaxlineage import modelgif as modelgif_lib
 from jaxlineage.eval import metrics
 from jaxlineage.eval.core import Scenario, Scorer, ScorerError
 from jaxlineage.eval.methods import Field, ModelGiFScorer
@@ -165,15 +167,28 @@ def modelgif_sweep(scenario: Scenario, *, backbone: bool = False, n_refs: int = 
     """
     cands, queries = scenario.candidates, scenario.queries
     out = np.full((len(cands), len(queries), n_refs), np.nan)
+    if not backbone:
+        # Every pair is readable: the few candidates' fields are computed once ([K, R, steps, D], input
+        # space, so both architectures stack) and each query population's fields once, against all of them.
+        scorer = ModelGiFScorer(field=Field.LOGITS, n_refs=n_refs, steps=steps, key=key, chunk_size=chunk_size)
+        x_ref = jnp.asarray(scorer.references(scenario.probe)[0], jnp.float32)
+        fields = jnp.concatenate([
+            jax.vmap(lambda p, cp=cp: modelgif_lib.gradient_field(cp.logits_fn, p, x_ref, steps=steps,
+                                                                  target=scorer.scalar_output,
+                                                                  chunk_size=chunk_size))(cp.params)
+            for cp in cands.populations])
+        for mo, qp in zip(queries.offsets(), queries.populations):
+            d = modelgif_lib.distance_matrix(fields, modelgif_lib.Population(qp.logits_fn, qp.params), x=x_ref,
+                                             steps=steps, target=scorer.scalar_output, chunk_size=chunk_size,
+                                             per_reference=True)
+            out[:, mo:mo + len(qp)] = np.asarray(d)
+        return out
     for ko, cp in zip(cands.offsets(), cands.populations):
         for mo, qp in zip(queries.offsets(), queries.populations):
-            if backbone:
-                if cp.arch != qp.arch or cp.arch not in BACKBONE_TAPS:
-                    continue
-                field = BACKBONE_TAPS[cp.arch]
-            else:
-                field = Field.LOGITS
-            s = ModelGiFScorer(field=field, n_refs=n_refs, steps=steps, key=key, chunk_size=chunk_size)
+            if cp.arch != qp.arch or cp.arch not in BACKBONE_TAPS:
+                continue
+            s = ModelGiFScorer(field=BACKBONE_TAPS[cp.arch], n_refs=n_refs, steps=steps, key=key,
+                               chunk_size=chunk_size)
             out[ko:ko + len(cp), mo:mo + len(qp)] = s.per_reference(cp, qp, probe=scenario.probe)
     return out
 
