@@ -230,8 +230,7 @@ def provenance_heatmap(stages, out, plt) -> str | None:
     auc = np.array([[np.nan if (r["cells"].get(a) or {}).get("auc") is None else r["cells"][a]["auc"]
                      for a, _ in attacks] for r in prov["rows"]], float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(attacks), 0.9 + 0.38 * len(names)))
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(auc), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     for i in range(len(names)):
         for j in range(len(attacks)):
