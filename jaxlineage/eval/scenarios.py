@@ -82,8 +82,10 @@ def _zoo_name(zoo: Any) -> str:
 
 
 def _kind(record: Any) -> str:
-    """A record's derivation kind (e.g. ``"finetune_all"``, ``"extract_l"``), pooled across architectures."""
-    return str(record.kind)
+    """A record's derivation kind (e.g. ``"finetune_all"``, ``"extract_l"``), pooled across architectures.
+
+    Records without one (a duck-typed zoo of roles) fall back to the role."""
+    return str(getattr(record, "kind", None) or getattr(record, "role", None))
 
 
 def _split_key(record: Any, split_by: SplitBy) -> str:
@@ -116,7 +118,8 @@ def _default_task(zoo: Any, queries: list) -> str:
 
 def _signature(network: nets.Network, params: Any) -> tuple:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return (network.name, network.module, tuple((jax.tree_util.keystr(p), np.shape(v), str(v.dtype))
+    # ``module`` (the linen module) tells networks of one name apart; duck-typed zoos may lack it.
+    return (network.name, getattr(network, "module", None), tuple((jax.tree_util.keystr(p), np.shape(v), str(v.dtype))
                                                 for p, v in leaves))
 
 
