@@ -264,7 +264,8 @@ QUICK = Preset(
     zoo=zoo.QUICK,
     description="the paper's MLP on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench",
-    expected_runtime="7 min on 2 CPU cores including the 1.5 min zoo build (measured 2026-12-01)",
+    expected_runtime="7 min on 2 CPU cores including the 1.5 min zoo build (measured 2026-12-01), plus ~2 min for"
+                     " the provenance section (estimated idle; 303 s measured at load 5-8, 2026-12-02)",
     # detector.QUICK_PROTOCOL (copied so presets need not import the detector). A repetition takes
     # ~75 s on 2 CPU cores, so the bench runs 3 closed-set splits to stay under 10 min; the 5-split
     # closed- and open-set figures come from benchmarks/detector_quick.py.
