@@ -386,3 +386,18 @@ def test_grid_cache_scores_only_new_pairs_and_changes_nothing():
         np.testing.assert_allclose(a.details["scores"], b.details["scores"], rtol=1e-6)
         np.testing.assert_array_equal(a.details["scores"][..., :6], c.details["scores"])
         assert a.metrics.keys() == b.metrics.keys()
+
+
+def test_provenance_cells_leave_unreadable_pairs_out_and_say_n_a():
+    """A cell is an AUC over readable pairs only; no readable positive -> None (n/a), never a number."""
+    from jaxlineage.eval import provenance
+
+    pos = np.array([[True, False, False, False]])
+    neg = np.array([[False, True, True, False]])
+    masks = {"a": (pos, neg), "b": (pos, neg)}
+    scores = np.array([[1.0, 0.0, np.nan, 5.0]])  # the NaN negative is left out; column 3 is in no mask
+    got = provenance.cells(scores, masks)
+    assert got["a"]["auc"] == 1.0 and got["a"]["n_pos"] == 1 and got["a"]["n_neg"] == 1
+    assert provenance.cells(np.array([[np.nan, 0.0, 1.0, 0.0]]), masks) == {"a": None, "b": None}
+    info = {"kind": "prune", "hparams": {"sparsity": 0.6}}
+    assert provenance.attack_of(info) == "prune_60" and provenance.attack_of({"kind": "permute"}) == "permute"
