@@ -81,7 +81,8 @@ def test_entry_point_tiny_end_to_end(tiny_run):
     assert results["stages"]["zoo"]["result"]["trained"] == 0
     assert results["stages"]["zoo"]["result"]["reused"] == len(zoo_lib.Zoo.open(results["settings"]["workdir"]).records)
     keys = [t["key"] for t in results["tables"]]
-    assert keys == ["identify", "verify", "mgmp", "modelgif", "timing"]
+    assert keys == ["identify", "verify", "mgmp", "modelgif", "provenance_auc", "provenance_tpr@1%fpr",
+                    "provenance_modelgif", "timing"]
     for name in presets.METHODS:
         assert results["stages"][name]["wall_s"] > 0
     assert results["environment"]["jax"] and results["environment"]["device"]
@@ -124,6 +125,33 @@ def test_detector_and_modelgif_cells_come_from_the_stage_results(tiny_run):
     sweep = results["stages"]["modelgif"]["result"]["tasks"]["B"]["children_vs_independents"]
     assert [r["label"][0] for r in gif["rows"]] == [str(p["n_refs"]) for p in sweep]
     assert [r["cells"][0]["mean"] for r in gif["rows"]] == [p["auc"] for p in sweep]
+
+
+def test_provenance_section_every_scorer_against_every_attack(tiny_run):
+    """The provenance section (its own zoo): one row per scorer, one column per attack, n/a where unreadable."""
+    _, out, results = tiny_run
+    st = results["stages"]["provenance"]
+    assert st["status"] == "ok" and st["zoo"]["spec_name"] == "provenance_tiny"
+    prov = st["result"]
+    attacks = [a for a, _ in prov["attacks"]]
+    assert attacks == [a for a, _ in __import__("jaxlineage.eval.provenance", fromlist=["x"]).ATTACKS]
+    rows = {r["name"]: r["cells"] for r in prov["rows"]}
+    assert {"weight L2", "weight cosine", "output agreement", "output KL", "l2 plain", "l2 first_order",
+            "l2 linearized"} <= set(rows)
+    assert any(n.startswith("ModelGiF logits field") for n in rows)
+    assert any(n.startswith("ModelGiF backbone field") for n in rows)
+    # Weight space cannot read a student of another architecture: n/a, not a number.
+    assert rows["weight L2"]["extract_p_other_arch"] is None
+    assert rows["output agreement"]["extract_p_other_arch"] is not None
+    # Permuting hidden units keeps the function: output agreement is exactly 1 with the source.
+    assert rows["output agreement"]["permute"]["auc"] == 1.0
+    auc = next(t for t in results["tables"] if t["key"] == "provenance_auc")
+    for r in auc["rows"]:
+        for a, c in zip(attacks, r["cells"]):
+            want = rows[r["label"][0]][a]
+            assert c["mean"] == (None if want is None else want["auc"])
+    assert {"provenance_heatmap.png", "provenance_modelgif_auc_vs_refs.png"} <= set(results["plots"])
+    assert sorted(int(n) for n in prov["modelgif_sweep"]["logits field"]) == [2, 4, 8]
 
 
 def test_tables_show_what_the_stages_returned(tiny_zoo, tmp_path, monkeypatch):

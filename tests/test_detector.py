@@ -280,8 +280,9 @@ def test_mismatched_candidate_shapes(tiny_zoo, examples):
         params[LAYER] = dict(params[LAYER], kernel=params[LAYER]["kernel"][:, :31])
         return {"params": params}
 
-    # The zoo's models are read into stacked populations: the first model that differs is named.
-    with pytest.raises(ValueError, match=rf"dense2/kernel has shape \(64, 32\) in the model .* but \(64, 31\) in the model .{re.escape(odd)}."):
+    # The zoo's models are read into stacked populations (one per parameter shapes, eval.scenarios.model_set):
+    # the odd model's weight layer is named with its shape against the others'.
+    with pytest.raises(ValueError, match=rf"weight layer 'dense2' of model .{re.escape(odd)}. has shape \(31, 64\)"):
         detector.make_examples(_Zoo(tiny_zoo, load=shrink), weight_layer=LAYER, feature_tap=None)
     with pytest.raises(ValueError, match=r"candidate weights of shape \(32, 64\) do not match the children's \(32, 63\)"):
         dataclasses.replace(examples, child_weights=examples.child_weights[..., :63])

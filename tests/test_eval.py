@@ -17,7 +17,7 @@ import pytest
 
 from jaxlineage import eval as jl_eval
 from jaxlineage import lineage
-from jaxlineage.eval import core, protocols, scenarios, scorers
+from jaxlineage.eval import core, methods, protocols, scenarios, scorers
 from jaxlineage.eval.core import (
     NO_PARENT,
     ModelSet,
@@ -104,10 +104,13 @@ class Case:
       make: ``() -> Scorer``.
       reads_any_tree: the scorer compares only outputs, so models of other parameter trees are
         fine as long as their outputs have one size (no mismatch error expected).
+      reads_any_arch: the scorer compares models of any architecture sharing the input space
+        (ModelGiF's logits field): no "unreadable" error expected.
     """
 
     make: Callable[[], core.Scorer]
     reads_any_tree: bool = False
+    reads_any_arch: bool = False
 
     def __str__(self):
         return self.make().name
@@ -122,6 +125,10 @@ SCORERS: list[Case] = [
     Case(scorers.WeightCosine),
     Case(scorers.OutputAgreement, reads_any_tree=True),
     Case(scorers.OutputKL, reads_any_tree=True),
+    Case(lambda: methods.ModelGiFScorer(n_refs=16, steps=4, chunk_size=None), reads_any_tree=True,
+         reads_any_arch=True),
+    Case(lambda: methods.ModelGiFScorer(field="h", n_refs=16, steps=4, chunk_size=None), reads_any_tree=True,
+         reads_any_arch=True),
 ]
 
 
@@ -169,10 +176,13 @@ def test_contract_bad_input_names_the_model(case, toy):
     # Another architecture (and output size): unreadable; "raise" names the query, "nan" leaves a hole.
     keys = jax.random.split(jax.random.key(9), 2)
     other = _pop("x", [_init(k, hidden=8, classes=CLASSES + 1) for k in keys], arch="other")
-    with pytest.raises(ScorerError, match="'x0'"):
-        s.score(cand, ModelSet((other,)), probe=probe)
     mixed = s.score(cand, ModelSet((toy.queries.populations[0], other)), probe=probe, unreadable="nan")
-    assert np.all(np.isfinite(mixed[:, :6])) and np.all(np.isnan(mixed[:, 6:]))
+    if case.reads_any_arch:
+        assert np.all(np.isfinite(mixed))
+    else:
+        with pytest.raises(ScorerError, match="'x0'"):
+            s.score(cand, ModelSet((other,)), probe=probe)
+        assert np.all(np.isfinite(mixed[:, :6])) and np.all(np.isnan(mixed[:, 6:]))
     # Same architecture name, mismatched trees (another hidden width).
     wide = _pop("w", [_init(k, hidden=HIDDEN + 4) for k in keys])
     if case.reads_any_tree:
@@ -376,3 +386,18 @@ def test_grid_cache_scores_only_new_pairs_and_changes_nothing():
         np.testing.assert_allclose(a.details["scores"], b.details["scores"], rtol=1e-6)
         np.testing.assert_array_equal(a.details["scores"][..., :6], c.details["scores"])
         assert a.metrics.keys() == b.metrics.keys()
+
+
+def test_provenance_cells_leave_unreadable_pairs_out_and_say_n_a():
+    """A cell is an AUC over readable pairs only; no readable positive -> None (n/a), never a number."""
+    from jaxlineage.eval import provenance
+
+    pos = np.array([[True, False, False, False]])
+    neg = np.array([[False, True, True, False]])
+    masks = {"a": (pos, neg), "b": (pos, neg)}
+    scores = np.array([[1.0, 0.0, np.nan, 5.0]])  # the NaN negative is left out; column 3 is in no mask
+    got = provenance.cells(scores, masks)
+    assert got["a"]["auc"] == 1.0 and got["a"]["n_pos"] == 1 and got["a"]["n_neg"] == 1
+    assert provenance.cells(np.array([[np.nan, 0.0, 1.0, 0.0]]), masks) == {"a": None, "b": None}
+    info = {"kind": "prune", "hparams": {"sparsity": 0.6}}
+    assert provenance.attack_of(info) == "prune_60" and provenance.attack_of({"kind": "permute"}) == "permute"

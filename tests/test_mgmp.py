@@ -379,11 +379,11 @@ def test_run_protocol_keeps_evaluation_out_of_training(tiny_protocol, tiny_zoo):
 def test_fragments_from_a_backbone_tap(tiny_zoo):
     # Parents (task A head) and children (task B head) share the backbone: a feature tap
     # gives them one output space. Zoos are read by the evaluation layer into populations.
-    from jaxlineage.eval import _zoo_protocols
+    from jaxlineage.eval import scenarios
 
     ids = [c.id for c in tiny_zoo.children]
     x = jnp.asarray(tiny_zoo.task_data("A", "test")[0][:64])
-    pop, = _zoo_protocols.zoo_models(tiny_zoo, ids).populations
+    pop, = scenarios.model_set(tiny_zoo, ids).populations
     out = mgmp.population_outputs(pop.feature_fn("relu2"), pop.params, x)
     assert out.shape == (len(ids), 64, 32)  # TINY: features (64, 32)
     for i, c in enumerate(ids):

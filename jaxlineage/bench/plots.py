@@ -43,7 +43,7 @@ def draw_all(results: dict, out: str | pathlib.Path) -> list[str]:
     plt = _plt()
     out = pathlib.Path(out)
     files = []
-    for fn in (fig3a, fig3b, accuracy_vs_alpha, modelgif_auc):
+    for fn in (fig3a, fig3b, accuracy_vs_alpha, modelgif_auc, provenance_heatmap, provenance_modelgif_refs):
         try:
             name = fn(results["stages"], out, plt)
         except Exception as e:  # noqa: BLE001 - a figure must not cost the tables
@@ -214,5 +214,59 @@ def modelgif_auc(stages, out, plt) -> str | None:
     ax.set_title("ModelGiF: AUC vs number of references")
     fig.tight_layout()
     name = "modelgif_auc_vs_refs.png"
+    fig.savefig(out / name, dpi=110)
+    return name
+
+
+def provenance_heatmap(stages, out, plt) -> str | None:
+    """Method x attack ROC AUC of the provenance section (grey: n/a)."""
+    prov = report._ok(stages, "provenance")
+    if not prov:
+        return None
+    import numpy as np
+
+    attacks = prov["attacks"]
+    names = [r["name"] for r in prov["rows"]]
+    auc = np.array([[np.nan if (r["cells"].get(a) or {}).get("auc") is None else r["cells"][a]["auc"]
+                     for a, _ in attacks] for r in prov["rows"]], float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(attacks), 0.9 + 0.38 * len(names)))
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(auc), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(len(names)):
+        for j in range(len(attacks)):
+            ax.text(j, i, "n/a" if np.isnan(auc[i, j]) else f"{auc[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(attacks)), [lab for _, lab in attacks], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig.colorbar(im, ax=ax, label="ROC AUC")
+    ax.set_title("Provenance: ROC AUC, method x attack")
+    fig.tight_layout()
+    name = "provenance_heatmap.png"
+    fig.savefig(out / name, dpi=110)
+    return name
+
+
+def provenance_modelgif_refs(stages, out, plt) -> str | None:
+    """ModelGiF ROC AUC per attack against the number of references (logits field)."""
+    prov = report._ok(stages, "provenance")
+    if not prov or not prov.get("modelgif_sweep"):
+        return None
+    fields = list(prov["modelgif_sweep"])
+    fig, axes = plt.subplots(1, len(fields), figsize=(5.5 * len(fields), 4.0), squeeze=False)
+    for ax, field in zip(axes[0], fields):
+        by_n = prov["modelgif_sweep"][field]
+        ns = sorted(by_n, key=int)
+        for a, label in prov["attacks"]:
+            ys = [(by_n[n].get(a) or {}).get("auc") for n in ns]
+            if all(y is None for y in ys):
+                continue
+            ax.plot([int(n) for n in ns], [float("nan") if y is None else y for y in ys], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("reference points")
+        ax.set_ylabel("ROC AUC")
+        ax.set_ylim(0.0, 1.02)
+        ax.set_title(f"ModelGiF {field}")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    name = "provenance_modelgif_auc_vs_refs.png"
     fig.savefig(out / name, dpi=110)
     return name

@@ -47,7 +47,7 @@ from jaxlineage import zoo
 ALPHA_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 #: The methods, in the order they run and appear in the report. ``baselines`` run with every selection.
-METHODS = ("learning_free", "baselines", "detector", "mgmp", "modelgif")
+METHODS = ("learning_free", "baselines", "detector", "mgmp", "modelgif", "provenance")
 #: Methods that still run their own protocol function when the preset gives them no :class:`ScorerSpec`.
 LEGACY = ("detector", "mgmp", "modelgif")
 
@@ -71,6 +71,33 @@ class ScenarioSpec:
         if self.question not in ("identify", "verify"):
             raise ValueError(f"ScenarioSpec {self.name!r}: question must be 'identify' or 'verify'"
                              f" (recover has no protocol yet); got {self.question!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A question asked on a zoo of its own: e.g. the provenance benchmark on ``PROVENANCE_QUICK``.
+
+    The runner builds (or reuses) ``zoo`` in ``<workdir>/<name>`` and calls the
+    stage :data:`jaxlineage.bench.stages.SECTIONS` ``[name](zoo, seed=..., **settings)``.
+    ``--methods`` selects a section by its name. Model DNA's ``DNA_QUICK`` section is
+    one more entry here (and in ``SECTIONS``).
+
+    Attributes:
+      name: the section (a name of :data:`METHODS` and of ``stages.SECTIONS``).
+      zoo: the zoo spec to build.
+      settings: keyword arguments of the section's stage.
+    """
+
+    name: str
+    zoo: Any
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.name not in METHODS:
+            raise ValueError(f"Section: unknown name {self.name!r}; known: {', '.join(METHODS)}")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "zoo": self.zoo.to_json(), "settings": _jsonable(self.settings)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +165,8 @@ class Preset:
       plots: whether to draw the PNG figures (needs matplotlib).
       stage_estimates_s: seconds per method stage measured on the reference machine, for the
         first run's ETA (later runs use their own previous times).
+      sections: questions asked on zoos of their own (:class:`Section`), each built in
+        ``<workdir>/<section name>``: the provenance benchmark (and, at merge, Model DNA's).
     """
 
     name: str
@@ -155,6 +184,11 @@ class Preset:
     modelgif: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     plots: bool = True
     stage_estimates_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    sections: tuple[Section, ...] = ()
+
+    def section(self, name: str) -> Section | None:
+        """The preset's :class:`Section` called ``name``, if any."""
+        return next((s for s in self.sections if s.name == name), None)
 
     def scorer_specs(self, method: str) -> tuple[ScorerSpec, ...]:
         """The preset's :class:`ScorerSpec` s of ``method`` (empty: a legacy stage or nothing)."""
@@ -179,6 +213,7 @@ class Preset:
             "num_folds": self.num_folds,
             "alpha_sweep": list(self.alpha_sweep),
             **{m: _jsonable(self.settings(m)) for m in LEGACY},
+            "sections": [s.to_json() for s in self.sections],
         }
 
 
@@ -213,7 +248,15 @@ TINY = Preset(
     mgmp=dict(repetitions=2, num_inputs=256, config=dict(num_steps=40, batch_size=32)),
     modelgif=dict(n_refs=(2, 4, 8), steps=4),
     plots=True,
+    sections=(Section("provenance", zoo.PROVENANCE_TINY,
+                      dict(probe_size=64, metrics=("l2",), modelgif_refs=(2, 4, 8), modelgif_steps=4)),),
 )
+
+#: The provenance benchmark of the default preset: every scorer x every attack on PROVENANCE_QUICK.
+#: ModelGiF's fields of the ConvNets (vmapped over models) dominate its cost on CPU: 20 nodes took 280 s per
+#: field on 2 shared cores (load ~9), so the default uses 5 Gauss-Legendre nodes (BUILD_NOTES.md, "Provenance").
+PROVENANCE_SECTION = Section("provenance", zoo.PROVENANCE_QUICK,
+                             dict(probe_size=512, modelgif_refs=(8, 16, 32, 64, 128, 256), modelgif_steps=5))
 
 #: The default: the paper's MLP on the embedded Fashion-MNIST subset (parents classes 0-4, children 5-9).
 QUICK = Preset(
@@ -221,13 +264,17 @@ QUICK = Preset(
     zoo=zoo.QUICK,
     description="the paper's MLP on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench",
-    expected_runtime="7 min on 2 CPU cores including the 1.5 min zoo build (measured 2026-12-01)",
+    expected_runtime="7 min on 2 CPU cores including the 1.5 min zoo build (measured 2026-12-01), plus ~2 min for"
+                     " the provenance section (estimated idle; 303 s measured at load 5-8, 2026-12-02)",
     # detector.QUICK_PROTOCOL (copied so presets need not import the detector). A repetition takes
     # ~75 s on 2 CPU cores, so the bench runs 3 closed-set splits to stay under 10 min; the 5-split
     # closed- and open-set figures come from benchmarks/detector_quick.py.
     detector=dict(repetitions=3, n_probe=16, module_kwargs=dict(difference_init=True), batch_size=4, epochs=8),
     mgmp=dict(repetitions=5),
     modelgif=dict(n_refs=(8, 32, 128, 256), steps=20),
+    # SAC / ModelGiF's IP-protection benchmark (verify, every method x every attack) on its own zoo.
+    # Hook: the lead adds Model DNA's DNA_QUICK section here at merge.
+    sections=(PROVENANCE_SECTION,),
 )
 
 #: The same recipe on the small ConvNet.

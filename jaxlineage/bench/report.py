@@ -234,7 +234,45 @@ def timing_table(results: dict) -> dict:
     return table("timing", "Wall time per stage (s)", ["stage", "status"], ["wall time (s)"], rows, decimals=1, notes=notes)
 
 
-TABLES: list[Callable[[dict], dict | list[dict] | None]] = [scenario_tables, mgmp_table, modelgif_table]
+def provenance_tables(stages: dict) -> list[dict]:
+    """The verify table of the provenance section: method x attack, ROC AUC and TPR at 1 % FPR; ModelGiF by refs."""
+    prov = _ok(stages, "provenance")
+    if prov is None:
+        return []
+    attacks = [a for a, _ in prov["attacks"]]
+    labels = [lab for _, lab in prov["attacks"]]
+    sc = prov["scenario"]
+
+    def c(x, field):
+        return na() if x is None or x.get(field) is None else cell(x[field])
+
+    out = []
+    for field, title in (("auc", "ROC AUC"), ("tpr@1%fpr", "TPR at 1 % FPR")):
+        rows = [{"label": [r["name"]], "cells": [c(r["cells"].get(a), field) for a in attacks]} for r in prov["rows"]]
+        notes = [f"Scenario `{sc['name']}`: sources {', '.join(sc['sources'])} against {sc['queries']} derived models"
+                 f" (probe {sc['probe_shape'][0]} defender inputs). Positives: (source, model derived from it by the"
+                 " attack); negatives: (source, the same attack applied to an independently trained model, or an"
+                 " independent model; scratch models of the transfer task for transfer). n/a: the scorer cannot read"
+                 " those pairs (weight space across architectures). Learning-free: default tap, fixed"
+                 f" alpha {sc['alpha']}; ModelGiF: {sc['modelgif_steps']} nodes, references a seeded draw from the"
+                 " probe."]
+        notes += [f"{s['name']}: {s['why']}." for s in prov.get("slots", [])]
+        out.append(table(f"provenance_{field}", f"Provenance (verify): {title} per attack", ["method"], labels, rows,
+                         decimals=2, notes=notes))
+    sweep = prov.get("modelgif_sweep", {})
+    rows = []
+    for field, by_n in sweep.items():
+        for n, cells_ in by_n.items():
+            rows.append({"label": [field, str(n)], "cells": [c(cells_.get(a), "auc") for a in attacks]})
+    if rows:
+        out.append(table("provenance_modelgif", "Provenance: ModelGiF ROC AUC per attack by reference count",
+                         ["field", "references"], labels, rows, decimals=2,
+                         notes=["Fewer references are prefixes of one seeded draw from the defender's probe."]))
+    return out
+
+
+TABLES: list[Callable[[dict], dict | list[dict] | None]] = [scenario_tables, mgmp_table, modelgif_table,
+                                                           provenance_tables]
 
 
 def build_tables(results: dict) -> list[dict]:

@@ -210,7 +210,19 @@ def run(
         eta.start(i, name)
         t0 = time.time()
         specs = preset.scorer_specs(name)
-        if specs:  # through the evaluation layer: every scenario x this method's scorers
+        section = preset.section(name)
+        if section is not None:  # a question on a zoo of its own, built in <workdir>/<name>
+            entry = {"settings": stages.to_json(dict(section.settings)), "via": "section",
+                     "zoo_spec": section.zoo.name}
+
+            def call(section=section, entry=entry):
+                tz = time.time()
+                z, zinfo = stages.build_zoo(section.zoo, workdir / section.name, rebuild=rebuild, progress=progress)
+                entry["zoo"] = {**zinfo, "wall_s": time.time() - tz}
+                log.info("section %s: zoo %r, %d trained, %d reused, %.1fs", section.name, section.zoo.name,
+                         zinfo["trained"], zinfo["reused"], time.time() - tz)
+                return stages.SECTIONS[section.name](z, seed=seed, **section.settings)
+        elif specs:  # through the evaluation layer: every scenario x this method's scorers
             entry: dict = {"settings": [sp.to_json() for sp in specs], "via": "jaxlineage.eval"}
 
             def call(name=name):

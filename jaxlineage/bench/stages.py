@@ -441,3 +441,92 @@ def modelgif(zoo: zoo_lib.Zoo, *, seed: int = 0, **settings) -> dict:
 
 #: Legacy stages (methods without a scorer yet): name -> function(zoo, *, seed, **settings) -> JSON-able dict.
 STAGES = {"detector": detector, "mgmp": mgmp, "modelgif": modelgif}
+
+
+# --------------------------------------------------------------------------- provenance (verify, every attack)
+
+#: The learning-free rows of the provenance table: L2 (the paper's best) and CKA in every mode.
+PROVENANCE_METRICS = ("l2", "cka")
+
+
+def provenance(zoo: zoo_lib.Zoo, *, seed: int = 0, probe_size: int = 512,
+               metrics: Sequence[str] = PROVENANCE_METRICS, alpha: float = 1e-3,
+               modelgif_refs: Sequence[int] = (8, 16, 32, 64, 128, 256), modelgif_steps: int = 20,
+               dna: Any = None) -> dict:
+    """Every scorer against every attack on a ``PROVENANCE_QUICK``-style zoo (SAC / ModelGiF's benchmark).
+
+    One :func:`jaxlineage.eval.scenarios.provenance` scenario (candidates: the
+    sources; queries: every positive and negative derived model; probe: the first
+    ``probe_size`` inputs of the defender's data); one cell per (scorer, attack)
+    from :func:`jaxlineage.eval.provenance.attack_table`. Rows: weight L2 /
+    cosine, output agreement / KL, the learning-free ``metrics`` in every mode at
+    the default backbone tap with a fixed ``alpha`` (no selection: nothing is
+    tuned on the evaluated models), ModelGiF's logits and backbone fields at
+    ``max(modelgif_refs)`` references (plus the AUC by reference count), and a
+    slot for Model DNA.
+
+    Args:
+      zoo: the built provenance zoo.
+      seed: the key of ModelGiF's reference draw (``jax.random.key(seed)``, from the probe only).
+      probe_size: ``N`` (at least ``max(modelgif_refs)``).
+      metrics: learning-free metric names.
+      alpha: the first-order / linearised step size (the library's default grid's first value).
+      modelgif_refs: reference counts of the sweep (prefixes of one draw).
+      modelgif_steps: Gauss-Legendre nodes per reference (paper 50).
+      dna: reserved for the Model DNA rows (the ``dna`` branch's scorer); ``None`` leaves the slot.
+
+    Returns:
+      ``{"scenario", "attacks" [(id, label)], "rows" [{"name", "method", "cells", "wall_s"}],
+      "modelgif_sweep" {field: {n_refs: cells}}, "slots" [{"name", "why"}]}``.
+    """
+    from jaxlineage.eval import provenance as prov
+    from jaxlineage.eval import scenarios, scorers
+
+    t0 = time.time()
+    scen = scenarios.provenance(zoo, probe_size=probe_size)
+    masks = prov.attack_masks(scen)
+    log.info("provenance: %d sources x %d queries, probe %s, built in %.1fs", len(scen.candidates),
+             len(scen.queries), np.shape(scen.probe), time.time() - t0)
+    rows = []
+
+    def add(name, method, scores, t):
+        rows.append({"name": name, "method": method, "cells": prov.cells(scores, masks), "wall_s": time.time() - t})
+        log.info("provenance: %s in %.1fs", name, time.time() - t)
+
+    for label, s in (("weight L2", scorers.WeightL2()), ("weight cosine", scorers.WeightCosine()),
+                     ("output agreement", scorers.OutputAgreement()), ("output KL", scorers.OutputKL())):
+        t = time.time()
+        add(label, "baselines", prov.score_matrix(scen, s), t)
+    lf = scorers.learning_free(tuple(metrics), alphas=(alpha,))
+    t = time.time()
+    grids = type(lf[0]).score_grids(lf, scen.candidates, scen.queries, probe=scen.probe, unreadable="nan")
+    for s, g in zip(lf, grids):
+        add(f"{s.metric.name} {s.mode.value}", "learning_free", g[0], t)
+        t = time.time()
+    sweep = {}
+    n_max = max(modelgif_refs)
+    for field, backbone in (("logits field", False), ("backbone field", True)):
+        t = time.time()
+        d = prov.modelgif_sweep(scen, backbone=backbone, n_refs=n_max, steps=modelgif_steps,
+                                key=jax.random.key(seed))
+        sweep[field] = {int(r): prov.cells(-d[..., :r].mean(-1), masks) for r in modelgif_refs}
+        add(f"ModelGiF {field} ({n_max} refs)", "modelgif", -d.mean(-1), t)
+    slots = []
+    if dna is None:
+        slots.append({"name": "Model DNA (with / without generator)",
+                      "why": "slot: ModelDNAScorer on verify scenarios comes from the dna branch (merged by the lead)"})
+    return to_json({
+        "scenario": {"name": scen.name, "sources": list(scen.candidates.ids), "queries": len(scen.queries),
+                     "probe_shape": list(np.shape(scen.probe)), "alpha": alpha, "modelgif_steps": modelgif_steps,
+                     "modelgif_refs": list(modelgif_refs), "seed": seed,
+                     "pairs": {a: {"pos": int(p.sum()), "neg": int(n.sum())} for a, (p, n) in masks.items()}},
+        "attacks": [list(a) for a in prov.ATTACKS if a[0] in masks],
+        "rows": rows,
+        "modelgif_sweep": sweep,
+        "slots": slots,
+    })
+
+
+#: Sections (questions on zoos of their own, :class:`jaxlineage.bench.presets.Section`): name -> stage.
+#: Hook: Model DNA's ``"dna"`` stage on ``DNA_QUICK`` is added here at merge.
+SECTIONS = {"provenance": provenance}

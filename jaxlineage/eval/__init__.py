@@ -18,6 +18,9 @@ joins them:
   (:class:`~jaxlineage.eval.methods.DetectorScorer`,
   :class:`~jaxlineage.eval.methods.ModelDNAScorer`,
   :class:`~jaxlineage.eval.methods.ModelGiFScorer`);
+* :mod:`~jaxlineage.eval.provenance`: every scorer against every attack on a
+  :func:`~jaxlineage.eval.scenarios.provenance` scenario (per-attack ROC AUC,
+  TPR at 1 % FPR, n/a where a scorer cannot read a pair; ModelGiF by reference count);
 * :mod:`~jaxlineage.eval.tree`: the *recover* question, lineage forests from any
   pairwise score;
 * :mod:`~jaxlineage.eval.metrics`: accuracy, ROC AUC, TPR at FPR, mean ± std.
@@ -34,7 +37,7 @@ Any scenario and scorers::
                               key=jax.random.key(0))
 """
 
-from jaxlineage.eval import core, dna, methods, metrics, protocols, scenarios, scorers, tree
+from jaxlineage.eval import core, dna, methods, metrics, protocols, provenance, scenarios, scorers, tree
 from jaxlineage.eval.core import (
                                   NO_PARENT,
                                   ModelSet,
@@ -88,6 +91,7 @@ __all__ = [
     "metrics",
     "model_set",
     "protocols",
+    "provenance",
     "run",
     "run_all",
     "run_zoo",

@@ -18,59 +18,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxlineage import detector as detector_lib
 from jaxlineage import mgmp as mgmp_lib
 from jaxlineage import modelgif as modelgif_lib
-from jaxlineage import nets
 from jaxlineage.eval import metrics
-from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Question, Scenario
+from jaxlineage.eval.core import NO_PARENT, ModelSet, Question, Scenario
 from jaxlineage.eval.methods import DetectorScorer, Field, ModelDNAScorer, ModelGiFScorer, reference_sweep
+from jaxlineage.eval.scenarios import model_set
 
 __all__ = [
     "detector_examples",
     "detector_protocol",
     "mgmp_protocol",
     "modelgif_protocol",
-    "zoo_models",
-    "zoo_population",
 ]
 
 
 # --------------------------------------------------------------------------- zoo -> populations
 
-
-def zoo_population(z, ids: Sequence[str]) -> Population:
-    """Models of one task (one network) of a zoo as a :class:`Population`.
-
-    Raises:
-      ValueError: no id, several tasks, or a model whose parameter tree differs from
-        the first one's (naming both models, the path and the shapes).
-    """
-    ids = list(ids)
-    if not ids:
-        raise ValueError("zoo_population: empty list of model ids")
-    tasks = {z.get(i).task for i in ids}
-    if len(tasks) != 1:
-        raise ValueError(f"zoo_population: models of several tasks {sorted(tasks)}; make one population per task")
-    network = z.network_for(ids[0])
-    trees = [z.load(i) for i in ids]
-    for i, t in zip(ids[1:], trees[1:]):
-        nets.check_trees_match(trees[0], t, names=(f"model {ids[0]!r}", f"model {i!r}"))
-    info = {i: {"task": z.get(i).task, "role": z.get(i).role, "parent": z.get(i).parent_id} for i in ids}
-    return Population(ids=tuple(ids), params=jax.tree.map(lambda *xs: jnp.stack(xs), *trees),
-                      logits_fn=network.logits_fn, feature_fns={t: network.feature_fn(t) for t in network.taps},
-                      arch=getattr(network, "name", "network"), info=info)
-
-
-def zoo_models(z, ids: Sequence[str]) -> ModelSet:
-    """A :class:`ModelSet` of zoo models, one population per task (ids keep their order within a task)."""
-    by_task: dict[str, list[str]] = {}
-    for i in ids:
-        by_task.setdefault(z.get(i).task, []).append(i)
-    return ModelSet(tuple(zoo_population(z, v) for v in by_task.values()))
+# Zoo models -> populations: the one copy is :func:`jaxlineage.eval.scenarios.model_set`.
 
 
 def _index(models: ModelSet, ids: Sequence[str]) -> list[int]:
@@ -102,7 +70,7 @@ def detector_examples(zoo, *, weight_layer=detector_lib.AUTO, feature_tap=detect
     for c in children:
         if c.parent_id not in parent_ids:
             raise ValueError(f"child {c.id!r} descends from {c.parent_id!r}, which is not a kept parent")
-    candidates, queries = zoo_models(zoo, parent_ids), zoo_models(zoo, [c.id for c in children])
+    candidates, queries = model_set(zoo, parent_ids), model_set(zoo, [c.id for c in children])
     labels = [parent_ids.index(zoo.get(i).parent_id) for i in queries.ids]
     probe = zoo.probe(n_probe if scorer.feature_tap is not None else 1, task=task)
     return scorer.examples(candidates, queries, probe=probe, labels=labels)
@@ -246,7 +214,7 @@ def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed
     ptask = z.spec.parent_task.name
     x_dna = np.asarray(z.task_data(ptask, "train")[0][:num_inputs], np.float32)
     x_eval = np.asarray(z.task_data(ptask, eval_split)[0], np.float32)
-    everything = zoo_models(z, [r.id for r in parents + children + independents])
+    everything = model_set(z, [r.id for r in parents + children + independents])
     scorer_tap = None if tap == "logits" else tap
 
     child_field = _split_field(children, "children", split_children_by)
@@ -366,8 +334,8 @@ def modelgif_protocol(zoo, *, n_refs: Sequence[int] = (8, 32, 128, 256), steps: 
     x_all, y_all = zoo.task_data(task, split)
     x_all = np.asarray(x_all, np.float32)
     _, _, idx = scorer.references(x_all, y_all)
-    rows = zoo_models(zoo, [p.id for p in parents])
-    cols = zoo_models(zoo, [c.id for c in children + independents])
+    rows = model_set(zoo, [p.id for p in parents])
+    cols = model_set(zoo, [c.id for c in children + independents])
     if len(rows.populations) != 1 or len(cols.populations) != 1:
         raise ValueError("modelgif.evaluate: parents and columns must each be models of one task")
     per_ref = scorer.per_reference(rows.populations[0], cols.populations[0], probe=x_all, labels=y_all)

@@ -8,6 +8,9 @@ and pytrees. These functions read a zoo once and hand out a
   question; closed set, or open set with :data:`~jaxlineage.eval.core.NO_PARENT`);
 * :func:`verify`: is candidate ``k`` an ancestor of query ``m`` (SAC / ModelGiF /
   Model DNA's question), reported per derivation kind;
+* :func:`provenance`: the IP-protection benchmark (SAC / ModelGiF): sources against
+  every positive and negative derived model of a ``PROVENANCE_QUICK``-style zoo,
+  all tasks and architectures at once;
 * :func:`model_set`: any list of zoo models as populations of stacked parameters.
 
 Models are selected by *group* name: ``zoo.group(name)`` where the zoo has
@@ -42,7 +45,7 @@ from jaxlineage.eval.core import (
     ScorerError,
 )
 
-__all__ = ["NEGATIVE", "identify", "model_set", "verify"]
+__all__ = ["NEGATIVE", "identify", "model_set", "provenance", "verify"]
 
 log = logging.getLogger("jaxlineage.eval")
 
@@ -79,8 +82,10 @@ def _zoo_name(zoo: Any) -> str:
 
 
 def _kind(record: Any) -> str:
-    """A record's derivation kind (e.g. ``"finetune_all"``, ``"extract_l"``), pooled across architectures."""
-    return str(record.kind)
+    """A record's derivation kind (e.g. ``"finetune_all"``, ``"extract_l"``), pooled across architectures.
+
+    Records without one (a duck-typed zoo of roles) fall back to the role."""
+    return str(getattr(record, "kind", None) or getattr(record, "role", None))
 
 
 def _split_key(record: Any, split_by: SplitBy) -> str:
@@ -113,7 +118,8 @@ def _default_task(zoo: Any, queries: list) -> str:
 
 def _signature(network: nets.Network, params: Any) -> tuple:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return (network.name, network.module, tuple((jax.tree_util.keystr(p), np.shape(v), str(v.dtype))
+    # ``module`` (the linen module) tells networks of one name apart; duck-typed zoos may lack it.
+    return (network.name, getattr(network, "module", None), tuple((jax.tree_util.keystr(p), np.shape(v), str(v.dtype))
                                                 for p, v in leaves))
 
 
@@ -274,6 +280,65 @@ def verify(
         raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} in group(s) {queries!r}")
     return _scenario(zoo, Question.VERIFY, cand, qs, task, probe_size, split_by,
                      name or f"{_zoo_name(zoo)}/verify/{task}", negative_kind=True)
+
+
+def provenance(
+    zoo: Any,
+    *,
+    sources: str | Sequence[str] = "source",
+    queries: Sequence[str] = ("positive", "negative"),
+    probe_task: str | None = None,
+    probe_size: int = 512,
+    name: str | None = None,
+) -> Scenario:
+    """The IP-protection benchmark (SAC / ModelGiF) on a lineage-graph zoo: was query ``m`` derived from source ``k``?
+
+    ``related[k, m] = graph.is_ancestor(source_k, query_m)``. Unlike :func:`verify`
+    the queries are not filtered by task or architecture: a transfer model
+    (another task, fresh head) and a student of another architecture are
+    queries like any other, and a scorer that cannot read a pair (weight space
+    across architectures) reports ``NaN`` for it (``unreadable="nan"``), which
+    tables show as n/a. A query's kind is its record's derivation kind
+    (``finetune_all``, ``prune``, ``extract_l`` ...), also for the negatives
+    (the same derivation of an independent model), so per-attack figures can
+    pair each attack with the negatives made by the same recipe.
+
+    Args:
+      zoo: a lineage-graph :class:`jaxlineage.zoo.Zoo` (e.g. ``zoo.PROVENANCE_QUICK``).
+      sources: the candidates: a group *tag* (default ``"source"``) or group names.
+      queries: group tags of the queries (default: every ``"positive"`` and
+        ``"negative"`` model).
+      probe_task: the probe's task (default: the first source's task, i.e. the
+        defender's own data: references never come from an evaluated model).
+      probe_size: ``N``, the first ``N`` training inputs of ``probe_task``.
+      name: the scenario's name (default ``"<zoo>/provenance"``).
+
+    Returns:
+      A :class:`Scenario` with ``question = VERIFY``; ``kinds[m]`` is the
+      record's ``kind`` (not :data:`NEGATIVE`: use ``related`` for the truth).
+
+    Raises:
+      ScorerError: no source or no query (naming the zoo and the selection).
+    """
+    def by_tags(tags):
+        tags = (tags,) if isinstance(tags, str) else tuple(tags)
+        out, seen = [], set()
+        for t in tags:
+            got = zoo.models(tag=t) if any(t in g.tags for g in zoo.groups) else _select(zoo, t)
+            for r in got:
+                if r.id not in seen:
+                    seen.add(r.id)
+                    out.append(r)
+        return out
+
+    cand = by_tags(sources)
+    qs = [r for r in by_tags(queries) if r.id not in {c.id for c in cand}]
+    if not cand or not qs:
+        raise ScorerError(f"zoo {_zoo_name(zoo)!r}: provenance needs sources {sources!r} and queries {queries!r};"
+                          f" found {len(cand)} and {len(qs)}")
+    task = probe_task or cand[0].task
+    return _scenario(zoo, Question.VERIFY, cand, qs, task, probe_size, None,
+                     name or f"{_zoo_name(zoo)}/provenance", negative_kind=False)
 
 
 def _scenario(zoo, question, cand, qs, task, probe_size, split_by, name, *, negative_kind) -> Scenario:

@@ -55,13 +55,13 @@ from jaxlineage.zoo.ops import (
 )
 from jaxlineage.zoo.report import draw_graph, format_summary, main
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec, spec_from_json
-from jaxlineage.zoo.specs import DNA_QUICK, PAPER_FC, PROVENANCE_QUICK, QUICK, SPECS, TINY
+from jaxlineage.zoo.specs import DNA_QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, QUICK, SPECS, TINY
 from jaxlineage.zoo.storage import load_params, save_params
 from jaxlineage.zoo.training import population_accuracy, population_logits, train_population
 
 __all__ = [
     # specs
-    "DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "QUICK", "SPECS", "TINY",
+    "DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "PROVENANCE_TINY", "QUICK", "SPECS", "TINY",
     "GraphSpec", "Grid", "Group", "Task", "ZooSpec", "spec_from_json",
     # operations
     "OPERATIONS", "Operation", "OpInput", "PermAxis", "get_op", "magnitude_prune", "permutation_spec",

@@ -11,7 +11,7 @@ from jaxlineage import data as data_lib
 from jaxlineage.zoo._base import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec
 
-__all__ = ["DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "QUICK", "SPECS", "TINY"]
+__all__ = ["DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "PROVENANCE_TINY", "QUICK", "SPECS", "TINY"]
 
 
 def _emb(name, classes, **kw):
@@ -83,8 +83,8 @@ _BS = 64
 _EP = {"mlp": 5, "cnn": 3}
 
 
-def _source(arch):
-    return dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=_EP[arch])
+def _source(arch, ep=None):
+    return dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=(ep or _EP)[arch])
 
 
 # SAC's fine-tuning attack: SGD lr 5e-4, momentum 0.9, weight decay 5e-4 (30 epochs on CIFAR; 5 / 3 here).
@@ -93,11 +93,12 @@ _SAC_SGD = dict(optimizer=Optimizer.SGD, momentum=0.9, weight_decay=5e-4, batch_
 _REPAIR = dict(_SAC_SGD, lr=1e-3, epochs=1)
 
 
-def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...]) -> list[Group]:
+def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...], ep=None) -> list[Group]:
     """The SAC / ModelGiF derivations applied to every model of group ``base`` (``arch``: ``mlp`` / ``cnn``),
     on the attacker's half. Applied to the sources (positives) and, with the same recipes, to the
     independents (negatives)."""
     other = "cnn" if arch == "mlp" else "mlp"
+    _EP = ep or globals()["_EP"]
     _FT = dict(_SAC_SGD, lr=5e-4, epochs=_EP[arch])
     # SAC's extraction: SGD 0.1 (soft) / 0.05 (label-only) with cosine decay on CIFAR ResNets; without
     # BatchNorm our MLP / ConvNet students need smaller constant rates: 0.01 for both.
@@ -128,29 +129,29 @@ def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...]) ->
     ]
 
 
-def _provenance_quick() -> GraphSpec:
+def _provenance_quick(name="provenance_quick", archs=("mlp", "cnn"), ep=None, n_train=None) -> GraphSpec:
     tasks = (
-        _emb("A-def", data_lib.TASK_A, half=0),  # the defender's half of classes 0-4
-        _emb("A-att", data_lib.TASK_A, half=1),  # the attacker's half of classes 0-4
-        _emb("B-att", data_lib.TASK_B, half=1),  # the transfer task: the attacker's half of classes 5-9
+        _emb("A-def", data_lib.TASK_A, half=0, n_train=n_train),  # the defender's half of classes 0-4
+        _emb("A-att", data_lib.TASK_A, half=1, n_train=n_train),  # the attacker's half of classes 0-4
+        _emb("B-att", data_lib.TASK_B, half=1, n_train=n_train),  # the transfer task: the attacker's half of 5-9
     )
     groups = []
-    for arch in ("mlp", "cnn"):
+    for arch in archs:
         # Sources (victims): trained on the defender's half. Independents (negatives' bases): the same
         # recipe on the attacker's half, other seeds.
         groups.append(Group(f"src_{arch}", "train", task="A-def", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_source(arch), seed=(0, 1)), prefix=f"src_{arch}-", kind="source",
+                            grid=dict(_source(arch, ep), seed=(0, 1)), prefix=f"src_{arch}-", kind="source",
                             tags=("source",)))
         groups.append(Group(f"ind_{arch}", "train", task="A-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_source(arch), seed=(10, 11)), prefix=f"ind_{arch}-", kind="independent",
+                            grid=dict(_source(arch, ep), seed=(10, 11)), prefix=f"ind_{arch}-", kind="independent",
                             tags=("negative", "independent")))
         # From scratch on the transfer task (the negatives of ``transfer``).
         groups.append(Group(f"scratch_B_{arch}", "train", task="B-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_source(arch), seed=(20, 21)), prefix=f"scratch_{arch}-", kind="scratch_transfer",
-                            tags=("negative",)))
-        groups += _derivations(f"src_{arch}", arch, prefix=f"{arch}.", tags=("positive",))
-        groups += _derivations(f"ind_{arch}", arch, prefix=f"ind_{arch}.", tags=("negative",))
-    return GraphSpec("provenance_quick", tasks, tuple(groups), max_population=16, seed=0,
+                            grid=dict(_source(arch, ep), seed=(20, 21)), prefix=f"scratch_{arch}-",
+                            kind="scratch_transfer", tags=("negative",)))
+        groups += _derivations(f"src_{arch}", arch, prefix=f"{arch}.", tags=("positive",), ep=ep)
+        groups += _derivations(f"ind_{arch}", arch, prefix=f"ind_{arch}.", tags=("negative",), ep=ep)
+    return GraphSpec(name, tasks, tuple(groups), max_population=16, seed=0,
                      sequential_archs=("convnet",),
                      notes="SAC / ModelGiF IP-protection benchmark on the embedded Fashion-MNIST; see BUILD_NOTES.md")
 
@@ -165,6 +166,10 @@ def _provenance_quick() -> GraphSpec:
 #: independent teacher), and ``scratch_B_<arch>`` from scratch on the transfer task.
 #: ``python -m jaxlineage.zoo --spec provenance_quick --workdir /tmp/pq``: a few minutes on 2 CPU cores.
 PROVENANCE_QUICK = _provenance_quick()
+
+#: The tests' provenance zoo: PROVENANCE_QUICK's groups and recipes with one epoch on 600 training
+#: inputs per task (students of the other architecture included, so every attack column exists).
+PROVENANCE_TINY = _provenance_quick("provenance_tiny", ep={"mlp": 1, "cnn": 1}, n_train=600)
 
 
 # --------------------------------------------------------------------------- DNA_QUICK
@@ -202,4 +207,4 @@ def _dna_quick() -> GraphSpec:
 #: T56, T78, T69) or ``eval`` (T57, T89). Tags ``pool`` / ``eval``, ``homologous`` / ``non_homologous``.
 DNA_QUICK = _dna_quick()
 
-SPECS = {s.name: s for s in (TINY, QUICK, PAPER_FC, PROVENANCE_QUICK, DNA_QUICK)}
+SPECS = {s.name: s for s in (TINY, QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, DNA_QUICK)}

@@ -1,0 +1,200 @@
+"""Every method against every attack: the IP-protection table (SAC / ModelGiF) on a provenance scenario.
+
+A :func:`jaxlineage.eval.scenarios.provenance` scenario asks "was query ``m``
+derived from source ``k``?" for every derived model of a ``PROVENANCE_QUICK``
+zoo. This module turns any scorer's ``[K, M]`` score matrix into one cell per
+attack (derivation kind):
+
+.. math::
+    \\mathrm{AUC}_a = P\\big(S[k, m] > S[k', m']\\big), \\quad
+    (k, m) \\in \\mathcal{P}_a,\\ (k', m') \\in \\mathcal{N}_a
+
+with ``P_a`` the pairs (source, model derived from it by attack ``a``) and
+``N_a`` the pairs (source, negative of attack ``a``): the same attack applied
+with the same recipe to a model trained independently (e.g. a student of
+another teacher), plus the independently trained models themselves (and, for
+``transfer``, the models trained from scratch on the transfer task) -- SAC's
+"irrelevant" models. Pairs a scorer cannot read (``NaN``: weight space across
+architectures) are left out; a cell with no readable positive or negative is
+n/a (``None``), never a number. TPR at 1 % FPR is reported alongside (with a few
+dozen negatives it is the TPR at the largest negative score).
+
+ModelGiF's references are a seeded draw from the scenario's probe (the
+defender's own training data), never chosen by looking at an evaluated model;
+smaller reference counts are prefixes of one draw (:func:`modelgif_sweep`).
+
+Example::
+
+    >>> from jaxlineage import zoo
+    >>> from jaxlineage.eval import provenance, scenarios
+    >>> z = zoo.build(zoo.PROVENANCE_QUICK, "/tmp/pq")
+    >>> s = scenarios.provenance(z)
+    >>> rows = provenance.attack_table(s, {"weight L2": provenance.score_matrix(s, WeightL2())})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlineage import modelgif as modelgif_lib
+from jaxlineage.eval import metrics
+from jaxlineage.eval.core import Scenario, Scorer, ScorerError
+from jaxlineage.eval.methods import Field, ModelGiFScorer
+
+__all__ = [
+    "ATTACKS",
+    "BACKBONE_TAPS",
+    "attack_masks",
+    "attack_of",
+    "attack_table",
+    "cells",
+    "modelgif_sweep",
+    "score_matrix",
+]
+
+#: The attack columns, in table order: ``(column id, label)``. ``prune_<p>`` are the pruning targets.
+ATTACKS = (
+    ("finetune_all", "finetune-all"),
+    ("finetune_head", "finetune-head"),
+    ("prune_30", "prune 30%"),
+    ("prune_60", "prune 60%"),
+    ("prune_90", "prune 90%"),
+    ("extract_p", "extract-P (same arch)"),
+    ("extract_p_other_arch", "extract-P (other arch)"),
+    ("extract_l", "extract-L (label-only)"),
+    ("transfer", "transfer"),
+    ("permute", "permute"),
+    ("perturb_noise", "noise"),
+    ("perturb_int8", "int8"),
+)
+
+#: Negatives of every attack: models trained independently (SAC's irrelevant models); ``transfer``
+#: also gets the models trained from scratch on its task.
+BASE_NEGATIVES = ("independent",)
+EXTRA_NEGATIVES = {"transfer": ("scratch_transfer",)}
+
+#: The backbone field's tap per architecture (the penultimate features: heads ignored).
+BACKBONE_TAPS = {"mlp": "relu2", "convnet": "fc1"}
+
+
+def attack_of(info: Mapping[str, Any]) -> str:
+    """A query's column: its derivation kind, ``prune_<percent>`` for pruning."""
+    kind = str(info.get("kind"))
+    if kind == "prune":
+        return f"prune_{round(100 * float(info['hparams']['sparsity']))}"
+    return kind
+
+
+def _attacks(scenario: Scenario) -> np.ndarray:
+    info = {}
+    for p in scenario.queries.populations:
+        info.update(p.info)
+    return np.asarray([attack_of(info[q]) for q in scenario.queries.ids])
+
+
+def attack_masks(scenario: Scenario) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{attack: (positive [K, M], negative [K, M])}`` boolean pair masks (see the module docstring)."""
+    related = np.asarray(scenario.related, bool)
+    attack = _attacks(scenario)
+    unrelated = ~related.any(axis=0)  # derived from no source: a negative model
+    out = {}
+    for a, _ in ATTACKS:
+        pos = related & (attack == a)[None, :]
+        neg_cols = unrelated & np.isin(attack, (a, *BASE_NEGATIVES, *EXTRA_NEGATIVES.get(a, ())))
+        neg = ~related & neg_cols[None, :]
+        if pos.any():
+            out[a] = (pos, neg)
+    return out
+
+
+def cells(scores: np.ndarray, masks: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
+          fprs: Sequence[float] = (0.01,)) -> dict[str, dict | None]:
+    """One cell per attack from scores ``[K, M]`` (higher = more related; ``NaN`` = unreadable pair).
+
+    Returns:
+      ``{attack: None}`` (n/a: no readable positive or negative pair) or
+      ``{"auc", "tpr@1%fpr", ..., "n_pos", "n_neg"}``.
+    """
+    scores = np.asarray(scores, np.float64)
+    out = {}
+    for a, (pos, neg) in masks.items():
+        ok = np.isfinite(scores)
+        p, n = scores[pos & ok], scores[neg & ok]
+        if p.size == 0 or n.size == 0:
+            out[a] = None
+            continue
+        out[a] = {"auc": metrics.roc_auc(p, n), "n_pos": int(p.size), "n_neg": int(n.size),
+                  **{f"tpr@{100 * f:g}%fpr": metrics.tpr_at_fpr(p, n, f) for f in fprs}}
+    return out
+
+
+def score_matrix(scenario: Scenario, scorer: Scorer) -> np.ndarray:
+    """``[K, M]`` scores of a fixed (unlearned) scorer, ``NaN`` where it cannot read a pair."""
+    if getattr(scorer, "learned", False):
+        raise ScorerError(f"{scorer.name}: a learned scorer needs a training split; the provenance table"
+                          " takes fixed scorers only")
+    return np.asarray(scorer.score(scenario.candidates, scenario.queries, probe=scenario.probe, unreadable="nan"),
+                      np.float64)
+
+
+def modelgif_sweep(scenario: Scenario, *, backbone: bool = False, n_refs: int = 256, steps: int = 50,
+                   key: jax.Array, chunk_size: int | None = 32) -> np.ndarray:
+    """ModelGiF distances per reference, ``[K, M, n_refs]`` (``NaN`` where unreadable).
+
+    The logits field (``backbone=False``, the paper's) reads every pair, across
+    architectures; the backbone field (the field of the feature sum at
+    :data:`BACKBONE_TAPS` of the architecture) reads same-architecture pairs
+    only. References: ``n_refs`` inputs of the probe drawn with ``key``
+    (:meth:`~jaxlineage.eval.methods.ModelGiFScorer.references`), the same
+    for every pair; the mean over the first ``r`` is the distance at ``r``
+    references.
+
+    Args:
+      scenario: a provenance (or any) scenario; ``probe`` holds at least ``n_refs`` inputs.
+      backbone: the backbone field instead of the logits field.
+      n_refs: references ``R``.
+      steps: Gauss-Legendre nodes per reference (paper: 50).
+      key: ``jax.random`` key of the reference draw (data only).
+      chunk_size: references per chunk (memory).
+
+    Returns:
+      ``[K, M, R]`` float64 distances.
+    """
+    cands, queries = scenario.candidates, scenario.queries
+    out = np.full((len(cands), len(queries), n_refs), np.nan)
+    if not backbone:
+        # Every pair is readable: the few candidates' fields are computed once ([K, R, steps, D], input
+        # space, so both architectures stack) and each query population's fields once, against all of them.
+        scorer = ModelGiFScorer(field=Field.LOGITS, n_refs=n_refs, steps=steps, key=key, chunk_size=chunk_size)
+        x_ref = jnp.asarray(scorer.references(scenario.probe)[0], jnp.float32)
+        fields = jnp.concatenate([
+            jax.vmap(lambda p, cp=cp: modelgif_lib.gradient_field(cp.logits_fn, p, x_ref, steps=steps,
+                                                                  target=scorer.scalar_output,
+                                                                  chunk_size=chunk_size))(cp.params)
+            for cp in cands.populations])
+        for mo, qp in zip(queries.offsets(), queries.populations):
+            d = modelgif_lib.distance_matrix(fields, modelgif_lib.Population(qp.logits_fn, qp.params), x=x_ref,
+                                             steps=steps, target=scorer.scalar_output, chunk_size=chunk_size,
+                                             per_reference=True)
+            out[:, mo:mo + len(qp)] = np.asarray(d)
+        return out
+    for ko, cp in zip(cands.offsets(), cands.populations):
+        for mo, qp in zip(queries.offsets(), queries.populations):
+            if cp.arch != qp.arch or cp.arch not in BACKBONE_TAPS:
+                continue
+            s = ModelGiFScorer(field=BACKBONE_TAPS[cp.arch], n_refs=n_refs, steps=steps, key=key,
+                               chunk_size=chunk_size)
+            out[ko:ko + len(cp), mo:mo + len(qp)] = s.per_reference(cp, qp, probe=scenario.probe)
+    return out
+
+
+def attack_table(scenario: Scenario, scores: Mapping[str, np.ndarray], *,
+                 fprs: Sequence[float] = (0.01,)) -> dict[str, dict[str, dict | None]]:
+    """``{row: {attack: cell or None}}`` for named ``[K, M]`` score matrices (see :func:`cells`)."""
+    masks = attack_masks(scenario)
+    return {name: cells(s, masks, fprs=fprs) for name, s in scores.items()}
