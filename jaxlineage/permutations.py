@@ -35,7 +35,7 @@ from jaxlineage import nets
 from jaxlineage.errors import JaxlineageError
 
 __all__ = ["PermAxis", "PermutationError", "PermutationSpec", "apply_permutations", "permutation_spec",
-           "permute_params", "random_permutations"]
+           "permute_params", "random_permutations", "spec_from_variables"]
 
 PyTree = Any
 
@@ -65,8 +65,15 @@ class PermAxis:
 PermutationSpec = Mapping[str, tuple[int, Sequence[PermAxis]]]
 
 
-def _mlp_spec(network: nets.Network, p: PyTree) -> dict:
-    n = len(network.module.features)
+def _count(p: PyTree, prefix: str) -> int:
+    n = 0
+    while f"{prefix}{n + 1}" in p:
+        n += 1
+    return n
+
+
+def _mlp_spec(p: PyTree) -> dict:
+    n = _count(p, "dense")
     spec = {}
     for i in range(1, n + 1):
         nxt = f"dense{i + 1}" if i < n else nets.HEAD
@@ -76,13 +83,13 @@ def _mlp_spec(network: nets.Network, p: PyTree) -> dict:
     return spec
 
 
-def _convnet_spec(network: nets.Network, p: PyTree) -> dict:
-    chans = network.module.channels
+def _convnet_spec(p: PyTree) -> dict:
+    n = _count(p, "conv")
     spec = {}
-    for i in range(1, len(chans) + 1):
+    for i in range(1, n + 1):
         c = p[f"conv{i}"]["kernel"].shape[-1]
         axes = [PermAxis(("params", f"conv{i}", "kernel"), 3), PermAxis(("params", f"conv{i}", "bias"), 0)]
-        if i < len(chans):
+        if i < n:
             axes.append(PermAxis(("params", f"conv{i + 1}", "kernel"), 2))
         else:
             # The last conv's channels reach fc1 flattened as (row, col, channel).
@@ -160,16 +167,27 @@ def permutation_spec(network: nets.Network, params: PyTree) -> dict[str, tuple[i
     Raises:
       PermutationError: an architecture without a description (names it).
     """
-    if not isinstance(params, Mapping) or "params" not in params:
-        raise PermutationError(f"permutation_spec({network.name!r}): expected variables {{'params': ...}}")
-    p = params["params"]
-    if network.name == "mlp":
-        return _mlp_spec(network, p)
-    if network.name == "convnet":
-        return _convnet_spec(network, p)
-    if network.name == "resnet18":
-        return _resnet18_spec(params)
-    raise PermutationError(f"architecture {network.name!r} has no permutation description (supported: convnet, mlp,"
+    return spec_from_variables(network.name, params)
+
+
+def spec_from_variables(arch: str, variables: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]]:
+    """:func:`permutation_spec` from the architecture's name and one model's variables alone.
+
+    Layer counts are read from the parameter names (``dense1``.., ``conv1``.., ``block1_0``..).
+
+    Raises:
+      PermutationError: an architecture without a description, or variables without ``params``.
+    """
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise PermutationError(f"permutation spec of {arch!r}: expected variables {{'params': ...}}")
+    p = variables["params"]
+    if arch == "mlp":
+        return _mlp_spec(p)
+    if arch == "convnet":
+        return _convnet_spec(p)
+    if arch == "resnet18":
+        return _resnet18_spec(variables)
+    raise PermutationError(f"architecture {arch!r} has no permutation description (supported: convnet, mlp,"
                            " resnet18); write a spec {name: (units, (PermAxis(path, axis), ...))} for it")
 
 
