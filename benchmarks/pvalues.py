@@ -1,0 +1,244 @@
+"""p-values and "no parent" (issue 16): calibration, power, open set and cost, as JSON lines.
+
+    python -m jaxlineage.zoo --spec quick --workdir /tmp/pv_quick
+    python -m jaxlineage.zoo --spec provenance_quick --workdir /tmp/pv_prov
+    PYTHONPATH=. python benchmarks/pvalues.py calibration [--null-zoo /tmp/pv_null]   # ~3 min (builds the null zoo)
+    PYTHONPATH=. python benchmarks/pvalues.py power --quick /tmp/pv_quick --prov /tmp/pv_prov     # ~5 min
+    PYTHONPATH=. python benchmarks/pvalues.py openset --quick /tmp/pv_quick                      # ~3 min
+    PYTHONPATH=. python benchmarks/pvalues.py cost --quick /tmp/pv_quick                         # ~5 min
+
+Every run appends one JSON line per figure to ``--out`` (default
+``benchmarks/results/pvalues.jsonl``) with settings, versions and device; ``calibration``
+also writes the QQ plot ``--qq`` (PNG). Times on a 2-core shared CPU are stated above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _common import setup_logging, timeit, write  # noqa: E402
+
+from jaxlineage import data as data_lib  # noqa: E402
+from jaxlineage import zoo as zoo_lib  # noqa: E402
+from jaxlineage.eval import NO_PARENT, protocols, scenarios  # noqa: E402
+from jaxlineage.eval import pvalues as pv  # noqa: E402
+from jaxlineage.eval import scorers as scorers_lib  # noqa: E402
+
+ALPHAS = (0.01, 0.05, 0.1)
+
+#: The null zoo: independently initialised tiny MLPs (66: two halves of 33, 528 pairs each) and
+#: ConvNets (12: 66 pairs), one epoch each; ~1 min to build on 2 cores.
+NULL_SPEC = zoo_lib.GraphSpec(
+    "pv_null",
+    (zoo_lib.Task("A", "embedded", data_lib.TASK_A, n_train=640),),
+    (
+        zoo_lib.Group("mlp", "train", task="A", arch="mlp", arch_kwargs=(("features", (64, 32)),),
+                      grid=dict(seed=tuple(range(66)), epochs=1, lr=1e-3, batch_size=64)),
+        zoo_lib.Group("cnn", "train", task="A", arch="convnet", arch_kwargs=(("channels", (4, 8)), ("hidden", 16)),
+                      grid=dict(seed=tuple(range(100, 112)), epochs=1, lr=1e-3, batch_size=64)),
+    ),
+    max_population=33,
+    sequential_archs=("convnet",),
+)
+
+
+def _open(path):
+    return zoo_lib.Zoo.open(path)
+
+
+def _params(z, i):
+    return z.load(i)
+
+
+def _perm_p(z, pairs, *, statistic, t, key):
+    out = []
+    for n, (a, b) in enumerate(pairs):
+        va = _params(z, a)
+        spec = pv.spec_for(z.network_for(a).name, va)
+        out.append(pv.permutation_test(va, _params(z, b), spec, key=jax.random.fold_in(key, n), num_permutations=t,
+                                       statistic=statistic, names=(a, b)).pvalue)
+    return np.asarray(out)
+
+
+def _upper(n):
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def calibration(args):
+    z = zoo_lib.build(NULL_SPEC, args.null_zoo) if not (pathlib.Path(args.null_zoo) / "manifest.json").exists() \
+        else _open(args.null_zoo)
+    mlp = [r.id for r in z.group("mlp")]
+    cnn = [r.id for r in z.group("cnn")]
+    key = jax.random.key(args.seed)
+    curves, rows = {}, []
+    # Permutation tests: every pair of one half of the MLPs (528) and all ConvNet pairs (66).
+    half_a, half_b = mlp[: len(mlp) // 2], mlp[len(mlp) // 2:]
+    pairs = [(half_b[i], half_b[j]) for i, j in _upper(len(half_b))] + [(cnn[i], cnn[j]) for i, j in _upper(len(cnn))]
+    for st in pv.Statistic:
+        t0 = time.time()
+        p = _perm_p(z, pairs, statistic=st, t=args.permutations, key=key)
+        curves[f"perm-test {st.value}"] = p
+        rows.append({"method": f"perm-test[{st.value}]", "T": args.permutations, "pairs": len(p),
+                     "table": pv.calibration_table(p, alphas=ALPHAS), "wall_s": time.time() - t0})
+    # Calibrated scorers: null from pairs within half A, tested on pairs within half B (disjoint models).
+    probe = np.asarray(z.probe(256, task="A"))
+    sa, sb = scenarios.model_set(z, half_a), scenarios.model_set(z, half_b)
+    iu_a, iu_b = np.triu_indices(len(half_a), 1), np.triu_indices(len(half_b), 1)
+    for base in [pv.MatchedScorer()] + scorers_lib.baselines():
+        t0 = time.time()
+        cal = pv.CalibratedScorer(base)
+        null = base.score(sa, sa, probe=probe)[iu_a]
+        cal.null_scores = np.sort(null)
+        p = cal.pvalues(base.score(sb, sb, probe=probe)[iu_b])
+        curves[cal.name] = p
+        rows.append({"method": cal.name, "calibration_pairs": int(null.size), "pairs": int(p.size),
+                     "table": pv.calibration_table(p, alphas=ALPHAS), "wall_s": time.time() - t0})
+    pv.qq_plot(curves, args.qq)
+    for r in rows:
+        write(args.out, {"experiment": "calibration", "null_zoo": str(args.null_zoo), **r})
+
+
+def _descendant_pairs(z, source_groups, kind_of):
+    """(ancestor source, descendant) pairs per derivation kind."""
+    out = {}
+    for g in source_groups:
+        for s in z.group(g):
+            for d in z.graph.descendants(s.id):
+                out.setdefault(kind_of(z.get(d)), []).append((s.id, d))
+    return out
+
+
+def power(args):
+    key = jax.random.key(args.seed)
+    zp = _open(args.prov)
+    zq = _open(args.quick)
+    records = []
+    groups = {"provenance_quick": (zp, _descendant_pairs(zp, ("src_mlp", "src_cnn"),
+                                                       lambda r: f"{r.arch}:{r.kind}")),
+              "quick": (zq, _descendant_pairs(zq, ("parent",), lambda r: "child"))}
+    for zname, (z, by_kind) in groups.items():
+        # Calibrated scorers' null: sources against unrelated models of the same zoo (never a tested pair).
+        srcs = [r.id for g in (("src_mlp", "src_cnn") if zname == "provenance_quick" else ("parent",))
+                for r in z.group(g)]
+        negs = [r.id for r in z.records if r.kept and all(
+            not z.graph.relation(s, r.id).is_related for s in srcs)]
+        probe = np.asarray(z.probe(256, task=z.records[-1].task))
+        cal_scorers = [pv.CalibratedScorer(pv.MatchedScorer(), by_arch=True),
+                       pv.CalibratedScorer(scorers_lib.WeightCosine())]
+        cs, ns = scenarios.model_set(z, srcs), scenarios.model_set(z, negs)
+        nulls = {}
+        for cal in cal_scorers:
+            s = cal.base.score(cs, ns, probe=probe, unreadable="nan")
+            nulls[cal.name] = (s, cs, ns)
+        for kind, pairs in sorted(by_kind.items()):
+            same = [(a, b) for a, b in pairs if z.network_for(a).name == z.network_for(b).name
+                    and [np.shape(x) for x in jax.tree.leaves(z.load(a)["params"])]
+                    == [np.shape(x) for x in jax.tree.leaves(z.load(b)["params"])]]
+            rec = {"experiment": "power", "zoo": zname, "kind": kind, "pairs": len(pairs), "readable": len(same),
+                   "T": args.permutations}
+            for st in pv.Statistic:
+                p = _perm_p(z, same, statistic=st, t=args.permutations, key=key) if same else np.array([])
+                rec[f"perm-test[{st.value}]"] = {"rejected@0.01": int(np.sum(p <= 0.01)), "n": int(p.size)}
+            for cal in cal_scorers:
+                s_null, cs_, ns_ = nulls[cal.name]
+                hit, n = 0, 0
+                for a, b in pairs:
+                    qa = scenarios.model_set(z, [b])
+                    s = cal.base.score(scenarios.model_set(z, [a]), qa, probe=probe, unreadable="nan")[0, 0]
+                    if not np.isfinite(s):
+                        continue
+                    # the null of this architecture pair: sources of a's arch against negatives of b's arch
+                    ka = [k for k, c in enumerate(cs_.ids) if z.network_for(c).name == z.network_for(a).name]
+                    mb = [m for m, q in enumerate(ns_.ids) if z.network_for(q).name == z.network_for(b).name]
+                    null = s_null[np.ix_(ka, mb)].ravel()
+                    p = pv.conformal_pvalues(s, null, name=cal.name)
+                    hit += int(p <= 0.01)
+                    n += 1
+                rec[cal.name] = {"rejected@0.01": hit, "n": n}
+            write(args.out, rec)
+            records.append(rec)
+
+
+def openset(args):
+    z = _open(args.quick)
+    parents = [r.id for r in z.group("parent")]
+    withheld = [parents[i] for i in args.withhold]
+    os_ = pv.open_set_scenario(z, withheld=withheld)
+    s = os_.scenario
+    key = jax.random.key(args.seed)
+    scorer = pv.PermutationTestScorer(key=key, num_permutations=args.permutations,
+                                      statistic=pv.Statistic.WEIGHT_CORR, alpha=args.alpha)
+    t0 = time.time()
+    scores = scorer.score(s.candidates, s.queries, probe=s.probe)
+    decision = scorer.decide(scores)
+    known = s.labels != NO_PARENT
+    rec = {"experiment": "openset", "zoo": "quick", "scorer": scorer.name, "alpha": args.alpha,
+           "withheld": withheld, "candidates": len(s.candidates), "queries": len(s.queries),
+           "known_correct": int(np.sum(decision[known] == s.labels[known])), "known": int(known.sum()),
+           "no_parent_correct": int(np.sum(decision[~known] == NO_PARENT)), "no_parent": int((~known).sum()),
+           "related_withheld": len(os_.related_withheld),
+           "related_withheld_answered_no_parent": None, "wall_s": time.time() - t0}
+    # Children of a withheld parent that share an init with a candidate: what does the test say?
+    if os_.related_withheld:
+        rw = scenarios.model_set(z, list(os_.related_withheld))
+        d = scorer.decide(scorer.score(s.candidates, rw, probe=s.probe))
+        rec["related_withheld_answered_no_parent"] = int(np.sum(d == NO_PARENT))
+        rec["related_withheld_relations"] = sorted({v for r in os_.relations.values() for v in r.values()})
+    write(args.out, rec)
+    # The same scenario through the evaluation protocol (open-set figures via Scorer.decide).
+    res = protocols.run(s, scorer, key=key, num_folds=args.folds)
+    write(args.out, {"experiment": "openset-protocol", "result": res.to_json()["metrics"], "scorer": scorer.name})
+    if args.detector:
+        from jaxlineage.eval.methods import DetectorScorer
+
+        res = protocols.run(s, DetectorScorer(), key=key, num_folds=args.folds)
+        write(args.out, {"experiment": "openset-protocol", "result": res.to_json()["metrics"],
+                         "scorer": "lineage detector (no-parent logit)"})
+
+
+def cost(args):
+    z = _open(args.quick)
+    pairs = [(r.parent_id, r.id) for r in z.group("child")]
+    params = {i: z.load(i) for p in pairs for i in p}
+    spec = pv.spec_for("mlp", params[pairs[0][0]])
+    for t in args.ts:
+        for st in (pv.Statistic.WEIGHT_CORR, pv.Statistic.MATCHED):
+            def run(t=t, st=st):
+                return [pv.permutation_test(params[a], params[b], spec, key=jax.random.key(n), num_permutations=t,
+                                            statistic=st).pvalue for n, (a, b) in enumerate(pairs)]
+            tm = timeit(run, repeats=args.repeats, warmup=1)
+            write(args.out, {"experiment": "cost", "zoo": "quick", "statistic": st.value, "T": t,
+                             "pairs": len(pairs), "arch": "mlp(1024, 256, 128)", **tm,
+                             "per_pair_ms": 1e3 * tm["median_s"] / len(pairs)})
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("calibration", "power", "openset", "cost"))
+    ap.add_argument("--quick", default="/tmp/pv_quick")
+    ap.add_argument("--prov", default="/tmp/pv_prov")
+    ap.add_argument("--null-zoo", default="/tmp/pv_null")
+    ap.add_argument("--qq", default="benchmarks/results/pvalues_qq.png")
+    ap.add_argument("--permutations", type=int, default=999)
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 6], help="indices of QUICK's parents to withhold")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--detector", action="store_true", help="also the Lineage Detector's no-parent logit")
+    ap.add_argument("--ts", type=int, nargs="+", default=[99, 249, 499, 999])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/pvalues.jsonl")
+    args = ap.parse_args(argv)
+    setup_logging()
+    {"calibration": calibration, "power": power, "openset": openset, "cost": cost}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
