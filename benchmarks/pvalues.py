@@ -166,6 +166,53 @@ def power(args):
             records.append(rec)
 
 
+def power_calibrated(args):
+    """Power of calibrated scorers: null = up to ``--null-pairs`` random unrelated same-architecture pairs of
+    the zoo (never a tested pair: tested pairs are ancestor-descendant)."""
+    rng = np.random.default_rng(args.seed)
+    for zname, path, groups, kind_of, bases in (
+            ("provenance_quick", args.prov, ("src_mlp", "src_cnn"), lambda r: f"{r.arch}:{r.kind}",
+             lambda: [pv.MatchedScorer(), scorers_lib.WeightCosine()]),
+            ("quick", args.quick, ("parent",), lambda r: "child", lambda: [scorers_lib.WeightCosine()])):
+        z = _open(path)
+        by_kind = _descendant_pairs(z, groups, kind_of)
+        probe = np.asarray(z.probe(256, task=z.records[-1].task))
+        kept = [r.id for r in z.records if r.kept]
+        for base in bases():
+            t0 = time.time()
+            hits: dict = {}
+            for arch in sorted({z.network_for(i).name for i in kept}):
+                ids = [i for i in kept if z.network_for(i).name == arch]
+                ms = scenarios.model_set(z, ids)
+                if len(ms.populations) > 1:  # heads of different shapes: one population per shape
+                    ms = scenarios.model_set(z, [i for i in ids if i in ms.populations[0].ids])
+                    ids = list(ms.ids)
+                index = {i: n for n, i in enumerate(ids)}
+                pairs = [(a, b) for a in ids for b in ids if a != b and not z.graph.relation(a, b).is_related]
+                pick = rng.choice(len(pairs), size=min(args.null_pairs, len(pairs)), replace=False)
+                tested = [(k, a, b) for k, ps in by_kind.items() for a, b in ps if a in index and b in index]
+                if isinstance(base, pv.MatchedScorer):
+                    spec = pv.spec_for(arch, z.load(ids[0]))
+                    def sc(a, b, spec=spec, z=z):
+                        return pv.matched_statistic(z.load(a), z.load(b), spec)
+                else:
+                    full = base.score(ms, ms, probe=probe, unreadable="nan")
+                    def sc(a, b, full=full, index=index):
+                        return full[index[a], index[b]]
+                null = np.array([sc(*pairs[i]) for i in pick])
+                for k, a, b in tested:
+                    p = float(pv.conformal_pvalues(sc(a, b), null, name=base.name))
+                    h = hits.setdefault(k, [0, 0])
+                    h[0] += int(p <= 0.01)
+                    h[1] += 1
+                write(args.out, {"experiment": "power-calibrated", "zoo": zname, "arch": arch,
+                                 "method": f"calibrated[{base.name}]", "null_pairs": int(null.size)})
+            for k, (h, n) in sorted(hits.items()):
+                write(args.out, {"experiment": "power-calibrated", "zoo": zname, "kind": k,
+                                 "method": f"calibrated[{base.name}]", "rejected@0.01": h, "n": n,
+                                 "wall_s": time.time() - t0})
+
+
 def openset(args):
     z = _open(args.quick)
     parents = [r.id for r in z.group("parent")]
@@ -221,12 +268,13 @@ def cost(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("calibration", "power", "openset", "cost"))
+    ap.add_argument("what", choices=("calibration", "power", "power-calibrated", "openset", "cost"))
     ap.add_argument("--quick", default="/tmp/pv_quick")
     ap.add_argument("--prov", default="/tmp/pv_prov")
     ap.add_argument("--null-zoo", default="/tmp/pv_null")
     ap.add_argument("--qq", default="benchmarks/results/pvalues_qq.png")
     ap.add_argument("--permutations", type=int, default=999)
+    ap.add_argument("--null-pairs", type=int, default=400)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 6], help="indices of QUICK's parents to withhold")
     ap.add_argument("--folds", type=int, default=5)
@@ -237,7 +285,9 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/pvalues.jsonl")
     args = ap.parse_args(argv)
     setup_logging()
-    {"calibration": calibration, "power": power, "openset": openset, "cost": cost}[args.what](args)
+    run = {"calibration": calibration, "power": power, "power-calibrated": power_calibrated, "openset": openset,
+           "cost": cost}
+    run[args.what](args)
 
 
 if __name__ == "__main__":
