@@ -129,3 +129,37 @@ def test_bad_input_names_the_model():
 def test_qq_plot_writes_a_png(tmp_path):
     path = pv.qq_plot({"uniform": np.random.default_rng(0).uniform(size=50)}, str(tmp_path / "qq.png"))
     assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def twin_zoo(tmp_path_factory):
+    from jaxlineage import data, zoo
+    from jaxlineage.zoo import HeadMode
+
+    kw = dict(arch="mlp", arch_kwargs=(("features", (16, 8)),))
+    spec = zoo.GraphSpec("twins", (zoo.Task("A", "embedded", data.TASK_A, n_train=128),
+                                   zoo.Task("B", "embedded", data.TASK_B, n_train=128)), (
+        zoo.Group("parent", "train", task="A", grid=dict(seed=(0, 1), init_seed=(0, 1), epochs=1, batch_size=64), **kw),
+        zoo.Group("child", "finetune", source="parent", task="B",
+                  grid=dict(seed=(0,), epochs=1, batch_size=64, head=HeadMode.FRESH)),
+        zoo.Group("independent", "train", task="B", grid=dict(seed=(100,), epochs=1, batch_size=64), **kw),
+    ))
+    return zoo.build(spec, tmp_path_factory.mktemp("twins"), progress=False)
+
+
+def test_open_set_scenario_reads_relations_from_the_graph(twin_zoo):
+    z = twin_zoo
+    parents = {(r.hparams["init_seed"], r.hparams["seed"]): r.id for r in z.group("parent")}
+    withheld = [parents[0, 0], parents[0, 1], parents[1, 0]]
+    os_ = pv.open_set_scenario(z, withheld=withheld, probe_size=16)
+    s = os_.scenario
+    assert s.candidates.ids == (parents[1, 1],)
+    kinds = dict(zip(s.queries.ids, s.kinds))
+    # The child of the init-twin of the only candidate is related to it: neither known nor "no parent".
+    twin_child = z.graph.children(parents[1, 0])[0]
+    assert os_.related_withheld == (twin_child,) and os_.relations[twin_child] == {parents[1, 1]: "shared_init"}
+    assert kinds[z.graph.children(parents[1, 1])[0]] == "known"
+    assert sorted(k for k in kinds.values()) == ["known", "no_parent", "no_parent", "no_parent"]
+    assert list(s.labels[np.array(s.kinds) == "no_parent"]) == [NO_PARENT] * 3
+    with pytest.raises(pv.PValueError, match="'nope'"):
+        pv.open_set_scenario(z, withheld=["nope"], probe_size=16)
