@@ -222,6 +222,20 @@ def openset(args):
                          "scorer": "lineage detector (no-parent logit)"})
 
 
+def openset_detector(args):
+    """The Lineage Detector's "no parent" logit on the same open-set scenario and protocol (5 folds)."""
+    from jaxlineage.eval.methods import DetectorScorer
+
+    z = _open(args.quick)
+    parents = [r.id for r in z.group("parent")]
+    s = pv.open_set_scenario(z, withheld=[parents[i] for i in args.withhold]).scenario
+    t0 = time.time()
+    res = protocols.run(s, DetectorScorer(), key=jax.random.key(args.seed), num_folds=args.folds)
+    write(args.out, {"experiment": "openset-protocol", "scorer": "lineage detector (no-parent logit)",
+                     "withheld": [parents[i] for i in args.withhold], "result": res.to_json()["metrics"],
+                     "wall_s": time.time() - t0})
+
+
 def cost(args):
     """Wall time of T permutations over all of QUICK's (parent, child) pairs: WEIGHT_CORR at each ``--ts``,
     MATCHED at the largest (its cost is the Hungarian matchings, nearly flat in T). One untimed pair first
@@ -245,7 +259,7 @@ def cost(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("calibration", "power", "power-calibrated", "openset", "cost"))
+    ap.add_argument("what", choices=("calibration", "power", "power-calibrated", "openset", "openset-detector", "cost"))
     ap.add_argument("--quick", default="/tmp/pv_quick")
     ap.add_argument("--prov", default="/tmp/pv_prov")
     ap.add_argument("--null-zoo", default="/tmp/pv_null")
@@ -265,7 +279,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     setup_logging()
     run = {"calibration": calibration, "power": power, "power-calibrated": power_calibrated, "openset": openset,
-           "cost": cost}
+           "openset-detector": openset_detector, "cost": cost}
     run[args.what](args)
 
 
