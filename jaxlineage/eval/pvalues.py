@@ -85,7 +85,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from jaxlineage import permutations as perm_lib
-from jaxlineage.errors import JaxlineageError
+from jaxlineage.errors import JaxlineageError, path_str
 from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Question, Scenario, Scorer
 
 __all__ = [
@@ -444,8 +444,6 @@ def _agreement_null(views_a: tuple, views_b: tuple, t: int, key: jax.Array) -> t
 def _check_pair(spec, candidate: PyTree, query: PyTree, names: tuple[str, str]) -> None:
     fc = jax.tree_util.tree_flatten_with_path(candidate)[0]
     fq = dict(jax.tree_util.tree_flatten_with_path(query)[0])
-    from jaxlineage.errors import path_str
-
     for path, leaf in fc:
         if path not in fq:
             raise PValueError(f"permutation test: {names[1]!r} lacks {path_str(path)}, which {names[0]!r} has"
@@ -538,8 +536,8 @@ class PermutationTestScorer(Scorer):
     at ``alpha``. Only equal architectures are readable.
 
     Args:
-      key: the permutations' key (pair ``(k, m)`` uses ``fold_in(fold_in(key, k), m)``
-        of the pair's global indices within the block).
+      key: the permutations' key (pair ``(k, m)`` of a population block uses
+        ``fold_in(fold_in(key, k), m)``, its indices within the block).
       num_permutations: :math:`T`.
       statistic: :class:`Statistic`.
       alpha: the open-set level.
@@ -647,16 +645,13 @@ class CalibratedScorer(Scorer):
       base: the scorer to calibrate.
       alpha: the open-set level.
       null_scores: ``[n]`` scores of unrelated calibration pairs (set by :meth:`calibrate`).
-      by_arch: keep one null per (candidate architecture, query architecture) pair of
-        populations (scores of different architectures need not be comparable); the
-        pooled null serves pairs with no null of their own.
+        One pooled null: calibrate on pairs like the tested ones (same architectures),
+        since scores of different architectures need not be comparable.
     """
 
     base: Scorer
     alpha: float = 0.05
     null_scores: np.ndarray | None = None
-    by_arch: bool = False
-    nulls: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.name = f"calibrated[{self.base.name}]"
@@ -785,8 +780,8 @@ def open_set_scenario(zoo: Any, *, withheld: Sequence[str], candidates: str | Se
             continue
         qidx.append(m)
     qidx = np.asarray(qidx, int)
-    related = np.array([[graph.relation(c, q).is_lineal and graph.is_ancestor(c, q) for q in
-                         [s.queries.ids[i] for i in qidx]] for c in cands.ids], bool).reshape(len(keep), len(qidx))
+    related = np.array([[graph.is_ancestor(c, s.queries.ids[i]) for i in qidx] for c in cands.ids],
+                       bool).reshape(len(keep), len(qidx))
     scen = dataclasses.replace(
         s, name=name or f"{s.name}/open-set", candidates=cands, queries=s.queries.take(qidx),
         labels=np.asarray(labels, int), related=related, kinds=tuple(kinds),
