@@ -1,6 +1,7 @@
 """Permutation specs: permuting hidden units keeps the function and changes the weights."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ NETS = {
 }
 
 
+@jax.jit
 def _randomise(variables, key):
     # Non-trivial BatchNorm scales and statistics, so that permuting them is checked too.
     leaves, treedef = jax.tree.flatten(variables)
@@ -24,10 +26,16 @@ def _randomise(variables, key):
     return jax.tree.unflatten(treedef, [w + 0.3 * jnp.abs(jax.random.normal(k, w.shape)) for k, w in zip(keys, leaves)])
 
 
+@functools.cache
+def _model(arch):
+    net = NETS[arch]()
+    # jit: an op-by-op ResNet init compiles every op (~25 s on 2 loaded cores).
+    return net, _randomise(jax.jit(net.init)(jax.random.key(0)), jax.random.key(1))
+
+
 @pytest.mark.parametrize("arch", sorted(NETS))
 def test_permutation_keeps_function_changes_weights(arch):
-    net = NETS[arch]()
-    v = _randomise(net.init(jax.random.key(0)), jax.random.key(1))
+    net, v = _model(arch)
     spec = permutations.permutation_spec(net, v)
     w = permutations.permute_params(v, spec, jax.random.key(2))
     x = jax.random.normal(jax.random.key(3), (4,) + net.input_shape)
