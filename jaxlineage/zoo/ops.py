@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlineage import nets
+from jaxlineage.permutations import PermAxis, permutation_spec, permute_params  # re-exported
 from jaxlineage.zoo import training
 from jaxlineage.zoo._base import (
     DistillMode,
@@ -335,91 +336,6 @@ def _op_distill(inp: OpInput) -> PyTree:
 # --------------------------------------------------------------------------- permute
 
 
-@dataclasses.dataclass(frozen=True)
-class PermAxis:
-    """One axis of one leaf that a hidden-unit permutation acts on.
-
-    Attributes:
-      path: the leaf's path in the variables, e.g. ``("params", "dense1", "kernel")``.
-      axis: the axis indexed by the permuted units.
-      tile: that axis holds ``tile`` consecutive blocks of the units (a conv layer's
-        channels flattened with its spatial positions into a dense layer: index
-        ``position * units + unit``); 1 otherwise.
-    """
-
-    path: tuple[str, ...]
-    axis: int
-    tile: int = 1
-
-
-def permutation_spec(network: nets.Network, params: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]]:
-    """The hidden-unit permutation symmetries of a network (as in git re-basin).
-
-    Args:
-      network: an ``mlp`` or ``convnet`` from :mod:`jaxlineage.nets`.
-      params: one model's variables (for the sizes).
-
-    Returns:
-      ``{name: (units, axes)}``: permuting the ``units`` along every listed axis together
-      leaves the network's function unchanged.
-
-    Raises:
-      ZooError: an architecture without a description (ResNet-18's residual stages would
-        need shared permutations across blocks and BatchNorm statistics: unsupported).
-    """
-    p = params["params"]
-    if network.name == "mlp":
-        n = len(network.module.features)
-        spec = {}
-        for i in range(1, n + 1):
-            nxt = f"dense{i + 1}" if i < n else nets.HEAD
-            spec[f"dense{i}"] = (p[f"dense{i}"]["kernel"].shape[-1], (
-                PermAxis(("params", f"dense{i}", "kernel"), 1), PermAxis(("params", f"dense{i}", "bias"), 0),
-                PermAxis(("params", nxt, "kernel"), 0)))
-        return spec
-    if network.name == "convnet":
-        chans = network.module.channels
-        spec = {}
-        for i in range(1, len(chans) + 1):
-            c = p[f"conv{i}"]["kernel"].shape[-1]
-            axes = [PermAxis(("params", f"conv{i}", "kernel"), 3), PermAxis(("params", f"conv{i}", "bias"), 0)]
-            if i < len(chans):
-                axes.append(PermAxis(("params", f"conv{i + 1}", "kernel"), 2))
-            else:
-                # The last conv's channels reach fc1 flattened as (row, col, channel).
-                axes.append(PermAxis(("params", "fc1", "kernel"), 0, tile=p["fc1"]["kernel"].shape[0] // c))
-            spec[f"conv{i}"] = (c, tuple(axes))
-        spec["fc1"] = (p["fc1"]["kernel"].shape[-1], (
-            PermAxis(("params", "fc1", "kernel"), 1), PermAxis(("params", "fc1", "bias"), 0),
-            PermAxis(("params", nets.HEAD, "kernel"), 0)))
-        return spec
-    raise ZooError(f"permute: architecture {network.name!r} is unsupported (no permutation description; "
-                   "supported: convnet, mlp)")
-
-
-def permute_params(params: PyTree, spec: Mapping[str, tuple[int, Sequence[PermAxis]]], key: jax.Array) -> PyTree:
-    """Applies one random permutation per entry of ``spec`` (see :func:`permutation_spec`).
-
-    Args:
-      params: one model's variables.
-      spec: ``{name: (units, axes)}``.
-      key: the permutations' key (entry ``i`` uses ``fold_in(key, i)``).
-
-    Returns:
-      Variables with the same function and permuted hidden units.
-    """
-    out = jax.tree.map(lambda v: v, params)
-    for i, (units, axes) in enumerate(spec.values()):
-        perm = jax.random.permutation(jax.random.fold_in(key, i), units)
-        for ax in axes:
-            idx = (jnp.arange(ax.tile)[:, None] * units + perm[None, :]).ravel() if ax.tile > 1 else perm
-            node = out
-            for k in ax.path[:-1]:
-                node = node[k]
-            node[ax.path[-1]] = jnp.take(node[ax.path[-1]], idx, axis=ax.axis)
-    return out
-
-
 @functools.cache
 def _permute_population_fn(spec_items: tuple):
     spec = dict(spec_items)
@@ -427,6 +343,8 @@ def _permute_population_fn(spec_items: tuple):
 
 
 def _op_permute(inp: OpInput) -> PyTree:
+    # One copy of the symmetries: jaxlineage.permutations (ResNet-18 is described there too,
+    # but the op keeps supports=("mlp", "convnet") until a zoo trains permuted ResNets).
     spec = permutation_spec(inp.network, nets.unstack(inp.sources)[0])
     return _permute_population_fn(tuple(spec.items()))(inp.sources, inp.keys)
 

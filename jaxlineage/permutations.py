@@ -1,0 +1,241 @@
+r"""Hidden-unit permutation symmetries: which axes of which leaves share one permutation.
+
+Permuting the hidden units of a layer (the output axis of its kernel and bias,
+the matching input axis of the next layer, its normalisation parameters and
+statistics) leaves a network's function unchanged. A **permutation spec**
+describes these symmetries as in git re-basin (Ainsworth et al., 2023):
+
+.. code-block:: python
+
+    {name: (units, (PermAxis(path, axis, tile), ...))}
+
+permuting ``units`` along every listed axis together is one symmetry; entries
+are independent. :func:`permutation_spec` gives the spec of the MLP, the
+ConvNet and ResNet-18 of :mod:`jaxlineage.nets`; users write their own for
+other networks (a dict of the same shape) and pass it to
+:func:`permute_params` or to :func:`jaxlineage.eval.pvalues.permutation_test`.
+
+References:
+  Ainsworth, Hayase and Srinivasa, "Git Re-Basin: Merging Models modulo
+  Permutation Symmetries", ICLR 2023 (permutation specs, Sec. 3).
+  Zhu et al., "Independence Tests for Language Models", ICML 2025 (random
+  hidden-unit permutations give exact p-values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxlineage import nets
+from jaxlineage.errors import JaxlineageError
+
+__all__ = ["PermAxis", "PermutationError", "PermutationSpec", "apply_permutations", "permutation_spec",
+           "permute_params", "random_permutations", "spec_from_variables"]
+
+PyTree = Any
+
+
+class PermutationError(JaxlineageError):
+    """A network has no permutation description, or a spec does not fit its parameters; names the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PermAxis:
+    """One axis of one leaf that a hidden-unit permutation acts on.
+
+    Attributes:
+      path: the leaf's path in the variables, e.g. ``("params", "dense1", "kernel")``.
+      axis: the axis indexed by the permuted units.
+      tile: that axis holds ``tile`` consecutive blocks of the units (a conv layer's
+        channels flattened with its spatial positions into a dense layer: index
+        ``position * units + unit``); 1 otherwise.
+    """
+
+    path: tuple[str, ...]
+    axis: int
+    tile: int = 1
+
+
+#: ``{name: (units, axes)}``: one hidden-unit permutation per entry.
+PermutationSpec = Mapping[str, tuple[int, Sequence[PermAxis]]]
+
+
+def _count(p: PyTree, prefix: str) -> int:
+    n = 0
+    while f"{prefix}{n + 1}" in p:
+        n += 1
+    return n
+
+
+def _mlp_spec(p: PyTree) -> dict:
+    n = _count(p, "dense")
+    spec = {}
+    for i in range(1, n + 1):
+        nxt = f"dense{i + 1}" if i < n else nets.HEAD
+        spec[f"dense{i}"] = (p[f"dense{i}"]["kernel"].shape[-1], (
+            PermAxis(("params", f"dense{i}", "kernel"), 1), PermAxis(("params", f"dense{i}", "bias"), 0),
+            PermAxis(("params", nxt, "kernel"), 0)))
+    return spec
+
+
+def _convnet_spec(p: PyTree) -> dict:
+    n = _count(p, "conv")
+    spec = {}
+    for i in range(1, n + 1):
+        c = p[f"conv{i}"]["kernel"].shape[-1]
+        axes = [PermAxis(("params", f"conv{i}", "kernel"), 3), PermAxis(("params", f"conv{i}", "bias"), 0)]
+        if i < n:
+            axes.append(PermAxis(("params", f"conv{i + 1}", "kernel"), 2))
+        else:
+            # The last conv's channels reach fc1 flattened as (row, col, channel).
+            axes.append(PermAxis(("params", "fc1", "kernel"), 0, tile=p["fc1"]["kernel"].shape[0] // c))
+        spec[f"conv{i}"] = (c, tuple(axes))
+    spec["fc1"] = (p["fc1"]["kernel"].shape[-1], (
+        PermAxis(("params", "fc1", "kernel"), 1), PermAxis(("params", "fc1", "bias"), 0),
+        PermAxis(("params", nets.HEAD, "kernel"), 0)))
+    return spec
+
+
+def _bn(module: tuple[str, ...], stats: bool) -> list[PermAxis]:
+    axes = [PermAxis(("params",) + module + ("scale",), 0), PermAxis(("params",) + module + ("bias",), 0)]
+    if stats:
+        axes += [PermAxis(("batch_stats",) + module + ("mean",), 0), PermAxis(("batch_stats",) + module + ("var",), 0)]
+    return axes
+
+
+def _resnet18_spec(variables: PyTree) -> dict:
+    # One permutation per residual stream (the skip connections add a stage's stream to every
+    # block's output, so all its blocks share it; a stage whose first block has no projection
+    # shortcut continues its input's stream) and one per block's inner layer.
+    p = variables["params"]
+    stats = "batch_stats" in variables
+    stages = sorted({int(k[len("block"):].split("_")[0]) for k in p if k.startswith("block")})
+    streams: dict[str, list[PermAxis]] = {"stem": [PermAxis(("params", "stem_conv", "kernel"), 3)]
+                                          + _bn(("stem_bn",), stats)}
+    inner: dict = {}
+    cur = "stem"
+    for s in stages:
+        blocks = sorted((k for k in p if k.startswith(f"block{s}_")), key=lambda k: int(k.split("_")[1]))
+        for b in blocks:
+            src = cur
+            if "Conv_2" in p[b]:  # projection shortcut: a new stream starts here
+                cur = f"stage{s}"
+                streams[cur] = []
+                streams[src].append(PermAxis(("params", b, "Conv_2", "kernel"), 2))
+                streams[cur] += [PermAxis(("params", b, "Conv_2", "kernel"), 3)] + _bn((b, "BatchNorm_2"), stats)
+            streams[src].append(PermAxis(("params", b, "Conv_0", "kernel"), 2))
+            streams[cur] += [PermAxis(("params", b, "Conv_1", "kernel"), 3)] + _bn((b, "BatchNorm_1"), stats)
+            inner[f"{b}/inner"] = (p[b]["Conv_0"]["kernel"].shape[-1], tuple(
+                [PermAxis(("params", b, "Conv_0", "kernel"), 3)] + _bn((b, "BatchNorm_0"), stats)
+                + [PermAxis(("params", b, "Conv_1", "kernel"), 2)]))
+    streams[cur].append(PermAxis(("params", nets.HEAD, "kernel"), 0))
+    spec = {name: (_leaf(variables, axes[0].path).shape[axes[0].axis], tuple(axes)) for name, axes in streams.items()}
+    spec.update(inner)
+    return spec
+
+
+def _leaf(variables: PyTree, path: Sequence[str]) -> jax.Array:
+    node = variables
+    for k in path:
+        try:
+            node = node[k]
+        except (KeyError, TypeError, IndexError):
+            raise PermutationError(f"permutation spec names {'/'.join(path)}, which the parameters lack") from None
+    return node
+
+
+def permutation_spec(network: nets.Network, params: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]]:
+    """The hidden-unit permutation symmetries of a network (as in git re-basin).
+
+    Args:
+      network: an ``mlp``, ``convnet`` or ``resnet18`` from :mod:`jaxlineage.nets`.
+      params: one model's variables (for the sizes; ResNet-18's ``batch_stats`` are
+        included when present).
+
+    Returns:
+      ``{name: (units, axes)}``: permuting the ``units`` along every listed axis together
+      leaves the network's function unchanged. MLP: one entry per hidden layer
+      (``dense1`` ...); ConvNet: ``conv1`` ... and ``fc1``; ResNet-18: one per residual
+      stage (``stem``/``stage2``...; a stage without a projection shortcut shares its
+      input stream's) and one per block's inner layer (``block1_0/inner`` ...).
+
+    Raises:
+      PermutationError: an architecture without a description (names it).
+    """
+    return spec_from_variables(network.name, params)
+
+
+def spec_from_variables(arch: str, variables: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]]:
+    """:func:`permutation_spec` from the architecture's name and one model's variables alone.
+
+    Layer counts are read from the parameter names (``dense1``.., ``conv1``.., ``block1_0``..).
+
+    Raises:
+      PermutationError: an architecture without a description, or variables without ``params``.
+    """
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise PermutationError(f"permutation spec of {arch!r}: expected variables {{'params': ...}}")
+    p = variables["params"]
+    if arch == "mlp":
+        return _mlp_spec(p)
+    if arch == "convnet":
+        return _convnet_spec(p)
+    if arch == "resnet18":
+        return _resnet18_spec(variables)
+    raise PermutationError(f"architecture {arch!r} has no permutation description (supported: convnet, mlp,"
+                           " resnet18); write a spec {name: (units, (PermAxis(path, axis), ...))} for it")
+
+
+def random_permutations(spec: PermutationSpec, key: jax.Array) -> tuple[jax.Array, ...]:
+    """One uniform random permutation per entry of ``spec`` (entry ``i`` uses ``fold_in(key, i)``).
+
+    Returns:
+      A tuple of ``[units_i]`` int arrays, in the spec's order.
+    """
+    return tuple(jax.random.permutation(jax.random.fold_in(key, i), units)
+                 for i, (units, _) in enumerate(spec.values()))
+
+
+def apply_permutations(params: PyTree, spec: PermutationSpec, perms: Sequence[jax.Array]) -> PyTree:
+    """Permutes ``params`` by given permutations, one per entry of ``spec``.
+
+    .. math::
+      \\theta'[\\ldots, j, \\ldots] = \\theta[\\ldots, \\pi(j), \\ldots]
+      \\quad\\text{on every axis of the entry of } \\pi
+
+    Args:
+      params: one model's variables.
+      spec: ``{name: (units, axes)}``.
+      perms: ``[units_i]`` index arrays in the spec's order (traced arrays are fine: vmap over them).
+
+    Returns:
+      Variables with the same function and permuted hidden units.
+    """
+    out = jax.tree.map(lambda v: v, params)
+    for perm, (units, axes) in zip(perms, spec.values()):
+        for ax in axes:
+            idx = (jnp.arange(ax.tile)[:, None] * units + perm[None, :]).ravel() if ax.tile > 1 else perm
+            node = out
+            for k in ax.path[:-1]:
+                node = node[k]
+            node[ax.path[-1]] = jnp.take(node[ax.path[-1]], idx, axis=ax.axis)
+    return out
+
+
+def permute_params(params: PyTree, spec: PermutationSpec, key: jax.Array) -> PyTree:
+    """Applies one random permutation per entry of ``spec`` (see :func:`permutation_spec`).
+
+    Args:
+      params: one model's variables.
+      spec: ``{name: (units, axes)}``.
+      key: the permutations' key (entry ``i`` uses ``fold_in(key, i)``).
+
+    Returns:
+      Variables with the same function and permuted hidden units.
+    """
+    return apply_permutations(params, spec, random_permutations(spec, key))

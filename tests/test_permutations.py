@@ -1,0 +1,69 @@
+"""Permutation specs: permuting hidden units keeps the function and changes the weights."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlineage import nets, permutations
+from jaxlineage.zoo import ops
+
+NETS = {
+    "mlp": lambda: nets.mlp(5, features=(16, 8), input_shape=(6, 6, 1)),
+    "convnet": lambda: nets.convnet(5, channels=(3, 4), hidden=8, input_shape=(8, 8, 1)),
+    "resnet18": lambda: nets.resnet18(5, width=1 / 16, input_shape=(8, 8, 3)),
+}
+
+
+@jax.jit
+def _randomise(variables, key):
+    # Non-trivial BatchNorm scales and statistics, so that permuting them is checked too.
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [w + 0.3 * jnp.abs(jax.random.normal(k, w.shape)) for k, w in zip(keys, leaves)])
+
+
+@functools.cache
+def _model(arch):
+    net = NETS[arch]()
+    # jit: an op-by-op ResNet init compiles every op (~25 s on 2 loaded cores).
+    return net, _randomise(jax.jit(net.init)(jax.random.key(0)), jax.random.key(1))
+
+
+@pytest.mark.parametrize("arch", sorted(NETS))
+def test_permutation_keeps_function_changes_weights(arch):
+    net, v = _model(arch)
+    spec = permutations.permutation_spec(net, v)
+    w = permutations.permute_params(v, spec, jax.random.key(2))
+    x = jax.random.normal(jax.random.key(3), (4,) + net.input_shape)
+    np.testing.assert_allclose(net.logits_fn(w, x), net.logits_fn(v, x), rtol=1e-4, atol=1e-4)
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(w))]
+    assert sum(changed) >= len(spec)
+    # Every leaf a spec names exists, and each entry's axes have the entry's size.
+    for units, axes in spec.values():
+        for ax in axes:
+            leaf = permutations._leaf(v, ax.path)
+            assert leaf.shape[ax.axis] == units * ax.tile
+
+
+def test_resnet18_spec_shape():
+    net = NETS["resnet18"]()
+    spec = permutations.permutation_spec(net, net.init(jax.random.key(0)))
+    # stem (= stage 1's stream: no projection), stages 2-4, and 8 blocks' inner layers.
+    inner = {f"block{s}_{j}/inner" for s in range(1, 5) for j in (0, 1)}
+    assert set(spec) == {"stem", "stage2", "stage3", "stage4"} | inner
+
+
+def test_zoo_ops_uses_the_one_copy():
+    assert ops.permutation_spec is permutations.permutation_spec
+    assert ops.permute_params is permutations.permute_params and ops.PermAxis is permutations.PermAxis
+
+
+def test_unknown_architecture_is_named():
+    net = NETS["mlp"]()
+    other = dataclasses.replace(net, name="vit")
+    with pytest.raises(permutations.PermutationError, match="'vit'"):
+        permutations.permutation_spec(other, net.init(jax.random.key(0)))
