@@ -25,7 +25,23 @@ folds (minutes on a CPU)::
     print(jl_eval.table(jl_eval.run_zoo(zoo.build(zoo.QUICK, "/tmp/zoo"))))
 """
 
-from jaxlineage import data, detector, eval, lineage, linearize, mgmp, modelgif, nets, similarity, zoo  # noqa: A004
+from jaxlineage import (  # noqa: A004 (jaxlineage.eval is the evaluation layer)
+    data,
+    detector,
+    errors,
+    eval,
+    graph,
+    lineage,
+    linearize,
+    mgmp,
+    modelgif,
+    nets,
+    permutations,
+    similarity,
+    zoo,
+)
+from jaxlineage.errors import JaxlineageError
+from jaxlineage.graph import LineageGraph, Relation
 from jaxlineage.linearize import Mode, taylor_features
 from jaxlineage.nets import Network, backbone, check_trees_match, stack, unstack
 from jaxlineage.zoo import Zoo, ZooSpec
@@ -36,18 +52,24 @@ __all__ = [
     # modules
     "data",
     "detector",
+    "errors",
     "eval",
+    "graph",
     "lineage",
     "linearize",
     "mgmp",
     "modelgif",
     "nets",
+    "permutations",
     "similarity",
     "zoo",
     # the names used most often
+    "JaxlineageError",
+    "LineageGraph",
     "Mode",
     "Network",
     "Zoo",
+    "Relation",
     "ZooSpec",
     "backbone",
     "check_trees_match",

@@ -37,7 +37,7 @@ Any scenario and scorers::
                               key=jax.random.key(0))
 """
 
-from jaxlineage.eval import core, dna, methods, metrics, protocols, provenance, scenarios, scorers, tree
+from jaxlineage.eval import core, dna, methods, metrics, protocols, provenance, pvalues, scenarios, scorers, tree
 from jaxlineage.eval.core import (
                                   NO_PARENT,
                                   ModelSet,
@@ -92,6 +92,7 @@ __all__ = [
     "model_set",
     "protocols",
     "provenance",
+    "pvalues",
     "run",
     "run_all",
     "run_zoo",
