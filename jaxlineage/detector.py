@@ -78,6 +78,41 @@ from jaxlineage import nets
 from jaxlineage.errors import path_str
 from jaxlineage._io import atomic_dir
 
+__all__ = [
+    "AUTO",
+    "Auto",
+    "Batch",
+    "Block",
+    "Detector",
+    "Examples",
+    "LineageDetector",
+    "PAPER_SPLIT",
+    "PairEncoder",
+    "QUICK_PROTOCOL",
+    "TrainState",
+    "TransformerBlock",
+    "assess",
+    "auto_layer",
+    "backbone_kernels",
+    "block_mean",
+    "examples_from_arrays",
+    "init_state",
+    "kernel_matrices",
+    "make_examples",
+    "make_pairs",
+    "module_config",
+    "module_from_config",
+    "predict_logits",
+    "resolve_layer",
+    "restore",
+    "run_protocol",
+    "save",
+    "split_indices",
+    "train",
+    "weight_layers",
+    "weight_matrix",
+]
+
 log = logging.getLogger("jaxlineage.detector")
 
 PyTree = Any

@@ -5,6 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 
+__all__ = [
+    "ensure_handler",
+    "quiet",
+]
+
 _HANDLER_NAME = "jaxlineage.bench"
 
 

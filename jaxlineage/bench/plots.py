@@ -20,6 +20,17 @@ import numpy as np
 
 from jaxlineage.bench import report
 
+__all__ = [
+    "PlotsUnavailable",
+    "accuracy_vs_alpha",
+    "draw_all",
+    "fig3a",
+    "fig3b",
+    "modelgif_auc",
+    "provenance_heatmap",
+    "provenance_modelgif_refs",
+]
+
 log = logging.getLogger("jaxlineage.bench")
 
 

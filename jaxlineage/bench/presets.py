@@ -43,11 +43,32 @@ from typing import Any
 
 from jaxlineage import zoo
 
+__all__ = [
+    "ALPHA_SWEEP",
+    "CNN",
+    "DEFAULT_SCENARIOS",
+    "DNA_SECTION",
+    "LEGACY",
+    "METHODS",
+    "PAPER_FC",
+    "PRESETS",
+    "PROVENANCE_SECTION",
+    "Preset",
+    "QUICK",
+    "RESNET",
+    "ScenarioSpec",
+    "ScorerSpec",
+    "Section",
+    "TINY",
+    "default_scorers",
+    "get",
+]
+
 #: Step sizes of the accuracy-vs-alpha figure (one jvp per pair serves them all).
 ALPHA_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 #: The methods, in the order they run and appear in the report. ``baselines`` run with every selection.
-METHODS = ("learning_free", "baselines", "detector", "mgmp", "modelgif", "provenance")
+METHODS = ("learning_free", "baselines", "detector", "mgmp", "modelgif", "provenance", "dna")
 #: Methods that still run their own protocol function when the preset gives them no :class:`ScorerSpec`.
 LEGACY = ("detector", "mgmp", "modelgif")
 
@@ -258,6 +279,9 @@ TINY = Preset(
 PROVENANCE_SECTION = Section("provenance", zoo.PROVENANCE_QUICK,
                              dict(probe_size=512, modelgif_refs=(8, 16, 32, 64, 128, 256), modelgif_steps=5))
 
+#: Model DNA's protocol on DNA_QUICK (jaxlineage.eval.dna.quick_settings: 5 repetitions, relu1 fragments).
+DNA_SECTION = Section("dna", zoo.DNA_QUICK, {})
+
 #: The default: the paper's MLP on the embedded Fashion-MNIST subset (parents classes 0-4, children 5-9).
 QUICK = Preset(
     name="quick",
@@ -273,8 +297,8 @@ QUICK = Preset(
     mgmp=dict(repetitions=5),
     modelgif=dict(n_refs=(8, 32, 128, 256), steps=20),
     # SAC / ModelGiF's IP-protection benchmark (verify, every method x every attack) on its own zoo.
-    # Hook: the lead adds Model DNA's DNA_QUICK section here at merge.
-    sections=(PROVENANCE_SECTION,),
+    # and Model DNA on its own protocol (DNA_QUICK: unseen tasks and seeds, with / without generator).
+    sections=(PROVENANCE_SECTION, DNA_SECTION),
 )
 
 #: The same recipe on the small ConvNet.

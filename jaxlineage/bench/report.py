@@ -19,6 +19,29 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+__all__ = [
+    "METRIC_LABELS",
+    "MODE_LABELS",
+    "TABLES",
+    "build_tables",
+    "cell",
+    "column_decimals",
+    "dna_table",
+    "format_cell",
+    "is_number",
+    "mgmp_table",
+    "modelgif_table",
+    "na",
+    "parse_markdown_tables",
+    "provenance_tables",
+    "scenario_tables",
+    "table",
+    "timing_table",
+    "to_markdown",
+    "to_markdown_report",
+    "write",
+]
+
 #: Paper-style labels of the learning-free modes (Neural Lineage Table 1).
 MODE_LABELS = {"plain": "w/o approx.", "first_order": "w approx.", "linearized": "linearised"}
 METRIC_LABELS = {"l1": "L1", "l2": "L2", "lp": "Lp (p=4)", "linf": "Linf", "lse": "LSE", "cka": "CKA", "dcor": "dCor",
@@ -271,8 +294,26 @@ def provenance_tables(stages: dict) -> list[dict]:
     return out
 
 
+def dna_table(stages: dict) -> dict | None:
+    """Model DNA on DNA_QUICK: fragment accuracy, A_o, A_n, model AUC (%), mean ± std over repetitions."""
+    d = _ok(stages, "dna")
+    if d is None:
+        return None
+    cols = ["fragment acc.", "A_o", "A_n", "homologous accepted", "non-homologous rejected", "model AUC"]
+    keys = ["fragment_accuracy", "a_o", "a_n", "homologous_accepted", "non_homologous_rejected", "model_auc"]
+    rows = []
+    for r in d["results"]:
+        m = r["metrics"]
+        rows.append({"label": [r["scenario"], r["scorer"]],
+                     "cells": [cell(100 * m[k]["mean"], 100 * m[k]["std"]) if k in m else na() for k in keys]})
+    return table("dna", "Model DNA on DNA_QUICK (verify): unseen tasks and seeds, with / without the generator (%)",
+                 ["scenario", "scorer"], cols, rows, decimals=1,
+                 notes=["One source per repetition; pool and evaluation targets share no task and no seed"
+                        " (eval.dna.Split.STRICT). Paired comparison in results.json (stages.dna.result.table)."])
+
+
 TABLES: list[Callable[[dict], dict | list[dict] | None]] = [scenario_tables, mgmp_table, modelgif_table,
-                                                           provenance_tables]
+                                                           provenance_tables, dna_table]
 
 
 def build_tables(results: dict) -> list[dict]:

@@ -22,6 +22,16 @@ from jaxlineage.bench import log_setup, report, stages
 from jaxlineage.bench import presets as presets_lib
 from jaxlineage.bench.stages import BenchError, MethodUnavailable
 
+__all__ = [
+    "SCHEMA",
+    "TIMINGS_FILE",
+    "check_writable",
+    "default_out",
+    "default_workdir",
+    "parse_methods",
+    "run",
+]
+
 log = logging.getLogger("jaxlineage.bench")
 
 SCHEMA = 1

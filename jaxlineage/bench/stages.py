@@ -37,6 +37,27 @@ from jaxlineage import data as data_lib
 from jaxlineage.eval import metrics as metrics_lib
 from jaxlineage import zoo as zoo_lib
 
+__all__ = [
+    "BenchError",
+    "MethodUnavailable",
+    "PROVENANCE_METRICS",
+    "SECTIONS",
+    "STAGES",
+    "ScenarioCache",
+    "build_zoo",
+    "check_data",
+    "describe_source",
+    "detector",
+    "dna",
+    "environment",
+    "evaluate",
+    "mgmp",
+    "modelgif",
+    "provenance",
+    "resolve",
+    "to_json",
+]
+
 log = logging.getLogger("jaxlineage.bench")
 
 
@@ -527,6 +548,21 @@ def provenance(zoo: zoo_lib.Zoo, *, seed: int = 0, probe_size: int = 512,
     })
 
 
+def dna(zoo: zoo_lib.Zoo, *, seed: int = 0, **settings) -> dict:
+    """Model DNA on its own protocol (``DNA_QUICK``): :func:`jaxlineage.eval.dna.run` with and without the generator.
+
+    One source per repetition; evaluation targets on tasks and seeds the pool never saw
+    (:attr:`jaxlineage.eval.dna.Split.STRICT`). ``settings`` override
+    :func:`jaxlineage.eval.dna.quick_settings`.
+
+    Returns:
+      ``{"results": [Result JSON], "table": markdown}``.
+    """
+    from jaxlineage.eval import dna as dna_lib
+
+    results = dna_lib.run(zoo, key=jax.random.key(seed), **{**dna_lib.quick_settings(), **settings})
+    return to_json({"results": [r.to_json() for r in results], "table": dna_lib.table(results)})
+
+
 #: Sections (questions on zoos of their own, :class:`jaxlineage.bench.presets.Section`): name -> stage.
-#: Hook: Model DNA's ``"dna"`` stage on ``DNA_QUICK`` is added here at merge.
-SECTIONS = {"provenance": provenance}
+SECTIONS = {"provenance": provenance, "dna": dna}
