@@ -9,7 +9,8 @@ Runs :func:`jaxlineage.detector.run_protocol` with :data:`jaxlineage.detector.QU
 ``--repetitions`` of them, mean +- std (ddof=1) of test accuracy; then the open-set variant
 (repetition r holds parent r mod K out; its children must get "no parent"). Learning-free
 baselines on the same zoo are scorers of their own (the evaluation layer's weight / output
-baselines), no longer part of the detector's records. One JSON line per (variant, closed/open) with versions and device. Never builds a zoo: build
+baselines), no longer part of the detector's records. One JSON line per (variant, closed/open) with versions
+and device. Never builds a zoo: build
 it first (``zoo.build(zoo.QUICK, workdir)``). On 2 shared CPU cores a repetition takes
 about 1.5 min (``both``), 50 s (``weights``) and 25 s (``features``); all six runs ~30 min.
 """
@@ -54,21 +55,38 @@ def main(argv=None):
         ex = {"both": examples, "weights": examples.without_features(), "features": examples.without_weights()}[variant]
         for open_set in (False,) if args.no_open_set else (False, True):
             t0 = time.perf_counter()
-            res = detector.run_protocol(z, examples=ex, repetitions=args.repetitions, seed=args.seed,
-                                        open_set=open_set, module_kwargs=module_kwargs, **settings)
+            res = detector.run_protocol(
+                z,
+                examples=ex,
+                repetitions=args.repetitions,
+                seed=args.seed,
+                open_set=open_set,
+                module_kwargs=module_kwargs,
+                **settings,
+            )
             wall = time.perf_counter() - t0
             recorded = {k: v.value if isinstance(v, enum.Enum) else v for k, v in {**ex_kwargs, **settings}.items()}
-            write(args.out, {"benchmark": "detector_quick", "variant": variant, "zoo_dir": args.zoo,
-                             "wall_s": wall, "open_set": open_set,
-                             "zoo": repr(z), "settings": {**vars(args), **recorded,
-                                                          "module_kwargs": module_kwargs}, "result": res})
+            write(
+                args.out,
+                {
+                    "benchmark": "detector_quick",
+                    "variant": variant,
+                    "zoo_dir": args.zoo,
+                    "wall_s": wall,
+                    "open_set": open_set,
+                    "zoo": repr(z),
+                    "settings": {**vars(args), **recorded, "module_kwargs": module_kwargs},
+                    "result": res,
+                },
+            )
             t = res["test_accuracy"]
-            line = (f"{variant} {'open' if open_set else 'closed'}: test {t['mean']:.3f} +- {t['std']:.3f} "
-                    f"({wall:.0f}s)")
+            line = f"{variant} {'open' if open_set else 'closed'}: test {t['mean']:.3f} +- {t['std']:.3f} ({wall:.0f}s)"
             if open_set:
                 a = res["accuracy_no_parent"]
-                line += (f"; parentless {a['mean']:.3f} +- {a['std']:.3f} "
-                         f"({res['no_parent_correct']}/{res['no_parent_total']} pooled)")
+                line += (
+                    f"; parentless {a['mean']:.3f} +- {a['std']:.3f} "
+                    f"({res['no_parent_correct']}/{res['no_parent_total']} pooled)"
+                )
             print(line, flush=True)
 
 

@@ -81,9 +81,7 @@ def bench_modes(network, tap, metrics, n, repeats):
     out = []
     for metric in metrics:
         calls = {
-            mode.value: functools.partial(
-                linearize.pair_similarity, metric, f, parent, child, x, alpha=0.01, mode=mode
-            )
+            mode.value: functools.partial(linearize.pair_similarity, metric, f, parent, child, x, alpha=0.01, mode=mode)
             for mode in Mode
         }
         for call in calls.values():  # warm-up: compile every mode
@@ -143,9 +141,7 @@ def bench_stepwise(network, tap, n, max_rows, repeats):
     # Jacobian rows held at once: at most ~128 MiB of float32.
     row_chunk = int(max(1, min(d, 2**25 // n_params)))
     fast = timeit(
-        functools.partial(
-            linearize.pair_similarity, "l2", f, parent, child, x, alpha=0.01, mode=Mode.LINEARIZED
-        ),
+        functools.partial(linearize.pair_similarity, "l2", f, parent, child, x, alpha=0.01, mode=Mode.LINEARIZED),
         repeats=repeats,
     )
     total_rows = n * d
@@ -197,15 +193,9 @@ def bench_memory(widths, n):
         pruned, p, c, xx = linearize._prepare(network.feature_fn("relu1"), parent, child, x)
         alpha = np.asarray(0.01)
         kw = {"metric": metric, "pruned": pruned}
-        jvp = (
-            linearize._similarity_core.lower(p, c, xx, alpha, mode=Mode.LINEARIZED, **kw)
-            .compile()
-            .memory_analysis()
-        )
+        jvp = linearize._similarity_core.lower(p, c, xx, alpha, mode=Mode.LINEARIZED, **kw).compile().memory_analysis()
         base = (
-            linearize._stepwise_core.lower(
-                p, c, xx, alpha, mode=Mode.LINEARIZED, row_chunk=None, **kw
-            )
+            linearize._stepwise_core.lower(p, c, xx, alpha, mode=Mode.LINEARIZED, row_chunk=None, **kw)
             .compile()
             .memory_analysis()
         )
@@ -216,9 +206,7 @@ def bench_memory(widths, n):
             "used_params": int(sum(leaf.size for leaf in p)),
             "io_bytes": io_bytes,
             "jvp_temp_bytes": jvp.temp_size_in_bytes,
-            "jvp_peak_bytes": jvp.temp_size_in_bytes
-            + jvp.argument_size_in_bytes
-            + jvp.output_size_in_bytes,
+            "jvp_peak_bytes": jvp.temp_size_in_bytes + jvp.argument_size_in_bytes + jvp.output_size_in_bytes,
             "jvp_temp_over_io": jvp.temp_size_in_bytes / io_bytes,
             "stepwise_temp_bytes": base.temp_size_in_bytes,
             "stepwise_temp_over_io": base.temp_size_in_bytes / io_bytes,
@@ -295,9 +283,7 @@ def _floor_population(name, k, m, n):
     parents = init(jax.random.split(keys[0], k))
     noise = init(jax.random.split(keys[1], m))
     # Children move away from parent m % K; relative noise keeps BatchNorm variances > 0.
-    children = jax.tree.map(
-        lambda p, e: p[jnp.arange(m) % k] * (1 + 0.05 * jnp.tanh(e)), parents, noise
-    )
+    children = jax.tree.map(lambda p, e: p[jnp.arange(m) % k] * (1 + 0.05 * jnp.tanh(e)), parents, noise)
     x = _probe(network, n, keys[2])
     return network, tap, parents, children, x
 
@@ -306,25 +292,27 @@ def bench_floor(name, k, m, n, repeats, *, before, parts=("norms", "gram", "all"
     """(a) the K + M forward passes; (b) norm metrics, (c) all metrics; ratios to (a)."""
     network, tap, parents, children, x = _floor_population(name, k, m, n)
     f = network.feature_fn(tap)
-    pruned, p, c, xx = linearize._prepare(f, jax.tree.map(lambda a: a[0], parents),
-                                          jax.tree.map(lambda a: a[0], children), x)
+    pruned, p, c, xx = linearize._prepare(
+        f, jax.tree.map(lambda a: a[0], parents), jax.tree.map(lambda a: a[0], children), x
+    )
     split = _fastpath.split(pruned, jax.ShapeDtypeStruct(xx.shape, xx.dtype))
     used = lambda tree: tuple(
-        leaf for path, leaf in zip(
+        leaf
+        for path, leaf in zip(
             [jax.tree_util.keystr(q) for q, _ in jax.tree_util.tree_flatten_with_path(tree)[0]],
             jax.tree.leaves(tree),
-        ) if path in pruned.used_paths
+        )
+        if path in pruned.used_paths
     )
     p_used, c_used = used(parents), used(children)
     assert len(p_used) == len(pruned.used_paths)
-    forward = jax.jit(lambda ps, cs, x: (
-        jax.lax.map(lambda th: pruned(th, x), ps), jax.lax.map(lambda th: pruned(th, x), cs)
-    ))
+    forward = jax.jit(
+        lambda ps, cs, x: (jax.lax.map(lambda th: pruned(th, x), ps), jax.lax.map(lambda th: pruned(th, x), cs))
+    )
     floor = timeit(functools.partial(forward, p_used, c_used, xx), repeats=repeats)
     alpha = np.asarray(lineage.DEFAULT_ALPHAS)
     score = lambda metrics, **kw: functools.partial(
-        lineage.score_matrices, metrics, f, parents, children, x, alpha=alpha,
-        modes=tuple(Mode), **kw
+        lineage.score_matrices, metrics, f, parents, children, x, alpha=alpha, modes=tuple(Mode), **kw
     )
     groups = {"norms": NORM_METRICS, "gram": GRAM_METRICS, "all": similarity.all_metrics()}
     # "per_metric": each norm metric alone (all modes, three alphas), to see what dominates.
@@ -352,20 +340,22 @@ def bench_floor(name, k, m, n, repeats, *, before, parts=("norms", "gram", "all"
         # The plain jvp path (= the scorer before the fast path). Large populations: one
         # cold call (compiling takes well under a second of the ~2 minutes at 20 x 200).
         warm = int(k * m < 1000)
-        rec["before_all"] = timeit(
-            score(similarity.all_metrics(), fast_path=False), repeats=1, warmup=warm
-        )
+        rec["before_all"] = timeit(score(similarity.all_metrics(), fast_path=False), repeats=1, warmup=warm)
         rec["before_all"]["warmup"] = warm
         rec["speedup_all"] = rec["before_all"]["median_s"] / runs["all"]["median_s"]
-    print("floor", {key: (round(v, 3) if isinstance(v, float) else v) for key, v in rec.items()
-                    if key.endswith("over_floor") or key in ("net", "speedup_all")})
+    print(
+        "floor",
+        {
+            key: (round(v, 3) if isinstance(v, float) else v)
+            for key, v in rec.items()
+            if key.endswith("over_floor") or key in ("net", "speedup_all")
+        },
+    )
     return rec
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", default="mlp,resnet18")
     ap.add_argument("--metrics", default="mlp=l2,cka;resnet18=l2", help="per network, or one list")
     ap.add_argument("--n", type=int, default=512)
@@ -406,9 +396,7 @@ def main(argv=None):
     else:
         metrics = {name: args.metrics.split(",") for name in args.nets.split(",")}
     if "=" in args.stepwise_max_rows:
-        max_rows = {
-            k: int(v) for k, v in (kv.split("=") for kv in args.stepwise_max_rows.split(","))
-        }
+        max_rows = {k: int(v) for k, v in (kv.split("=") for kv in args.stepwise_max_rows.split(","))}
     else:
         max_rows = {name: int(args.stepwise_max_rows) for name in args.nets.split(",")}
     record = {"benchmark": "linearization", "settings": vars(args)}
@@ -416,13 +404,9 @@ def main(argv=None):
         network, tap = _network(name)
         entry = {"tap": tap, "input_shape": list(network.input_shape)}
         if "modes" in sections:
-            entry["modes"] = bench_modes(
-                network, tap, metrics.get(name, ["l2"]), args.n, args.repeats
-            )
+            entry["modes"] = bench_modes(network, tap, metrics.get(name, ["l2"]), args.n, args.repeats)
         if "stepwise" in sections:
-            entry["stepwise"] = bench_stepwise(
-                network, tap, args.n_stepwise, max_rows.get(name, 16384), args.repeats
-            )
+            entry["stepwise"] = bench_stepwise(network, tap, args.n_stepwise, max_rows.get(name, 16384), args.repeats)
         record[name] = entry
     if "memory" in sections:
         record["memory"] = bench_memory([int(w) for w in args.widths.split(",")], args.memory_n)
@@ -434,7 +418,12 @@ def main(argv=None):
             k, m, n = (int(v) for v in size.lower().split("x"))
             record["floor"].append(
                 bench_floor(
-                    name, k, m, n, args.repeats, before=name in before,
+                    name,
+                    k,
+                    m,
+                    n,
+                    args.repeats,
+                    before=name in before,
                     parts=tuple(args.floor_parts.split(",")),
                 )
             )

@@ -106,7 +106,7 @@ def child_distances(z, out: dict) -> dict:
     for p in z.parents:
         kids = z.children_of(p.id)
         for i, a in enumerate(kids):
-            for b in kids[i + 1:]:
+            for b in kids[i + 1 :]:
                 fa, fb = np.asarray(out[a.id]), np.asarray(out[b.id])
                 d = float(np.linalg.norm(fa - fb, axis=1).mean() / np.linalg.norm(fa, axis=1).mean())
                 if a.hparams["seed"] == b.hparams["seed"]:
@@ -165,24 +165,58 @@ def main(argv=None):
     ids = [r.id for r in list(z.parents) + list(z.children) + list(z.independents)]
     for tap in args.taps.split(","):
         out = zoo_outputs(z, ids, x_eval, tap=tap)  # every model once per tap
-        write(args.out, {"benchmark": "mgmp_fragments", "zoo": z.spec.name, "zoo_dir": args.zoo, "tap": tap,
-                         "child_lrs": list(z.spec.children.lrs), "inputs": int(x_eval.shape[0]),
-                         "child_distances": child_distances(z, out),
-                         "fragment_cosine": fragment_cosine(z, out)})
-    runs = [(p, t, s) for p in args.pair_inputs.split(",") for t in args.taps.split(",")
-            for s in args.splits.split(",") if s]
+        write(
+            args.out,
+            {
+                "benchmark": "mgmp_fragments",
+                "zoo": z.spec.name,
+                "zoo_dir": args.zoo,
+                "tap": tap,
+                "child_lrs": list(z.spec.children.lrs),
+                "inputs": int(x_eval.shape[0]),
+                "child_distances": child_distances(z, out),
+                "fragment_cosine": fragment_cosine(z, out),
+            },
+        )
+    runs = [
+        (p, t, s)
+        for p in args.pair_inputs.split(",")
+        for t in args.taps.split(",")
+        for s in args.splits.split(",")
+        if s
+    ]
     for pair_input, tap, split in runs:
-        res = mgmp.run_protocol(z, repetitions=args.repetitions, seed=args.seed, tap=tap,
-                                split_children_by=split, config=mgmp.Config(pair_input=pair_input))
-        held_out = [sorted({by_id[i].hparams[run["split_by"]["children"]] for i in run["eval_homologous"]})
-                    for run in res["runs"]]
-        write(args.out, {
-            "benchmark": "mgmp_fragments", "zoo": z.spec.name, "zoo_dir": args.zoo, "tap": tap,
-            "child_lrs": list(z.spec.children.lrs), "pair_input": pair_input,
-            "split_children_by": split, "repetitions": args.repetitions, "seed": args.seed,
-            "sources": [run["source"] for run in res["runs"]], "held_out_values": held_out,
-            "config": res["settings"]["config"], "seconds": res["seconds"], **summarise(z, res),
-        })
+        res = mgmp.run_protocol(
+            z,
+            repetitions=args.repetitions,
+            seed=args.seed,
+            tap=tap,
+            split_children_by=split,
+            config=mgmp.Config(pair_input=pair_input),
+        )
+        held_out = [
+            sorted({by_id[i].hparams[run["split_by"]["children"]] for i in run["eval_homologous"]})
+            for run in res["runs"]
+        ]
+        write(
+            args.out,
+            {
+                "benchmark": "mgmp_fragments",
+                "zoo": z.spec.name,
+                "zoo_dir": args.zoo,
+                "tap": tap,
+                "child_lrs": list(z.spec.children.lrs),
+                "pair_input": pair_input,
+                "split_children_by": split,
+                "repetitions": args.repetitions,
+                "seed": args.seed,
+                "sources": [run["source"] for run in res["runs"]],
+                "held_out_values": held_out,
+                "config": res["settings"]["config"],
+                "seconds": res["seconds"],
+                **summarise(z, res),
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -39,18 +39,18 @@ import sys
 if "google.colab" in sys.modules:
     %pip install -q "jaxlineage @ git+https://github.com/{repo}"'''
 
-SIZE_LINE = '''\
+SIZE_LINE = """\
 import os
 
 # "tiny": seconds (what CI runs); "quick": the real zoo of the bench (minutes to build on a CPU, then cached).
-SIZE = os.environ.get("JAXLINEAGE_NOTEBOOK_SIZE", "quick")'''
+SIZE = os.environ.get("JAXLINEAGE_NOTEBOOK_SIZE", "quick")"""
 
-ZOO = '''\
+ZOO = """\
 # The zoo is cached in $JAXLINEAGE_CACHE/<size> (default ~/.cache/jaxlineage, shared with
 # `python -m jaxlineage.bench`); building is resumable and a built zoo is reused.
 CACHE = pathlib.Path(os.environ.get("JAXLINEAGE_CACHE", "~/.cache/jaxlineage")).expanduser()
 z = zoo.build(zoo.SPECS[SIZE], CACHE / SIZE)
-print(z)'''
+print(z)"""
 
 
 def md(text: str) -> nbformat.NotebookNode:
@@ -680,11 +680,14 @@ def build(repo: str = REPO) -> dict[str, str]:
         cells = make(repo)
         for i, cell in enumerate(cells):
             cell.id = f"cell-{i:02d}"
-        nb = nbformat.v4.new_notebook(cells=cells, metadata={
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-            "colab": {"provenance": []},
-        })
+        nb = nbformat.v4.new_notebook(
+            cells=cells,
+            metadata={
+                "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                "language_info": {"name": "python"},
+                "colab": {"provenance": []},
+            },
+        )
         nbformat.validate(nb)
         out[name] = nbformat.writes(nb) + "\n"
     return out

@@ -69,8 +69,14 @@ _BILINEAR = frozenset({"dot_general", "conv_general_dilated"})
 #: Equations linear in their single array operand: a weight may pass through them.
 _LINEAR_STRUCTURAL = frozenset(
     {
-        "reshape", "transpose", "convert_element_type", "broadcast_in_dim", "squeeze",
-        "expand_dims", "copy", "copy_p",
+        "reshape",
+        "transpose",
+        "convert_element_type",
+        "broadcast_in_dim",
+        "squeeze",
+        "expand_dims",
+        "copy",
+        "copy_p",
     }
 )
 #: Call primitives inlined before the analysis (``jax.jit`` inside the model).
@@ -166,9 +172,7 @@ class SplitFeatureFn:
         """The first layer's outputs for one model (its only matrix products)."""
         jaxpr = self.closed.jaxpr
         outvars = [jaxpr.eqns[i].outvars[0] for i in self.pre_eqns_out]
-        return tuple(
-            _eval(jaxpr, self.closed.consts, [*leaves, x], keep=self.pre_eqns, outvars=outvars)
-        )
+        return tuple(_eval(jaxpr, self.closed.consts, [*leaves, x], keep=self.pre_eqns, outvars=outvars))
 
     def rest(self, leaves: Sequence[Array], pre: Sequence[Array], x: Array) -> Array:
         """Features ``[N, D]`` from the model's ``pre`` outputs and its other leaves."""
@@ -314,24 +318,65 @@ def split(pruned: _pairing.PrunedFeatureFn, x_struct: jax.ShapeDtypeStruct) -> S
         len(pre_eqns_out) == 1
         and not any(rest_reads)
         and math.prod(pre_shapes[0]) == math.prod(pruned.out_shape)
-        and all(
-            _is_elementwise(jaxpr.eqns[i], pre_shapes[0], pruned.out_shape)
-            for i in sorted(rest_eqns - stop)
-        )
+        and all(_is_elementwise(jaxpr.eqns[i], pre_shapes[0], pruned.out_shape) for i in sorted(rest_eqns - stop))
     )
     return SplitFeatureFn(
-        pruned, closed, pre_eqns_out, tuple(first_layers), pre_eqns, rest_eqns, rest_reads,
-        pre_shapes, elementwise,
+        pruned,
+        closed,
+        pre_eqns_out,
+        tuple(first_layers),
+        pre_eqns,
+        rest_eqns,
+        rest_reads,
+        pre_shapes,
+        elementwise,
     )
 
 
 #: Primitives that act elementwise on same-shape operands (scalars broadcast).
 _ELEMENTWISE = frozenset(
     {
-        "add", "sub", "mul", "div", "max", "min", "neg", "abs", "sign", "exp", "exp2", "log",
-        "log1p", "expm1", "tanh", "logistic", "sin", "cos", "sqrt", "rsqrt", "cbrt",
-        "integer_pow", "pow", "square", "erf", "erfc", "select_n", "clamp", "convert_element_type",
-        "copy", "copy_p", "ge", "gt", "le", "lt", "eq", "ne", "and", "or", "not", "is_finite",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "max",
+        "min",
+        "neg",
+        "abs",
+        "sign",
+        "exp",
+        "exp2",
+        "log",
+        "log1p",
+        "expm1",
+        "tanh",
+        "logistic",
+        "sin",
+        "cos",
+        "sqrt",
+        "rsqrt",
+        "cbrt",
+        "integer_pow",
+        "pow",
+        "square",
+        "erf",
+        "erfc",
+        "select_n",
+        "clamp",
+        "convert_element_type",
+        "copy",
+        "copy_p",
+        "ge",
+        "gt",
+        "le",
+        "lt",
+        "eq",
+        "ne",
+        "and",
+        "or",
+        "not",
+        "is_finite",
     }
 )
 
@@ -342,9 +387,14 @@ def _is_elementwise(eqn: Any, shape: tuple[int, ...], out_shape: tuple[int, ...]
     same = lambda v: tuple(v.aval.shape) in (shape, ())
     name = eqn.primitive.name
     if name == "reshape":  # row-major only (dimensions=None): no transposition
-        return eqn.params.get("dimensions") is None and tuple(eqn.invars[0].aval.shape) == shape and tuple(eqn.outvars[0].aval.shape) in (
-            shape,
-            tuple(out_shape),
+        return (
+            eqn.params.get("dimensions") is None
+            and tuple(eqn.invars[0].aval.shape) == shape
+            and tuple(eqn.outvars[0].aval.shape)
+            in (
+                shape,
+                tuple(out_shape),
+            )
         )
     if name in ("custom_jvp_call", "custom_vjp_call"):
         sub = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
@@ -479,8 +529,7 @@ def tiled_norm_scores(combos, parent, child, alpha, *, block):
         name = metric.name
         if mode.value == "linearized":
             ids = [
-                term((name, i), lambda diff, g, phi=phi, i=i: phi(diff + alpha[i] * g), kind)
-                for i in range(n_alpha)
+                term((name, i), lambda diff, g, phi=phi, i=i: phi(diff + alpha[i] * g), kind) for i in range(n_alpha)
             ]
             plans.append(("lin", metric, ids))
             continue
@@ -492,9 +541,7 @@ def tiled_norm_scores(combos, parent, child, alpha, *, block):
             plans.append(("first_order", metric, [i0, i1]))
     joint = [i for i, kd in enumerate(kinds) if kd != "sum_exp"]
     alone = [i for i, kd in enumerate(kinds) if kd == "sum_exp"]
-    merge = lambda xs, ys, ks: tuple(
-        jnp.maximum(x, y) if kd == "max" else x + y for x, y, kd in zip(xs, ys, ks)
-    )
+    merge = lambda xs, ys, ks: tuple(jnp.maximum(x, y) if kd == "max" else x + y for x, y, kd in zip(xs, ys, ks))
 
     def col_block(acc, starts):
         r0, c0 = starts

@@ -83,9 +83,7 @@ class PrunedFeatureFn:
 
     def __call__(self, used_leaves: Sequence[Array], x: Array) -> Array:
         it = iter(used_leaves)
-        leaves = [
-            next(it) if u else jnp.zeros(s.shape, s.dtype) for u, s in zip(self.used, self.structs)
-        ]
+        leaves = [next(it) if u else jnp.zeros(s.shape, s.dtype) for u, s in zip(self.used, self.structs)]
         tree = jax.tree_util.tree_unflatten(self.treedef, leaves)
         f = self.feature_fn(tree, x)
         return f.reshape(f.shape[0], -1)
@@ -118,8 +116,7 @@ def _analyse(
     used = _used_invars(closed.jaxpr)[: len(structs)]
     if not any(used):
         raise ValueError(
-            "feature_fn does not read any parameter: every parent/child pair"
-            " would have identical features."
+            "feature_fn does not read any parameter: every parent/child pair would have identical features."
         )
     d = int(np.prod(out.shape[1:]))
     return PrunedFeatureFn(feature_fn, treedef, tuple(used), structs, paths, (n, d))
@@ -130,9 +127,7 @@ def check_probe(x: Any) -> Array:
     try:
         x = jnp.asarray(x)
     except TypeError as e:
-        raise TypeError(
-            f"The probe batch x must be an array [N, ...]; got {type(x).__name__}."
-        ) from e
+        raise TypeError(f"The probe batch x must be an array [N, ...]; got {type(x).__name__}.") from e
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"The probe batch x must have shape [N, ...] with N >= 1; got {x.shape}.")
     return x
@@ -172,9 +167,7 @@ def analyse(
     return pruned, leaves, paths
 
 
-def select_used(
-    pruned: PrunedFeatureFn, tree: Any, *, name: str, ref_name: str, stacked: bool
-) -> tuple[Array, ...]:
+def select_used(pruned: PrunedFeatureFn, tree: Any, *, name: str, ref_name: str, stacked: bool) -> tuple[Array, ...]:
     """The leaves of ``tree`` at ``pruned``'s used paths, checked against the reference."""
     paths, leaves, _ = _flat_with_paths(tree, name)
     by_path = dict(zip(paths, leaves))
@@ -223,9 +216,7 @@ def _finite_flags(leaves: tuple[Array, ...], stacked: bool) -> tuple[Array, ...]
     return tuple(jnp.all(jnp.isfinite(l)) for l in leaves)
 
 
-def check_finite(
-    leaves: Sequence[Array], paths: Sequence[str], *, name: str, stacked: bool
-) -> None:
+def check_finite(leaves: Sequence[Array], paths: Sequence[str], *, name: str, stacked: bool) -> None:
     """Raises ``ValueError`` naming the first non-finite leaf (and model index)."""
     leaves = tuple(leaves)
     idx = [i for i, l in enumerate(leaves) if jnp.issubdtype(jnp.result_type(l), jnp.inexact)]

@@ -75,8 +75,8 @@ import optax
 from flax.training import train_state
 
 from jaxlineage import nets
-from jaxlineage.errors import path_str
 from jaxlineage._io import atomic_dir
+from jaxlineage.errors import path_str
 
 __all__ = [
     "AUTO",
@@ -117,6 +117,7 @@ log = logging.getLogger("jaxlineage.detector")
 
 PyTree = Any
 
+
 class Auto(enum.Enum):
     """Let the detector choose (a documented default per argument), e.g. ``weight_layer=AUTO``.
 
@@ -139,8 +140,9 @@ PAPER_SPLIT = (0.7, 0.1, 0.2)
 #: encoder work, no loss of learning-free L2 accuracy on the quick zoo), encoders started
 #: as parent/child differences, 4 children per step (the quick zoo's ~33 training
 #: children give 8 steps per epoch instead of 2) for 8 epochs.
-QUICK_PROTOCOL = dict(weight_layer=AUTO, feature_tap=AUTO, n_probe=16, module_kwargs=dict(difference_init=True),
-                      batch_size=4, epochs=8)
+QUICK_PROTOCOL = dict(
+    weight_layer=AUTO, feature_tap=AUTO, n_probe=16, module_kwargs=dict(difference_init=True), batch_size=4, epochs=8
+)
 
 _CONFIG_FILE = "detector.json"
 _VARIABLES_DIR = "variables"
@@ -209,8 +211,10 @@ class Examples:
             raise ValueError(f"{m} children but labels of shape {self.labels.shape}")
         top = k if self.open_set else k - 1
         if m and (self.labels.min() < 0 or self.labels.max() > top):
-            raise ValueError(f"labels must lie in [0, {top}] ({k} candidates, open_set={self.open_set}), "
-                             f"got [{self.labels.min()}, {self.labels.max()}]")
+            raise ValueError(
+                f"labels must lie in [0, {top}] ({k} candidates, open_set={self.open_set}), "
+                f"got [{self.labels.min()}, {self.labels.max()}]"
+            )
         for name in ("weights", "features"):
             p, c = getattr(self, f"parent_{name}"), getattr(self, f"child_{name}")
             if (p is None) != (c is None):
@@ -259,8 +263,13 @@ class Examples:
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"child index out of range for {len(self)} children: {idx}")
         pick = lambda a: None if a is None else a[idx]
-        return dataclasses.replace(self, labels=self.labels[idx], child_ids=tuple(self.child_ids[i] for i in idx),
-                                   child_weights=pick(self.child_weights), child_features=pick(self.child_features))
+        return dataclasses.replace(
+            self,
+            labels=self.labels[idx],
+            child_ids=tuple(self.child_ids[i] for i in idx),
+            child_weights=pick(self.child_weights),
+            child_features=pick(self.child_features),
+        )
 
     def drop_parent(self, parent: int | str) -> Examples:
         """The open-set variant: ``parent`` leaves the candidates and its children become "no parent".
@@ -284,9 +293,14 @@ class Examples:
         remap[keep] = np.arange(k - 1)
         remap[parent] = remap[k] = k - 1
         pick = lambda a: None if a is None else a[keep]
-        return dataclasses.replace(self, labels=remap[self.labels], parent_ids=tuple(self.parent_ids[i] for i in keep),
-                                   parent_weights=pick(self.parent_weights), parent_features=pick(self.parent_features),
-                                   open_set=True)
+        return dataclasses.replace(
+            self,
+            labels=remap[self.labels],
+            parent_ids=tuple(self.parent_ids[i] for i in keep),
+            parent_weights=pick(self.parent_weights),
+            parent_features=pick(self.parent_features),
+            open_set=True,
+        )
 
     def without_weights(self) -> Examples:
         """The features-only variant."""
@@ -367,8 +381,7 @@ def resolve_layer(layer: str, params: PyTree) -> str:
     name = name.removesuffix("/kernel")
     if name not in valid:
         why = " (the head is re-initialised per task, so it carries no lineage)" if name == nets.HEAD else ""
-        raise ValueError(f"weight layer {layer!r} is not a backbone layer of this network{why}; "
-                         f"valid layers: {valid}")
+        raise ValueError(f"weight layer {layer!r} is not a backbone layer of this network{why}; valid layers: {valid}")
     return name
 
 
@@ -497,25 +510,37 @@ def examples_from_arrays(
             if bad.any():
                 raise ValueError(f"{what} of model {ids[int(np.argmax(bad))]!r} are not finite")
         if p.shape[1:] != c.shape[1:]:
-            raise ValueError(f"candidate {what} of shape {p.shape[1:]} do not match the children's {c.shape[1:]} "
-                             f"(e.g. {parent_ids[0]!r} vs {child_ids[0]!r})")
+            raise ValueError(
+                f"candidate {what} of shape {p.shape[1:]} do not match the children's {c.shape[1:]} "
+                f"(e.g. {parent_ids[0]!r} vs {child_ids[0]!r})"
+            )
         if what == "features" and n_probe is not None:
             if n_probe > p.shape[1]:
                 raise ValueError(f"n_probe={n_probe} exceeds the {p.shape[1]} probe inputs of the features")
             p, c = p[:, :n_probe], c[:, :n_probe]
-        if min(p.shape[1:][1 if what == "features" else 0:]) < pool:
-            raise ValueError(f"{'weight' if what == 'weights' else 'feature'}_pool={pool} exceeds the {what} of "
-                             f"shape {p.shape[1:]}")
+        if min(p.shape[1:][1 if what == "features" else 0 :]) < pool:
+            raise ValueError(
+                f"{'weight' if what == 'weights' else 'feature'}_pool={pool} exceeds the {what} of shape {p.shape[1:]}"
+            )
         window = (pool, pool) if what == "weights" else (1, pool)
         return block_mean(p, window), block_mean(c, window)
 
     pw, cw = prepare(parent_weights, child_weights, "weights", weight_pool)
     pf, cf = prepare(parent_features, child_features, "features", feature_pool)
-    return Examples(labels=labels, parent_ids=parent_ids, child_ids=child_ids, parent_weights=pw, child_weights=cw,
-                    parent_features=pf, child_features=cf, open_set=open_set,
-                    weight_layer=weight_layer if pw is not None else None,
-                    feature_tap=feature_tap if pf is not None else None, weight_pool=weight_pool,
-                    feature_pool=feature_pool)
+    return Examples(
+        labels=labels,
+        parent_ids=parent_ids,
+        child_ids=child_ids,
+        parent_weights=pw,
+        child_weights=cw,
+        parent_features=pf,
+        child_features=cf,
+        open_set=open_set,
+        weight_layer=weight_layer if pw is not None else None,
+        feature_tap=feature_tap if pf is not None else None,
+        weight_pool=weight_pool,
+        feature_pool=feature_pool,
+    )
 
 
 def make_examples(
@@ -556,8 +581,15 @@ def make_examples(
     """
     from jaxlineage.eval import _zoo_protocols  # the evaluation layer reads zoos; imported late (it imports us)
 
-    return _zoo_protocols.detector_examples(zoo, weight_layer=weight_layer, feature_tap=feature_tap, n_probe=n_probe,
-                                            weight_pool=weight_pool, feature_pool=feature_pool, task=task)
+    return _zoo_protocols.detector_examples(
+        zoo,
+        weight_layer=weight_layer,
+        feature_tap=feature_tap,
+        n_probe=n_probe,
+        weight_pool=weight_pool,
+        feature_pool=feature_pool,
+        task=task,
+    )
 
 
 # --------------------------------------------------------------------------- model
@@ -606,8 +638,9 @@ class TransformerBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         e = x.shape[-1]
-        attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=e, out_features=e,
-                                                    name="attention")
+        attention = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, qkv_features=e, out_features=e, name="attention"
+        )
         if self.block == Block.PAPER:
             return attention(x)
         x = x + attention(nn.LayerNorm(name="ln1")(x))
@@ -651,8 +684,9 @@ class LineageDetector(nn.Module):
     difference_init: bool = False
 
     @nn.compact
-    def __call__(self, weight_pairs: jax.Array | None, feature_pairs: jax.Array | None, *,
-                 train: bool = False) -> jax.Array:
+    def __call__(
+        self, weight_pairs: jax.Array | None, feature_pairs: jax.Array | None, *, train: bool = False
+    ) -> jax.Array:
         """Logits ``[B, K]`` (``[B, K + 1]`` with ``no_parent``).
 
         Args:
@@ -670,9 +704,15 @@ class LineageDetector(nn.Module):
         cls = self.param("cls_token", nn.initializers.constant(0.01), (e,))
         tokens = [jnp.broadcast_to(cls, (b, k, e))]
         if weight_pairs is not None:
-            tokens.append(PairEncoder(e, self.difference_init, name="weight_encoder")(weight_pairs, train=train) + type_emb[0][None, None])
+            tokens.append(
+                PairEncoder(e, self.difference_init, name="weight_encoder")(weight_pairs, train=train)
+                + type_emb[0][None, None]
+            )
         if feature_pairs is not None:
-            tokens.append(PairEncoder(e, self.difference_init, name="feature_encoder")(feature_pairs, train=train) + type_emb[1][None, None])
+            tokens.append(
+                PairEncoder(e, self.difference_init, name="feature_encoder")(feature_pairs, train=train)
+                + type_emb[1][None, None]
+            )
         x = jnp.stack(tokens, axis=2).reshape((b * k, len(tokens), e))
         for i in range(self.depth):
             x = TransformerBlock(self.num_heads, self.block, self.mlp_ratio, name=f"block{i}")(x)
@@ -701,15 +741,22 @@ def _check_pairs(weight_pairs, feature_pairs) -> None:
             raise ValueError(f"{name} must be [B, K, 2, H, W], got shape {x.shape}")
         shapes[name] = x.shape
     if len(shapes) == 2 and shapes["weight_pairs"][:2] != shapes["feature_pairs"][:2]:
-        raise ValueError(f"weight_pairs {shapes['weight_pairs']} and feature_pairs {shapes['feature_pairs']} "
-                         "disagree on [B, K]")
+        raise ValueError(
+            f"weight_pairs {shapes['weight_pairs']} and feature_pairs {shapes['feature_pairs']} disagree on [B, K]"
+        )
 
 
 def module_config(module: LineageDetector) -> dict:
     """The JSON-serialisable hyper-parameters of a :class:`LineageDetector`."""
-    return dict(embed_dim=module.embed_dim, depth=module.depth, num_heads=module.num_heads,
-                block=module.block.value, no_parent=module.no_parent, mlp_ratio=module.mlp_ratio,
-                difference_init=module.difference_init)
+    return dict(
+        embed_dim=module.embed_dim,
+        depth=module.depth,
+        num_heads=module.num_heads,
+        block=module.block.value,
+        no_parent=module.no_parent,
+        mlp_ratio=module.mlp_ratio,
+        difference_init=module.difference_init,
+    )
 
 
 def module_from_config(config: dict) -> LineageDetector:
@@ -748,15 +795,23 @@ class _Arrays(NamedTuple):
 
 def _device_arrays(ex: Examples) -> _Arrays:
     put = lambda a: None if a is None else jnp.asarray(a)
-    return _Arrays(put(ex.parent_weights), put(ex.child_weights), put(ex.parent_features), put(ex.child_features),
-                   jnp.asarray(ex.labels))
+    return _Arrays(
+        put(ex.parent_weights),
+        put(ex.child_weights),
+        put(ex.parent_features),
+        put(ex.child_features),
+        jnp.asarray(ex.labels),
+    )
 
 
 def _gather(data: _Arrays, idx: jax.Array) -> Batch:
     """The batch of children ``idx`` ``[B]``, paired with every candidate, built on device."""
     pairs = lambda p, c: None if p is None else make_pairs(p, c[idx])
-    return Batch(pairs(data.parent_weights, data.child_weights), pairs(data.parent_features, data.child_features),
-                 data.labels[idx])
+    return Batch(
+        pairs(data.parent_weights, data.child_weights),
+        pairs(data.parent_features, data.child_features),
+        data.labels[idx],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -778,8 +833,13 @@ class Detector:
 
 
 def _loss_fn(params, state: TrainState, batch: Batch):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch.weight_pairs,
-                                     batch.feature_pairs, train=True, mutable=["batch_stats"])
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch.weight_pairs,
+        batch.feature_pairs,
+        train=True,
+        mutable=["batch_stats"],
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels).mean()
     return loss, (logits, updates["batch_stats"])
 
@@ -826,27 +886,34 @@ def _logits(module: LineageDetector, variables: PyTree, data: _Arrays, n: int, c
 
 def _check_compatible(ex: Examples, module: LineageDetector, what: str) -> None:
     if ex.open_set and not module.no_parent:
-        raise ValueError(f"{what} examples are open-set (label {ex.num_candidates} = 'no parent') "
-                         "but the detector has no 'no parent' logit; use LineageDetector(no_parent=True)")
+        raise ValueError(
+            f"{what} examples are open-set (label {ex.num_candidates} = 'no parent') "
+            "but the detector has no 'no parent' logit; use LineageDetector(no_parent=True)"
+        )
 
 
 def _check_same_kind(a: Examples, b: Examples) -> None:
     for name in ("weights", "features"):
         pa, pb = getattr(a, f"parent_{name}"), getattr(b, f"parent_{name}")
         if (pa is None) != (pb is None):
-            raise ValueError(f"train examples {'have' if pa is not None else 'lack'} {name} but val examples "
-                             f"{'have' if pb is not None else 'lack'} them")
+            raise ValueError(
+                f"train examples {'have' if pa is not None else 'lack'} {name} but val examples "
+                f"{'have' if pb is not None else 'lack'} them"
+            )
         if pa is not None and pa.shape[1:] != pb.shape[1:]:
             raise ValueError(f"train {name} have shape {pa.shape[1:]} but val {name} {pb.shape[1:]}")
 
 
-def init_state(module: LineageDetector, examples: Examples, *, key: jax.Array, tx: optax.GradientTransformation) -> TrainState:
+def init_state(
+    module: LineageDetector, examples: Examples, *, key: jax.Array, tx: optax.GradientTransformation
+) -> TrainState:
     """A fresh :class:`TrainState` for ``module`` on the shapes of ``examples``."""
     data = _device_arrays(examples.take([0]))
     batch = _gather(data, jnp.zeros((1,), jnp.int32))
     variables = module.init(key, batch.weight_pairs, batch.feature_pairs, train=False)
-    state = TrainState.create(apply_fn=module.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables["batch_stats"])
+    state = TrainState.create(
+        apply_fn=module.apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+    )
     # A strongly typed step counter: with the Python int 0 the second step would recompile.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -943,10 +1010,25 @@ def train(
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         logits = _logits(module, variables, val_data, len(val_examples), eval_chunk)
         val_loss, val_acc = _loss_accuracy(logits, val_labels)
-        history.append(dict(epoch=epoch, lr=lr, train_loss=float(metrics["loss"]),
-                            train_accuracy=float(metrics["accuracy"]), val_loss=val_loss, val_accuracy=val_acc))
-        log.info("detector: epoch %d lr %.2e train loss %.4f acc %.3f | val loss %.4f acc %.3f", epoch, lr,
-                 history[-1]["train_loss"], history[-1]["train_accuracy"], val_loss, val_acc)
+        history.append(
+            dict(
+                epoch=epoch,
+                lr=lr,
+                train_loss=float(metrics["loss"]),
+                train_accuracy=float(metrics["accuracy"]),
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+            )
+        )
+        log.info(
+            "detector: epoch %d lr %.2e train loss %.4f acc %.3f | val loss %.4f acc %.3f",
+            epoch,
+            lr,
+            history[-1]["train_loss"],
+            history[-1]["train_accuracy"],
+            val_loss,
+            val_acc,
+        )
         score = (val_acc, -val_loss)
         if best_score is None or score > best_score:
             # Copies: the next epoch donates (overwrites) the state's buffers.
@@ -988,9 +1070,11 @@ def assess(detector: Detector, examples: Examples, *, chunk: int = 64) -> dict:
     if examples.open_set:
         none = examples.no_parent
         correct = pred == examples.labels
-        out.update(n_no_parent=int(none.sum()),
-                   accuracy_no_parent=float(correct[none].mean()) if none.any() else float("nan"),
-                   accuracy_with_parent=float(correct[~none].mean()) if (~none).any() else float("nan"))
+        out.update(
+            n_no_parent=int(none.sum()),
+            accuracy_no_parent=float(correct[none].mean()) if none.any() else float("nan"),
+            accuracy_with_parent=float(correct[~none].mean()) if (~none).any() else float("nan"),
+        )
     return out
 
 
@@ -1014,9 +1098,17 @@ def save(path: str | os.PathLike, detector: Detector, *, metadata: dict | None =
         ckpt = ocp.StandardCheckpointer()
         ckpt.save(tmp / _VARIABLES_DIR, jax.device_get(detector.variables))
         ckpt.wait_until_finished()
-        (tmp / _CONFIG_FILE).write_text(json.dumps(dict(module=module_config(detector.module),
-                                                        history=list(detector.history), best_epoch=detector.best_epoch,
-                                                        metadata=metadata or {}), indent=1))
+        (tmp / _CONFIG_FILE).write_text(
+            json.dumps(
+                dict(
+                    module=module_config(detector.module),
+                    history=list(detector.history),
+                    best_epoch=detector.best_epoch,
+                    metadata=metadata or {},
+                ),
+                indent=1,
+            )
+        )
 
 
 def restore(path: str | os.PathLike) -> tuple[Detector, dict]:
@@ -1032,8 +1124,12 @@ def restore(path: str | os.PathLike) -> tuple[Detector, dict]:
         raise FileNotFoundError(f"{path} holds no saved detector ({_CONFIG_FILE} and {_VARIABLES_DIR}/ expected)")
     config = json.loads((path / _CONFIG_FILE).read_text())
     variables = jax.tree.map(jnp.asarray, ocp.StandardCheckpointer().restore(path / _VARIABLES_DIR))
-    det = Detector(module=module_from_config(config["module"]), variables=variables,
-                   history=tuple(config["history"]), best_epoch=int(config["best_epoch"]))
+    det = Detector(
+        module=module_from_config(config["module"]),
+        variables=variables,
+        history=tuple(config["history"]),
+        best_epoch=int(config["best_epoch"]),
+    )
     return det, config["metadata"]
 
 
@@ -1057,10 +1153,12 @@ def split_indices(n: int, *, key: jax.Array, fractions: Sequence[float] = PAPER_
     sizes = dict(train=n - n_test - n_val, val=n_val, test=n_test)
     empty = [k for k, v in sizes.items() if v < 1]
     if empty:
-        raise ValueError(f"splitting {n} children by {fractions} leaves the {', '.join(empty)} split(s) empty "
-                         f"(sizes {sizes}); the protocol needs more children")
+        raise ValueError(
+            f"splitting {n} children by {fractions} leaves the {', '.join(empty)} split(s) empty "
+            f"(sizes {sizes}); the protocol needs more children"
+        )
     order = np.asarray(jax.random.permutation(key, n))
-    return order[: sizes["train"]], order[sizes["train"]: sizes["train"] + n_val], order[sizes["train"] + n_val:]
+    return order[: sizes["train"]], order[sizes["train"] : sizes["train"] + n_val], order[sizes["train"] + n_val :]
 
 
 def run_protocol(
@@ -1093,6 +1191,18 @@ def run_protocol(
     from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
 
     return _zoo_protocols.detector_protocol(
-        zoo, examples=examples, repetitions=repetitions, key=key, seed=seed, open_set=open_set,
-        weight_layer=weight_layer, feature_tap=feature_tap, n_probe=n_probe, weight_pool=weight_pool,
-        feature_pool=feature_pool, fractions=fractions, module_kwargs=module_kwargs, **train_kwargs)
+        zoo,
+        examples=examples,
+        repetitions=repetitions,
+        key=key,
+        seed=seed,
+        open_set=open_set,
+        weight_layer=weight_layer,
+        feature_tap=feature_tap,
+        n_probe=n_probe,
+        weight_pool=weight_pool,
+        feature_pool=feature_pool,
+        fractions=fractions,
+        module_kwargs=module_kwargs,
+        **train_kwargs,
+    )

@@ -179,9 +179,7 @@ def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk):
 
     chunks = tuple(padded(l) for l in c_stack)
     if split is not None and split.elementwise:
-        return _score_local_elementwise(
-            p_stack, chunks, x, alpha, m=m, combos=combos, split=split
-        )
+        return _score_local_elementwise(p_stack, chunks, x, alpha, m=m, combos=combos, split=split)
     if split is None:
         pre_of = lambda th: ()
         f = lambda th, pre: pruned(th, x)
@@ -267,9 +265,7 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
         ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2)) & jnp.all(jnp.isfinite(u_c), axis=(1, 2))
         parts = []
         if tiled_combos:
-            vals = _fastpath.tiled_norm_scores(
-                tiled_combos, p_arrays, (f_c, u_c), alpha, block=block
-            )
+            vals = _fastpath.tiled_norm_scores(tiled_combos, p_arrays, (f_c, u_c), alpha, block=block)
             parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Ct, A]
         if other_combos:
             l_c = jax.vmap(_child_context)(f_c) if need_gram else f_c[:, :0, :0]
@@ -301,9 +297,7 @@ def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk, mes
     m = jax.tree_util.tree_leaves(c_stack)[0].shape[0]
     pad = -m % n_dev
     if pad:
-        c_stack = tuple(
-            jnp.concatenate([l, jnp.repeat(l[-1:], pad, axis=0)], axis=0) for l in c_stack
-        )
+        c_stack = tuple(jnp.concatenate([l, jnp.repeat(l[-1:], pad, axis=0)], axis=0) for l in c_stack)
     rep, split = PartitionSpec(), PartitionSpec(axis)
     # No collectives inside; check_vma=False lets the replicated parent be the
     # primal of a jvp whose tangents (child - parent) vary across the axis.
@@ -343,9 +337,7 @@ def _combos(metrics, modes, *, strict: bool) -> tuple[tuple[MetricFn, Mode], ...
                 continue
             combos.append((metric, mode))
     if len(set(combos)) != len(combos):
-        raise ValueError(
-            f"Duplicate (metric, mode) pairs in {[(m.name, o.value) for m, o in combos]}."
-        )
+        raise ValueError(f"Duplicate (metric, mode) pairs in {[(m.name, o.value) for m, o in combos]}.")
     return tuple(combos)
 
 
@@ -444,9 +436,7 @@ def score_matrices(
     """
     combos = _combos(metrics, modes, strict=False)
     if not combos:
-        raise ValueError(
-            "No (metric, mode) pair is defined (FIRST_ORDER needs a differentiable metric)."
-        )
+        raise ValueError("No (metric, mode) pair is defined (FIRST_ORDER needs a differentiable metric).")
     alpha = linearize.as_alpha(alpha, modes=tuple(dict.fromkeys(mode for _, mode in combos)))
     axis = _validate_mesh(mesh, mesh_axis)
     pruned, p, c, x = _pairing.prepare(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
@@ -455,36 +445,36 @@ def score_matrices(
     if chunk_size is None:
         m_local = -(-m // (1 if mesh is None else mesh.shape[axis]))
         dtype = jnp.result_type(*[s.dtype for s in pruned.used_structs])
-        chunk_size = _chunk_size(
-            pruned, split, combos, k, m_local, max(1, alpha.size), dtype, memory_budget_bytes
-        )
+        chunk_size = _chunk_size(pruned, split, combos, k, m_local, max(1, alpha.size), dtype, memory_budget_bytes)
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
     alpha_flat = alpha.reshape(-1)
     vals, ok_pair, ok_c = _score_core(
-        p, c, x, alpha_flat, combos=combos, pruned=pruned, split=split, chunk=chunk_size,
-        mesh=mesh, axis=axis,
+        p,
+        c,
+        x,
+        alpha_flat,
+        combos=combos,
+        pruned=pruned,
+        split=split,
+        chunk=chunk_size,
+        mesh=mesh,
+        axis=axis,
     )
     if _pairing.is_concrete(vals):
         _raise_if_not_finite(vals, ok_pair, ok_c, combos)
     return {
-        (metric.name, mode): vals[i].reshape(alpha.shape + vals.shape[2:])
-        for i, (metric, mode) in enumerate(combos)
+        (metric.name, mode): vals[i].reshape(alpha.shape + vals.shape[2:]) for i, (metric, mode) in enumerate(combos)
     }
 
 
 def _raise_if_not_finite(vals, ok_pair, ok_c, combos):
     ok_pair, ok_c = np.asarray(ok_pair), np.asarray(ok_c)
     if not ok_c.all():
-        raise ValueError(
-            f"feature_fn returned NaN or inf features for children[{int(np.argmin(ok_c))}]."
-        )
+        raise ValueError(f"feature_fn returned NaN or inf features for children[{int(np.argmin(ok_c))}].")
     if not ok_pair.all():
         k, m = np.unravel_index(int(np.argmin(ok_pair)), ok_pair.shape)
-        raise ValueError(
-            f"NaN or inf parent features or Jacobian-vector product for parents[{k}] and"
-            f" children[{m}]."
-        )
+        raise ValueError(f"NaN or inf parent features or Jacobian-vector product for parents[{k}] and children[{m}].")
     finite = np.isfinite(np.asarray(vals))
     if not finite.all():
         i, a, k, m = np.unravel_index(int(np.argmin(finite)), finite.shape)
@@ -610,9 +600,7 @@ def _check_labels(scores: Array, labels: Any) -> np.ndarray:
             f" {labels.shape} and dtype {labels.dtype}."
         )
     if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(
-            f"labels must lie in [0, K) = [0, {k}); got range [{labels.min()}, {labels.max()}]."
-        )
+        raise ValueError(f"labels must lie in [0, K) = [0, {k}); got range [{labels.min()}, {labels.max()}].")
     return labels
 
 
@@ -648,9 +636,7 @@ class AlphaSelection:
     accuracies: np.ndarray
 
 
-def select_alpha(
-    scores: Array, labels: Any, *, alphas: Sequence[float] = DEFAULT_ALPHAS
-) -> AlphaSelection:
+def select_alpha(scores: Array, labels: Any, *, alphas: Sequence[float] = DEFAULT_ALPHAS) -> AlphaSelection:
     """Chooses the step size with the best accuracy on validation children.
 
     Use scores of *validation* children only; never the test split. Ties go to
@@ -667,10 +653,7 @@ def select_alpha(
     scores = jnp.asarray(scores)
     alphas = np.asarray(alphas, dtype=float).reshape(-1)
     if scores.ndim != 3 or scores.shape[0] != alphas.size:
-        raise ValueError(
-            f"scores must be [A, K, M] with A = len(alphas) = {alphas.size};"
-            f" got shape {scores.shape}."
-        )
+        raise ValueError(f"scores must be [A, K, M] with A = len(alphas) = {alphas.size}; got shape {scores.shape}.")
     if scores.shape[-1] == 0:
         raise ValueError("select_alpha needs at least one validation child.")
     accs = np.asarray(accuracy(scores, labels))
@@ -718,8 +701,15 @@ def evaluate(
     from jaxlineage.eval import protocols, scenarios, scorers  # the evaluation layer imports this module
 
     scenario = scenarios.identify(zoo, task=task, probe_size=probe_size)
-    rows = scorers.learning_free(metrics, modes, tap=tap, alphas=alphas, chunk_size=chunk_size,
-                                 memory_budget_bytes=memory_budget_bytes, mesh=mesh)
+    rows = scorers.learning_free(
+        metrics,
+        modes,
+        tap=tap,
+        alphas=alphas,
+        chunk_size=chunk_size,
+        memory_budget_bytes=memory_budget_bytes,
+        mesh=mesh,
+    )
     return protocols.run_all(scenario, rows, key=jax.random.key(0) if key is None else key, num_folds=num_folds)
 
 

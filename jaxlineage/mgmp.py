@@ -253,8 +253,12 @@ class Config:
     delta: float = 0.9
 
     def __post_init__(self):
-        for name, enum_cls in (("generator", Generator), ("assembly", Assembly), ("pair_input", PairInput),
-                               ("optimizer", Optimizer)):
+        for name, enum_cls in (
+            ("generator", Generator),
+            ("assembly", Assembly),
+            ("pair_input", PairInput),
+            ("optimizer", Optimizer),
+        ):
             value = getattr(self, name)
             if not isinstance(value, enum_cls):
                 try:
@@ -262,8 +266,15 @@ class Config:
                 except ValueError:
                     raise MGMPError(f"Config.{name}={value!r}; known: {[m.value for m in enum_cls]}") from None
         object.__setattr__(self, "generator_features", tuple(int(f) for f in self.generator_features))
-        positive = ("dna_dim", "tau", "classifier_depth", "classifier_width", "learning_rate", "batch_size",
-                    "num_steps")
+        positive = (
+            "dna_dim",
+            "tau",
+            "classifier_depth",
+            "classifier_width",
+            "learning_rate",
+            "batch_size",
+            "num_steps",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise MGMPError(f"Config.{name} must be > 0, got {getattr(self, name)!r}")
@@ -275,7 +286,9 @@ class Config:
         if not 0.0 <= self.dropout < 1.0:
             raise MGMPError(f"Config.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.threshold < 1.0 or not 0.0 < self.delta <= 1.0:
-            raise MGMPError(f"Config.threshold must be in (0, 1) and delta in (0, 1], got {self.threshold}, {self.delta}")
+            raise MGMPError(
+                f"Config.threshold must be in (0, 1) and delta in (0, 1], got {self.threshold}, {self.delta}"
+            )
         if self.batch_size < 2:
             raise MGMPError(f"Config.batch_size must be >= 2 (L_I compares fragments pairwise), got {self.batch_size}")
 
@@ -294,7 +307,7 @@ class Config:
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in d.items()}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Config":
+    def from_json(cls, d: dict) -> Config:
         d = dict(d)
         d["generator_features"] = tuple(d["generator_features"])
         return cls(**d)
@@ -389,8 +402,10 @@ def assemble(z: jax.Array | None, y: jax.Array, assembly: Assembly) -> jax.Array
     assembly = Assembly(assembly)
     if assembly is Assembly.ADD:
         if z.shape != y.shape:
-            raise MGMPError(f"assembly 'add' needs DNA vectors and model outputs of one shape, got z {z.shape} "
-                            f"and y {y.shape} (use dna_dim = number of outputs, or assembly 'concat')")
+            raise MGMPError(
+                f"assembly 'add' needs DNA vectors and model outputs of one shape, got z {z.shape} "
+                f"and y {y.shape} (use dna_dim = number of outputs, or assembly 'concat')"
+            )
         return z + y
     return jnp.concatenate([z, y], axis=-1)
 
@@ -521,8 +536,14 @@ def init(config: Config, x: jax.Array, source_outputs: jax.Array, *, key: jax.Ar
     pair = jnp.zeros((1, config.pair_input.width(frag)), jnp.float32)
     clf_params = _classifier_module(config).init(k_clf, pair, train=False)["params"]
     params = {"generator": gen_params, "classifier": clf_params}
-    return State(config=config, params=params, opt_state=_optimizer(config).init(params),
-                 step=jnp.zeros((), jnp.int32), x=x, source_outputs=source_outputs)
+    return State(
+        config=config,
+        params=params,
+        opt_state=_optimizer(config).init(params),
+        step=jnp.zeros((), jnp.int32),
+        x=x,
+        source_outputs=source_outputs,
+    )
 
 
 # --------------------------------------------------------------------------- pool
@@ -581,7 +602,7 @@ def population_outputs(apply_fn: ApplyFn, params: PyTree, x: jax.Array, *, chunk
     x = jnp.asarray(x)
     n = x.shape[0]
     if n == 0:
-        raise MGMPError("population_outputs: empty inputs x (shape %s)" % (x.shape,))
+        raise MGMPError(f"population_outputs: empty inputs x (shape {x.shape})")
     chunk = min(chunk_size, n)
     outs = []
     for s in range(0, n, chunk):
@@ -614,7 +635,9 @@ def _population_size(pop: Population, what: str) -> int:
         raise MGMPError(f"{what}: the population's params have no leaves")
     sizes = {int(np.shape(leaf)[0]) if np.ndim(leaf) else -1 for leaf in leaves}
     if len(sizes) != 1 or -1 in sizes:
-        raise MGMPError(f"{what}: params must be stacked with one leading model axis, got leading sizes {sorted(sizes)}")
+        raise MGMPError(
+            f"{what}: params must be stacked with one leading model axis, got leading sizes {sorted(sizes)}"
+        )
     m = sizes.pop()
     if pop.names and len(pop.names) != m:
         raise MGMPError(f"{what}: {m} models but {len(pop.names)} names")
@@ -647,12 +670,14 @@ def _pool_outputs_named(pool: Pool, x, *, chunk_size: int = 1024):
             outs.append(out)
             names.extend(pop_names)
         if not names:
-            raise MGMPError(f"the pool has no {label.replace('_', '-')} models: MGMP needs at least one "
-                            "homologous and one non-homologous model to train on")
+            raise MGMPError(
+                f"the pool has no {label.replace('_', '-')} models: MGMP needs at least one "
+                "homologous and one non-homologous model to train on"
+            )
         c = outs[0].shape[-1]
-        for o, nm in zip((o_i for o in outs for o_i in o), names):
-            if o.shape[-1] != c:
-                raise MGMPError(f"pool model {nm!r} has outputs {tuple(o.shape)}, but {names[0]!r} has {c} outputs")
+        for out_i, nm in zip((o_i for o in outs for o_i in o), names):
+            if out_i.shape[-1] != c:
+                raise MGMPError(f"pool model {nm!r} has outputs {tuple(out_i.shape)}, but {names[0]!r} has {c} outputs")
         sides.append(jnp.concatenate(outs) if len(outs) > 1 else outs[0])
         all_names.append(tuple(names))
     return PoolOutputs(*sides), tuple(all_names)
@@ -660,8 +685,9 @@ def _pool_outputs_named(pool: Pool, x, *, chunk_size: int = 1024):
 
 def _check_output(out, x, name):
     if out.ndim != 2 or out.shape[0] != x.shape[0]:
-        raise MGMPError(f"model {name!r} gives outputs of shape {tuple(out.shape)} on inputs {tuple(x.shape)}; "
-                        "MGMP needs [N, C]")
+        raise MGMPError(
+            f"model {name!r} gives outputs of shape {tuple(out.shape)} on inputs {tuple(x.shape)}; MGMP needs [N, C]"
+        )
     if not bool(jnp.all(jnp.isfinite(out))):
         raise MGMPError(f"model {name!r} gives non-finite outputs")
 
@@ -669,11 +695,15 @@ def _check_output(out, x, name):
 def _check_fit(config: Config, c: int, name: str, source_c: int | None = None):
     """Raises unless a model with ``c`` outputs fits the assembly (and the source)."""
     if config.uses_generator and config.assembly is Assembly.ADD and c != config.dna_dim:
-        raise MGMPError(f"{name} has {c} outputs, but assembly 'add' needs outputs of dna_dim={config.dna_dim} "
-                        "(o = z + y); set dna_dim to the number of outputs or use assembly 'concat'")
+        raise MGMPError(
+            f"{name} has {c} outputs, but assembly 'add' needs outputs of dna_dim={config.dna_dim} "
+            "(o = z + y); set dna_dim to the number of outputs or use assembly 'concat'"
+        )
     if source_c is not None and c != source_c:
-        raise MGMPError(f"{name} has {c} outputs but the source has {source_c}: the source and target fragments "
-                        "must have one dim to be compared")
+        raise MGMPError(
+            f"{name} has {c} outputs but the source has {source_c}: the source and target fragments "
+            "must have one dim to be compared"
+        )
 
 
 # --------------------------------------------------------------------------- training
@@ -825,8 +855,10 @@ def train(
         outputs, names = pool, ((), ())
     else:
         outputs, names = _pool_outputs_named(pool, x)
-    for arr, side_names, label in ((outputs.homologous, names[0], "homologous"),
-                                   (outputs.non_homologous, names[1], "non-homologous")):
+    for arr, side_names, label in (
+        (outputs.homologous, names[0], "homologous"),
+        (outputs.non_homologous, names[1], "non-homologous"),
+    ):
         if arr.shape[0] == 0:
             raise MGMPError(f"the pool has no {label} models: MGMP needs at least one of each to train on")
         if arr.ndim != 3 or arr.shape[1] != x.shape[0]:
@@ -898,8 +930,10 @@ def predict_outputs(state: State, outputs: jax.Array, *, delta: float | None = N
     batch = outputs[None] if single else outputs
     n, c = state.source_outputs.shape
     if batch.ndim != 3 or batch.shape[1:] != (n, c):
-        raise MGMPError(f"target outputs of shape {tuple(outputs.shape)}; expected [{n}, {c}] or [M, {n}, {c}] "
-                        "(the target must give the source's number of outputs on the DNA inputs)")
+        raise MGMPError(
+            f"target outputs of shape {tuple(outputs.shape)}; expected [{n}, {c}] or [M, {n}, {c}] "
+            "(the target must give the source's number of outputs on the DNA inputs)"
+        )
     probs = _probabilities(state, batch)
     delta = state.config.delta if delta is None else float(delta)
     frac = jnp.mean(probs > state.config.threshold, axis=-1)
@@ -929,8 +963,9 @@ def with_inputs(state: State, source: Network, x) -> State:
         raise MGMPError(f"inputs of shape {tuple(x.shape)} but the state was trained on {tuple(state.x.shape)}")
     ys = model_outputs(source, x)
     if ys.shape[-1] != state.source_outputs.shape[-1]:
-        raise MGMPError(f"the source gives {ys.shape[-1]} outputs, the state was trained with "
-                        f"{state.source_outputs.shape[-1]}")
+        raise MGMPError(
+            f"the source gives {ys.shape[-1]} outputs, the state was trained with {state.source_outputs.shape[-1]}"
+        )
     return state.replace(x=x, source_outputs=ys)
 
 
@@ -947,10 +982,19 @@ def save(path: str | os.PathLike, state: State) -> None:
     """
     import orbax.checkpoint as ocp
 
-    tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step,
-            "x": state.x, "source_outputs": state.source_outputs}
-    meta = {"config": state.config.to_json(), "x_shape": list(state.x.shape), "x_dtype": str(state.x.dtype),
-            "num_outputs": int(state.source_outputs.shape[-1])}
+    tree = {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "step": state.step,
+        "x": state.x,
+        "source_outputs": state.source_outputs,
+    }
+    meta = {
+        "config": state.config.to_json(),
+        "x_shape": list(state.x.shape),
+        "x_dtype": str(state.x.dtype),
+        "num_outputs": int(state.source_outputs.shape[-1]),
+    }
     with atomic_dir(path) as tmp:
         tmp.mkdir(parents=True)
         ckpt = ocp.StandardCheckpointer()
@@ -976,8 +1020,13 @@ def restore(path: str | os.PathLike) -> State:
         x = jax.ShapeDtypeStruct(tuple(meta["x_shape"]), jnp.dtype(meta["x_dtype"]))
         ys = jax.ShapeDtypeStruct((x.shape[0], meta["num_outputs"]), jnp.float32)
         template = jax.eval_shape(functools.partial(init, config, key=jax.random.key(0)), x, ys)
-        tree = {"params": template.params, "opt_state": template.opt_state, "step": template.step,
-                "x": template.x, "source_outputs": template.source_outputs}
+        tree = {
+            "params": template.params,
+            "opt_state": template.opt_state,
+            "step": template.step,
+            "x": template.x,
+            "source_outputs": template.source_outputs,
+        }
         restored = ocp.StandardCheckpointer().restore(path / _STATE_DIR, tree)
     except Exception as e:
         raise MGMPError(f"cannot restore an MGMP state from {path}: {type(e).__name__}: {e}") from e
@@ -1006,8 +1055,10 @@ def fragment_cosine(source_outputs: Any, target_outputs: Any) -> np.ndarray:
     s = np.asarray(source_outputs, np.float64)
     t = np.asarray(target_outputs, np.float64)
     if s.ndim != 2 or t.shape[-2:] != s.shape:
-        raise MGMPError(f"fragment_cosine: source outputs must be [N, C] and targets [N, C] or [M, N, C] of the same"
-                        f" N, C; got {s.shape} and {t.shape}")
+        raise MGMPError(
+            f"fragment_cosine: source outputs must be [N, C] and targets [N, C] or [M, N, C] of the same"
+            f" N, C; got {s.shape} and {t.shape}"
+        )
     num = np.sum(s * t, axis=-1)
     return num / np.maximum(np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1), 1e-12)
 
@@ -1041,5 +1092,15 @@ def run_protocol(
     from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
 
     return _zoo_protocols.mgmp_protocol(
-        z, repetitions=repetitions, key=key, seed=seed, config=config, num_inputs=num_inputs, eval_split=eval_split,
-        delta=delta, split_children_by=split_children_by, split_independents_by=split_independents_by, tap=tap)
+        z,
+        repetitions=repetitions,
+        key=key,
+        seed=seed,
+        config=config,
+        num_inputs=num_inputs,
+        eval_split=eval_split,
+        delta=delta,
+        split_children_by=split_children_by,
+        split_independents_by=split_independents_by,
+        tap=tap,
+    )

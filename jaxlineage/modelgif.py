@@ -615,9 +615,19 @@ def evaluate(
     """
     from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
 
-    return _zoo_protocols.modelgif_protocol(zoo, n_refs=n_refs, steps=steps, key=key, seed=seed, task=task,
-                                            split=split, strategy=strategy, target=target, tap=tap,
-                                            chunk_size=chunk_size)
+    return _zoo_protocols.modelgif_protocol(
+        zoo,
+        n_refs=n_refs,
+        steps=steps,
+        key=key,
+        seed=seed,
+        task=task,
+        split=split,
+        strategy=strategy,
+        target=target,
+        tap=tap,
+        chunk_size=chunk_size,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -644,8 +654,7 @@ def _parse_target(target):
     if callable(target):
         return target
     raise TypeError(
-        "target must be a Target, 'predicted', 'label', a class index or a callable; "
-        f"got {type(target).__name__}"
+        f"target must be a Target, 'predicted', 'label', a class index or a callable; got {type(target).__name__}"
     )
 
 
@@ -658,9 +667,7 @@ def _check_steps(steps):
 def _check_inputs(x):
     x = jnp.asarray(x)
     if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(
-            f"x must be a non-empty batch [N, *S] with N >= 1 and S non-empty; got shape {x.shape}"
-        )
+        raise ValueError(f"x must be a non-empty batch [N, *S] with N >= 1 and S non-empty; got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating point (gradients w.r.t. inputs); got dtype {x.dtype}")
     return x
@@ -678,9 +685,7 @@ def _check_baseline(baseline, x):
         return jnp.broadcast_to(baseline, x.shape)
     if baseline.shape == x.shape:
         return baseline
-    raise ValueError(
-        f"baseline must have the shape of one input {x.shape[1:]} or of x {x.shape}; got {baseline.shape}"
-    )
+    raise ValueError(f"baseline must have the shape of one input {x.shape[1:]} or of x {x.shape}; got {baseline.shape}")
 
 
 def _check_labels(labels, target, num_refs):
@@ -702,8 +707,7 @@ def _check_model(apply_fn, params, x, target, labels, *, name):
         out = jax.eval_shape(apply_fn, params, x[:1])
     except Exception as err:  # Re-raised with the shapes; the cause is chained.
         raise ValueError(
-            f"{name} cannot be applied to inputs of shape {x.shape[1:]} (x {x.shape}): "
-            f"{type(err).__name__}: {err}"
+            f"{name} cannot be applied to inputs of shape {x.shape[1:]} (x {x.shape}): {type(err).__name__}: {err}"
         ) from err
     if callable(target):
         out_one = jax.eval_shape(lambda p, z: target(apply_fn(p, z[None])[0]), params, x[0])
@@ -736,9 +740,7 @@ def _population_size(params, name):
         raise ValueError(f"{name} has no leaves")
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
     if len(sizes) != 1 or None in sizes:
-        raise ValueError(
-            f"{name} must be stacked with one leading model axis on every leaf; got leading sizes {sizes}"
-        )
+        raise ValueError(f"{name} must be stacked with one leading model axis on every leaf; got leading sizes {sizes}")
     return sizes.pop()
 
 

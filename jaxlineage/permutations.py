@@ -34,8 +34,16 @@ import jax.numpy as jnp
 from jaxlineage import nets
 from jaxlineage.errors import JaxlineageError
 
-__all__ = ["PermAxis", "PermutationError", "PermutationSpec", "apply_permutations", "permutation_spec",
-           "permute_params", "random_permutations", "spec_from_variables"]
+__all__ = [
+    "PermAxis",
+    "PermutationError",
+    "PermutationSpec",
+    "apply_permutations",
+    "permutation_spec",
+    "permute_params",
+    "random_permutations",
+    "spec_from_variables",
+]
 
 PyTree = Any
 
@@ -77,9 +85,14 @@ def _mlp_spec(p: PyTree) -> dict:
     spec = {}
     for i in range(1, n + 1):
         nxt = f"dense{i + 1}" if i < n else nets.HEAD
-        spec[f"dense{i}"] = (p[f"dense{i}"]["kernel"].shape[-1], (
-            PermAxis(("params", f"dense{i}", "kernel"), 1), PermAxis(("params", f"dense{i}", "bias"), 0),
-            PermAxis(("params", nxt, "kernel"), 0)))
+        spec[f"dense{i}"] = (
+            p[f"dense{i}"]["kernel"].shape[-1],
+            (
+                PermAxis(("params", f"dense{i}", "kernel"), 1),
+                PermAxis(("params", f"dense{i}", "bias"), 0),
+                PermAxis(("params", nxt, "kernel"), 0),
+            ),
+        )
     return spec
 
 
@@ -95,9 +108,14 @@ def _convnet_spec(p: PyTree) -> dict:
             # The last conv's channels reach fc1 flattened as (row, col, channel).
             axes.append(PermAxis(("params", "fc1", "kernel"), 0, tile=p["fc1"]["kernel"].shape[0] // c))
         spec[f"conv{i}"] = (c, tuple(axes))
-    spec["fc1"] = (p["fc1"]["kernel"].shape[-1], (
-        PermAxis(("params", "fc1", "kernel"), 1), PermAxis(("params", "fc1", "bias"), 0),
-        PermAxis(("params", nets.HEAD, "kernel"), 0)))
+    spec["fc1"] = (
+        p["fc1"]["kernel"].shape[-1],
+        (
+            PermAxis(("params", "fc1", "kernel"), 1),
+            PermAxis(("params", "fc1", "bias"), 0),
+            PermAxis(("params", nets.HEAD, "kernel"), 0),
+        ),
+    )
     return spec
 
 
@@ -114,9 +132,10 @@ def _resnet18_spec(variables: PyTree) -> dict:
     # shortcut continues its input's stream) and one per block's inner layer.
     p = variables["params"]
     stats = "batch_stats" in variables
-    stages = sorted({int(k[len("block"):].split("_")[0]) for k in p if k.startswith("block")})
-    streams: dict[str, list[PermAxis]] = {"stem": [PermAxis(("params", "stem_conv", "kernel"), 3)]
-                                          + _bn(("stem_bn",), stats)}
+    stages = sorted({int(k[len("block") :].split("_")[0]) for k in p if k.startswith("block")})
+    streams: dict[str, list[PermAxis]] = {
+        "stem": [PermAxis(("params", "stem_conv", "kernel"), 3)] + _bn(("stem_bn",), stats)
+    }
     inner: dict = {}
     cur = "stem"
     for s in stages:
@@ -130,9 +149,14 @@ def _resnet18_spec(variables: PyTree) -> dict:
                 streams[cur] += [PermAxis(("params", b, "Conv_2", "kernel"), 3)] + _bn((b, "BatchNorm_2"), stats)
             streams[src].append(PermAxis(("params", b, "Conv_0", "kernel"), 2))
             streams[cur] += [PermAxis(("params", b, "Conv_1", "kernel"), 3)] + _bn((b, "BatchNorm_1"), stats)
-            inner[f"{b}/inner"] = (p[b]["Conv_0"]["kernel"].shape[-1], tuple(
-                [PermAxis(("params", b, "Conv_0", "kernel"), 3)] + _bn((b, "BatchNorm_0"), stats)
-                + [PermAxis(("params", b, "Conv_1", "kernel"), 2)]))
+            inner[f"{b}/inner"] = (
+                p[b]["Conv_0"]["kernel"].shape[-1],
+                tuple(
+                    [PermAxis(("params", b, "Conv_0", "kernel"), 3)]
+                    + _bn((b, "BatchNorm_0"), stats)
+                    + [PermAxis(("params", b, "Conv_1", "kernel"), 2)]
+                ),
+            )
     streams[cur].append(PermAxis(("params", nets.HEAD, "kernel"), 0))
     spec = {name: (_leaf(variables, axes[0].path).shape[axes[0].axis], tuple(axes)) for name, axes in streams.items()}
     spec.update(inner)
@@ -187,8 +211,10 @@ def spec_from_variables(arch: str, variables: PyTree) -> dict[str, tuple[int, tu
         return _convnet_spec(p)
     if arch == "resnet18":
         return _resnet18_spec(variables)
-    raise PermutationError(f"architecture {arch!r} has no permutation description (supported: convnet, mlp,"
-                           " resnet18); write a spec {name: (units, (PermAxis(path, axis), ...))} for it")
+    raise PermutationError(
+        f"architecture {arch!r} has no permutation description (supported: convnet, mlp,"
+        " resnet18); write a spec {name: (units, (PermAxis(path, axis), ...))} for it"
+    )
 
 
 def random_permutations(spec: PermutationSpec, key: jax.Array) -> tuple[jax.Array, ...]:
@@ -197,8 +223,9 @@ def random_permutations(spec: PermutationSpec, key: jax.Array) -> tuple[jax.Arra
     Returns:
       A tuple of ``[units_i]`` int arrays, in the spec's order.
     """
-    return tuple(jax.random.permutation(jax.random.fold_in(key, i), units)
-                 for i, (units, _) in enumerate(spec.values()))
+    return tuple(
+        jax.random.permutation(jax.random.fold_in(key, i), units) for i, (units, _) in enumerate(spec.values())
+    )
 
 
 def apply_permutations(params: PyTree, spec: PermutationSpec, perms: Sequence[jax.Array]) -> PyTree:

@@ -49,7 +49,7 @@ def _check_report(out, results):
         assert len(rows) - 1 == len(t["rows"]) >= 1, t["key"]
         for r, md_row in zip(t["rows"], rows[1:]):
             assert md_row[: len(t["row_header"])] == r["label"]
-            for c, text, dec in zip(r["cells"], md_row[len(t["row_header"]):], report.column_decimals(t)):
+            for c, text, dec in zip(r["cells"], md_row[len(t["row_header"]) :], report.column_decimals(t)):
                 if c["mean"] is None:  # a scorer that cannot fill this cell: shown as n/a, never a number
                     assert text == "n/a" and c["std"] is None, (t["key"], r["label"], text)
                     continue
@@ -57,7 +57,7 @@ def _check_report(out, results):
                 assert c["std"] is None or report.is_number(c["std"])
                 m = _NUM.match(text)
                 assert m, f"{t['key']} {r['label']}: cell {text!r} is not a number"
-                assert math.isclose(float(m.group(1)), c["mean"], abs_tol=0.51 * 10 ** -dec)
+                assert math.isclose(float(m.group(1)), c["mean"], abs_tol=0.51 * 10**-dec)
                 assert (m.group(2) is None) == (c["std"] is None)
     return data
 
@@ -81,8 +81,16 @@ def test_entry_point_tiny_end_to_end(tiny_run):
     assert results["stages"]["zoo"]["result"]["trained"] == 0
     assert results["stages"]["zoo"]["result"]["reused"] == len(zoo_lib.Zoo.open(results["settings"]["workdir"]).records)
     keys = [t["key"] for t in results["tables"]]
-    assert keys == ["identify", "verify", "mgmp", "modelgif", "provenance_auc", "provenance_tpr@1%fpr",
-                    "provenance_modelgif", "timing"]
+    assert keys == [
+        "identify",
+        "verify",
+        "mgmp",
+        "modelgif",
+        "provenance_auc",
+        "provenance_tpr@1%fpr",
+        "provenance_modelgif",
+        "timing",
+    ]
     for name in presets.METHODS:
         assert results["stages"][name]["wall_s"] > 0
     assert results["environment"]["jax"] and results["environment"]["device"]
@@ -100,16 +108,27 @@ def test_tables_come_from_the_results_every_method_and_baseline_in_each(tiny_run
         t = next(t for t in results["tables"] if t["key"] == key)
         col = t["columns"].index(column)
         by_label = {tuple(r["label"]): r["cells"][col]["mean"] for r in t["rows"]}
-        got = [Result.from_json(d) for m in ("learning_free", "baselines")
-               for d in results["stages"][m]["result"]["results"] if d["details"]["scenario"] == key]
-        assert {r.scorer for r in got} >= {"l2 plain", "cka first_order", "weight L2", "weight cosine",
-                                           "output agreement", "output KL"}
+        got = [
+            Result.from_json(d)
+            for m in ("learning_free", "baselines")
+            for d in results["stages"][m]["result"]["results"]
+            if d["details"]["scenario"] == key
+        ]
+        assert {r.scorer for r in got} >= {
+            "l2 plain",
+            "cka first_order",
+            "weight L2",
+            "weight cosine",
+            "output agreement",
+            "output KL",
+        }
         for r in got:
             want = scale * r.metrics[column.split(" ")[0].lower()]["mean"]
             assert math.isclose(by_label[(r.details["label"], r.scorer)], want), (key, r.scorer)
     # The figures come from the results (grids kept for the first identify scenario), none recomputed.
     assert {"fig3a_first_order_vs_linearized.png", "fig3b_similarity_change.png", "accuracy_vs_alpha.png"} <= set(
-        results["plots"])
+        results["plots"]
+    )
     sweep = results["stages"]["learning_free"]["result"]["alpha_sweep"]
     assert sweep and all(d["details"]["alphas"] == [0.01, 0.1] for d in sweep)
 
@@ -136,8 +155,15 @@ def test_provenance_section_every_scorer_against_every_attack(tiny_run):
     attacks = [a for a, _ in prov["attacks"]]
     assert attacks == [a for a, _ in __import__("jaxlineage.eval.provenance", fromlist=["x"]).ATTACKS]
     rows = {r["name"]: r["cells"] for r in prov["rows"]}
-    assert {"weight L2", "weight cosine", "output agreement", "output KL", "l2 plain", "l2 first_order",
-            "l2 linearized"} <= set(rows)
+    assert {
+        "weight L2",
+        "weight cosine",
+        "output agreement",
+        "output KL",
+        "l2 plain",
+        "l2 first_order",
+        "l2 linearized",
+    } <= set(rows)
     assert any(n.startswith("ModelGiF logits field") for n in rows)
     assert any(n.startswith("ModelGiF backbone field") for n in rows)
     # Weight space cannot read a student of another architecture: n/a, not a number.
@@ -155,7 +181,8 @@ def test_provenance_section_every_scorer_against_every_attack(tiny_run):
 
 
 def test_tables_show_what_the_stages_returned(tiny_zoo, tmp_path, monkeypatch):
-    """Fake stages returning run-specific random numbers: the tables carry exactly those; a failed stage gives no rows."""
+    """Fake stages returning run-specific random numbers: the tables carry exactly those; a failed stage gives
+    no rows."""
     import random
 
     rng = random.Random()
@@ -220,7 +247,9 @@ def test_paper_fc_without_tfds_data_names_the_offline_options(tmp_path, monkeypa
 
 
 def _no_tfds(name, split, **kwargs):
-    raise stages.data_lib.DataError(f"TFDS has no {name}/{split} (not prepared in the TFDS data dir, and download=False)")
+    raise stages.data_lib.DataError(
+        f"TFDS has no {name}/{split} (not prepared in the TFDS data dir, and download=False)"
+    )
 
 
 def test_quick_preset_runs_the_documented_detector_protocol():
@@ -240,8 +269,10 @@ def test_a_scorer_joins_every_table_with_one_line_in_the_preset(tiny_zoo, tmp_pa
         raise AssertionError("the legacy detector stage must not run once the detector has a scorer")
 
     monkeypatch.setitem(stages.STAGES, "detector", legacy)
-    p = dataclasses.replace(presets.TINY, scorers=presets.TINY.scorers + (
-        presets.ScorerSpec("detector", scorers.WeightL2, label="stand-in detector"),))
+    p = dataclasses.replace(
+        presets.TINY,
+        scorers=presets.TINY.scorers + (presets.ScorerSpec("detector", scorers.WeightL2, label="stand-in detector"),),
+    )
     res = runner.run(p, methods="detector", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
     assert not res["failed"] and res["stages"]["detector"]["via"] == "jaxlineage.eval"
     for t in res["tables"][:2]:

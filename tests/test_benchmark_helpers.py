@@ -30,8 +30,7 @@ def test_quick_variant_changes_only_the_children():
 def test_best_threshold_accuracy_matches_brute_force():
     rng = np.random.default_rng(0)
     pos, neg = rng.normal(1.0, 1.0, 37).round(1), rng.normal(0.0, 1.0, 53).round(1)  # ties included
-    brute = max(0.5 * ((pos > t).mean() + (neg <= t).mean())
-                for t in [-np.inf, *np.concatenate([pos, neg])])
+    brute = max(0.5 * ((pos > t).mean() + (neg <= t).mean()) for t in [-np.inf, *np.concatenate([pos, neg])])
     assert mgmp_fragments.best_threshold_accuracy(pos, neg) == pytest.approx(brute, abs=1e-12)
     assert mgmp_fragments.best_threshold_accuracy([2.0, 3.0], [0.0, 1.0]) == 1.0
     assert mgmp_fragments.best_threshold_accuracy([0.0], [1.0]) == 0.5  # the always-"no" threshold
@@ -72,8 +71,10 @@ def test_fragment_cosine_matches_a_loop_over_pairs_and_inputs():
             else:
                 same_init = (p == "p2") == (t == "c2")
                 kind = "sibling_init_child" if same_init else "other_init_child"
-            cos = [float(np.dot(out[p][n], out[t][n]) / np.linalg.norm(out[p][n]) / np.linalg.norm(out[t][n]))
-                   for n in range(20)]
+            cos = [
+                float(np.dot(out[p][n], out[t][n]) / np.linalg.norm(out[p][n]) / np.linalg.norm(out[t][n]))
+                for n in range(20)
+            ]
             kinds[kind].append(cos)
     assert len(kinds["sibling_init_child"]) == 2 and len(kinds["other_init_child"]) == 4
     for kind, pairs in kinds.items():
@@ -85,6 +86,7 @@ def test_fragment_cosine_matches_a_loop_over_pairs_and_inputs():
         neg_means = [np.mean(c) for c in kinds[kind]]
         auc = np.mean([(h > n) + 0.5 * (h == n) for h in hom_means for n in neg_means])
         assert res[kind]["model_auc"] == pytest.approx(auc)
-        assert res[kind]["best_threshold_accuracy"] == pytest.approx(mgmp_fragments.best_threshold_accuracy(
-            np.concatenate(kinds["homologous"]), np.concatenate(kinds[kind])))
+        assert res[kind]["best_threshold_accuracy"] == pytest.approx(
+            mgmp_fragments.best_threshold_accuracy(np.concatenate(kinds["homologous"]), np.concatenate(kinds[kind]))
+        )
     assert res["independent"]["model_auc"] == 1.0  # children at noise 0.3 vs an unrelated model

@@ -76,8 +76,9 @@ def test_make_examples_defaults_and_aliases(tiny_zoo, examples):
 
 
 def test_pooling_block_averages(tiny_zoo, examples):
-    pooled = detector.make_examples(tiny_zoo, weight_layer=LAYER, feature_tap=TAP, n_probe=N_PROBE,
-                                    weight_pool=3, feature_pool=4)
+    pooled = detector.make_examples(
+        tiny_zoo, weight_layer=LAYER, feature_tap=TAP, n_probe=N_PROBE, weight_pool=3, feature_pool=4
+    )
     assert pooled.child_weights.shape == (4, 10, 21) and pooled.child_features.shape == (4, N_PROBE, 8)
     w = examples.child_weights[2]
     np.testing.assert_allclose(pooled.child_weights[2, 1, 4], w[3:6, 12:15].mean(), rtol=1e-6)
@@ -112,8 +113,14 @@ def test_logit_shapes(examples, which, no_parent):
     assert logits.shape == (len(ex), ex.num_candidates + int(no_parent))
     assert np.all(np.isfinite(logits))
     encoders = {k for k in variables["params"] if k.endswith("_encoder")}
-    assert encoders == {"both": {"weight_encoder", "feature_encoder"}, "weights": {"weight_encoder"},
-                        "features": {"feature_encoder"}}[which]
+    assert (
+        encoders
+        == {
+            "both": {"weight_encoder", "feature_encoder"},
+            "weights": {"weight_encoder"},
+            "features": {"feature_encoder"},
+        }[which]
+    )
 
 
 def test_difference_init_starts_from_parent_minus_child():
@@ -176,17 +183,29 @@ def _synthetic_open_set(seed, *, m=72, k=3, shape=(8, 8), noise=0.3):
     rng = np.random.default_rng(seed)
     parents = rng.normal(size=(k, *shape)).astype(np.float32)
     labels = np.arange(m) % (k + 1)
-    children = np.stack([parents[l] + noise * rng.normal(size=shape) if l < k else rng.normal(size=shape)
-                         for l in labels]).astype(np.float32)
-    return detector.Examples(labels=labels, parent_ids=[f"p{i}" for i in range(k)],
-                             child_ids=[f"c{i}" for i in range(m)], parent_weights=parents,
-                             child_weights=children, open_set=True)
+    children = np.stack(
+        [parents[l] + noise * rng.normal(size=shape) if l < k else rng.normal(size=shape) for l in labels]
+    ).astype(np.float32)
+    return detector.Examples(
+        labels=labels,
+        parent_ids=[f"p{i}" for i in range(k)],
+        child_ids=[f"c{i}" for i in range(m)],
+        parent_weights=parents,
+        child_weights=children,
+        open_set=True,
+    )
 
 
 def test_open_set_detector_learns_no_parent():
     ex = _synthetic_open_set(0)
-    det = detector.train(ex.take(np.arange(48)), ex.take(np.arange(48, 52)), key=jax.random.key(0), epochs=10,
-                         batch_size=8, module=detector.LineageDetector(embed_dim=8, no_parent=True))
+    det = detector.train(
+        ex.take(np.arange(48)),
+        ex.take(np.arange(48, 52)),
+        key=jax.random.key(0),
+        epochs=10,
+        batch_size=8,
+        module=detector.LineageDetector(embed_dim=8, no_parent=True),
+    )
     res = detector.assess(det, ex.take(np.arange(52, 72)))
     assert res["n_no_parent"] == 5
     # Chance is 1/4; a detector without the "no parent" logit scores 0 on these.
@@ -227,8 +246,13 @@ def test_deterministic_given_the_seed(examples):
 
 def test_save_restore_round_trip(examples, tmp_path):
     train_ex, held_ex = _split(examples)
-    det = detector.train(train_ex, held_ex, key=jax.random.key(0), epochs=1,
-                         module=detector.LineageDetector(embed_dim=8, depth=2, block=detector.Block.PRE_LN))
+    det = detector.train(
+        train_ex,
+        held_ex,
+        key=jax.random.key(0),
+        epochs=1,
+        module=detector.LineageDetector(embed_dim=8, depth=2, block=detector.Block.PRE_LN),
+    )
     detector.save(tmp_path / "det", det, metadata={"weight_layer": LAYER})
     back, meta = detector.restore(tmp_path / "det")
     assert meta == {"weight_layer": LAYER}
@@ -239,8 +263,12 @@ def test_save_restore_round_trip(examples, tmp_path):
 
 
 def test_run_protocol_closed_and_open_set(examples):
-    kw = dict(examples=examples, repetitions=2, fractions=(0.5, 0.25, 0.25), epochs=2,
-              )
+    kw = dict(
+        examples=examples,
+        repetitions=2,
+        fractions=(0.5, 0.25, 0.25),
+        epochs=2,
+    )
     closed = detector.run_protocol(**kw)
     assert closed["split_sizes"] == [2, 1, 1] and closed["num_parents"] == 2
     accs = closed["test_accuracy"]["per_repetition"]
@@ -284,7 +312,9 @@ def test_mismatched_candidate_shapes(tiny_zoo, examples):
     # the odd model's weight layer is named with its shape against the others'.
     with pytest.raises(ValueError, match=rf"weight layer 'dense2' of model .{re.escape(odd)}. has shape \(31, 64\)"):
         detector.make_examples(_Zoo(tiny_zoo, load=shrink), weight_layer=LAYER, feature_tap=None)
-    with pytest.raises(ValueError, match=r"candidate weights of shape \(32, 64\) do not match the children's \(32, 63\)"):
+    with pytest.raises(
+        ValueError, match=r"candidate weights of shape \(32, 64\) do not match the children's \(32, 63\)"
+    ):
         dataclasses.replace(examples, child_weights=examples.child_weights[..., :63])
     module = detector.LineageDetector(embed_dim=8)
     wp, fp = examples.weight_pairs(), examples.feature_pairs()

@@ -36,9 +36,13 @@ DIN, HIDDEN, CLASSES, N = 6, 16, 4, 64
 
 def _init(key, hidden=HIDDEN, classes=CLASSES):
     k1, k2, k3 = jax.random.split(key, 3)
-    return {"dense1": {"w": jax.random.normal(k1, (DIN, hidden)) / np.sqrt(DIN),
-                       "b": 0.1 * jax.random.normal(k2, (hidden,))},
-            "head": {"w": jax.random.normal(k3, (hidden, classes)) / np.sqrt(hidden)}}
+    return {
+        "dense1": {
+            "w": jax.random.normal(k1, (DIN, hidden)) / np.sqrt(DIN),
+            "b": 0.1 * jax.random.normal(k2, (hidden,)),
+        },
+        "head": {"w": jax.random.normal(k3, (hidden, classes)) / np.sqrt(hidden)},
+    }
 
 
 def toy_features(params, x):
@@ -54,8 +58,13 @@ def _stack(trees):
 
 
 def _pop(prefix, trees, arch="toy"):
-    return Population(ids=tuple(f"{prefix}{i}" for i in range(len(trees))), params=_stack(trees),
-                      logits_fn=toy_logits, feature_fns={"h": toy_features}, arch=arch)
+    return Population(
+        ids=tuple(f"{prefix}{i}" for i in range(len(trees))),
+        params=_stack(trees),
+        logits_fn=toy_logits,
+        feature_fns={"h": toy_features},
+        arch=arch,
+    )
 
 
 def toy_scenario(*, k=3, m=6, drift=0.05, seed=0, question=Question.IDENTIFY, independents=0) -> Scenario:
@@ -68,9 +77,17 @@ def toy_scenario(*, k=3, m=6, drift=0.05, seed=0, question=Question.IDENTIFY, in
     related = labels[None, :] == np.arange(k)[:, None]
     queries = ModelSet((_pop("c", children + inds),))
     kinds = ["child"] * m + ["negative"] * independents
-    return Scenario(name="toy", question=question, candidates=ModelSet((_pop("p", parents),)), queries=queries,
-                    labels=labels, related=related, kinds=tuple(kinds), split_keys=queries.ids,
-                    probe=np.asarray(jax.random.normal(keys[-1], (N, DIN))))
+    return Scenario(
+        name="toy",
+        question=question,
+        candidates=ModelSet((_pop("p", parents),)),
+        queries=queries,
+        labels=labels,
+        related=related,
+        kinds=tuple(kinds),
+        split_keys=queries.ids,
+        probe=np.asarray(jax.random.normal(keys[-1], (N, DIN))),
+    )
 
 
 class _CompileCounter:
@@ -125,10 +142,12 @@ SCORERS: list[Case] = [
     Case(scorers.WeightCosine),
     Case(scorers.OutputAgreement, reads_any_tree=True),
     Case(scorers.OutputKL, reads_any_tree=True),
-    Case(lambda: methods.ModelGiFScorer(n_refs=16, steps=4, chunk_size=None), reads_any_tree=True,
-         reads_any_arch=True),
-    Case(lambda: methods.ModelGiFScorer(field="h", n_refs=16, steps=4, chunk_size=None), reads_any_tree=True,
-         reads_any_arch=True),
+    Case(lambda: methods.ModelGiFScorer(n_refs=16, steps=4, chunk_size=None), reads_any_tree=True, reads_any_arch=True),
+    Case(
+        lambda: methods.ModelGiFScorer(field="h", n_refs=16, steps=4, chunk_size=None),
+        reads_any_tree=True,
+        reads_any_arch=True,
+    ),
 ]
 
 
@@ -212,10 +231,20 @@ def test_folds_group_split_keys_and_match_the_former_split():
 
 def test_identify_protocol_on_toy():
     s = toy_scenario(m=10)
-    rs = jl_eval.run_all(s, scorers.learning_free(("l2", "linf"), tap="h") + scorers.baselines(),
-                         key=jax.random.key(1), num_folds=5)
-    assert [r.scorer for r in rs] == ["l2 plain", "l2 first_order", "l2 linearized", "linf plain", "linf linearized",
-                                      "weight L2", "weight cosine", "output agreement", "output KL"]
+    rs = jl_eval.run_all(
+        s, scorers.learning_free(("l2", "linf"), tap="h") + scorers.baselines(), key=jax.random.key(1), num_folds=5
+    )
+    assert [r.scorer for r in rs] == [
+        "l2 plain",
+        "l2 first_order",
+        "l2 linearized",
+        "linf plain",
+        "linf linearized",
+        "weight L2",
+        "weight cosine",
+        "output agreement",
+        "output KL",
+    ]
     for r in rs:
         acc = r.metrics["accuracy"]
         assert acc["n"] == 5 and acc["mean"] == pytest.approx(np.mean(acc["values"]))
@@ -243,6 +272,7 @@ def test_verify_protocol_per_kind():
     (r,) = jl_eval.run_all(s, [scorers.WeightL2()], key=jax.random.key(0), num_folds=4)
     assert set(r.metrics) == {"auc", "tpr@1%fpr", "tpr@5%fpr"}
     assert r.metrics["auc"]["mean"] == 1.0 and set(r.by_kind) == {"child"}
+
     # A scorer that ranks everything equal: AUC 0.5 (ties count half), no TPR at a small FPR.
     class Flat(core.Scorer):
         name = "flat"
@@ -287,10 +317,12 @@ def test_unreadable_scorer_reports_n_a_and_recover_is_a_slot():
     s = toy_scenario(m=6)
     keys = jax.random.split(jax.random.key(9), 2)
     other = _pop("x", [_init(k, hidden=8) for k in keys], arch="other")
-    mixed = dataclasses.replace(s, candidates=ModelSet((*s.candidates.populations, other)),
-                                related=np.r_[s.related, np.zeros((2, 6), bool)])
-    r_w, r_o = jl_eval.run_all(mixed, [scorers.WeightL2(), scorers.OutputAgreement()], key=jax.random.key(0),
-                               num_folds=3)
+    mixed = dataclasses.replace(
+        s, candidates=ModelSet((*s.candidates.populations, other)), related=np.r_[s.related, np.zeros((2, 6), bool)]
+    )
+    r_w, r_o = jl_eval.run_all(
+        mixed, [scorers.WeightL2(), scorers.OutputAgreement()], key=jax.random.key(0), num_folds=3
+    )
     assert not r_w.metrics and "cannot read" in r_w.details["n/a"] and "'x0'" in r_w.details["n/a"]
     assert r_o.metrics["accuracy"]["n"] == 3
     assert "n/a" in jl_eval.table([r_w, r_o])
@@ -312,12 +344,16 @@ TINY_REFERENCE = {
 #: ... and its scores ``[A, K, M]`` (first 7 digits).
 TINY_SCORES = {
     "l2 plain": [[-0.4366494, -0.1012105, -1.2412053, -0.8664962], [-1.1154889, -0.7818475, -0.5434384, -0.1433307]],
-    "l2 linearized": [[[-0.4359263, -0.1010238, -1.2397468, -0.8653039], [-1.1135426, -0.7802383, -0.542516, -0.1430707]],
-                      [[-0.4294533, -0.0993519, -1.2267079, -0.8546488], [-1.0961549, -0.7658614, -0.5342618, -0.1407426]],
-                      [[-0.3681236, -0.0834919, -1.1050332, -0.7556806], [-0.9351919, -0.6326241, -0.4564269, -0.1187108]]],
-    "dcor first_order": [[[0.9118399, 0.9881992, 0.8936526, 0.9680242], [0.8985258, 0.9689707, 0.8911203, 0.9830585]],
-                         [[0.9120544, 0.9882624, 0.8938208, 0.9681734], [0.8989684, 0.9692072, 0.8920161, 0.9833021]],
-                         [[0.9141991, 0.9888942, 0.8955019, 0.9696659], [0.9033947, 0.9715721, 0.9009735, 0.9857376]]],
+    "l2 linearized": [
+        [[-0.4359263, -0.1010238, -1.2397468, -0.8653039], [-1.1135426, -0.7802383, -0.542516, -0.1430707]],
+        [[-0.4294533, -0.0993519, -1.2267079, -0.8546488], [-1.0961549, -0.7658614, -0.5342618, -0.1407426]],
+        [[-0.3681236, -0.0834919, -1.1050332, -0.7556806], [-0.9351919, -0.6326241, -0.4564269, -0.1187108]],
+    ],
+    "dcor first_order": [
+        [[0.9118399, 0.9881992, 0.8936526, 0.9680242], [0.8985258, 0.9689707, 0.8911203, 0.9830585]],
+        [[0.9120544, 0.9882624, 0.8938208, 0.9681734], [0.8989684, 0.9692072, 0.8920161, 0.9833021]],
+        [[0.9141991, 0.9888942, 0.8955019, 0.9696659], [0.9033947, 0.9715721, 0.9009735, 0.9857376]],
+    ],
 }
 
 
@@ -343,10 +379,14 @@ def test_tiny_zoo_table_equals_the_former_fold_table(tiny_zoo, tiny_identify):
         np.testing.assert_allclose(got if np.ndim(ref) == 3 else got[0], ref, rtol=2e-6, atol=1e-7)
     # The kernel on backbone stacks (the former zoo_scores) gives the same numbers as full parameters.
     net = tiny_zoo.network
-    old = lineage.score_matrices(("l2", "dcor"), net.feature_fn("relu1"),
-                                 tiny_zoo.stack(s.candidates.ids, backbone=True),
-                                 tiny_zoo.stack(s.queries.ids, backbone=True), tiny_zoo.probe(64, task="B"),
-                                 alpha=np.asarray(scorers.DEFAULT_ALPHAS))
+    old = lineage.score_matrices(
+        ("l2", "dcor"),
+        net.feature_fn("relu1"),
+        tiny_zoo.stack(s.candidates.ids, backbone=True),
+        tiny_zoo.stack(s.queries.ids, backbone=True),
+        tiny_zoo.probe(64, task="B"),
+        alpha=np.asarray(scorers.DEFAULT_ALPHAS),
+    )
     for (metric, mode), v in old.items():
         np.testing.assert_array_equal(by_name[f"{metric} {mode.value}"].details["scores"], np.asarray(v, np.float64))
 

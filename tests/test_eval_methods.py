@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from jaxlineage import detector, mgmp
-from jaxlineage.eval import NO_PARENT, ModelSet, Population, Question, Scenario, ScorerError
-from jaxlineage.eval import methods
+from jaxlineage.eval import NO_PARENT, ModelSet, Population, Question, Scenario, ScorerError, methods
 
 IN, H1, H2, C = 8, 16, 12, 4
 K, TRAIN_PER_PARENT, TEST_PER_PARENT = 3, 4, 2
@@ -40,22 +39,37 @@ def _mlp(params, x, *, tap=None):
 
 # One function object per tap: jitted scorers key their caches on them.
 LOGITS = functools.partial(_mlp, tap=None)
-FEATURES = {"relu1": functools.partial(_mlp, tap="relu1"), "relu2": functools.partial(_mlp, tap="relu2"),
-            "logits": LOGITS}
+FEATURES = {
+    "relu1": functools.partial(_mlp, tap="relu1"),
+    "relu2": functools.partial(_mlp, tap="relu2"),
+    "logits": LOGITS,
+}
 
 
 def _init(seed, n, d_in=IN):
     # Toy data from a seeded NumPy generator: jax.random here would compile a few RNG programs (seconds each on CPU).
     rng = np.random.default_rng(seed)
     shapes = {"dense1": (d_in, H1), "dense2": (H1, H2), "head": (H2, C)}
-    return {"params": {name: {"kernel": jnp.asarray(rng.normal(size=(n, *s)) / np.sqrt(s[0]), jnp.float32),
-                              "bias": jnp.zeros((n, s[1]), jnp.float32)} for name, s in shapes.items()}}
+    return {
+        "params": {
+            name: {
+                "kernel": jnp.asarray(rng.normal(size=(n, *s)) / np.sqrt(s[0]), jnp.float32),
+                "bias": jnp.zeros((n, s[1]), jnp.float32),
+            }
+            for name, s in shapes.items()
+        }
+    }
 
 
 def _population(prefix, params, *, feature_fns=FEATURES):
     n = jax.tree.leaves(params)[0].shape[0]
-    return Population(ids=tuple(f"{prefix}{i}" for i in range(n)), params=params, logits_fn=LOGITS,
-                      feature_fns=feature_fns, arch="toy_mlp")
+    return Population(
+        ids=tuple(f"{prefix}{i}" for i in range(n)),
+        params=params,
+        logits_fn=LOGITS,
+        feature_fns=feature_fns,
+        arch="toy_mlp",
+    )
 
 
 def _children(parents, per_parent, seed):
@@ -80,9 +94,17 @@ def toy():
     def scenario(name, queries, labels):
         labels = np.asarray(labels)
         related = np.arange(K)[:, None] == labels[None, :]
-        return Scenario(name=name, question=Question.IDENTIFY, candidates=cands, queries=ModelSet((queries,)),
-                        labels=labels, related=related, kinds=["child"] * len(labels),
-                        split_keys=list(queries.ids), probe=probe)
+        return Scenario(
+            name=name,
+            question=Question.IDENTIFY,
+            candidates=cands,
+            queries=ModelSet((queries,)),
+            labels=labels,
+            related=related,
+            kinds=["child"] * len(labels),
+            split_keys=list(queries.ids),
+            probe=probe,
+        )
 
     train = scenario("toy/train", train_q, np.repeat(np.arange(K), TRAIN_PER_PARENT))
     test = scenario("toy/test", test_q, np.repeat(np.arange(K), TEST_PER_PARENT))
@@ -94,8 +116,9 @@ def toy():
 DNA_CONFIG = mgmp.Config(generator_features=(16,), dna_dim=8, classifier_width=16, batch_size=16, num_steps=150)
 
 SCORERS = {
-    "detector": lambda: methods.DetectorScorer(n_probe=16, module=detector.LineageDetector(embed_dim=8,
-                                               difference_init=True), epochs=12, batch_size=4),
+    "detector": lambda: methods.DetectorScorer(
+        n_probe=16, module=detector.LineageDetector(embed_dim=8, difference_init=True), epochs=12, batch_size=4
+    ),
     "model_dna": lambda: methods.ModelDNAScorer(config=DNA_CONFIG),
     "modelgif": lambda: methods.ModelGiFScorer(n_refs=16, steps=4, chunk_size=None),
 }
@@ -111,7 +134,8 @@ def fitted(request, toy):
 
 _compiles = []
 jax.monitoring.register_event_duration_secs_listener(
-    lambda name, *a, **kw: _compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+    lambda name, *a, **kw: _compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+)
 
 
 # ----------------------------------------------------------------- the battery
@@ -162,7 +186,9 @@ def test_nan_parameters_name_the_model(fitted, toy):
     _, scorer = fitted
     params = jax.tree.map(lambda a: a[:2], toy["test"].queries.populations[0].params)
     params["params"]["dense2"]["kernel"] = params["params"]["dense2"]["kernel"].at[1, 0, 0].set(jnp.nan)
-    with pytest.raises(ScorerError, match=r"model 'nan1'.*non-finite \(NaN or inf\) parameters at params/dense2/kernel"):
+    with pytest.raises(
+        ScorerError, match=r"model 'nan1'.*non-finite \(NaN or inf\) parameters at params/dense2/kernel"
+    ):
         scorer.score(toy["test"].candidates, ModelSet((_population("nan", params),)), probe=toy["probe"])
 
 
@@ -202,11 +228,17 @@ def test_detector_scores_are_its_logits_on_examples_from_arrays(toy):
     cand, quer = test.candidates.populations[0], test.queries.populations[0]
     kernel = lambda pop: detector.kernel_matrices(pop.params["params"]["dense1"]["kernel"])  # AUTO: smallest kernel
     feats = lambda pop: np.asarray(jax.vmap(FEATURES["relu1"], in_axes=(0, None))(pop.params, test.probe[:16]))
-    ex = detector.examples_from_arrays(labels=test.labels, parent_weights=kernel(cand), child_weights=kernel(quer),
-                                       parent_features=feats(cand), child_features=feats(quer))
+    ex = detector.examples_from_arrays(
+        labels=test.labels,
+        parent_weights=kernel(cand),
+        child_weights=kernel(quer),
+        parent_features=feats(cand),
+        child_features=feats(quer),
+    )
     want = detector.predict_logits(scorer.detector, ex).T
-    np.testing.assert_allclose(scorer.score(test.candidates, test.queries, probe=test.probe), want, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        scorer.score(test.candidates, test.queries, probe=test.probe), want, rtol=1e-4, atol=1e-5
+    )
     assert scorer.settings["weight_layer"] == "auto" and scorer.name == "lineage_detector"
 
 
@@ -217,11 +249,20 @@ def test_detector_open_set_gets_the_no_parent_logit(toy):
     labels[train.labels == 2] = NO_PARENT  # parent 2's children: "no parent" ...
     related = train.related.copy()
     related[2] = False
-    open_train = Scenario(name="toy/open", question=Question.IDENTIFY, candidates=train.candidates.take([0, 1]),
-                          queries=train.queries, labels=labels, related=related[:2], kinds=train.kinds,
-                          split_keys=train.split_keys, probe=train.probe)
-    scorer = methods.DetectorScorer(n_probe=8, module=detector.LineageDetector(embed_dim=4), epochs=1,
-                                    batch_size=4).fit(open_train, key=jax.random.key(0))
+    open_train = Scenario(
+        name="toy/open",
+        question=Question.IDENTIFY,
+        candidates=train.candidates.take([0, 1]),
+        queries=train.queries,
+        labels=labels,
+        related=related[:2],
+        kinds=train.kinds,
+        split_keys=train.split_keys,
+        probe=train.probe,
+    )
+    scorer = methods.DetectorScorer(
+        n_probe=8, module=detector.LineageDetector(embed_dim=4), epochs=1, batch_size=4
+    ).fit(open_train, key=jax.random.key(0))
     assert scorer.detector.module.no_parent
     logits = scorer.logits(open_train.candidates, toy["test"].queries, probe=toy["probe"])
     assert logits.shape == (len(toy["test"].queries), 3)  # 2 candidates + "no parent"
@@ -238,8 +279,13 @@ def test_detector_fit_splits_validation_by_split_key(toy):
 
 
 def test_model_dna_options_and_settings(toy):
-    cfg = mgmp.Config(generator=mgmp.Generator.NONE, pair_input=mgmp.PairInput.RELATION, classifier_width=16,
-                      batch_size=16, num_steps=100)
+    cfg = mgmp.Config(
+        generator=mgmp.Generator.NONE,
+        pair_input=mgmp.PairInput.RELATION,
+        classifier_width=16,
+        batch_size=16,
+        num_steps=100,
+    )
     scorer = methods.ModelDNAScorer(config=cfg, tap="relu2").fit(toy["train"], key=jax.random.key(0))
     assert scorer.name == "model_dna_no_generator@relu2"
     assert scorer.settings["fragment_tap"] == "relu2" and scorer.settings["config"]["pair_input"] == "relation"
@@ -254,9 +300,17 @@ def test_model_dna_candidate_without_training_targets(toy):
     train = toy["train"]
     related = train.related.copy()
     related[1] = False  # candidate p1 has no homologous training query
-    scn = Scenario(name="t", question=Question.VERIFY, candidates=train.candidates, queries=train.queries,
-                   labels=train.labels, related=related, kinds=train.kinds, split_keys=train.split_keys,
-                   probe=train.probe)
+    scn = Scenario(
+        name="t",
+        question=Question.VERIFY,
+        candidates=train.candidates,
+        queries=train.queries,
+        labels=train.labels,
+        related=related,
+        kinds=train.kinds,
+        split_keys=train.split_keys,
+        probe=train.probe,
+    )
     scorer = methods.ModelDNAScorer(config=DNA_CONFIG).fit(scn, key=jax.random.key(0))  # compiled already
     assert set(scorer.states) == {"p0", "p2"}
     with pytest.raises(ScorerError, match="'p1' has no trained provenance classifier"):

@@ -110,9 +110,7 @@ def test_fast_path_equals_plain_jvp_path_float64(name):
         assert split.elementwise is elementwise
         kw = {"alpha": ALPHAS, "modes": tuple(Mode), "chunk_size": 2}  # 3 children: a padded chunk
         fast = LG.score_matrices(S.all_metrics(), feature_fn, parents, children, x, **kw)
-        ref = LG.score_matrices(
-            S.all_metrics(), feature_fn, parents, children, x, fast_path=False, **kw
-        )
+        ref = LG.score_matrices(S.all_metrics(), feature_fn, parents, children, x, fast_path=False, **kw)
         assert fast.keys() == ref.keys() and len(fast) == 8 * 3 - 1
         for key in ref:
             assert fast[key].dtype == jnp.float64 and fast[key].shape == (2, 2, 3)
@@ -144,9 +142,7 @@ def _probe_products(jaxpr, din):
     """dot_general equations, at any depth, with an operand whose last axis is the probe's ``din``."""
     count = 0
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general" and any(
-            v.aval.shape and v.aval.shape[-1] == din for v in eqn.invars
-        ):
+        if eqn.primitive.name == "dot_general" and any(v.aval.shape and v.aval.shape[-1] == din for v in eqn.invars):
             count += 1
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
@@ -163,16 +159,12 @@ def test_fast_path_runs_the_first_layer_once_per_model():
     din = 11
     feature_fn, init = _user_apply, lambda key: {"w": jnp.ones((din, 7)), "b": jnp.ones((7,))}
     parents, children, x = _population(init, (din,), dtype=jnp.float32)
-    pruned, p, c, xx = _pairing.prepare(
-        feature_fn, parents, children, x, stacked=True, names=("parents", "children")
-    )
+    pruned, p, c, xx = _pairing.prepare(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
     split = _fastpath.split(pruned, _pairing.struct_of(xx))
     combos = LG._combos(("l2", "cka"), tuple(Mode), strict=False)
     count = {}
     for label, sp in (("fast", split), ("plain", None)):
-        core = functools.partial(
-            LG._score_core, combos=combos, pruned=pruned, split=sp, chunk=2, mesh=None, axis=None
-        )
+        core = functools.partial(LG._score_core, combos=combos, pruned=pruned, split=sp, chunk=2, mesh=None, axis=None)
         count[label] = _probe_products(jax.make_jaxpr(core)(p, c, xx, np.asarray([0.1])).jaxpr, din)
     assert count == {"fast": 2, "plain": 3}
 

@@ -112,9 +112,13 @@ def test_linearisation_is_exact_for_a_linear_model():
     )
     # So LINEARIZED at alpha = 1 compares the child with itself: the maximum.
     for metric in ("l2",):
-        np.testing.assert_allclose(L.pair_similarity(metric, linear_features, parent, child, x, alpha=1.0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(
+            L.pair_similarity(metric, linear_features, parent, child, x, alpha=1.0), 0.0, atol=1e-5
+        )
     for metric in ("cka",):
-        np.testing.assert_allclose(L.pair_similarity(metric, linear_features, parent, child, x, alpha=1.0), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(
+            L.pair_similarity(metric, linear_features, parent, child, x, alpha=1.0), 1.0, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-4), (jnp.float64, 1e-10)])
@@ -199,7 +203,9 @@ def test_alpha_sweep_costs_one_network_pass_and_matches_scalar_calls():
         # and one jvp for F_p: independent of the number of alphas.
         assert len(traces) == 2 + (mode is Mode.LINEARIZED), (mode, len(traces))
         for a, s in zip(alphas, sweep):
-            np.testing.assert_allclose(L.pair_similarity("l2", counted, parent, child, x, alpha=a, mode=mode), s, rtol=1e-6)
+            np.testing.assert_allclose(
+                L.pair_similarity("l2", counted, parent, child, x, alpha=a, mode=mode), s, rtol=1e-6
+            )
 
 
 def _largest_intermediate(fn, *args):

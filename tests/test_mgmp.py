@@ -18,8 +18,7 @@ C = 3  # Toy model outputs.
 N = 64  # Toy DNA inputs.
 
 # Small and fast: shared by most tests so that they reuse compiled functions.
-TOY = mgmp.Config(generator_features=(16,), dna_dim=8, classifier_width=16, batch_size=16, num_steps=150,
-                  dropout=0.1)
+TOY = mgmp.Config(generator_features=(16,), dna_dim=8, classifier_width=16, batch_size=16, num_steps=150, dropout=0.1)
 
 
 # ----------------------------------------------------------------- toy models (pure jnp)
@@ -44,8 +43,9 @@ def toy_problem(c=C):
     noise = linear_params(ks[2], 3, c=c)
     hom = jax.tree.map(lambda s, e: s[None] + 0.1 * e, src, noise)
     non = linear_params(ks[3], 3, c=c)
-    pool = mgmp.Pool(mgmp.Population(linear_apply, hom, ("h0", "h1", "h2")),
-                     mgmp.Population(linear_apply, non, ("n0", "n1", "n2")))
+    pool = mgmp.Pool(
+        mgmp.Population(linear_apply, hom, ("h0", "h1", "h2")), mgmp.Population(linear_apply, non, ("n0", "n1", "n2"))
+    )
     return x, (linear_apply, src), pool
 
 
@@ -78,8 +78,11 @@ def loop_losses(o_s, o_t, o_n, tau):
     for i in range(b):
         for k in range(b):
             if k != i:
-                l_i -= math.log(math.exp(cos(o_s[i], o_s[k]) / tau) + math.exp(cos(o_t[i], o_t[k]) / tau)
-                                + math.exp(cos(o_n[i], o_n[k]) / tau))
+                l_i -= math.log(
+                    math.exp(cos(o_s[i], o_s[k]) / tau)
+                    + math.exp(cos(o_t[i], o_t[k]) / tau)
+                    + math.exp(cos(o_n[i], o_n[k]) / tau)
+                )
     return l_s, l_i
 
 
@@ -136,16 +139,24 @@ def test_assembly_shapes():
         mgmp.assemble(jnp.ones((7, 9)), y, "add")
 
 
-@pytest.mark.parametrize("generator,assembly,dna_dim,frag", [
-    ("mlp", "concat", 8, 8 + C), ("mlp", "add", C, C), ("cnn", "concat", 6, 6 + C), ("none", "concat", 8, C)])
+@pytest.mark.parametrize(
+    "generator,assembly,dna_dim,frag",
+    [("mlp", "concat", 8, 8 + C), ("mlp", "add", C, C), ("cnn", "concat", 6, 6 + C), ("none", "concat", 8, C)],
+)
 def test_fragment_and_state_shapes(generator, assembly, dna_dim, frag):
-    cfg = dataclasses.replace(TOY, generator=mgmp.Generator(generator), assembly=mgmp.Assembly(assembly),
-                              dna_dim=dna_dim, generator_features=(4,))
+    cfg = dataclasses.replace(
+        TOY,
+        generator=mgmp.Generator(generator),
+        assembly=mgmp.Assembly(assembly),
+        dna_dim=dna_dim,
+        generator_features=(4,),
+    )
     assert cfg.fragment_dim(C) == frag
     x = jax.ShapeDtypeStruct((N, *SHAPE), jnp.float32)
     # Shapes only (eval_shape traces without compiling).
-    state = jax.eval_shape(functools.partial(mgmp.init, cfg, key=jax.random.key(0)), x,
-                           jax.ShapeDtypeStruct((N, C), jnp.float32))
+    state = jax.eval_shape(
+        functools.partial(mgmp.init, cfg, key=jax.random.key(0)), x, jax.ShapeDtypeStruct((N, C), jnp.float32)
+    )
     z = jax.eval_shape(lambda p, x: mgmp._generate(cfg, p, x, train=False), state.params["generator"], x)
     assert (z is None) == (generator == "none")
     if z is not None:
@@ -168,8 +179,11 @@ def test_pair_input(pair_input, width):
     cfg = dataclasses.replace(TOY, pair_input=pair_input)
     assert mgmp.Config.from_json(cfg.to_json()) == cfg
     frag = cfg.fragment_dim(C)
-    state = jax.eval_shape(functools.partial(mgmp.init, cfg, key=jax.random.key(0)),
-                           jax.ShapeDtypeStruct((N, *SHAPE), jnp.float32), jax.ShapeDtypeStruct((N, C), jnp.float32))
+    state = jax.eval_shape(
+        functools.partial(mgmp.init, cfg, key=jax.random.key(0)),
+        jax.ShapeDtypeStruct((N, *SHAPE), jnp.float32),
+        jax.ShapeDtypeStruct((N, C), jnp.float32),
+    )
     assert state.params["classifier"]["Dense_0"]["kernel"].shape == (width * frag, TOY.classifier_width)
     assert jax.eval_shape(mgmp._probabilities, state, jax.ShapeDtypeStruct((2, N, C), jnp.float32)).shape == (2, N)
 
@@ -224,8 +238,9 @@ def test_train_is_deterministic_given_the_key(toy_trained):
     for k in history:
         np.testing.assert_array_equal(history[k], history2[k])
     other, _ = mgmp.train(source, pool, x, TOY, key=jax.random.key(2))
-    assert not np.array_equal(other.params["classifier"]["Dense_0"]["kernel"],
-                              state.params["classifier"]["Dense_0"]["kernel"])
+    assert not np.array_equal(
+        other.params["classifier"]["Dense_0"]["kernel"], state.params["classifier"]["Dense_0"]["kernel"]
+    )
     assert int(state.step) == TOY.num_steps and history["loss"].shape == (TOY.num_steps,)
 
 
@@ -289,7 +304,9 @@ def test_output_dims_must_fit_the_assembly():
         mgmp.train(source, pool, x, add, key=jax.random.key(0))
     # ADD with dna_dim == C is fine for the source; a pool model with other dims is named.
     wide = linear_params(jax.random.key(7), 2, c=C + 2)
-    bad_pool = mgmp.Pool(pool.homologous, [pool.non_homologous, mgmp.Population(linear_apply, wide, ("wide0", "wide1"))])
+    bad_pool = mgmp.Pool(
+        pool.homologous, [pool.non_homologous, mgmp.Population(linear_apply, wide, ("wide0", "wide1"))]
+    )
     with pytest.raises(mgmp.MGMPError, match="'wide0' has outputs \\(64, 5\\)"):
         mgmp.train(source, bad_pool, x, dataclasses.replace(add, dna_dim=C), key=jax.random.key(0))
     other_pool = mgmp.Pool(mgmp.Population(linear_apply, wide, ("wide0", "wide1")), pool.non_homologous)
@@ -328,8 +345,7 @@ def test_config_validation():
 # ----------------------------------------------------------------- protocol
 
 
-TINY = dataclasses.replace(TOY, generator_features=(32,), dna_dim=16, classifier_width=32, batch_size=32,
-                           num_steps=300)
+TINY = dataclasses.replace(TOY, generator_features=(32,), dna_dim=16, classifier_width=32, batch_size=32, num_steps=300)
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +374,7 @@ def test_run_protocol_keeps_evaluation_out_of_training(tiny_protocol, tiny_zoo):
         assert all(by_id[i].parent_id != run["source"] for i in run["pool_non_homologous"] + run["eval_non_homologous"])
         # Pool and evaluation models share no value of the split hyper-parameter.
         for role, field in (("child", run["split_by"]["children"]), ("independent", run["split_by"]["independents"])):
-            values = lambda ids: {by_id[i].hparams[field] for i in ids if by_id[i].role == role}
+            values = lambda ids, field=field, role=role: {by_id[i].hparams[field] for i in ids if by_id[i].role == role}
             assert values(pool) and values(evals) and not values(pool) & values(evals)
         for name in ("with_generator", "without_generator"):
             decisions = run[name]["decisions"]
@@ -383,7 +399,7 @@ def test_fragments_from_a_backbone_tap(tiny_zoo):
 
     ids = [c.id for c in tiny_zoo.children]
     x = jnp.asarray(tiny_zoo.task_data("A", "test")[0][:64])
-    pop, = scenarios.model_set(tiny_zoo, ids).populations
+    (pop,) = scenarios.model_set(tiny_zoo, ids).populations
     out = mgmp.population_outputs(pop.feature_fn("relu2"), pop.params, x)
     assert out.shape == (len(ids), 64, 32)  # TINY: features (64, 32)
     for i, c in enumerate(ids):

@@ -35,9 +35,7 @@ def mlp_apply(params, x):
 
 def conv_apply(params, x):
     """A tiny ConvNet (NHWC conv, tanh, global mean pool, dense)."""
-    h = jax.lax.conv_general_dilated(
-        x, params["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    h = jax.lax.conv_general_dilated(x, params["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     h = jnp.tanh(h + params["bk"].reshape(1, 1, 1, -1)).mean(axis=(1, 2))
     return h @ params["w"] + params["b"][None]
 
@@ -143,9 +141,7 @@ def test_field_matches_per_point_grad_loop():
     x0 = 0.3 * inputs(N, seed=5)  # A per-reference baseline.
     field = mg.gradient_field(mlp_apply, params, x, baseline=x0, steps=STEPS)
     classes = np.argmax(mlp_apply(params, x), axis=1)
-    np.testing.assert_allclose(
-        field, loop_field(mlp_apply, params, x, x0, STEPS, classes), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(field, loop_field(mlp_apply, params, x, x0, STEPS, classes), rtol=1e-5, atol=1e-6)
 
 
 def test_callable_target():
@@ -274,9 +270,7 @@ def test_distance_matrix_population_matches_pairwise():
     assert (mg._population_field._cache_size(), mg._cosine_per_reference._cache_size()) == compiled
     # Mixed sides, per-reference output; the budget holds 2 references of 1 + 3 fields.
     budget = 2 * (2 * 4 * STEPS * D * 4)
-    per_ref = mg.distance_matrix(
-        fields[:1], pop, x=x, steps=STEPS, per_reference=True, memory_budget_bytes=budget
-    )
+    per_ref = mg.distance_matrix(fields[:1], pop, x=x, steps=STEPS, per_reference=True, memory_budget_bytes=budget)
     assert per_ref.shape == (1, 3, N)
     np.testing.assert_allclose(per_ref.mean(-1), brute[:1], rtol=1e-5, atol=1e-6)
 

@@ -36,8 +36,9 @@ def _ensure_kernel() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
 
     if KERNEL not in KernelSpecManager().find_kernel_specs():
-        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL], check=True, capture_output=True
+        )
     return KERNEL
 
 
@@ -52,16 +53,21 @@ def kernel_env(tmp_path_factory):
     flags = [f for f in env.pop("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     if flags:
         env["XLA_FLAGS"] = " ".join(flags)
-    env.update(JAXLINEAGE_NOTEBOOK_SIZE="tiny", JAXLINEAGE_CACHE=str(tmp_path_factory.mktemp("notebook_cache")),
-               JAXLINEAGE_NO_PROGRESS="1", MPLBACKEND="module://matplotlib_inline.backend_inline")
+    env.update(
+        JAXLINEAGE_NOTEBOOK_SIZE="tiny",
+        JAXLINEAGE_CACHE=str(tmp_path_factory.mktemp("notebook_cache")),
+        JAXLINEAGE_NO_PROGRESS="1",
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
+    )
     return env
 
 
 def _execute(path: pathlib.Path, env: dict, cwd: pathlib.Path):
     """Runs ``path`` in a fresh kernel; returns the executed notebook (raises on a failing cell)."""
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL,
-                                     resources={"metadata": {"path": str(cwd)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL, resources={"metadata": {"path": str(cwd)}}
+    )
     client.execute(env=env)
     return nb
 
@@ -94,8 +100,13 @@ def _text(output) -> str:
 
 def test_there_are_notebooks():
     names = [p.name for p in NOTEBOOKS]
-    assert names == ["01_quickstart.ipynb", "02_lineage_detector.ipynb", "03_model_dna.ipynb", "04_modelgif.ipynb",
-                     "05_your_own_models.ipynb"], names
+    assert names == [
+        "01_quickstart.ipynb",
+        "02_lineage_detector.ipynb",
+        "03_model_dna.ipynb",
+        "04_modelgif.ipynb",
+        "05_your_own_models.ipynb",
+    ], names
 
 
 @pytest.mark.slow
@@ -121,17 +132,21 @@ def test_notebooks_are_stripped_and_start_with_badge_and_install():
         assert "colab-badge.svg" in "".join(first["source"]) and path.name in "".join(first["source"])
         src = "".join(install["source"])
         assert '"google.colab" in sys.modules' in src and "%pip install" in src, path.name
-        assert "parameters" in params["metadata"].get("tags", []) and "JAXLINEAGE_NOTEBOOK_SIZE" in "".join(params["source"])
+        assert "parameters" in params["metadata"].get("tags", []) and "JAXLINEAGE_NOTEBOOK_SIZE" in "".join(
+            params["source"]
+        )
 
 
 def test_notebooks_match_their_generator():
     spec = importlib.util.spec_from_file_location("_make_notebooks", COLAB / "_make_notebooks.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
+
     def cells(text):  # what the generator decides (robust to nbformat's version-specific JSON details)
         nb = json.loads(text)
         return [(c["cell_type"], "".join(c["source"]), c["metadata"]) for c in nb["cells"]], nb["metadata"]
 
     for name, text in gen.build().items():
         assert cells((COLAB / name).read_text()) == cells(text), (
-            f"colab/{name} differs from colab/_make_notebooks.py; run `python colab/_make_notebooks.py`")
+            f"colab/{name} differs from colab/_make_notebooks.py; run `python colab/_make_notebooks.py`"
+        )

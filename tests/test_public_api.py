@@ -50,7 +50,8 @@ def test_public_api_matches_snapshot():
     added = sorted(set(have) - set(want))
     assert not removed and not added, (
         f"the public API changed: removed {removed}, added {added}. If intended, run"
-        " `python tests/test_public_api.py --update` and commit tests/public_api.txt with the change.")
+        " `python tests/test_public_api.py --update` and commit tests/public_api.txt with the change."
+    )
 
 
 def test_bench_is_importable():
@@ -59,6 +60,9 @@ def test_bench_is_importable():
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--update"]:
-        SNAPSHOT.write_text("# The public API: one `module.name` per line (tests/test_public_api.py --update).\n"
-                            + "\n".join(exported()) + "\n")
+        SNAPSHOT.write_text(
+            "# The public API: one `module.name` per line (tests/test_public_api.py --update).\n"
+            + "\n".join(exported())
+            + "\n"
+        )
         print(f"wrote {SNAPSHOT}")

@@ -24,20 +24,21 @@ def test_exact_pvalue_formula_on_a_toy():
 def test_permutation_test_counts_its_own_null():
     c, q = _init(0), _init(1)
     spec = permutations.permutation_spec(NET, c)
-    r = pv.permutation_test(c, q, spec, key=jax.random.key(2), num_permutations=49,
-                            statistic=pv.Statistic.WEIGHT_CORR)
+    r = pv.permutation_test(c, q, spec, key=jax.random.key(2), num_permutations=49, statistic=pv.Statistic.WEIGHT_CORR)
     assert r.null.shape == (49,)
     assert r.pvalue == pytest.approx((1 + np.sum(r.null >= r.statistic)) / 50)
-    same = pv.permutation_test(c, c, spec, key=jax.random.key(2), num_permutations=49,
-                               statistic=pv.Statistic.WEIGHT_CORR)
+    same = pv.permutation_test(
+        c, c, spec, key=jax.random.key(2), num_permutations=49, statistic=pv.Statistic.WEIGHT_CORR
+    )
     assert same.statistic == pytest.approx(1.0, abs=1e-5) and same.pvalue == pytest.approx(1 / 50)
 
 
 def test_matched_statistic_is_invariant_to_the_querys_unit_order():
     c, q = _init(0), _init(0)
     leaves = jax.tree.leaves(q)
-    q = jax.tree.unflatten(jax.tree.structure(q), [w + 0.05 * np.random.default_rng(0).normal(size=w.shape)
-                                                   for w in leaves])
+    q = jax.tree.unflatten(
+        jax.tree.structure(q), [w + 0.05 * np.random.default_rng(0).normal(size=w.shape) for w in leaves]
+    )
     spec = permutations.permutation_spec(NET, c)
     qp = permutations.permute_params(q, spec, jax.random.key(5))
     a, b = pv.matched_statistic(c, q, spec), pv.matched_statistic(c, qp, spec)
@@ -49,8 +50,19 @@ def test_matched_statistic_is_invariant_to_the_querys_unit_order():
 def test_calibration_on_a_synthetic_null():
     # Independent initialisations: the exact test's p-values are uniform (fraction <= alpha within the margin).
     spec = permutations.permutation_spec(NET, _init(0))
-    ps = np.array([pv.permutation_test(_init(2 * i), _init(2 * i + 1), spec, key=jax.random.key(i), num_permutations=19,
-                                       statistic=pv.Statistic.WEIGHT_CORR).pvalue for i in range(120)])
+    ps = np.array(
+        [
+            pv.permutation_test(
+                _init(2 * i),
+                _init(2 * i + 1),
+                spec,
+                key=jax.random.key(i),
+                num_permutations=19,
+                statistic=pv.Statistic.WEIGHT_CORR,
+            ).pvalue
+            for i in range(120)
+        ]
+    )
     for row in pv.calibration_table(ps, alphas=(0.05, 0.1, 0.5)):
         assert row["rate"] <= row["alpha"] + 2 * row["margin"], row
     assert abs(ps.mean() - 0.525) < 0.1
@@ -137,13 +149,23 @@ def twin_zoo(tmp_path_factory):
     from jaxlineage.zoo import HeadMode
 
     kw = dict(arch="mlp", arch_kwargs=(("features", (16, 8)),))
-    spec = zoo.GraphSpec("twins", (zoo.Task("A", "embedded", data.TASK_A, n_train=128),
-                                   zoo.Task("B", "embedded", data.TASK_B, n_train=128)), (
-        zoo.Group("parent", "train", task="A", grid=dict(seed=(0, 1), init_seed=(0, 1), epochs=1, batch_size=64), **kw),
-        zoo.Group("child", "finetune", source="parent", task="B",
-                  grid=dict(seed=(0,), epochs=1, batch_size=64, head=HeadMode.FRESH)),
-        zoo.Group("independent", "train", task="B", grid=dict(seed=(100,), epochs=1, batch_size=64), **kw),
-    ))
+    spec = zoo.GraphSpec(
+        "twins",
+        (zoo.Task("A", "embedded", data.TASK_A, n_train=128), zoo.Task("B", "embedded", data.TASK_B, n_train=128)),
+        (
+            zoo.Group(
+                "parent", "train", task="A", grid=dict(seed=(0, 1), init_seed=(0, 1), epochs=1, batch_size=64), **kw
+            ),
+            zoo.Group(
+                "child",
+                "finetune",
+                source="parent",
+                task="B",
+                grid=dict(seed=(0,), epochs=1, batch_size=64, head=HeadMode.FRESH),
+            ),
+            zoo.Group("independent", "train", task="B", grid=dict(seed=(100,), epochs=1, batch_size=64), **kw),
+        ),
+    )
     return zoo.build(spec, tmp_path_factory.mktemp("twins"), progress=False)
 
 

@@ -101,8 +101,13 @@ def _pairs(stages) -> dict | None:
         by.setdefault(metric, {})[mode] = d
     labels = np.asarray(kept[0]["details"]["labels"])
     k = np.asarray(kept[0]["details"]["scores"]).shape[1]
-    pairs = {"task": kept[0]["details"]["task"], "metrics": [], "alpha": {}, "scores": {},
-             "is_parent": (np.arange(k)[:, None] == labels[None, :]).ravel()}
+    pairs = {
+        "task": kept[0]["details"]["task"],
+        "metrics": [],
+        "alpha": {},
+        "scores": {},
+        "is_parent": (np.arange(k)[:, None] == labels[None, :]).ravel(),
+    }
     for metric, modes in by.items():
         chosen = None
         for mode in ("first_order", "linearized"):
@@ -128,7 +133,9 @@ def fig3a(stages, out, plt) -> str | None:
     pairs = _pairs(stages)
     if not pairs:
         return None
-    metrics = [m for m in pairs["metrics"] if "first_order" in pairs["scores"][m] and "linearized" in pairs["scores"][m]]
+    metrics = [
+        m for m in pairs["metrics"] if "first_order" in pairs["scores"][m] and "linearized" in pairs["scores"][m]
+    ]
     if not metrics:
         return None
     fig, axes = _grid(plt, len(metrics), 3.2)
@@ -191,9 +198,14 @@ def accuracy_vs_alpha(stages, out, plt) -> str | None:
         for d in sweep:
             metric, _, m = d["scorer"].rpartition(" ")
             if m == mode:  # one colour per metric in every panel (a panel may lack a metric: linf has no first order)
-                ax.plot(np.asarray(d["details"]["alphas"], np.float64), 100 * np.asarray(d["details"]["values"], np.float64),
-                        marker="o", ms=3, color=f"C{metrics.index(metric) % 10}",
-                        label=report.METRIC_LABELS.get(metric, metric))
+                ax.plot(
+                    np.asarray(d["details"]["alphas"], np.float64),
+                    100 * np.asarray(d["details"]["values"], np.float64),
+                    marker="o",
+                    ms=3,
+                    color=f"C{metrics.index(metric) % 10}",
+                    label=report.METRIC_LABELS.get(metric, metric),
+                )
         ax.set_xscale("log")
         ax.set_xlabel("alpha")
         ax.set_title(report.MODE_LABELS.get(mode, mode))
@@ -238,8 +250,13 @@ def provenance_heatmap(stages, out, plt) -> str | None:
 
     attacks = prov["attacks"]
     names = [r["name"] for r in prov["rows"]]
-    auc = np.array([[np.nan if (r["cells"].get(a) or {}).get("auc") is None else r["cells"][a]["auc"]
-                     for a, _ in attacks] for r in prov["rows"]], float)
+    auc = np.array(
+        [
+            [np.nan if (r["cells"].get(a) or {}).get("auc") is None else r["cells"][a]["auc"] for a, _ in attacks]
+            for r in prov["rows"]
+        ],
+        float,
+    )
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(attacks), 0.9 + 0.38 * len(names)))
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(auc), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")

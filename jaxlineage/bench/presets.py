@@ -90,8 +90,10 @@ class ScenarioSpec:
 
     def __post_init__(self):
         if self.question not in ("identify", "verify"):
-            raise ValueError(f"ScenarioSpec {self.name!r}: question must be 'identify' or 'verify'"
-                             f" (recover has no protocol yet); got {self.question!r}")
+            raise ValueError(
+                f"ScenarioSpec {self.name!r}: question must be 'identify' or 'verify'"
+                f" (recover has no protocol yet); got {self.question!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,15 +271,21 @@ TINY = Preset(
     mgmp=dict(repetitions=2, num_inputs=256, config=dict(num_steps=40, batch_size=32)),
     modelgif=dict(n_refs=(2, 4, 8), steps=4),
     plots=True,
-    sections=(Section("provenance", zoo.PROVENANCE_TINY,
-                      dict(probe_size=64, metrics=("l2",), modelgif_refs=(2, 4, 8), modelgif_steps=4)),),
+    sections=(
+        Section(
+            "provenance",
+            zoo.PROVENANCE_TINY,
+            dict(probe_size=64, metrics=("l2",), modelgif_refs=(2, 4, 8), modelgif_steps=4),
+        ),
+    ),
 )
 
 #: The provenance benchmark of the default preset: every scorer x every attack on PROVENANCE_QUICK.
 #: ModelGiF's fields of the ConvNets (vmapped over models) dominate its cost on CPU: 20 nodes took 280 s per
 #: field on 2 shared cores (load ~9), so the default uses 5 Gauss-Legendre nodes (BUILD_NOTES.md, "Provenance").
-PROVENANCE_SECTION = Section("provenance", zoo.PROVENANCE_QUICK,
-                             dict(probe_size=512, modelgif_refs=(8, 16, 32, 64, 128, 256), modelgif_steps=5))
+PROVENANCE_SECTION = Section(
+    "provenance", zoo.PROVENANCE_QUICK, dict(probe_size=512, modelgif_refs=(8, 16, 32, 64, 128, 256), modelgif_steps=5)
+)
 
 #: Model DNA's protocol on DNA_QUICK (jaxlineage.eval.dna.quick_settings: 5 repetitions, relu1 fragments).
 DNA_SECTION = Section("dna", zoo.DNA_QUICK, {})
@@ -289,7 +297,7 @@ QUICK = Preset(
     description="the paper's MLP on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench",
     expected_runtime="7 min on 2 CPU cores including the 1.5 min zoo build (measured 2026-12-01), plus ~2 min for"
-                     " the provenance section (estimated idle; 303 s measured at load 5-8, 2026-12-02)",
+    " the provenance section (estimated idle; 303 s measured at load 5-8, 2026-12-02)",
     # detector.QUICK_PROTOCOL (copied so presets need not import the detector). A repetition takes
     # ~75 s on 2 CPU cores, so the bench runs 3 closed-set splits to stay under 10 min; the 5-split
     # closed- and open-set figures come from benchmarks/detector_quick.py.

@@ -44,8 +44,16 @@ __all__ = [
 
 #: Paper-style labels of the learning-free modes (Neural Lineage Table 1).
 MODE_LABELS = {"plain": "w/o approx.", "first_order": "w approx.", "linearized": "linearised"}
-METRIC_LABELS = {"l1": "L1", "l2": "L2", "lp": "Lp (p=4)", "linf": "Linf", "lse": "LSE", "cka": "CKA", "dcor": "dCor",
-                 "cka(estimator=unbiased)": "CKA (unbiased)"}
+METRIC_LABELS = {
+    "l1": "L1",
+    "l2": "L2",
+    "lp": "Lp (p=4)",
+    "linf": "Linf",
+    "lse": "LSE",
+    "cka": "CKA",
+    "dcor": "dCor",
+    "cka(estimator=unbiased)": "CKA (unbiased)",
+}
 
 
 def cell(mean: float, std: float | None = None) -> dict:
@@ -57,16 +65,31 @@ def na() -> dict:
     return {"mean": None, "std": None}
 
 
-def table(key: str, title: str, row_header: Sequence[str], columns: Sequence[str], rows: list[dict], *,
-          decimals: int | Sequence[int], notes: Sequence[str] = ()) -> dict:
+def table(
+    key: str,
+    title: str,
+    row_header: Sequence[str],
+    columns: Sequence[str],
+    rows: list[dict],
+    *,
+    decimals: int | Sequence[int],
+    notes: Sequence[str] = (),
+) -> dict:
     """``decimals``: one for every column or one per column."""
     if not isinstance(decimals, int) and len(decimals) != len(columns):
         raise ValueError(f"table {key}: {len(decimals)} decimals for {len(columns)} columns")
     for r in rows:
         if len(r["cells"]) != len(columns) or len(r["label"]) != len(row_header):
             raise ValueError(f"table {key}: row {r['label']} does not fit columns {list(columns)}")
-    return {"key": key, "title": title, "row_header": list(row_header), "columns": list(columns), "rows": rows,
-            "decimals": decimals, "notes": list(notes)}
+    return {
+        "key": key,
+        "title": title,
+        "row_header": list(row_header),
+        "columns": list(columns),
+        "rows": rows,
+        "decimals": decimals,
+        "notes": list(notes),
+    }
 
 
 def format_cell(c: dict, decimals: int) -> str:
@@ -80,11 +103,17 @@ def format_cell(c: dict, decimals: int) -> str:
 
 def to_markdown(t: dict) -> str:
     head = [*t["row_header"], *t["columns"]]
-    lines = [f"### {t['title']}", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join(["---"] * len(t["row_header"]) + ["---:"] * len(t["columns"])) + "|"]
+    lines = [
+        f"### {t['title']}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * len(t["row_header"]) + ["---:"] * len(t["columns"])) + "|",
+    ]
     decimals = column_decimals(t)
     for r in t["rows"]:
-        lines.append("| " + " | ".join([*r["label"], *(format_cell(c, d) for c, d in zip(r["cells"], decimals))]) + " |")
+        lines.append(
+            "| " + " | ".join([*r["label"], *(format_cell(c, d) for c, d in zip(r["cells"], decimals))]) + " |"
+        )
     lines.append("")
     lines += [f"{n}" for n in t["notes"]]
     return "\n".join(lines).rstrip() + "\n"
@@ -131,7 +160,7 @@ def scenario_tables(stages: dict) -> list[dict]:
     from jaxlineage.eval import Result, protocols
 
     groups: dict[tuple[str, str], list] = {}
-    for name, st in stages.items():
+    for st in stages.values():
         if st.get("status") != "ok" or st.get("via") != "jaxlineage.eval":
             continue
         for d in st["result"]["results"]:
@@ -157,17 +186,31 @@ def scenario_tables(stages: dict) -> list[dict]:
             det_done.add(task)
             rows += _detector_rows(det, task, cols, notes)
         s = first.settings
-        what = ("parent identification accuracy (%)" if first.question == "identify" else
-                "provenance verification: AUC, TPR at low FPR (%), AUC per derivation kind")
-        title = (f"{scenario} (task {task}): {what}; {s.get('candidates')} candidates, {s.get('queries')} queries,"
-                 f" mean ± std over {s.get('num_folds')} folds")
+        what = (
+            "parent identification accuracy (%)"
+            if first.question == "identify"
+            else "provenance verification: AUC, TPR at low FPR (%), AUC per derivation kind"
+        )
+        title = (
+            f"{scenario} (task {task}): {what}; {s.get('candidates')} candidates, {s.get('queries')} queries,"
+            f" mean ± std over {s.get('num_folds')} folds"
+        )
         alphas = next((r.details.get("grid_alphas") for r in rs if r.details.get("alphas")), None)
-        notes.append(f"Folds {s.get('split')} (sizes {s.get('fold_sizes')}), the same for every row"
-                     + (f"; alpha of the learning-free rows chosen per fold on the training folds from {alphas}"
-                        if alphas else "") + ". ± is the sample standard deviation (ddof=1) over folds.")
+        notes.append(
+            f"Folds {s.get('split')} (sizes {s.get('fold_sizes')}), the same for every row"
+            + (
+                f"; alpha of the learning-free rows chosen per fold on the training folds from {alphas}"
+                if alphas
+                else ""
+            )
+            + ". ± is the sample standard deviation (ddof=1) over folds."
+        )
         key = scenario if len(tasks) == 1 else f"{scenario}_{task}"
-        out.append(table(key, title, ["method", "scorer"], [f[2] for f in fmts], rows,
-                         decimals=[f[1] for f in fmts], notes=notes))
+        out.append(
+            table(
+                key, title, ["method", "scorer"], [f[2] for f in fmts], rows, decimals=[f[1] for f in fmts], notes=notes
+            )
+        )
     return out
 
 
@@ -177,16 +220,21 @@ def _detector_rows(det: dict, task: str, cols: list[str], notes: list[str]) -> l
     for variant, v in det.get("variants", {}).items():
         if task in v["tasks"]:
             c = v["tasks"][task]
-            rows.append({"label": ["Lineage Detector", variant],
-                         "cells": [cell(_pct(c["mean"]), _pct(c["std"])) if col == "accuracy" else na()
-                                   for col in cols]})
+            rows.append(
+                {
+                    "label": ["Lineage Detector", variant],
+                    "cells": [cell(_pct(c["mean"]), _pct(c["std"])) if col == "accuracy" else na() for col in cols],
+                }
+            )
     first = det.get("raw", {}).get(task, {})
     first = next(iter(first.values()), None)
     if first:
         sizes = first.get("split_sizes")
-        notes.append(f"Lineage Detector (its own protocol until it has a scorer): {first.get('repetitions')} random"
-                     f" train/val/test splits of the children (sizes {sizes}), weights of"
-                     f" `{first.get('weight_layer')}` and features at `{first.get('feature_tap')}`; test accuracy.")
+        notes.append(
+            f"Lineage Detector (its own protocol until it has a scorer): {first.get('repetitions')} random"
+            f" train/val/test splits of the children (sizes {sizes}), weights of"
+            f" `{first.get('weight_layer')}` and features at `{first.get('feature_tap')}`; test accuracy."
+        )
     return rows
 
 
@@ -194,23 +242,39 @@ def mgmp_table(stages: dict) -> dict | None:
     mg = _ok(stages, "mgmp")
     if mg is None:
         return None
-    cols = [("accuracy", "fragment accuracy (A_o + A_n)/2"), ("A_o", "A_o (homologous)"),
-            ("A_n", "A_n (non-homologous)"), ("model_accuracy", "model-level accuracy"),
-            ("homologous_accepted", "homologous accepted"), ("non_homologous_rejected", "non-homologous rejected"),
-            ("model_auc", "model-level AUC x 100")]
-    rows = [{"label": [label], "cells": [cell(_pct(m[k]["mean"]), _pct(m[k]["std"])) for k, _ in cols]}
-            for label, m in mg["methods"].items()]
+    cols = [
+        ("accuracy", "fragment accuracy (A_o + A_n)/2"),
+        ("A_o", "A_o (homologous)"),
+        ("A_n", "A_n (non-homologous)"),
+        ("model_accuracy", "model-level accuracy"),
+        ("homologous_accepted", "homologous accepted"),
+        ("non_homologous_rejected", "non-homologous rejected"),
+        ("model_auc", "model-level AUC x 100"),
+    ]
+    rows = [
+        {"label": [label], "cells": [cell(_pct(m[k]["mean"]), _pct(m[k]["std"])) for k, _ in cols]}
+        for label, m in mg["methods"].items()
+    ]
     s = mg.get("raw", {}).get("settings", {})
     first = next(iter(mg["methods"].values()))
-    notes = [f"{s.get('repetitions')} repetitions (a parent as source each; pool and evaluation targets split by "
-             f"training configuration); fragments from {s.get('eval_inputs')} {s.get('eval_split')} inputs of the "
-             f"parent task; model-level: fraction of homologous fragments >= delta = {s.get('delta')}, pooled over "
-             f"{first['model_accuracy']['total']} evaluation targets ({first['homologous_accepted']['total']} "
-             f"homologous, {first['non_homologous_rejected']['total']} non-homologous). Model-level AUC: ROC AUC of the "
-             f"homologous-fragment fraction, homologous vs non-homologous targets, per repetition (100 = some delta "
-             f"decides every target correctly)."]
-    return table("mgmp", "MGMP / Model DNA: provenance accuracy (%), mean ± std over repetitions",
-                 ["model"], [c for _, c in cols], rows, decimals=1, notes=notes)
+    notes = [
+        f"{s.get('repetitions')} repetitions (a parent as source each; pool and evaluation targets split by "
+        f"training configuration); fragments from {s.get('eval_inputs')} {s.get('eval_split')} inputs of the "
+        f"parent task; model-level: fraction of homologous fragments >= delta = {s.get('delta')}, pooled over "
+        f"{first['model_accuracy']['total']} evaluation targets ({first['homologous_accepted']['total']} "
+        f"homologous, {first['non_homologous_rejected']['total']} non-homologous). Model-level AUC: ROC AUC of the "
+        f"homologous-fragment fraction, homologous vs non-homologous targets, per repetition (100 = some delta "
+        f"decides every target correctly)."
+    ]
+    return table(
+        "mgmp",
+        "MGMP / Model DNA: provenance accuracy (%), mean ± std over repetitions",
+        ["model"],
+        [c for _, c in cols],
+        rows,
+        decimals=1,
+        notes=notes,
+    )
 
 
 def modelgif_table(stages: dict) -> dict | None:
@@ -222,23 +286,36 @@ def modelgif_table(stages: dict) -> dict | None:
     multi = len(tasks) > 1
     for t in tasks:
         res = gif["tasks"][t]
-        for contrast, name in (("children_vs_independents", "AUC vs independents"),
-                               ("other_children", "AUC vs other parents' children"),
-                               ("children_vs_independents:tpr_at_5", "TPR@5%FPR vs independents")):
+        for contrast, name in (
+            ("children_vs_independents", "AUC vs independents"),
+            ("other_children", "AUC vs other parents' children"),
+            ("children_vs_independents:tpr_at_5", "TPR@5%FPR vs independents"),
+        ):
             key, _, field = contrast.partition(":")
             field = field or "auc"
             columns.append(f"{t}: {name}" if multi else name)
             for p in res[key]:
                 by_n.setdefault(p["n_refs"], []).append(p[field])
     n_cols = len(columns)
-    rows = [{"label": [str(n)], "cells": [cell(v) for v in vals]} for n, vals in sorted(by_n.items()) if len(vals) == n_cols]
+    rows = [
+        {"label": [str(n)], "cells": [cell(v) for v in vals]} for n, vals in sorted(by_n.items()) if len(vals) == n_cols
+    ]
     first = gif["tasks"][tasks[0]]
     s = first.get("settings", {})
-    notes = [f"Positives: (parent, own child) pairs; negatives: (parent, independent) or (parent, another parent's child). "
-             f"{first['children_vs_independents'][0]['num_pos']} positive pairs; K = {s.get('steps')} quadrature "
-             f"nodes, references drawn from {s.get('task')}/{s.get('split')} without looking at any model."]
-    return table("modelgif", "ModelGiF: detection of derived models by gradient-field distance, by reference count",
-                 ["references"], columns, rows, decimals=3, notes=notes)
+    notes = [
+        f"Positives: (parent, own child) pairs; negatives: (parent, independent) or (parent, another parent's child). "
+        f"{first['children_vs_independents'][0]['num_pos']} positive pairs; K = {s.get('steps')} quadrature "
+        f"nodes, references drawn from {s.get('task')}/{s.get('split')} without looking at any model."
+    ]
+    return table(
+        "modelgif",
+        "ModelGiF: detection of derived models by gradient-field distance, by reference count",
+        ["references"],
+        columns,
+        rows,
+        decimals=3,
+        notes=notes,
+    )
 
 
 def timing_table(results: dict) -> dict:
@@ -249,12 +326,16 @@ def timing_table(results: dict) -> dict:
         rows.append({"label": [name, st["status"]], "cells": [cell(st["wall_s"])]})
     rows.append({"label": ["total", "-"], "cells": [cell(results["wall_s"])]})
     dev = results["environment"]["device"]
-    notes = [f"Device {dev} ({results['environment']['device_count']} device(s), "
-             f"{results['environment']['cpu_count']} CPUs); jax {results['environment']['jax']}."]
+    notes = [
+        f"Device {dev} ({results['environment']['device_count']} device(s), "
+        f"{results['environment']['cpu_count']} CPUs); jax {results['environment']['jax']}."
+    ]
     z = results["stages"].get("zoo", {}).get("result")
     if z:
         notes.append(f"Zoo: {z['trained']} models trained in this run, {z['reused']} reused from {z['workdir']}.")
-    return table("timing", "Wall time per stage (s)", ["stage", "status"], ["wall time (s)"], rows, decimals=1, notes=notes)
+    return table(
+        "timing", "Wall time per stage (s)", ["stage", "status"], ["wall time (s)"], rows, decimals=1, notes=notes
+    )
 
 
 def provenance_tables(stages: dict) -> list[dict]:
@@ -272,25 +353,44 @@ def provenance_tables(stages: dict) -> list[dict]:
     out = []
     for field, title in (("auc", "ROC AUC"), ("tpr@1%fpr", "TPR at 1 % FPR")):
         rows = [{"label": [r["name"]], "cells": [c(r["cells"].get(a), field) for a in attacks]} for r in prov["rows"]]
-        notes = [f"Scenario `{sc['name']}`: sources {', '.join(sc['sources'])} against {sc['queries']} derived models"
-                 f" (probe {sc['probe_shape'][0]} defender inputs). Positives: (source, model derived from it by the"
-                 " attack); negatives: (source, the same attack applied to an independently trained model, or an"
-                 " independent model; scratch models of the transfer task for transfer). n/a: the scorer cannot read"
-                 " those pairs (weight space across architectures). Learning-free: default tap, fixed"
-                 f" alpha {sc['alpha']}; ModelGiF: {sc['modelgif_steps']} nodes, references a seeded draw from the"
-                 " probe."]
+        notes = [
+            f"Scenario `{sc['name']}`: sources {', '.join(sc['sources'])} against {sc['queries']} derived models"
+            f" (probe {sc['probe_shape'][0]} defender inputs). Positives: (source, model derived from it by the"
+            " attack); negatives: (source, the same attack applied to an independently trained model, or an"
+            " independent model; scratch models of the transfer task for transfer). n/a: the scorer cannot read"
+            " those pairs (weight space across architectures). Learning-free: default tap, fixed"
+            f" alpha {sc['alpha']}; ModelGiF: {sc['modelgif_steps']} nodes, references a seeded draw from the"
+            " probe."
+        ]
         notes += [f"{s['name']}: {s['why']}." for s in prov.get("slots", [])]
-        out.append(table(f"provenance_{field}", f"Provenance (verify): {title} per attack", ["method"], labels, rows,
-                         decimals=2, notes=notes))
+        out.append(
+            table(
+                f"provenance_{field}",
+                f"Provenance (verify): {title} per attack",
+                ["method"],
+                labels,
+                rows,
+                decimals=2,
+                notes=notes,
+            )
+        )
     sweep = prov.get("modelgif_sweep", {})
     rows = []
     for field, by_n in sweep.items():
         for n, cells_ in by_n.items():
             rows.append({"label": [field, str(n)], "cells": [c(cells_.get(a), "auc") for a in attacks]})
     if rows:
-        out.append(table("provenance_modelgif", "Provenance: ModelGiF ROC AUC per attack by reference count",
-                         ["field", "references"], labels, rows, decimals=2,
-                         notes=["Fewer references are prefixes of one seeded draw from the defender's probe."]))
+        out.append(
+            table(
+                "provenance_modelgif",
+                "Provenance: ModelGiF ROC AUC per attack by reference count",
+                ["field", "references"],
+                labels,
+                rows,
+                decimals=2,
+                notes=["Fewer references are prefixes of one seeded draw from the defender's probe."],
+            )
+        )
     return out
 
 
@@ -304,16 +404,33 @@ def dna_table(stages: dict) -> dict | None:
     rows = []
     for r in d["results"]:
         m = r["metrics"]
-        rows.append({"label": [r["scenario"], r["scorer"]],
-                     "cells": [cell(100 * m[k]["mean"], 100 * m[k]["std"]) if k in m else na() for k in keys]})
-    return table("dna", "Model DNA on DNA_QUICK (verify): unseen tasks and seeds, with / without the generator (%)",
-                 ["scenario", "scorer"], cols, rows, decimals=1,
-                 notes=["One source per repetition; pool and evaluation targets share no task and no seed"
-                        " (eval.dna.Split.STRICT). Paired comparison in results.json (stages.dna.result.table)."])
+        rows.append(
+            {
+                "label": [r["scenario"], r["scorer"]],
+                "cells": [cell(100 * m[k]["mean"], 100 * m[k]["std"]) if k in m else na() for k in keys],
+            }
+        )
+    return table(
+        "dna",
+        "Model DNA on DNA_QUICK (verify): unseen tasks and seeds, with / without the generator (%)",
+        ["scenario", "scorer"],
+        cols,
+        rows,
+        decimals=1,
+        notes=[
+            "One source per repetition; pool and evaluation targets share no task and no seed"
+            " (eval.dna.Split.STRICT). Paired comparison in results.json (stages.dna.result.table)."
+        ],
+    )
 
 
-TABLES: list[Callable[[dict], dict | list[dict] | None]] = [scenario_tables, mgmp_table, modelgif_table,
-                                                           provenance_tables, dna_table]
+TABLES: list[Callable[[dict], dict | list[dict] | None]] = [
+    scenario_tables,
+    mgmp_table,
+    modelgif_table,
+    provenance_tables,
+    dna_table,
+]
 
 
 def build_tables(results: dict) -> list[dict]:
@@ -340,20 +457,28 @@ def _child_tasks(stages: dict) -> list[str]:
 def to_markdown_report(results: dict) -> str:
     p = results["preset"]
     env = results["environment"]
-    lines = [f"# jaxlineage bench: preset `{p['name']}`", "",
-             f"{p['description']}. Command: `{results['command']}`. "
-             f"jaxlineage {env['jaxlineage']}, jax {env['jax']}, {env['device']}, {env['cpu_count']} CPUs, "
-             f"seed {results['settings']['seed']}, total wall time {results['wall_s']:.0f} s.", ""]
+    lines = [
+        f"# jaxlineage bench: preset `{p['name']}`",
+        "",
+        f"{p['description']}. Command: `{results['command']}`. "
+        f"jaxlineage {env['jaxlineage']}, jax {env['jax']}, {env['device']}, {env['cpu_count']} CPUs, "
+        f"seed {results['settings']['seed']}, total wall time {results['wall_s']:.0f} s.",
+        "",
+    ]
     for d in results.get("data", []):
         if d["split"] == "train":
             from jaxlineage.bench.stages import describe_source
 
-            lines.append(f"- data: `{d['dataset']}` (tasks {', '.join(d['tasks'])}) from {describe_source(d['source'])}")
+            lines.append(
+                f"- data: `{d['dataset']}` (tasks {', '.join(d['tasks'])}) from {describe_source(d['source'])}"
+            )
     z = results["stages"]["zoo"].get("result")
     if z:
         c = z["counts"]
-        lines.append(f"- zoo `{z['spec_name']}` in `{z['workdir']}`: {c['parents']} parents, {c['children']} children, "
-                     f"{c['independents']} independents ({z['trained']} trained now, {z['reused']} reused)")
+        lines.append(
+            f"- zoo `{z['spec_name']}` in `{z['workdir']}`: {c['parents']} parents, {c['children']} children, "
+            f"{c['independents']} independents ({z['trained']} trained now, {z['reused']} reused)"
+        )
     for name, st in results["stages"].items():
         if st["status"] != "ok":
             lines.append(f"- stage `{name}`: **{st['status']}**: {st.get('error', '')}")

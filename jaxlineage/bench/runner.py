@@ -73,14 +73,18 @@ def check_writable(out: pathlib.Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise BenchError(f"cannot write the report to --out {out}: {e.strerror or e}. Pass a writable --out folder.") from e
+        raise BenchError(
+            f"cannot write the report to --out {out}: {e.strerror or e}. Pass a writable --out folder."
+        ) from e
 
 
 class _Eta:
     """Stage progress with an ETA: from the previous run's stage times (kept in the workdir), else the
     preset's estimates; a heartbeat line every ``heartbeat_s`` while a stage runs."""
 
-    def __init__(self, workdir: pathlib.Path, preset: presets_lib.Preset, names: Sequence[str], heartbeat_s: float = 30.0):
+    def __init__(
+        self, workdir: pathlib.Path, preset: presets_lib.Preset, names: Sequence[str], heartbeat_s: float = 30.0
+    ):
         self.path = workdir / TIMINGS_FILE
         self.key = preset.name
         try:
@@ -192,8 +196,14 @@ def run(
         "schema": SCHEMA,
         "command": command,
         "preset": preset.to_json(),
-        "settings": {"methods": list(methods), "seed": seed, "workdir": str(workdir), "out": str(out),
-                     "rebuild": rebuild, "download": download},
+        "settings": {
+            "methods": list(methods),
+            "seed": seed,
+            "workdir": str(workdir),
+            "out": str(out),
+            "rebuild": rebuild,
+            "download": download,
+        },
         "environment": stages.environment(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "stages": {},
@@ -210,8 +220,9 @@ def run(
     zoo, info = stages.build_zoo(preset.zoo, workdir, rebuild=rebuild, progress=progress)
     info["child_tasks"] = [t.name for t in preset.zoo.child_tasks]
     results["stages"]["zoo"] = {"status": "ok", "wall_s": time.time() - t0, "result": info}
-    log.info("stage zoo: %r; %d models trained now, %d reused, %.1fs", zoo, info["trained"], info["reused"],
-             time.time() - t0)
+    log.info(
+        "stage zoo: %r; %d models trained now, %d reused, %.1fs", zoo, info["trained"], info["reused"], time.time() - t0
+    )
 
     eta = _Eta(workdir, preset, methods)
     failed = []
@@ -222,15 +233,20 @@ def run(
         specs = preset.scorer_specs(name)
         section = preset.section(name)
         if section is not None:  # a question on a zoo of its own, built in <workdir>/<name>
-            entry = {"settings": stages.to_json(dict(section.settings)), "via": "section",
-                     "zoo_spec": section.zoo.name}
+            entry = {"settings": stages.to_json(dict(section.settings)), "via": "section", "zoo_spec": section.zoo.name}
 
             def call(section=section, entry=entry):
                 tz = time.time()
                 z, zinfo = stages.build_zoo(section.zoo, workdir / section.name, rebuild=rebuild, progress=progress)
                 entry["zoo"] = {**zinfo, "wall_s": time.time() - tz}
-                log.info("section %s: zoo %r, %d trained, %d reused, %.1fs", section.name, section.zoo.name,
-                         zinfo["trained"], zinfo["reused"], time.time() - tz)
+                log.info(
+                    "section %s: zoo %r, %d trained, %d reused, %.1fs",
+                    section.name,
+                    section.zoo.name,
+                    zinfo["trained"],
+                    zinfo["reused"],
+                    time.time() - tz,
+                )
                 return stages.SECTIONS[section.name](z, seed=seed, **section.settings)
         elif specs:  # through the evaluation layer: every scenario x this method's scorers
             entry: dict = {"settings": [sp.to_json() for sp in specs], "via": "jaxlineage.eval"}

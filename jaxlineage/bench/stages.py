@@ -34,8 +34,8 @@ import jax
 import numpy as np
 
 from jaxlineage import data as data_lib
-from jaxlineage.eval import metrics as metrics_lib
 from jaxlineage import zoo as zoo_lib
+from jaxlineage.eval import metrics as metrics_lib
 
 __all__ = [
     "BenchError",
@@ -74,7 +74,9 @@ def _import(method: str, module: str):
         return importlib.import_module(f"jaxlineage.{module}")
     except ModuleNotFoundError as e:
         if e.name == f"jaxlineage.{module}":
-            raise MethodUnavailable(f"{method}: module jaxlineage.{module} is not available in this installation") from e
+            raise MethodUnavailable(
+                f"{method}: module jaxlineage.{module} is not available in this installation"
+            ) from e
         raise
 
 
@@ -149,11 +151,14 @@ def environment() -> dict:
 
 def describe_source(source: str) -> str:
     if source == "embedded":
-        return "the embedded Fashion-MNIST subset shipped with jaxlineage (offline; 1000 train / 200 test images per class)"
+        return (
+            "the embedded Fashion-MNIST subset shipped with jaxlineage"
+            " (offline; 1000 train / 200 test images per class)"
+        )
     if source == "tfds":
         return "TFDS (tfds.data_source, prepared data dir)"
     if source.startswith("local:"):
-        return f"local raw files in {source[len('local:'):]}"
+        return f"local raw files in {source[len('local:') :]}"
     return source
 
 
@@ -179,23 +184,30 @@ def check_data(spec: zoo_lib.ZooSpec, *, download: bool = False) -> list[dict]:
             try:
                 ds = data_lib.load(name, split, download=download)
             except data_lib.DataError as e:
-                hint = "" if download else (
-                    " Or rerun with --download to let TFDS fetch it (network), or use the offline"
-                    " presets (quick, tiny, cnn) on the embedded data."
+                hint = (
+                    ""
+                    if download
+                    else (
+                        " Or rerun with --download to let TFDS fetch it (network), or use the offline"
+                        " presets (quick, tiny, cnn) on the embedded data."
+                    )
                 )
                 raise BenchError(f"data for zoo {spec.name!r}, task(s) {task_names}: {e}{hint}") from e
             out.append(dict(dataset=name, split=split, source=ds.source, examples=len(ds), tasks=task_names))
     for name in tasks:
         srcs = sorted({d["source"] for d in out if d["dataset"] == name})
-        log.info("data: %s (tasks %s) from %s", name, ", ".join(tasks[name]), "; ".join(describe_source(s) for s in srcs))
+        log.info(
+            "data: %s (tasks %s) from %s", name, ", ".join(tasks[name]), "; ".join(describe_source(s) for s in srcs)
+        )
     return out
 
 
 # --------------------------------------------------------------------------- zoo
 
 
-def build_zoo(spec: zoo_lib.ZooSpec, workdir: str | os.PathLike, *, rebuild: bool = False,
-              progress: bool | None = None) -> tuple[zoo_lib.Zoo, dict]:
+def build_zoo(
+    spec: zoo_lib.ZooSpec, workdir: str | os.PathLike, *, rebuild: bool = False, progress: bool | None = None
+) -> tuple[zoo_lib.Zoo, dict]:
     """Builds the zoo or reuses the cached one in ``workdir``.
 
     Returns:
@@ -223,8 +235,9 @@ def build_zoo(spec: zoo_lib.ZooSpec, workdir: str | os.PathLike, *, rebuild: boo
                     f"settings) than preset zoo {spec.name!r}. Pass another --workdir, or --rebuild to delete "
                     "that zoo and build this one there."
                 )
-            log.warning("zoo: %s holds a zoo of another spec (%r); --rebuild given: deleting it and rebuilding",
-                        workdir, name)
+            log.warning(
+                "zoo: %s holds a zoo of another spec (%r); --rebuild given: deleting it and rebuilding", workdir, name
+            )
             rebuilt = True
     models = workdir / "models"
     before = {p.stem for p in models.glob("*.json")} if models.is_dir() and not rebuilt else set()
@@ -240,8 +253,13 @@ def build_zoo(spec: zoo_lib.ZooSpec, workdir: str | os.PathLike, *, rebuild: boo
         "rebuilt": rebuilt,
         "trained": trained,
         "reused": len(ids & before),
-        "counts": {"parents": len(z.parents), "children": len(z.children), "independents": len(z.independents),
-                   "grandchildren": len(z.grandchildren), "stored": len(z.records)},
+        "counts": {
+            "parents": len(z.parents),
+            "children": len(z.children),
+            "independents": len(z.independents),
+            "grandchildren": len(z.grandchildren),
+            "stored": len(z.records),
+        },
         "accuracy": {
             role: _summary([r.test_acc for r in z.records if r.role == role and r.kept])
             for role in ("parent", "child", "independent", "grandchild")
@@ -307,8 +325,14 @@ class ScenarioCache:
             fn = scenarios.identify if spec.question == "identify" else scenarios.verify
             self._built[key] = fn(self.zoo, name=f"{spec.name}/{task}", **kwargs)
             self.wall_s[f"{spec.name}/{task}"] = time.time() - t0
-            log.info("scenario %s/%s: %d candidates x %d queries built in %.1fs", spec.name, task,
-                     len(self._built[key].candidates), len(self._built[key].queries), time.time() - t0)
+            log.info(
+                "scenario %s/%s: %d candidates x %d queries built in %.1fs",
+                spec.name,
+                task,
+                len(self._built[key].candidates),
+                len(self._built[key].queries),
+                time.time() - t0,
+            )
         return self._built[key]
 
 
@@ -337,8 +361,14 @@ def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioC
             scen = scenarios.get(sc, task)
             t0 = time.time()
             keep = method == "learning_free" and (sc, task) == figures_on
-            results = eval_lib.run_all(scen, [s for _, s in labelled], key=jax.random.key(seed),
-                                       num_folds=preset.num_folds, keep_scores=keep, cache=scenarios.grids)
+            results = eval_lib.run_all(
+                scen,
+                [s for _, s in labelled],
+                key=jax.random.key(seed),
+                num_folds=preset.num_folds,
+                keep_scores=keep,
+                cache=scenarios.grids,
+            )
             for (label, _), r in zip(labelled, results):
                 r.details.update(method=method, label=label, scenario=sc.name, task=task)
                 out["results"].append(to_json(r.to_json()))
@@ -349,8 +379,12 @@ def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioC
                 for r in eval_lib.alpha_sweep(scen, swept, alphas=preset.alpha_sweep):
                     r.details.update(method=method, scenario=sc.name, task=task)
                     out["alpha_sweep"].append(to_json(r.to_json()))
-                log.info("%s: accuracy vs alpha (%d alphas, all queries) in %.1fs", method, len(preset.alpha_sweep),
-                         time.time() - t0)
+                log.info(
+                    "%s: accuracy vs alpha (%d alphas, all queries) in %.1fs",
+                    method,
+                    len(preset.alpha_sweep),
+                    time.time() - t0,
+                )
     return out
 
 
@@ -381,8 +415,13 @@ def detector(zoo: zoo_lib.Zoo, *, seed: int = 0, open_set: bool | Sequence[bool]
     for t in zoo.spec.child_tasks:
         t0 = time.time()
         examples = det.make_examples(zoo, task=t.name, **ex_kwargs)
-        log.info("detector: %d examples on task %s (%d candidates) in %.1fs", len(examples), t.name,
-                 examples.num_candidates, time.time() - t0)
+        log.info(
+            "detector: %d examples on task %s (%d candidates) in %.1fs",
+            len(examples),
+            t.name,
+            examples.num_candidates,
+            time.time() - t0,
+        )
         for o in variants:
             name = "open set" if o else "closed set"
             res = det.run_protocol(examples=examples, seed=seed, open_set=o, **settings)
@@ -416,15 +455,23 @@ def mgmp(zoo: zoo_lib.Zoo, *, seed: int = 0, config: Any = None, **settings) -> 
             "A_o": mean_std([r["A_o"] for r in runs]),
             "A_n": mean_std([r["A_n"] for r in runs]),
             "model_auc": mean_std([r["model_auc"] for r in runs]),
-            "model_accuracy": {"mean": summ["models_correct"] / max(summ["models_total"], 1), "std": None,
-                               "correct": summ["models_correct"], "total": summ["models_total"]},
+            "model_accuracy": {
+                "mean": summ["models_correct"] / max(summ["models_total"], 1),
+                "std": None,
+                "correct": summ["models_correct"],
+                "total": summ["models_total"],
+            },
         }
         # The pooled model-level figure is dominated by the non-homologous targets; split it by kind.
         for kind, homologous in (("homologous_accepted", True), ("non_homologous_rejected", False)):
             ds = [d for r in runs for d in r.get("decisions", []) if d["homologous"] == homologous]
             ok = sum(bool(d["correct"]) for d in ds)
-            methods[label][kind] = {"mean": ok / len(ds) if ds else float("nan"), "std": None, "correct": ok,
-                                    "total": len(ds)}
+            methods[label][kind] = {
+                "mean": ok / len(ds) if ds else float("nan"),
+                "std": None,
+                "correct": ok,
+                "total": len(ds),
+            }
     raw = to_json(res)
     for run in raw.get("runs", []):  # per-target decisions are long; keep the counts
         for key in ("with_generator", "without_generator"):
@@ -448,14 +495,16 @@ def modelgif(zoo: zoo_lib.Zoo, *, seed: int = 0, **settings) -> dict:
         t0 = time.time()
         res = mg.evaluate(zoo, seed=seed, task=task, **settings)
         dist = np.asarray(res["distances"])
-        out[task] = to_json({
-            "children_vs_independents": res["children_vs_independents"],
-            "other_children": res["other_children"],
-            "pair_distance": dist.mean(-1),
-            "parent_ids": res["parent_ids"],
-            "column_ids": res["column_ids"],
-            "settings": res.get("settings", {}),
-        })
+        out[task] = to_json(
+            {
+                "children_vs_independents": res["children_vs_independents"],
+                "other_children": res["other_children"],
+                "pair_distance": dist.mean(-1),
+                "parent_ids": res["parent_ids"],
+                "column_ids": res["column_ids"],
+                "settings": res.get("settings", {}),
+            }
+        )
         log.info("modelgif: task %s done (%d/%d) in %.1fs", task, i, len(tasks), time.time() - t0)
     return {"tasks": out}
 
@@ -470,10 +519,17 @@ STAGES = {"detector": detector, "mgmp": mgmp, "modelgif": modelgif}
 PROVENANCE_METRICS = ("l2", "cka")
 
 
-def provenance(zoo: zoo_lib.Zoo, *, seed: int = 0, probe_size: int = 512,
-               metrics: Sequence[str] = PROVENANCE_METRICS, alpha: float = 1e-3,
-               modelgif_refs: Sequence[int] = (8, 16, 32, 64, 128, 256), modelgif_steps: int = 20,
-               dna: Any = None) -> dict:
+def provenance(
+    zoo: zoo_lib.Zoo,
+    *,
+    seed: int = 0,
+    probe_size: int = 512,
+    metrics: Sequence[str] = PROVENANCE_METRICS,
+    alpha: float = 1e-3,
+    modelgif_refs: Sequence[int] = (8, 16, 32, 64, 128, 256),
+    modelgif_steps: int = 20,
+    dna: Any = None,
+) -> dict:
     """Every scorer against every attack on a ``PROVENANCE_QUICK``-style zoo (SAC / ModelGiF's benchmark).
 
     One :func:`jaxlineage.eval.scenarios.provenance` scenario (candidates: the
@@ -506,16 +562,25 @@ def provenance(zoo: zoo_lib.Zoo, *, seed: int = 0, probe_size: int = 512,
     t0 = time.time()
     scen = scenarios.provenance(zoo, probe_size=probe_size)
     masks = prov.attack_masks(scen)
-    log.info("provenance: %d sources x %d queries, probe %s, built in %.1fs", len(scen.candidates),
-             len(scen.queries), np.shape(scen.probe), time.time() - t0)
+    log.info(
+        "provenance: %d sources x %d queries, probe %s, built in %.1fs",
+        len(scen.candidates),
+        len(scen.queries),
+        np.shape(scen.probe),
+        time.time() - t0,
+    )
     rows = []
 
     def add(name, method, scores, t):
         rows.append({"name": name, "method": method, "cells": prov.cells(scores, masks), "wall_s": time.time() - t})
         log.info("provenance: %s in %.1fs", name, time.time() - t)
 
-    for label, s in (("weight L2", scorers.WeightL2()), ("weight cosine", scorers.WeightCosine()),
-                     ("output agreement", scorers.OutputAgreement()), ("output KL", scorers.OutputKL())):
+    for label, s in (
+        ("weight L2", scorers.WeightL2()),
+        ("weight cosine", scorers.WeightCosine()),
+        ("output agreement", scorers.OutputAgreement()),
+        ("output KL", scorers.OutputKL()),
+    ):
         t = time.time()
         add(label, "baselines", prov.score_matrix(scen, s), t)
     lf = scorers.learning_free(tuple(metrics), alphas=(alpha,))
@@ -528,24 +593,36 @@ def provenance(zoo: zoo_lib.Zoo, *, seed: int = 0, probe_size: int = 512,
     n_max = max(modelgif_refs)
     for field, backbone in (("logits field", False), ("backbone field", True)):
         t = time.time()
-        d = prov.modelgif_sweep(scen, backbone=backbone, n_refs=n_max, steps=modelgif_steps,
-                                key=jax.random.key(seed))
+        d = prov.modelgif_sweep(scen, backbone=backbone, n_refs=n_max, steps=modelgif_steps, key=jax.random.key(seed))
         sweep[field] = {int(r): prov.cells(-d[..., :r].mean(-1), masks) for r in modelgif_refs}
         add(f"ModelGiF {field} ({n_max} refs)", "modelgif", -d.mean(-1), t)
     slots = []
     if dna is None:
-        slots.append({"name": "Model DNA (with / without generator)",
-                      "why": "slot: ModelDNAScorer on verify scenarios comes from the dna branch (merged by the lead)"})
-    return to_json({
-        "scenario": {"name": scen.name, "sources": list(scen.candidates.ids), "queries": len(scen.queries),
-                     "probe_shape": list(np.shape(scen.probe)), "alpha": alpha, "modelgif_steps": modelgif_steps,
-                     "modelgif_refs": list(modelgif_refs), "seed": seed,
-                     "pairs": {a: {"pos": int(p.sum()), "neg": int(n.sum())} for a, (p, n) in masks.items()}},
-        "attacks": [list(a) for a in prov.ATTACKS if a[0] in masks],
-        "rows": rows,
-        "modelgif_sweep": sweep,
-        "slots": slots,
-    })
+        slots.append(
+            {
+                "name": "Model DNA (with / without generator)",
+                "why": "slot: ModelDNAScorer on verify scenarios comes from the dna branch (merged by the lead)",
+            }
+        )
+    return to_json(
+        {
+            "scenario": {
+                "name": scen.name,
+                "sources": list(scen.candidates.ids),
+                "queries": len(scen.queries),
+                "probe_shape": list(np.shape(scen.probe)),
+                "alpha": alpha,
+                "modelgif_steps": modelgif_steps,
+                "modelgif_refs": list(modelgif_refs),
+                "seed": seed,
+                "pairs": {a: {"pos": int(p.sum()), "neg": int(n.sum())} for a, (p, n) in masks.items()},
+            },
+            "attacks": [list(a) for a in prov.ATTACKS if a[0] in masks],
+            "rows": rows,
+            "modelgif_sweep": sweep,
+            "slots": slots,
+        }
+    )
 
 
 def dna(zoo: zoo_lib.Zoo, *, seed: int = 0, **settings) -> dict:

@@ -39,28 +39,28 @@ Any scenario and scorers::
 
 from jaxlineage.eval import core, dna, methods, metrics, protocols, provenance, pvalues, scenarios, scorers, tree
 from jaxlineage.eval.core import (
-                                  NO_PARENT,
-                                  ModelSet,
-                                  Population,
-                                  Question,
-                                  Result,
-                                  Scenario,
-                                  Scorer,
-                                  ScorerError,
-                                  check_finite,
-                                  check_models,
+    NO_PARENT,
+    ModelSet,
+    Population,
+    Question,
+    Result,
+    Scenario,
+    Scorer,
+    ScorerError,
+    check_finite,
+    check_models,
 )
 from jaxlineage.eval.protocols import alpha_sweep, folds, run, run_all, run_zoo, table
 from jaxlineage.eval.scenarios import identify, model_set, verify
 from jaxlineage.eval.scorers import (
-                                  LearningFree,
-                                  OutputAgreement,
-                                  OutputKL,
-                                  WeightCosine,
-                                  WeightL2,
-                                  baselines,
-                                  default_tap,
-                                  learning_free,
+    LearningFree,
+    OutputAgreement,
+    OutputKL,
+    WeightCosine,
+    WeightL2,
+    baselines,
+    default_tap,
+    learning_free,
 )
 
 __all__ = [

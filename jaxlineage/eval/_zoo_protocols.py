@@ -53,12 +53,25 @@ def _key(key: jax.Array | None, seed: int) -> jax.Array:
 # --------------------------------------------------------------------------- Lineage Detector
 
 
-def detector_examples(zoo, *, weight_layer=detector_lib.AUTO, feature_tap=detector_lib.AUTO, n_probe: int = 64,
-                      weight_pool: int = 1, feature_pool: int = 1, task: str | None = None) -> detector_lib.Examples:
+def detector_examples(
+    zoo,
+    *,
+    weight_layer=detector_lib.AUTO,
+    feature_tap=detector_lib.AUTO,
+    n_probe: int = 64,
+    weight_pool: int = 1,
+    feature_pool: int = 1,
+    task: str | None = None,
+) -> detector_lib.Examples:
     """``detector.make_examples``: every kept child on ``task`` against all kept parents (see there)."""
     # Settings are checked first (DetectorScorer), before any model is loaded.
-    scorer = DetectorScorer(weight_layer=weight_layer, feature_tap=feature_tap, n_probe=n_probe,
-                            weight_pool=weight_pool, feature_pool=feature_pool)
+    scorer = DetectorScorer(
+        weight_layer=weight_layer,
+        feature_tap=feature_tap,
+        n_probe=n_probe,
+        weight_pool=weight_pool,
+        feature_pool=feature_pool,
+    )
     parents = list(zoo.parents)
     if len(parents) < 2:
         raise ValueError(f"zoo {zoo.spec.name!r} has {len(parents)} kept parent(s); the detector needs at least 2")
@@ -83,11 +96,23 @@ def _rates(values: Sequence[float]) -> dict:
     return {**out, "per_repetition": [float(v) if np.isfinite(v) else None for v in values]}
 
 
-def detector_protocol(zoo=None, *, examples=None, repetitions: int = 5, key: jax.Array | None = None, seed: int = 0,
-                      open_set: bool = False, weight_layer=detector_lib.AUTO, feature_tap=detector_lib.AUTO,
-                      n_probe: int = 64, weight_pool: int = 1, feature_pool: int = 1,
-                      fractions: Sequence[float] = detector_lib.PAPER_SPLIT, module_kwargs: dict | None = None,
-                      **train_kwargs) -> dict:
+def detector_protocol(
+    zoo=None,
+    *,
+    examples=None,
+    repetitions: int = 5,
+    key: jax.Array | None = None,
+    seed: int = 0,
+    open_set: bool = False,
+    weight_layer=detector_lib.AUTO,
+    feature_tap=detector_lib.AUTO,
+    n_probe: int = 64,
+    weight_pool: int = 1,
+    feature_pool: int = 1,
+    fractions: Sequence[float] = detector_lib.PAPER_SPLIT,
+    module_kwargs: dict | None = None,
+    **train_kwargs,
+) -> dict:
     """The paper's protocol: ``repetitions`` random 7:1:2 child splits; mean ± std (ddof 1) of test accuracy.
 
     Repetition ``r`` splits the children with ``fold_in(key, r)``, fits a
@@ -109,8 +134,14 @@ def detector_protocol(zoo=None, *, examples=None, repetitions: int = 5, key: jax
     if examples is None:
         if zoo is None:
             raise ValueError("run_protocol needs a zoo or examples")
-        examples = detector_examples(zoo, weight_layer=weight_layer, feature_tap=feature_tap, n_probe=n_probe,
-                                     weight_pool=weight_pool, feature_pool=feature_pool)
+        examples = detector_examples(
+            zoo,
+            weight_layer=weight_layer,
+            feature_tap=feature_tap,
+            n_probe=n_probe,
+            weight_pool=weight_pool,
+            feature_pool=feature_pool,
+        )
     module = detector_lib.LineageDetector(**{**(module_kwargs or {}), "no_parent": open_set})
     scorer = DetectorScorer(module=module, n_probe=n_probe, **train_kwargs)
     base = _key(key, seed)
@@ -121,28 +152,51 @@ def detector_protocol(zoo=None, *, examples=None, repetitions: int = 5, key: jax
         tr, va, te = detector_lib.split_indices(len(ex), key=split_key, fractions=fractions)
         det = scorer.fit_examples(ex.take(tr), ex.take(va), key=train_key).detector
         res = detector_lib.assess(det, ex.take(te))
-        rep = dict(repetition=r, test_accuracy=res["accuracy"],
-                   val_accuracy=det.history[det.best_epoch - 1]["val_accuracy"], best_epoch=det.best_epoch,
-                   split_sizes=[len(tr), len(va), len(te)], test_children=[ex.child_ids[i] for i in te])
+        rep = dict(
+            repetition=r,
+            test_accuracy=res["accuracy"],
+            val_accuracy=det.history[det.best_epoch - 1]["val_accuracy"],
+            best_epoch=det.best_epoch,
+            split_sizes=[len(tr), len(va), len(te)],
+            test_children=[ex.child_ids[i] for i in te],
+        )
         if open_set:
             none = ex.no_parent[te]
-            rep.update(held_out=examples.parent_ids[r % examples.num_candidates], n_no_parent=res["n_no_parent"],
-                       no_parent_correct=int((res["predictions"] == res["labels"])[none].sum()),
-                       accuracy_no_parent=res["accuracy_no_parent"], accuracy_with_parent=res["accuracy_with_parent"])
+            rep.update(
+                held_out=examples.parent_ids[r % examples.num_candidates],
+                n_no_parent=res["n_no_parent"],
+                no_parent_correct=int((res["predictions"] == res["labels"])[none].sum()),
+                accuracy_no_parent=res["accuracy_no_parent"],
+                accuracy_with_parent=res["accuracy_with_parent"],
+            )
         reps.append(rep)
-    out = dict(zoo=getattr(getattr(zoo, "spec", None), "name", None), open_set=open_set, repetitions=repetitions,
-               seed=seed, key=np.asarray(jax.random.key_data(base)).tolist(), num_parents=examples.num_candidates,
-               num_children=len(examples), weight_layer=examples.weight_layer, feature_tap=examples.feature_tap,
-               weight_pool=examples.weight_pool, feature_pool=examples.feature_pool,
-               split_sizes=reps[0]["split_sizes"],
-               test_accuracy=_rates([r["test_accuracy"] for r in reps]),
-               val_accuracy=_rates([r["val_accuracy"] for r in reps]),
-               module=detector_lib.module_config(module), train_kwargs=dict(train_kwargs), per_repetition=reps)
+    out = dict(
+        zoo=getattr(getattr(zoo, "spec", None), "name", None),
+        open_set=open_set,
+        repetitions=repetitions,
+        seed=seed,
+        key=np.asarray(jax.random.key_data(base)).tolist(),
+        num_parents=examples.num_candidates,
+        num_children=len(examples),
+        weight_layer=examples.weight_layer,
+        feature_tap=examples.feature_tap,
+        weight_pool=examples.weight_pool,
+        feature_pool=examples.feature_pool,
+        split_sizes=reps[0]["split_sizes"],
+        test_accuracy=_rates([r["test_accuracy"] for r in reps]),
+        val_accuracy=_rates([r["val_accuracy"] for r in reps]),
+        module=detector_lib.module_config(module),
+        train_kwargs=dict(train_kwargs),
+        per_repetition=reps,
+    )
     if open_set:
-        out.update(accuracy_no_parent=_rates([r["accuracy_no_parent"] for r in reps]),
-                   accuracy_with_parent=_rates([r["accuracy_with_parent"] for r in reps]),
-                   no_parent_correct=sum(r["no_parent_correct"] for r in reps),
-                   no_parent_total=sum(r["n_no_parent"] for r in reps), held_out=[r["held_out"] for r in reps])
+        out.update(
+            accuracy_no_parent=_rates([r["accuracy_no_parent"] for r in reps]),
+            accuracy_with_parent=_rates([r["accuracy_with_parent"] for r in reps]),
+            no_parent_correct=sum(r["no_parent_correct"] for r in reps),
+            no_parent_total=sum(r["n_no_parent"] for r in reps),
+            held_out=[r["held_out"] for r in reps],
+        )
     out["seconds"] = time.time() - t0
     return out
 
@@ -156,8 +210,10 @@ def _split_field(records, what: str, preferred) -> str:
     for field in (preferred, mgmp_lib.SplitBy.LR.value, mgmp_lib.SplitBy.SEED.value):
         if len({r.hparams[field] for r in records}) >= 2:
             return field
-    raise mgmp_lib.MGMPError(f"run_protocol: the {what} do not differ in {preferred}, seed or learning rate, so they"
-                             " cannot be split into disjoint pool and evaluation sets")
+    raise mgmp_lib.MGMPError(
+        f"run_protocol: the {what} do not differ in {preferred}, seed or learning rate, so they"
+        " cannot be split into disjoint pool and evaluation sets"
+    )
 
 
 def _halves(values, key: jax.Array) -> tuple[set, set]:
@@ -170,15 +226,29 @@ def _halves(values, key: jax.Array) -> tuple[set, set]:
 
 def _mgmp_summary(accs, correct, total) -> dict:
     s = metrics.mean_std(accs)
-    return {"accuracy_mean": s["mean"], "accuracy_std": s["std"], "accuracies": s["values"],
-            "models_correct": int(correct), "models_total": int(total)}
+    return {
+        "accuracy_mean": s["mean"],
+        "accuracy_std": s["std"],
+        "accuracies": s["values"],
+        "models_correct": int(correct),
+        "models_total": int(total),
+    }
 
 
-def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed: int = 0,
-                  config: mgmp_lib.Config | None = None, num_inputs: int | None = 2048, eval_split: str = "test",
-                  delta: float = 0.9, split_children_by=mgmp_lib.SplitBy.LR,
-                  split_independents_by=mgmp_lib.SplitBy.SEED,
-                  tap: str = "logits") -> dict:
+def mgmp_protocol(
+    z,
+    *,
+    repetitions: int = 4,
+    key: jax.Array | None = None,
+    seed: int = 0,
+    config: mgmp_lib.Config | None = None,
+    num_inputs: int | None = 2048,
+    eval_split: str = "test",
+    delta: float = 0.9,
+    split_children_by=mgmp_lib.SplitBy.LR,
+    split_independents_by=mgmp_lib.SplitBy.SEED,
+    tap: str = "logits",
+) -> dict:
     """The paper's Table 1 protocol on a zoo, with and without the DNA generator (``mgmp.run_protocol``).
 
     Repetition ``r``: the source is a parent (a ``key``-permuted order, cycling);
@@ -209,8 +279,10 @@ def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed
         raise mgmp_lib.MGMPError(f"repetitions must be >= 1, got {repetitions}")
     parents, children, independents = list(z.parents), list(z.children), list(z.independents)
     if not parents or not children:
-        raise mgmp_lib.MGMPError(f"zoo {z.spec.name!r} has {len(parents)} parents and {len(children)} children; "
-                                 "MGMP needs parents with children")
+        raise mgmp_lib.MGMPError(
+            f"zoo {z.spec.name!r} has {len(parents)} parents and {len(children)} children; "
+            "MGMP needs parents with children"
+        )
     ptask = z.spec.parent_task.name
     x_dna = np.asarray(z.task_data(ptask, "train")[0][:num_inputs], np.float32)
     x_eval = np.asarray(z.task_data(ptask, eval_split)[0], np.float32)
@@ -230,7 +302,8 @@ def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed
         child_pool_vals, child_eval_vals = _halves({c.hparams[child_field] for c in children}, child_key)
         own = z.children_of(source.id)
         if not any(c.hparams[child_field] in child_eval_vals for c in own) or not any(
-                c.hparams[child_field] in child_pool_vals for c in own):
+            c.hparams[child_field] in child_pool_vals for c in own
+        ):
             # The source lacks children on one side (e.g. after the accuracy floor): flip the split.
             child_pool_vals, child_eval_vals = child_eval_vals, child_pool_vals
         if ind_field is None:
@@ -247,22 +320,34 @@ def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed
             + [r.id for r in independents if ind_field and r.hparams[ind_field] in ind_eval_vals],
         }
         if not all(split.values()):
-            raise mgmp_lib.MGMPError(f"run_protocol: repetition {rep} (source {source.id!r}) has an empty set: "
-                                     + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
+            raise mgmp_lib.MGMPError(
+                f"run_protocol: repetition {rep} (source {source.id!r}) has an empty set: "
+                + ", ".join(f"{k}={len(v)}" for k, v in split.items())
+            )
         src = everything.take(_index(everything, [source.id]))
         pool = everything.take(_index(everything, split["pool_homologous"] + split["pool_non_homologous"]))
         hom = set(split["pool_homologous"])
         field = child_field
         train = Scenario(
-            name=f"{z.spec.name}/mgmp/rep{rep}", question=Question.VERIFY, candidates=src, queries=pool,
-            labels=[0 if i in hom else NO_PARENT for i in pool.ids], related=[[i in hom for i in pool.ids]],
+            name=f"{z.spec.name}/mgmp/rep{rep}",
+            question=Question.VERIFY,
+            candidates=src,
+            queries=pool,
+            labels=[0 if i in hom else NO_PARENT for i in pool.ids],
+            related=[[i in hom for i in pool.ids]],
             kinds=["homologous" if i in hom else "non_homologous" for i in pool.ids],
-            split_keys=[str(z.get(i).hparams.get(field)) for i in pool.ids], probe=x_dna)
+            split_keys=[str(z.get(i).hparams.get(field)) for i in pool.ids],
+            probe=x_dna,
+        )
         eval_ids = split["eval_homologous"] + split["eval_non_homologous"]
         evals = everything.take(_index(everything, eval_ids))
         truth = np.array([i in set(split["eval_homologous"]) for i in evals.ids])
-        run = {"repetition": rep, "source": source.id, "split_by": {"children": child_field, "independents": ind_field},
-               **split}
+        run = {
+            "repetition": rep,
+            "source": source.id,
+            "split_by": {"children": child_field, "independents": ind_field},
+            **split,
+        }
         for name, cfg in (("with_generator", config), ("without_generator", baseline)):
             scorer = ModelDNAScorer(config=cfg, tap=scorer_tap).fit(train, key=train_key)
             frac = scorer.score(src, evals, probe=x_eval)[0]
@@ -272,8 +357,9 @@ def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed
             for i in eval_ids:
                 t, f = by_id[i]
                 d = bool(f >= delta)
-                decisions.append({"id": i, "homologous": bool(t), "fraction": float(f), "decision": d,
-                                  "correct": d == bool(t)})
+                decisions.append(
+                    {"id": i, "homologous": bool(t), "fraction": float(f), "decision": d, "correct": d == bool(t)}
+                )
             accs, correct, total = results[name]
             acc = 0.5 * (a_o + a_n)
             results[name] = (accs + [acc], correct + sum(d["correct"] for d in decisions), total + len(decisions))
@@ -281,18 +367,36 @@ def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed
             # rank every homologous target above every non-homologous one (whatever delta)?
             auc = metrics.roc_auc(frac[truth], frac[~truth])
             history = scorer.histories[source.id]
-            run[name] = {"accuracy": acc, "A_o": a_o, "A_n": a_n, "model_auc": auc,
-                         "final_train_accuracy": float(np.mean(history["train_accuracy"][-50:])),
-                         "decisions": decisions}
+            run[name] = {
+                "accuracy": acc,
+                "A_o": a_o,
+                "A_n": a_n,
+                "model_auc": auc,
+                "final_train_accuracy": float(np.mean(history["train_accuracy"][-50:])),
+                "decisions": decisions,
+            }
         runs.append(run)
     return {
-        "zoo": {"name": z.spec.name, "workdir": str(z.workdir), "parents": len(parents), "children": len(children),
-                "independents": len(independents)},
-        "settings": {"repetitions": repetitions, "seed": seed, "key": np.asarray(jax.random.key_data(base)).tolist(),
-                     "num_inputs": int(x_dna.shape[0]), "eval_split": eval_split, "eval_inputs": int(x_eval.shape[0]),
-                     "delta": delta, "tap": tap, "split_children_by": mgmp_lib.SplitBy(split_children_by).value,
-                     "split_independents_by": mgmp_lib.SplitBy(split_independents_by).value,
-                     "config": config.to_json()},
+        "zoo": {
+            "name": z.spec.name,
+            "workdir": str(z.workdir),
+            "parents": len(parents),
+            "children": len(children),
+            "independents": len(independents),
+        },
+        "settings": {
+            "repetitions": repetitions,
+            "seed": seed,
+            "key": np.asarray(jax.random.key_data(base)).tolist(),
+            "num_inputs": int(x_dna.shape[0]),
+            "eval_split": eval_split,
+            "eval_inputs": int(x_eval.shape[0]),
+            "delta": delta,
+            "tap": tap,
+            "split_children_by": mgmp_lib.SplitBy(split_children_by).value,
+            "split_independents_by": mgmp_lib.SplitBy(split_independents_by).value,
+            "config": config.to_json(),
+        },
         "with_generator": _mgmp_summary(*results["with_generator"]),
         "without_generator": _mgmp_summary(*results["without_generator"]),
         "runs": runs,
@@ -303,10 +407,20 @@ def mgmp_protocol(z, *, repetitions: int = 4, key: jax.Array | None = None, seed
 # --------------------------------------------------------------------------- ModelGiF
 
 
-def modelgif_protocol(zoo, *, n_refs: Sequence[int] = (8, 32, 128, 256), steps: int = 50,
-                      key: jax.Array | None = None, seed: int = 0, task: str = "B", split: str = "test",
-                      strategy=modelgif_lib.ReferenceSampling.RANDOM, target: Any = None, tap: str | None = None,
-                      chunk_size: int | None = 32) -> dict[str, Any]:
+def modelgif_protocol(
+    zoo,
+    *,
+    n_refs: Sequence[int] = (8, 32, 128, 256),
+    steps: int = 50,
+    key: jax.Array | None = None,
+    seed: int = 0,
+    task: str = "B",
+    split: str = "test",
+    strategy=modelgif_lib.ReferenceSampling.RANDOM,
+    target: Any = None,
+    tap: str | None = None,
+    chunk_size: int | None = 32,
+) -> dict[str, Any]:
     """``modelgif.evaluate``: each kept parent vs its children and vs independents on ``task``, by reference count.
 
     Positives: (parent, own child); negatives: (parent, independent), and in
@@ -325,12 +439,21 @@ def modelgif_protocol(zoo, *, n_refs: Sequence[int] = (8, 32, 128, 256), steps: 
     children = [r for r in zoo.children if r.task == task and r.parent_id in parent_ids]
     independents = [r for r in zoo.independents if r.task == task]
     if not parents or not children or not independents:
-        raise ValueError(f"the zoo needs parents, their children on task {task!r} and independents on it; "
-                         f"got {len(parents)}, {len(children)} and {len(independents)}")
+        raise ValueError(
+            f"the zoo needs parents, their children on task {task!r} and independents on it; "
+            f"got {len(parents)}, {len(children)} and {len(independents)}"
+        )
     base = _key(key, seed)
     strategy = modelgif_lib.ReferenceSampling(strategy)
-    scorer = ModelGiFScorer(field=Field.LOGITS if tap is None else tap, n_refs=max(n_refs), steps=steps, key=base,
-                            strategy=strategy, target=target, chunk_size=chunk_size)
+    scorer = ModelGiFScorer(
+        field=Field.LOGITS if tap is None else tap,
+        n_refs=max(n_refs),
+        steps=steps,
+        key=base,
+        strategy=strategy,
+        target=target,
+        chunk_size=chunk_size,
+    )
     x_all, y_all = zoo.task_data(task, split)
     x_all = np.asarray(x_all, np.float32)
     _, _, idx = scorer.references(x_all, y_all)
@@ -350,8 +473,15 @@ def modelgif_protocol(zoo, *, n_refs: Sequence[int] = (8, 32, 128, 256), steps: 
         "parent_ids": list(rows.ids),
         "column_ids": list(cols.ids),
         "reference_indices": idx,
-        "settings": {"n_refs": tuple(n_refs), "steps": steps, "seed": seed,
-                     "key": np.asarray(jax.random.key_data(base)).tolist(), "task": task, "split": split,
-                     "strategy": strategy.value,
-                     "target": getattr(t, "value", getattr(t, "__name__", repr(t))), "tap": tap},
+        "settings": {
+            "n_refs": tuple(n_refs),
+            "steps": steps,
+            "seed": seed,
+            "key": np.asarray(jax.random.key_data(base)).tolist(),
+            "task": task,
+            "split": split,
+            "strategy": strategy.value,
+            "target": getattr(t, "value", getattr(t, "__name__", repr(t))),
+            "tap": tap,
+        },
     }

@@ -100,7 +100,8 @@ class Population:
         if not leaves or any(np.shape(leaf)[:1] != (len(self.ids),) for leaf in leaves):
             raise ScorerError(
                 f"population {self.ids[0]!r}...: every parameter leaf must be stacked with a leading axis of"
-                f" {len(self.ids)} models")
+                f" {len(self.ids)} models"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -109,13 +110,16 @@ class Population:
         try:
             return self.feature_fns[tap]
         except KeyError:
-            raise ScorerError(f"models {self.ids[0]!r}... ({self.arch}) have no feature tap {tap!r};"
-                              f" known: {sorted(self.feature_fns)}") from None
+            raise ScorerError(
+                f"models {self.ids[0]!r}... ({self.arch}) have no feature tap {tap!r};"
+                f" known: {sorted(self.feature_fns)}"
+            ) from None
 
-    def take(self, index: Sequence[int]) -> "Population":
+    def take(self, index: Sequence[int]) -> Population:
         index = np.asarray(index, int)
-        return dataclasses.replace(self, ids=tuple(self.ids[i] for i in index),
-                                   params=jax.tree.map(lambda a: a[index], self.params))
+        return dataclasses.replace(
+            self, ids=tuple(self.ids[i] for i in index), params=jax.tree.map(lambda a: a[index], self.params)
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -142,7 +146,7 @@ class ModelSet:
         """Index of each population's first model."""
         return list(np.cumsum([0] + [len(p) for p in self.populations])[:-1])
 
-    def take(self, index: Sequence[int]) -> "ModelSet":
+    def take(self, index: Sequence[int]) -> ModelSet:
         """The models at ``index`` (in the order of ``index`` within each population; populations keep their order)."""
         index = np.asarray(index, int)
         pops = []
@@ -170,7 +174,7 @@ class Scorer:
         del candidates, queries
         return True
 
-    def fit(self, train: "Scenario", *, key: jax.Array) -> "Scorer":
+    def fit(self, train: Scenario, *, key: jax.Array) -> Scorer:
         """Fits on the training scenario only; returns the fitted scorer (``self`` for learning-free ones)."""
         del train, key
         return self
@@ -188,8 +192,9 @@ class Scorer:
         del scores
         return None
 
-    def score(self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray,
-              unreadable: str = "raise") -> np.ndarray:
+    def score(
+        self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray, unreadable: str = "raise"
+    ) -> np.ndarray:
         """Scores ``[K, M]`` of every candidate against every query (higher = more related).
 
         Args:
@@ -206,12 +211,15 @@ class Scorer:
                     if unreadable == "raise":
                         raise ScorerError(
                             f"{self.name} cannot score query {qp.ids[0]!r} ({qp.arch}) against candidate"
-                            f" {cp.ids[0]!r} ({cp.arch})")
+                            f" {cp.ids[0]!r} ({cp.arch})"
+                        )
                     continue
                 block = np.asarray(self.score_block(cp, qp, probe=probe), np.float64)
                 if block.shape != (len(cp), len(qp)):
-                    raise ScorerError(f"{self.name}.score_block returned shape {block.shape}, expected {(len(cp), len(qp))}")
-                out[ko:ko + len(cp), mo:mo + len(qp)] = block
+                    raise ScorerError(
+                        f"{self.name}.score_block returned shape {block.shape}, expected {(len(cp), len(qp))}"
+                    )
+                out[ko : ko + len(cp), mo : mo + len(qp)] = block
         return out
 
     def __repr__(self) -> str:
@@ -226,16 +234,21 @@ def _finite_per_model(leaves):
 def check_finite(scorer: str, models: ModelSet) -> None:
     """Raises :class:`ScorerError` naming the first model (and parameter path) with a NaN or inf parameter."""
     for p in models.populations:
-        path_leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(p.params)[0]
-                       if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+        path_leaves = [
+            (path, leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(p.params)[0]
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+        ]
         if not path_leaves:
             continue
         flags = jax.device_get(_finite_per_model(tuple(jnp.asarray(leaf) for _, leaf in path_leaves)))
         for (path, _), ok in zip(path_leaves, flags):
             ok = np.asarray(ok)
             if not ok.all():
-                raise ScorerError(f"{scorer}: model {p.ids[int(np.argmin(ok))]!r} ({p.arch}) has non-finite"
-                                  f" (NaN or inf) parameters at {path_str(path)}")
+                raise ScorerError(
+                    f"{scorer}: model {p.ids[int(np.argmin(ok))]!r} ({p.arch}) has non-finite"
+                    f" (NaN or inf) parameters at {path_str(path)}"
+                )
 
 
 def check_models(scorer: str, candidates: ModelSet, queries: ModelSet) -> None:
@@ -299,16 +312,22 @@ class Scenario:
             raise ScorerError(
                 f"scenario {self.name!r}: {k} candidates and {m} queries need labels [{m}], related [{k}, {m}],"
                 f" {m} kinds and {m} split keys; got {labels.shape}, {related.shape}, {len(self.kinds)},"
-                f" {len(self.split_keys)}")
+                f" {len(self.split_keys)}"
+            )
         if np.any((labels < NO_PARENT) | (labels >= k)):
             raise ScorerError(f"scenario {self.name!r}: labels must be in [{NO_PARENT}, {k - 1}]")
 
-    def take_queries(self, index: Sequence[int]) -> "Scenario":
+    def take_queries(self, index: Sequence[int]) -> Scenario:
         """The same scenario restricted to the queries at ``index`` (e.g. a training split)."""
         index = np.asarray(index, int)
         return dataclasses.replace(
-            self, queries=self.queries.take(index), labels=self.labels[index], related=self.related[:, index],
-            kinds=tuple(self.kinds[i] for i in index), split_keys=tuple(self.split_keys[i] for i in index))
+            self,
+            queries=self.queries.take(index),
+            labels=self.labels[index],
+            related=self.related[:, index],
+            kinds=tuple(self.kinds[i] for i in index),
+            split_keys=tuple(self.split_keys[i] for i in index),
+        )
 
 
 @dataclasses.dataclass
@@ -339,7 +358,7 @@ class Result:
         return json.loads(json.dumps(dataclasses.asdict(self), default=_jsonable))
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Result":
+    def from_json(cls, d: Mapping[str, Any]) -> Result:
         return cls(**{f.name: d.get(f.name, {}) for f in dataclasses.fields(cls)})
 
 

@@ -36,12 +36,12 @@ This module runs that protocol on a zoo built like
 
 Example::
 
-    >>> from jaxlineage import zoo
-    >>> from jaxlineage.eval import dna
-    >>> z = zoo.build(zoo.DNA_QUICK, "/tmp/dna")                       # 84 models, ~30 s on 2 cores
-    >>> results = dna.run(z, key=jax.random.key(0), repetitions=8)     # with / without generator + paired
-    >>> print(dna.table(results))
-    >>> quick = dna.run(z, key=jax.random.key(0), **dna.quick_settings())  # the bench's section: ~1 min
+    from jaxlineage import zoo
+    from jaxlineage.eval import dna
+    z = zoo.build(zoo.DNA_QUICK, "/tmp/dna")                       # 84 models, ~30 s on 2 cores
+    results = dna.run(z, key=jax.random.key(0), repetitions=8)     # with / without generator + paired
+    print(dna.table(results))
+    quick = dna.run(z, key=jax.random.key(0), **dna.quick_settings())  # the bench's section: ~1 min
 
 References:
     Mu, Wang, Zhang, Zhang, Wang, Xiang, Yu. "Model Provenance via Model DNA".

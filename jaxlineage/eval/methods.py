@@ -68,8 +68,10 @@ def _check_applies(pop: Population, fn: Callable, x: np.ndarray, who: str, what:
     try:
         jax.eval_shape(fn, _first(pop), jnp.asarray(x[:1]))
     except Exception as e:  # re-raised with the model's name; the cause is chained
-        raise ScorerError(f"{who}: {what} cannot be applied to model {pop.ids[0]!r} ({pop.arch}) on inputs of shape"
-                          f" {tuple(np.shape(x)[1:])}: {type(e).__name__}: {e}") from e
+        raise ScorerError(
+            f"{who}: {what} cannot be applied to model {pop.ids[0]!r} ({pop.arch}) on inputs of shape"
+            f" {tuple(np.shape(x)[1:])}: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _outputs(pop: Population, fn: Callable, x: Any) -> jax.Array:
@@ -151,8 +153,10 @@ class DetectorScorer(Scorer):
         object.__setattr__(self, "weight_layer", auto(self.weight_layer))
         object.__setattr__(self, "feature_tap", auto(self.feature_tap))
         if self.weight_layer is None and self.feature_tap is None:
-            raise ScorerError("DetectorScorer: weight_layer and feature_tap are both None; the detector needs weights,"
-                              " features or both")
+            raise ScorerError(
+                "DetectorScorer: weight_layer and feature_tap are both None; the detector needs weights,"
+                " features or both"
+            )
         for name in ("n_probe", "weight_pool", "feature_pool"):
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or v < 1:
@@ -169,11 +173,19 @@ class DetectorScorer(Scorer):
     def settings(self) -> dict:
         """JSON-able settings (for :class:`~jaxlineage.eval.core.Result`)."""
         val = lambda v: v.value if isinstance(v, enum.Enum) else v
-        return dict(weight_layer=val(self.weight_layer), feature_tap=val(self.feature_tap), n_probe=self.n_probe,
-                    weight_pool=self.weight_pool, feature_pool=self.feature_pool, epochs=self.epochs,
-                    batch_size=self.batch_size, learning_rate=self.learning_rate, decay_rate=self.decay_rate,
-                    val_fraction=self.val_fraction,
-                    module=detector_lib.module_config(self.module or detector_lib.LineageDetector()))
+        return dict(
+            weight_layer=val(self.weight_layer),
+            feature_tap=val(self.feature_tap),
+            n_probe=self.n_probe,
+            weight_pool=self.weight_pool,
+            feature_pool=self.feature_pool,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            decay_rate=self.decay_rate,
+            val_fraction=self.val_fraction,
+            module=detector_lib.module_config(self.module or detector_lib.LineageDetector()),
+        )
 
     # -- reading populations
 
@@ -202,13 +214,16 @@ class DetectorScorer(Scorer):
             kernels = detector_lib.backbone_kernels(pop.params)
             if layer not in kernels:
                 valid = detector_lib.weight_layers(_first(pop))
-                raise ScorerError(f"{self.name}: model {pop.ids[0]!r} ({pop.arch}) has no weight layer {layer!r};"
-                                  f" its layers: {valid}")
+                raise ScorerError(
+                    f"{self.name}: model {pop.ids[0]!r} ({pop.arch}) has no weight layer {layer!r}; its layers: {valid}"
+                )
             w = detector_lib.kernel_matrices(kernels[layer])
         if tap is not None:
             if tap not in pop.feature_fns:
-                raise ScorerError(f"{self.name}: feature tap {tap!r} does not exist for model {pop.ids[0]!r}"
-                                  f" ({pop.arch}); valid taps: {tuple(pop.feature_fns)}")
+                raise ScorerError(
+                    f"{self.name}: feature tap {tap!r} does not exist for model {pop.ids[0]!r}"
+                    f" ({pop.arch}); valid taps: {tuple(pop.feature_fns)}"
+                )
             fn = pop.feature_fns[tap]
             _check_applies(pop, fn, x, self.name, f"feature tap {tap!r}")
             f = np.asarray(_outputs(pop, fn, x), np.float32)
@@ -224,15 +239,24 @@ class DetectorScorer(Scorer):
                 if arr is None:
                     continue
                 if out and arr.shape[1:] != out[0].shape[1:]:
-                    raise ScorerError(f"{self.name}: {what} of model {pop.ids[0]!r} has shape {arr.shape[1:]} but"
-                                      f" {first!r} has {out[0].shape[1:]}")
+                    raise ScorerError(
+                        f"{self.name}: {what} of model {pop.ids[0]!r} has shape {arr.shape[1:]} but"
+                        f" {first!r} has {out[0].shape[1:]}"
+                    )
                 out.append(arr)
             first = first or pop.ids[0]
         cat = lambda xs: np.concatenate(xs) if xs else None
         return cat(ws), cat(fs)
 
-    def examples(self, candidates: ModelSet | Population, queries: ModelSet | Population, *, probe: Any,
-                 labels: Any = None, open_set: bool = False) -> detector_lib.Examples:
+    def examples(
+        self,
+        candidates: ModelSet | Population,
+        queries: ModelSet | Population,
+        *,
+        probe: Any,
+        labels: Any = None,
+        open_set: bool = False,
+    ) -> detector_lib.Examples:
         """The detector's examples: every query against all candidates (labels default to 0).
 
         Args:
@@ -256,30 +280,53 @@ class DetectorScorer(Scorer):
         pw, pf = self._stack(candidates, layer, tap, x)
         cw, cf = self._stack(queries, layer, tap, x)
         if pw is not None and cw.shape[1:] != pw.shape[1:]:
-            raise ScorerError(f"{self.name}: weight layer {layer!r} of query {queries.ids[0]!r} has shape {cw.shape[1:]}"
-                              f" but candidate {candidates.ids[0]!r} has {pw.shape[1:]}")
+            raise ScorerError(
+                f"{self.name}: weight layer {layer!r} of query {queries.ids[0]!r} has shape {cw.shape[1:]}"
+                f" but candidate {candidates.ids[0]!r} has {pw.shape[1:]}"
+            )
         if pf is not None and cf.shape[1:] != pf.shape[1:]:
-            raise ScorerError(f"{self.name}: features at {tap!r} of query {queries.ids[0]!r} have shape {cf.shape[1:]}"
-                              f" but candidate {candidates.ids[0]!r} has {pf.shape[1:]}")
+            raise ScorerError(
+                f"{self.name}: features at {tap!r} of query {queries.ids[0]!r} have shape {cf.shape[1:]}"
+                f" but candidate {candidates.ids[0]!r} has {pf.shape[1:]}"
+            )
         labels = np.zeros(len(queries), int) if labels is None else np.asarray(labels)
         return detector_lib.examples_from_arrays(
-            labels=labels, parent_weights=pw, child_weights=cw, parent_features=pf, child_features=cf,
-            parent_ids=candidates.ids, child_ids=queries.ids, open_set=open_set, weight_pool=self.weight_pool,
-            feature_pool=self.feature_pool, weight_layer=layer, feature_tap=tap)
+            labels=labels,
+            parent_weights=pw,
+            child_weights=cw,
+            parent_features=pf,
+            child_features=cf,
+            parent_ids=candidates.ids,
+            child_ids=queries.ids,
+            open_set=open_set,
+            weight_pool=self.weight_pool,
+            feature_pool=self.feature_pool,
+            weight_layer=layer,
+            feature_tap=tap,
+        )
 
     # -- fitting
 
-    def fit_examples(self, train: detector_lib.Examples, val: detector_lib.Examples, *,
-                     key: jax.Array) -> "DetectorScorer":
+    def fit_examples(
+        self, train: detector_lib.Examples, val: detector_lib.Examples, *, key: jax.Array
+    ) -> DetectorScorer:
         """Trains on prepared examples (train / validation); returns the fitted scorer."""
         module = self.module or detector_lib.LineageDetector()
         module = module.clone(no_parent=train.open_set or val.open_set)
-        det = detector_lib.train(train, val, key=key, module=module, epochs=self.epochs, batch_size=self.batch_size,
-                                 learning_rate=self.learning_rate, decay_rate=self.decay_rate,
-                                 eval_chunk=self.eval_chunk)
+        det = detector_lib.train(
+            train,
+            val,
+            key=key,
+            module=module,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            decay_rate=self.decay_rate,
+            eval_chunk=self.eval_chunk,
+        )
         return dataclasses.replace(self, detector=det)
 
-    def fit(self, train: Scenario, *, key: jax.Array, validation: Scenario | None = None) -> "DetectorScorer":
+    def fit(self, train: Scenario, *, key: jax.Array, validation: Scenario | None = None) -> DetectorScorer:
         """Fits on ``train``'s queries (labels = ``train.labels``); returns the fitted scorer.
 
         Args:
@@ -291,13 +338,19 @@ class DetectorScorer(Scorer):
         """
         split_key, train_key = jax.random.split(key)
         open_set = bool(np.any(train.labels == NO_PARENT)) or (
-            validation is not None and bool(np.any(validation.labels == NO_PARENT)))
+            validation is not None and bool(np.any(validation.labels == NO_PARENT))
+        )
         ex = self.examples(train.candidates, train.queries, probe=train.probe, labels=train.labels, open_set=open_set)
         if validation is not None:
             if validation.candidates.ids != train.candidates.ids:
                 raise ScorerError(f"{self.name}: the validation scenario's candidates differ from the training ones")
-            val = self.examples(validation.candidates, validation.queries, probe=train.probe,
-                                labels=validation.labels, open_set=open_set)
+            val = self.examples(
+                validation.candidates,
+                validation.queries,
+                probe=train.probe,
+                labels=validation.labels,
+                open_set=open_set,
+            )
             return self.fit_examples(ex, val, key=train_key)
         tr, va = _group_split(train.split_keys, self.val_fraction, split_key, self.name)
         return self.fit_examples(ex.take(tr), ex.take(va), key=train_key)
@@ -319,7 +372,9 @@ class DetectorScorer(Scorer):
         k = len(candidates)
         return self.logits(candidates, queries, probe=probe)[:, :k].T
 
-    def score(self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray, unreadable: str = "raise") -> np.ndarray:
+    def score(
+        self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray, unreadable: str = "raise"
+    ) -> np.ndarray:
         """``[K, M]`` logits, all candidates standardised together per query (see the class doc).
 
         ``unreadable="nan"`` leaves NaN columns for query populations that some
@@ -336,8 +391,10 @@ class DetectorScorer(Scorer):
             if bad is None:
                 keep.extend(range(mo, mo + len(qp)))
             elif unreadable == "raise":
-                raise ScorerError(f"{self.name} cannot score query {qp.ids[0]!r} ({qp.arch}) against candidate"
-                                  f" {bad.ids[0]!r} ({bad.arch})")
+                raise ScorerError(
+                    f"{self.name} cannot score query {qp.ids[0]!r} ({qp.arch}) against candidate"
+                    f" {bad.ids[0]!r} ({bad.arch})"
+                )
         if keep:
             out[:, keep] = self.logits(candidates, queries.take(keep), probe=probe)[:, : len(candidates)].T
         return out
@@ -352,8 +409,10 @@ def _group_split(split_keys: Sequence[str], fraction: float, key: jax.Array, who
     groups = list(dict.fromkeys(split_keys))
     n = len(split_keys)
     if len(groups) < 2:
-        raise ScorerError(f"{who}: {n} training queries in {len(groups)} split-key group(s); a validation split needs"
-                          " at least 2 groups")
+        raise ScorerError(
+            f"{who}: {n} training queries in {len(groups)} split-key group(s); a validation split needs"
+            " at least 2 groups"
+        )
     order = [groups[i] for i in np.asarray(jax.random.permutation(key, len(groups)))]
     want, held = max(1, int(round(fraction * n))), []
     for g in order[:-1]:  # at least one group stays for training
@@ -444,21 +503,25 @@ class ModelDNAScorer(Scorer):
         outs, first = [], None
         for pop in models.populations:
             if self.tap is not None and self.tap not in pop.feature_fns:
-                raise ScorerError(f"{self.name}: {what} {pop.ids[0]!r} ({pop.arch}) has no feature tap {self.tap!r};"
-                                  f" valid taps: {tuple(pop.feature_fns)}")
+                raise ScorerError(
+                    f"{self.name}: {what} {pop.ids[0]!r} ({pop.arch}) has no feature tap {self.tap!r};"
+                    f" valid taps: {tuple(pop.feature_fns)}"
+                )
             check_finite(self.name, ModelSet((pop,)))
             fn = _fn(pop, self.tap)
             _check_applies(pop, fn, x, self.name, "the fragment function")
             o = _outputs(pop, fn, x)
             o = o.reshape(o.shape[0], o.shape[1], -1)
             if outs and o.shape[2:] != outs[0].shape[2:]:
-                raise ScorerError(f"{self.name}: {what} {pop.ids[0]!r} gives outputs of dim {o.shape[2]} but {first!r}"
-                                  f" gives {outs[0].shape[2]}")
+                raise ScorerError(
+                    f"{self.name}: {what} {pop.ids[0]!r} gives outputs of dim {o.shape[2]} but {first!r}"
+                    f" gives {outs[0].shape[2]}"
+                )
             first = first or pop.ids[0]
             outs.append(o)
         return jnp.concatenate(outs) if len(outs) > 1 else outs[0]
 
-    def fit(self, train: Scenario, *, key: jax.Array) -> "ModelDNAScorer":
+    def fit(self, train: Scenario, *, key: jax.Array) -> ModelDNAScorer:
         """Trains one generator + classifier per candidate of ``train``; candidate ``k`` uses ``fold_in(key, k)``."""
         x = jnp.asarray(_probe(train.probe, self.name))
         # Pool outputs per query population: queries of another fragment width (e.g. another head at the
@@ -467,7 +530,7 @@ class ModelDNAScorer(Scorer):
         for off, qpop in zip(train.queries.offsets(), train.queries.populations):
             o = self._model_outputs(ModelSet((qpop,)), np.asarray(x), "training query")
             pools.append(o)
-            widths[off:off + len(qpop)] = o.shape[-1]
+            widths[off : off + len(qpop)] = o.shape[-1]
         states, histories, left_out = {}, {}, {}
         cand_ids = train.candidates.ids
         k = 0
@@ -484,18 +547,19 @@ class ModelDNAScorer(Scorer):
                 hom = index[np.flatnonzero(train.related[k] & fits)]
                 non = index[np.flatnonzero(~train.related[k] & fits)]
                 if hom.size and non.size:
-                    source = (_flat(fn), jax.tree.map(lambda a: a[j], pop.params))
+                    source = (_flat(fn), jax.tree.map(lambda a, j=j: a[j], pop.params))
                     outputs = mgmp_lib.PoolOutputs(pool[hom], pool[non])
                     try:
-                        state, history = mgmp_lib.train(source, outputs, x, self.config,
-                                                        key=jax.random.fold_in(key, k))
+                        state, history = mgmp_lib.train(source, outputs, x, self.config, key=jax.random.fold_in(key, k))
                     except mgmp_lib.MGMPError as e:
                         raise ScorerError(f"{self.name}: cannot train for source {cand_ids[k]!r}: {e}") from e
                     states[cand_ids[k]], histories[cand_ids[k]] = state, history
                 k += 1
         if not states:
-            raise ScorerError(f"{self.name}: no candidate of {train.name!r} has both a homologous and a non-homologous"
-                              " training query (of its fragment width)")
+            raise ScorerError(
+                f"{self.name}: no candidate of {train.name!r} has both a homologous and a non-homologous"
+                " training query (of its fragment width)"
+            )
         return dataclasses.replace(self, states=states, histories=histories, left_out=left_out)
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
@@ -503,8 +567,10 @@ class ModelDNAScorer(Scorer):
             raise ScorerError(f"{self.name} is not fitted: call fit(train_scenario, key=...) first")
         missing = [i for i in candidates.ids if i not in self.states]
         if missing:
-            raise ScorerError(f"{self.name}: candidate {missing[0]!r} has no trained provenance classifier (it had no"
-                              " homologous or no non-homologous training query)")
+            raise ScorerError(
+                f"{self.name}: candidate {missing[0]!r} has no trained provenance classifier (it had no"
+                " homologous or no non-homologous training query)"
+            )
         x = _probe(probe, self.name)
         targets = self._model_outputs(ModelSet((queries,)), x, "query")
         sources = self._model_outputs(ModelSet((candidates,)), x, "candidate")
@@ -512,8 +578,10 @@ class ModelDNAScorer(Scorer):
         for k, cid in enumerate(candidates.ids):
             state = self.states[cid]
             if targets.shape[-1] != state.source_outputs.shape[-1]:
-                raise ScorerError(f"{self.name}: query {queries.ids[0]!r} gives {targets.shape[-1]} outputs but source"
-                                  f" {cid!r} was trained with {state.source_outputs.shape[-1]}")
+                raise ScorerError(
+                    f"{self.name}: query {queries.ids[0]!r} gives {targets.shape[-1]} outputs but source"
+                    f" {cid!r} was trained with {state.source_outputs.shape[-1]}"
+                )
             state = state.replace(x=jnp.asarray(x), source_outputs=sources[k])
             out[k] = np.asarray(mgmp_lib.predict_outputs(state, targets).fraction)
         return out
@@ -525,7 +593,7 @@ def _fragment_width(pop: Population, tap: str | None, x: jax.ShapeDtypeStruct) -
     return int(np.prod(out.shape[1:]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flat(fn: Callable) -> Callable:
     """``fn`` with its outputs flattened to ``[N, D]`` (one function object per ``fn``: jit caches stay warm)."""
 
@@ -603,10 +671,14 @@ class ModelGiFScorer(Scorer):
     @property
     def settings(self) -> dict:
         t = self.scalar_output
-        return dict(field=self.field.value if isinstance(self.field, Field) else self.field, n_refs=self.n_refs,
-                    steps=self.steps, key=np.asarray(jax.random.key_data(self.key)).tolist(),
-                    strategy=self.strategy.value,
-                    target=getattr(t, "value", getattr(t, "__name__", repr(t))))
+        return dict(
+            field=self.field.value if isinstance(self.field, Field) else self.field,
+            n_refs=self.n_refs,
+            steps=self.steps,
+            key=np.asarray(jax.random.key_data(self.key)).tolist(),
+            strategy=self.strategy.value,
+            target=getattr(t, "value", getattr(t, "__name__", repr(t))),
+        )
 
     @property
     def scalar_output(self):
@@ -625,8 +697,9 @@ class ModelGiFScorer(Scorer):
             raise ScorerError(f"{self.name}: n_refs={self.n_refs} exceeds the {len(x)} probe inputs")
         return modelgif_lib.sample_references(x, labels, n=int(self.n_refs), key=self.key, strategy=self.strategy)
 
-    def per_reference(self, candidates: Population, queries: Population, *, probe: Any,
-                      labels: Any = None) -> np.ndarray:
+    def per_reference(
+        self, candidates: Population, queries: Population, *, probe: Any, labels: Any = None
+    ) -> np.ndarray:
         """``[K, M, n_refs]`` distances per reference (prefix means give fewer references)."""
         x_ref, y_ref, _ = self.references(probe, labels)
         x_ref = np.asarray(x_ref, np.float32)
@@ -634,8 +707,10 @@ class ModelGiFScorer(Scorer):
         sides = []
         for pop, what in ((candidates, "candidate"), (queries, "query")):
             if self.tap is not None and self.tap not in pop.feature_fns:
-                raise ScorerError(f"{self.name}: {what} {pop.ids[0]!r} ({pop.arch}) has no feature tap {self.tap!r};"
-                                  f" valid taps: {tuple(pop.feature_fns)}")
+                raise ScorerError(
+                    f"{self.name}: {what} {pop.ids[0]!r} ({pop.arch}) has no feature tap {self.tap!r};"
+                    f" valid taps: {tuple(pop.feature_fns)}"
+                )
             check_finite(self.name, ModelSet((pop,)))
             fn = _fn(pop, self.tap)
             _check_applies(pop, fn, x_ref, self.name, "the field's function")
@@ -644,11 +719,20 @@ class ModelGiFScorer(Scorer):
         if use_labels and y_ref is None:
             raise ScorerError(f"{self.name}: target LABEL needs labels of the probe")
         try:
-            d = modelgif_lib.distance_matrix(sides[0], sides[1], x=x_ref, steps=self.steps, target=target,
-                                             labels=jnp.asarray(y_ref) if use_labels else None,
-                                             chunk_size=self.chunk_size, per_reference=True)
+            d = modelgif_lib.distance_matrix(
+                sides[0],
+                sides[1],
+                x=x_ref,
+                steps=self.steps,
+                target=target,
+                labels=jnp.asarray(y_ref) if use_labels else None,
+                chunk_size=self.chunk_size,
+                per_reference=True,
+            )
         except ValueError as e:
-            raise ScorerError(f"{self.name}: candidates {candidates.ids[0]!r}... vs queries {queries.ids[0]!r}...: {e}") from e
+            raise ScorerError(
+                f"{self.name}: candidates {candidates.ids[0]!r}... vs queries {queries.ids[0]!r}...: {e}"
+            ) from e
         return np.asarray(d)
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
@@ -694,8 +778,10 @@ def reference_sweep(per_reference: Any, positive: Any, negative: Any, *, n_refs:
     per_reference = np.asarray(per_reference, np.float64)
     positive, negative = np.asarray(positive, bool), np.asarray(negative, bool)
     if per_reference.ndim != 3 or positive.shape != per_reference.shape[:2] or negative.shape != positive.shape:
-        raise metrics.MetricError(f"per_reference must be [K, M, N] and the masks [K, M]; got {per_reference.shape},"
-                                  f" {positive.shape} and {negative.shape}")
+        raise metrics.MetricError(
+            f"per_reference must be [K, M, N] and the masks [K, M]; got {per_reference.shape},"
+            f" {positive.shape} and {negative.shape}"
+        )
     if np.any(positive & negative):
         raise metrics.MetricError("a pair cannot be both positive and negative")
     points = []
@@ -704,8 +790,16 @@ def reference_sweep(per_reference: Any, positive: Any, negative: Any, *, n_refs:
             raise metrics.MetricError(f"n_refs entries must be in [1, {per_reference.shape[2]}]; got {r}")
         dist = per_reference[..., :r].mean(axis=-1)
         pos, neg = dist[positive], dist[negative]
-        points.append(SweepPoint(n_refs=int(r), auc=metrics.roc_auc(-pos, -neg),
-                                 tpr_at_1=metrics.tpr_at_fpr(-pos, -neg, 0.01),
-                                 tpr_at_5=metrics.tpr_at_fpr(-pos, -neg, 0.05), num_pos=int(pos.size),
-                                 num_neg=int(neg.size), mean_pos=float(pos.mean()), mean_neg=float(neg.mean())))
+        points.append(
+            SweepPoint(
+                n_refs=int(r),
+                auc=metrics.roc_auc(-pos, -neg),
+                tpr_at_1=metrics.tpr_at_fpr(-pos, -neg, 0.01),
+                tpr_at_5=metrics.tpr_at_fpr(-pos, -neg, 0.05),
+                num_pos=int(pos.size),
+                num_neg=int(neg.size),
+                mean_pos=float(pos.mean()),
+                mean_neg=float(neg.mean()),
+            )
+        )
     return points

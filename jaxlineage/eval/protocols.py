@@ -34,10 +34,10 @@ architectures) gets an empty :class:`Result` whose ``details["n/a"]`` says why.
 
 Example::
 
-    >>> from jaxlineage.eval import protocols, scenarios, scorers
-    >>> s = scenarios.identify(z)
-    >>> results = protocols.run_all(s, scorers.learning_free() + scorers.baselines(), key=jax.random.key(0))
-    >>> print(protocols.table(results))
+    from jaxlineage.eval import protocols, scenarios, scorers
+    s = scenarios.identify(z)
+    results = protocols.run_all(s, scorers.learning_free() + scorers.baselines(), key=jax.random.key(0))
+    print(protocols.table(results))
 """
 
 from __future__ import annotations
@@ -62,15 +62,29 @@ from jaxlineage.eval.core import (
     ScorerError,
 )
 
-__all__ = ["FPRS", "GridCache", "alpha_sweep", "cell", "columns", "folds", "run", "run_all", "run_zoo", "select_index", "table"]
+__all__ = [
+    "FPRS",
+    "GridCache",
+    "alpha_sweep",
+    "cell",
+    "columns",
+    "folds",
+    "run",
+    "run_all",
+    "run_zoo",
+    "select_index",
+    "table",
+]
 
 log = logging.getLogger("jaxlineage.eval")
 
 #: False-positive rates at which *verify* reports the true-positive rate.
 FPRS = (0.01, 0.05)
 
-_RECOVER = ("Question.RECOVER (tree recovery) has no protocol yet: it is the slot of a later issue"
-            " (DESIGN.md section 11). Ask IDENTIFY or VERIFY.")
+_RECOVER = (
+    "Question.RECOVER (tree recovery) has no protocol yet: it is the slot of a later issue"
+    " (DESIGN.md section 11). Ask IDENTIFY or VERIFY."
+)
 
 
 def folds(split_keys: Sequence[Any], num_folds: int, *, key: jax.Array) -> list[np.ndarray]:
@@ -94,14 +108,16 @@ def folds(split_keys: Sequence[Any], num_folds: int, *, key: jax.Array) -> list[
     if not isinstance(num_folds, int) or num_folds < 2:
         raise ScorerError(f"num_folds must be an int >= 2; got {num_folds!r}")
     if len(distinct) < num_folds:
-        raise ScorerError(f"Need at least num_folds = {num_folds} split keys (queries, or groups of queries);"
-                          f" got {len(distinct)}")
+        raise ScorerError(
+            f"Need at least num_folds = {num_folds} split keys (queries, or groups of queries); got {len(distinct)}"
+        )
     where: dict[str, list[int]] = {}
     for i, k in enumerate(split_keys):
         where.setdefault(k, []).append(i)
     perm = np.asarray(jax.random.permutation(key, len(distinct)))
-    return [np.asarray([i for g in group for i in where[distinct[g]]], int)
-            for group in np.array_split(perm, num_folds)]
+    return [
+        np.asarray([i for g in group for i in where[distinct[g]]], int) for group in np.array_split(perm, num_folds)
+    ]
 
 
 def _key_json(key: jax.Array) -> Any:
@@ -119,8 +135,11 @@ def _identify_figures(s: np.ndarray, labels: np.ndarray, decision: np.ndarray | 
     out = {"accuracy": metrics_lib.accuracy(s[:, known], labels[known]) if known.any() else np.nan}
     if decision is not None and (~known).any():
         o = metrics_lib.open_set_accuracy(decision, labels)
-        out.update(open_set_accuracy=o["accuracy"], known_accuracy=o["known_accuracy"],
-                   no_parent_accuracy=o["no_parent_accuracy"])
+        out.update(
+            open_set_accuracy=o["accuracy"],
+            known_accuracy=o["known_accuracy"],
+            no_parent_accuracy=o["no_parent_accuracy"],
+        )
     return out
 
 
@@ -132,8 +151,10 @@ def _verify_figures(s: np.ndarray, related: np.ndarray, kinds: Sequence[str], fp
     def figs(pos, neg):
         if pos.size == 0 or neg.size == 0:
             return {"auc": np.nan, **{_fpr_name(f): np.nan for f in fprs}}
-        return {"auc": metrics_lib.roc_auc(pos, neg),
-                **{_fpr_name(f): metrics_lib.tpr_at_fpr(pos, neg, f) for f in fprs}}
+        return {
+            "auc": metrics_lib.roc_auc(pos, neg),
+            **{_fpr_name(f): metrics_lib.tpr_at_fpr(pos, neg, f) for f in fprs},
+        }
 
     neg = s[~related]
     overall = figs(s[related], neg)
@@ -215,9 +236,13 @@ class GridCache:
 
     def missing(self, scorers, candidates, queries, probe_key) -> list[int]:
         """Indices of queries with at least one (scorer, candidate) pair not in the cache."""
-        return [m for m, q in enumerate(queries.ids)
-                if any((s.grid_group(), s.name, c, q, probe_key) not in self._store
-                       for s in scorers for c in candidates.ids)]
+        return [
+            m
+            for m, q in enumerate(queries.ids)
+            if any(
+                (s.grid_group(), s.name, c, q, probe_key) not in self._store for s in scorers for c in candidates.ids
+            )
+        ]
 
     def put(self, scorer, grid: np.ndarray, candidates, queries, probe_key) -> None:
         for k, c in enumerate(candidates.ids):
@@ -225,12 +250,20 @@ class GridCache:
                 self._store[(scorer.grid_group(), scorer.name, c, q, probe_key)] = grid[:, k, m]
 
     def get(self, scorer, candidates, queries, probe_key) -> np.ndarray:
-        return np.stack([np.stack([self._store[(scorer.grid_group(), scorer.name, c, q, probe_key)]
-                                   for q in queries.ids], axis=-1) for c in candidates.ids], axis=-2)
+        return np.stack(
+            [
+                np.stack(
+                    [self._store[(scorer.grid_group(), scorer.name, c, q, probe_key)] for q in queries.ids], axis=-1
+                )
+                for c in candidates.ids
+            ],
+            axis=-2,
+        )
 
 
-def _grids(scenario: Scenario, scorers: Sequence[Scorer], cache: GridCache | None = None
-           ) -> dict[int, tuple[np.ndarray, float]]:
+def _grids(
+    scenario: Scenario, scorers: Sequence[Scorer], cache: GridCache | None = None
+) -> dict[int, tuple[np.ndarray, float]]:
     """One :meth:`score_grids` pass per group of grid scorers: ``{id(scorer): (grid, wall_s share)}``.
 
     With a ``cache``, only queries with a pair not scored before are scored.
@@ -243,21 +276,28 @@ def _grids(scenario: Scenario, scorers: Sequence[Scorer], cache: GridCache | Non
     for group in groups.values():
         t0 = time.time()
         if cache is None:
-            grids = type(group[0]).score_grids(group, scenario.candidates, scenario.queries, probe=scenario.probe,
-                                               unreadable="nan")
+            grids = type(group[0]).score_grids(
+                group, scenario.candidates, scenario.queries, probe=scenario.probe, unreadable="nan"
+            )
         else:
             pk = cache.probe_key(scenario.probe)
             todo = cache.missing(group, scenario.candidates, scenario.queries, pk)
             cache.hits += len(scenario.queries) - len(todo)
             if todo:
                 sub = scenario.queries.take(todo)
-                for s, g in zip(group, type(group[0]).score_grids(group, scenario.candidates, sub,
-                                                                  probe=scenario.probe, unreadable="nan")):
+                for s, g in zip(
+                    group,
+                    type(group[0]).score_grids(group, scenario.candidates, sub, probe=scenario.probe, unreadable="nan"),
+                ):
                     cache.put(s, g, scenario.candidates, sub, pk)
             grids = [cache.get(s, scenario.candidates, scenario.queries, pk) for s in group]
             if len(todo) < len(scenario.queries):
-                log.info("%s: %d of %d queries' grids reused from the cache", scenario.name,
-                         len(scenario.queries) - len(todo), len(scenario.queries))
+                log.info(
+                    "%s: %d of %d queries' grids reused from the cache",
+                    scenario.name,
+                    len(scenario.queries) - len(todo),
+                    len(scenario.queries),
+                )
         wall = time.time() - t0
         log.info("%s: %d grid scorers (%s, ...) in one pass, %.1fs", scenario.name, len(group), group[0].name, wall)
         for s, g in zip(group, grids):
@@ -303,17 +343,29 @@ def run_all(
         raise NotImplementedError(_RECOVER)
     fold_idx = folds(scenario.split_keys, num_folds, key=key)
     grids = _grids(scenario, scorers, cache)
-    settings = {"num_folds": num_folds, "key": _key_json(key), "fold_sizes": [int(len(f)) for f in fold_idx],
-                "candidates": len(scenario.candidates), "queries": len(scenario.queries),
-                "probe_shape": list(np.shape(scenario.probe)),
-                "split": "by split key" if len(set(scenario.split_keys)) < len(scenario.split_keys) else "by query"}
+    settings = {
+        "num_folds": num_folds,
+        "key": _key_json(key),
+        "fold_sizes": [int(len(f)) for f in fold_idx],
+        "candidates": len(scenario.candidates),
+        "queries": len(scenario.queries),
+        "probe_shape": list(np.shape(scenario.probe)),
+        "split": "by split key" if len(set(scenario.split_keys)) < len(scenario.split_keys) else "by query",
+    }
     if scenario.question is Question.VERIFY:
         settings["fprs"] = list(fprs)
     return [_evaluate(scenario, s, fold_idx, key, grids.get(id(s)), settings, fprs, keep_scores) for s in scorers]
 
 
-def run(scenario: Scenario, scorer: Scorer, *, key: jax.Array, num_folds: int = 5,
-        fprs: Sequence[float] = FPRS, keep_scores: bool = False) -> Result:
+def run(
+    scenario: Scenario,
+    scorer: Scorer,
+    *,
+    key: jax.Array,
+    num_folds: int = 5,
+    fprs: Sequence[float] = FPRS,
+    keep_scores: bool = False,
+) -> Result:
     """:func:`run_all` with one scorer."""
     return run_all(scenario, [scorer], key=key, num_folds=num_folds, fprs=fprs, keep_scores=keep_scores)[0]
 
@@ -321,8 +373,13 @@ def run(scenario: Scenario, scorer: Scorer, *, key: jax.Array, num_folds: int = 
 def _evaluate(scenario, s, fold_idx, key, grid, settings, fprs, keep_scores) -> Result:
     t0 = time.time()
     q = scenario.question
-    res = Result(scenario=scenario.name, question=q.value, scorer=s.name, settings=dict(settings),
-                 details={"kind": "grid" if grid is not None else "learned" if s.learned else "fixed"})
+    res = Result(
+        scenario=scenario.name,
+        question=q.value,
+        scorer=s.name,
+        settings=dict(settings),
+        details={"kind": "grid" if grid is not None else "learned" if s.learned else "fixed"},
+    )
     full = None
     if grid is not None:
         full, wall = grid
@@ -332,8 +389,10 @@ def _evaluate(scenario, s, fold_idx, key, grid, settings, fprs, keep_scores) -> 
         full = s.score(scenario.candidates, scenario.queries, probe=scenario.probe, unreadable="nan")[None]
     if full is not None and np.isnan(full).any():
         k, m = np.argwhere(np.isnan(full[0]))[0]
-        res.details["n/a"] = (f"{s.name} cannot read {int(np.isnan(full[0]).sum())} of {full[0].size} pairs, e.g."
-                              f" candidate {scenario.candidates.ids[k]!r} and query {scenario.queries.ids[m]!r}")
+        res.details["n/a"] = (
+            f"{s.name} cannot read {int(np.isnan(full[0]).sum())} of {full[0].size} pairs, e.g."
+            f" candidate {scenario.candidates.ids[k]!r} and query {scenario.queries.ids[m]!r}"
+        )
         res.details["wall_s"] = time.time() - t0
         return res
     per_fold, by_kind_fold, chosen = [], [], []
@@ -341,15 +400,19 @@ def _evaluate(scenario, s, fold_idx, key, grid, settings, fprs, keep_scores) -> 
         train = np.concatenate([g for h, g in enumerate(fold_idx) if h != f])
         decider = s
         if grid is not None:
-            a = select_index(full[:, :, train], q, scenario.labels[train], scenario.related[:, train]) \
-                if getattr(s, "selects_alpha", True) else 0
+            a = (
+                select_index(full[:, :, train], q, scenario.labels[train], scenario.related[:, train])
+                if getattr(s, "selects_alpha", True)
+                else 0
+            )
             if getattr(s, "selects_alpha", True):
                 chosen.append(res.details["grid_alphas"][a])
             st = full[a][:, test]
         elif s.learned:
             decider = s.fit(scenario.take_queries(train), key=jax.random.fold_in(key, f))
-            st = np.asarray(decider.score(scenario.candidates, scenario.queries.take(test), probe=scenario.probe),
-                            np.float64)
+            st = np.asarray(
+                decider.score(scenario.candidates, scenario.queries.take(test), probe=scenario.probe), np.float64
+            )
         else:
             st = full[0][:, test]
         if q is Question.IDENTIFY:
@@ -375,8 +438,15 @@ def _evaluate(scenario, s, fold_idx, key, grid, settings, fprs, keep_scores) -> 
     return res
 
 
-def run_zoo(zoo: Any, scorers: Sequence[Scorer] | None = None, *, question: Question | str = Question.IDENTIFY,
-            key: jax.Array | None = None, num_folds: int = 5, **scenario_kwargs) -> list[Result]:
+def run_zoo(
+    zoo: Any,
+    scorers: Sequence[Scorer] | None = None,
+    *,
+    question: Question | str = Question.IDENTIFY,
+    key: jax.Array | None = None,
+    num_folds: int = 5,
+    **scenario_kwargs,
+) -> list[Result]:
     """A zoo's scenario asked of scorers in one call: the notebook's shortcut.
 
     ``scenarios.identify(zoo, **scenario_kwargs)`` (or ``verify``) followed by
@@ -428,20 +498,29 @@ def alpha_sweep(scenario: Scenario, scorers: Sequence[Scorer], *, alphas: Sequen
     for s in swept:
         g, wall = grids[id(s)]
         vals = _all_queries(g, scenario)
-        out.append(Result(
-            scenario=scenario.name, question=scenario.question.value, scorer=s.name,
-            metrics={f"{figure}@alpha={a:g}": metrics_lib.mean_std([v]) for a, v in zip(s.alphas, vals)},
-            settings={"protocol": "alpha sweep over all queries, no folds (a diagnostic, not a result)"},
-            details={"alphas": list(s.alphas), "figure": figure, "values": vals, "wall_s": wall}))
+        out.append(
+            Result(
+                scenario=scenario.name,
+                question=scenario.question.value,
+                scorer=s.name,
+                metrics={f"{figure}@alpha={a:g}": metrics_lib.mean_std([v]) for a, v in zip(s.alphas, vals)},
+                settings={"protocol": "alpha sweep over all queries, no folds (a diagnostic, not a result)"},
+                details={"alphas": list(s.alphas), "figure": figure, "values": vals, "wall_s": wall},
+            )
+        )
     return out
 
 
 # --------------------------------------------------------------------------- tables
 
 #: ``figure -> (scale, decimals, header)`` of the table cells.
-_FORMATS = {"accuracy": (100, 1, "accuracy (%)"), "open_set_accuracy": (100, 1, "open-set accuracy (%)"),
-            "known_accuracy": (100, 1, "known-parent accuracy (%)"),
-            "no_parent_accuracy": (100, 1, "no-parent accuracy (%)"), "auc": (1, 3, "AUC")}
+_FORMATS = {
+    "accuracy": (100, 1, "accuracy (%)"),
+    "open_set_accuracy": (100, 1, "open-set accuracy (%)"),
+    "known_accuracy": (100, 1, "known-parent accuracy (%)"),
+    "no_parent_accuracy": (100, 1, "no-parent accuracy (%)"),
+    "auc": (1, 3, "AUC"),
+}
 
 
 def _format(name: str) -> tuple[float, int, str]:
@@ -479,8 +558,12 @@ def table(results: Sequence[Result], *, columns_: Sequence[str] | None = None) -
     for name, rs in by_scenario.items():
         cols = list(columns_) if columns_ is not None else columns(rs)
         heads = [_format(c)[2] for c in cols]
-        lines = [f"{name} ({rs[0].question})", "", "| scorer | " + " | ".join(heads) + " |",
-                 "|---|" + "---:|" * len(cols)]
+        lines = [
+            f"{name} ({rs[0].question})",
+            "",
+            "| scorer | " + " | ".join(heads) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
         for r in rs:
             cells = []
             for c in cols:

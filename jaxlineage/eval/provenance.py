@@ -25,11 +25,11 @@ smaller reference counts are prefixes of one draw (:func:`modelgif_sweep`).
 
 Example::
 
-    >>> from jaxlineage import zoo
-    >>> from jaxlineage.eval import provenance, scenarios
-    >>> z = zoo.build(zoo.PROVENANCE_QUICK, "/tmp/pq")
-    >>> s = scenarios.provenance(z)
-    >>> rows = provenance.attack_table(s, {"weight L2": provenance.score_matrix(s, WeightL2())})
+    from jaxlineage import zoo
+    from jaxlineage.eval import provenance, scenarios
+    z = zoo.build(zoo.PROVENANCE_QUICK, "/tmp/pq")
+    s = scenarios.provenance(z)
+    rows = provenance.attack_table(s, {"weight L2": provenance.score_matrix(s, WeightL2())})
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ def attack_masks(scenario: Scenario) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def cells(scores: np.ndarray, masks: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
-          fprs: Sequence[float] = (0.01,)) -> dict[str, dict | None]:
+def cells(
+    scores: np.ndarray, masks: Mapping[str, tuple[np.ndarray, np.ndarray]], *, fprs: Sequence[float] = (0.01,)
+) -> dict[str, dict | None]:
     """One cell per attack from scores ``[K, M]`` (higher = more related; ``NaN`` = unreadable pair).
 
     Returns:
@@ -128,22 +129,35 @@ def cells(scores: np.ndarray, masks: Mapping[str, tuple[np.ndarray, np.ndarray]]
         if p.size == 0 or n.size == 0:
             out[a] = None
             continue
-        out[a] = {"auc": metrics.roc_auc(p, n), "n_pos": int(p.size), "n_neg": int(n.size),
-                  **{f"tpr@{100 * f:g}%fpr": metrics.tpr_at_fpr(p, n, f) for f in fprs}}
+        out[a] = {
+            "auc": metrics.roc_auc(p, n),
+            "n_pos": int(p.size),
+            "n_neg": int(n.size),
+            **{f"tpr@{100 * f:g}%fpr": metrics.tpr_at_fpr(p, n, f) for f in fprs},
+        }
     return out
 
 
 def score_matrix(scenario: Scenario, scorer: Scorer) -> np.ndarray:
     """``[K, M]`` scores of a fixed (unlearned) scorer, ``NaN`` where it cannot read a pair."""
     if getattr(scorer, "learned", False):
-        raise ScorerError(f"{scorer.name}: a learned scorer needs a training split; the provenance table"
-                          " takes fixed scorers only")
-    return np.asarray(scorer.score(scenario.candidates, scenario.queries, probe=scenario.probe, unreadable="nan"),
-                      np.float64)
+        raise ScorerError(
+            f"{scorer.name}: a learned scorer needs a training split; the provenance table takes fixed scorers only"
+        )
+    return np.asarray(
+        scorer.score(scenario.candidates, scenario.queries, probe=scenario.probe, unreadable="nan"), np.float64
+    )
 
 
-def modelgif_sweep(scenario: Scenario, *, backbone: bool = False, n_refs: int = 256, steps: int = 50,
-                   key: jax.Array, chunk_size: int | None = 32) -> np.ndarray:
+def modelgif_sweep(
+    scenario: Scenario,
+    *,
+    backbone: bool = False,
+    n_refs: int = 256,
+    steps: int = 50,
+    key: jax.Array,
+    chunk_size: int | None = 32,
+) -> np.ndarray:
     """ModelGiF distances per reference, ``[K, M, n_refs]`` (``NaN`` where unreadable).
 
     The logits field (``backbone=False``, the paper's) reads every pair, across
@@ -172,29 +186,40 @@ def modelgif_sweep(scenario: Scenario, *, backbone: bool = False, n_refs: int = 
         # space, so both architectures stack) and each query population's fields once, against all of them.
         scorer = ModelGiFScorer(field=Field.LOGITS, n_refs=n_refs, steps=steps, key=key, chunk_size=chunk_size)
         x_ref = jnp.asarray(scorer.references(scenario.probe)[0], jnp.float32)
-        fields = jnp.concatenate([
-            jax.vmap(lambda p, cp=cp: modelgif_lib.gradient_field(cp.logits_fn, p, x_ref, steps=steps,
-                                                                  target=scorer.scalar_output,
-                                                                  chunk_size=chunk_size))(cp.params)
-            for cp in cands.populations])
+        fields = jnp.concatenate(
+            [
+                jax.vmap(
+                    lambda p, cp=cp: modelgif_lib.gradient_field(
+                        cp.logits_fn, p, x_ref, steps=steps, target=scorer.scalar_output, chunk_size=chunk_size
+                    )
+                )(cp.params)
+                for cp in cands.populations
+            ]
+        )
         for mo, qp in zip(queries.offsets(), queries.populations):
-            d = modelgif_lib.distance_matrix(fields, modelgif_lib.Population(qp.logits_fn, qp.params), x=x_ref,
-                                             steps=steps, target=scorer.scalar_output, chunk_size=chunk_size,
-                                             per_reference=True)
-            out[:, mo:mo + len(qp)] = np.asarray(d)
+            d = modelgif_lib.distance_matrix(
+                fields,
+                modelgif_lib.Population(qp.logits_fn, qp.params),
+                x=x_ref,
+                steps=steps,
+                target=scorer.scalar_output,
+                chunk_size=chunk_size,
+                per_reference=True,
+            )
+            out[:, mo : mo + len(qp)] = np.asarray(d)
         return out
     for ko, cp in zip(cands.offsets(), cands.populations):
         for mo, qp in zip(queries.offsets(), queries.populations):
             if cp.arch != qp.arch or cp.arch not in BACKBONE_TAPS:
                 continue
-            s = ModelGiFScorer(field=BACKBONE_TAPS[cp.arch], n_refs=n_refs, steps=steps, key=key,
-                               chunk_size=chunk_size)
-            out[ko:ko + len(cp), mo:mo + len(qp)] = s.per_reference(cp, qp, probe=scenario.probe)
+            s = ModelGiFScorer(field=BACKBONE_TAPS[cp.arch], n_refs=n_refs, steps=steps, key=key, chunk_size=chunk_size)
+            out[ko : ko + len(cp), mo : mo + len(qp)] = s.per_reference(cp, qp, probe=scenario.probe)
     return out
 
 
-def attack_table(scenario: Scenario, scores: Mapping[str, np.ndarray], *,
-                 fprs: Sequence[float] = (0.01,)) -> dict[str, dict[str, dict | None]]:
+def attack_table(
+    scenario: Scenario, scores: Mapping[str, np.ndarray], *, fprs: Sequence[float] = (0.01,)
+) -> dict[str, dict[str, dict | None]]:
     """``{row: {attack: cell or None}}`` for named ``[K, M]`` score matrices (see :func:`cells`)."""
     masks = attack_masks(scenario)
     return {name: cells(s, masks, fprs=fprs) for name, s in scores.items()}

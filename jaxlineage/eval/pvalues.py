@@ -260,8 +260,16 @@ def calibration_table(pvalues: Any, *, alphas: Sequence[float] = (0.01, 0.05, 0.
     for a in alphas:
         r = int(np.sum(p <= a))
         m = binomial_margin(a, p.size)
-        rows.append({"alpha": a, "n": int(p.size), "rejected": r, "rate": r / max(p.size, 1), "margin": m,
-                     "ok": r / max(p.size, 1) <= a + m})
+        rows.append(
+            {
+                "alpha": a,
+                "n": int(p.size),
+                "rejected": r,
+                "rate": r / max(p.size, 1),
+                "margin": m,
+                "ok": r / max(p.size, 1) <= a + m,
+            }
+        )
     return rows
 
 
@@ -353,8 +361,15 @@ def _weight_corr_parts(spec, producers, c: PyTree, q: PyTree):
         wc, wq = _leaf(c, path), _leaf(q, path)
         # [..., in, units] -> [spatial, in, units]: rows permute by the input entry within each spatial block
         shape = (-1, wc.shape[-2], wc.shape[-1]) if wc.ndim > 2 else (1,) + wc.shape
-        parts.append((_standardised(wc).reshape(shape), _standardised(wq).reshape(shape),
-                      None if src is None else order[src], tile, order[name]))
+        parts.append(
+            (
+                _standardised(wc).reshape(shape),
+                _standardised(wq).reshape(shape),
+                None if src is None else order[src],
+                tile,
+                order[name],
+            )
+        )
     return parts
 
 
@@ -436,8 +451,9 @@ def _agreement_null(views_a: tuple, views_b: tuple, t: int, key: jax.Array) -> t
 
     obs = agree(tuple(jnp.arange(a.size) for a in views_a))
     keys = jax.random.split(key, t)
-    sig = jax.vmap(lambda k: tuple(jax.random.permutation(jax.random.fold_in(k, i), a.size)
-                                   for i, a in enumerate(views_a)))(keys)
+    sig = jax.vmap(
+        lambda k: tuple(jax.random.permutation(jax.random.fold_in(k, i), a.size) for i, a in enumerate(views_a))
+    )(keys)
     return obs, jax.vmap(agree)(sig)
 
 
@@ -446,11 +462,14 @@ def _check_pair(spec, candidate: PyTree, query: PyTree, names: tuple[str, str]) 
     fq = dict(jax.tree_util.tree_flatten_with_path(query)[0])
     for path, leaf in fc:
         if path not in fq:
-            raise PValueError(f"permutation test: {names[1]!r} lacks {path_str(path)}, which {names[0]!r} has"
-                              " (architectures differ)")
+            raise PValueError(
+                f"permutation test: {names[1]!r} lacks {path_str(path)}, which {names[0]!r} has (architectures differ)"
+            )
         if np.shape(fq[path]) != np.shape(leaf):
-            raise PValueError(f"permutation test: {names[0]!r} and {names[1]!r} differ at {path_str(path)}:"
-                              f" {np.shape(leaf)} vs {np.shape(fq[path])} (architectures differ)")
+            raise PValueError(
+                f"permutation test: {names[0]!r} and {names[1]!r} differ at {path_str(path)}:"
+                f" {np.shape(leaf)} vs {np.shape(fq[path])} (architectures differ)"
+            )
     for _, (units, axes) in spec.items():
         for a in axes:
             try:
@@ -458,8 +477,10 @@ def _check_pair(spec, candidate: PyTree, query: PyTree, names: tuple[str, str]) 
             except (KeyError, TypeError):
                 raise PValueError(f"permutation spec names {'/'.join(a.path)}, which {names[1]!r} lacks") from None
             if np.shape(leaf)[a.axis] != units * a.tile:
-                raise PValueError(f"permutation spec: {names[1]!r} has {np.shape(leaf)[a.axis]} units on axis {a.axis}"
-                                  f" of {'/'.join(a.path)}, the spec {units * a.tile}")
+                raise PValueError(
+                    f"permutation spec: {names[1]!r} has {np.shape(leaf)[a.axis]} units on axis {a.axis}"
+                    f" of {'/'.join(a.path)}, the spec {units * a.tile}"
+                )
 
 
 def permutation_test(
@@ -514,8 +535,9 @@ def permutation_test(
         obs, null = _weight_corr_null_fn(int(chunk), meta)([(wc, wq) for wc, wq, *_ in parts], perms)
     else:
         views = _matchings(producers, candidate, query)
-        obs, null = _agreement_null(tuple(jnp.asarray(a) for a, _ in views), tuple(jnp.asarray(b) for _, b in views),
-                                    int(num_permutations), key)
+        obs, null = _agreement_null(
+            tuple(jnp.asarray(a) for a, _ in views), tuple(jnp.asarray(b) for _, b in views), int(num_permutations), key
+        )
     obs, null = float(obs), np.asarray(null, np.float64)
     return TestResult(obs, float(exact_pvalue(obs, null)), null)
 
@@ -546,8 +568,15 @@ class PermutationTestScorer(Scorer):
 
     learned = False
 
-    def __init__(self, *, key: jax.Array, num_permutations: int = 999, statistic: Statistic = Statistic.MATCHED,
-                 alpha: float = 0.05, spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None):
+    def __init__(
+        self,
+        *,
+        key: jax.Array,
+        num_permutations: int = 999,
+        statistic: Statistic = Statistic.MATCHED,
+        alpha: float = 0.05,
+        spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None,
+    ):
         self.key = key
         self.num_permutations = int(num_permutations)
         self.statistic = Statistic(statistic)
@@ -572,9 +601,15 @@ class PermutationTestScorer(Scorer):
         st = np.zeros_like(p)
         for k, c in enumerate(cs):
             for m, q in enumerate(qs):
-                r = permutation_test(c, q, spec, key=jax.random.fold_in(jax.random.fold_in(self.key, k), m),
-                                     num_permutations=self.num_permutations, statistic=self.statistic,
-                                     names=(candidates.ids[k], queries.ids[m]))
+                r = permutation_test(
+                    c,
+                    q,
+                    spec,
+                    key=jax.random.fold_in(jax.random.fold_in(self.key, k), m),
+                    num_permutations=self.num_permutations,
+                    statistic=self.statistic,
+                    names=(candidates.ids[k], queries.ids[m]),
+                )
                 p[k, m], st[k, m] = r.pvalue, r.statistic
         return p, st
 
@@ -666,8 +701,9 @@ class CalibratedScorer(Scorer):
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
         return self.base.score_block(candidates, queries, probe=probe)
 
-    def calibrate(self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray,
-                  unrelated: np.ndarray | None = None) -> CalibratedScorer:
+    def calibrate(
+        self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray, unrelated: np.ndarray | None = None
+    ) -> CalibratedScorer:
         """Collects the null: the base's scores of the pairs known to be unrelated.
 
         Args:
@@ -685,8 +721,10 @@ class CalibratedScorer(Scorer):
         mask = np.ones(s.shape, bool) if unrelated is None else np.asarray(unrelated, bool)
         null = s[mask & np.isfinite(s)]
         if null.size == 0:
-            raise PValueError(f"{self.name}: empty calibration set (no readable unrelated pair among candidates"
-                              f" {candidates.ids[:3]}... and queries {queries.ids[:3]}...)")
+            raise PValueError(
+                f"{self.name}: empty calibration set (no readable unrelated pair among candidates"
+                f" {candidates.ids[:3]}... and queries {queries.ids[:3]}...)"
+            )
         self.null_scores = np.sort(null)
         return self
 
@@ -724,9 +762,16 @@ class OpenSet(NamedTuple):
     relations: dict
 
 
-def open_set_scenario(zoo: Any, *, withheld: Sequence[str], candidates: str | Sequence[str] = "parent",
-                      queries: str | Sequence[str] = ("child", "independent"), task: str | None = None,
-                      probe_size: int = 512, name: str | None = None) -> OpenSet:
+def open_set_scenario(
+    zoo: Any,
+    *,
+    withheld: Sequence[str],
+    candidates: str | Sequence[str] = "parent",
+    queries: str | Sequence[str] = ("child", "independent"),
+    task: str | None = None,
+    probe_size: int = 512,
+    name: str | None = None,
+) -> OpenSet:
     """Open-set identify on a zoo with some parents withheld, "related" decided by the lineage graph.
 
     A query is *known* when its parent is a candidate (label: that index); it is
@@ -752,8 +797,9 @@ def open_set_scenario(zoo: Any, *, withheld: Sequence[str], candidates: str | Se
     """
     from jaxlineage.eval import scenarios
 
-    s = scenarios.identify(zoo, candidates=candidates, queries=queries, task=task, open_set=True,
-                           probe_size=probe_size, name=name)
+    s = scenarios.identify(
+        zoo, candidates=candidates, queries=queries, task=task, open_set=True, probe_size=probe_size, name=name
+    )
     withheld = list(withheld)
     missing = [w for w in withheld if w not in s.candidates.ids]
     if missing:
@@ -780,10 +826,18 @@ def open_set_scenario(zoo: Any, *, withheld: Sequence[str], candidates: str | Se
             continue
         qidx.append(m)
     qidx = np.asarray(qidx, int)
-    related = np.array([[graph.is_ancestor(c, s.queries.ids[i]) for i in qidx] for c in cands.ids],
-                       bool).reshape(len(keep), len(qidx))
+    related = np.array([[graph.is_ancestor(c, s.queries.ids[i]) for i in qidx] for c in cands.ids], bool).reshape(
+        len(keep), len(qidx)
+    )
     scen = dataclasses.replace(
-        s, name=name or f"{s.name}/open-set", candidates=cands, queries=s.queries.take(qidx),
-        labels=np.asarray(labels, int), related=related, kinds=tuple(kinds),
-        split_keys=tuple(s.split_keys[i] for i in qidx), question=Question.IDENTIFY)
+        s,
+        name=name or f"{s.name}/open-set",
+        candidates=cands,
+        queries=s.queries.take(qidx),
+        labels=np.asarray(labels, int),
+        related=related,
+        kinds=tuple(kinds),
+        split_keys=tuple(s.split_keys[i] for i in qidx),
+        question=Question.IDENTIFY,
+    )
     return OpenSet(scen, tuple(left), rel)

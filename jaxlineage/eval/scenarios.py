@@ -98,8 +98,10 @@ def _split_key(record: Any, split_by: SplitBy) -> str:
     hp = getattr(record, "hparams", {}) or {}
     if split_by in hp:
         return str(hp[split_by])
-    raise ScorerError(f"split_by={split_by!r}: model {record.id!r} has no such field or hyper-parameter"
-                      f" (hyper-parameters: {sorted(hp)})")
+    raise ScorerError(
+        f"split_by={split_by!r}: model {record.id!r} has no such field or hyper-parameter"
+        f" (hyper-parameters: {sorted(hp)})"
+    )
 
 
 def _default_task(zoo: Any, queries: list) -> str:
@@ -119,8 +121,11 @@ def _default_task(zoo: Any, queries: list) -> str:
 def _signature(network: nets.Network, params: Any) -> tuple:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     # ``module`` (the linen module) tells networks of one name apart; duck-typed zoos may lack it.
-    return (network.name, getattr(network, "module", None), tuple((jax.tree_util.keystr(p), np.shape(v), str(v.dtype))
-                                                for p, v in leaves))
+    return (
+        network.name,
+        getattr(network, "module", None),
+        tuple((jax.tree_util.keystr(p), np.shape(v), str(v.dtype)) for p, v in leaves),
+    )
 
 
 def model_set(zoo: Any, ids: Sequence[str]) -> ModelSet:
@@ -159,11 +164,23 @@ def model_set(zoo: Any, ids: Sequence[str]) -> ModelSet:
         info = {}
         for i in g["ids"]:
             r = zoo.get(i)
-            info[i] = {"task": r.task, "kind": _kind(r), "parent_id": getattr(r, "parent_id", None),
-                       "hparams": dict(getattr(r, "hparams", {}) or {}), "test_acc": getattr(r, "test_acc", None)}
-        pops.append(Population(
-            ids=tuple(g["ids"]), params=nets.stack(g["params"]), logits_fn=network.logits_fn,
-            feature_fns={tap: network.feature_fn(tap) for tap in network.taps}, arch=network.name, info=info))
+            info[i] = {
+                "task": r.task,
+                "kind": _kind(r),
+                "parent_id": getattr(r, "parent_id", None),
+                "hparams": dict(getattr(r, "hparams", {}) or {}),
+                "test_acc": getattr(r, "test_acc", None),
+            }
+        pops.append(
+            Population(
+                ids=tuple(g["ids"]),
+                params=nets.stack(g["params"]),
+                logits_fn=network.logits_fn,
+                feature_fns={tap: network.feature_fn(tap) for tap in network.taps},
+                arch=network.name,
+                info=info,
+            )
+        )
     return ModelSet(tuple(pops))
 
 
@@ -241,8 +258,17 @@ def identify(
         qs = [r for r in qs if parents[r.id] & cand_ids]
         if not qs:
             raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} has a parent among the candidates")
-    return _scenario(zoo, Question.IDENTIFY, cand, qs, task, probe_size, split_by,
-                     name or f"{_zoo_name(zoo)}/identify/{task}", negative_kind=False)
+    return _scenario(
+        zoo,
+        Question.IDENTIFY,
+        cand,
+        qs,
+        task,
+        probe_size,
+        split_by,
+        name or f"{_zoo_name(zoo)}/identify/{task}",
+        negative_kind=False,
+    )
 
 
 def verify(
@@ -278,8 +304,17 @@ def verify(
     qs = [r for r in qs if r.task == task]
     if not qs:
         raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} in group(s) {queries!r}")
-    return _scenario(zoo, Question.VERIFY, cand, qs, task, probe_size, split_by,
-                     name or f"{_zoo_name(zoo)}/verify/{task}", negative_kind=True)
+    return _scenario(
+        zoo,
+        Question.VERIFY,
+        cand,
+        qs,
+        task,
+        probe_size,
+        split_by,
+        name or f"{_zoo_name(zoo)}/verify/{task}",
+        negative_kind=True,
+    )
 
 
 def provenance(
@@ -320,6 +355,7 @@ def provenance(
     Raises:
       ScorerError: no source or no query (naming the zoo and the selection).
     """
+
     def by_tags(tags):
         tags = (tags,) if isinstance(tags, str) else tuple(tags)
         out, seen = [], set()
@@ -334,11 +370,22 @@ def provenance(
     cand = by_tags(sources)
     qs = [r for r in by_tags(queries) if r.id not in {c.id for c in cand}]
     if not cand or not qs:
-        raise ScorerError(f"zoo {_zoo_name(zoo)!r}: provenance needs sources {sources!r} and queries {queries!r};"
-                          f" found {len(cand)} and {len(qs)}")
+        raise ScorerError(
+            f"zoo {_zoo_name(zoo)!r}: provenance needs sources {sources!r} and queries {queries!r};"
+            f" found {len(cand)} and {len(qs)}"
+        )
     task = probe_task or cand[0].task
-    return _scenario(zoo, Question.VERIFY, cand, qs, task, probe_size, None,
-                     name or f"{_zoo_name(zoo)}/provenance", negative_kind=False)
+    return _scenario(
+        zoo,
+        Question.VERIFY,
+        cand,
+        qs,
+        task,
+        probe_size,
+        None,
+        name or f"{_zoo_name(zoo)}/provenance",
+        negative_kind=False,
+    )
 
 
 def _scenario(zoo, question, cand, qs, task, probe_size, split_by, name, *, negative_kind) -> Scenario:
@@ -352,6 +399,15 @@ def _scenario(zoo, question, cand, qs, task, probe_size, split_by, name, *, nega
     split_keys = [_split_key(by_id[q], split_by) for q in queries.ids]
     probe = _probe(zoo, probe_size, task)
     log.info("scenario %s: %d candidates, %d queries, probe %s", name, len(candidates), len(queries), probe.shape)
-    return Scenario(name=name, question=question, candidates=candidates, queries=queries, labels=labels,
-                    related=related, kinds=tuple(kinds), split_keys=tuple(split_keys), probe=probe,
-                    graph=zoo.graph)
+    return Scenario(
+        name=name,
+        question=question,
+        candidates=candidates,
+        queries=queries,
+        labels=labels,
+        related=related,
+        kinds=tuple(kinds),
+        split_keys=tuple(split_keys),
+        probe=probe,
+        graph=zoo.graph,
+    )

@@ -28,11 +28,11 @@ against a true graph), :func:`tree_result` (an
 
 Example::
 
-    >>> s = tree.weight_scores(stacked_params)                     # [P, P]
-    >>> k = tree.weight_kurtosis(stacked_params)                   # [P]
-    >>> g = tree.recover(s, ids=ids, direction=tree.Direction.KURTOSIS,
-    ...                  kurtosis=k, num_roots=4)
-    >>> tree.tree_accuracy(true_graph, g).directed
+    s = tree.weight_scores(stacked_params)                     # [P, P]
+    k = tree.weight_kurtosis(stacked_params)                   # [P]
+    g = tree.recover(s, ids=ids, direction=tree.Direction.KURTOSIS,
+                     kurtosis=k, num_roots=4)
+    tree.tree_accuracy(true_graph, g).directed
 
 References:
   Horwitz, E., Shul, A. & Hoshen, Y. (2025). Unsupervised Model Tree Heritage

@@ -139,8 +139,10 @@ class Operation:
 
     def check_arch(self, arch: str, group: str) -> None:
         if self.supports is not None and arch not in self.supports:
-            raise ZooError(f"group {group!r}: operation {self.name!r} does not support architecture {arch!r} "
-                           f"(unsupported; it supports {sorted(self.supports)})")
+            raise ZooError(
+                f"group {group!r}: operation {self.name!r} does not support architecture {arch!r} "
+                f"(unsupported; it supports {sorted(self.supports)})"
+            )
 
 
 OPERATIONS: dict[str, Operation] = {}
@@ -175,8 +177,17 @@ def register_op(
     defaults.setdefault("seed", 0)
     if output not in ("target", "source"):
         raise ZooError(f"operation {name!r}: output must be 'target' or 'source', got {output!r}")
-    op = Operation(name, fn, needs_source, None if supports is None else frozenset(supports), defaults,
-                   tuple(static), dict(enums or {}), output, fresh_arch)
+    op = Operation(
+        name,
+        fn,
+        needs_source,
+        None if supports is None else frozenset(supports),
+        defaults,
+        tuple(static),
+        dict(enums or {}),
+        output,
+        fresh_arch,
+    )
     OPERATIONS[name] = op
     return op
 
@@ -191,21 +202,51 @@ def get_op(name: str, *, group: str | None = None) -> Operation:
 
 # --------------------------------------------------------------------------- training helpers
 
-_TRAIN_DEFAULTS = dict(lr=1e-3, batch_size=128, epochs=1, seed=0, init_seed=None, optimizer=Optimizer.ADAM.value,
-                       momentum=0.9, weight_decay=0.0)
+_TRAIN_DEFAULTS = dict(
+    lr=1e-3,
+    batch_size=128,
+    epochs=1,
+    seed=0,
+    init_seed=None,
+    optimizer=Optimizer.ADAM.value,
+    momentum=0.9,
+    weight_decay=0.0,
+)
 _TRAIN_STATIC = ("batch_size", "epochs", "optimizer", "momentum", "weight_decay")
 
 
-def _train(inp: OpInput, init, *, labels=None, soft=None, temperature=1.0, alpha=0.0, mask=None, freeze_stats=False,
-           epochs: int | None = None, lr_key: str = "lr"):
+def _train(
+    inp: OpInput,
+    init,
+    *,
+    labels=None,
+    soft=None,
+    temperature=1.0,
+    alpha=0.0,
+    mask=None,
+    freeze_stats=False,
+    epochs: int | None = None,
+    lr_key: str = "lr",
+):
     """Population training of ``init`` with the shared recipe in ``inp.hparams``."""
     return training.train_population(
-        inp.network, init, inp.x, inp.y if labels is None else labels,
-        lrs=inp.per_model(lr_key), seeds=list(inp.data_seeds),
-        batch_size=int(inp.shared("batch_size")), epochs=int(inp.shared("epochs") if epochs is None else epochs),
-        optimizer=Optimizer(inp.shared("optimizer")), momentum=float(inp.shared("momentum")),
-        weight_decay=float(inp.shared("weight_decay")), soft_targets=soft, temperature=temperature, alpha=alpha,
-        update_mask=mask, freeze_stats=freeze_stats, sequential=inp.sequential,
+        inp.network,
+        init,
+        inp.x,
+        inp.y if labels is None else labels,
+        lrs=inp.per_model(lr_key),
+        seeds=list(inp.data_seeds),
+        batch_size=int(inp.shared("batch_size")),
+        epochs=int(inp.shared("epochs") if epochs is None else epochs),
+        optimizer=Optimizer(inp.shared("optimizer")),
+        momentum=float(inp.shared("momentum")),
+        weight_decay=float(inp.shared("weight_decay")),
+        soft_targets=soft,
+        temperature=temperature,
+        alpha=alpha,
+        update_mask=mask,
+        freeze_stats=freeze_stats,
+        sequential=inp.sequential,
     )
 
 
@@ -215,8 +256,10 @@ def _fresh(network: nets.Network, keys: jax.Array) -> PyTree:
 
 def _head_mask(params: PyTree) -> PyTree:
     """1 on the classifier head's parameters, 0 elsewhere, structured like ``params["params"]``."""
-    return {k: jax.tree.map(lambda w, one=(k == nets.HEAD): jnp.full_like(w, 1.0 if one else 0.0), v)
-            for k, v in params["params"].items()}
+    return {
+        k: jax.tree.map(lambda w, one=(k == nets.HEAD): jnp.full_like(w, 1.0 if one else 0.0), v)
+        for k, v in params["params"].items()
+    }
 
 
 # --------------------------------------------------------------------------- train
@@ -250,8 +293,9 @@ def _prunable(path: tuple[str, ...], leaf, include_head: bool) -> bool:
     return path[0] == "params" and path[-1] == "kernel" and leaf.ndim >= 2 and (include_head or nets.HEAD not in path)
 
 
-def magnitude_prune(params: PyTree, sparsity: jax.Array | float, *, scope: PruneScope = PruneScope.GLOBAL,
-                    include_head: bool = False) -> tuple[PyTree, PyTree]:
+def magnitude_prune(
+    params: PyTree, sparsity: jax.Array | float, *, scope: PruneScope = PruneScope.GLOBAL, include_head: bool = False
+) -> tuple[PyTree, PyTree]:
     """Zeros the smallest-magnitude kernel weights of one model to an exact sparsity.
 
     Exactly ``round(sparsity * n)`` weights are zeroed among the ``n`` prunable ones
@@ -322,8 +366,9 @@ def _op_prune(inp: OpInput) -> PyTree:
 
 def _op_distill(inp: OpInput) -> PyTree:
     mode = DistillMode(inp.shared("mode"))
-    teacher = training.population_logits(inp.source_network, inp.sources, inp.x,
-                                         sequential=inp.source_sequential)  # [P, N, C]
+    teacher = training.population_logits(
+        inp.source_network, inp.sources, inp.x, sequential=inp.source_sequential
+    )  # [P, N, C]
     labels = teacher.argmax(-1).astype(np.int32)
     student = _fresh(inp.network, inp.keys)  # a student's init depends on its teacher: no shared inits across teachers
     if mode is DistillMode.LABEL:
@@ -365,6 +410,7 @@ def _perturb_population_fn(kind: PerturbKind):
                 at += w.size
             flat = out
         else:
+
             def q(w):
                 step = jnp.max(jnp.abs(w)) / 127.0
                 return jnp.where(step > 0, jnp.round(w / jnp.where(step > 0, step, 1.0)) * step, w)
@@ -384,21 +430,51 @@ def _op_perturb(inp: OpInput) -> PyTree:
 
 # --------------------------------------------------------------------------- registry
 
-register_op("train", _op_train, needs_source=False, defaults=_TRAIN_DEFAULTS, static=_TRAIN_STATIC,
-            enums={"optimizer": Optimizer}, fresh_arch=True)
-register_op("finetune", _op_finetune, needs_source=True,
-            defaults=dict(_TRAIN_DEFAULTS, params=TrainParams.ALL.value, head=HeadMode.FRESH.value),
-            static=_TRAIN_STATIC + ("params", "head"),
-            enums={"optimizer": Optimizer, "params": TrainParams, "head": HeadMode})
-register_op("prune", _op_prune, needs_source=True,
-            defaults=dict(_TRAIN_DEFAULTS, sparsity=0.5, scope=PruneScope.GLOBAL.value, include_head=False, epochs=0),
-            static=_TRAIN_STATIC + ("scope", "include_head"),
-            enums={"optimizer": Optimizer, "scope": PruneScope}, output="source")
-register_op("distill", _op_distill, needs_source=True,
-            defaults=dict(_TRAIN_DEFAULTS, mode=DistillMode.SOFT.value, temperature=20.0, alpha=0.9),
-            static=_TRAIN_STATIC + ("mode", "temperature", "alpha"),
-            enums={"optimizer": Optimizer, "mode": DistillMode}, output="source", fresh_arch=True)
-register_op("permute", _op_permute, needs_source=True, supports=("mlp", "convnet"), defaults=dict(seed=0),
-            output="source")
-register_op("perturb", _op_perturb, needs_source=True, defaults=dict(seed=0, kind=PerturbKind.NOISE.value, scale=0.05),
-            static=("kind",), enums={"kind": PerturbKind}, output="source")
+register_op(
+    "train",
+    _op_train,
+    needs_source=False,
+    defaults=_TRAIN_DEFAULTS,
+    static=_TRAIN_STATIC,
+    enums={"optimizer": Optimizer},
+    fresh_arch=True,
+)
+register_op(
+    "finetune",
+    _op_finetune,
+    needs_source=True,
+    defaults=dict(_TRAIN_DEFAULTS, params=TrainParams.ALL.value, head=HeadMode.FRESH.value),
+    static=_TRAIN_STATIC + ("params", "head"),
+    enums={"optimizer": Optimizer, "params": TrainParams, "head": HeadMode},
+)
+register_op(
+    "prune",
+    _op_prune,
+    needs_source=True,
+    defaults=dict(_TRAIN_DEFAULTS, sparsity=0.5, scope=PruneScope.GLOBAL.value, include_head=False, epochs=0),
+    static=_TRAIN_STATIC + ("scope", "include_head"),
+    enums={"optimizer": Optimizer, "scope": PruneScope},
+    output="source",
+)
+register_op(
+    "distill",
+    _op_distill,
+    needs_source=True,
+    defaults=dict(_TRAIN_DEFAULTS, mode=DistillMode.SOFT.value, temperature=20.0, alpha=0.9),
+    static=_TRAIN_STATIC + ("mode", "temperature", "alpha"),
+    enums={"optimizer": Optimizer, "mode": DistillMode},
+    output="source",
+    fresh_arch=True,
+)
+register_op(
+    "permute", _op_permute, needs_source=True, supports=("mlp", "convnet"), defaults=dict(seed=0), output="source"
+)
+register_op(
+    "perturb",
+    _op_perturb,
+    needs_source=True,
+    defaults=dict(seed=0, kind=PerturbKind.NOISE.value, scale=0.05),
+    static=("kind",),
+    enums={"kind": PerturbKind},
+    output="source",
+)

@@ -108,21 +108,61 @@ def _derivations(base: str, arch: str, *, prefix: str, tags: tuple[str, ...], ep
     _TRANSFER = dict(_SAC_SGD, lr=1e-2, epochs=_EP[arch])
     g = lambda name, op, **kw: Group(f"{prefix}{name}", op, source=base, prefix=f"{name}-", tags=tags, **kw)  # noqa: E731
     return [
-        g("ft_all", "finetune", task="A-att", kind="finetune_all",
-          grid=dict(_FT, params=TrainParams.ALL, head=HeadMode.KEEP, seed=(0,))),
-        g("ft_head", "finetune", task="A-att", kind="finetune_head",
-          grid=dict(_FT, params=TrainParams.HEAD, head=HeadMode.KEEP, seed=(0,))),
-        g("prune", "prune", task="A-att", kind="prune",
-          grid=dict(_REPAIR, sparsity=(0.3, 0.6, 0.9), scope=PruneScope.GLOBAL, seed=(0,))),
-        g("extract_p", "distill", task="A-att", kind="extract_p", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-          grid=dict(_EXTRACT, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
-        g("extract_px", "distill", task="A-att", kind="extract_p_other_arch", arch=_NET[other],
-          arch_kwargs=PQ_ARCHS[other],
-          grid=dict(_EXTRACT_X, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,))),
-        g("extract_l", "distill", task="A-att", kind="extract_l", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-          grid=dict(_EXTRACT, mode=DistillMode.LABEL, seed=(0,))),
-        g("transfer", "finetune", task="B-att", kind="transfer",
-          grid=dict(_TRANSFER, params=TrainParams.ALL, head=HeadMode.FRESH, seed=(0,))),
+        g(
+            "ft_all",
+            "finetune",
+            task="A-att",
+            kind="finetune_all",
+            grid=dict(_FT, params=TrainParams.ALL, head=HeadMode.KEEP, seed=(0,)),
+        ),
+        g(
+            "ft_head",
+            "finetune",
+            task="A-att",
+            kind="finetune_head",
+            grid=dict(_FT, params=TrainParams.HEAD, head=HeadMode.KEEP, seed=(0,)),
+        ),
+        g(
+            "prune",
+            "prune",
+            task="A-att",
+            kind="prune",
+            grid=dict(_REPAIR, sparsity=(0.3, 0.6, 0.9), scope=PruneScope.GLOBAL, seed=(0,)),
+        ),
+        g(
+            "extract_p",
+            "distill",
+            task="A-att",
+            kind="extract_p",
+            arch=_NET[arch],
+            arch_kwargs=PQ_ARCHS[arch],
+            grid=dict(_EXTRACT, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,)),
+        ),
+        g(
+            "extract_px",
+            "distill",
+            task="A-att",
+            kind="extract_p_other_arch",
+            arch=_NET[other],
+            arch_kwargs=PQ_ARCHS[other],
+            grid=dict(_EXTRACT_X, mode=DistillMode.SOFT, temperature=20.0, alpha=0.9, seed=(0,)),
+        ),
+        g(
+            "extract_l",
+            "distill",
+            task="A-att",
+            kind="extract_l",
+            arch=_NET[arch],
+            arch_kwargs=PQ_ARCHS[arch],
+            grid=dict(_EXTRACT, mode=DistillMode.LABEL, seed=(0,)),
+        ),
+        g(
+            "transfer",
+            "finetune",
+            task="B-att",
+            kind="transfer",
+            grid=dict(_TRANSFER, params=TrainParams.ALL, head=HeadMode.FRESH, seed=(0,)),
+        ),
         g("permute", "permute", kind="permute", grid=dict(seed=(0,))),
         g("noise", "perturb", kind="perturb_noise", grid=dict(kind=PerturbKind.NOISE, scale=0.05, seed=(0,))),
         g("int8", "perturb", kind="perturb_int8", grid=dict(kind=PerturbKind.INT8, seed=(0,))),
@@ -139,21 +179,57 @@ def _provenance_quick(name="provenance_quick", archs=("mlp", "cnn"), ep=None, n_
     for arch in archs:
         # Sources (victims): trained on the defender's half. Independents (negatives' bases): the same
         # recipe on the attacker's half, other seeds.
-        groups.append(Group(f"src_{arch}", "train", task="A-def", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_source(arch, ep), seed=(0, 1)), prefix=f"src_{arch}-", kind="source",
-                            tags=("source",)))
-        groups.append(Group(f"ind_{arch}", "train", task="A-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_source(arch, ep), seed=(10, 11)), prefix=f"ind_{arch}-", kind="independent",
-                            tags=("negative", "independent")))
+        groups.append(
+            Group(
+                f"src_{arch}",
+                "train",
+                task="A-def",
+                arch=_NET[arch],
+                arch_kwargs=PQ_ARCHS[arch],
+                grid=dict(_source(arch, ep), seed=(0, 1)),
+                prefix=f"src_{arch}-",
+                kind="source",
+                tags=("source",),
+            )
+        )
+        groups.append(
+            Group(
+                f"ind_{arch}",
+                "train",
+                task="A-att",
+                arch=_NET[arch],
+                arch_kwargs=PQ_ARCHS[arch],
+                grid=dict(_source(arch, ep), seed=(10, 11)),
+                prefix=f"ind_{arch}-",
+                kind="independent",
+                tags=("negative", "independent"),
+            )
+        )
         # From scratch on the transfer task (the negatives of ``transfer``).
-        groups.append(Group(f"scratch_B_{arch}", "train", task="B-att", arch=_NET[arch], arch_kwargs=PQ_ARCHS[arch],
-                            grid=dict(_source(arch, ep), seed=(20, 21)), prefix=f"scratch_{arch}-",
-                            kind="scratch_transfer", tags=("negative",)))
+        groups.append(
+            Group(
+                f"scratch_B_{arch}",
+                "train",
+                task="B-att",
+                arch=_NET[arch],
+                arch_kwargs=PQ_ARCHS[arch],
+                grid=dict(_source(arch, ep), seed=(20, 21)),
+                prefix=f"scratch_{arch}-",
+                kind="scratch_transfer",
+                tags=("negative",),
+            )
+        )
         groups += _derivations(f"src_{arch}", arch, prefix=f"{arch}.", tags=("positive",), ep=ep)
         groups += _derivations(f"ind_{arch}", arch, prefix=f"ind_{arch}.", tags=("negative",), ep=ep)
-    return GraphSpec(name, tasks, tuple(groups), max_population=16, seed=0,
-                     sequential_archs=("convnet",),
-                     notes="SAC / ModelGiF IP-protection benchmark on the embedded Fashion-MNIST; see BUILD_NOTES.md")
+    return GraphSpec(
+        name,
+        tasks,
+        tuple(groups),
+        max_population=16,
+        seed=0,
+        sequential_archs=("convnet",),
+        notes="SAC / ModelGiF IP-protection benchmark on the embedded Fashion-MNIST; see BUILD_NOTES.md",
+    )
 
 
 #: SAC / ModelGiF's IP-protection benchmark on the embedded Fashion-MNIST (DESIGN.md section 7).
@@ -183,22 +259,58 @@ _DNA = dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=_BS, epochs=3)  # MGMP
 
 def _dna_quick() -> GraphSpec:
     tasks = [_emb("A", data_lib.TASK_A)]
-    groups = [Group("source", "train", task="A", arch="mlp", arch_kwargs=PQ_ARCHS["mlp"],
-                    grid=dict(_DNA, seed=(0, 1, 2, 3)), prefix="src-", kind="source", tags=("source",))]
+    groups = [
+        Group(
+            "source",
+            "train",
+            task="A",
+            arch="mlp",
+            arch_kwargs=PQ_ARCHS["mlp"],
+            grid=dict(_DNA, seed=(0, 1, 2, 3)),
+            prefix="src-",
+            kind="source",
+            tags=("source",),
+        )
+    ]
     for split, pairs in (("pool", DNA_POOL_TASKS), ("eval", DNA_EVAL_TASKS)):
         for a, b in pairs:
             t = f"T{a}{b}"
             tasks.append(_emb(t, (a, b)))
             # Homologous: fine-tuned from each source (all parameters, fresh head) with the same recipe
             # as the non-homologous models, trained from random initialisations on the same task.
-            groups.append(Group(f"{split}.hom.{t}", "finetune", source="source", task=t, prefix="hom-",
-                                grid=dict(_DNA, head=HeadMode.FRESH, seed=(0, 1)), kind="homologous",
-                                tags=(split, "homologous")))
-            groups.append(Group(f"{split}.non.{t}", "train", task=t, arch="mlp", arch_kwargs=PQ_ARCHS["mlp"],
-                                grid=dict(_DNA, seed=tuple(range(100, 108))), prefix="non-", kind="non_homologous",
-                                tags=(split, "non_homologous")))
-    return GraphSpec("dna_quick", tuple(tasks), tuple(groups), max_population=16, seed=0,
-                     notes="Model DNA (MGMP) protocol on the embedded Fashion-MNIST; see BUILD_NOTES.md")
+            groups.append(
+                Group(
+                    f"{split}.hom.{t}",
+                    "finetune",
+                    source="source",
+                    task=t,
+                    prefix="hom-",
+                    grid=dict(_DNA, head=HeadMode.FRESH, seed=(0, 1)),
+                    kind="homologous",
+                    tags=(split, "homologous"),
+                )
+            )
+            groups.append(
+                Group(
+                    f"{split}.non.{t}",
+                    "train",
+                    task=t,
+                    arch="mlp",
+                    arch_kwargs=PQ_ARCHS["mlp"],
+                    grid=dict(_DNA, seed=tuple(range(100, 108))),
+                    prefix="non-",
+                    kind="non_homologous",
+                    tags=(split, "non_homologous"),
+                )
+            )
+    return GraphSpec(
+        "dna_quick",
+        tuple(tasks),
+        tuple(groups),
+        max_population=16,
+        seed=0,
+        notes="Model DNA (MGMP) protocol on the embedded Fashion-MNIST; see BUILD_NOTES.md",
+    )
 
 
 #: Model DNA's protocol: 4 MLP ``source`` models on classes 0-4; per task (class pairs of 5-9),
