@@ -43,7 +43,7 @@ def test_matched_statistic_is_invariant_to_the_querys_unit_order():
     qp = permutations.permute_params(q, spec, jax.random.key(5))
     a, b = pv.matched_statistic(c, q, spec), pv.matched_statistic(c, qp, spec)
     assert a == pytest.approx(b) and a > 0.5
-    r = pv.permutation_test(c, qp, spec, key=jax.random.key(1), num_permutations=99)
+    r = pv.permutation_test(c, qp, spec, key=jax.random.key(1), num_permutations=99, statistic=pv.Statistic.MATCHED)
     assert r.pvalue == pytest.approx(1 / 100)
 
 

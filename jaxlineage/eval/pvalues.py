@@ -119,11 +119,14 @@ class PValueError(JaxlineageError):
 class Statistic(enum.Enum):
     """The permutation test's statistic (see the module docstring).
 
-    * ``MATCHED`` (default): agreement of two Hungarian matchings of each layer's
-      units (disjoint halves of the incoming weights); invariant to the query's
-      unit order.
-    * ``WEIGHT_CORR``: mean Pearson correlation of the producing kernels in
-      stored order; exact under independent initialisation, blind to permutations.
+    * ``WEIGHT_CORR`` (default): mean Pearson correlation of the producing kernels
+      in stored order; exact under independent initialisation, blind to permuted
+      queries.
+    * ``MATCHED``: agreement of two Hungarian matchings of each layer's units
+      (disjoint halves of the incoming weights); invariant to the query's unit
+      order; its permutation p-value is exact only at an i.i.d. initialisation
+      (see the module docstring), so prefer it with an empirical null
+      (:class:`MatchedScorer` in a :class:`CalibratedScorer`) on trained models.
     """
 
     MATCHED = "matched"
@@ -490,7 +493,7 @@ def permutation_test(
     *,
     key: jax.Array,
     num_permutations: int = 999,
-    statistic: Statistic = Statistic.MATCHED,
+    statistic: Statistic = Statistic.WEIGHT_CORR,
     names: tuple[str, str] = ("candidate", "query"),
     chunk: int = 128,
 ) -> TestResult:
@@ -573,7 +576,7 @@ class PermutationTestScorer(Scorer):
         *,
         key: jax.Array,
         num_permutations: int = 999,
-        statistic: Statistic = Statistic.MATCHED,
+        statistic: Statistic = Statistic.WEIGHT_CORR,
         alpha: float = 0.05,
         spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None,
     ):
