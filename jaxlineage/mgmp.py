@@ -1025,6 +1025,7 @@ def run_protocol(
     split_children_by: SplitBy | str = SplitBy.LR,
     split_independents_by: SplitBy | str = SplitBy.SEED,
     tap: str = "logits",
+    task: str | None = None,
 ) -> dict:
     """The paper's Table 1 protocol on a zoo, with and without the generator; a thin wrapper kept for the bench.
 
@@ -1042,4 +1043,5 @@ def run_protocol(
 
     return _zoo_protocols.mgmp_protocol(
         z, repetitions=repetitions, key=key, seed=seed, config=config, num_inputs=num_inputs, eval_split=eval_split,
-        delta=delta, split_children_by=split_children_by, split_independents_by=split_independents_by, tap=tap)
+        delta=delta, split_children_by=split_children_by, split_independents_by=split_independents_by, tap=tap,
+        task=task)
