@@ -75,18 +75,21 @@ def _check(res: dict, preset: presets.Preset, tmp_path, *, groups: set[str], sou
     data = json.loads(js.read_text())
     assert data["tables"] == res["tables"]
     keys = [t["key"] for t in res["tables"]]
-    assert keys == ["identify", "verify", "mgmp", "modelgif", "timing"], keys
+    # One identify / verify table per child task where the zoo has several.
+    tasks = [t.name for t in preset.zoo.child_tasks]
+    per_task = [f"{q}_{t}" for t in tasks for q in ("identify", "verify")] if len(tasks) > 1 else ["identify", "verify"]
+    assert keys == [*per_task, "mgmp", "modelgif", "timing"], keys
     md_tables = report.parse_markdown_tables(md.read_text())
     assert len(md_tables) == len(keys)
-    # Every method has rows in the identify / verify tables, one block per child task.
-    tasks = [t.name for t in preset.zoo.child_tasks]
-    for key in ("identify", "verify"):
+    # Every method has rows in every identify / verify table; the detector answers identify.
+    for key in per_task:
         t = next(t for t in res["tables"] if t["key"] == key)
         text = json.dumps(t["rows"])
         for label in ("learning_free", "baselines", "l2 plain", "weight L2"):
             assert label in text, (key, label)
-    ident = json.dumps(next(t for t in res["tables"] if t["key"] == "identify")["rows"])
-    assert "Lineage Detector" in ident
+    for key in per_task:
+        if key.startswith("identify"):
+            assert "Lineage Detector" in json.dumps(next(t for t in res["tables"] if t["key"] == key)["rows"]), key
     for key in ("mgmp", "modelgif"):
         t = next(t for t in res["tables"] if t["key"] == key)
         assert t["rows"], key
@@ -126,3 +129,54 @@ def test_cnn_preset_end_to_end(tmp_path, monkeypatch):
     res = _run(small, tmp_path)
     z = _check(res, small, tmp_path, groups={"parent", "child", "independent"}, sources={"embedded"})
     assert {r.arch for r in z.records} == {"convnet"}
+
+
+def _offline_tfds(monkeypatch, tmp_path):
+    """No local folder and no Debian copy, so every dataset goes through ``tfds.data_source`` (mocked)."""
+    monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(data_lib, "DEBIAN_DIRS", {})
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+
+
+def _tiny_grids(p: presets.Preset) -> dict:
+    return dict(
+        parents=zoo_lib.Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(0, 1), epochs=1),
+        top_k=2,
+        children=zoo_lib.Grid(lrs=(1e-2, 3e-3), batch_sizes=(64,), seeds=(0,), epochs=1),
+        child_floor=0.0,
+        independents=zoo_lib.Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(100, 101), epochs=1),
+    )
+
+
+@pytest.mark.slow
+def test_paper_fc_preset_end_to_end_through_tfds(tmp_path, monkeypatch):
+    """``paper_fc``: the MLP on MNIST parents, Fashion-MNIST and EMNIST-letters children, all through TFDS."""
+    _offline_tfds(monkeypatch, tmp_path)
+    p = presets.get("paper_fc")
+    small = _shrink(p, arch_kwargs=(("features", (32, 16)),), **_tiny_grids(p))
+    assert small.zoo.arch == "mlp"
+    assert [t.dataset for t in (small.zoo.parent_task, *small.zoo.child_tasks)] == [
+        "mnist", "fashion_mnist", "emnist/letters"]
+    # Random images with labels drawn from each dataset's classes; enough that EMNIST's letters 1-26 all occur.
+    with tfds.testing.mock_data(num_examples=400):
+        res = _run(small, tmp_path)
+    z = _check(res, small, tmp_path, sources={"tfds"},
+               groups={"parent", "child.fmnist", "child.emnist_letters", "independent.fmnist",
+                       "independent.emnist_letters"})
+    assert {(d["dataset"], d["split"]) for d in res["data"]} == {
+        (n, s) for n in ("mnist", "fashion_mnist", "emnist/letters") for s in data_lib.SPLITS}
+    assert {r.arch for r in z.records} == {"mlp"}
+
+
+@pytest.mark.slow
+def test_resnet_preset_end_to_end_through_tfds(tmp_path, monkeypatch):
+    """``resnet``: ResNet-18 (narrow) on CIFAR-10 through TFDS, block1 tap, BatchNorm statistics carried."""
+    _offline_tfds(monkeypatch, tmp_path)
+    p = presets.get("resnet")
+    small = _shrink(p, tap="block1", arch_kwargs=(("width", 0.0625),), **_tiny_grids(p))
+    assert small.zoo.arch == "resnet18" and small.zoo.max_population == p.zoo.max_population
+    with tfds.testing.mock_data(num_examples=160):
+        res = _run(small, tmp_path)
+    z = _check(res, small, tmp_path, sources={"tfds"}, groups={"parent", "child", "independent"})
+    assert {d["dataset"] for d in res["data"]} == {"cifar10"}
+    assert {r.arch for r in z.records} == {"resnet18"}
