@@ -24,13 +24,13 @@ tfds = pytest.importorskip("tensorflow_datasets")
 FIGURES = {"fig3a_first_order_vs_linearized.png", "fig3b_similarity_change.png", "accuracy_vs_alpha.png",
            "modelgif_auc_vs_refs.png"}
 
-#: TINY's method settings: the smallest that still exercise every code path of every stage.
+#: TINY's method settings (one detector epoch, 20 MGMP steps): the smallest that still exercise every stage.
 _TINY_METHODS = dict(
     probe_size=32,
     num_folds=2,
     alpha_sweep=(0.01, 0.1),
-    detector=dict(repetitions=2, epochs=2, fractions=(0.5, 0.25, 0.25), n_probe=16),
-    mgmp=dict(repetitions=2, num_inputs=256, config=dict(num_steps=40, batch_size=32)),
+    detector=dict(repetitions=2, epochs=1, fractions=(0.5, 0.25, 0.25), n_probe=16),
+    mgmp=dict(repetitions=2, num_inputs=256, config=dict(num_steps=20, batch_size=32)),
     modelgif=dict(n_refs=(2, 4, 8), steps=4),
     stage_estimates_s={},
 )
