@@ -1076,6 +1076,7 @@ def run_protocol(
     split_children_by: SplitBy | str = SplitBy.LR,
     split_independents_by: SplitBy | str = SplitBy.SEED,
     tap: str = "logits",
+    task: str | None = None,
 ) -> dict:
     """The paper's Table 1 protocol on a zoo, with and without the generator; a thin wrapper kept for the bench.
 
@@ -1103,4 +1104,5 @@ def run_protocol(
         split_children_by=split_children_by,
         split_independents_by=split_independents_by,
         tap=tap,
+        task=task,
     )

@@ -248,6 +248,7 @@ def mgmp_protocol(
     split_children_by=mgmp_lib.SplitBy.LR,
     split_independents_by=mgmp_lib.SplitBy.SEED,
     tap: str = "logits",
+    task: str | None = None,
 ) -> dict:
     """The paper's Table 1 protocol on a zoo, with and without the DNA generator (``mgmp.run_protocol``).
 
@@ -265,6 +266,10 @@ def mgmp_protocol(
     ``tap="logits"`` uses the models' logits (the paper); another feature tap
     builds the fragments from it (shared backbone when heads differ).
 
+    Children and independents are those of child task ``task`` (default: the zoo's
+    first child task): with several child tasks (``paper_fc``) the heads differ in
+    size and models of different tasks cannot share one DNA classifier.
+
     Returns:
       ``zoo``, ``settings``, ``with_generator`` / ``without_generator``
       (``accuracy_mean``, ``accuracy_std`` (ddof 1), ``accuracies``,
@@ -277,7 +282,12 @@ def mgmp_protocol(
     baseline = dataclasses.replace(config, generator=mgmp_lib.Generator.NONE)
     if repetitions < 1:
         raise mgmp_lib.MGMPError(f"repetitions must be >= 1, got {repetitions}")
+    child_tasks = [t.name for t in getattr(z.spec, "child_tasks", ())]
+    task = task or (child_tasks[0] if child_tasks else None)
     parents, children, independents = list(z.parents), list(z.children), list(z.independents)
+    if task is not None:
+        children = [c for c in children if c.task == task]
+        independents = [r for r in independents if r.task == task]
     if not parents or not children:
         raise mgmp_lib.MGMPError(
             f"zoo {z.spec.name!r} has {len(parents)} parents and {len(children)} children; "
@@ -300,7 +310,7 @@ def mgmp_protocol(
         child_key, ind_key, train_key = jax.random.split(jax.random.fold_in(rep_base, rep), 3)
         source = order[rep % len(order)]
         child_pool_vals, child_eval_vals = _halves({c.hparams[child_field] for c in children}, child_key)
-        own = z.children_of(source.id)
+        own = [c for c in z.children_of(source.id) if task is None or c.task == task]
         if not any(c.hparams[child_field] in child_eval_vals for c in own) or not any(
             c.hparams[child_field] in child_pool_vals for c in own
         ):
@@ -379,6 +389,7 @@ def mgmp_protocol(
     return {
         "zoo": {
             "name": z.spec.name,
+            "task": task,
             "workdir": str(z.workdir),
             "parents": len(parents),
             "children": len(children),

@@ -59,7 +59,13 @@ SplitBy = str | Callable[[Any], Any] | None
 
 
 def _select(zoo: Any, name: str) -> list:
-    """The kept records of group ``name``."""
+    """The kept records of group ``name``; a name that is no group but a role selects the role's kept
+    records (a classic zoo with several child tasks has groups ``child.<task>``, all of role ``child``)."""
+    groups = getattr(zoo, "groups", None)
+    if groups is not None and name not in {g.name for g in groups} and hasattr(zoo, "records"):
+        by_role = [r for r in zoo.records if getattr(r, "role", None) == name and getattr(r, "kept", True)]
+        if by_role:
+            return by_role
     return list(zoo.group(name))
 
 

@@ -1,0 +1,195 @@
+"""The bench presets that Colab and GPU users run (``paper_fc``, ``cnn``, ``resnet``), end to end on tiny data.
+
+Each test shrinks the real preset with ``dataclasses.replace`` (1 epoch, few seeds, tiny widths and
+``n_train``, tiny method settings) but keeps its code path: the same architecture family, datasets,
+data-loading route (TFDS through ``tfds.testing.mock_data``, which serves ``tfds.data_source``
+without the network), child tasks, sections and method stages. Each runs the zoo build, every method
+stage, the report and the figures, and checks what was written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from jaxlineage import data as data_lib
+from jaxlineage import zoo as zoo_lib
+from jaxlineage.bench import presets, report, runner
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+#: The figures every preset without a section draws (the ModelGiF one needs the modelgif stage).
+FIGURES = {
+    "fig3a_first_order_vs_linearized.png",
+    "fig3b_similarity_change.png",
+    "accuracy_vs_alpha.png",
+    "modelgif_auc_vs_refs.png",
+}
+
+#: TINY's method settings (one detector epoch, 20 MGMP steps): the smallest that still exercise every stage.
+_TINY_METHODS = dict(
+    probe_size=32,
+    num_folds=2,
+    alpha_sweep=(0.01, 0.1),
+    detector=dict(repetitions=2, epochs=1, fractions=(0.5, 0.25, 0.25), n_probe=16),
+    mgmp=dict(repetitions=2, num_inputs=256, config=dict(num_steps=20, batch_size=32)),
+    modelgif=dict(n_refs=(2, 4, 8), steps=4),
+    stage_estimates_s={},
+)
+
+
+def _shrink(preset: presets.Preset, *, tap: str | None = None, **zoo_changes) -> presets.Preset:
+    """``preset`` with a tiny zoo (``zoo_changes``) and tiny method settings; same stages, scorers and sections."""
+    lf = preset.scorer_specs("learning_free")
+    assert len(lf) == 1, "every preset has one learning-free ScorerSpec"
+    lf_kwargs = dict(lf[0].kwargs)
+    if tap is not None:
+        assert lf_kwargs.get("tap") == tap, (preset.name, lf_kwargs)  # the preset's own tap is kept
+    scorers = presets.default_scorers(**{**lf_kwargs, "metrics": ("l2", "linf", "cka"), "alphas": (0.01, 0.1)})
+    assert [s.method for s in scorers] == [s.method for s in preset.scorers]
+    small = dataclasses.replace(
+        preset, zoo=dataclasses.replace(preset.zoo, **zoo_changes), scorers=scorers, **_TINY_METHODS
+    )
+    assert small.sections == preset.sections
+    return small
+
+
+def _run(preset: presets.Preset, tmp_path) -> dict:
+    out = tmp_path / "out"
+    res = runner.run(preset, workdir=tmp_path / "zoo", out=out, seed=0, progress=False, echo=None)
+    failed = {k: v.get("error") for k, v in res["stages"].items() if v["status"] not in ("ok", "skipped")}
+    assert not res["failed"] and not failed, failed
+    return res
+
+
+def _check(res: dict, preset: presets.Preset, tmp_path, *, groups: set[str], sources: set[str]) -> zoo_lib.Zoo:
+    """Every method stage ran; the report holds every method's table; the figures are PNGs; the zoo's groups."""
+    out = tmp_path / "out"
+    for m in presets.METHODS:
+        st = res["stages"][m]
+        if m == "provenance":  # these presets have no provenance section: the stage says so
+            assert st["status"] == "skipped", st
+        else:
+            assert st["status"] == "ok" and st["wall_s"] > 0, (m, st)
+    assert {d["source"] for d in res["data"]} == sources
+
+    md, js = out / "results.md", out / "results.json"
+    assert md.is_file() and js.is_file()
+    data = json.loads(js.read_text())
+    assert data["tables"] == res["tables"]
+    keys = [t["key"] for t in res["tables"]]
+    # One identify / verify table per child task where the zoo has several.
+    tasks = [t.name for t in preset.zoo.child_tasks]
+    per_task = [f"{q}_{t}" for t in tasks for q in ("identify", "verify")] if len(tasks) > 1 else ["identify", "verify"]
+    assert keys == [*per_task, "mgmp", "modelgif", "timing"], keys
+    md_tables = report.parse_markdown_tables(md.read_text())
+    assert len(md_tables) == len(keys)
+    # Every method has rows in every identify / verify table; the detector answers identify.
+    for key in per_task:
+        t = next(t for t in res["tables"] if t["key"] == key)
+        text = json.dumps(t["rows"])
+        for label in ("learning_free", "baselines", "l2 plain", "weight L2"):
+            assert label in text, (key, label)
+    for key in per_task:
+        if key.startswith("identify"):
+            assert "Lineage Detector" in json.dumps(next(t for t in res["tables"] if t["key"] == key)["rows"]), key
+    for key in ("mgmp", "modelgif"):
+        t = next(t for t in res["tables"] if t["key"] == key)
+        assert t["rows"], key
+    for task in tasks:
+        assert task in res["stages"]["modelgif"]["result"]["tasks"], task
+
+    assert FIGURES <= set(res["plots"]), res["plots"]
+    for png in res["plots"]:
+        p = out / png
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000, png
+
+    z = zoo_lib.Zoo.open(res["settings"]["workdir"])
+    assert {g.name for g in z.groups} == groups
+    for g in groups:
+        assert z.group(g), g
+    return z
+
+
+@pytest.mark.slow
+def test_cnn_preset_end_to_end(tmp_path, monkeypatch):
+    """``cnn``: the ConvNet on the embedded Fashion-MNIST subset (offline), fc1 tap."""
+    monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+    p = presets.get("cnn")
+    small = _shrink(
+        p,
+        tap="fc1",
+        arch_kwargs=(("channels", (4, 8)), ("hidden", 16)),
+        parent_task=dataclasses.replace(p.zoo.parent_task, n_train=500),
+        child_tasks=tuple(dataclasses.replace(t, n_train=500) for t in p.zoo.child_tasks),
+        parents=zoo_lib.Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(0,), init_seeds=(0, 1), epochs=1),
+        top_k=2,
+        children=zoo_lib.Grid(lrs=(1e-2, 3e-3), batch_sizes=(64,), seeds=(0,), epochs=1),
+        child_floor=0.0,
+        independents=zoo_lib.Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(100, 101), epochs=1),
+    )
+    assert small.zoo.arch == "convnet"
+    res = _run(small, tmp_path)
+    z = _check(res, small, tmp_path, groups={"parent", "child", "independent"}, sources={"embedded"})
+    assert {r.arch for r in z.records} == {"convnet"}
+
+
+def _offline_tfds(monkeypatch, tmp_path):
+    """No local folder and no Debian copy, so every dataset goes through ``tfds.data_source`` (mocked)."""
+    monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(data_lib, "DEBIAN_DIRS", {})
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+
+
+def _tiny_grids(p: presets.Preset) -> dict:
+    return dict(
+        parents=zoo_lib.Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(0, 1), epochs=1),
+        top_k=2,
+        children=zoo_lib.Grid(lrs=(1e-2, 3e-3), batch_sizes=(64,), seeds=(0,), epochs=1),
+        child_floor=0.0,
+        independents=zoo_lib.Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(100, 101), epochs=1),
+    )
+
+
+@pytest.mark.slow
+def test_paper_fc_preset_end_to_end_through_tfds(tmp_path, monkeypatch):
+    """``paper_fc``: the MLP on MNIST parents, Fashion-MNIST and EMNIST-letters children, all through TFDS."""
+    _offline_tfds(monkeypatch, tmp_path)
+    p = presets.get("paper_fc")
+    small = _shrink(p, arch_kwargs=(("features", (32, 16)),), **_tiny_grids(p))
+    assert small.zoo.arch == "mlp"
+    assert [t.dataset for t in (small.zoo.parent_task, *small.zoo.child_tasks)] == [
+        "mnist",
+        "fashion_mnist",
+        "emnist/letters",
+    ]
+    # Random images with labels drawn from each dataset's classes; enough that EMNIST's letters 1-26 all occur.
+    with tfds.testing.mock_data(num_examples=400):
+        res = _run(small, tmp_path)
+    z = _check(
+        res,
+        small,
+        tmp_path,
+        sources={"tfds"},
+        groups={"parent", "child.fmnist", "child.emnist_letters", "independent.fmnist", "independent.emnist_letters"},
+    )
+    assert {(d["dataset"], d["split"]) for d in res["data"]} == {
+        (n, s) for n in ("mnist", "fashion_mnist", "emnist/letters") for s in data_lib.SPLITS
+    }
+    assert {r.arch for r in z.records} == {"mlp"}
+
+
+@pytest.mark.slow
+def test_resnet_preset_end_to_end_through_tfds(tmp_path, monkeypatch):
+    """``resnet``: ResNet-18 (narrow) on CIFAR-10 through TFDS, block1 tap, BatchNorm statistics carried."""
+    _offline_tfds(monkeypatch, tmp_path)
+    p = presets.get("resnet")
+    small = _shrink(p, tap="block1", arch_kwargs=(("width", 0.0625),), **_tiny_grids(p))
+    assert small.zoo.arch == "resnet18" and small.zoo.max_population == p.zoo.max_population
+    with tfds.testing.mock_data(num_examples=160):
+        res = _run(small, tmp_path)
+    z = _check(res, small, tmp_path, sources={"tfds"}, groups={"parent", "child", "independent"})
+    assert {d["dataset"] for d in res["data"]} == {"cifar10"}
+    assert {r.arch for r in z.records} == {"resnet18"}
