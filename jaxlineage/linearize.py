@@ -313,7 +313,7 @@ def pair_similarity(
     >>> def f(params, x):  # any pure apply function
     ...     return jax.nn.relu(x @ params["w"] + params["b"])
     >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    >>> parent = {"w": jax.random.normal(k1, (8, 16)), "b": jnp.zeros(16)}
+    >>> parent = {"w": jax.random.normal(k1, (8, 16)), "b": jnp.zeros((1, 16))}
     >>> child = jax.tree.map(lambda p: p + 0.01 * jax.random.normal(k2, p.shape), parent)
     >>> x = jax.random.normal(k3, (32, 8))
     >>> s = pair_similarity("l2", f, parent, child, x, alpha=jnp.array([1e-3, 1e-2]), mode=Mode.FIRST_ORDER)

@@ -205,7 +205,7 @@ def gradient_field(
         >>> g = modelgif.gradient_field(apply_fn, w, jnp.ones((4, 3)), steps=8, target=1)
         >>> g.shape
         (4, 8, 3)
-        >>> bool(jnp.allclose(g[:, -1], w[:, 1]))  # linear: G_K = (x - x0) * w_c
+        >>> bool(jnp.allclose(g[:, -1], w[None, :, 1]))  # linear: G_K = (x - x0) * w_c
         True
 
     References:

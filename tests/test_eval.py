@@ -377,7 +377,9 @@ def test_tiny_zoo_table_equals_the_former_fold_table(tiny_zoo, tiny_identify):
     for name, ref in TINY_SCORES.items():
         got = by_name[name].details["scores"]
         np.testing.assert_allclose(got if np.ndim(ref) == 3 else got[0], ref, rtol=2e-6, atol=1e-7)
-    # The kernel on backbone stacks (the former zoo_scores) gives the same numbers as full parameters.
+    # The kernel on backbone stacks (the former zoo_scores) gives the same numbers as full parameters, to float32
+    # rounding: the scoring kernel's chunks (sized from the parameters it is given) group the float32 sums
+    # differently (measured: 1e-7 relative). The figures above stay exactly equal.
     net = tiny_zoo.network
     old = lineage.score_matrices(
         ("l2", "dcor"),
@@ -388,7 +390,9 @@ def test_tiny_zoo_table_equals_the_former_fold_table(tiny_zoo, tiny_identify):
         alpha=np.asarray(scorers.DEFAULT_ALPHAS),
     )
     for (metric, mode), v in old.items():
-        np.testing.assert_array_equal(by_name[f"{metric} {mode.value}"].details["scores"], np.asarray(v, np.float64))
+        np.testing.assert_allclose(
+            by_name[f"{metric} {mode.value}"].details["scores"], np.asarray(v, np.float64), rtol=1e-6, atol=0
+        )
 
 
 @pytest.mark.slow
