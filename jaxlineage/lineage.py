@@ -509,6 +509,14 @@ def score_matrix(
     more similar; raw, not reported, scores). Jit-compiled once per shape and
     configuration; a second call with new parameters does not recompile.
 
+    What must stay stable for that: ``feature_fn`` is part of the compilation
+    key, so pass the same function object (or an equal one) every call. The
+    library's adapters are (:meth:`jaxlineage.nets.Network.feature_fn`,
+    :func:`jaxlineage.nets.from_linen`, :func:`jaxlineage.nets.from_nnx`); a fresh
+    ``lambda`` or ``functools.partial`` per call recompiles every time
+    (``benchmarks/recompile.py``). Shapes and dtypes of the parameters and the
+    probe, the metric, mode, number of alphas and ``chunk_size`` are keys too.
+
     Args:
       metric: the metric (name, :class:`~jaxlineage.similarity.Metric` or
         :class:`~jaxlineage.similarity.MetricFn`).

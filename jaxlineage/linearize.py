@@ -282,6 +282,11 @@ def pair_similarity(
                               \langle \nabla_F s(F_p, F_c),\, J_p \Delta \rangle \\
        \texttt{LINEARIZED}:  &\; s(F_p + \alpha J_p \Delta,\, F_c)
 
+    Jit-compiled; ``feature_fn`` is part of the compilation key, so keep the
+    same (or an equal) function object across calls: the library's adapters
+    (:func:`jaxlineage.nets.from_linen`, :meth:`jaxlineage.nets.Network.feature_fn`)
+    are; a fresh ``lambda`` or ``functools.partial`` per call recompiles.
+
     Cost: ``PLAIN`` is two forward passes; the other modes replace the parent's
     forward pass by one ``jax.jvp`` (about two forward passes) for any number of
     ``alpha`` values. Values are raw scores; apply

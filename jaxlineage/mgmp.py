@@ -76,6 +76,7 @@ import optax
 from flax import struct
 
 from jaxlineage._io import atomic_dir
+from jaxlineage.errors import JaxlineageError
 
 __all__ = [
     "Assembly",
@@ -114,7 +115,7 @@ ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 Network = tuple[ApplyFn, PyTree]
 
 
-class MGMPError(ValueError):
+class MGMPError(JaxlineageError):
     """Bad input at the public boundary; the message names the model, shape or field."""
 
 
