@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jax_core
 
+from jaxlineage.errors import path_str
+
 Array = jax.Array
 
 _SUBJAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
@@ -137,7 +139,7 @@ def _flat_with_paths(tree: Any, name: str) -> tuple[list[str], list[Any], Any]:
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     if not path_leaves:
         raise ValueError(f"The {name} parameter tree has no leaves.")
-    paths = [jax.tree_util.keystr(p) for p, _ in path_leaves]
+    paths = [path_str(p) for p, _ in path_leaves]
     leaves = [leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf) for _, leaf in path_leaves]
     return paths, leaves, treedef
 

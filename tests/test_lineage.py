@@ -162,7 +162,7 @@ def test_bad_input():
     bad = dict(c_stack, dense2={"w": jnp.zeros((3, HIDDEN, HIDDEN + 2))})
     with pytest.raises(
         ValueError,
-        match=r"\['dense2'\]\['w'\]: parents shape \(8, 8\),"
+        match=r"dense2/w: parents shape \(8, 8\),"
         r" children shape \(8, 10\)",
     ):
         score(p_stack, bad)
@@ -174,7 +174,7 @@ def test_bad_input():
     with pytest.raises(
         ValueError,
         match=r"children\[2\] has NaN or inf parameters at"
-        r" \['dense1'\]\['w'\]",
+        r" dense1/w",
     ):
         score(p_stack, nan)
     with pytest.raises(ValueError, match=r"probe batch x of shape \(9, 4\)"):

@@ -277,10 +277,10 @@ def test_mismatched_trees_name_path_and_shapes():
     L.pair_similarity("l2", mlp_features, parent, child, x, alpha=0.1)
     bad = jax.tree_util.tree_map(lambda a: a, child)
     bad["dense2"] = {"w": jnp.zeros((HIDDEN, HIDDEN + 1))}
-    with pytest.raises(ValueError, match=r"\['dense2'\]\['w'\].*\(6, 6\).*\(6, 7\)"):
+    with pytest.raises(ValueError, match=r"dense2/w.*\(6, 6\).*\(6, 7\)"):
         L.pair_similarity("l2", mlp_features, parent, bad, x, alpha=0.1)
     missing = {"dense1": child["dense1"]}
-    with pytest.raises(ValueError, match=r"no leaf at \['dense2'\]\['w'\]"):
+    with pytest.raises(ValueError, match=r"no leaf at dense2/w"):
         L.pair_similarity("l2", mlp_features, parent, missing, x, alpha=0.1)
     wrong_dtype = jax.tree_util.tree_map(lambda a: a.astype(jnp.int32), child)
     with pytest.raises(ValueError, match="dtype"):
@@ -291,14 +291,14 @@ def test_non_finite_inputs_raise():
     parent, child, x = _population(seed=10)
     nan_child = jax.tree_util.tree_map(lambda a: a, child)
     nan_child["dense2"] = {"w": child["dense2"]["w"].at[0, 0].set(jnp.nan)}
-    with pytest.raises(ValueError, match=r"child has NaN or inf parameters at \['dense2'\]"):
+    with pytest.raises(ValueError, match=r"child has NaN or inf parameters at dense2/"):
         L.pair_similarity("l2", mlp_features, parent, nan_child, x, alpha=0.1)
     inf_parent = jax.tree_util.tree_map(lambda a: a, parent)
     inf_parent["dense1"] = {
         "w": parent["dense1"]["w"],
         "b": parent["dense1"]["b"].at[1].set(jnp.inf),
     }
-    with pytest.raises(ValueError, match=r"parent has NaN or inf parameters at \['dense1'\]\['b'\]"):
+    with pytest.raises(ValueError, match=r"parent has NaN or inf parameters at dense1/b"):
         L.feature_jvp(mlp_features, inf_parent, child, x)
     # A NaN in the unused head is irrelevant and accepted.
     head_nan = jax.tree_util.tree_map(lambda a: a, child)

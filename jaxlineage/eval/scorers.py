@@ -40,6 +40,7 @@ import numpy as np
 
 from jaxlineage import lineage, linearize, nets
 from jaxlineage import similarity as similarity_lib
+from jaxlineage.errors import path_str
 from jaxlineage.eval import protocols
 from jaxlineage.eval.core import (
     ModelSet,
@@ -312,8 +313,8 @@ def learning_free(
 
 def _shared_leaves(scorer: str, cp: Population, qp: Population) -> tuple[tuple, tuple, int]:
     """Leaves of equal path and shape; a differing shape outside the head raises naming both models."""
-    cl = {jax.tree_util.keystr(p): (p, l) for p, l in jax.tree_util.tree_flatten_with_path(cp.params)[0]}
-    ql = {jax.tree_util.keystr(p): (p, l) for p, l in jax.tree_util.tree_flatten_with_path(qp.params)[0]}
+    cl = {path_str(p): (p, l) for p, l in jax.tree_util.tree_flatten_with_path(cp.params)[0]}
+    ql = {path_str(p): (p, l) for p, l in jax.tree_util.tree_flatten_with_path(qp.params)[0]}
     cs, qs, d = [], [], 0
     for key in cl:
         if key not in ql:
