@@ -151,35 +151,26 @@ class Solver(enum.Enum):
 # Input checks.
 
 
-def _as_direction(direction: Direction | str) -> Direction:
-    if isinstance(direction, Direction):
-        return direction
+def _as_enum(value: Any, cls: type[enum.Enum], what: str) -> Any:
+    """``value`` as a member of ``cls`` (a member or its value, case-insensitive); a clear error otherwise."""
+    if isinstance(value, cls):
+        return value
     try:
-        return Direction(str(direction).lower())
+        return cls(str(value).lower())
     except ValueError:
-        raise TreeError(
-            f"unknown direction rule {direction!r}; expected one of {[d.value for d in Direction]}"
-        ) from None
+        raise TreeError(f"unknown {what} {value!r}; expected one of {[m.value for m in cls]}") from None
+
+
+def _as_direction(direction: Direction | str) -> Direction:
+    return _as_enum(direction, Direction, "direction rule")
 
 
 def _as_order(order: KurtosisOrder | str) -> KurtosisOrder:
-    if isinstance(order, KurtosisOrder):
-        return order
-    try:
-        return KurtosisOrder(str(order).lower())
-    except ValueError:
-        raise TreeError(
-            f"unknown kurtosis order {order!r}; expected one of {[o.value for o in KurtosisOrder]}"
-        ) from None
+    return _as_enum(order, KurtosisOrder, "kurtosis order")
 
 
 def _as_solver(solver: Solver | str) -> Solver:
-    if isinstance(solver, Solver):
-        return solver
-    try:
-        return Solver(str(solver).lower())
-    except ValueError:
-        raise TreeError(f"unknown solver {solver!r}; expected one of {[v.value for v in Solver]}") from None
+    return _as_enum(solver, Solver, "solver")
 
 
 def _check_square(scores: Any, name: str, *, allow_neg_inf: bool = False) -> np.ndarray:
