@@ -49,6 +49,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import timeit, write
 
 from jaxlineage import _fastpath, lineage, linearize, nets, similarity
+from jaxlineage.errors import path_str
 
 Mode = linearize.Mode
 
@@ -299,7 +300,7 @@ def bench_floor(name, k, m, n, repeats, *, before, parts=("norms", "gram", "all"
     used = lambda tree: tuple(
         leaf
         for path, leaf in zip(
-            [jax.tree_util.keystr(q) for q, _ in jax.tree_util.tree_flatten_with_path(tree)[0]],
+            [path_str(q) for q, _ in jax.tree_util.tree_flatten_with_path(tree)[0]],
             jax.tree.leaves(tree),
         )
         if path in pruned.used_paths
