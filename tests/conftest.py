@@ -10,7 +10,24 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+import gc  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module.
+
+    Every XLA:CPU executable keeps about three memory mappings alive for as long as a JAX cache holds it,
+    and the suite compiles tens of thousands of them (eager ops on new shapes included). In one process
+    that reaches the kernel's limit on mappings per process (``vm.max_map_count``, 65530 by default),
+    after which LLVM's next allocation fails and the process dies with a segmentation fault inside
+    ``backend_compile``. Clearing the caches between modules keeps the count at one module's worth.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
