@@ -351,3 +351,38 @@ def test_bad_input_raises_clear_errors():
     truth = LineageGraph.from_parents({"a": None, "b": "a"})
     with pytest.raises(tree.TreeError, match="'b' is only in the true graph"):
         tree.tree_accuracy(truth, LineageGraph.from_parents({"a": None, "c": "a"}))
+
+
+# ----------------------------------------------------------------------------- the TREE_QUICK spec
+
+
+def test_tree_quick_is_a_three_generation_forest_with_prune_and_permute_edges():
+    """The spec alone (no build): several roots, generations 0-2, fine-tune / prune / permute edges, varied lrs."""
+    from jaxlineage import zoo
+
+    spec = zoo.TREE_QUICK
+    assert zoo.SPECS["tree_quick"] is spec and "TREE_QUICK" in zoo.__all__
+    spec.validate()
+    # Planned models per group: its grid points times its source group's models (every model kept).
+    n = {}
+    for g in spec.order():
+        assert g.top_k is None and g.floor is None  # the true forest is the whole zoo
+        n[g.name] = len(g.points()) * (1 if g.source is None else n[g.source])
+    gens = {g.name: spec.generation(g.name) for g in spec.groups}
+    assert set(gens.values()) == {0, 1, 2}
+    assert sum(n[g] for g in n if gens[g] == 0) >= 3  # several roots
+    edges_by_op = {}
+    for g in spec.groups:
+        if g.source is not None:
+            edges_by_op[g.op] = edges_by_op.get(g.op, 0) + n[g.name]
+    assert set(edges_by_op) == {"finetune", "prune", "permute"} and all(v > 0 for v in edges_by_op.values())
+    # Prune and permute edges in both derived generations; fine-tuning at several learning rates and epochs.
+    for op in ("prune", "permute", "finetune"):
+        assert {gens[g.name] for g in spec.groups if g.op == op} == {1, 2}, op
+    ft = [g for g in spec.groups if g.op == "finetune"]
+    assert len(set().union(*(spec.hparams_of(g.name, "lr") for g in ft))) >= 3
+    assert len(set().union(*(spec.hparams_of(g.name, "epochs") for g in ft))) >= 2
+    # Every root from its own initialisation (no init twins among the roots).
+    (root,) = [g for g in spec.groups if g.source is None]
+    assert len(spec.hparams_of(root.name, "init_seed")) == n[root.name]
+    assert sum(n.values()) == 84 and sum(edges_by_op.values()) == 80

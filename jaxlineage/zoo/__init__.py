@@ -25,8 +25,8 @@ record); a killed build resumes where it stopped.
 Specs (:mod:`jaxlineage.zoo.specs`): ``TINY`` (tests), ``QUICK`` (Neural
 Lineage's question; the classic :class:`ZooSpec` shape, compiled to groups
 ``parent`` / ``child`` / ``independent``), ``PAPER_FC``, ``PROVENANCE_QUICK``
-(SAC / ModelGiF's IP-protection benchmark) and ``DNA_QUICK`` (Model DNA's
-protocol).
+(SAC / ModelGiF's IP-protection benchmark), ``DNA_QUICK`` (Model DNA's
+protocol) and ``TREE_QUICK`` (lineage-tree recovery: 4 roots, 3 generations).
 
 Usage::
 
@@ -55,7 +55,7 @@ from jaxlineage.zoo.ops import (
 )
 from jaxlineage.zoo.report import draw_graph, format_summary, main
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec, spec_from_json
-from jaxlineage.zoo.specs import DNA_QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, QUICK, SPECS, TINY
+from jaxlineage.zoo.specs import DNA_QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, QUICK, SPECS, TINY, TREE_QUICK
 from jaxlineage.zoo.storage import load_params, save_params
 from jaxlineage.zoo.training import population_accuracy, population_logits, train_population
 
@@ -68,6 +68,7 @@ __all__ = [
     "QUICK",
     "SPECS",
     "TINY",
+    "TREE_QUICK",
     "GraphSpec",
     "Grid",
     "Group",

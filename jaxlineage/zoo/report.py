@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from jaxlineage.zoo.specs import SPECS
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--spec", default="quick", choices=sorted(SPECS))
+    ap.add_argument("--spec", default="quick", type=str.lower, choices=sorted(SPECS), help="a spec name (any case)")
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--no-plot", action="store_true", help="do not draw lineage.png")
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The zoos shipped as code: TINY (tests), QUICK, PAPER_FC, PROVENANCE_QUICK, DNA_QUICK.
+"""The zoos shipped as code: TINY (tests), QUICK, PAPER_FC, PROVENANCE_QUICK, DNA_QUICK, TREE_QUICK.
 
 Each spec's command and expected build time on a 2-core CPU are stated above it.
 Recipes were fixed before any lineage or provenance method was measured on them
@@ -11,7 +11,7 @@ from jaxlineage import data as data_lib
 from jaxlineage.zoo._base import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec
 
-__all__ = ["DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "PROVENANCE_TINY", "QUICK", "SPECS", "TINY"]
+__all__ = ["DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "PROVENANCE_TINY", "QUICK", "SPECS", "TINY", "TREE_QUICK"]
 
 
 def _emb(name, classes, **kw):
@@ -319,4 +319,100 @@ def _dna_quick() -> GraphSpec:
 #: T56, T78, T69) or ``eval`` (T57, T89). Tags ``pool`` / ``eval``, ``homologous`` / ``non_homologous``.
 DNA_QUICK = _dna_quick()
 
-SPECS = {s.name: s for s in (TINY, QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, DNA_QUICK)}
+
+# --------------------------------------------------------------------------- TREE_QUICK
+
+# Recipes (fixed before any tree-recovery method was measured on this zoo; BUILD_NOTES.md,
+# "Lineage tree recovery"). Roots: QUICK's parent recipe, but every root from its own
+# initialisation (QUICK's parents share inits in pairs, which makes init-twin roots).
+_TREE_ROOT = dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=128, epochs=3)
+# Fine-tuning strengths span 30x in lr and 3x in epochs: from a gentle 3e-4 x 1 epoch to QUICK's
+# strongest children (3e-3 x 3 epochs); grandchildren gentler still (1e-4 / 1e-3, 1 epoch, head kept).
+_TREE_FT = dict(optimizer=Optimizer.ADAM, batch_size=128, lr=(3e-4, 3e-3), epochs=(1, 3))
+_TREE_GRAND_FT = dict(optimizer=Optimizer.ADAM, batch_size=128, lr=(1e-4, 1e-3), epochs=1)
+
+
+def _tree_quick() -> GraphSpec:
+    tasks = (_emb("A", data_lib.TASK_A), _emb("B", data_lib.TASK_B))
+    g = lambda name, op, **kw: Group(name, op, prefix=f"{name}-", **kw)  # noqa: E731
+    groups = (
+        # Generation 0: the roots.
+        g("root", "train", task="A", arch="mlp", grid=dict(_TREE_ROOT, seed=(0, 1, 2, 3)), kind="root", tags=("gen0",)),
+        # Generation 1: each root fine-tuned on classes 5-9 (fresh head) at 4 strengths, pruned (50 %,
+        # SAC's one-epoch masked repair on its own task) and permuted (same function).
+        g(
+            "child_ft",
+            "finetune",
+            source="root",
+            task="B",
+            grid=dict(_TREE_FT, head=HeadMode.FRESH, seed=(0,)),
+            kind="finetune",
+            tags=("gen1",),
+        ),
+        g(
+            "child_prune",
+            "prune",
+            source="root",
+            grid=dict(_REPAIR, sparsity=0.5, scope=PruneScope.GLOBAL, seed=(0,)),
+            kind="prune",
+            tags=("gen1",),
+        ),
+        g("child_perm", "permute", source="root", grid=dict(seed=(0,)), kind="permute", tags=("gen1",)),
+        # Generation 2: every fine-tuned child fine-tuned again on its task (head kept) at 2 strengths
+        # and pruned one-shot (30 %, no repair); the permuted child fine-tuned on classes 5-9 (fresh head);
+        # the pruned child permuted.
+        g(
+            "grand_ft",
+            "finetune",
+            source="child_ft",
+            grid=dict(_TREE_GRAND_FT, head=HeadMode.KEEP, seed=(0,)),
+            kind="finetune",
+            tags=("gen2",),
+        ),
+        g(
+            "grand_prune",
+            "prune",
+            source="child_ft",
+            grid=dict(sparsity=0.3, scope=PruneScope.GLOBAL, epochs=0, seed=(0,)),
+            kind="prune",
+            tags=("gen2",),
+        ),
+        g(
+            "grand_ft_perm",
+            "finetune",
+            source="child_perm",
+            task="B",
+            grid=dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=128, epochs=1, head=HeadMode.FRESH, seed=(0,)),
+            kind="finetune",
+            tags=("gen2",),
+        ),
+        g("grand_perm", "permute", source="child_prune", grid=dict(seed=(0,)), kind="permute", tags=("gen2",)),
+    )
+    return GraphSpec(
+        "tree_quick",
+        tasks,
+        groups,
+        max_population=16,
+        seed=0,
+        notes="Lineage-tree recovery (MoTHer's question) on the embedded Fashion-MNIST; see BUILD_NOTES.md",
+    )
+
+
+#: Lineage-tree recovery (issue 17): a forest of 4 roots and 3 generations, 84 MLPs (the default
+#: 784-1024-256-128), every model kept (no floor, no top-k) so the true forest is the whole zoo.
+#:
+#: * ``root`` (4): trained from scratch on classes 0-4, each from its own initialisation.
+#: * ``child_ft`` (16): every root fine-tuned on classes 5-9 (all parameters, fresh head, Adam)
+#:   at lr 3e-4 / 3e-3 x 1 / 3 epochs; ``child_prune`` (4): 50 % global magnitude pruning with one
+#:   epoch of masked repair (SGD 1e-3) on classes 0-4; ``child_perm`` (4): hidden units permuted.
+#: * ``grand_ft`` (32): every fine-tuned child fine-tuned again (head kept) at lr 1e-4 / 1e-3, 1
+#:   epoch; ``grand_prune`` (16): every fine-tuned child pruned one-shot to 30 %; ``grand_ft_perm``
+#:   (4): the permuted child fine-tuned on classes 5-9 (fresh head, lr 1e-3, 1 epoch);
+#:   ``grand_perm`` (4): the pruned child permuted.
+#:
+#: 80 edges: 52 fine-tune, 20 prune, 8 permute. Group tags ``gen0`` / ``gen1`` / ``gen2``.
+#: ``python -m jaxlineage.zoo --spec tree_quick --workdir /tmp/tree_zoo``: minutes on 2 CPU cores
+#: (BUILD_NOTES.md has the measured time).
+TREE_QUICK = _tree_quick()
+
+SPECS = {s.name: s for s in (TINY, QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, DNA_QUICK, TREE_QUICK)}
