@@ -385,4 +385,9 @@ def test_tree_quick_is_a_three_generation_forest_with_prune_and_permute_edges():
     # Every root from its own initialisation (no init twins among the roots).
     (root,) = [g for g in spec.groups if g.source is None]
     assert len(spec.hparams_of(root.name, "init_seed")) == n[root.name]
+    # Fine-tunes of one source have their own data orders: with a shared seed (and a constant lr) a
+    # 1-epoch fine-tune would be exactly the first-epoch checkpoint of its 3-epoch sibling.
+    for src in {g.source for g in ft}:
+        seeds = [s for g in ft if g.source == src for s in spec.hparams_of(g.name, "seed")]
+        assert len(seeds) == len(set(seeds)) == sum(len(g.points()) for g in ft if g.source == src), src
     assert sum(n.values()) == 84 and sum(edges_by_op.values()) == 80

@@ -322,33 +322,28 @@ DNA_QUICK = _dna_quick()
 
 # --------------------------------------------------------------------------- TREE_QUICK
 
-# Recipes (fixed before any tree-recovery method was measured on this zoo; BUILD_NOTES.md,
-# "Lineage tree recovery"). Roots: QUICK's parent recipe, but every root from its own
-# initialisation (QUICK's parents share inits in pairs, which makes init-twin roots).
+# Recipes (fixed before any tree-recovery method was measured on this zoo, except the data-order
+# seeds: BUILD_NOTES.md, "Lineage tree recovery"). Roots: QUICK's parent recipe, but every root from
+# its own initialisation (QUICK's parents share inits in pairs, which makes init-twin roots).
 _TREE_ROOT = dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=128, epochs=3)
-# Fine-tuning strengths span 30x in lr and 3x in epochs: from a gentle 3e-4 x 1 epoch to QUICK's
+_TREE_ADAM = dict(optimizer=Optimizer.ADAM, batch_size=128)
+# Fine-tuning strengths span 30x in lr and 3x in epochs, from a gentle 3e-4 x 1 epoch to QUICK's
 # strongest children (3e-3 x 3 epochs); grandchildren gentler still (1e-4 / 1e-3, 1 epoch, head kept).
-_TREE_FT = dict(optimizer=Optimizer.ADAM, batch_size=128, lr=(3e-4, 3e-3), epochs=(1, 3))
-_TREE_GRAND_FT = dict(optimizer=Optimizer.ADAM, batch_size=128, lr=(1e-4, 1e-3), epochs=1)
+# Every fine-tune has its own data-order seed (and so its own fresh head): the data order of epoch
+# ``e`` is ``fold_in(key(seed), e)`` with a constant lr, so with one seed a 1-epoch fine-tune is
+# exactly the first-epoch checkpoint of its 3-epoch sibling (the first build had that defect).
+_TREE_CHILD_FT = {"a": (3e-4, 1, 10), "b": (3e-4, 3, 11), "c": (3e-3, 1, 12), "d": (3e-3, 3, 13)}  # lr, epochs, seed
+_TREE_GRAND_FT = {"lo": (1e-4, 20), "hi": (1e-3, 30)}  # lr, seed (+ the child's letter index); 1 epoch
 
 
 def _tree_quick() -> GraphSpec:
     tasks = (_emb("A", data_lib.TASK_A), _emb("B", data_lib.TASK_B))
     g = lambda name, op, **kw: Group(name, op, prefix=f"{name}-", **kw)  # noqa: E731
-    groups = (
+    groups = [
         # Generation 0: the roots.
         g("root", "train", task="A", arch="mlp", grid=dict(_TREE_ROOT, seed=(0, 1, 2, 3)), kind="root", tags=("gen0",)),
-        # Generation 1: each root fine-tuned on classes 5-9 (fresh head) at 4 strengths, pruned (50 %,
-        # SAC's one-epoch masked repair on its own task) and permuted (same function).
-        g(
-            "child_ft",
-            "finetune",
-            source="root",
-            task="B",
-            grid=dict(_TREE_FT, head=HeadMode.FRESH, seed=(0,)),
-            kind="finetune",
-            tags=("gen1",),
-        ),
+        # Generation 1: each root pruned (50 %, SAC's one-epoch masked repair on its own task) and
+        # permuted (same function); fine-tuned below.
         g(
             "child_prune",
             "prune",
@@ -358,40 +353,61 @@ def _tree_quick() -> GraphSpec:
             tags=("gen1",),
         ),
         g("child_perm", "permute", source="root", grid=dict(seed=(0,)), kind="permute", tags=("gen1",)),
-        # Generation 2: every fine-tuned child fine-tuned again on its task (head kept) at 2 strengths
-        # and pruned one-shot (30 %, no repair); the permuted child fine-tuned on classes 5-9 (fresh head);
-        # the pruned child permuted.
-        g(
-            "grand_ft",
-            "finetune",
-            source="child_ft",
-            grid=dict(_TREE_GRAND_FT, head=HeadMode.KEEP, seed=(0,)),
-            kind="finetune",
-            tags=("gen2",),
-        ),
-        g(
-            "grand_prune",
-            "prune",
-            source="child_ft",
-            grid=dict(sparsity=0.3, scope=PruneScope.GLOBAL, epochs=0, seed=(0,)),
-            kind="prune",
-            tags=("gen2",),
-        ),
+    ]
+    for i, (x, (lr, ep, seed)) in enumerate(_TREE_CHILD_FT.items()):
+        # Generation 1: each root fine-tuned on classes 5-9 (all parameters, fresh head) at 4 strengths.
+        child = f"child_ft_{x}"
+        groups.append(
+            g(
+                child,
+                "finetune",
+                source="root",
+                task="B",
+                grid=dict(_TREE_ADAM, lr=lr, epochs=ep, head=HeadMode.FRESH, seed=seed),
+                kind="finetune",
+                tags=("gen1",),
+            )
+        )
+        # Generation 2: every fine-tuned child fine-tuned again on its task (head kept) at 2 strengths,
+        # and pruned one-shot (30 %, no repair).
+        for y, (glr, gseed) in _TREE_GRAND_FT.items():
+            groups.append(
+                g(
+                    f"grand_ft_{x}_{y}",
+                    "finetune",
+                    source=child,
+                    grid=dict(_TREE_ADAM, lr=glr, epochs=1, head=HeadMode.KEEP, seed=gseed + i),
+                    kind="finetune",
+                    tags=("gen2",),
+                )
+            )
+        groups.append(
+            g(
+                f"grand_prune_{x}",
+                "prune",
+                source=child,
+                grid=dict(sparsity=0.3, scope=PruneScope.GLOBAL, epochs=0, seed=(0,)),
+                kind="prune",
+                tags=("gen2",),
+            )
+        )
+    groups += [
+        # Generation 2: the permuted child fine-tuned on classes 5-9 (fresh head); the pruned child permuted.
         g(
             "grand_ft_perm",
             "finetune",
             source="child_perm",
             task="B",
-            grid=dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=128, epochs=1, head=HeadMode.FRESH, seed=(0,)),
+            grid=dict(_TREE_ADAM, lr=1e-3, epochs=1, head=HeadMode.FRESH, seed=40),
             kind="finetune",
             tags=("gen2",),
         ),
         g("grand_perm", "permute", source="child_prune", grid=dict(seed=(0,)), kind="permute", tags=("gen2",)),
-    )
+    ]
     return GraphSpec(
         "tree_quick",
         tasks,
-        groups,
+        tuple(groups),
         max_population=16,
         seed=0,
         notes="Lineage-tree recovery (MoTHer's question) on the embedded Fashion-MNIST; see BUILD_NOTES.md",
@@ -402,16 +418,18 @@ def _tree_quick() -> GraphSpec:
 #: 784-1024-256-128), every model kept (no floor, no top-k) so the true forest is the whole zoo.
 #:
 #: * ``root`` (4): trained from scratch on classes 0-4, each from its own initialisation.
-#: * ``child_ft`` (16): every root fine-tuned on classes 5-9 (all parameters, fresh head, Adam)
-#:   at lr 3e-4 / 3e-3 x 1 / 3 epochs; ``child_prune`` (4): 50 % global magnitude pruning with one
-#:   epoch of masked repair (SGD 1e-3) on classes 0-4; ``child_perm`` (4): hidden units permuted.
-#: * ``grand_ft`` (32): every fine-tuned child fine-tuned again (head kept) at lr 1e-4 / 1e-3, 1
-#:   epoch; ``grand_prune`` (16): every fine-tuned child pruned one-shot to 30 %; ``grand_ft_perm``
-#:   (4): the permuted child fine-tuned on classes 5-9 (fresh head, lr 1e-3, 1 epoch);
-#:   ``grand_perm`` (4): the pruned child permuted.
+#: * ``child_ft_{a,b,c,d}`` (16): every root fine-tuned on classes 5-9 (all parameters, fresh head,
+#:   Adam) at lr 3e-4 x 1 epoch (a), 3e-4 x 3 (b), 3e-3 x 1 (c), 3e-3 x 3 (d); ``child_prune`` (4): 50 %
+#:   global magnitude pruning with one epoch of masked repair (SGD 1e-3) on classes 0-4;
+#:   ``child_perm`` (4): hidden units permuted.
+#: * ``grand_ft_{a..d}_{lo,hi}`` (32): every fine-tuned child fine-tuned again (head kept) at lr
+#:   1e-4 / 1e-3, 1 epoch; ``grand_prune_{a..d}`` (16): every fine-tuned child pruned one-shot to 30 %;
+#:   ``grand_ft_perm`` (4): the permuted child fine-tuned on classes 5-9 (fresh head, lr 1e-3, 1
+#:   epoch); ``grand_perm`` (4): the pruned child permuted.
 #:
-#: 80 edges: 52 fine-tune, 20 prune, 8 permute. Group tags ``gen0`` / ``gen1`` / ``gen2``.
-#: ``python -m jaxlineage.zoo --spec tree_quick --workdir /tmp/tree_zoo``: minutes on 2 CPU cores
+#: Every fine-tuning group has its own data-order seed. 80 edges: 52 fine-tune, 20 prune, 8 permute.
+#: Group tags ``gen0`` / ``gen1`` / ``gen2``.
+#: ``python -m jaxlineage.zoo --spec tree_quick --workdir /tmp/tree_zoo``: about 2 minutes on 2 CPU cores
 #: (BUILD_NOTES.md has the measured time).
 TREE_QUICK = _tree_quick()
 
