@@ -1,4 +1,4 @@
-"""The helpers behind the figures of ``benchmarks/mgmp_fragments.py`` and ``lineage_power.py``."""
+"""The helpers behind the figures of ``benchmarks/mgmp_fragments.py``, ``lineage_power.py`` and ``tree_recovery.py``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import _common  # noqa: E402
 import mgmp_fragments  # noqa: E402
+import tree_recovery  # noqa: E402
 
 from jaxlineage import zoo  # noqa: E402
+from jaxlineage.graph import LineageGraph  # noqa: E402
 
 
 def test_quick_variant_changes_only_the_children():
@@ -90,3 +92,23 @@ def test_fragment_cosine_matches_a_loop_over_pairs_and_inputs():
             mgmp_fragments.best_threshold_accuracy(np.concatenate(kinds["homologous"]), np.concatenate(kinds[kind]))
         )
     assert res["independent"]["model_auc"] == 1.0  # children at noise 0.3 vs an unrelated model
+
+
+def test_tree_recovery_error_breakdown_by_hand():
+    truth = LineageGraph.from_parents({"r": None, "a": "r", "b": "r", "g": "a", "s": None, "t": "s"})
+    # g hangs from its grandparent, a from its own child g, b from its sibling a, s from another tree.
+    rec = LineageGraph.from_parents({"r": None, "g": "r", "a": "g", "b": "a", "s": "g", "t": "s"})
+    relations = {"ancestor": 1, "child": 1, "sibling": 1, "unrelated": 1}
+    assert tree_recovery.wrong_parent_relations(truth, rec) == relations
+    kind = {"a": "finetune", "b": "prune", "g": "finetune", "t": "permute"}
+    by = tree_recovery.edge_breakdown(truth, rec, lambda p, c: kind[c])
+    assert by["finetune"] == {"n": 2, "undirected": 0.5, "directed": 0.0, "reversed": 0.5}
+    assert by["prune"]["directed"] == 0.0 and by["permute"]["directed"] == 1.0
+    assert tree_recovery.relation_label(truth, "b", "g") == "same tree, other branch"
+    assert tree_recovery.relation_label(truth, "s", "a") == "unrelated"
+    rows = [
+        {"scorer": "w", "direction": d, "roots": "known", "undirected": 1.0, "directed": 0.5, "root": 0.25}
+        for d in ("none", "kurtosis")
+    ]
+    table = tree_recovery.markdown_table(rows, "known", ["w"], ("none", "kurtosis"))
+    assert table.splitlines()[2] == "| w | 100.0 / 50.0 / 25.0 | 100.0 / 50.0 / 25.0 |"

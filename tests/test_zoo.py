@@ -233,7 +233,7 @@ def test_manifest_of_an_earlier_build_opens(tiny_zoo, tmp_path):
 
 
 def test_cli_prints_summary_and_draws(tiny_zoo, capsys):
-    zoo.main(["--spec", "tiny", "--workdir", str(tiny_zoo.workdir)])
+    zoo.main(["--spec", "TINY", "--workdir", str(tiny_zoo.workdir)])  # spec names in any case
     out = capsys.readouterr().out
     assert "| child | finetune |" in out and "| parent | train |" in out
     assert (tiny_zoo.workdir / "lineage.png").stat().st_size > 1000
