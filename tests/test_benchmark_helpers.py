@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import sys
 import types
@@ -112,3 +113,36 @@ def test_tree_recovery_error_breakdown_by_hand():
     ]
     table = tree_recovery.markdown_table(rows, "known", ["w"], ("none", "kurtosis"))
     assert table.splitlines()[2] == "| w | 100.0 / 50.0 / 25.0 | 100.0 / 50.0 / 25.0 |"
+
+
+@pytest.mark.slow  # builds a 42-model TREE_QUICK of one epoch on 256 inputs per task (64 s at load 8, 2 cores)
+def test_tree_recovery_runs_end_to_end_on_a_tiny_tree_quick(tmp_path, monkeypatch):
+    spec = zoo.TREE_QUICK
+    groups = []
+    for g in spec.groups:
+        grid = dict(g.grid)
+        if g.source is None:
+            grid["seed"] = (0, 1)
+        if "epochs" in grid and grid["epochs"] != (0,):
+            grid["epochs"] = (1,)
+        groups.append(dataclasses.replace(g, grid=tuple(grid.items())))
+    tiny = dataclasses.replace(
+        spec,
+        name="tree_tiny",
+        tasks=tuple(dataclasses.replace(t, n_train=256) for t in spec.tasks),
+        groups=tuple(groups),
+    )
+    monkeypatch.setitem(tree_recovery.SPECS, "tree_tiny", tiny)
+    out = tmp_path / "tree.jsonl"
+    tree_recovery.main(
+        ["--spec", "tree_tiny", "--workdir", str(tmp_path / "zoo"), "--metrics", "l2", "--probe-size", "32"]
+        + ["--out", str(out), "--plot", str(tmp_path / "tree.png"), "--table", str(tmp_path / "tree.md")]
+    )
+    rec = json.loads(out.read_text().splitlines()[-1])
+    assert rec["settings"]["models"] == 42 and rec["settings"]["true_edges"] == 40
+    assert rec["settings"]["true_edges_by_kind"] == {"finetune": 26, "prune": 10, "permute": 4}
+    scorers = {r["scorer"] for r in rec["rows"]}
+    assert scorers == {"weight-l2", "l2/plain", "l2/first_order", "l2/linearized"}
+    assert all(0.0 <= r[k] <= 1.0 for r in rec["rows"] for k in ("undirected", "directed", "root"))
+    assert "| weight-l2 |" in (tmp_path / "tree.md").read_text()
+    assert (tmp_path / "tree.png").read_bytes()[:4] == b"\x89PNG"
