@@ -48,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import timeit, write
 
-from jaxlineage import _fastpath, lineage, linearize, nets, similarity
+from jaxlineage import lineage, linearize, nets, similarity
 from jaxlineage.errors import path_str
 
 Mode = linearize.Mode
@@ -136,7 +136,7 @@ def bench_stepwise(network, tap, n, max_rows, repeats):
     parent, child = _pair(network, jax.random.key(2))
     x = _probe(network, n, jax.random.key(3))
     f = network.feature_fn(tap)
-    pruned, p, c, xx = linearize._prepare(f, parent, child, x)
+    pruned, p, c, xx = linearize.used_leaves(f, parent, child, x)
     d = pruned.out_shape[1]
     n_params = sum(leaf.size for leaf in p)
     # Jacobian rows held at once: at most ~128 MiB of float32.
@@ -191,15 +191,11 @@ def bench_memory(widths, n):
         network = nets.mlp(5, features=(d,))
         parent, child = _pair(network, jax.random.key(4))
         x = _probe(network, n, jax.random.key(5))
-        pruned, p, c, xx = linearize._prepare(network.feature_fn("relu1"), parent, child, x)
-        alpha = np.asarray(0.01)
-        kw = {"metric": metric, "pruned": pruned}
-        jvp = linearize._similarity_core.lower(p, c, xx, alpha, mode=Mode.LINEARIZED, **kw).compile().memory_analysis()
-        base = (
-            linearize._stepwise_core.lower(p, c, xx, alpha, mode=Mode.LINEARIZED, row_chunk=None, **kw)
-            .compile()
-            .memory_analysis()
-        )
+        f = network.feature_fn("relu1")
+        p = linearize.used_leaves(f, parent, child, x).parent
+        kw = dict(alpha=0.01, mode=Mode.LINEARIZED)
+        jvp = linearize.lower(metric, f, parent, child, x, **kw).compile().memory_analysis()
+        base = linearize.lower(metric, f, parent, child, x, stepwise=True, **kw).compile().memory_analysis()
         io_bytes = 4 * (2 * sum(leaf.size for leaf in p) + n * d)
         rec = {
             "d": d,
@@ -293,10 +289,9 @@ def bench_floor(name, k, m, n, repeats, *, before, parts=("norms", "gram", "all"
     """(a) the K + M forward passes; (b) norm metrics, (c) all metrics; ratios to (a)."""
     network, tap, parents, children, x = _floor_population(name, k, m, n)
     f = network.feature_fn(tap)
-    pruned, p, c, xx = linearize._prepare(
-        f, jax.tree.map(lambda a: a[0], parents), jax.tree.map(lambda a: a[0], children), x
-    )
-    split = _fastpath.split(pruned, jax.ShapeDtypeStruct(xx.shape, xx.dtype))
+    first = lambda tree: jax.tree.map(lambda a: a[0], tree)
+    pruned, p, c, xx = linearize.used_leaves(f, first(parents), first(children), x)
+    split = lineage.fast_path_plan(f, first(parents), x)
     used = lambda tree: tuple(
         leaf
         for path, leaf in zip(

@@ -25,7 +25,7 @@ folds (minutes on a CPU)::
     print(jl_eval.table(jl_eval.run_zoo(zoo.build(zoo.QUICK, "/tmp/zoo"))))
 """
 
-from jaxlineage import (  # noqa: A004 (jaxlineage.eval is the evaluation layer)
+from jaxlineage import (  # noqa: A004, F401 (jaxlineage.eval: the evaluation layer, imported, not starred)
     data,
     detector,
     errors,
@@ -53,7 +53,8 @@ __all__ = [
     "data",
     "detector",
     "errors",
-    "eval",
+    # not "eval": `from jaxlineage import *` must not shadow the builtin; import it by name
+    # (`from jaxlineage import eval as jl_eval`).
     "graph",
     "lineage",
     "linearize",

@@ -63,8 +63,10 @@ __all__ = [
     "DEFAULT_ALPHAS",
     "DEFAULT_MEMORY_BUDGET",
     "AlphaSelection",
+    "FastPathPlan",
     "accuracy",
     "evaluate",
+    "fast_path_plan",
     "format_table",
     "predict",
     "probabilities",
@@ -83,6 +85,34 @@ DEFAULT_ALPHAS = (0.001, 0.01, 0.1)
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
 _GRAM_METRICS = (similarity_lib.Metric.CKA, similarity_lib.Metric.DCOR)
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPathPlan:
+    """How :func:`score_matrices` (``fast_path=True``) splits a feature function after its first layer.
+
+    Attributes:
+      first_layer_primitives: the probe-reading bilinear equations the split runs once per model
+        (``("dot_general",)`` for a Dense on ``x``, ``("conv_general_dilated",)`` for a Conv).
+      elementwise: the rest of the network reads no parameter and acts elementwise, so the
+        tangent is ``h'(pre_p) (pre_c - pre_p)`` and no jvp runs at all.
+    """
+
+    first_layer_primitives: tuple[str, ...]
+    elementwise: bool
+
+
+def fast_path_plan(feature_fn: Callable, params: Any, x: Any) -> FastPathPlan | None:
+    """The fast path :func:`score_matrices` takes for ``feature_fn`` on ``x``, or ``None`` (plain jvp path).
+
+    ``params`` is one model's parameter tree (unstacked). A diagnostic for users and benchmarks:
+    the scores do not depend on it beyond rounding.
+    """
+    pruned, _, _, x = _pairing.prepare(feature_fn, params, params, x, stacked=False, names=("params", "params"))
+    split = _fastpath.split(pruned, _pairing.struct_of(x))
+    if split is None:
+        return None
+    return FastPathPlan(split.first_layer_primitives, bool(split.elementwise))
 
 
 # ----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,13 +59,16 @@ from jaxlineage import similarity as similarity_lib
 __all__ = [
     "DEFAULT_MODE",
     "Mode",
+    "UsedLeaves",
     "as_alpha",
     "as_mode",
     "feature_jvp",
+    "lower",
     "pair_similarity",
     "stepwise_feature_jvp",
     "stepwise_similarity",
     "taylor_features",
+    "used_leaves",
 ]
 
 Array = jax.Array
@@ -138,6 +141,39 @@ def _check_metric_mode(metric: Any, mode: Any) -> tuple[similarity_lib.MetricFn,
             " undefined for it; use Mode.LINEARIZED (the metric on the linearised child)."
         )
     return metric, mode
+
+
+class UsedLeaves(NamedTuple):
+    """A checked (parent, child, probe) restricted to the parameter leaves the feature function reads.
+
+    Attributes:
+      fn: ``fn(leaves, x) -> [N, D]``, the feature function over the used leaves only. It is
+        hashable and the same object for the same feature function and leaf structure (so jitted
+        code keyed on it is reused); ``fn.used_paths`` names the leaves (``"params/dense1/kernel"``)
+        and ``fn.out_shape`` is the feature shape.
+      parent: the parent's used leaves, in ``fn.used_paths`` order.
+      child: the child's used leaves, in the same order.
+      x: the validated probe batch.
+    """
+
+    fn: Any
+    parent: tuple[Array, ...]
+    child: tuple[Array, ...]
+    x: Array
+
+
+def used_leaves(feature_fn: FeatureFn, parent_params: Any, child_params: Any, x: Any) -> UsedLeaves:
+    """The boundary every function here starts from, for code that measures or extends the kernel.
+
+    Finds the leaves ``feature_fn`` reads (by tracing it once on ``parent_params``), restricts both
+    trees to them, and checks what the public functions check: matching path, shape and dtype on
+    the used leaves, finite values, a valid probe. The forward pass ``fn(parent, x)`` is the
+    physical floor of every score (one network pass per model); benchmarks compare the kernel to it.
+
+    Raises:
+      ValueError: mismatched trees (naming the path and both shapes), NaN / inf parameters, a bad probe.
+    """
+    return UsedLeaves(*_prepare(feature_fn, parent_params, child_params, x))
 
 
 def _prepare(feature_fn: FeatureFn, parent_params: Any, child_params: Any, x: Any):
@@ -446,3 +482,36 @@ def stepwise_similarity(
     if row_chunk is not None and (not isinstance(row_chunk, int) or row_chunk < 1):
         raise ValueError(f"row_chunk must be a positive int or None; got {row_chunk!r}.")
     return _stepwise_core(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, row_chunk=row_chunk)
+
+
+def lower(
+    metric: Any,
+    feature_fn: FeatureFn,
+    parent_params: Any,
+    child_params: Any,
+    x: Array,
+    *,
+    alpha: Any = None,
+    mode: Mode | str = DEFAULT_MODE,
+    stepwise: bool = False,
+    row_chunk: int | None = None,
+) -> jax.stages.Lowered:
+    """The lowered computation behind :func:`pair_similarity` (or :func:`stepwise_similarity`).
+
+    For inspecting the kernel rather than running it: ``.compile().memory_analysis()`` gives the
+    temporary bytes XLA allocates (the jvp path stays near the size of its inputs; the stepwise
+    baseline holds a Jacobian block), ``.compile().cost_analysis()`` the flop count, ``.as_text()``
+    the StableHLO. Same arguments and checks as the function it lowers.
+
+    Args:
+      stepwise: lower :func:`stepwise_similarity` (materialised Jacobians) instead.
+      row_chunk: the stepwise baseline's Jacobian rows per block (``None``: all at once).
+    """
+    metric, mode = _check_metric_mode(metric, mode)
+    alpha = as_alpha(alpha, modes=(mode,))
+    pruned, p, c, x = _prepare(feature_fn, parent_params, child_params, x)
+    if stepwise:
+        if row_chunk is not None and (not isinstance(row_chunk, int) or row_chunk < 1):
+            raise ValueError(f"row_chunk must be a positive int or None; got {row_chunk!r}.")
+        return _stepwise_core.lower(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, row_chunk=row_chunk)
+    return _similarity_core.lower(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned)

@@ -16,6 +16,7 @@ and adapters for NNX models and arbitrary apply functions.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from jaxlineage.errors import JaxlineageError, path_str
 
 __all__ = [
     "ARCHITECTURES",
+    "Arch",
     "BasicBlock",
     "ConvNet",
     "HEAD",
@@ -38,6 +40,7 @@ __all__ = [
     "Network",
     "ResNet18",
     "TreeMismatchError",
+    "arch_name",
     "backbone",
     "check_trees_match",
     "convnet",
@@ -254,14 +257,33 @@ def resnet18(num_classes: int = 10, *, width: float = 1.0, input_shape=(32, 32, 
     return Network("resnet18", ResNet18(num_classes, width), tuple(input_shape), taps)
 
 
-ARCHITECTURES: dict[str, Callable[..., Network]] = {"mlp": mlp, "convnet": convnet, "resnet18": resnet18}
+class Arch(enum.Enum):
+    """The built-in architectures; their values are the names specs, manifests and :data:`ARCHITECTURES` use."""
+
+    MLP = "mlp"  #: :func:`mlp`, the Neural Lineage paper's fully connected network
+    CONVNET = "convnet"  #: :func:`convnet`, a small ConvNet with BatchNorm
+    RESNET18 = "resnet18"  #: :func:`resnet18`, CIFAR-style ResNet-18
 
 
-def make(arch: str, num_classes: int, **kwargs) -> Network:
-    """``make("mlp", 5)``; raises ``ValueError`` naming the known architectures."""
-    if arch not in ARCHITECTURES:
+#: Name -> constructor ``f(num_classes, **kwargs) -> Network``; register your own under a new name.
+ARCHITECTURES: dict[str, Callable[..., Network]] = {
+    Arch.MLP.value: mlp,
+    Arch.CONVNET.value: convnet,
+    Arch.RESNET18.value: resnet18,
+}
+
+
+def arch_name(arch: Arch | str) -> str:
+    """The registry name of ``arch`` (an :class:`Arch` or a name); ``ValueError`` names the known ones."""
+    name = arch.value if isinstance(arch, Arch) else arch
+    if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](num_classes, **kwargs)
+    return name
+
+
+def make(arch: Arch | str, num_classes: int, **kwargs) -> Network:
+    """``make(Arch.MLP, 5)`` or ``make("mlp", 5)``; raises ``ValueError`` naming the known architectures."""
+    return ARCHITECTURES[arch_name(arch)](num_classes, **kwargs)
 
 
 # --------------------------------------------------------------------------- trees

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxlineage import eval as jl_eval
-from jaxlineage import lineage
+from jaxlineage import lineage, zoo
 from jaxlineage.eval import core, methods, protocols, scenarios, scorers
 from jaxlineage.eval.core import (
     NO_PARENT,
@@ -400,6 +400,8 @@ def test_tiny_zoo_baselines_verify_and_lineage_wrapper(tiny_zoo, tiny_identify):
     rs = jl_eval.run_all(tiny_identify, scorers.baselines(), key=jax.random.key(0), num_folds=2)
     assert rs[0].scorer == "weight L2" and rs[0].metrics["accuracy"]["mean"] == 1.0
     v = scenarios.verify(tiny_zoo, probe_size=64)
+    by_role = scenarios.verify(tiny_zoo, queries=(zoo.Role.CHILD, zoo.Role.INDEPENDENT), probe_size=64)
+    assert by_role.queries.ids == v.queries.ids
     assert v.kinds.count(scenarios.NEGATIVE) == len(tiny_zoo.independents)
     assert v.related.sum() == len(tiny_zoo.children)
     (r,) = jl_eval.run_all(v, [scorers.WeightL2()], key=jax.random.key(0), num_folds=2)

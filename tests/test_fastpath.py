@@ -199,3 +199,18 @@ def test_block_shape_divides_n_and_d():
     assert _fastpath.block_shape(12, 8, 1, target_bytes=100) == (12, 8)
     # Rows wider than the target: one row, a divisor of D as columns.
     assert _fastpath.block_shape(64, 25088, 100, target_bytes=2**20) == (1, 6272)
+
+
+@pytest.mark.parametrize(
+    "feature_fn, plan",
+    [
+        (_user_apply, LG.FastPathPlan(("dot_general",), True)),
+        (_user_normalised, None),
+    ],
+)
+def test_fast_path_plan_is_the_public_view_of_the_split(feature_fn, plan):
+    params = {"w": jax.random.normal(jax.random.key(0), (5, 4)), "mu": jnp.full((5,), 0.1)}
+    x = jax.random.normal(jax.random.key(1), (N, 5))
+    if feature_fn is _user_apply:
+        params = _user_init(jax.random.key(0))
+    assert LG.fast_path_plan(feature_fn, params, x) == plan

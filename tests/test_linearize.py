@@ -335,3 +335,22 @@ def test_alpha_is_optional_only_for_plain():
     for mode in ("first_order", "linearized"):
         with pytest.raises(ValueError, match=f"alpha is required by mode '{mode}'"):
             L.pair_similarity("l2", mlp_features, parent, child, x, mode=mode)
+
+
+def test_used_leaves_and_lower_expose_the_kernel():
+    parent, child, x = _population(0)
+    used = L.used_leaves(mlp_features, parent, child, x)
+    assert used.fn.used_paths == ("dense1/b", "dense1/w", "dense2/w")
+    np.testing.assert_allclose(used.fn(used.parent, used.x), mlp_features(parent, x), rtol=1e-6)
+    assert len(used.child) == len(used.parent) == 3  # the head is not read
+    jvp = L.lower("l2", mlp_features, parent, child, x, alpha=0.01).compile()
+    step = L.lower("l2", mlp_features, parent, child, x, alpha=0.01, stepwise=True).compile()
+    np.testing.assert_allclose(
+        jvp(used.parent, used.child, used.x, np.asarray(0.01))[0],
+        L.pair_similarity("l2", mlp_features, parent, child, x, alpha=0.01),
+        rtol=1e-6,
+    )
+    # The stepwise baseline materialises per-sample Jacobian rows; the jvp path does not.
+    assert step.memory_analysis().temp_size_in_bytes > jvp.memory_analysis().temp_size_in_bytes
+    with pytest.raises(ValueError, match="dense2"):
+        L.used_leaves(mlp_features, parent, {**child, "dense2": {"w": child["dense2"]["w"][:, :2]}}, x)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import pytest
 
@@ -183,11 +182,6 @@ def test_paper_fc_preset_end_to_end_through_tfds(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("JAXLINEAGE_RESNET_PRESET_TEST"),
-    reason="XLA's CPU compiler segfaulted compiling the ResNet-18 check in this test when it ran after the rest of"
-    " the suite (2026-12-02; it passes alone): run it alone with JAXLINEAGE_RESNET_PRESET_TEST=1",
-)
 def test_resnet_preset_end_to_end_through_tfds(tmp_path, monkeypatch):
     """``resnet``: ResNet-18 (narrow) on CIFAR-10 through TFDS, block1 tap, BatchNorm statistics carried."""
     _offline_tfds(monkeypatch, tmp_path)

@@ -54,6 +54,12 @@ def test_public_api_matches_snapshot():
     )
 
 
+def test_star_import_keeps_the_builtins():
+    ns: dict = {}
+    exec("from jaxlineage import *", ns)
+    assert "eval" not in ns and "zoo" in ns and "linearize" in ns
+
+
 def test_bench_is_importable():
     importlib.import_module("jaxlineage.bench.__main__")
 

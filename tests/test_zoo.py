@@ -213,6 +213,7 @@ def test_classic_zoo_is_a_graph_of_groups(tiny_zoo):
     z = tiny_zoo
     assert [g.name for g in z.groups] == ["parent", "child", "independent"]
     assert z.group("child") == z.children and z.group("parent") == z.parents
+    assert z.models(role=zoo.Role.CHILD) == z.children and z.models(arch=nets.Arch.MLP) == z.models(arch="mlp")
     assert len(z.group("parent", kept=None)) == 3 and z.models(role="parent_candidate", kept=None)[0].kept is False
     assert all(r.op == "finetune" and r.fidelity is None for r in z.children)  # new task: no fidelity
     assert all(r.op == "train" and r.init_key for r in z.parents + z.independents)

@@ -1,5 +1,6 @@
 """Zoos as lineage graphs: every operation's defining property, relation queries, bad specs, determinism."""
 
+import dataclasses
 import json
 
 import jax
@@ -237,6 +238,7 @@ def test_relation_queries_on_a_zoo(ops_zoo):
 def test_selection_helpers(ops_zoo):
     z = ops_zoo
     assert {r.group for r in z.models(op="perturb", arch="mlp")} == {"mlp.noise", "mlp.int8"}
+    assert z.models(op="perturb", arch=nets.Arch.MLP) == z.models(op="perturb", arch="mlp")
     assert {r.group for r in z.models(group=["mlp.src", "cnn.src"])} == {"mlp.src", "cnn.src"}
     rows = {r["group"]: r for r in z.group_summary()}
     assert rows["mlp.permute"]["fidelity"]["min"] == 1.0 and rows["mlp.transfer"]["fidelity"] is None
@@ -340,6 +342,17 @@ def test_graph_spec_json_round_trip():
     for spec in (OPS_SPEC, zoo.PROVENANCE_QUICK, zoo.DNA_QUICK, zoo.QUICK.to_graph()):
         back = zoo.spec_from_json(json.loads(json.dumps(spec.to_json())))
         assert back == spec
+
+
+def test_enums_are_stored_by_value():
+    # Role and Arch members and their names make equal specs, so manifests and spec JSON do not change.
+    by_enum = zoo.Group("c", "finetune", source="p", role=zoo.Role.CHILD)
+    assert by_enum == zoo.Group("c", "finetune", source="p", role="child") and by_enum.role_name == "child"
+    assert zoo.Group("r", "train", arch=nets.Arch.CONVNET).arch == "convnet"
+    assert dataclasses.replace(zoo.QUICK, arch=nets.Arch.MLP) == zoo.QUICK
+    with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
+        nets.make("vgg", 3)
+    assert nets.make(nets.Arch.MLP, 3).name == "mlp"
 
 
 def test_quick_compiles_to_classic_groups():

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from jaxlineage import nets
+from jaxlineage import zoo as zoo_lib
 from jaxlineage.eval.core import (
     NO_PARENT,
     ModelSet,
@@ -69,8 +70,10 @@ def _select(zoo: Any, name: str) -> list:
     return list(zoo.group(name))
 
 
-def _select_all(zoo: Any, names: str | Sequence[str]) -> list:
-    names = (names,) if isinstance(names, str) else tuple(names)
+def _select_all(zoo: Any, names: str | zoo_lib.Role | Sequence[str | zoo_lib.Role]) -> list:
+    """Kept records of the named groups or roles (a :class:`jaxlineage.zoo.Role` selects by its value)."""
+    names = (names,) if isinstance(names, (str, zoo_lib.Role)) else tuple(names)
+    names = tuple(n.value if isinstance(n, zoo_lib.Role) else n for n in names)
     out, seen = [], set()
     for n in names:
         for r in _select(zoo, n):

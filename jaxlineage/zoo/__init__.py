@@ -40,7 +40,16 @@ Usage::
 """
 
 from jaxlineage.zoo import ops, spec, specs, storage, training
-from jaxlineage.zoo._base import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams, ZooError
+from jaxlineage.zoo._base import (
+    DistillMode,
+    HeadMode,
+    Optimizer,
+    PerturbKind,
+    PruneScope,
+    Role,
+    TrainParams,
+    ZooError,
+)
 from jaxlineage.zoo.build import MANIFEST, SPEC_FILE, ModelRecord, Zoo, build, task_arrays
 from jaxlineage.zoo.ops import (
     OPERATIONS,
@@ -90,6 +99,7 @@ __all__ = [
     "Optimizer",
     "PerturbKind",
     "PruneScope",
+    "Role",
     "TrainParams",
     # building and reading
     "MANIFEST",

@@ -8,7 +8,7 @@ from typing import Any
 
 from jaxlineage.errors import JaxlineageError
 
-__all__ = ["DistillMode", "HeadMode", "Optimizer", "PerturbKind", "PruneScope", "TrainParams", "ZooError"]
+__all__ = ["DistillMode", "HeadMode", "Optimizer", "PerturbKind", "PruneScope", "Role", "TrainParams", "ZooError"]
 
 log = logging.getLogger("jaxlineage.zoo")
 PyTree = Any
@@ -51,6 +51,19 @@ class DistillMode(enum.Enum):
 
     SOFT = "soft"  #: KL at temperature T (weight alpha, times T^2) + CE on the teacher's argmax (weight 1 - alpha)
     LABEL = "label"  #: CE on the teacher's argmax only (label-only model extraction)
+
+
+class Role(enum.Enum):
+    """The classic zoo's roles (:class:`~jaxlineage.zoo.ZooSpec`), as :attr:`ModelRecord.role` stores them.
+
+    A graph spec's groups may carry any role name (default: the group's name); these are the ones the
+    classic zoo, its views (``Zoo.parents`` ...) and the evaluation layer's defaults use.
+    """
+
+    PARENT = "parent"  #: trained from scratch on the parent task; the candidates of Neural Lineage's question
+    CHILD = "child"  #: fine-tuned from a parent on a child task
+    GRANDCHILD = "grandchild"  #: fine-tuned from a child (second generation)
+    INDEPENDENT = "independent"  #: trained from scratch on a child task; related to no parent
 
 
 class PerturbKind(enum.Enum):

@@ -31,7 +31,7 @@ from jaxlineage import graph as graph_lib
 from jaxlineage import nets
 from jaxlineage.zoo import ops as ops_lib
 from jaxlineage.zoo import storage, training
-from jaxlineage.zoo._base import PyTree, ZooError, log
+from jaxlineage.zoo._base import PyTree, Role, ZooError, enum_value, log
 from jaxlineage.zoo.spec import GraphSpec, Group, Task, ZooSpec, point_suffix, spec_from_json
 
 __all__ = ["MANIFEST", "SPEC_FILE", "ModelRecord", "Zoo", "build", "task_arrays"]
@@ -144,24 +144,25 @@ class Zoo:
 
     # ------------------------------------------------------------------ selection
 
-    def _role(self, role, task=None):
+    def _role(self, role: Role | str, task=None):
+        role = enum_value(role)
         return [r for r in self.records if r.role == role and r.kept and (task is None or r.task == task)]
 
     @property
     def parents(self) -> list[ModelRecord]:
-        return self._role("parent")
+        return self._role(Role.PARENT)
 
     @property
     def children(self) -> list[ModelRecord]:
-        return self._role("child")
+        return self._role(Role.CHILD)
 
     @property
     def independents(self) -> list[ModelRecord]:
-        return self._role("independent")
+        return self._role(Role.INDEPENDENT)
 
     @property
     def grandchildren(self) -> list[ModelRecord]:
-        return self._role("grandchild")
+        return self._role(Role.GRANDCHILD)
 
     @property
     def groups(self) -> tuple[Group, ...]:
@@ -179,12 +180,16 @@ class Zoo:
         op: str | None = None,
         kind: str | None = None,
         task: str | None = None,
-        arch: str | None = None,
+        arch: nets.Arch | str | None = None,
         tag: str | None = None,
-        role: str | None = None,
+        role: Role | str | None = None,
         kept: bool | None = True,
     ) -> list[ModelRecord]:
-        """Models matching every given filter (``tag``: the group carries that tag), in build order."""
+        """Models matching every given filter (``tag``: the group carries that tag), in build order.
+
+        ``arch`` takes a :class:`jaxlineage.nets.Arch` or a name, ``role`` a :class:`Role` or a name.
+        """
+        arch, role = enum_value(arch), enum_value(role)
         groups = {group} if isinstance(group, str) else (set(group) if group is not None else None)
         tagged = None if tag is None else {g.name for g in self.groups if tag in g.tags}
         return [
@@ -214,10 +219,10 @@ class Zoo:
     def summary(self) -> dict[str, dict[str, float]]:
         """Per classic role (kept models only): count and min / mean / max test accuracy."""
         out = {}
-        for role in ("parent", "child", "grandchild", "independent"):
+        for role in (Role.PARENT, Role.CHILD, Role.GRANDCHILD, Role.INDEPENDENT):
             accs = [r.test_acc for r in self._role(role)]
             if accs:
-                out[role] = {"n": len(accs), "min": min(accs), "mean": float(np.mean(accs)), "max": max(accs)}
+                out[role.value] = {"n": len(accs), "min": min(accs), "mean": float(np.mean(accs)), "max": max(accs)}
         return out
 
     def group_summary(self) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from typing import Any
 from jaxlineage import data as data_lib
 from jaxlineage import nets
 from jaxlineage.zoo import ops as ops_lib
-from jaxlineage.zoo._base import HeadMode, ZooError, enum_value
+from jaxlineage.zoo._base import HeadMode, Role, ZooError, enum_value
 
 __all__ = ["GraphSpec", "Grid", "Group", "Task", "ZooSpec", "spec_from_json"]
 
@@ -154,7 +154,9 @@ class Group:
       floor: keep models with test accuracy ``>= floor``.
       prefix: model ids are ``[<source id>__]<prefix><task>-<varying hyper-parameters>``
         (default ``"<name>-"``).
-      role: the classic role name for :attr:`ModelRecord.role` (default: ``name``).
+      role: the classic role (a :class:`~jaxlineage.zoo.Role` or any name) for
+        :attr:`ModelRecord.role` (default: ``name``); stored by value. ``arch`` likewise takes a
+        :class:`jaxlineage.nets.Arch` or a registered name.
       kind: derivation kind for evaluation tables (default: ``op``), e.g. ``"extract_l"``.
       tags: free labels, e.g. ``("positive",)``, ``("pool",)``.
     """
@@ -163,17 +165,19 @@ class Group:
     op: str
     source: str | None = None
     task: str | None = None
-    arch: str | None = None
+    arch: nets.Arch | str | None = None
     arch_kwargs: tuple[tuple[str, Any], ...] = ()
     grid: tuple[tuple[str, tuple], ...] = ()
     top_k: int | None = None
     floor: float | None = None
     prefix: str | None = None
-    role: str | None = None
+    role: Role | str | None = None
     kind: str | None = None
     tags: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "arch", enum_value(self.arch))
+        object.__setattr__(self, "role", enum_value(self.role))
         object.__setattr__(self, "grid", _norm_axes(self.grid))
         kw = self.arch_kwargs.items() if isinstance(self.arch_kwargs, Mapping) else self.arch_kwargs
         object.__setattr__(self, "arch_kwargs", tuple((str(k), _norm_value(v)) for k, v in kw))
@@ -424,7 +428,7 @@ class GraphSpec:
         """Tasks of the groups with role ``child`` (the classic zoos' children), in order."""
         out = []
         for g in self.groups:
-            if g.role_name == "child":
+            if g.role_name == Role.CHILD.value:
                 t = self.task_of(g.name)
                 if t not in out:
                     out.append(t)
@@ -471,7 +475,8 @@ class ZooSpec:
 
     Attributes:
       name: a label (``"quick"``, ``"paper_fc"``).
-      arch: ``"mlp"``, ``"convnet"`` or ``"resnet18"``; ``arch_kwargs`` go to :func:`nets.make`.
+      arch: a :class:`jaxlineage.nets.Arch` (or its name, ``"mlp"``, ``"convnet"``, ``"resnet18"``);
+        stored by name. ``arch_kwargs`` go to :func:`nets.make`.
       parent_task, child_tasks: the parents' task and the children's task(s).
       parents: grid for parent candidates (group ``parent``); the best ``top_k`` by test accuracy are kept.
       children: fine-tuning grid (fresh head, Adam), applied to every kept parent and child task
@@ -485,7 +490,7 @@ class ZooSpec:
     """
 
     name: str
-    arch: str = "mlp"
+    arch: nets.Arch | str = nets.Arch.MLP
     arch_kwargs: tuple[tuple[str, Any], ...] = ()
     parent_task: Task = Task("A", "embedded", data_lib.TASK_A)
     child_tasks: tuple[Task, ...] = (Task("B", "embedded", data_lib.TASK_B),)
@@ -500,6 +505,7 @@ class ZooSpec:
     seed: int = 0
 
     def __post_init__(self):
+        object.__setattr__(self, "arch", enum_value(self.arch))
         if self.arch not in nets.ARCHITECTURES:
             raise ZooError(f"unknown arch {self.arch!r}; known: {sorted(nets.ARCHITECTURES)}")
         if not self.child_tasks:
@@ -554,7 +560,7 @@ class ZooSpec:
                     grid=self.children.axes(),
                     floor=self.child_floor,
                     prefix="c-",
-                    role="child",
+                    role=Role.CHILD,
                     kind="finetune_transfer",
                     tags=("classic",),
                 )
@@ -569,7 +575,7 @@ class ZooSpec:
                         grid=self.grandchildren.axes() + (("head", (HeadMode.KEEP.value,)),),
                         floor=self.child_floor,
                         prefix="g-",
-                        role="grandchild",
+                        role=Role.GRANDCHILD,
                         kind="finetune",
                         tags=("classic",),
                     )
@@ -583,7 +589,7 @@ class ZooSpec:
                     arch_kwargs=self.arch_kwargs,
                     grid=self.independents.axes(),
                     prefix="ind-",
-                    role="independent",
+                    role=Role.INDEPENDENT,
                     tags=("classic",),
                 )
             )
