@@ -36,3 +36,14 @@ def tiny_zoo(tmp_path_factory):
     from jaxlineage import zoo
 
     return zoo.build(zoo.TINY, tmp_path_factory.mktemp("tiny_zoo"), progress=False)
+
+
+#: Fixtures that build a zoo of their own or run the bench end to end (a minute or more each on the
+#: 2-core machine): the tests that use them belong to the slow tier.
+SLOW_FIXTURES = frozenset({"ops_zoo", "tiny_run"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -11,7 +11,7 @@ from jaxlineage import nets
     [
         (nets.mlp(5), {"relu1": 1024, "relu2": 256, "relu3": 128, "logits": 5}),
         (nets.convnet(7), {"conv1": 28 * 28 * 32, "conv2": 14 * 14 * 64, "fc1": 128, "logits": 7}),
-        (
+        pytest.param(
             nets.resnet18(3, width=0.125),
             {
                 "stem": 32 * 32 * 8,
@@ -22,6 +22,7 @@ from jaxlineage import nets
                 "pool": 64,
                 "logits": 3,
             },
+            marks=pytest.mark.slow,
         ),
     ],
     ids=["mlp", "convnet", "resnet18"],

@@ -33,7 +33,9 @@ def _model(arch):
     return net, _randomise(jax.jit(net.init)(jax.random.key(0)), jax.random.key(1))
 
 
-@pytest.mark.parametrize("arch", sorted(NETS))
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a == "resnet18" else a for a in sorted(NETS)]
+)
 def test_permutation_keeps_function_changes_weights(arch):
     net, v = _model(arch)
     spec = permutations.permutation_spec(net, v)
@@ -49,6 +51,7 @@ def test_permutation_keeps_function_changes_weights(arch):
             assert leaf.shape[ax.axis] == units * ax.tile
 
 
+@pytest.mark.slow
 def test_resnet18_spec_shape():
     net = NETS["resnet18"]()
     spec = permutations.permutation_spec(net, net.init(jax.random.key(0)))
