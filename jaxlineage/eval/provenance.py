@@ -61,15 +61,15 @@ from jaxlineage.eval.methods import Field, ModelGiFScorer
 
 __all__ = [
     "ATTACKS",
+    "ATTACK_FOLDS",
     "BACKBONE_TAPS",
     "attack_masks",
     "attack_of",
-    "ATTACK_FOLDS",
     "attack_table",
     "cells",
     "learned_cells",
-    "null_calibration",
     "modelgif_sweep",
+    "null_calibration",
     "score_matrix",
 ]
 
