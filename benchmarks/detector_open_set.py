@@ -1,8 +1,8 @@
 """Why the Lineage Detector's own open-set answer is "no parent" for every query (issue 16), as JSON lines.
 
     python -m jaxlineage.zoo --spec quick --workdir /tmp/pv_quick
-    PYTHONPATH=. python benchmarks/detector_open_set.py --quick /tmp/pv_quick                  # 3 folds, ~3 min at load 2-3
-    PYTHONPATH=. python benchmarks/detector_open_set.py --epochs 100 --only-fold 0              # ~12 min at load 4-5
+    PYTHONPATH=. python benchmarks/detector_open_set.py --quick /tmp/pv_quick       # 3 folds, ~3 min at load 2-3
+    PYTHONPATH=. python benchmarks/detector_open_set.py --epochs 100 --only-fold 0   # ~12 min at load 4-5
 
 The open-set scenario of ``benchmarks/pvalues.py openset`` (quick, parents 0, 1 and 6
 withheld: 30 known queries, 20 unrelated to every candidate, 6 shared-init children left
