@@ -88,6 +88,7 @@ def test_entry_point_tiny_end_to_end(tiny_run):
         "modelgif",
         "provenance_auc",
         "provenance_tpr@1%fpr",
+        "provenance_calibration",
         "provenance_modelgif",
         "timing",
     ]
@@ -156,7 +157,9 @@ def test_provenance_section_every_scorer_against_every_attack(tiny_run):
     assert st["status"] == "ok" and st["zoo"]["spec_name"] == "provenance_tiny"
     prov = st["result"]
     attacks = [a for a, _ in prov["attacks"]]
-    assert attacks == [a for a, _ in __import__("jaxlineage.eval.provenance", fromlist=["x"]).ATTACKS]
+    from jaxlineage.eval import provenance
+
+    assert attacks == [a for a, _ in provenance.ATTACKS]
     rows = {r["name"]: r["cells"] for r in prov["rows"]}
     assert {
         "weight L2",
@@ -181,6 +184,16 @@ def test_provenance_section_every_scorer_against_every_attack(tiny_run):
             assert c["mean"] == (None if want is None else want["auc"])
     assert {"provenance_heatmap.png", "provenance_modelgif_auc_vs_refs.png"} <= set(results["plots"])
     assert sorted(int(n) for n in prov["modelgif_sweep"]["logits field"]) == [2, 4, 8]
+    # Model DNA with and without the generator, each cell from the fit on the other attack fold.
+    assert {"Model DNA (generator)", "Model DNA (no generator)"} <= set(rows) and not prov["slots"]
+    for folds in prov["dna_folds"].values():
+        assert [f["fit_attacks"] for f in folds] == [list(g) for g in provenance.ATTACK_FOLDS]
+        for f in folds:
+            assert f["n_fit"] == len(f["fit_ids"]) > 0 and f["n_fit"] + f["n_scored"] == prov["scenario"]["queries"]
+    # Calibration rows and the QQ plot of conformal p-values of unrelated pairs.
+    cal = prov["calibration"]
+    assert cal["rows"]["output KL"][0]["alpha"] == 0.01 and cal["rows"]["output KL"][0]["n"] > 0
+    assert "provenance_pvalues_qq.png" in results["plots"]
 
 
 def test_tables_show_what_the_stages_returned(tiny_zoo, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from jaxlineage.eval.core import (
     Question,
     Result,
     Scenario,
+    Scorer,
     ScorerError,
 )
 
@@ -447,3 +448,70 @@ def test_provenance_cells_leave_unreadable_pairs_out_and_say_n_a():
     assert provenance.cells(np.array([[np.nan, 0.0, 1.0, 0.0]]), masks) == {"a": None, "b": None}
     info = {"kind": "prune", "hparams": {"sparsity": 0.6}}
     assert provenance.attack_of(info) == "prune_60" and provenance.attack_of({"kind": "permute"}) == "permute"
+
+
+class _SpyLearned(Scorer):
+    """A learned scorer that records what it was fitted on; scores = a fixed per-pair table."""
+
+    learned = True
+    name = "spy"
+
+    def __init__(self, table, log):
+        self.table, self.log = table, log
+
+    def fit(self, train, *, key):
+        del key
+        self.log.append(set(train.queries.ids))
+        return self
+
+    def score_block(self, candidates, queries, *, probe):
+        del probe
+        return np.array([[self.table[c, q] for q in queries.ids] for c in candidates.ids])
+
+
+def test_provenance_learned_cells_fit_on_one_attack_fold_and_score_the_other():
+    """Every cell of a learned scorer comes from a fit that saw none of the cell's queries."""
+    from jaxlineage.eval import provenance
+
+    kinds = ["finetune_all", "finetune_head", "permute", "finetune_all", "finetune_head", "permute", "independent"]
+    src = [0, 0, 0, None, None, None, None]  # the first three derive from source 0; the rest are negatives
+    keys = jax.random.split(jax.random.key(0), len(kinds) + 1)
+    ids = [f"q{i}" for i in range(len(kinds))]
+    queries = ModelSet(
+        (
+            dataclasses.replace(
+                _pop("q", [_init(k) for k in keys[:-1]]), info={i: {"kind": k} for i, k in zip(ids, kinds)}
+            ),
+        )
+    )
+    related = np.array([[s == 0 for s in src]])
+    scen = Scenario(
+        name="toy-provenance",
+        question=Question.VERIFY,
+        candidates=ModelSet((_pop("s", [_init(keys[-1])]),)),
+        queries=queries,
+        labels=np.full(len(kinds), NO_PARENT),
+        related=related,
+        kinds=tuple(kinds),
+        split_keys=tuple(ids),
+        probe=np.zeros((N, DIN)),
+    )
+    rng = np.random.default_rng(0)
+    table = {("s0", q): float(r) + 0.1 * rng.normal() for q, r in zip(ids, related[0])}
+    log = []
+    got, folds = provenance.learned_cells(scen, _SpyLearned(table, log), key=jax.random.key(0))
+    fold_of = {a: f for f, group in enumerate(provenance.ATTACK_FOLDS) for a in group}
+    assert len(log) == 2 and "q6" not in log[0] | log[1]  # the independent is never fitted on
+    for f, seen in enumerate(log):
+        assert seen == {q for q, k in zip(ids, kinds) if fold_of.get(k) == f}
+        assert folds[f]["n_fit"] == len(seen) and set(folds[f]["fit_ids"]) == seen
+    assert set(got) == {"finetune_all", "finetune_head", "permute"}
+    for c in got.values():
+        assert c["auc"] == 1.0 and c["n_pos"] == 1 and c["n_neg"] == 2  # its own negative + the independent
+    # Conformal p-values of unrelated pairs against unrelated pairs of other queries.
+    null_scores = {"spy": np.array([[table["s0", q] for q in ids]]), "none": np.full((1, len(ids)), np.nan)}
+    cal = provenance.null_calibration(scen, null_scores, key=jax.random.key(1))
+    assert sum(cal["n_queries"]) == 4 and set(cal["rows"]) == {"spy"}  # 4 unrelated queries; NaN rows left out
+    assert [r["alpha"] for r in cal["rows"]["spy"]] == [0.01, 0.05, 0.1]
+    assert cal["rows"]["spy"][0]["n"] == 2 and cal["rows"]["spy"][0]["n_calibration"] == 2
+    assert np.all((cal["pvalues"]["spy"] > 0) & (cal["pvalues"]["spy"] <= 1))

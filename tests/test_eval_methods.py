@@ -8,6 +8,7 @@ little and the candidates are unrelated random inits.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -266,7 +267,25 @@ def test_detector_open_set_gets_the_no_parent_logit(toy):
     assert scorer.detector.module.no_parent
     logits = scorer.logits(open_train.candidates, toy["test"].queries, probe=toy["probe"])
     assert logits.shape == (len(toy["test"].queries), 3)  # 2 candidates + "no parent"
-    assert scorer.score(open_train.candidates, toy["test"].queries, probe=toy["probe"]).shape == (2, 6)
+    scores = scorer.score(open_train.candidates, toy["test"].queries, probe=toy["probe"])
+    assert scores.shape == (2, 6)
+    # decide is the detector's own argmax over the K + 1 logits (index K = "no parent").
+    want = np.argmax(logits, axis=1)
+    np.testing.assert_array_equal(scorer.decide(scores), np.where(want == 2, NO_PARENT, want))
+
+
+def test_detector_decide_compares_with_the_constant_no_parent_logit():
+    """The "no parent" logit is the head on the learned token: one constant v.u + b for every query."""
+    u, v, b = np.array([1.0, -2.0]), np.array([[0.5], [0.25]]), np.array([0.1])  # v.u + b = 0.1
+    det = detector.Detector(
+        module=detector.LineageDetector(embed_dim=2, no_parent=True),
+        variables={"params": {"no_parent_token": u, "head": {"kernel": v, "bias": b}}},
+    )
+    scores = np.array([[0.3, -1.0, 0.05, np.nan], [0.2, 0.4, 0.0, -5.0]])  # [K=2, M=4]
+    got = methods.DetectorScorer(detector=det).decide(scores)
+    np.testing.assert_array_equal(got, [0, 1, NO_PARENT, NO_PARENT])
+    closed = dataclasses.replace(det, module=detector.LineageDetector(embed_dim=2))
+    assert methods.DetectorScorer(detector=closed).decide(scores) is None
 
 
 def test_detector_fit_splits_validation_by_split_key(toy):

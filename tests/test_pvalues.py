@@ -6,7 +6,7 @@ import pytest
 
 from jaxlineage import nets, permutations
 from jaxlineage.eval import pvalues as pv
-from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scorer
+from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scorer, ScorerError
 
 NET = nets.mlp(3, features=(16, 8), input_shape=(12,))
 
@@ -185,3 +185,29 @@ def test_open_set_scenario_reads_relations_from_the_graph(twin_zoo):
     assert list(s.labels[np.array(s.kinds) == "no_parent"]) == [NO_PARENT] * 3
     with pytest.raises(pv.PValueError, match="'nope'"):
         pv.open_set_scenario(z, withheld=["nope"], probe_size=16)
+
+
+def test_identify_open_set_says_no_parent_only_for_queries_unrelated_to_every_candidate(twin_zoo):
+    from jaxlineage.eval import scenarios
+
+    z = twin_zoo
+    parents = {(r.hparams["init_seed"], r.hparams["seed"]): r.id for r in z.group("parent")}
+    # Parent (1, 0) is withheld; its init twin (1, 1) stays a candidate, so (1, 0)'s child is related to it.
+    withheld = [parents[1, 0]]
+    s = scenarios.identify(z, queries=("child", "independent"), open_set=True, withheld=withheld, probe_size=16)
+    twin_child = z.graph.children(parents[1, 0])[0]
+    assert twin_child not in s.queries.ids
+    assert set(s.candidates.ids) == {parents[0, 0], parents[0, 1], parents[1, 1]}
+    no_parent = [q for q, lab in zip(s.queries.ids, s.labels) if lab == NO_PARENT]
+    assert no_parent == [r.id for r in z.group("independent")]
+    for q, lab in zip(s.queries.ids, s.labels):
+        if lab != NO_PARENT:
+            assert s.candidates.ids[lab] == z.graph.parent(q)
+    os_ = scenarios.open_set(z, withheld=withheld, probe_size=16)
+    assert os_.related_withheld == (twin_child,) and os_.relations[twin_child] == {parents[1, 1]: "shared_init"}
+    assert os_.scenario.queries.ids == s.queries.ids
+    # The p-value module's open set is this one.
+    pv_s = pv.open_set_scenario(z, withheld=withheld, probe_size=16).scenario
+    assert pv_s.queries.ids == s.queries.ids and list(pv_s.labels) == list(s.labels)
+    with pytest.raises(ScorerError, match="'nope'"):
+        scenarios.identify(z, open_set=True, withheld=["nope"], probe_size=16)

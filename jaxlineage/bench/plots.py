@@ -5,7 +5,11 @@
 * ``fig3b_similarity_change.png``: the change of similarity from the plain score, true vs false
   parents (Fig. 3b);
 * ``accuracy_vs_alpha.png``: learning-free accuracy against the step size alpha;
-* ``modelgif_auc_vs_refs.png``: ModelGiF AUC against the number of reference points.
+* ``modelgif_auc_vs_refs.png``: ModelGiF AUC against the number of reference points;
+* ``provenance_heatmap.png``, ``provenance_modelgif_auc_vs_refs.png``: the provenance section's
+  method x attack AUC and ModelGiF's AUC by reference count;
+* ``provenance_pvalues_qq.png``: QQ plot of the provenance section's conformal p-values of
+  unrelated pairs against the uniform (:func:`jaxlineage.eval.pvalues.qq_plot`).
 
 Each figure is drawn only from numbers the run computed; a figure whose data a
 stage did not produce is skipped.
@@ -29,6 +33,7 @@ __all__ = [
     "modelgif_auc",
     "provenance_heatmap",
     "provenance_modelgif_refs",
+    "provenance_qq",
 ]
 
 log = logging.getLogger("jaxlineage.bench")
@@ -54,7 +59,15 @@ def draw_all(results: dict, out: str | pathlib.Path) -> list[str]:
     plt = _plt()
     out = pathlib.Path(out)
     files = []
-    for fn in (fig3a, fig3b, accuracy_vs_alpha, modelgif_auc, provenance_heatmap, provenance_modelgif_refs):
+    for fn in (
+        fig3a,
+        fig3b,
+        accuracy_vs_alpha,
+        modelgif_auc,
+        provenance_heatmap,
+        provenance_modelgif_refs,
+        provenance_qq,
+    ):
         try:
             name = fn(results["stages"], out, plt)
         except Exception as e:  # noqa: BLE001 - a figure must not cost the tables
@@ -297,4 +310,23 @@ def provenance_modelgif_refs(stages, out, plt) -> str | None:
     fig.tight_layout()
     name = "provenance_modelgif_auc_vs_refs.png"
     fig.savefig(out / name, dpi=110)
+    return name
+
+
+def provenance_qq(stages, out, plt) -> str | None:
+    """QQ plot against the uniform of the conformal p-values of unrelated pairs (the provenance section's scorers)."""
+    del plt  # qq_plot draws its own figure
+    prov = report._ok(stages, "provenance")
+    cal = (prov or {}).get("calibration") or {}
+    if not cal.get("pvalues"):
+        return None
+    from jaxlineage.eval import pvalues
+
+    n_cal, n_test = cal["n_queries"]
+    name = "provenance_pvalues_qq.png"
+    pvalues.qq_plot(
+        cal["pvalues"],
+        str(out / name),
+        title=f"Unrelated pairs, conformal p-values\n({n_test} test vs {n_cal} calibration queries)",
+    )
     return name

@@ -362,6 +362,13 @@ def provenance_tables(stages: dict) -> list[dict]:
             f" alpha {sc['alpha']}; ModelGiF: {sc['modelgif_steps']} nodes, references a seeded draw from the"
             " probe."
         ]
+        if any(r.get("method") == "model_dna" for r in prov["rows"]):
+            notes.append(
+                f"Model DNA: logits fragments on the probe, {sc.get('dna_steps')} training steps per source;"
+                " fitted on the queries of one attack fold (alternate columns; positives = the sources'"
+                " derivations, negatives = the same attacks on the independents) and scored on the other fold's"
+                " queries and the independents / scratch models, which no fit sees (eval.provenance.learned_cells)."
+            )
         notes += [f"{s['name']}: {s['why']}." for s in prov.get("slots", [])]
         out.append(
             table(
@@ -372,6 +379,35 @@ def provenance_tables(stages: dict) -> list[dict]:
                 rows,
                 decimals=2,
                 notes=notes,
+            )
+        )
+    cal = prov.get("calibration") or {}
+    if cal.get("rows"):
+        first = next(iter(cal["rows"].values()))
+        alphas = [r["alpha"] for r in first]
+        rows = [
+            {
+                "label": [name, str(rs[0]["n"]), str(rs[0]["n_calibration"])],
+                "cells": [cell(100 * r["rate"]) for r in rs] + [cell(100 * r["margin"]) for r in rs],
+            }
+            for name, rs in cal["rows"].items()
+        ]
+        n_cal, n_test = cal["n_queries"]
+        out.append(
+            table(
+                "provenance_calibration",
+                "Provenance: calibration of conformal p-values on unrelated pairs (% with p <= alpha)",
+                ["scorer", "test pairs", "calibration pairs"],
+                [f"p <= {a:g}" for a in alphas] + [f"margin at {a:g}" for a in alphas],
+                rows,
+                decimals=1,
+                notes=[
+                    "Pairs (source, query) that the lineage graph calls unrelated; their queries split at random"
+                    f" into {n_cal} calibration and {n_test} test models (no query in both). Valid: the rate is"
+                    " at most alpha + margin (binomial 95 %; optimistic, since pairs share the sources). Fewer"
+                    " than the 500 pairs of issue 16; the 500-pair calibration is benchmarks/pvalues.py"
+                    " calibration. QQ plot: provenance_pvalues_qq.png."
+                ],
             )
         )
     sweep = prov.get("modelgif_sweep", {})

@@ -528,7 +528,7 @@ def provenance(
     alpha: float = 1e-3,
     modelgif_refs: Sequence[int] = (8, 16, 32, 64, 128, 256),
     modelgif_steps: int = 20,
-    dna: Any = None,
+    dna_steps: int | None = 300,
 ) -> dict:
     """Every scorer against every attack on a ``PROVENANCE_QUICK``-style zoo (SAC / ModelGiF's benchmark).
 
@@ -539,8 +539,12 @@ def provenance(
     cosine, output agreement / KL, the learning-free ``metrics`` in every mode at
     the default backbone tap with a fixed ``alpha`` (no selection: nothing is
     tuned on the evaluated models), ModelGiF's logits and backbone fields at
-    ``max(modelgif_refs)`` references (plus the AUC by reference count), and a
-    slot for Model DNA.
+    ``max(modelgif_refs)`` references (plus the AUC by reference count), and
+    Model DNA with and without the generator (logits fragments, ``D_s`` = the
+    probe), fitted on one attack fold and scored on the other
+    (:func:`jaxlineage.eval.provenance.learned_cells`). Calibration: conformal
+    p-values of unrelated pairs against unrelated pairs of disjoint queries for
+    every fixed row (:func:`jaxlineage.eval.provenance.null_calibration`).
 
     Args:
       zoo: the built provenance zoo.
@@ -550,11 +554,12 @@ def provenance(
       alpha: the first-order / linearised step size (the library's default grid's first value).
       modelgif_refs: reference counts of the sweep (prefixes of one draw).
       modelgif_steps: Gauss-Legendre nodes per reference (paper 50).
-      dna: reserved for the Model DNA rows (the ``dna`` branch's scorer); ``None`` leaves the slot.
+      dna_steps: Model DNA's training steps per source and fold (:class:`jaxlineage.mgmp.Config`
+        ``num_steps``); ``None`` leaves its rows out (a slot).
 
     Returns:
       ``{"scenario", "attacks" [(id, label)], "rows" [{"name", "method", "cells", "wall_s"}],
-      "modelgif_sweep" {field: {n_refs: cells}}, "slots" [{"name", "why"}]}``.
+      "modelgif_sweep" {field: {n_refs: cells}}, "dna_folds" [...], "calibration", "slots" [{"name", "why"}]}``.
     """
     from jaxlineage.eval import provenance as prov
     from jaxlineage.eval import scenarios, scorers
@@ -569,10 +574,11 @@ def provenance(
         np.shape(scen.probe),
         time.time() - t0,
     )
-    rows = []
+    rows, fixed = [], {}
 
     def add(name, method, scores, t):
         rows.append({"name": name, "method": method, "cells": prov.cells(scores, masks), "wall_s": time.time() - t})
+        fixed[name] = scores
         log.info("provenance: %s in %.1fs", name, time.time() - t)
 
     for label, s in (
@@ -596,15 +602,33 @@ def provenance(
         d = prov.modelgif_sweep(scen, backbone=backbone, n_refs=n_max, steps=modelgif_steps, key=jax.random.key(seed))
         sweep[field] = {int(r): prov.cells(-d[..., :r].mean(-1), masks) for r in modelgif_refs}
         add(f"ModelGiF {field} ({n_max} refs)", "modelgif", -d.mean(-1), t)
-    slots = []
-    if dna is None:
+    slots, dna_folds = [], {}
+    if dna_steps is None:
         slots.append(
             {
                 "name": "Model DNA (with / without generator)",
-                "why": "not in this table yet (fitting ModelDNAScorer per source does not fit the bench's"
-                " budget); Model DNA runs on its own protocol in the dna section",
+                "why": "left out (dna_steps=None); Model DNA runs on its own protocol in the dna section",
             }
         )
+    else:
+        from jaxlineage import mgmp
+        from jaxlineage.eval.methods import ModelDNAScorer
+
+        for label, gen in (
+            ("Model DNA (generator)", mgmp.Generator.MLP),
+            ("Model DNA (no generator)", mgmp.Generator.NONE),
+        ):
+            t = time.time()
+            # Mini-batches of DNA inputs are drawn from the probe: at most its size (the tiny preset's 64).
+            batch = min(mgmp.Config().batch_size, len(scen.probe))
+            scorer = ModelDNAScorer(config=mgmp.Config(num_steps=dna_steps, generator=gen, batch_size=batch))
+            cells_, folds = prov.learned_cells(scen, scorer, key=jax.random.key(seed))
+            rows.append({"name": label, "method": "model_dna", "cells": cells_, "wall_s": time.time() - t})
+            dna_folds[label] = folds
+            log.info("provenance: %s in %.1fs", label, time.time() - t)
+    t = time.time()
+    calibration = prov.null_calibration(scen, fixed, key=jax.random.fold_in(jax.random.key(seed), 1))
+    log.info("provenance: null calibration of %d rows in %.1fs", len(calibration["rows"]), time.time() - t)
     return to_json(
         {
             "scenario": {
@@ -616,11 +640,14 @@ def provenance(
                 "modelgif_steps": modelgif_steps,
                 "modelgif_refs": list(modelgif_refs),
                 "seed": seed,
+                "dna_steps": dna_steps,
                 "pairs": {a: {"pos": int(p.sum()), "neg": int(n.sum())} for a, (p, n) in masks.items()},
             },
             "attacks": [list(a) for a in prov.ATTACKS if a[0] in masks],
             "rows": rows,
             "modelgif_sweep": sweep,
+            "dna_folds": dna_folds,
+            "calibration": calibration,
             "slots": slots,
         }
     )

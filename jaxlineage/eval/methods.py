@@ -368,6 +368,25 @@ class DetectorScorer(Scorer):
         ex = self.examples(candidates, queries, probe=probe, open_set=det.module.no_parent)
         return detector_lib.predict_logits(det, ex, chunk=self.eval_chunk)
 
+    def decide(self, scores: np.ndarray) -> np.ndarray | None:
+        """The open-set detector's own answer from its ``[K, M]`` candidate logits: argmax over ``K + 1`` logits.
+
+        The "no parent" logit is :math:`v^\\top u + b`: the head applied to the learned
+        token ``u``, which is appended *after* the per-query standardisation, so it is
+        one constant for every query. A query is :data:`NO_PARENT` when no candidate
+        logit exceeds it. ``None`` (closed-set figures only) for a detector trained
+        without the "no parent" logit.
+        """
+        det = self._fitted()
+        if not det.module.no_parent:
+            return None
+        params = det.variables["params"]
+        head = params["head"]
+        no_parent = float(jnp.dot(params["no_parent_token"], head["kernel"][:, 0]) + head["bias"][0])
+        s = np.asarray(scores, np.float64)
+        best = np.nan_to_num(s, nan=-np.inf)
+        return np.where(best.max(axis=0) > no_parent, best.argmax(axis=0), NO_PARENT)
+
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
         k = len(candidates)
         return self.logits(candidates, queries, probe=probe)[:, :k].T

@@ -23,6 +23,18 @@ ModelGiF's references are a seeded draw from the scenario's probe (the
 defender's own training data), never chosen by looking at an evaluated model;
 smaller reference counts are prefixes of one draw (:func:`modelgif_sweep`).
 
+Learned scorers (Model DNA) need training pairs, and the SAC / ModelGiF
+protocol has none: every derived model is evaluated. :func:`learned_cells`
+cuts them from the graph by attack, the analogue of Model DNA's unseen tasks
+(:data:`ATTACK_FOLDS`): the attacks alternate between two folds in
+:data:`ATTACKS` order; fold ``f``'s scorer is fitted on the queries made by
+fold ``f``'s attacks (positives: the sources' derivations, negatives: the same
+attacks on the independents) and scores every other query: the other fold's
+attacks and the base negatives (independents, scratch transfer models), which
+no fit sees. A cell of attack ``a`` uses only the scorer that did not see
+``a``, so every pair of a cell is one fit's, and no evaluated query was seen in
+that fit.
+
 Example::
 
     from jaxlineage import zoo
@@ -34,6 +46,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,18 +55,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlineage import modelgif as modelgif_lib
-from jaxlineage.eval import metrics
+from jaxlineage.eval import metrics, pvalues
 from jaxlineage.eval.core import Scenario, Scorer, ScorerError
 from jaxlineage.eval.methods import Field, ModelGiFScorer
 
 __all__ = [
     "ATTACKS",
+    "ATTACK_FOLDS",
     "BACKBONE_TAPS",
     "attack_masks",
     "attack_of",
     "attack_table",
     "cells",
+    "learned_cells",
     "modelgif_sweep",
+    "null_calibration",
     "score_matrix",
 ]
 
@@ -72,6 +88,9 @@ ATTACKS = (
     ("perturb_noise", "noise"),
     ("perturb_int8", "int8"),
 )
+
+#: The training folds of learned scorers (:func:`learned_cells`): the attacks alternate between two folds.
+ATTACK_FOLDS = (tuple(a for a, _ in ATTACKS[0::2]), tuple(a for a, _ in ATTACKS[1::2]))
 
 #: Negatives of every attack: models trained independently (SAC's irrelevant models); ``transfer``
 #: also gets the models trained from scratch on its task.
@@ -223,3 +242,109 @@ def attack_table(
     """``{row: {attack: cell or None}}`` for named ``[K, M]`` score matrices (see :func:`cells`)."""
     masks = attack_masks(scenario)
     return {name: cells(s, masks, fprs=fprs) for name, s in scores.items()}
+
+
+def learned_cells(
+    scenario: Scenario, scorer: Scorer, *, key: jax.Array, fprs: Sequence[float] = (0.01,)
+) -> tuple[dict[str, dict | None], list[dict]]:
+    """One cell per attack for a learned scorer, fitted on the other attack fold (see the module docstring).
+
+    For each fold ``f`` of :data:`ATTACK_FOLDS`: ``scorer.fit`` on the queries
+    whose attack is in fold ``f`` (key ``fold_in(key, f)``), then ``score`` of
+    every other query (``NaN`` where unreadable); the cells of the attacks
+    outside fold ``f`` come from those scores (:func:`cells`).
+
+    Args:
+      scenario: a :func:`jaxlineage.eval.scenarios.provenance` scenario.
+      scorer: a learned scorer (``fit(train, key=) -> fitted``).
+      key: the fits' key.
+      fprs: false positive rates of the TPR columns.
+
+    Returns:
+      ``(cells, folds)``: ``{attack: cell or None}`` as :func:`cells`, and per fold
+      ``{"fit_attacks", "n_fit", "n_scored", "fit_ids", "wall_s"}``.
+
+    Raises:
+      ScorerError: a fitted query is also scored (cannot happen by construction; checked).
+    """
+    masks = attack_masks(scenario)
+    attack = _attacks(scenario)
+    out, folds = {}, []
+    for f, group in enumerate(ATTACK_FOLDS):
+        t0 = time.time()
+        fit_idx = np.flatnonzero(np.isin(attack, group))
+        test_idx = np.flatnonzero(~np.isin(attack, group))
+        held = {a: m for a, m in masks.items() if a not in group}
+        seen = set(fit_idx)
+        for pos, neg in held.values():
+            if seen.intersection(np.flatnonzero((pos | neg).any(axis=0))):
+                raise ScorerError(f"{scorer.name}: fold {f} would score a query it was fitted on")
+        fitted = scorer.fit(scenario.take_queries(fit_idx), key=jax.random.fold_in(key, f))
+        scores = np.full(scenario.related.shape, np.nan)
+        scores[:, test_idx] = fitted.score(
+            scenario.candidates, scenario.queries.take(test_idx), probe=scenario.probe, unreadable="nan"
+        )
+        out.update(cells(scores, held, fprs=fprs))
+        folds.append(
+            {
+                "fit_attacks": list(group),
+                "n_fit": int(fit_idx.size),
+                "n_scored": int(test_idx.size),
+                "fit_ids": [scenario.queries.ids[i] for i in fit_idx],
+                "wall_s": time.time() - t0,
+            }
+        )
+    return {a: out[a] for a in masks}, folds
+
+
+def null_calibration(
+    scenario: Scenario,
+    scores: Mapping[str, np.ndarray],
+    *,
+    key: jax.Array,
+    alphas: Sequence[float] = (0.01, 0.05, 0.1),
+) -> dict:
+    """Conformal p-values of unrelated pairs against disjoint unrelated pairs, per scorer: a calibration check.
+
+    The null pairs are the (source, query) pairs that the graph calls
+    :attr:`~jaxlineage.graph.Relation.UNRELATED` (``~related`` without a graph).
+    Their *queries* are split at random (``key``) into a calibration half and a
+    test half, so the two sets of pairs share no query model; each test pair's
+    p-value is :func:`jaxlineage.eval.pvalues.conformal_pvalues` of its score
+    against the calibration pairs' scores of the same scorer. Under the null the
+    fraction with ``p <= alpha`` is at most ``alpha`` (up to the binomial margin,
+    :func:`jaxlineage.eval.pvalues.calibration_table`). Pairs share the few
+    sources, so they are not independent trials (the margin is optimistic).
+
+    Args:
+      scenario: a provenance scenario.
+      scores: ``{row name: [K, M] scores}`` (``NaN`` = unreadable, left out).
+      key: the split's key.
+      alphas: levels of the calibration rows.
+
+    Returns:
+      ``{"n_queries": (calibration, test), "rows": {name: calibration_table rows},
+      "pvalues": {name: [n] test p-values}}``.
+    """
+    graph = scenario.graph
+    cands, queries = scenario.candidates.ids, scenario.queries.ids
+    if graph is not None:
+        null = np.array([[not graph.relation(c, q).is_related for q in queries] for c in cands], bool)
+    else:
+        null = ~np.asarray(scenario.related, bool)
+    cols = np.flatnonzero(null.any(axis=0))
+    order = np.asarray(jax.random.permutation(key, cols.size))
+    cal_cols, test_cols = np.sort(cols[order[: cols.size // 2]]), np.sort(cols[order[cols.size // 2 :]])
+    cal, test = np.zeros_like(null), np.zeros_like(null)
+    cal[:, cal_cols], test[:, test_cols] = null[:, cal_cols], null[:, test_cols]
+    rows, pv = {}, {}
+    for name, s in scores.items():
+        s = np.asarray(s, np.float64)
+        ok = np.isfinite(s)
+        if not (ok & cal).any() or not (ok & test).any():
+            continue
+        p = pvalues.conformal_pvalues(s[test & ok], s[cal & ok], name=name)
+        n_cal = int((ok & cal).sum())
+        rows[name] = [{**r, "n_calibration": n_cal} for r in pvalues.calibration_table(p, alphas=alphas)]
+        pv[name] = p
+    return {"n_queries": (int(cal_cols.size), int(test_cols.size)), "rows": rows, "pvalues": pv}

@@ -58,7 +58,8 @@ Three pieces, each usable alone:
   protocol's open-set figures.
 
 :func:`open_set_scenario` builds the open-set question on a zoo with what
-"related" means spelled out by :meth:`jaxlineage.graph.LineageGraph.relation`.
+"related" means spelled out by :meth:`jaxlineage.graph.LineageGraph.relation`
+(:func:`jaxlineage.eval.scenarios.identify` with ``open_set=True`` decides it).
 
 References:
   Zhu, Zhang, Hashimoto, Liang, "Independence Tests for Language Models",
@@ -86,7 +87,8 @@ from scipy.optimize import linear_sum_assignment
 
 from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import JaxlineageError, path_str
-from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Question, Scenario, Scorer
+from jaxlineage.eval import scenarios as scenarios_lib
+from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scenario, Scorer, ScorerError
 
 __all__ = [
     "CalibratedScorer",
@@ -746,23 +748,8 @@ class CalibratedScorer(Scorer):
 
 # --------------------------------------------------------------------------- open-set scenario
 
-
-class OpenSet(NamedTuple):
-    """An open-set identify scenario and the queries left out of it.
-
-    Attributes:
-      scenario: labels are the parent's index (parent a candidate) or
-        :data:`NO_PARENT` (query unrelated to every candidate); ``kinds`` are
-        ``"known"`` / ``"no_parent"``.
-      related_withheld: ids of queries whose parent is withheld but that are
-        related to some candidate (e.g. through a shared initialisation): neither
-        a known parent nor "no parent", so not scored as either.
-      relations: ``{query id: {candidate id: Relation value}}`` of the related_withheld ones.
-    """
-
-    scenario: Scenario
-    related_withheld: tuple[str, ...]
-    relations: dict
+#: The open-set scenario and the queries it leaves out (:class:`jaxlineage.eval.scenarios.OpenSet`).
+OpenSet = scenarios_lib.OpenSet
 
 
 def open_set_scenario(
@@ -777,12 +764,12 @@ def open_set_scenario(
 ) -> OpenSet:
     """Open-set identify on a zoo with some parents withheld, "related" decided by the lineage graph.
 
-    A query is *known* when its parent is a candidate (label: that index); it is
-    a *no parent* query when ``zoo.graph.relation(c, q)`` is
-    :attr:`~jaxlineage.graph.Relation.UNRELATED` for every candidate ``c``. A
-    child of a withheld parent that shares an initialisation with a candidate
-    (QUICK's parents come in init-twins) is related to it: it is neither, and
-    is listed in ``related_withheld`` instead of being scored.
+    :func:`jaxlineage.eval.scenarios.open_set` (the one implementation) with the
+    queries' ``kinds`` set to ``"known"`` (parent a candidate) / ``"no_parent"``
+    (``zoo.graph.relation(c, q)`` is :attr:`~jaxlineage.graph.Relation.UNRELATED`
+    for every candidate ``c``). A child of a withheld parent that shares an
+    initialisation with a candidate (QUICK's parents come in init-twins) is
+    related to it: it is neither, and is listed in ``related_withheld``.
 
     Args:
       zoo: a :class:`jaxlineage.zoo.Zoo`.
@@ -798,49 +785,18 @@ def open_set_scenario(
     Raises:
       PValueError: a withheld id is not a candidate, or no candidate is left.
     """
-    from jaxlineage.eval import scenarios
-
-    s = scenarios.identify(
-        zoo, candidates=candidates, queries=queries, task=task, open_set=True, probe_size=probe_size, name=name
-    )
-    withheld = list(withheld)
-    missing = [w for w in withheld if w not in s.candidates.ids]
-    if missing:
-        raise PValueError(f"open_set_scenario: withheld model {missing[0]!r} is not a candidate")
-    keep = [k for k, c in enumerate(s.candidates.ids) if c not in withheld]
-    if not keep:
-        raise PValueError("open_set_scenario: every candidate is withheld")
-    cands = s.candidates.take(keep)
-    graph = zoo.graph
-    labels, kinds, qidx, left, rel = [], [], [], [], {}
-    index = {c: k for k, c in enumerate(cands.ids)}
-    for m, q in enumerate(s.queries.ids):
-        parents = [index[p] for p in graph.parents(q) if p in index]
-        relations = {c: graph.relation(c, q) for c in cands.ids}
-        if parents:
-            labels.append(parents[0])
-            kinds.append("known")
-        elif not any(r.is_related for r in relations.values()):
-            labels.append(NO_PARENT)
-            kinds.append("no_parent")
-        else:
-            left.append(q)
-            rel[q] = {c: r.value for c, r in relations.items() if r.is_related}
-            continue
-        qidx.append(m)
-    qidx = np.asarray(qidx, int)
-    related = np.array([[graph.is_ancestor(c, s.queries.ids[i]) for i in qidx] for c in cands.ids], bool).reshape(
-        len(keep), len(qidx)
-    )
-    scen = dataclasses.replace(
-        s,
-        name=name or f"{s.name}/open-set",
-        candidates=cands,
-        queries=s.queries.take(qidx),
-        labels=np.asarray(labels, int),
-        related=related,
-        kinds=tuple(kinds),
-        split_keys=tuple(s.split_keys[i] for i in qidx),
-        question=Question.IDENTIFY,
-    )
-    return OpenSet(scen, tuple(left), rel)
+    try:
+        os_ = scenarios_lib.open_set(
+            zoo,
+            withheld=withheld,
+            candidates=candidates,
+            queries=queries,
+            task=task,
+            probe_size=probe_size,
+            name=name,
+        )
+    except ScorerError as e:
+        raise PValueError(f"open_set_scenario: {e}") from e
+    s = os_.scenario
+    kinds = tuple("no_parent" if lab == NO_PARENT else "known" for lab in s.labels)
+    return OpenSet(dataclasses.replace(s, kinds=kinds), os_.related_withheld, os_.relations)

@@ -5,7 +5,10 @@ and pytrees. These functions read a zoo once and hand out a
 :class:`~jaxlineage.eval.core.Scenario`:
 
 * :func:`identify`: which candidate is each query's parent (Neural Lineage's
-  question; closed set, or open set with :data:`~jaxlineage.eval.core.NO_PARENT`);
+  question; closed set, or open set with :data:`~jaxlineage.eval.core.NO_PARENT`,
+  "no parent" decided by the lineage graph's relation query);
+* :func:`open_set`: the open-set identify question with some candidates
+  withheld, plus the queries that are neither "known parent" nor "no parent";
 * :func:`verify`: is candidate ``k`` an ancestor of query ``m`` (SAC / ModelGiF /
   Model DNA's question), reported per derivation kind;
 * :func:`provenance`: the IP-protection benchmark (SAC / ModelGiF): sources against
@@ -28,9 +31,10 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -46,7 +50,7 @@ from jaxlineage.eval.core import (
     ScorerError,
 )
 
-__all__ = ["NEGATIVE", "identify", "model_set", "provenance", "verify"]
+__all__ = ["NEGATIVE", "OpenSet", "identify", "model_set", "open_set", "provenance", "verify"]
 
 log = logging.getLogger("jaxlineage.eval")
 
@@ -219,55 +223,86 @@ def _probe(zoo: Any, probe_size: int, task: str) -> np.ndarray:
     return np.asarray(zoo.probe(probe_size, task=task))
 
 
-def identify(
-    zoo: Any,
-    *,
-    candidates: str | Sequence[str] = "parent",
-    queries: str | Sequence[str] = "child",
-    task: str | None = None,
-    open_set: bool = False,
-    probe_size: int = 512,
-    split_by: SplitBy = None,
-    name: str | None = None,
-) -> Scenario:
-    """Which candidate is each query's parent: Neural Lineage's question on a zoo.
+class OpenSet(NamedTuple):
+    """An open-set identify scenario and the queries that are neither "known parent" nor "no parent".
 
-    The label of query ``q`` is the index of ``graph.parent(q)`` among the
-    candidates. In a closed set (``open_set=False``, the paper's Table 1) queries
-    whose parent is not a candidate are dropped; in an open set they stay with
-    label :data:`NO_PARENT` (e.g. ``queries=("child", "independent")``).
-
-    Args:
-      zoo: a :class:`jaxlineage.zoo.Zoo`.
-      candidates: group name(s) of the candidates (default the kept parents).
-      queries: group name(s) of the queries (default the kept children).
-      task: only queries of this task (default: the zoo's first child task, as
-        :func:`jaxlineage.lineage.evaluate` always did).
-      open_set: keep parentless queries, labelled :data:`NO_PARENT`.
-      probe_size: ``N``; the probe is ``zoo.probe(N, task=task)``, the first ``N``
-        inputs of the queries' task's training split (the official code's probe).
-      split_by: the queries' split keys (queries sharing one fall in one fold):
-        ``None`` (each query alone), a record field or hyper-parameter name
-        (e.g. ``"seed"``: held-out fine-tuning seeds), or ``f(record)``.
-      name: the scenario's name (default ``"<zoo>/identify/<task>"``).
-
-    Returns:
-      A :class:`Scenario` with ``question = IDENTIFY``; ``kinds`` are the queries'
-      groups (roles), ``related`` their ancestors among the candidates.
+    Attributes:
+      scenario: the :class:`Scenario` (labels: the parent's index, or
+        :data:`NO_PARENT` for a query unrelated to every candidate).
+      related_withheld: ids of the queries left out because their parent is not a
+        candidate but they are related to one (e.g. a child of a withheld parent
+        whose init twin is a candidate: :attr:`~jaxlineage.graph.Relation.SHARED_INIT`).
+      relations: ``{query id: {candidate id: Relation value}}`` of those queries
+        (related candidates only).
     """
+
+    scenario: Scenario
+    related_withheld: tuple[str, ...]
+    relations: dict
+
+
+def _no_parent_split(graph: Any, cand_ids: Sequence[str], query_ids: Sequence[str]) -> tuple[list[str], dict]:
+    """The queries of an open set: ``(kept ids, {left-out id: {candidate: relation}})``.
+
+    A query is kept when its parent is a candidate (a "known" query) or when
+    ``graph.relation(c, q)`` is :attr:`~jaxlineage.graph.Relation.UNRELATED` for every
+    candidate ``c`` (a "no parent" query). Any other query is related to some
+    candidate without being its child (shared initialisation, ancestor two
+    generations up, sibling): neither answer is right for it, so it is left out.
+    """
+    cands = set(cand_ids)
+    kept, left = [], {}
+    for q in query_ids:
+        if cands.intersection(graph.parents(q)):
+            kept.append(q)
+            continue
+        rel = {c: graph.relation(c, q) for c in cand_ids}
+        related = {c: r.value for c, r in rel.items() if r.is_related}
+        if related:
+            left[q] = related
+        else:
+            kept.append(q)
+    return kept, left
+
+
+def _identify(
+    zoo, *, candidates, queries, task, open_set, withheld, probe_size, split_by, name
+) -> tuple[Scenario, tuple[str, ...], dict]:
     cand = _select_all(zoo, candidates)
+    withheld = tuple(withheld)
+    if withheld:
+        ids = {r.id for r in cand}
+        missing = [w for w in withheld if w not in ids]
+        if missing:
+            raise ScorerError(f"zoo {_zoo_name(zoo)!r}: withheld model {missing[0]!r} is not a candidate")
+        cand = [r for r in cand if r.id not in set(withheld)]
+        if not cand:
+            raise ScorerError(f"zoo {_zoo_name(zoo)!r}: every candidate is withheld")
     qs = _select_all(zoo, queries)
     task = task or _default_task(zoo, qs)
     qs = [r for r in qs if r.task == task]
     if not qs:
         raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} in group(s) {queries!r}")
-    cand_ids = {r.id for r in cand}
-    if not open_set:
+    cand_ids = [r.id for r in cand]
+    left: dict = {}
+    if open_set:
+        kept, left = _no_parent_split(zoo.graph, cand_ids, [r.id for r in qs])
+        kept = set(kept)
+        qs = [r for r in qs if r.id in kept]
+        if left:
+            log.info(
+                "identify (open set): %d queries related to a candidate without being its child left out, e.g. %r",
+                len(left),
+                next(iter(left)),
+            )
+        if not qs:
+            raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} is known or unrelated")
+    else:
         parents = {r.id: set(zoo.graph.parents(r.id)) for r in qs}
-        qs = [r for r in qs if parents[r.id] & cand_ids]
+        qs = [r for r in qs if parents[r.id] & set(cand_ids)]
         if not qs:
             raise ScorerError(f"zoo {_zoo_name(zoo)!r}: no query of task {task!r} has a parent among the candidates")
-    return _scenario(
+    scen = _scenario(
         zoo,
         Question.IDENTIFY,
         cand,
@@ -278,6 +313,112 @@ def identify(
         name or f"{_zoo_name(zoo)}/identify/{task}",
         negative_kind=False,
     )
+    return scen, tuple(left), left
+
+
+def identify(
+    zoo: Any,
+    *,
+    candidates: str | Sequence[str] = "parent",
+    queries: str | Sequence[str] = "child",
+    task: str | None = None,
+    open_set: bool = False,
+    withheld: Sequence[str] = (),
+    probe_size: int = 512,
+    split_by: SplitBy = None,
+    name: str | None = None,
+) -> Scenario:
+    """Which candidate is each query's parent: Neural Lineage's question on a zoo.
+
+    The label of query ``q`` is the index of ``graph.parent(q)`` among the
+    candidates. In a closed set (``open_set=False``, the paper's Table 1) queries
+    whose parent is not a candidate are dropped. In an open set
+    (``open_set=True``, e.g. ``queries=("child", "independent")``) the lineage
+    graph's relation query decides what "no parent" means: a query whose parent
+    is not a candidate is labelled :data:`NO_PARENT` only if
+    ``zoo.graph.relation(c, q)`` is :attr:`~jaxlineage.graph.Relation.UNRELATED`
+    for every candidate ``c``. A query related to a candidate without being its
+    child (a child of a withheld parent whose init twin is a candidate, a
+    grandchild of a candidate) is neither a known parent nor "no parent" and is
+    left out (:func:`open_set` lists them).
+
+    Args:
+      zoo: a :class:`jaxlineage.zoo.Zoo`.
+      candidates: group name(s) of the candidates (default the kept parents).
+      queries: group name(s) of the queries (default the kept children).
+      task: only queries of this task (default: the zoo's first child task, as
+        :func:`jaxlineage.lineage.evaluate` always did).
+      open_set: keep queries unrelated to every candidate, labelled :data:`NO_PARENT`.
+      withheld: ids of candidates to remove from the candidate groups (their
+        children then have no parent among the candidates).
+      probe_size: ``N``; the probe is ``zoo.probe(N, task=task)``, the first ``N``
+        inputs of the queries' task's training split (the official code's probe).
+      split_by: the queries' split keys (queries sharing one fall in one fold):
+        ``None`` (each query alone), a record field or hyper-parameter name
+        (e.g. ``"seed"``: held-out fine-tuning seeds), or ``f(record)``.
+      name: the scenario's name (default ``"<zoo>/identify/<task>"``).
+
+    Returns:
+      A :class:`Scenario` with ``question = IDENTIFY``; ``kinds`` are the queries'
+      groups (roles), ``related`` their ancestors among the candidates.
+
+    Raises:
+      ScorerError: a withheld id that is not a candidate, every candidate
+        withheld, or no query left (naming the zoo and the selection).
+    """
+    return _identify(
+        zoo,
+        candidates=candidates,
+        queries=queries,
+        task=task,
+        open_set=open_set,
+        withheld=withheld,
+        probe_size=probe_size,
+        split_by=split_by,
+        name=name,
+    )[0]
+
+
+def open_set(
+    zoo: Any,
+    *,
+    withheld: Sequence[str] = (),
+    candidates: str | Sequence[str] = "parent",
+    queries: str | Sequence[str] = ("child", "independent"),
+    task: str | None = None,
+    probe_size: int = 512,
+    split_by: SplitBy = None,
+    name: str | None = None,
+) -> OpenSet:
+    """Open-set identify with some candidates withheld, and the queries it leaves out.
+
+    ``open_set(zoo, withheld=w).scenario`` is ``identify(zoo, open_set=True,
+    withheld=w, ...)``; ``related_withheld`` and ``relations`` say which queries
+    were left out because the graph relates them to a candidate they do not
+    descend from directly (see :func:`identify`).
+
+    Args:
+      zoo: a :class:`jaxlineage.zoo.Zoo`.
+      withheld, candidates, queries, task, probe_size, split_by, name: as in :func:`identify`
+        (queries default to the children and the independents).
+
+    Returns:
+      :class:`OpenSet`.
+    """
+    scen, left, relations = _identify(
+        zoo,
+        candidates=candidates,
+        queries=queries,
+        task=task,
+        open_set=True,
+        withheld=withheld,
+        probe_size=probe_size,
+        split_by=split_by,
+        name=name,
+    )
+    if name is None:
+        scen = dataclasses.replace(scen, name=f"{scen.name}/open-set")
+    return OpenSet(scen, left, relations)
 
 
 def verify(
