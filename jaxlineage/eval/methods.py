@@ -98,6 +98,11 @@ def _probe(probe: Any, who: str) -> np.ndarray:
 class DetectorScorer(Scorer):
     """The Lineage Detector as a learned scorer: ``S[k, m]`` = logit of candidate ``k`` for query ``m``.
 
+    Fitted on an open-set scenario (some training label :data:`NO_PARENT`), the
+    detector has a "no parent" logit and ``S[k, m]`` is candidate ``k``'s logit minus
+    it: the ranking of candidates is unchanged, and :meth:`decide` answers "no parent"
+    where every ``S[:, m] < 0`` (the protocol's open-set accuracy).
+
     .. math::
         S_{km} = v^\\top \\mathrm{std}_m(h_{m,:})_k + b,\\qquad
         h_{mk} = \\mathrm{T}([c,\\; E_w(W_k, W_m) + t_0,\\; E_f(F_k, F_m) + t_1])_0
@@ -121,7 +126,8 @@ class DetectorScorer(Scorer):
       feature_tap: a feature tap, ``None`` (weights only) or ``AUTO`` (the population's first tap).
       n_probe: probe inputs of the feature pairs (paper: 64).
       weight_pool, feature_pool: block-average factors (:func:`jaxlineage.detector.block_mean`).
-      module: the :class:`~jaxlineage.detector.LineageDetector` (default: the paper's);
+      module: the :class:`~jaxlineage.detector.LineageDetector` (default: the paper's), or a
+        mapping of its fields (e.g. ``{"difference_init": True}``: presets stay plain data);
         ``no_parent`` follows the training labels.
       epochs, batch_size, learning_rate, decay_rate, eval_chunk: see :func:`jaxlineage.detector.train`.
       val_fraction: share of the training queries held out for epoch selection.
@@ -136,7 +142,7 @@ class DetectorScorer(Scorer):
     n_probe: int = 64
     weight_pool: int = 1
     feature_pool: int = 1
-    module: detector_lib.LineageDetector | None = None
+    module: detector_lib.LineageDetector | Mapping[str, Any] | None = None
     epochs: int = 10
     batch_size: int = 16
     learning_rate: float = 0.01
@@ -152,6 +158,11 @@ class DetectorScorer(Scorer):
         auto = lambda v: detector_lib.AUTO if isinstance(v, str) and v == detector_lib.AUTO.value else v
         object.__setattr__(self, "weight_layer", auto(self.weight_layer))
         object.__setattr__(self, "feature_tap", auto(self.feature_tap))
+        if isinstance(self.module, Mapping):
+            try:
+                object.__setattr__(self, "module", detector_lib.LineageDetector(**self.module))
+            except TypeError as e:
+                raise ScorerError(f"DetectorScorer: module={dict(self.module)!r}: {e}") from e
         if self.weight_layer is None and self.feature_tap is None:
             raise ScorerError(
                 "DetectorScorer: weight_layer and feature_tap are both None; the detector needs weights,"
@@ -203,8 +214,22 @@ class DetectorScorer(Scorer):
         return layer, tap
 
     def readable(self, candidates: Population, queries: Population) -> bool:
-        _, tap = self._resolve(candidates)
-        return tap is None or tap in queries.feature_fns
+        """Whether the queries have the candidates' weight layer (same matrix shape) and feature tap.
+
+        Features of another architecture are not compared (their widths may differ); a
+        query of the same architecture whose arrays still differ is an error naming it.
+        """
+        layer, tap = self._resolve(candidates)
+        if tap is not None and (tap not in queries.feature_fns or queries.arch != candidates.arch):
+            return False
+        if layer is not None:
+            ck, qk = (
+                detector_lib.backbone_kernels(candidates.params)[layer],
+                detector_lib.backbone_kernels(queries.params).get(layer),
+            )
+            if qk is None or (queries.arch != candidates.arch and np.shape(qk)[1:] != np.shape(ck)[1:]):
+                return False
+        return True
 
     def _arrays(self, pop: Population, layer: str | None, tap: str | None, x: np.ndarray):
         """``([P, out, in] or None, [P, n_probe, D] or None)`` of one population."""
@@ -368,9 +393,23 @@ class DetectorScorer(Scorer):
         ex = self.examples(candidates, queries, probe=probe, open_set=det.module.no_parent)
         return detector_lib.predict_logits(det, ex, chunk=self.eval_chunk)
 
+    def _scores(self, logits: np.ndarray, k: int) -> np.ndarray:
+        """``[K, M]`` from ``[M, K (+ 1)]`` logits: relative to the "no parent" logit when the detector has one."""
+        s = logits[:, :k]
+        if self._fitted().module.no_parent:
+            s = s - logits[:, k : k + 1]
+        return s.T
+
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
-        k = len(candidates)
-        return self.logits(candidates, queries, probe=probe)[:, :k].T
+        return self._scores(self.logits(candidates, queries, probe=probe), len(candidates))
+
+    def decide(self, scores: np.ndarray) -> np.ndarray | None:
+        """Open set (a detector fitted with "no parent" labels): :data:`NO_PARENT` where every score is
+        below the "no parent" logit (scores are relative to it), else the best candidate; ``None`` otherwise."""
+        if self.detector is None or not self.detector.module.no_parent:
+            return None
+        scores = np.asarray(scores)
+        return np.where(scores.max(axis=0) < 0, NO_PARENT, scores.argmax(axis=0))
 
     def score(
         self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray, unreadable: str = "raise"
@@ -396,7 +435,7 @@ class DetectorScorer(Scorer):
                     f" {bad.ids[0]!r} ({bad.arch})"
                 )
         if keep:
-            out[:, keep] = self.logits(candidates, queries.take(keep), probe=probe)[:, : len(candidates)].T
+            out[:, keep] = self._scores(self.logits(candidates, queries.take(keep), probe=probe), len(candidates))
         return out
 
 
@@ -458,7 +497,8 @@ class ModelDNAScorer(Scorer):
 
     Attributes:
       config: :class:`jaxlineage.mgmp.Config` (``Generator.NONE`` = the paper's
-        no-generator baseline; ``pair_input`` CONCAT / RELATION).
+        no-generator baseline; ``pair_input`` CONCAT / RELATION), or a mapping of its
+        fields (enum fields by value, e.g. ``{"generator": "none", "num_steps": 300}``).
       tap: the fragments' outputs: ``None`` = the logits (the paper), or a feature
         tap shared by sources and targets (e.g. ``"relu1"``) when heads differ.
       states: ``{candidate id: trained mgmp.State}`` (after :meth:`fit`).
@@ -469,13 +509,20 @@ class ModelDNAScorer(Scorer):
       Mu et al., "Model Provenance via Model DNA", ECAI 2024, Eq. 3-9 and Table 1.
     """
 
-    config: mgmp_lib.Config = dataclasses.field(default_factory=mgmp_lib.Config)
+    config: mgmp_lib.Config | Mapping[str, Any] = dataclasses.field(default_factory=mgmp_lib.Config)
     tap: str | None = None
     states: Mapping[str, mgmp_lib.State] = dataclasses.field(default_factory=dict)
     histories: Mapping[str, Mapping[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     left_out: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     learned: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if isinstance(self.config, Mapping):
+            try:
+                object.__setattr__(self, "config", mgmp_lib.Config(**self.config))
+            except TypeError as e:
+                raise ScorerError(f"ModelDNAScorer: config={dict(self.config)!r}: {e}") from e
 
     @property
     def name(self) -> str:
