@@ -407,13 +407,8 @@ def _reference_sweep(scen: Any, scorer: Any, n_refs: Sequence[int], label: str, 
     from jaxlineage.eval import methods
 
     t0 = time.time()
-    cands, queries = scen.candidates, scen.queries
-    d = np.full((len(cands), len(queries), int(scorer.n_refs)), np.nan)
-    for ko, cp in zip(cands.offsets(), cands.populations):
-        for mo, qp in zip(queries.offsets(), queries.populations):
-            if scorer.readable(cp, qp):  # pairs it cannot read stay out of both sets
-                d[ko : ko + len(cp), mo : mo + len(qp)] = scorer.per_reference(cp, qp, probe=scen.probe)
-    readable = ~np.isnan(d[..., 0])
+    d = scorer.per_reference(scen.candidates, scen.queries, probe=scen.probe)
+    readable = ~np.isnan(d[..., 0])  # pairs it cannot read (NaN) stay out of both sets
     related = np.asarray(scen.related, bool)
     unrelated_queries = ~related.any(axis=0)
     counts = [int(n) for n in n_refs if int(n) <= d.shape[-1]]

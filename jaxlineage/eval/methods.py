@@ -745,9 +745,27 @@ class ModelGiFScorer(Scorer):
         return modelgif_lib.sample_references(x, labels, n=int(self.n_refs), key=self.key, strategy=self.strategy)
 
     def per_reference(
-        self, candidates: Population, queries: Population, *, probe: Any, labels: Any = None
+        self, candidates: ModelSet | Population, queries: ModelSet | Population, *, probe: Any, labels: Any = None
     ) -> np.ndarray:
-        """``[K, M, n_refs]`` distances per reference (prefix means give fewer references)."""
+        """``[K, M, n_refs]`` distances per reference (prefix means give fewer references).
+
+        Model sets are read population by population; pairs the scorer cannot read
+        (:meth:`readable`: a backbone tap one side lacks) are NaN.
+        """
+        if isinstance(candidates, Population) and isinstance(queries, Population):
+            return self._per_reference(candidates, queries, probe=probe, labels=labels)
+        candidates, queries = _as_set(candidates), _as_set(queries)
+        if len(candidates) == 0 or len(queries) == 0:
+            raise ScorerError(f"{self.name}: empty {'candidate' if len(candidates) == 0 else 'query'} set")
+        out = np.full((len(candidates), len(queries), int(self.n_refs)), np.nan)
+        for ko, cp in zip(candidates.offsets(), candidates.populations):
+            for mo, qp in zip(queries.offsets(), queries.populations):
+                if self.readable(cp, qp):
+                    block = self._per_reference(cp, qp, probe=probe, labels=labels)
+                    out[ko : ko + len(cp), mo : mo + len(qp)] = block
+        return out
+
+    def _per_reference(self, candidates: Population, queries: Population, *, probe: Any, labels: Any) -> np.ndarray:
         x_ref, y_ref, _ = self.references(probe, labels)
         x_ref = np.asarray(x_ref, np.float32)
         target = self.scalar_output
@@ -783,7 +801,7 @@ class ModelGiFScorer(Scorer):
         return np.asarray(d)
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
-        return -self.per_reference(candidates, queries, probe=probe).mean(axis=-1)
+        return -self._per_reference(candidates, queries, probe=probe, labels=None).mean(axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
