@@ -378,23 +378,27 @@ QUICK = Preset(
     zoo=zoo.QUICK,
     description="the paper's MLP on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench",
-    expected_runtime="7 min on 2 CPU cores including the 1.5 min zoo build (measured 2026-12-01), plus ~2 min for"
-    " the provenance section (estimated idle; 303 s measured at load 5-8, 2026-12-02)",
+    expected_runtime="~10 min on 2 CPU cores from empty workdirs: 11 min 50 s measured 2026-12-02 at load 3.5 with"
+    " 4 detector epochs / 150 Model DNA steps / 20 ModelGiF nodes; those three stages re-measured with the settings"
+    " below save ~100 s (BUILD_NOTES.md, 'Every method in the shared tables')",
     scenarios=LR_FOLD_SCENARIOS,
     # The learned methods train once per fold (5 folds, the learning-free table's, shared by every row), and
-    # the bench must stay under 10 min on 2 CPU cores with its sections. Detector: the CPU settings of the
+    # the bench must stay near 10 min on 2 CPU cores with its sections. Detector: the CPU settings of the
     # quick-zoo figures (whole dense3, relu1 features on 16 probe inputs, difference-initialised encoders,
-    # 4 children per step) with 4 epochs, asked identify only (it is a parent-identification model).
-    # Model DNA: with and without generator, 150 steps per source (paper 1000), asked verify only (the
-    # provenance question it answers; one generator + classifier per candidate per fold). Fragments from the
-    # shared backbone (relu1, as the dna section): the verify probe is the children's task, on which the
-    # parents' task-A logits carry no lineage (the paper's logits need the source's own inputs as D_s).
-    # ModelGiF: 256 references, 20 Gauss-Legendre nodes (paper 50), every scenario.
+    # 4 children per step) with 3 epochs (8 before; 4 gave 80.0 +- 25.5 % in 143 s, 3 gave 84.0 +- 25.1 % in
+    # 119 s at load 2-4), asked identify only (it is a parent-identification model).
+    # Model DNA: with and without generator, 75 steps per source (paper 1000; 150 steps: AUC 0.999 / 0.990 in
+    # 156 s, 75: 0.979 / 0.989 in 101 s), asked verify only (the provenance question it answers; one generator
+    # + classifier per candidate per fold). Fragments from the shared backbone (relu1, as the dna section): the
+    # verify probe is the children's task, and logits fragments on it were at chance on the tiny zoo (AUC 0.42
+    # without generator; 0.96 with the parents' task-A inputs as D_s, as in the paper; not measured on quick).
+    # ModelGiF: 256 references, 10 Gauss-Legendre nodes (paper 50; 20 nodes gave the same figures in 58 s
+    # instead of 34 s; the provenance section uses 5), every scenario.
     scorers=default_scorers()
     + method_scorers(
-        detector=dict(n_probe=16, module=dict(difference_init=True), batch_size=4, epochs=4),
-        model_dna=dict(config=dict(num_steps=150), tap="relu1"),
-        modelgif=dict(n_refs=256, steps=20),
+        detector=dict(n_probe=16, module=dict(difference_init=True), batch_size=4, epochs=3),
+        model_dna=dict(config=dict(num_steps=75), tap="relu1"),
+        modelgif=dict(n_refs=256, steps=10),
         detector_scenarios=("identify",),
         model_dna_scenarios=("verify",),
     ),
