@@ -208,6 +208,12 @@ def scenario_tables(stages: dict) -> list[dict]:
             )
             + ". ± is the sample standard deviation (ddof=1) over folds."
         )
+        ns = sorted({v["n"] for r in rs for v in r.metrics.values() if "n" in v})
+        if ns and ns[0] < (s.get("num_folds") or 0):
+            notes.append(
+                f"Some figures are over fewer folds (n = {', '.join(map(str, ns))}): a fold without a positive pair"
+                " (verify) or without a query whose parent is a candidate (identify) has no such figure."
+            )
         key = scenario if len(tasks) == 1 else f"{scenario}_{task}"
         out.append(
             table(
