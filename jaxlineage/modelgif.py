@@ -578,10 +578,6 @@ def sample_references(
 
 
 # ---------------------------------------------------------------------------
-# Evaluation on a model zoo (a thin wrapper over the evaluation layer).
-
-
-# ---------------------------------------------------------------------------
 # Input checks (public boundary only).
 
 
