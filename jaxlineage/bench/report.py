@@ -175,7 +175,7 @@ def scenario_tables(stages: dict) -> list[dict]:
     out = []
     for (scenario, task), rs in groups.items():
         cols = protocols.columns(rs)
-        fmts = [protocols._format(c) for c in cols]  # pylint: disable=protected-access
+        fmts = [protocols.column_format(c) for c in cols]
         rows, notes = [], []
         for r in rs:
             cells = []
