@@ -43,7 +43,7 @@ def fold_record(s, train, test, *, epochs: int, key: jax.Array) -> dict:
         lab = s.labels[idx]
         known = lab != NO_PARENT
         d = fitted.decide(st)
-        margin = st.max(0) - no_parent
+        margin = st.max(0)  # open-set scores are candidate logits minus the no-parent logit
         out[name] = {
             "known": int(known.sum()),
             "no_parent": int((~known).sum()),

@@ -6,15 +6,16 @@
 
 In ``zoo.QUICK`` the children carry a freshly initialised task-B head, while the
 source (a parent) has its task-A head: their logits on task-A inputs share no label
-space, and lineage can only show through the backbone. ``mgmp.run_protocol(tap=...)``
+space, and lineage can only show through the backbone. ``ModelDNAScorer(tap=...)``
 builds the fragments from any feature tap instead, which parents and children share.
 
-For every tap and every way of holding out evaluation children (``lr``: a fine-tuning
-learning rate never seen in the pool; ``seed``: a fine-tuning seed never seen, every
-learning rate seen) this runs the protocol (5 repetitions, with and without the
-generator) and splits ``A_n`` by the kind of non-homologous target: independents,
-children of a parent that shares the source's initialisation ("sibling init"), and
-children of parents with another initialisation. For every tap it also records how
+For every tap and every way of holding out evaluation children (``lr``: folds by
+fine-tuning learning rate, so test children have a rate never seen in training;
+``seed``: folds by fine-tuning seed) this asks the *verify* scenario (parents against
+children and independents, :func:`jaxlineage.eval.scenarios.verify` with ``split_by``) of
+:class:`jaxlineage.eval.methods.ModelDNAScorer` with and without the generator through
+:func:`jaxlineage.eval.protocols.run_all` (``--folds`` folds; AUC, TPR at low FPR, AUC
+per derivation kind). For every tap it also records how
 far apart two children of one parent are when they share the fine-tuning seed (other
 learning rate) or the learning rate (other seed), and how close one fragment of a target
 is to the source's by kind of target (``fragment_cosine``, no training involved).
@@ -22,10 +23,11 @@ is to the source's by kind of target (``fragment_cosine``, no training involved)
 the classifier sees of a fragment pair (``mgmp.PairInput``: ``concat`` is the paper,
 ``relation`` only the element-wise product and absolute difference). One JSON line
 per (pair input, tap, split) and one per tap for the distances (``--splits ""``: distances only).
+Records before issue 14 came from ``mgmp.run_protocol`` (source-by-source repetitions, now removed).
 ``--child-seeds N`` uses ``QUICK`` with N fine-tuning seeds per (parent, learning rate)
 (``benchmarks/lineage_power.py``'s zoo), so the pool holds more seed families;
 ``--child-lrs`` replaces the fine-tuning learning rates (e.g. a gentler recipe).
-About 70 s per line on 2 CPU cores (``relu1``, 1024 wide: ~115 s).
+The ``lr`` split has 3 folds (QUICK's three fine-tuning rates); ``seed`` needs ``--child-seeds`` >= ``--folds``.
 """
 
 from __future__ import annotations
@@ -34,15 +36,15 @@ import argparse
 import pathlib
 import sys
 
+import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import parse_floats, quick_variant, setup_logging, write  # noqa: E402
 
 from jaxlineage import mgmp, zoo  # noqa: E402
+from jaxlineage.eval import methods, protocols, scenarios  # noqa: E402
 from jaxlineage.eval.metrics import best_threshold_accuracy, mean_std, roc_auc  # noqa: E402,F401 (re-exported)
-
-METHODS = ("with_generator", "without_generator")
 
 
 def _mean_std(v) -> dict:
@@ -68,34 +70,6 @@ def _kind(z, source_id: str, target_id: str) -> str:
         return "independent"
     same = z.get(rec.parent_id).hparams.get("init_seed") == z.get(source_id).hparams.get("init_seed")
     return "sibling_init_child" if same else "other_init_child"
-
-
-def summarise(z, res: dict) -> dict:
-    """Per method: mean ± std of accuracy / A_o / A_n, A_n by kind, model-level counts by kind."""
-    out = {}
-    for method in METHODS:
-        runs = [r[method] for r in res["runs"]]
-        by_kind: dict[str, list[float]] = {}
-        decided: dict[str, list[int]] = {}
-        for run, r in zip(res["runs"], runs):
-            for d in r["decisions"]:
-                kind = "homologous" if d["homologous"] else _kind(z, run["source"], d["id"])
-                frag = d["fraction"] if d["homologous"] else 1.0 - d["fraction"]
-                by_kind.setdefault(kind, []).append(frag)
-                decided.setdefault(kind, [0, 0])
-                decided[kind][0] += int(d["correct"])
-                decided[kind][1] += 1
-        out[method] = {
-            "accuracy": _mean_std([r["accuracy"] for r in runs]),
-            "A_o": _mean_std([r["A_o"] for r in runs]),
-            "A_n": _mean_std([r["A_n"] for r in runs]),
-            "model_auc": _mean_std([r["model_auc"] for r in runs]),
-            "A_o_per_repetition": [r["A_o"] for r in runs],
-            "fragment_accuracy_by_kind": {k: _mean_std(v) for k, v in by_kind.items()},
-            "model_level_correct_by_kind": {k: {"correct": c, "total": t} for k, (c, t) in decided.items()},
-            "final_train_accuracy": [r["final_train_accuracy"] for r in runs],
-        }
-    return out
 
 
 def child_distances(z, out: dict) -> dict:
@@ -153,14 +127,13 @@ def main(argv=None):
     ap.add_argument("--pair-inputs", default="concat")
     ap.add_argument("--child-seeds", type=int, default=2, help="2 = zoo.QUICK; more: lineage_power's zoo")
     ap.add_argument("--child-lrs", default="", help="fine-tuning learning rates (default: QUICK's 1e-2,5e-3,3e-3)")
-    ap.add_argument("--repetitions", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/mgmp_fragments.jsonl")
     args = ap.parse_args(argv)
     setup_logging()
 
     z = zoo.build(quick_variant(child_seeds=args.child_seeds, child_lrs=parse_floats(args.child_lrs)), args.zoo)
-    by_id = {r.id: r for r in z.records}
     x_eval = np.asarray(z.task_data(z.spec.parent_task.name, "test")[0][:1000], np.float32)
     ids = [r.id for r in list(z.parents) + list(z.children) + list(z.independents)]
     for tap in args.taps.split(","):
@@ -186,36 +159,35 @@ def main(argv=None):
         if s
     ]
     for pair_input, tap, split in runs:
-        res = mgmp.run_protocol(
-            z,
-            repetitions=args.repetitions,
-            seed=args.seed,
-            tap=tap,
-            split_children_by=split,
-            config=mgmp.Config(pair_input=pair_input),
-        )
-        held_out = [
-            sorted({by_id[i].hparams[run["split_by"]["children"]] for i in run["eval_homologous"]})
-            for run in res["runs"]
+        scen = scenarios.verify(z, split_by=split)
+        config = dict(pair_input=pair_input)
+        dna = [
+            methods.ModelDNAScorer(config=config, tap=None if tap == "logits" else tap),
+            methods.ModelDNAScorer(config={**config, "generator": "none"}, tap=None if tap == "logits" else tap),
         ]
+        results = protocols.run_all(scen, dna, key=jax.random.key(args.seed), num_folds=args.folds)
         write(
             args.out,
             {
                 "benchmark": "mgmp_fragments",
+                "protocol": "eval.protocols.run_all on the verify scenario",
                 "zoo": z.spec.name,
                 "zoo_dir": args.zoo,
                 "tap": tap,
                 "child_lrs": list(z.spec.children.lrs),
                 "pair_input": pair_input,
-                "split_children_by": split,
-                "repetitions": args.repetitions,
+                "split_by": split,
+                "folds": args.folds,
                 "seed": args.seed,
-                "sources": [run["source"] for run in res["runs"]],
-                "held_out_values": held_out,
-                "config": res["settings"]["config"],
-                "seconds": res["seconds"],
-                **summarise(z, res),
+                "results": [r.to_json() for r in results],
             },
+        )
+        print(
+            f"{tap} {pair_input} split by {split}: "
+            + ", ".join(
+                f"{r.scorer} AUC {r.metrics['auc']['mean']:.3f} +- {r.metrics['auc']['std']:.3f}" for r in results
+            ),
+            flush=True,
         )
 
 

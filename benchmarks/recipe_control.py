@@ -11,12 +11,13 @@ is ``QUICK`` except that the independents train from scratch with the children's
 recipe (lr 1e-2 / 5e-3, 4 epochs, same seeds), and runs on both zoos:
 
 * ModelGiF, children vs independents, on the logits field and on the backbone field
-  at ``relu3`` (``modelgif.evaluate``; 8 / 32 / 128 / 256 references, 20 nodes);
-* MGMP with and without the generator (``mgmp.run_protocol``, 5 repetitions);
-* learning-free plain L2 between each parent and the independents, as a scale.
+  at ``relu3`` (the *verify* scenario, :meth:`~jaxlineage.eval.methods.ModelGiFScorer.per_reference`
+  and :func:`~jaxlineage.eval.methods.reference_sweep`; 8 / 32 / 128 / 256 references, 20 nodes);
+* Model DNA with and without the generator (:class:`~jaxlineage.eval.methods.ModelDNAScorer`
+  asked the same *verify* scenario through :func:`jaxlineage.eval.protocols.run_all`, 5 folds).
 
 One JSON line per (zoo, method). Builds or reuses the zoos (~1.5 min each on 2 CPU
-cores); the methods take ~3 min per zoo.
+cores). Records before issue 14 came from the methods' own protocols (other splits).
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import pathlib
 import sys
 import time
 
+import jax
+
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import setup_logging, write  # noqa: E402
 
-from jaxlineage import mgmp, modelgif, zoo  # noqa: E402
+from jaxlineage import zoo  # noqa: E402
+from jaxlineage.eval import methods, protocols, scenarios  # noqa: E402
 
 CONTROL = dataclasses.replace(
     zoo.QUICK,
@@ -46,7 +50,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-refs", default="8,32,128,256")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repetitions", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/recipe_control.jsonl")
     args = ap.parse_args(argv)
     setup_logging()
@@ -64,56 +68,54 @@ def main(argv=None):
                 for role in ("parents", "children", "independents")
             },
         }
-        for tap in (None, "relu3"):
+        scen = scenarios.verify(z)
+        unrelated = ~scen.related.any(axis=0)
+        for field in (methods.Field.LOGITS, "relu3"):
             t0 = time.perf_counter()
-            res = modelgif.evaluate(z, n_refs=n_refs, steps=args.steps, seed=args.seed, tap=tap)
-            points = [
-                {
-                    "n_refs": p.n_refs,
-                    "auc": p.auc,
-                    "tpr_at_5": p.tpr_at_5,
-                    "mean_pos": p.mean_pos,
-                    "mean_neg": p.mean_neg,
-                }
-                for p in res["children_vs_independents"]
-            ]
-            others = [{"n_refs": p.n_refs, "auc": p.auc} for p in res["other_children"]]
+            gif = methods.ModelGiFScorer(
+                field=field, n_refs=max(n_refs), steps=args.steps, key=jax.random.key(args.seed)
+            )
+            d = gif.per_reference(scen.candidates, scen.queries, probe=scen.probe)
+            sweeps = {
+                "children_vs_independents": methods.reference_sweep(
+                    d, scen.related, ~scen.related & unrelated[None, :], n_refs=n_refs
+                ),
+                "other_children": methods.reference_sweep(
+                    d, scen.related, ~scen.related & ~unrelated[None, :], n_refs=n_refs
+                ),
+            }
+            points = [dataclasses.asdict(p) for p in sweeps["children_vs_independents"]]
             write(
                 args.out,
                 {
                     **common,
                     "method": "modelgif",
-                    "field": tap or "logits",
+                    "protocol": "eval verify scenario, reference_sweep",
+                    "field": gif.tap or "logits",
                     "steps": args.steps,
                     "children_vs_independents": points,
-                    "other_children": others,
+                    "other_children": [{"n_refs": p.n_refs, "auc": p.auc} for p in sweeps["other_children"]],
                     "wall_s": time.perf_counter() - t0,
                 },
             )
             print(
-                f"{spec.name} modelgif {tap or 'logits'}: "
+                f"{spec.name} modelgif {gif.tap or 'logits'}: "
                 + ", ".join(f"{p['n_refs']}: {p['auc']:.3f}" for p in points)
             )
         t0 = time.perf_counter()
-        res = mgmp.run_protocol(z, repetitions=args.repetitions, seed=args.seed)
-        summary = {
-            k: {kk: res[k][kk] for kk in ("accuracy_mean", "accuracy_std", "models_correct", "models_total")}
-            for k in ("with_generator", "without_generator")
-        }
-        a_o = {k: [r[k]["A_o"] for r in res["runs"]] for k in ("with_generator", "without_generator")}
-        a_n = {k: [r[k]["A_n"] for r in res["runs"]] for k in ("with_generator", "without_generator")}
+        dna = [methods.ModelDNAScorer(), methods.ModelDNAScorer(config=dict(generator="none"))]
+        results = protocols.run_all(scen, dna, key=jax.random.key(args.seed), num_folds=args.folds)
         write(
             args.out,
             {
                 **common,
                 "method": "mgmp",
-                "summary": summary,
-                "A_o": a_o,
-                "A_n": a_n,
+                "protocol": "eval.protocols.run_all on the verify scenario",
+                "results": [r.to_json() for r in results],
                 "wall_s": time.perf_counter() - t0,
             },
         )
-        print(f"{spec.name} mgmp: " + ", ".join(f"{k} {v['accuracy_mean']:.3f}" for k, v in summary.items()))
+        print(f"{spec.name} model DNA AUC: " + ", ".join(f"{r.scorer} {r.metrics['auc']['mean']:.3f}" for r in results))
 
 
 if __name__ == "__main__":

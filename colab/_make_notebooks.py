@@ -205,7 +205,7 @@ over candidate parents. Children are split 7:1:2 into train / validation / test.
         """
 N_PROBE = {"tiny": 16, "quick": 64}[SIZE]  # probe images per feature pair (the paper: 64)
 EPOCHS = {"tiny": 2, "quick": 10}[SIZE]
-REPETITIONS = {"tiny": 1, "quick": 5}[SIZE]  # random splits in the protocol (the paper: 5)
+FOLDS = {"tiny": 2, "quick": 5}[SIZE]  # folds of the evaluation protocol (the paper: 5 random splits)
 FRACTIONS = {"tiny": (0.5, 0.25, 0.25), "quick": (0.7, 0.1, 0.2)}[SIZE]  # train / val / test children
 """,
         repo,
@@ -218,17 +218,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxlineage import detector, zoo
+from jaxlineage.eval import methods, protocols, scenarios
 """),
         code(ZOO),
         md("""
 ## Examples
 
-`detector.make_examples` turns every child into one example against all kept parents:
-the weight matrices of one layer (by default the smallest backbone layer) and the
-features at the first hidden layer, each model's arrays stored once.
+The question is an *identify* scenario of the evaluation layer: the kept children are
+the queries, the kept parents the candidates. `DetectorScorer.examples` turns every
+child into one example against all candidates: the weight matrices of one layer (by
+default the smallest backbone layer) and the features at the first hidden layer on the
+scenario's probe, each model's arrays stored once.
 """),
         code("""
-ex = detector.make_examples(z, n_probe=N_PROBE)
+scen = scenarios.identify(z)
+scorer = methods.DetectorScorer(n_probe=N_PROBE, epochs=EPOCHS)
+ex = scorer.examples(scen.candidates, scen.queries, probe=scen.probe, labels=scen.labels)
 print(f"{len(ex)} children x {ex.num_candidates} candidates")
 print(f"weights of {ex.weight_layer!r}: parents {ex.parent_weights.shape}, children {ex.child_weights.shape}")
 print(f"features at {ex.feature_tap!r}: parents {ex.parent_features.shape}, children {ex.child_features.shape}")
@@ -262,19 +267,21 @@ for i, pred, true in zip(test_idx, res["predictions"], res["labels"]):
     print(f"  {ex.child_ids[i]}: predicted {ex.parent_ids[pred]}, true {ex.parent_ids[true]}")
 """),
         md("""
-## The paper's protocol
+## The protocol: folds, every method on the same ones
 
-`detector.run_protocol` repeats the random split and training; the paper reports the
-mean ± std of the test accuracy over 5 repetitions. `open_set=True` holds one parent
-out per repetition and adds a "no parent" logit.
+`protocols.run` splits the children into folds; for each fold the detector is fitted
+on the other folds (a share of them picks the epoch) and scores the held-out children.
+The accuracy is the mean ± sample std over folds; the baselines on the same folds
+(`scorers.baselines()`) make the table's other rows. An open-set scenario
+(`scenarios.identify(z, queries=("child", "independent"), open_set=True)`) adds the
+"no parent" answer.
 """),
         code("""
-result = detector.run_protocol(examples=ex, repetitions=REPETITIONS, fractions=FRACTIONS, epochs=EPOCHS)
-acc = result["test_accuracy"]
-print(f"Lineage Detector, {result['num_children']} children, {result['num_parents']} candidates "
-      f"(chance {1 / result['num_parents']:.0%}), splits {result['split_sizes']}")
-print(f"test accuracy over {REPETITIONS} repetitions: {acc['mean']:.3f} ± {acc['std']:.3f} "
-      f"(per repetition: {np.round(acc['per_repetition'], 3).tolist()})")
+from jaxlineage.eval import scorers
+
+results = protocols.run_all(scen, [scorer, *scorers.baselines()], key=jax.random.key(0), num_folds=FOLDS)
+print(f"{len(scen.queries)} children, {len(scen.candidates)} candidates (chance {1 / len(scen.candidates):.0%})")
+print(protocols.table(results))
 """),
     ]
 
@@ -297,11 +304,12 @@ thresholded at δ.
         """
 NUM_INPUTS = {"tiny": 256, "quick": 2048}[SIZE]  # DNA inputs from the source's training data
 CONFIG = {"tiny": dict(num_steps=40, batch_size=32), "quick": dict()}[SIZE]  # mgmp.Config fields
-REPETITIONS = {"tiny": 2, "quick": 5}[SIZE]
+FOLDS = {"tiny": 2, "quick": 5}[SIZE]  # folds of the evaluation protocol
 """,
         repo,
     ) + [
         code("""
+import dataclasses
 import pathlib
 
 import jax
@@ -309,6 +317,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxlineage import mgmp, zoo
+from jaxlineage.eval import methods, protocols, scenarios, scorers
 """),
         code(ZOO),
         md("""
@@ -360,20 +369,27 @@ for what, target_id in targets.items():
           f"{'derived from' if bool(pred.homologous) else 'not derived from'} the source (delta={config.delta})")
 """),
         md("""
-## The paper's protocol (Table 1), with and without the generator
+## The evaluation protocol, with and without the generator
 
-`mgmp.run_protocol` repeats this for several sources with pool and evaluation models
-that share no training configuration; the baseline uses the model outputs alone as
-fragments. Accuracy is `(A_o + A_n) / 2`: the fragment accuracy on homologous and
-non-homologous evaluation targets, mean ± sample std over repetitions. (It runs the
-evaluation layer's `jaxlineage.eval.methods.ModelDNAScorer` on one scenario per repetition.)
+The question "is candidate c an ancestor of model m" is a *verify* scenario: parents
+against children and independents, in folds by fine-tuning learning rate (the test
+children were fine-tuned at a rate the training children never used, and every parent
+keeps children in every training fold). `ModelDNAScorer` trains one generator + classifier
+per parent on the training folds (its children homologous, every other model not) and
+scores the held-out models by their fraction of homologous fragments, built on the
+parents' training inputs (the scenario's probe is replaced by `x_dna`); the baseline uses
+the model outputs alone as fragments. ROC AUC and TPR at low FPR, mean ± sample std
+over folds, next to the trivial baselines on the same folds.
 """),
         code("""
-result = mgmp.run_protocol(z, repetitions=REPETITIONS, num_inputs=NUM_INPUTS, config=config)
-for name in ("with_generator", "without_generator"):
-    r = result[name]
-    print(f"{name:18s} accuracy {r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f}, "
-          f"models decided correctly {r['models_correct']}/{r['models_total']}")
+scen = scenarios.verify(z, split_by="lr")  # one fold per fine-tuning learning rate
+scen = dataclasses.replace(scen, probe=x_dna)  # D_s: the sources' training inputs, as in the paper
+dna = [
+    methods.ModelDNAScorer(config=config),
+    methods.ModelDNAScorer(config=dataclasses.replace(config, generator=mgmp.Generator.NONE)),
+]
+results = protocols.run_all(scen, dna + scorers.baselines(), key=jax.random.key(0), num_folds=FOLDS)
+print(protocols.table(results))
 """),
     ]
 
@@ -408,6 +424,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxlineage import modelgif, zoo
+from jaxlineage.eval import methods, scenarios
 """),
         code(ZOO),
         md("""
@@ -438,34 +455,42 @@ for name in ("child", "independent"):
         md("""
 ## Detection by distance, as in the paper
 
-`modelgif.evaluate` computes the fields of every parent and of every child and
-independent model (`vmap`-ed over the models, chunked over references) and scores
-(parent, own child) pairs against (parent, independent) pairs by `−distance`. The
-references are drawn without looking at any model.
+The question is a *verify* scenario of the evaluation layer: parents against their
+children and the independents. `ModelGiFScorer.per_reference` computes the fields of
+every parent and of every child and independent model (`vmap`-ed over the models,
+chunked over references) and their distance at each reference; pairs are scored by
+`−distance`. The references are a seeded draw from the scenario's probe, made
+without looking at any model.
 """),
         code("""
-result = modelgif.evaluate(z, n_refs=N_REFS, steps=STEPS, task=child_task)
+scen = scenarios.verify(z, task=child_task)
+gif = methods.ModelGiFScorer(n_refs=max(N_REFS), steps=STEPS, key=jax.random.key(0))
+distances = gif.per_reference(scen.candidates, scen.queries, probe=scen.probe)  # [parents, queries, refs]
+n_children = int(scen.related.any(axis=0).sum())
 
 plt.figure(figsize=(10, 2.5))
-plt.imshow(result["distances"].mean(-1), aspect="auto", cmap="viridis_r", interpolation="nearest")
+plt.imshow(distances.mean(-1), aspect="auto", cmap="viridis_r", interpolation="nearest")
 plt.colorbar(label="ModelGiF distance")
-plt.axvline(len(z.children) - 0.5, color="white")
-plt.xlabel(f"{len(z.children)} children (grouped by parent) | {len(z.independents)} independents")
-plt.yticks(range(len(z.parents)))
+plt.axvline(n_children - 0.5, color="white")
+plt.xlabel(f"{n_children} children | {len(scen.queries) - n_children} independents")
+plt.yticks(range(len(scen.candidates)))
 plt.ylabel("parent")
 plt.show()
 """),
         md("""
 The ROC AUC of "own child vs independent" as a function of the number of reference
-points, for the paper's field (the logit of the predicted class) and for the
-*backbone* field (`tap="relu1"`: the gradient of the first hidden layer's sum), which
-ignores the heads that the children re-initialised for their task.
+points (`methods.reference_sweep`: prefixes of one draw), for the paper's field (the
+logit of the predicted class) and for the *backbone* field (`field="relu1"`: the
+gradient of the first hidden layer's sum), which ignores the heads that the children
+re-initialised for their task.
 """),
         code("""
-backbone = modelgif.evaluate(z, n_refs=N_REFS, steps=STEPS, task=child_task, tap="relu1")
+backbone = methods.ModelGiFScorer(field="relu1", n_refs=max(N_REFS), steps=STEPS, key=jax.random.key(0))
+independent = ~scen.related.any(axis=0)[None, :] & ~scen.related  # (parent, independent) pairs
 print(f"{'field':7s} {'refs':>5s} {'AUC':>6s} {'TPR@5%FPR':>10s} {'mean d(own child)':>18s} {'mean d(indep.)':>15s}")
-for label, res in (("logits", result), ("relu1", backbone)):
-    for p in res["children_vs_independents"]:
+backbone_distances = backbone.per_reference(scen.candidates, scen.queries, probe=scen.probe)
+for label, d in (("logits", distances), ("relu1", backbone_distances)):
+    for p in methods.reference_sweep(d, scen.related, independent, n_refs=N_REFS):
         print(f"{label:7s} {p.n_refs:5d} {p.auc:6.3f} {p.tpr_at_5:10.3f} {p.mean_pos:18.3f} {p.mean_neg:15.3f}")
 """),
     ]

@@ -44,10 +44,12 @@ Usage::
     detector.assess(det, ex.take(te))["accuracy"]
     detector.save("/tmp/det", det); det, _ = detector.restore("/tmp/det")
 
-On a zoo (thin wrappers over the evaluation layer, kept for the bench)::
+On a zoo, through the evaluation layer (the folds, the open set and the
+figures are :mod:`jaxlineage.eval`'s)::
 
-    ex = detector.make_examples(z)                    # weights of dense3, features at relu1
-    result = detector.run_protocol(z, repetitions=5, open_set=True, **detector.QUICK_PROTOCOL)
+    from jaxlineage.eval import methods, protocols, scenarios
+    scen = scenarios.identify(z)                      # open_set=True adds "no parent" queries
+    protocols.run(scen, methods.DetectorScorer(epochs=8), key=jax.random.key(0))
 
 References:
   Yu & Wang, "Neural Lineage", CVPR 2024, Sec. 4 (Lineage Detector), supplement
@@ -88,7 +90,6 @@ __all__ = [
     "LineageDetector",
     "PAPER_SPLIT",
     "PairEncoder",
-    "QUICK_PROTOCOL",
     "TrainState",
     "TransformerBlock",
     "assess",
@@ -98,14 +99,12 @@ __all__ = [
     "examples_from_arrays",
     "init_state",
     "kernel_matrices",
-    "make_examples",
     "make_pairs",
     "module_config",
     "module_from_config",
     "predict_logits",
     "resolve_layer",
     "restore",
-    "run_protocol",
     "save",
     "split_indices",
     "train",
@@ -133,16 +132,6 @@ AUTO = Auto.AUTO
 
 #: Child split fractions of the paper's protocol (train, val, test).
 PAPER_SPLIT = (0.7, 0.1, 0.2)
-
-#: CPU-sized settings of the quick-zoo figures (``benchmarks/detector_quick.py``), for
-#: ``run_protocol(zoo, **QUICK_PROTOCOL)``: the whole smallest backbone layer (``dense3``
-#: of the MLP), first-tap features (``relu1``) on 16 probe inputs instead of 64 (4x less
-#: encoder work, no loss of learning-free L2 accuracy on the quick zoo), encoders started
-#: as parent/child differences, 4 children per step (the quick zoo's ~33 training
-#: children give 8 steps per epoch instead of 2) for 8 epochs.
-QUICK_PROTOCOL = dict(
-    weight_layer=AUTO, feature_tap=AUTO, n_probe=16, module_kwargs=dict(difference_init=True), batch_size=4, epochs=8
-)
 
 _CONFIG_FILE = "detector.json"
 _VARIABLES_DIR = "variables"
@@ -181,7 +170,7 @@ class Examples:
       parent_weights: ``[K, out, in]`` or ``None``. child_weights: ``[M, out, in]`` or ``None``.
       parent_features: ``[K, n_probe, D]`` or ``None``. child_features: ``[M, n_probe, D]`` or ``None``.
       open_set: whether label ``K`` ("no parent") is allowed.
-      weight_layer, feature_tap, weight_pool, feature_pool: how :func:`make_examples`
+      weight_layer, feature_tap, weight_pool, feature_pool: how :func:`examples_from_arrays`
         made the arrays (for records).
     """
 
@@ -543,55 +532,6 @@ def examples_from_arrays(
     )
 
 
-def make_examples(
-    zoo,
-    *,
-    weight_layer: str | Auto | None = AUTO,
-    feature_tap: str | Auto | None = AUTO,
-    n_probe: int = 64,
-    weight_pool: int = 1,
-    feature_pool: int = 1,
-    task: str | None = None,
-) -> Examples:
-    """Each kept child of ``zoo`` on ``task`` as one example against all ``K`` kept parents.
-
-    A thin wrapper, kept for the bench and the notebooks: the zoo is read by the
-    evaluation layer (:meth:`jaxlineage.eval.methods.DetectorScorer.examples`), which
-    calls :func:`examples_from_arrays`.
-
-    Args:
-      zoo: a :class:`jaxlineage.zoo.Zoo`.
-      weight_layer: the backbone layer whose ``[out, in]`` matrices form the weight
-        pairs (``"dense3"``, ``"params/dense3/kernel"``), ``None`` for features only,
-        or :data:`AUTO`: the smallest backbone kernel (``dense3``, ``[128, 256]``, for
-        the paper's MLP; the paper feeds ``[1024, 784]``, ~25x more convolution work).
-      feature_tap: a tap of the zoo's network, ``None`` for weights only, or
-        :data:`AUTO` (the first tap).
-      n_probe: probe inputs (the first ``n_probe`` training images of the children's task).
-      weight_pool, feature_pool: see :func:`examples_from_arrays`.
-      task: the children's task (default: the zoo's first child task).
-
-    Returns:
-      :class:`Examples`; ``labels[i]`` is the index of child ``i``'s parent in
-      ``parent_ids`` (the zoo's kept parents, in manifest order).
-
-    Raises:
-      ValueError: fewer than 2 parents, no children, an unknown layer or tap (the
-        message lists the valid ones), or models whose arrays differ (naming the model).
-    """
-    from jaxlineage.eval import _zoo_protocols  # the evaluation layer reads zoos; imported late (it imports us)
-
-    return _zoo_protocols.detector_examples(
-        zoo,
-        weight_layer=weight_layer,
-        feature_tap=feature_tap,
-        n_probe=n_probe,
-        weight_pool=weight_pool,
-        feature_pool=feature_pool,
-        task=task,
-    )
-
-
 # --------------------------------------------------------------------------- model
 
 
@@ -924,7 +864,7 @@ def _adam(learning_rate: float, steps: int, decay_rate: float):
 
     The optimiser is a static field of the :class:`TrainState`, so the jitted step
     is cached on its identity: equal settings must give the same object, or every
-    :func:`train` call (every repetition of :func:`run_protocol`) would recompile.
+    :func:`train` call (every fold of :func:`jaxlineage.eval.protocols.run_all`) would recompile.
     """
     schedule = optax.exponential_decay(learning_rate, transition_steps=steps, decay_rate=decay_rate, staircase=True)
     return schedule, optax.adam(schedule)
@@ -1159,50 +1099,3 @@ def split_indices(n: int, *, key: jax.Array, fractions: Sequence[float] = PAPER_
         )
     order = np.asarray(jax.random.permutation(key, n))
     return order[: sizes["train"]], order[sizes["train"] : sizes["train"] + n_val], order[sizes["train"] + n_val :]
-
-
-def run_protocol(
-    zoo=None,
-    *,
-    examples: Examples | None = None,
-    repetitions: int = 5,
-    key: jax.Array | None = None,
-    seed: int = 0,
-    open_set: bool = False,
-    weight_layer: str | Auto | None = AUTO,
-    feature_tap: str | Auto | None = AUTO,
-    n_probe: int = 64,
-    weight_pool: int = 1,
-    feature_pool: int = 1,
-    fractions: Sequence[float] = PAPER_SPLIT,
-    module_kwargs: dict | None = None,
-    **train_kwargs,
-) -> dict:
-    """The paper's protocol (``repetitions`` random 7:1:2 child splits); a thin wrapper kept for the bench.
-
-    The protocol lives in the evaluation layer
-    (:func:`jaxlineage.eval._zoo_protocols.detector_protocol`), which fits
-    :class:`jaxlineage.eval.methods.DetectorScorer` per repetition; see there for
-    the result's keys. ``±`` is the sample std (``ddof = 1``); repetition ``r``
-    uses ``fold_in(key, r)`` with ``key = jax.random.key(seed)`` unless ``key`` is
-    given. The learning-free weight / feature baselines are not part of this
-    protocol (they are scorers of their own in the evaluation layer).
-    """
-    from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
-
-    return _zoo_protocols.detector_protocol(
-        zoo,
-        examples=examples,
-        repetitions=repetitions,
-        key=key,
-        seed=seed,
-        open_set=open_set,
-        weight_layer=weight_layer,
-        feature_tap=feature_tap,
-        n_probe=n_probe,
-        weight_pool=weight_pool,
-        feature_pool=feature_pool,
-        fractions=fractions,
-        module_kwargs=module_kwargs,
-        **train_kwargs,
-    )

@@ -42,8 +42,8 @@ Usage::
 
 Reading zoos and scenarios is the evaluation layer's job:
 :class:`jaxlineage.eval.methods.ModelDNAScorer` fits one generator + classifier
-per source on a training scenario and scores targets; ``mgmp.run_protocol(z)``
-(the Table 1 protocol on a zoo) is a thin wrapper over it, kept for the bench.
+per source on a training scenario and scores targets (the bench asks it the
+*verify* scenario through :func:`jaxlineage.eval.protocols.run_all`).
 :func:`jaxlineage.eval.dna.run` is the paper's own protocol (Sec. 5.2) on a zoo like
 ``zoo.DNA_QUICK``: evaluation targets on tasks and seeds the pool never saw.
 
@@ -89,7 +89,6 @@ __all__ = [
     "PoolOutputs",
     "Population",
     "Prediction",
-    "SplitBy",
     "State",
     "assemble",
     "cosine_similarity_matrix",
@@ -103,7 +102,6 @@ __all__ = [
     "predict",
     "predict_outputs",
     "restore",
-    "run_protocol",
     "save",
     "train",
     "train_step",
@@ -170,18 +168,6 @@ class PairInput(enum.Enum):
 
     def width(self, fragment_dim: int) -> int:
         return (4 if self is PairInput.BOTH else 2) * fragment_dim
-
-
-class SplitBy(enum.Enum):
-    """The training hyper-parameter whose distinct values separate pool from evaluation targets (``run_protocol``).
-
-    Attributes:
-        LR: the fine-tuning learning rate (evaluation targets use a rate the pool never saw).
-        SEED: the fine-tuning / training seed (every rate seen, an unseen seed).
-    """
-
-    LR = "lr"
-    SEED = "seed"
 
 
 class Optimizer(enum.Enum):
@@ -1062,48 +1048,3 @@ def fragment_cosine(source_outputs: Any, target_outputs: Any) -> np.ndarray:
         )
     num = np.sum(s * t, axis=-1)
     return num / np.maximum(np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1), 1e-12)
-
-
-def run_protocol(
-    z,
-    *,
-    repetitions: int = 4,
-    key: jax.Array | None = None,
-    seed: int = 0,
-    config: Config | None = None,
-    num_inputs: int | None = 2048,
-    eval_split: str = "test",
-    delta: float = 0.9,
-    split_children_by: SplitBy | str = SplitBy.LR,
-    split_independents_by: SplitBy | str = SplitBy.SEED,
-    tap: str = "logits",
-    task: str | None = None,
-) -> dict:
-    """The paper's Table 1 protocol on a zoo, with and without the generator; a thin wrapper kept for the bench.
-
-    The protocol lives in the evaluation layer
-    (:func:`jaxlineage.eval._zoo_protocols.mgmp_protocol`, which fits
-    :class:`jaxlineage.eval.methods.ModelDNAScorer`); see there for the
-    splits and the result's keys. ``accuracy_std`` is the sample std
-    (``ddof = 1``); sources and splits are drawn with ``key``
-    (default ``jax.random.key(seed)``).
-
-    References:
-        Mu et al., "Model Provenance via Model DNA", ECAI 2024, Table 1.
-    """
-    from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
-
-    return _zoo_protocols.mgmp_protocol(
-        z,
-        repetitions=repetitions,
-        key=key,
-        seed=seed,
-        config=config,
-        num_inputs=num_inputs,
-        eval_split=eval_split,
-        delta=delta,
-        split_children_by=split_children_by,
-        split_independents_by=split_independents_by,
-        tap=tap,
-        task=task,
-    )

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -40,7 +40,6 @@ __all__ = [
     "Target",
     "distance",
     "distance_matrix",
-    "evaluate",
     "feature_sum",
     "gauss_legendre",
     "gradient_field",
@@ -576,58 +575,6 @@ def sample_references(
             rank[members], class_order[members] = np.arange(members.size), position[i]
         indices = np.lexsort((class_order, rank))[:n]
     return x[indices], None if labels is None else labels[indices], indices
-
-
-# ---------------------------------------------------------------------------
-# Evaluation on a model zoo (a thin wrapper over the evaluation layer).
-
-
-def evaluate(
-    zoo,
-    *,
-    n_refs: Sequence[int] = (8, 32, 128, 256),
-    steps: int = 50,
-    key: jax.Array | None = None,
-    seed: int = 0,
-    task: str = "B",
-    split: str = "test",
-    strategy: ReferenceSampling | str = ReferenceSampling.RANDOM,
-    target: Target | str | Callable[[jax.Array], jax.Array] | None = None,
-    tap: str | None = None,
-    chunk_size: int | None = 32,
-) -> dict[str, Any]:
-    """ModelGiF lineage detection on a zoo by reference count; a thin wrapper kept for the bench.
-
-    Each parent vs its own children (positives) and vs independents (negatives;
-    ``"other_children"``: vs the other parents' children) on ``task``. The
-    protocol lives in the evaluation layer
-    (:func:`jaxlineage.eval._zoo_protocols.modelgif_protocol`, which calls
-    :class:`jaxlineage.eval.methods.ModelGiFScorer`); see there for the result's
-    keys (the sweeps are lists of :class:`jaxlineage.eval.methods.SweepPoint`).
-    References are drawn from ``task``'s ``split`` with ``key`` (default
-    ``jax.random.key(seed)``) without evaluating any model. ``tap=None``: the
-    paper's field of the logits; a feature tap: the backbone field
-    (``feature_sum`` of the features at the tap).
-
-    References:
-        Song et al., "ModelGiF", ICCV 2023, intellectual property protection (AUC of
-        derived vs independent models as a function of the number of reference points).
-    """
-    from jaxlineage.eval import _zoo_protocols  # imported late: the evaluation layer imports this module
-
-    return _zoo_protocols.modelgif_protocol(
-        zoo,
-        n_refs=n_refs,
-        steps=steps,
-        key=key,
-        seed=seed,
-        task=task,
-        split=split,
-        strategy=strategy,
-        target=target,
-        tap=tap,
-        chunk_size=chunk_size,
-    )
 
 
 # ---------------------------------------------------------------------------

@@ -84,8 +84,7 @@ def test_entry_point_tiny_end_to_end(tiny_run):
     assert keys == [
         "identify",
         "verify",
-        "mgmp",
-        "modelgif",
+        "modelgif_references",
         "provenance_auc",
         "provenance_tpr@1%fpr",
         "provenance_calibration",
@@ -137,17 +136,42 @@ def test_tables_come_from_the_results_every_method_and_baseline_in_each(tiny_run
     assert sweep and all(d["details"]["alphas"] == [0.01, 0.1] for d in sweep)
 
 
-def test_detector_and_modelgif_cells_come_from_the_stage_results(tiny_run):
+def test_method_rows_come_from_the_stage_results(tiny_run):
+    """Detector, Model DNA and ModelGiF are rows of the shared tables, from their Results; the ModelGiF sweep too."""
     _, _, results = tiny_run
-    t1 = next(t for t in results["tables"] if t["key"] == "identify")
-    det_row = next(r for r in t1["rows"] if r["label"][0] == "Lineage Detector")
-    raw = results["stages"]["detector"]["result"]["raw"]["B"]["closed set"]
-    accs = [100 * r["test_accuracy"] for r in raw["per_repetition"]]
-    assert math.isclose(det_row["cells"][0]["mean"], sum(accs) / len(accs))
-    gif = next(t for t in results["tables"] if t["key"] == "modelgif")
-    sweep = results["stages"]["modelgif"]["result"]["tasks"]["B"]["children_vs_independents"]
-    assert [r["label"][0] for r in gif["rows"]] == [str(p["n_refs"]) for p in sweep]
-    assert [r["cells"][0]["mean"] for r in gif["rows"]] == [p["auc"] for p in sweep]
+    from jaxlineage.eval import Result
+
+    for key, column, scale, method, label in (
+        ("identify", "accuracy (%)", 100, "detector", "Lineage Detector"),
+        ("identify", "accuracy (%)", 100, "modelgif", "ModelGiF"),
+        ("verify", "AUC", 1, "mgmp", "Model DNA"),
+        ("verify", "AUC", 1, "modelgif", "ModelGiF"),
+    ):
+        t = next(t for t in results["tables"] if t["key"] == key)
+        col = t["columns"].index(column)
+        rows = {r["label"][1]: r["cells"][col]["mean"] for r in t["rows"] if r["label"][0] == label}
+        got = [
+            Result.from_json(d)
+            for d in results["stages"][method]["result"]["results"]
+            if d["details"]["scenario"] == key
+        ]
+        assert got and {r.scorer for r in got} == set(rows), (key, method)
+        for r in got:
+            assert math.isclose(rows[r.scorer], scale * r.metrics[column.split(" ")[0].lower()]["mean"])
+    # Model DNA (with and without generator, relu1 fragments) is asked verify only; the identify table says so.
+    verify = next(t for t in results["tables"] if t["key"] == "verify")
+    dna_rows = {r["label"][1] for r in verify["rows"] if r["label"][0] == "Model DNA"}
+    assert dna_rows == {"model_dna@relu1", "model_dna_no_generator@relu1"}
+    ident = next(t for t in results["tables"] if t["key"] == "identify")
+    assert "Model DNA" not in {r["label"][0] for r in ident["rows"]}
+    assert any("model_dna" in n and "asked verify only" in n for n in ident["notes"])
+    gif = next(t for t in results["tables"] if t["key"] == "modelgif_references")
+    (sweep,) = results["stages"]["modelgif"]["result"]["reference_sweep"]
+    points = sweep["sweeps"]["all negatives"]
+    rows = [r for r in gif["rows"] if r["label"][1] == "all negatives"]
+    assert [r["label"][2] for r in rows] == [str(p["n_refs"]) for p in points] == ["2", "4", "8"]
+    assert [r["cells"][0]["mean"] for r in rows] == [p["auc"] for p in points]
+    assert "modelgif_auc_vs_refs.png" in results["plots"]
 
 
 def test_provenance_section_every_scorer_against_every_attack(tiny_run):
@@ -196,31 +220,56 @@ def test_provenance_section_every_scorer_against_every_attack(tiny_run):
     assert "provenance_pvalues_qq.png" in results["plots"]
 
 
-def test_tables_show_what_the_stages_returned(tiny_zoo, tmp_path, monkeypatch):
-    """Fake stages returning run-specific random numbers: the tables carry exactly those; a failed stage gives
-    no rows."""
+def _random_scorer():
+    """A fixed scorer returning run-specific random scores (a ScorerSpec factory)."""
     import random
 
-    rng = random.Random()
-    seen = {}
+    import numpy as np
 
-    def fake_detector(zoo, *, seed, **settings):
-        v = [rng.random() for _ in range(3)]
-        seen["det"] = v
-        return {"variants": {"closed set": {"tasks": {"B": stages.mean_std(v)}}}, "raw": {}}
+    from jaxlineage.eval import core
 
-    def broken(zoo, *, seed, **settings):
-        raise RuntimeError("boom")
+    rng = np.random.default_rng(random.Random().randrange(2**32))
 
-    monkeypatch.setitem(stages.STAGES, "detector", fake_detector)
-    monkeypatch.setitem(stages.STAGES, "mgmp", broken)
-    res = runner.run("tiny", methods="detector,mgmp", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
+    class Random(core.Scorer):
+        name = "random"
+
+        def score_block(self, candidates, queries, *, probe):
+            return rng.uniform(size=(len(candidates), len(queries)))
+
+    return Random()
+
+
+def _broken():
+    raise RuntimeError("boom")
+
+
+def test_tables_show_what_the_stages_returned(tiny_zoo, tmp_path):
+    """A scorer of random numbers: the tables carry exactly its Results; a failed stage gives no rows."""
+    from jaxlineage.eval import Result
+
+    p = dataclasses.replace(
+        presets.TINY,
+        scorers=(
+            presets.ScorerSpec("detector", _random_scorer, label="random detector"),
+            presets.ScorerSpec("mgmp", _broken),
+        ),
+    )
+    res = runner.run(p, methods="detector,mgmp", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
     assert res["failed"] == ["mgmp"] and "boom" in res["stages"]["mgmp"]["error"]
     assert res["settings"]["methods"] == ["baselines", "detector", "mgmp"]  # the baselines always run
+    assert res["stages"]["baselines"]["status"] == "skipped"  # this preset has no baseline ScorerSpec
     assert [t["key"] for t in res["tables"]] == ["identify", "verify", "timing"]
-    cell = next(r for r in res["tables"][0]["rows"] if r["label"][0] == "Lineage Detector")["cells"][0]
-    v = seen["det"]
-    assert math.isclose(cell["mean"], 100 * sum(v) / 3)
+    for t in res["tables"][:2]:
+        (r,) = [
+            Result.from_json(d)
+            for d in res["stages"]["detector"]["result"]["results"]
+            if d["details"]["scenario"] == t["key"]
+        ]
+        (row,) = t["rows"]
+        assert row["label"] == ["random detector", "random"]
+        col = "accuracy" if t["key"] == "identify" else "auc"
+        scale = 100 if col == "accuracy" else 1
+        assert math.isclose(row["cells"][0]["mean"], scale * r.metrics[col]["mean"])
     _check_report(tmp_path, res)
 
 
@@ -268,26 +317,31 @@ def _no_tfds(name, split, **kwargs):
     )
 
 
-def test_quick_preset_runs_the_documented_detector_protocol():
-    from jaxlineage import detector
+def test_every_method_of_every_preset_is_a_scorer_spec():
+    """No method runs a protocol of its own: every preset's methods are ScorerSpecs of the evaluation layer."""
+    for p in presets.PRESETS.values():
+        factories = {s.method: s.factory for s in p.scorers}
+        assert factories["detector"] == "jaxlineage.eval.methods:DetectorScorer", p.name
+        assert factories["mgmp"] == "jaxlineage.eval.methods:ModelDNAScorer", p.name
+        assert factories["modelgif"] == "jaxlineage.eval.methods:ModelGiFScorer", p.name
+        for spec in p.scorers:
+            for scorer in stages.resolve(spec):  # the kwargs make scorers (dicts become Config / modules)
+                assert scorer.name
+        assert not hasattr(p, "detector") and not hasattr(presets, "LEGACY")
+    quick = {s.method: s for s in presets.QUICK.scorers}
+    assert quick["detector"].scenarios == ("identify",) and quick["mgmp"].scenarios == ("verify",)
+    with pytest.raises(ValueError, match="names scenario"):
+        dataclasses.replace(presets.QUICK, scorers=(dataclasses.replace(quick["detector"], scenarios=("nope",)),))
 
-    settings = presets.QUICK.settings("detector")
-    assert settings.pop("repetitions") >= 3
-    expected = {k: v for k, v in detector.QUICK_PROTOCOL.items() if v != detector.AUTO}  # AUTO is the default
-    assert settings == expected
 
-
-def test_a_scorer_joins_every_table_with_one_line_in_the_preset(tiny_zoo, tmp_path, monkeypatch):
-    """A method with a ScorerSpec runs through the evaluation layer (its legacy stage is not called)."""
+def test_a_scorer_joins_every_table_with_one_line_in_the_preset(tiny_zoo, tmp_path):
+    """A method with a ScorerSpec runs through the evaluation layer, in the shared tables."""
     from jaxlineage.eval import scorers
 
-    def legacy(zoo, *, seed, **settings):
-        raise AssertionError("the legacy detector stage must not run once the detector has a scorer")
-
-    monkeypatch.setitem(stages.STAGES, "detector", legacy)
     p = dataclasses.replace(
         presets.TINY,
-        scorers=presets.TINY.scorers + (presets.ScorerSpec("detector", scorers.WeightL2, label="stand-in detector"),),
+        scorers=presets.default_scorers(metrics=("l2",), alphas=(0.01,))
+        + (presets.ScorerSpec("detector", scorers.WeightL2, label="stand-in detector"),),
     )
     res = runner.run(p, methods="detector", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
     assert not res["failed"] and res["stages"]["detector"]["via"] == "jaxlineage.eval"

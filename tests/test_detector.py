@@ -10,15 +10,23 @@ import optax
 import pytest
 
 from jaxlineage import detector
+from jaxlineage.eval import methods, scenarios
 
 # Small pairs keep every test fast: dense2 is [32, 64] in the paper's layout,
 # relu2 features on 16 probe inputs are [16, 32].
 LAYER, TAP, N_PROBE = "dense2", "relu2", 16
 
 
+def make_examples(zoo, **settings):
+    """Every kept child against all kept parents, read by the evaluation layer (identify scenario + DetectorScorer)."""
+    scorer = methods.DetectorScorer(**settings)  # settings are checked before any model is read
+    scen = scenarios.identify(zoo)
+    return scorer.examples(scen.candidates, scen.queries, probe=scen.probe, labels=scen.labels)
+
+
 @pytest.fixture(scope="module")
 def examples(tiny_zoo):
-    return detector.make_examples(tiny_zoo, weight_layer=LAYER, feature_tap=TAP, n_probe=N_PROBE)
+    return make_examples(tiny_zoo, weight_layer=LAYER, feature_tap=TAP, n_probe=N_PROBE)
 
 
 def _variant(ex, which):
@@ -46,7 +54,7 @@ class _Zoo:
 # --------------------------------------------------------------------------- examples
 
 
-def test_make_examples_layout(tiny_zoo, examples):
+def test_examples_layout(tiny_zoo, examples):
     k, m = len(tiny_zoo.parents), len(tiny_zoo.children)
     assert examples.parent_ids == tuple(p.id for p in tiny_zoo.parents)
     assert examples.child_ids == tuple(c.id for c in tiny_zoo.children)
@@ -66,17 +74,17 @@ def test_make_examples_layout(tiny_zoo, examples):
     np.testing.assert_allclose(fp[0, 1, 0], feats, rtol=1e-4, atol=1e-6)
 
 
-def test_make_examples_defaults_and_aliases(tiny_zoo, examples):
-    auto = detector.make_examples(tiny_zoo, n_probe=4)
+def test_examples_defaults_and_aliases(tiny_zoo, examples):
+    auto = make_examples(tiny_zoo, n_probe=4)
     assert auto.weight_layer == "dense2"  # the smallest backbone kernel
     assert auto.feature_tap == "relu1"  # the first tap
-    full = detector.make_examples(tiny_zoo, weight_layer="params/dense2/kernel", feature_tap=None)
+    full = make_examples(tiny_zoo, weight_layer="params/dense2/kernel", feature_tap=None)
     np.testing.assert_array_equal(full.child_weights, examples.child_weights)
     assert not full.has_features and full.weight_layer == LAYER
 
 
 def test_pooling_block_averages(tiny_zoo, examples):
-    pooled = detector.make_examples(
+    pooled = make_examples(
         tiny_zoo, weight_layer=LAYER, feature_tap=TAP, n_probe=N_PROBE, weight_pool=3, feature_pool=4
     )
     assert pooled.child_weights.shape == (4, 10, 21) and pooled.child_features.shape == (4, N_PROBE, 8)
@@ -84,9 +92,9 @@ def test_pooling_block_averages(tiny_zoo, examples):
     np.testing.assert_allclose(pooled.child_weights[2, 1, 4], w[3:6, 12:15].mean(), rtol=1e-6)
     np.testing.assert_allclose(pooled.parent_features[1, 5, 7], examples.parent_features[1, 5, 28:32].mean(), rtol=1e-6)
     with pytest.raises(ValueError, match="weight_pool=64 exceeds"):
-        detector.make_examples(tiny_zoo, weight_layer=LAYER, feature_tap=None, weight_pool=64)
+        make_examples(tiny_zoo, weight_layer=LAYER, feature_tap=None, weight_pool=64)
     with pytest.raises(ValueError, match="n_probe must be a positive integer"):
-        detector.make_examples(tiny_zoo, n_probe=0)
+        make_examples(tiny_zoo, n_probe=0)
 
 
 def test_drop_parent_relabels(examples):
@@ -262,40 +270,18 @@ def test_save_restore_round_trip(examples, tmp_path):
         detector.restore(tmp_path / "missing")
 
 
-def test_run_protocol_closed_and_open_set(examples):
-    kw = dict(
-        examples=examples,
-        repetitions=2,
-        fractions=(0.5, 0.25, 0.25),
-        epochs=2,
-    )
-    closed = detector.run_protocol(**kw)
-    assert closed["split_sizes"] == [2, 1, 1] and closed["num_parents"] == 2
-    accs = closed["test_accuracy"]["per_repetition"]
-    assert len(accs) == 2 and closed["test_accuracy"]["mean"] == pytest.approx(np.mean(accs))
-    opened = detector.run_protocol(**kw, open_set=True)
-    assert opened["held_out"] == list(examples.parent_ids)  # cycles through the parents
-    assert opened["module"]["no_parent"] and 0 <= opened["no_parent_correct"] <= opened["no_parent_total"]
-    assert opened["no_parent_total"] == sum(r["n_no_parent"] for r in opened["per_repetition"])
-
-
 # --------------------------------------------------------------------------- bad input
 
 
 def test_unknown_layer_or_tap_names_the_valid_ones(tiny_zoo):
     with pytest.raises(ValueError, match=r"'dense9'.*valid layers: \('dense1', 'dense2'\)"):
-        detector.make_examples(tiny_zoo, weight_layer="dense9")
+        make_examples(tiny_zoo, weight_layer="dense9")
     with pytest.raises(ValueError, match="head is re-initialised"):
-        detector.make_examples(tiny_zoo, weight_layer="head")
+        make_examples(tiny_zoo, weight_layer="head")
     with pytest.raises(ValueError, match=r"'relu7'.*valid taps: \('relu1', 'relu2', 'logits'\)"):
-        detector.make_examples(tiny_zoo, feature_tap="relu7")
+        make_examples(tiny_zoo, feature_tap="relu7")
     with pytest.raises(ValueError, match="both None"):
-        detector.make_examples(tiny_zoo, weight_layer=None, feature_tap=None)
-
-
-def test_fewer_than_two_parents(tiny_zoo):
-    with pytest.raises(ValueError, match="1 kept parent.*at least 2"):
-        detector.make_examples(_Zoo(tiny_zoo, parents=tiny_zoo.parents[:1]))
+        make_examples(tiny_zoo, weight_layer=None, feature_tap=None)
 
 
 def test_mismatched_candidate_shapes(tiny_zoo, examples):
@@ -311,7 +297,7 @@ def test_mismatched_candidate_shapes(tiny_zoo, examples):
     # The zoo's models are read into stacked populations (one per parameter shapes, eval.scenarios.model_set):
     # the odd model's weight layer is named with its shape against the others'.
     with pytest.raises(ValueError, match=rf"weight layer 'dense2' of model .{re.escape(odd)}. has shape \(31, 64\)"):
-        detector.make_examples(_Zoo(tiny_zoo, load=shrink), weight_layer=LAYER, feature_tap=None)
+        make_examples(_Zoo(tiny_zoo, load=shrink), weight_layer=LAYER, feature_tap=None)
     with pytest.raises(
         ValueError, match=r"candidate weights of shape \(32, 64\) do not match the children's \(32, 63\)"
     ):

@@ -1,8 +1,9 @@
 """The evaluation layer: one contract battery for every scorer, the protocols, and the quick table's equality.
 
-To add a scorer to the contract battery (e.g. ``eval/methods.py``'s
-``DetectorScorer``), append a :class:`Case` to :data:`SCORERS`; a learned scorer
-is ``fit`` on the toy scenario before it scores.
+To add a scorer to the contract battery, append a :class:`Case` to
+:data:`SCORERS`; a learned scorer (the Lineage Detector, Model DNA) is ``fit`` on
+a training scenario of other children of the same parents
+(:func:`toy_training`) and then scores the toy's held-out children.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxlineage import detector, lineage, mgmp, zoo
 from jaxlineage import eval as jl_eval
-from jaxlineage import lineage, zoo
 from jaxlineage.eval import core, methods, protocols, scenarios, scorers
 from jaxlineage.eval.core import (
     NO_PARENT,
@@ -91,6 +92,32 @@ def toy_scenario(*, k=3, m=6, drift=0.05, seed=0, question=Question.IDENTIFY, in
     )
 
 
+def toy_training(s: Scenario, *, per_parent=4, drift=0.05, seed=7) -> Scenario:
+    """``per_parent`` other children of each of ``s``'s candidates (fresh noise): a learned scorer's training set."""
+    cand = s.candidates.populations[0]
+    k = len(cand)
+    rng = np.random.default_rng(seed)  # NumPy noise: no RNG programs to compile
+
+    def perturb(a):
+        a = np.repeat(np.asarray(a), per_parent, axis=0)
+        return jnp.asarray(a + drift * (a.std() + 1e-3) * rng.normal(size=a.shape), jnp.float32)
+
+    params = jax.tree.map(perturb, cand.params)
+    labels = np.repeat(np.arange(k), per_parent)
+    queries = ModelSet((dataclasses.replace(cand, ids=tuple(f"t{i}" for i in range(len(labels))), params=params),))
+    return Scenario(
+        name="toy/train",
+        question=s.question,
+        candidates=s.candidates,
+        queries=queries,
+        labels=labels,
+        related=labels[None, :] == np.arange(k)[:, None],
+        kinds=("child",) * len(labels),
+        split_keys=queries.ids,
+        probe=s.probe,
+    )
+
+
 class _CompileCounter:
     """Counts XLA backend compilations while active."""
 
@@ -149,13 +176,25 @@ SCORERS: list[Case] = [
         reads_any_tree=True,
         reads_any_arch=True,
     ),
+    # The learned methods at the tiniest settings that still tell the toy's parents apart.
+    Case(
+        lambda: methods.DetectorScorer(
+            n_probe=16, module=detector.LineageDetector(embed_dim=8, difference_init=True), epochs=6, batch_size=4
+        )
+    ),
+    Case(
+        lambda: methods.ModelDNAScorer(
+            config=mgmp.Config(generator_features=(16,), dna_dim=8, classifier_width=16, batch_size=16, num_steps=150)
+        ),
+        reads_any_tree=True,
+    ),
 ]
 
 
-def _ready(case: Case, scenario: Scenario):
+def _ready(case: Case, train: Scenario):
     s = case.make()
     if s.learned:
-        s = s.fit(scenario, key=jax.random.key(0))
+        s = s.fit(train, key=jax.random.key(0))
     return s
 
 
@@ -164,18 +203,23 @@ def toy():
     return toy_scenario()
 
 
+@pytest.fixture(scope="module")
+def toy_train(toy):
+    return toy_training(toy)
+
+
 @pytest.mark.parametrize("case", SCORERS, ids=str)
-def test_contract_shape_and_known_answer(case, toy):
-    s = _ready(case, toy)
+def test_contract_shape_and_known_answer(case, toy, toy_train):
+    s = _ready(case, toy_train)
     scores = s.score(toy.candidates, toy.queries, probe=toy.probe)
     assert scores.shape == (3, 6) and np.all(np.isfinite(scores))
     np.testing.assert_array_equal(np.argmax(scores, axis=0), toy.labels)  # children = parent + small noise
 
 
 @pytest.mark.parametrize("case", SCORERS, ids=str)
-def test_contract_deterministic_and_no_recompile(case, toy):
-    first = _ready(case, toy).score(toy.candidates, toy.queries, probe=toy.probe)
-    s = _ready(case, toy)
+def test_contract_deterministic_and_no_recompile(case, toy, toy_train):
+    first = _ready(case, toy_train).score(toy.candidates, toy.queries, probe=toy.probe)
+    s = _ready(case, toy_train)
     with _CompileCounter() as c:
         second = s.score(toy.candidates, toy.queries, probe=toy.probe)
     np.testing.assert_array_equal(first, second)
@@ -183,8 +227,8 @@ def test_contract_deterministic_and_no_recompile(case, toy):
 
 
 @pytest.mark.parametrize("case", SCORERS, ids=str)
-def test_contract_bad_input_names_the_model(case, toy):
-    s = _ready(case, toy)
+def test_contract_bad_input_names_the_model(case, toy, toy_train):
+    s = _ready(case, toy_train)
     cand, probe = toy.candidates, toy.probe
     with pytest.raises(ScorerError, match="empty candidate set"):
         s.score(ModelSet(()), toy.queries, probe=probe)

@@ -1,9 +1,10 @@
-"""The methods as scorers (jaxlineage.eval.methods), through one battery.
+"""What is particular to each method's scorer (jaxlineage.eval.methods).
 
-The battery (shape, known answer, determinism, no recompilation, bad input) is
-the one every scorer of the evaluation layer goes through; it runs here on toy
-MLP populations (pure jnp, no Flax) where each query is its parent perturbed a
-little and the candidates are unrelated random inits.
+The contract battery (shape, known answer, determinism, no recompilation, bad
+input) that every scorer goes through, these included, is tests/test_eval.py's
+``SCORERS``. Here: toy MLP populations in Flax's layout (pure jnp) where each
+query is its parent perturbed a little, for what only one method has (the
+detector's logits and open set, Model DNA's options, ModelGiF's references).
 """
 
 from __future__ import annotations
@@ -125,91 +126,17 @@ SCORERS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(SCORERS))
-def fitted(request, toy):
-    scorer = SCORERS[request.param]()
-    if scorer.learned:
-        scorer = scorer.fit(toy["train"], key=jax.random.key(1))
-    return request.param, scorer
-
-
-_compiles = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda name, *a, **kw: _compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
-)
-
-
-# ----------------------------------------------------------------- the battery
-
-
-def test_shape_and_known_answer(fitted, toy):
-    name, scorer = fitted
+def test_detector_columns_follow_the_model_set_and_taps_are_checked(toy):
+    """Several query populations give one column each; a query without the tap is named."""
+    scorer = SCORERS["detector"]().fit(toy["train"], key=jax.random.key(1))
     test = toy["test"]
     s = scorer.score(test.candidates, test.queries, probe=test.probe)
-    assert s.shape == (K, len(test.queries)) and np.isfinite(s).all()
-    # Each query's own parent (a slightly perturbed copy) scores highest among unrelated inits.
-    np.testing.assert_array_equal(np.argmax(s, axis=0), test.labels, err_msg=f"{name}: {s}")
-    # Several query populations: one column per query, in model-set order.
     both = ModelSet((test.queries.populations[0], toy["unrelated"]))
-    s2 = scorer.score(test.candidates, both, probe=test.probe)
-    assert s2.shape == (K, len(test.queries) + 3)
-    if name != "detector":  # the detector standardises over candidates only: columns are independent too
-        np.testing.assert_allclose(s2[:, : len(test.queries)], s, rtol=1e-5, atol=1e-6)
-
-
-def test_deterministic_under_a_fixed_key(fitted, toy):
-    name, scorer = fitted
-    test = toy["test"]
-    a = scorer.score(test.candidates, test.queries, probe=test.probe)
-    if scorer.learned:
-        again = SCORERS[name]().fit(toy["train"], key=jax.random.key(1))
-    else:
-        again = SCORERS[name]()
-    np.testing.assert_array_equal(again.score(test.candidates, test.queries, probe=test.probe), a)
-
-
-def test_second_score_does_not_recompile(fitted, toy):
-    _, scorer = fitted
-    test = toy["test"]
-    scorer.score(test.candidates, test.queries, probe=test.probe)  # warm
-    before = len(_compiles)
-    scorer.score(test.candidates, test.queries, probe=test.probe)
-    assert len(_compiles) == before
-
-
-def test_empty_candidate_set(fitted, toy):
-    _, scorer = fitted
-    with pytest.raises(ScorerError, match="empty candidate set"):
-        scorer.score(ModelSet(()), toy["test"].queries, probe=toy["probe"])
-
-
-def test_nan_parameters_name_the_model(fitted, toy):
-    _, scorer = fitted
-    params = jax.tree.map(lambda a: a[:2], toy["test"].queries.populations[0].params)
-    params["params"]["dense2"]["kernel"] = params["params"]["dense2"]["kernel"].at[1, 0, 0].set(jnp.nan)
-    with pytest.raises(
-        ScorerError, match=r"model 'nan1'.*non-finite \(NaN or inf\) parameters at params/dense2/kernel"
-    ):
-        scorer.score(toy["test"].candidates, ModelSet((_population("nan", params),)), probe=toy["probe"])
-
-
-def test_mismatched_trees_name_the_model(fitted, toy):
-    _, scorer = fitted
-    params = jax.tree.map(lambda a: a[:2], toy["test"].queries.populations[0].params)
-    del params["params"]["dense1"]  # the tree no longer fits the candidates' (nor its own) functions
-    with pytest.raises(ScorerError, match="'odd0'"):
-        scorer.score(toy["test"].candidates, ModelSet((_population("odd", params),)), probe=toy["probe"])
-
-
-def test_unreadable_query_architecture_names_the_model(fitted, toy):
-    _, scorer = fitted
-    other = _population("other", _init(9, 2, d_in=IN + 1))  # another input space
-    with pytest.raises(ScorerError, match="'other0'"):
-        scorer.score(toy["test"].candidates, ModelSet((other,)), probe=toy["probe"])
-    if isinstance(scorer, methods.DetectorScorer):  # the others read the logits here: no tap needed
-        tapless = _population("tapless", toy["test"].queries.populations[0].params, feature_fns={})
-        with pytest.raises(ScorerError, match="'tapless0'"):
-            scorer.score(toy["test"].candidates, ModelSet((tapless,)), probe=toy["probe"])
+    assert scorer.score(test.candidates, both, probe=test.probe).shape == (K, len(test.queries) + 3)
+    np.testing.assert_array_equal(np.argmax(s, axis=0), test.labels)
+    tapless = _population("tapless", test.queries.populations[0].params, feature_fns={})
+    with pytest.raises(ScorerError, match="'tapless0'"):
+        scorer.score(test.candidates, ModelSet((tapless,)), probe=toy["probe"])
 
 
 # ----------------------------------------------------------------- per scorer
@@ -274,16 +201,15 @@ def test_detector_open_set_gets_the_no_parent_logit(toy):
     np.testing.assert_array_equal(scorer.decide(scores), np.where(want == 2, NO_PARENT, want))
 
 
-def test_detector_decide_compares_with_the_constant_no_parent_logit():
-    """The "no parent" logit is the head on the learned token: one constant v.u + b for every query."""
-    u, v, b = np.array([1.0, -2.0]), np.array([[0.5], [0.25]]), np.array([0.1])  # v.u + b = 0.1
+def test_detector_decide_is_the_argmax_over_candidates_and_no_parent():
+    """Open-set scores are candidate logits minus the "no parent" logit: "no parent" wins where none reaches 0."""
     det = detector.Detector(
         module=detector.LineageDetector(embed_dim=2, no_parent=True),
-        variables={"params": {"no_parent_token": u, "head": {"kernel": v, "bias": b}}},
+        variables={"params": {}},
     )
-    scores = np.array([[0.3, -1.0, 0.05, np.nan], [0.2, 0.4, 0.0, -5.0]])  # [K=2, M=4]
+    scores = np.array([[0.3, -1.0, -0.05, np.nan], [0.2, 0.4, -0.1, -5.0]])  # [K=2, M=4]
     got = methods.DetectorScorer(detector=det).decide(scores)
-    np.testing.assert_array_equal(got, [0, 1, NO_PARENT, NO_PARENT])
+    np.testing.assert_array_equal(got, [0, 1, NO_PARENT, NO_PARENT])  # NaN (unreadable) never wins
     closed = dataclasses.replace(det, module=detector.LineageDetector(embed_dim=2))
     assert methods.DetectorScorer(detector=closed).decide(scores) is None
 

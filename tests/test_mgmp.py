@@ -342,54 +342,31 @@ def test_config_validation():
     hash(cfg)  # a static jit argument
 
 
-# ----------------------------------------------------------------- protocol
+# ----------------------------------------------------------------- on a zoo, through the evaluation layer
 
 
 TINY = dataclasses.replace(TOY, generator_features=(32,), dna_dim=16, classifier_width=32, batch_size=32, num_steps=300)
 
 
 @pytest.fixture(scope="module")
-def tiny_protocol(tiny_zoo):
-    return mgmp.run_protocol(tiny_zoo, repetitions=2, seed=0, config=TINY, num_inputs=512)
+def tiny_verify(tiny_zoo):
+    """Model DNA with and without the generator asked the tiny zoo's verify scenario (2 folds, by learning rate)."""
+    from jaxlineage.eval import methods, protocols, scenarios
+
+    scen = scenarios.verify(tiny_zoo, split_by="lr")  # a fold per fine-tuning rate: each parent keeps a child
+    # D_s: the sources' (parents') training inputs, as in the paper (the scenario's own probe is the children's task).
+    scen = dataclasses.replace(scen, probe=np.asarray(tiny_zoo.probe(512, task=tiny_zoo.spec.parent_task.name)))
+    dna = [methods.ModelDNAScorer(config=TINY), methods.ModelDNAScorer(config=dict(TINY.to_json(), generator="none"))]
+    return scen, protocols.run_all(scen, dna, key=jax.random.key(0), num_folds=2)
 
 
-def test_training_on_tiny_zoo_beats_chance(tiny_protocol):
-    # Held-out models (other fine-tuning learning rate, other independents) on held-out inputs.
-    for name in ("with_generator", "without_generator"):
-        s = tiny_protocol[name]
-        assert s["accuracy_mean"] > 0.65, (name, s)  # chance is 0.5 (1000 fragments per target)
-        assert s["models_correct"] > s["models_total"] / 2, (name, s)
-
-
-def test_run_protocol_keeps_evaluation_out_of_training(tiny_protocol, tiny_zoo):
-    res = tiny_protocol
-    assert res["zoo"]["name"] == "tiny" and res["settings"]["repetitions"] == 2
-    by_id = {r.id: r for r in tiny_zoo.records}
-    assert {run["source"] for run in res["runs"]} == {p.id for p in tiny_zoo.parents}
-    for run in res["runs"]:
-        pool = set(run["pool_homologous"]) | set(run["pool_non_homologous"])
-        evals = set(run["eval_homologous"]) | set(run["eval_non_homologous"])
-        assert pool and evals and not pool & evals
-        assert all(by_id[i].parent_id == run["source"] for i in run["pool_homologous"] + run["eval_homologous"])
-        assert all(by_id[i].parent_id != run["source"] for i in run["pool_non_homologous"] + run["eval_non_homologous"])
-        # Pool and evaluation models share no value of the split hyper-parameter.
-        for role, field in (("child", run["split_by"]["children"]), ("independent", run["split_by"]["independents"])):
-            values = lambda ids, field=field, role=role: {by_id[i].hparams[field] for i in ids if by_id[i].role == role}
-            assert values(pool) and values(evals) and not values(pool) & values(evals)
-        for name in ("with_generator", "without_generator"):
-            decisions = run[name]["decisions"]
-            assert [d["id"] for d in decisions] == run["eval_homologous"] + run["eval_non_homologous"]
-            assert all(d["decision"] == (d["fraction"] >= 0.9) for d in decisions)
-            assert all(d["correct"] == (d["decision"] == d["homologous"]) for d in decisions)
-            assert run[name]["accuracy"] == pytest.approx(0.5 * (run[name]["A_o"] + run[name]["A_n"]))
-            pos = [d["fraction"] for d in decisions if d["homologous"]]
-            neg = [d["fraction"] for d in decisions if not d["homologous"]]
-            brute = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
-            assert run[name]["model_auc"] == pytest.approx(brute)
-    for name in ("with_generator", "without_generator"):
-        s = res[name]
-        assert s["accuracy_mean"] == pytest.approx(np.mean(s["accuracies"]))
-        assert s["models_total"] == sum(len(r["eval_homologous"]) + len(r["eval_non_homologous"]) for r in res["runs"])
+def test_training_on_tiny_zoo_beats_chance(tiny_verify):
+    # Held-out children and independents (the test fold) against both parents.
+    _, results = tiny_verify
+    assert [r.scorer for r in results] == ["model_dna", "model_dna_no_generator"]
+    for r in results:
+        assert r.metrics["auc"]["n"] == 2 and r.metrics["auc"]["mean"] > 0.5, (r.scorer, r.metrics)
+        assert r.settings["num_folds"] == 2 and r.details["kind"] == "learned"
 
 
 def test_fragments_from_a_backbone_tap(tiny_zoo):
@@ -409,12 +386,18 @@ def test_fragments_from_a_backbone_tap(tiny_zoo):
     with pytest.raises(ValueError, match="no feature tap 'relu9'"):
         pop.feature_fn("relu9")
 
+    # ModelDNAScorer(tap=...) reads the same populations; a fixed key gives the same fit.
+    from jaxlineage.eval import methods
+
+    scen = scenarios.verify(tiny_zoo)
     cfg = dataclasses.replace(TINY, num_steps=5)
-    res = mgmp.run_protocol(tiny_zoo, repetitions=1, seed=0, config=cfg, num_inputs=64, tap="relu2")
-    assert res["settings"]["tap"] == "relu2" and len(res["runs"]) == 1
-    # A seed int and the key it stands for give the same run.
-    again = mgmp.run_protocol(tiny_zoo, repetitions=1, key=jax.random.key(0), config=cfg, num_inputs=64, tap="relu2")
-    assert again["runs"][0]["with_generator"]["decisions"] == res["runs"][0]["with_generator"]["decisions"]
+    fit = lambda: methods.ModelDNAScorer(config=cfg, tap="relu2").fit(scen, key=jax.random.key(0))
+    a, b = fit(), fit()
+    assert a.name == "model_dna@relu2" and set(a.states) == {p.id for p in tiny_zoo.parents}
+    np.testing.assert_array_equal(
+        a.score(scen.candidates, scen.queries, probe=scen.probe),
+        b.score(scen.candidates, scen.queries, probe=scen.probe),
+    )
 
 
 def test_fragment_cosine_matches_a_loop():
@@ -430,9 +413,3 @@ def test_fragment_cosine_matches_a_loop():
     np.testing.assert_array_equal(mgmp.fragment_cosine(s, t[0]), got[0])
     with pytest.raises(mgmp.MGMPError, match="fragment_cosine"):
         mgmp.fragment_cosine(s, t[:, :5])
-
-
-def test_std_over_repetitions_is_the_sample_std(tiny_protocol):
-    for name in ("with_generator", "without_generator"):
-        s = tiny_protocol[name]
-        assert s["accuracy_std"] == pytest.approx(np.std(s["accuracies"], ddof=1))

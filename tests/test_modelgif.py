@@ -4,7 +4,6 @@ ROC AUC and TPR at FPR live in jaxlineage.eval.metrics (tests/test_eval_metrics.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import jax
@@ -339,95 +338,62 @@ def test_sample_references_random_and_balanced():
 # ----------------------------------------------------------------- zoo evaluation
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeRecord:
-    id: str
-    role: str
-    parent_id: str | None
-    task: str
+def _population(prefix, trees):
+    """Models as an evaluation-layer population (one apply function, stacked parameters)."""
+    from jaxlineage.eval import Population
 
-
-class FakeNetwork:
-    name = "linear"
-    taps = ("logits",)
-    logits_fn = staticmethod(linear_apply)
-
-    @staticmethod
-    def feature_fn(tap):
-        assert tap == "logits"
-        return linear_apply
-
-
-class FakeZoo:
-    """Duck-types the parts of jaxlineage.zoo.Zoo that evaluate() reads."""
-
-    def __init__(self):
-        seeds = iter(range(100, 132))
-        self.params, records = {}, []
-        for p in range(2):
-            parent = init_linear(next(seeds))
-            records.append(FakeRecord(f"p{p}", "parent", None, "A"))
-            self.params[f"p{p}"] = parent
-            for c in range(3):  # Children: the parent's weights, slightly moved.
-                noise = init_linear(next(seeds))
-                self.params[f"p{p}c{c}"] = jax.tree.map(lambda a, b: a + 0.05 * b, parent, noise)
-                records.append(FakeRecord(f"p{p}c{c}", "child", f"p{p}", "B"))
-        for i in range(3):
-            self.params[f"i{i}"] = init_linear(next(seeds))
-            records.append(FakeRecord(f"i{i}", "independent", None, "B"))
-        # A child and an independent of another task: both must be ignored.
-        self.params["p0x"], self.params["ix"] = self.params["p0c0"], self.params["i0"]
-        records += [FakeRecord("p0x", "child", "p0", "X"), FakeRecord("ix", "independent", None, "X")]
-        self.records = records
-
-    def network_for(self, model_id):
-        return FakeNetwork()
-
-    def get(self, model_id):
-        return next(r for r in self.records if r.id == model_id)
-
-    def load(self, model_id):
-        return self.params[model_id]
-
-    parents = property(lambda self: [r for r in self.records if r.role == "parent"])
-    children = property(lambda self: [r for r in self.records if r.role == "child"])
-    independents = property(lambda self: [r for r in self.records if r.role == "independent"])
-
-    def stack(self, ids):
-        return jax.tree.map(lambda *p: np.stack(p), *[self.params[i] for i in ids])
-
-    def task_data(self, task, split):
-        assert (task, split) == ("B", "test")
-        return np.asarray(inputs(20, seed=4)), np.arange(20) % C
-
-
-def test_evaluate_forms_pairs_and_separates_children():
-    result = mg.evaluate(FakeZoo(), n_refs=(2, 8), steps=3, seed=0, chunk_size=3)
-    assert result["parent_ids"] == ["p0", "p1"]
-    assert result["distances"].shape == (2, 9, 8)
-    first, last = result["children_vs_independents"]
-    assert (first.n_refs, last.n_refs) == (2, 8)
-    assert (last.num_pos, last.num_neg) == (6, 6)  # 2 parents x 3 own children / x 3 independents.
-    assert result["other_children"][-1].num_neg == 6  # 2 parents x 3 other children.
-    # Children are slightly perturbed copies: closer than independent random models.
-    assert last.mean_pos < last.mean_neg and last.auc == 1.0 and last.tpr_at_1 == 1.0
-    # The sweep's distances are prefix means of the per-reference distances.
-    np.testing.assert_allclose(
-        first.mean_pos, result["distances"][:, :, :2].mean(-1)[[0, 0, 0, 1, 1, 1], [0, 1, 2, 3, 4, 5]].mean()
+    return Population(
+        ids=tuple(f"{prefix}{i}" for i in range(len(trees))),
+        params=jax.tree.map(lambda *p: jnp.stack(p), *trees),
+        logits_fn=linear_apply,
+        feature_fns={"logits": linear_apply},
+        arch="linear",
     )
 
 
-def test_evaluate_backbone_field_matches_distance_matrix():
-    fake = FakeZoo()
-    result = mg.evaluate(fake, n_refs=(4,), steps=3, seed=1, tap="logits", chunk_size=None)
-    assert result["settings"]["target"] == "feature_sum"
-    x_ref = inputs(20, seed=4)[result["reference_indices"]]
+def _parents_children_independents():
+    seeds = iter(range(100, 132))
+    parents = [init_linear(next(seeds)) for _ in range(2)]
+    children = [  # the parent's weights, slightly moved
+        jax.tree.map(lambda a, b: a + 0.05 * b, p, init_linear(next(seeds))) for p in parents for _ in range(3)
+    ]
+    independents = [init_linear(next(seeds)) for _ in range(3)]
+    return _population("p", parents), _population("q", children + independents)
+
+
+def test_scorer_sweep_separates_children_from_independents():
+    """Through the evaluation layer: per-reference distances, then the AUC by reference count (prefix means)."""
+    from jaxlineage.eval import methods
+
+    parents, queries = _parents_children_independents()
+    x = np.asarray(inputs(20, seed=4))
+    gif = methods.ModelGiFScorer(n_refs=8, steps=3, key=jax.random.key(0), chunk_size=3)
+    d = gif.per_reference(parents, queries, probe=x)
+    assert d.shape == (2, 9, 8)
+    positive = np.zeros((2, 9), bool)
+    positive[0, :3] = positive[1, 3:6] = True
+    negative = np.zeros((2, 9), bool)
+    negative[:, 6:] = True  # (parent, independent)
+    first, last = methods.reference_sweep(d, positive, negative, n_refs=(2, 8))
+    assert (last.num_pos, last.num_neg) == (6, 6)
+    assert last.mean_pos < last.mean_neg and last.auc == 1.0 and last.tpr_at_1 == 1.0
+    np.testing.assert_allclose(first.mean_pos, d[:, :, :2].mean(-1)[positive].mean())
+
+
+def test_scorer_backbone_field_matches_distance_matrix():
+    from jaxlineage.eval import methods
+
+    parents, queries = _parents_children_independents()
+    x = np.asarray(inputs(20, seed=4))
+    gif = methods.ModelGiFScorer(field="logits", n_refs=4, steps=3, key=jax.random.key(1), chunk_size=None)
+    assert gif.settings["target"] == "feature_sum"
+    x_ref = x[gif.references(x)[2]]
     expected = mg.distance_matrix(
-        mg.Population(linear_apply, fake.stack(result["parent_ids"])),
-        mg.Population(linear_apply, fake.stack(result["column_ids"])),
+        mg.Population(linear_apply, parents.params),
+        mg.Population(linear_apply, queries.params),
         x=x_ref,
         steps=3,
         target=mg.feature_sum,
         per_reference=True,
     )
-    np.testing.assert_allclose(result["distances"], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gif.per_reference(parents, queries, probe=x), expected, rtol=1e-6, atol=1e-7)

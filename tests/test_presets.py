@@ -28,29 +28,49 @@ FIGURES = {
     "modelgif_auc_vs_refs.png",
 }
 
-#: TINY's method settings (one detector epoch, 20 MGMP steps): the smallest that still exercise every stage.
+#: TINY-like method settings: the smallest that still exercise every stage.
 _TINY_METHODS = dict(
     probe_size=32,
-    num_folds=2,
+    num_folds=3,
     alpha_sweep=(0.01, 0.1),
-    detector=dict(repetitions=2, epochs=1, fractions=(0.5, 0.25, 0.25), n_probe=16),
-    mgmp=dict(repetitions=2, num_inputs=256, config=dict(num_steps=20, batch_size=32)),
-    modelgif=dict(n_refs=(2, 4, 8), steps=4),
+    reference_sweep=(2, 4, 8),
     stage_estimates_s={},
 )
+#: The learned methods' and ModelGiF's tiny keyword arguments (one detector epoch, 20 Model DNA steps).
+_TINY_KWARGS = {
+    "detector": dict(epochs=1, n_probe=16, batch_size=4),
+    "mgmp": dict(config=dict(num_steps=20, batch_size=32)),
+    "modelgif": dict(n_refs=8, steps=4),
+}
 
 
 def _shrink(preset: presets.Preset, *, tap: str | None = None, **zoo_changes) -> presets.Preset:
-    """``preset`` with a tiny zoo (``zoo_changes``) and tiny method settings; same stages, scorers and sections."""
+    """``preset`` with a tiny zoo (``zoo_changes``) and tiny method settings; same scenarios, scorers and sections."""
     lf = preset.scorer_specs("learning_free")
     assert len(lf) == 1, "every preset has one learning-free ScorerSpec"
     lf_kwargs = dict(lf[0].kwargs)
     if tap is not None:
         assert lf_kwargs.get("tap") == tap, (preset.name, lf_kwargs)  # the preset's own tap is kept
     scorers = presets.default_scorers(**{**lf_kwargs, "metrics": ("l2", "linf", "cka"), "alphas": (0.01, 0.1)})
+    for spec in preset.scorers[len(scorers) :]:
+        small = dict(_TINY_KWARGS[spec.method])
+        if "config" in small:  # keep the spec's generator (with / without)
+            small["config"] = {**dict(spec.kwargs.get("config", {})), **small["config"]}
+        scorers += (dataclasses.replace(spec, kwargs={**dict(spec.kwargs), **small}),)
     assert [s.method for s in scorers] == [s.method for s in preset.scorers]
+    assert {s.method for s in scorers} >= {"learning_free", "baselines", "detector", "mgmp", "modelgif"}
+    # Verify folds by fine-tuning learning rate: the tiny grids' 2 child rates and 1 independent rate are
+    # 3 folds, and every parent keeps a child in every training fold (Model DNA trains one per parent).
+    scenarios = tuple(
+        dataclasses.replace(sc, kwargs={**dict(sc.kwargs), "split_by": "lr"}) if sc.question == "verify" else sc
+        for sc in preset.scenarios
+    )
     small = dataclasses.replace(
-        preset, zoo=dataclasses.replace(preset.zoo, **zoo_changes), scorers=scorers, **_TINY_METHODS
+        preset,
+        zoo=dataclasses.replace(preset.zoo, **zoo_changes),
+        scenarios=scenarios,
+        scorers=scorers,
+        **_TINY_METHODS,
     )
     assert small.sections == preset.sections
     return small
@@ -80,26 +100,25 @@ def _check(res: dict, preset: presets.Preset, tmp_path, *, groups: set[str], sou
     data = json.loads(js.read_text())
     assert data["tables"] == res["tables"]
     keys = [t["key"] for t in res["tables"]]
-    # One identify / verify table per child task where the zoo has several.
+    # One table per scenario (and child task where the zoo has several).
     tasks = [t.name for t in preset.zoo.child_tasks]
-    per_task = [f"{q}_{t}" for t in tasks for q in ("identify", "verify")] if len(tasks) > 1 else ["identify", "verify"]
-    assert keys == [*per_task, "mgmp", "modelgif", "timing"], keys
+    names = [sc.name for sc in preset.scenarios]
+    per_task = [f"{q}_{t}" for t in tasks for q in names] if len(tasks) > 1 else names
+    assert keys == [*per_task, "modelgif_references", "timing"], keys
     md_tables = report.parse_markdown_tables(md.read_text())
     assert len(md_tables) == len(keys)
-    # Every method has rows in every identify / verify table; the detector answers identify.
+    # Every method has rows in the tables of the scenarios it is asked; the baselines in every one.
+    specs = {s.method: s for s in preset.scorers}
     for key in per_task:
         t = next(t for t in res["tables"] if t["key"] == key)
         text = json.dumps(t["rows"])
-        for label in ("learning_free", "baselines", "l2 plain", "weight L2"):
+        for label in ("learning_free", "baselines", "l2 plain", "weight L2", "ModelGiF"):
             assert label in text, (key, label)
-    for key in per_task:
-        if key.startswith("identify"):
-            assert "Lineage Detector" in json.dumps(next(t for t in res["tables"] if t["key"] == key)["rows"]), key
-    for key in ("mgmp", "modelgif"):
-        t = next(t for t in res["tables"] if t["key"] == key)
-        assert t["rows"], key
-    for task in tasks:
-        assert task in res["stages"]["modelgif"]["result"]["tasks"], task
+        scenario = next(n for n in names if key == n or key.startswith(f"{n}_"))
+        for method, label in (("detector", "Lineage Detector"), ("mgmp", "Model DNA")):
+            assert (label in text) == specs[method].asks(scenario), (key, label)
+    t = next(t for t in res["tables"] if t["key"] == "modelgif_references")
+    assert {r["label"][0] for r in t["rows"]} == {f"verify/{task}" for task in tasks}
 
     assert FIGURES <= set(res["plots"]), res["plots"]
     for png in res["plots"]:

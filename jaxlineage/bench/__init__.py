@@ -2,7 +2,7 @@
 
 Importable pieces: :func:`run` (the whole bench), :mod:`~jaxlineage.bench.presets`
 (configs as code: scenarios x scorers), :mod:`~jaxlineage.bench.stages` (the evaluation-layer
-stage and the legacy per-method stages),
+stage and the sections),
 :mod:`~jaxlineage.bench.report` (tables) and :mod:`~jaxlineage.bench.plots` (figures).
 """
 

@@ -233,15 +233,17 @@ def accuracy_vs_alpha(stages, out, plt) -> str | None:
 
 
 def modelgif_auc(stages, out, plt) -> str | None:
+    """ModelGiF AUC against the number of references on the verify scenarios (``reference_sweep``)."""
     gif = report._ok(stages, "modelgif")
-    if not gif:
+    sweeps = (gif or {}).get("reference_sweep", [])
+    if not sweeps:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for task, res in gif["tasks"].items():
-        for key, label in (("children_vs_independents", "vs independents"), ("other_children", "vs other children")):
-            n = [p["n_refs"] for p in res[key]]
-            auc = [p["auc"] for p in res[key]]
-            ax.plot(n, auc, marker="o", label=f"{task}: {label}")
+    for sw in sweeps:
+        for contrast, points in sw["sweeps"].items():
+            n = [p["n_refs"] for p in points]
+            auc = [p["auc"] for p in points]
+            ax.plot(n, auc, marker="o", label=f"{sw['scenario']}/{sw['task']}: {contrast}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("reference points")
     ax.set_ylabel("AUC")

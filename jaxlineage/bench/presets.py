@@ -7,10 +7,10 @@ Adding a method is one line, a :class:`ScorerSpec` in ``scorers``::
 
     ScorerSpec("detector", "jaxlineage.eval.methods:DetectorScorer", dict(epochs=8))
 
-Methods that have no scorer yet (``detector``, ``mgmp``, ``modelgif`` until
-``jaxlineage.eval.methods`` lands) run their own protocol function with the
-keyword arguments in the preset's field of that name; a method with a
-:class:`ScorerSpec` runs through the evaluation layer instead.
+The learned methods (the Lineage Detector, Model DNA) and ModelGiF are
+:class:`ScorerSpec` s of :mod:`jaxlineage.eval.methods` like the learning-free
+table and the baselines: there is no other protocol. A scorer too expensive for
+every scenario names the ones it is asked (``ScorerSpec(..., scenarios=("identify",))``).
 
 Each preset names the command that runs it and what it costs (flax-examples style):
 
@@ -29,7 +29,7 @@ To vary a preset, ``dataclasses.replace`` it in Python and pass the result to
 
     from jaxlineage import bench
     p = bench.presets.get("quick")
-    p = dataclasses.replace(p, modelgif=dict(p.modelgif, steps=20))
+    p = dataclasses.replace(p, scorers=tuple(s for s in p.scorers if s.method != "detector"))
     p = dataclasses.replace(p, scorers=p.scorers + (ScorerSpec("baselines", "my_module:MyScorer"),))
     bench.run(p, workdir="/tmp/zoo", out="/tmp/report")
 """
@@ -48,7 +48,7 @@ __all__ = [
     "CNN",
     "DEFAULT_SCENARIOS",
     "DNA_SECTION",
-    "LEGACY",
+    "LR_FOLD_SCENARIOS",
     "METHODS",
     "PAPER_FC",
     "PRESETS",
@@ -61,6 +61,7 @@ __all__ = [
     "Section",
     "TINY",
     "default_scorers",
+    "method_scorers",
     "get",
 ]
 
@@ -69,8 +70,6 @@ ALPHA_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 #: The methods, in the order they run and appear in the report. ``baselines`` run with every selection.
 METHODS = ("learning_free", "baselines", "detector", "mgmp", "modelgif", "provenance", "dna")
-#: Methods that still run their own protocol function when the preset gives them no :class:`ScorerSpec`.
-LEGACY = ("detector", "mgmp", "modelgif")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,21 +132,38 @@ class ScorerSpec:
         module costs only its method) or a callable.
       kwargs: the factory's keyword arguments.
       label: the method's name in the tables (default: ``method``).
+      scenarios: names of the preset's :class:`ScenarioSpec` s these scorers are asked
+        (default ``()``: every one). For a scorer too expensive for every scenario x fold
+        (a learned method trains once per fold); the tables of the other scenarios say
+        which methods they leave out.
     """
 
     method: str
     factory: Any
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     label: str = ""
+    scenarios: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"ScorerSpec: unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if isinstance(self.scenarios, str):
+            raise ValueError(f"ScorerSpec {self.method!r}: scenarios must be a tuple of names, got {self.scenarios!r}")
+
+    def asks(self, scenario: str) -> bool:
+        """Whether these scorers are asked the scenario called ``scenario``."""
+        return not self.scenarios or scenario in self.scenarios
 
     def to_json(self) -> dict:
         f = self.factory
         name = f if isinstance(f, str) else f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
-        return {"method": self.method, "factory": name, "kwargs": _jsonable(self.kwargs), "label": self.label}
+        return {
+            "method": self.method,
+            "factory": name,
+            "kwargs": _jsonable(self.kwargs),
+            "label": self.label,
+            "scenarios": list(self.scenarios),
+        }
 
 
 #: The scenarios every preset asks by default, per child task: Neural Lineage's question (closed set,
@@ -155,6 +171,17 @@ class ScorerSpec:
 DEFAULT_SCENARIOS = (
     ScenarioSpec("identify", "identify"),
     ScenarioSpec("verify", "verify"),
+)
+
+
+#: The default scenarios with the *verify* folds by fine-tuning learning rate (``split_by="lr"``): the test
+#: children of a fold were fine-tuned at a rate no training child used (as Model DNA's paper protocol holds
+#: configurations out), and every parent keeps children in every training fold, which Model DNA (one
+#: classifier per parent, trained on its children) needs. On ``quick`` the 3 child and 2 independent learning
+#: rates are exactly 5 folds; on ``tiny``, 2.
+LR_FOLD_SCENARIOS = (
+    ScenarioSpec("identify", "identify"),
+    ScenarioSpec("verify", "verify", dict(split_by="lr")),
 )
 
 
@@ -167,9 +194,56 @@ def default_scorers(**learning_free) -> tuple[ScorerSpec, ...]:
     )
 
 
+def method_scorers(
+    *,
+    detector: Mapping[str, Any] | None = None,
+    model_dna: Mapping[str, Any] | None = None,
+    modelgif: Mapping[str, Any] | None = None,
+    detector_scenarios: tuple[str, ...] = (),
+    model_dna_scenarios: tuple[str, ...] = (),
+) -> tuple[ScorerSpec, ...]:
+    """The Lineage Detector, Model DNA (with and without the generator) and ModelGiF as :class:`ScorerSpec` s.
+
+    Args:
+      detector: :class:`jaxlineage.eval.methods.DetectorScorer` keyword arguments (``module`` may be a
+        dict of :class:`jaxlineage.detector.LineageDetector` fields); ``None`` leaves the detector out.
+      model_dna: :class:`jaxlineage.eval.methods.ModelDNAScorer` keyword arguments (``config`` may be a
+        dict of :class:`jaxlineage.mgmp.Config` fields); the no-generator row gets ``generator="none"``.
+      modelgif: :class:`jaxlineage.eval.methods.ModelGiFScorer` keyword arguments.
+      detector_scenarios, model_dna_scenarios: the scenarios the learned methods are asked (``()``: all).
+    """
+    out = []
+    if detector is not None:
+        out.append(
+            ScorerSpec(
+                "detector",
+                "jaxlineage.eval.methods:DetectorScorer",
+                dict(detector),
+                label="Lineage Detector",
+                scenarios=detector_scenarios,
+            )
+        )
+    if model_dna is not None:
+        config = dict(model_dna.get("config", {}))
+        for generator in ("mlp", "none"):
+            kwargs = {**dict(model_dna), "config": {**config, "generator": generator}}
+            out.append(
+                ScorerSpec(
+                    "mgmp",
+                    "jaxlineage.eval.methods:ModelDNAScorer",
+                    kwargs,
+                    label="Model DNA",
+                    scenarios=model_dna_scenarios,
+                )
+            )
+    if modelgif is not None:
+        out.append(ScorerSpec("modelgif", "jaxlineage.eval.methods:ModelGiFScorer", dict(modelgif), label="ModelGiF"))
+    return tuple(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A zoo spec, scenarios x scorers, and the settings of the methods that have no scorer yet.
+    """A zoo spec and scenarios x scorers: every method and baseline through :mod:`jaxlineage.eval`.
 
     Attributes:
       name: the ``--preset`` value.
@@ -182,9 +256,9 @@ class Preset:
       probe_size: the probe batch of every scenario (the first ``N`` training inputs of the task).
       num_folds: folds of the protocol (:func:`jaxlineage.eval.run_all`).
       alpha_sweep: step sizes of the accuracy-vs-alpha figure (all queries, no folds; ``()`` for none).
-      detector: keyword arguments of ``detector.run_protocol`` (``open_set`` may list both variants).
-      mgmp: keyword arguments of ``mgmp.run_protocol`` (``config`` may be a dict of ``mgmp.Config`` fields).
-      modelgif: keyword arguments of ``modelgif.evaluate`` (run once per child task).
+      reference_sweep: reference counts of ModelGiF's AUC-vs-references figure on every *verify*
+        scenario (prefixes of each ModelGiF scorer's one draw, all queries, no folds: a diagnostic,
+        as ``alpha_sweep``; ``()`` for none).
       plots: whether to draw the PNG figures (needs matplotlib).
       stage_estimates_s: seconds per method stage measured on the reference machine, for the
         first run's ETA (later runs use their own previous times).
@@ -202,9 +276,7 @@ class Preset:
     probe_size: int = 512
     num_folds: int = 5
     alpha_sweep: tuple[float, ...] = ALPHA_SWEEP
-    detector: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    mgmp: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    modelgif: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reference_sweep: tuple[int, ...] = ()
     plots: bool = True
     stage_estimates_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
     sections: tuple[Section, ...] = ()
@@ -213,15 +285,19 @@ class Preset:
         """The preset's :class:`Section` called ``name``, if any."""
         return next((s for s in self.sections if s.name == name), None)
 
-    def scorer_specs(self, method: str) -> tuple[ScorerSpec, ...]:
-        """The preset's :class:`ScorerSpec` s of ``method`` (empty: a legacy stage or nothing)."""
-        return tuple(s for s in self.scorers if s.method == method)
+    def __post_init__(self):
+        names = {sc.name for sc in self.scenarios}
+        for spec in self.scorers:
+            unknown = [n for n in spec.scenarios if n not in names]
+            if unknown:
+                raise ValueError(
+                    f"Preset {self.name!r}: ScorerSpec {spec.method!r} names scenario(s) {unknown}; the preset's"
+                    f" scenarios: {sorted(names)}"
+                )
 
-    def settings(self, method: str) -> dict[str, Any]:
-        """A copy of the keyword arguments of a legacy method's protocol function."""
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        return dict(getattr(self, method)) if method in LEGACY else {}
+    def scorer_specs(self, method: str) -> tuple[ScorerSpec, ...]:
+        """The preset's :class:`ScorerSpec` s of ``method`` (empty: the method does not run)."""
+        return tuple(s for s in self.scorers if s.method == method)
 
     def to_json(self) -> dict:
         return {
@@ -235,7 +311,7 @@ class Preset:
             "probe_size": self.probe_size,
             "num_folds": self.num_folds,
             "alpha_sweep": list(self.alpha_sweep),
-            **{m: _jsonable(self.settings(m)) for m in LEGACY},
+            "reference_sweep": list(self.reference_sweep),
             "sections": [s.to_json() for s in self.sections],
         }
 
@@ -263,13 +339,19 @@ TINY = Preset(
     description="test preset: 2 parents, 4 children, 2 independents; tiny method settings",
     command="python -m jaxlineage.bench --preset tiny",
     expected_runtime="seconds once the tiny zoo is built",
-    scorers=default_scorers(metrics=("l2", "linf", "cka"), alphas=(0.01, 0.1)),
+    scenarios=LR_FOLD_SCENARIOS,
+    scorers=default_scorers(metrics=("l2", "linf", "cka"), alphas=(0.01, 0.1))
+    + method_scorers(
+        detector=dict(epochs=2, n_probe=16, batch_size=4),
+        model_dna=dict(config=dict(num_steps=20, batch_size=16), tap="relu1"),
+        modelgif=dict(n_refs=8, steps=4),
+        detector_scenarios=("identify",),
+        model_dna_scenarios=("verify",),
+    ),
     probe_size=32,
     num_folds=2,
     alpha_sweep=(0.01, 0.1),
-    detector=dict(repetitions=2, epochs=2, fractions=(0.5, 0.25, 0.25), n_probe=16),
-    mgmp=dict(repetitions=2, num_inputs=256, config=dict(num_steps=40, batch_size=32)),
-    modelgif=dict(n_refs=(2, 4, 8), steps=4),
+    reference_sweep=(2, 4, 8),
     plots=True,
     sections=(
         Section(
@@ -296,14 +378,31 @@ QUICK = Preset(
     zoo=zoo.QUICK,
     description="the paper's MLP on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench",
-    expected_runtime="7 min on 2 CPU cores including the 1.5 min zoo build (measured 2026-12-01), plus ~2 min for"
-    " the provenance section (estimated idle; 303 s measured at load 5-8, 2026-12-02)",
-    # detector.QUICK_PROTOCOL (copied so presets need not import the detector). A repetition takes
-    # ~75 s on 2 CPU cores, so the bench runs 3 closed-set splits to stay under 10 min; the 5-split
-    # closed- and open-set figures come from benchmarks/detector_quick.py.
-    detector=dict(repetitions=3, n_probe=16, module_kwargs=dict(difference_init=True), batch_size=4, epochs=8),
-    mgmp=dict(repetitions=5),
-    modelgif=dict(n_refs=(8, 32, 128, 256), steps=20),
+    expected_runtime="~10 min on 2 CPU cores from empty workdirs: 11 min 50 s measured 2026-12-02 at load 3.5 with"
+    " 4 detector epochs / 150 Model DNA steps / 20 ModelGiF nodes; those three stages re-measured with the settings"
+    " below save ~100 s (BUILD_NOTES.md, 'Every method in the shared tables')",
+    scenarios=LR_FOLD_SCENARIOS,
+    # The learned methods train once per fold (5 folds, the learning-free table's, shared by every row), and
+    # the bench must stay near 10 min on 2 CPU cores with its sections. Detector: the CPU settings of the
+    # quick-zoo figures (whole dense3, relu1 features on 16 probe inputs, difference-initialised encoders,
+    # 4 children per step) with 3 epochs (8 before; 4 gave 80.0 +- 25.5 % in 143 s, 3 gave 84.0 +- 25.1 % in
+    # 119 s at load 2-4), asked identify only (it is a parent-identification model).
+    # Model DNA: with and without generator, 75 steps per source (paper 1000; 150 steps: AUC 0.999 / 0.990 in
+    # 156 s, 75: 0.979 / 0.989 in 101 s), asked verify only (the provenance question it answers; one generator
+    # + classifier per candidate per fold). Fragments from the shared backbone (relu1, as the dna section): the
+    # verify probe is the children's task, and logits fragments on it were at chance on the tiny zoo (AUC 0.42
+    # without generator; 0.96 with the parents' task-A inputs as D_s, as in the paper; not measured on quick).
+    # ModelGiF: 256 references, 10 Gauss-Legendre nodes (paper 50; 20 nodes gave the same figures in 58 s
+    # instead of 34 s; the provenance section uses 5), every scenario.
+    scorers=default_scorers()
+    + method_scorers(
+        detector=dict(n_probe=16, module=dict(difference_init=True), batch_size=4, epochs=3),
+        model_dna=dict(config=dict(num_steps=75), tap="relu1"),
+        modelgif=dict(n_refs=256, steps=10),
+        detector_scenarios=("identify",),
+        model_dna_scenarios=("verify",),
+    ),
+    reference_sweep=(8, 32, 128, 256),
     # SAC / ModelGiF's IP-protection benchmark (verify, every method x every attack) on its own zoo.
     # and Model DNA on its own protocol (DNA_QUICK: unseen tasks and seeds, with / without generator).
     sections=(PROVENANCE_SECTION, DNA_SECTION),
@@ -316,10 +415,15 @@ CNN = Preset(
     description="the small ConvNet on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench --preset cnn",
     expected_runtime="tens of minutes on 2 CPU cores; minutes on a GPU",
-    scorers=default_scorers(tap="fc1"),
-    detector=dict(repetitions=5),
-    mgmp=dict(repetitions=5),
-    modelgif=dict(n_refs=(8, 32, 128, 256), steps=20),
+    scorers=default_scorers(tap="fc1")
+    + method_scorers(
+        detector={},
+        model_dna=dict(tap="fc1"),
+        modelgif=dict(n_refs=256, steps=20),
+        detector_scenarios=("identify",),
+        model_dna_scenarios=("verify",),
+    ),
+    reference_sweep=(8, 32, 128, 256),
 )
 
 #: The Neural Lineage FC recipe: MNIST parents, FMNIST / EMNIST-letters children (TFDS).
@@ -329,9 +433,20 @@ PAPER_FC = Preset(
     description="Neural Lineage FC recipe: MNIST parents, FMNIST / EMNIST-letters children (TFDS)",
     command="python -m jaxlineage.bench --preset paper_fc --download",
     expected_runtime="GPU: about an hour for the zoo (108 parents x 50 epochs, 480 children x 36 epochs)",
-    detector=dict(repetitions=5),
-    mgmp=dict(repetitions=5),
-    modelgif=dict(n_refs=(8, 32, 128, 256), steps=50),
+    # The detector's open-set variant: the same children plus the independents, labelled "no parent".
+    scenarios=(
+        *DEFAULT_SCENARIOS,
+        ScenarioSpec("open_set", "identify", dict(queries=("child", "independent"), open_set=True)),
+    ),
+    scorers=default_scorers()
+    + method_scorers(
+        detector={},
+        model_dna=dict(tap="relu1"),
+        modelgif=dict(n_refs=256, steps=50),
+        detector_scenarios=("identify", "open_set"),
+        model_dna_scenarios=("verify",),
+    ),
+    reference_sweep=(8, 32, 128, 256),
 )
 
 #: ResNet-18 on CIFAR-10 (parents on classes 0-4, children on 5-9), for a GPU.
@@ -352,10 +467,15 @@ RESNET = Preset(
     description="ResNet-18 on CIFAR-10 through TFDS (GPU)",
     command="python -m jaxlineage.bench --preset resnet --download",
     expected_runtime="GPU hours (12 parents x 30 epochs, 48 children x 10 epochs)",
-    scorers=default_scorers(tap="block1"),
-    detector=dict(repetitions=5),
-    mgmp=dict(repetitions=5),
-    modelgif=dict(n_refs=(8, 32, 128, 256), steps=50),
+    scorers=default_scorers(tap="block1")
+    + method_scorers(
+        detector={},
+        model_dna=dict(tap="block1"),
+        modelgif=dict(n_refs=256, steps=50),
+        detector_scenarios=("identify",),
+        model_dna_scenarios=("verify",),
+    ),
+    reference_sweep=(8, 32, 128, 256),
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (QUICK, TINY, CNN, PAPER_FC, RESNET)}

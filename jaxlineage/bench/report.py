@@ -3,7 +3,7 @@
 A table is a plain dict so that ``results.json`` holds exactly what
 ``results.md`` shows::
 
-    {"key": "modelgif", "title": ..., "row_header": ["references"], "columns": [...],
+    {"key": "modelgif_references", "title": ..., "row_header": ["references"], "columns": [...],
      "decimals": 3, "rows": [{"label": ["8"], "cells": [{"mean": 0.93, "std": null}, ...]}],
      "notes": [...]}
 
@@ -29,11 +29,10 @@ __all__ = [
     "dna_table",
     "format_cell",
     "is_number",
-    "mgmp_table",
-    "modelgif_table",
     "na",
     "parse_markdown_tables",
     "provenance_tables",
+    "reference_sweep_table",
     "scenario_tables",
     "table",
     "timing_table",
@@ -154,8 +153,8 @@ def scenario_tables(stages: dict) -> list[dict]:
     (:func:`jaxlineage.eval.protocols.columns`): accuracy for *identify*; AUC, TPR
     at 1 % / 5 % FPR and AUC per derivation kind for *verify*. Cells are
     ``mean ± std`` over folds; ``n/a`` where a scorer cannot read the models
-    (e.g. weights across architectures). Until the detector has a scorer, its
-    legacy closed-set accuracy joins the first *identify* table as a row.
+    (e.g. weights across architectures). A method whose scorers are not asked a
+    scenario (``ScorerSpec.scenarios``) is named in that table's notes.
     """
     from jaxlineage.eval import Result, protocols
 
@@ -166,12 +165,17 @@ def scenario_tables(stages: dict) -> list[dict]:
         for d in st["result"]["results"]:
             groups.setdefault((d["details"]["scenario"], d["details"]["task"]), []).append(Result.from_json(d))
     tasks = list(dict.fromkeys(t for _, t in groups))
-    det = _ok(stages, "detector") if stages.get("detector", {}).get("via") == "legacy protocol" else None
-    det_done: set[str] = set()
+    not_asked: dict[tuple[str, str], list[str]] = {}
+    for st in stages.values():
+        if st.get("status") == "ok" and st.get("via") == "jaxlineage.eval":
+            for d in st["result"].get("not_asked", []):
+                not_asked.setdefault((d["scenario"], d["task"]), []).append(
+                    f"`{d['scorer']}` ({d['label']}; asked {', '.join(d['asked'])} only)"
+                )
     out = []
     for (scenario, task), rs in groups.items():
         cols = protocols.columns(rs)
-        fmts = [protocols._format(c) for c in cols]  # pylint: disable=protected-access
+        fmts = [protocols.column_format(c) for c in cols]
         rows, notes = [], []
         for r in rs:
             cells = []
@@ -182,9 +186,8 @@ def scenario_tables(stages: dict) -> list[dict]:
             if "n/a" in r.details:
                 notes.append(f"`{r.scorer}`: n/a, {r.details['n/a']}.")
         first = rs[0]
-        if first.question == "identify" and det is not None and task not in det_done and "accuracy" in cols:
-            det_done.add(task)
-            rows += _detector_rows(det, task, cols, notes)
+        if not_asked.get((scenario, task)):
+            notes.append("Not asked this scenario (cost): " + ", ".join(not_asked[(scenario, task)]) + ".")
         s = first.settings
         what = (
             "parent identification accuracy (%)"
@@ -205,6 +208,12 @@ def scenario_tables(stages: dict) -> list[dict]:
             )
             + ". ± is the sample standard deviation (ddof=1) over folds."
         )
+        ns = sorted({v["n"] for r in rs for v in r.metrics.values() if "n" in v})
+        if ns and ns[0] < (s.get("num_folds") or 0):
+            notes.append(
+                f"Some figures are over fewer folds (n = {', '.join(map(str, ns))}): a fold without a positive pair"
+                " (verify) or without a query whose parent is a candidate (identify) has no such figure."
+            )
         key = scenario if len(tasks) == 1 else f"{scenario}_{task}"
         out.append(
             table(
@@ -214,106 +223,40 @@ def scenario_tables(stages: dict) -> list[dict]:
     return out
 
 
-def _detector_rows(det: dict, task: str, cols: list[str], notes: list[str]) -> list[dict]:
-    """The legacy detector stage's closed-/open-set accuracy as rows of an identify table (other figures n/a)."""
-    rows = []
-    for variant, v in det.get("variants", {}).items():
-        if task in v["tasks"]:
-            c = v["tasks"][task]
-            rows.append(
-                {
-                    "label": ["Lineage Detector", variant],
-                    "cells": [cell(_pct(c["mean"]), _pct(c["std"])) if col == "accuracy" else na() for col in cols],
-                }
-            )
-    first = det.get("raw", {}).get(task, {})
-    first = next(iter(first.values()), None)
-    if first:
-        sizes = first.get("split_sizes")
-        notes.append(
-            f"Lineage Detector (its own protocol until it has a scorer): {first.get('repetitions')} random"
-            f" train/val/test splits of the children (sizes {sizes}), weights of"
-            f" `{first.get('weight_layer')}` and features at `{first.get('feature_tap')}`; test accuracy."
-        )
-    return rows
-
-
-def mgmp_table(stages: dict) -> dict | None:
-    mg = _ok(stages, "mgmp")
-    if mg is None:
+def reference_sweep_table(stages: dict) -> dict | None:
+    """ModelGiF's AUC / TPR by reference count on the *verify* scenarios (all queries, no folds)."""
+    gif = _ok(stages, "modelgif")
+    sweeps = (gif or {}).get("reference_sweep", [])
+    if not sweeps:
         return None
-    cols = [
-        ("accuracy", "fragment accuracy (A_o + A_n)/2"),
-        ("A_o", "A_o (homologous)"),
-        ("A_n", "A_n (non-homologous)"),
-        ("model_accuracy", "model-level accuracy"),
-        ("homologous_accepted", "homologous accepted"),
-        ("non_homologous_rejected", "non-homologous rejected"),
-        ("model_auc", "model-level AUC x 100"),
-    ]
-    rows = [
-        {"label": [label], "cells": [cell(_pct(m[k]["mean"]), _pct(m[k]["std"])) for k, _ in cols]}
-        for label, m in mg["methods"].items()
-    ]
-    s = mg.get("raw", {}).get("settings", {})
-    first = next(iter(mg["methods"].values()))
+    cols = [("auc", "AUC"), ("tpr_at_1", "TPR@1% FPR (%)"), ("tpr_at_5", "TPR@5% FPR (%)")]
+    rows = []
+    for sw in sweeps:
+        for contrast, points in sw["sweeps"].items():
+            for pt in points:
+                rows.append(
+                    {
+                        "label": [f"{sw['scenario']}/{sw['task']}", contrast, str(pt["n_refs"])],
+                        "cells": [cell(pt[k] if k == "auc" else _pct(pt[k])) for k, _ in cols],
+                    }
+                )
+    first = sweeps[0]
+    pts = first["sweeps"]["all negatives"][0]
+    s = first["settings"]
     notes = [
-        f"{s.get('repetitions')} repetitions (a parent as source each; pool and evaluation targets split by "
-        f"training configuration); fragments from {s.get('eval_inputs')} {s.get('eval_split')} inputs of the "
-        f"parent task; model-level: fraction of homologous fragments >= delta = {s.get('delta')}, pooled over "
-        f"{first['model_accuracy']['total']} evaluation targets ({first['homologous_accepted']['total']} "
-        f"homologous, {first['non_homologous_rejected']['total']} non-homologous). Model-level AUC: ROC AUC of the "
-        f"homologous-fragment fraction, homologous vs non-homologous targets, per repetition (100 = some delta "
-        f"decides every target correctly)."
+        f"Scorer `{first['scorer']}`: {s.get('steps')} Gauss-Legendre nodes; references a seeded draw from the"
+        " scenario's probe (data only), fewer references are prefixes of it. Positives: (parent, descendant)"
+        f" pairs ({pts['num_pos']}); negatives: every other pair ({pts['num_neg']}), or only pairs with a query"
+        " unrelated to every candidate (vs independents). All queries, no folds: a diagnostic of the"
+        " reference count; the verify table above has ModelGiF's figures over folds."
     ]
     return table(
-        "mgmp",
-        "MGMP / Model DNA: provenance accuracy (%), mean ± std over repetitions",
-        ["model"],
+        "modelgif_references",
+        "ModelGiF: verification AUC / TPR by reference count",
+        ["scenario", "negatives", "references"],
         [c for _, c in cols],
         rows,
-        decimals=1,
-        notes=notes,
-    )
-
-
-def modelgif_table(stages: dict) -> dict | None:
-    gif = _ok(stages, "modelgif")
-    if gif is None:
-        return None
-    tasks = list(gif["tasks"])
-    columns, by_n = [], {}
-    multi = len(tasks) > 1
-    for t in tasks:
-        res = gif["tasks"][t]
-        for contrast, name in (
-            ("children_vs_independents", "AUC vs independents"),
-            ("other_children", "AUC vs other parents' children"),
-            ("children_vs_independents:tpr_at_5", "TPR@5%FPR vs independents"),
-        ):
-            key, _, field = contrast.partition(":")
-            field = field or "auc"
-            columns.append(f"{t}: {name}" if multi else name)
-            for p in res[key]:
-                by_n.setdefault(p["n_refs"], []).append(p[field])
-    n_cols = len(columns)
-    rows = [
-        {"label": [str(n)], "cells": [cell(v) for v in vals]} for n, vals in sorted(by_n.items()) if len(vals) == n_cols
-    ]
-    first = gif["tasks"][tasks[0]]
-    s = first.get("settings", {})
-    notes = [
-        f"Positives: (parent, own child) pairs; negatives: (parent, independent) or (parent, another parent's child). "
-        f"{first['children_vs_independents'][0]['num_pos']} positive pairs; K = {s.get('steps')} quadrature "
-        f"nodes, references drawn from {s.get('task')}/{s.get('split')} without looking at any model."
-    ]
-    return table(
-        "modelgif",
-        "ModelGiF: detection of derived models by gradient-field distance, by reference count",
-        ["references"],
-        columns,
-        rows,
-        decimals=3,
+        decimals=[3, 1, 1],
         notes=notes,
     )
 
@@ -462,8 +405,7 @@ def dna_table(stages: dict) -> dict | None:
 
 TABLES: list[Callable[[dict], dict | list[dict] | None]] = [
     scenario_tables,
-    mgmp_table,
-    modelgif_table,
+    reference_sweep_table,
     provenance_tables,
     dna_table,
 ]

@@ -253,11 +253,6 @@ def run(
 
             def call(name=name):
                 return stages.evaluate(zoo, method=name, preset=preset, scenarios=scenarios, seed=seed)
-        elif name in stages.STAGES:  # a method without a scorer yet: its own protocol function
-            entry = {"settings": stages.to_json(preset.settings(name)), "via": "legacy protocol"}
-
-            def call(name=name):
-                return stages.STAGES[name](zoo, seed=seed, **preset.settings(name))
         else:
             entry = {"status": "skipped", "error": f"preset {preset.name!r} has no scorer for {name}", "wall_s": 0.0}
             eta.done(name, 0.0, False)

@@ -1,20 +1,20 @@
 """The bench's stages: importable functions, each returning a JSON-able dict.
 
-One stage per method. A method with scorers in the preset runs :func:`evaluate`:
-every scenario of the preset asked of its scorers through :mod:`jaxlineage.eval`,
-returning :class:`~jaxlineage.eval.Result` s, from which
+One stage per method: :func:`evaluate` asks the preset's scenarios of the
+method's scorers (:class:`~jaxlineage.bench.presets.ScorerSpec`) through
+:mod:`jaxlineage.eval`, returning :class:`~jaxlineage.eval.Result` s, from which
 :mod:`jaxlineage.bench.report` builds the tables and :mod:`jaxlineage.bench.plots`
-the figures. Methods without a scorer yet (:data:`STAGES`: detector, MGMP,
-ModelGiF) call their module's protocol function and reduce its answer to plain
-numbers. Modules are imported lazily, so a missing or broken one costs only its
-own stage (:class:`MethodUnavailable`).
+the figures. Sections (:data:`SECTIONS`: provenance, Model DNA's protocol) ask
+their question on a zoo of their own. Scorer modules are imported lazily, so a
+missing or broken one costs only its own stage (:class:`MethodUnavailable`).
 
 Usage in a notebook::
 
     from jaxlineage import zoo
-    from jaxlineage.bench import stages
+    from jaxlineage.bench import presets, stages
     z = zoo.build(zoo.QUICK, "/tmp/zoo")
-    out = stages.modelgif(z, seed=0, n_refs=(8, 32), steps=20)
+    p = presets.QUICK
+    out = stages.evaluate(z, method="modelgif", preset=p, scenarios=stages.ScenarioCache(z, p))
 """
 
 from __future__ import annotations
@@ -42,17 +42,13 @@ __all__ = [
     "MethodUnavailable",
     "PROVENANCE_METRICS",
     "SECTIONS",
-    "STAGES",
     "ScenarioCache",
     "build_zoo",
     "check_data",
     "describe_source",
-    "detector",
     "dna",
     "environment",
     "evaluate",
-    "mgmp",
-    "modelgif",
     "provenance",
     "resolve",
     "to_json",
@@ -67,17 +63,6 @@ class BenchError(RuntimeError):
 
 class MethodUnavailable(BenchError):
     """A method module is missing from this installation."""
-
-
-def _import(method: str, module: str):
-    try:
-        return importlib.import_module(f"jaxlineage.{module}")
-    except ModuleNotFoundError as e:
-        if e.name == f"jaxlineage.{module}":
-            raise MethodUnavailable(
-                f"{method}: module jaxlineage.{module} is not available in this installation"
-            ) from e
-        raise
 
 
 # --------------------------------------------------------------------------- JSON
@@ -337,45 +322,64 @@ class ScenarioCache:
 
 
 def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioCache, seed: int = 0) -> dict:
-    """One method's scorers asked every scenario of the preset (per child task) through :mod:`jaxlineage.eval`.
+    """One method's scorers asked the preset's scenarios (per child task) through :mod:`jaxlineage.eval`.
 
     Every scorer of every method sees the same scenarios and the same folds
-    (``key = jax.random.key(seed)``), so the rows of a table are paired. The
-    learning-free results on the first task's first *identify* scenario keep
-    their score grids (for Fig. 3a / 3b), and the preset's ``alpha_sweep`` adds
-    accuracy-vs-alpha results on it (a diagnostic over all queries).
+    (``key = jax.random.key(seed)``), so the rows of a table are paired; a
+    :class:`~jaxlineage.bench.presets.ScorerSpec` with ``scenarios`` is asked only
+    those (the others are listed in ``not_asked``). The learning-free results on
+    the first task's first *identify* scenario keep their score grids (for Fig. 3a
+    / 3b), and the preset's ``alpha_sweep`` adds accuracy-vs-alpha results on it;
+    the preset's ``reference_sweep`` adds ModelGiF's AUC by reference count on
+    every *verify* scenario (:func:`jaxlineage.eval.methods.reference_sweep`).
+    Both sweeps are diagnostics over all queries, without folds.
 
     Returns:
-      ``{"results": [Result.to_json()], "alpha_sweep": [Result.to_json()], "scorers": [names]}``;
+      ``{"results": [Result.to_json()], "alpha_sweep": [Result.to_json()], "reference_sweep": [...],
+      "not_asked": [{"label", "scorer", "scenario", "task", "asked"}], "scorers": [names]}``;
       each result's ``details`` carries ``method``, ``label``, ``scenario`` (the spec's name) and ``task``.
     """
     from jaxlineage import eval as eval_lib
 
     specs = preset.scorer_specs(method)
-    labelled = [(spec.label or method, s) for spec in specs for s in resolve(spec)]
-    out: dict = {"results": [], "alpha_sweep": [], "scorers": [s.name for _, s in labelled]}
+    labelled = [(spec.label or method, s, spec) for spec in specs for s in resolve(spec)]
+    out: dict = {
+        "results": [],
+        "alpha_sweep": [],
+        "reference_sweep": [],
+        "not_asked": [],
+        "scorers": [s.name for _, s, _ in labelled],
+    }
     tasks = scenarios.tasks()
     figures_on = next(((sc, tasks[0]) for sc in preset.scenarios if sc.question == "identify"), None)
     for task in tasks:
         for sc in preset.scenarios:
+            asked = [(label, s) for label, s, spec in labelled if spec.asks(sc.name)]
+            out["not_asked"] += [
+                {"label": label, "scorer": s.name, "scenario": sc.name, "task": task, "asked": list(spec.scenarios)}
+                for label, s, spec in labelled
+                if not spec.asks(sc.name)
+            ]
+            if not asked:
+                continue
             scen = scenarios.get(sc, task)
             t0 = time.time()
             keep = method == "learning_free" and (sc, task) == figures_on
             results = eval_lib.run_all(
                 scen,
-                [s for _, s in labelled],
+                [s for _, s in asked],
                 key=jax.random.key(seed),
                 num_folds=preset.num_folds,
                 keep_scores=keep,
                 cache=scenarios.grids,
             )
-            for (label, _), r in zip(labelled, results):
+            for (label, _), r in zip(asked, results):
                 r.details.update(method=method, label=label, scenario=sc.name, task=task)
                 out["results"].append(to_json(r.to_json()))
             log.info("%s: %s/%s, %d scorers in %.1fs", method, sc.name, task, len(results), time.time() - t0)
             if keep and preset.alpha_sweep:
                 t0 = time.time()
-                swept = [s for _, s in labelled if getattr(s, "grid", False) and getattr(s, "selects_alpha", False)]
+                swept = [s for _, s in asked if getattr(s, "grid", False) and getattr(s, "selects_alpha", False)]
                 for r in eval_lib.alpha_sweep(scen, swept, alphas=preset.alpha_sweep):
                     r.details.update(method=method, scenario=sc.name, task=task)
                     out["alpha_sweep"].append(to_json(r.to_json()))
@@ -385,132 +389,49 @@ def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioC
                     len(preset.alpha_sweep),
                     time.time() - t0,
                 )
+            if sc.question == "verify" and preset.reference_sweep:
+                for label, s in asked:
+                    if hasattr(s, "per_reference"):
+                        sweep = _reference_sweep(scen, s, preset.reference_sweep, label, sc, task)
+                        out["reference_sweep"].append(sweep)
     return out
+
+
+def _reference_sweep(scen: Any, scorer: Any, n_refs: Sequence[int], label: str, spec: Any, task: str) -> dict:
+    """A ModelGiF scorer's AUC / TPR by reference count on a *verify* scenario (all queries, no folds).
+
+    Positives: (candidate, query) pairs with ``related``; negatives: every other pair
+    (``"all negatives"``), or only the pairs of queries unrelated to every candidate
+    (``"vs independents"``). Fewer references are prefixes of the scorer's one draw.
+    """
+    from jaxlineage.eval import methods
+
+    t0 = time.time()
+    d = scorer.per_reference(scen.candidates, scen.queries, probe=scen.probe)
+    readable = ~np.isnan(d[..., 0])  # pairs it cannot read (NaN) stay out of both sets
+    related = np.asarray(scen.related, bool)
+    unrelated_queries = ~related.any(axis=0)
+    counts = [int(n) for n in n_refs if int(n) <= d.shape[-1]]
+    pos, neg = related & readable, ~related & readable
+    sweeps = {"all negatives": methods.reference_sweep(d, pos, neg, n_refs=counts)}
+    if (neg & unrelated_queries[None, :]).any():
+        sweeps["vs independents"] = methods.reference_sweep(d, pos, neg & unrelated_queries[None, :], n_refs=counts)
+    log.info("%s: AUC by reference count %s on %s/%s in %.1fs", scorer.name, counts, spec.name, task, time.time() - t0)
+    return to_json(
+        {
+            "label": label,
+            "scorer": scorer.name,
+            "scenario": spec.name,
+            "task": task,
+            "settings": scorer.settings,
+            "sweeps": sweeps,
+            "wall_s": time.time() - t0,
+        }
+    )
 
 
 #: Every ``±`` of the bench is this (sample std, ddof = 1): the evaluation layer's one definition.
 mean_std = metrics_lib.mean_std
-
-
-def detector(zoo: zoo_lib.Zoo, *, seed: int = 0, open_set: bool | Sequence[bool] = False, **settings) -> dict:
-    """The Lineage Detector rows of Table 1 via ``detector.run_protocol``, once per child task.
-
-    Args:
-      zoo: a built zoo.
-      seed: the protocol's seed.
-      open_set: ``False`` (closed set, the paper's Table 1), ``True`` (a held-out parent per
-        repetition, "no parent" logit) or a sequence of both to run each.
-      **settings: the rest of ``run_protocol``'s keyword arguments (``repetitions``, ``epochs``, ...);
-        ``weight_layer``, ``feature_tap``, ``n_probe`` go to ``make_examples``.
-
-    Returns:
-      ``{"variants": {"closed set" | "open set": {"tasks": {task: mean_std of test accuracy}}},
-      "raw": {task: {variant: run_protocol's dict}}}``.
-    """
-    det = _import("detector", "detector")
-    variants = [open_set] if isinstance(open_set, bool) else list(open_set)
-    ex_keys = ("weight_layer", "feature_tap", "n_probe")
-    ex_kwargs = {k: settings.pop(k) for k in ex_keys if k in settings}
-    out: dict = {"variants": {}, "raw": {}}
-    for t in zoo.spec.child_tasks:
-        t0 = time.time()
-        examples = det.make_examples(zoo, task=t.name, **ex_kwargs)
-        log.info(
-            "detector: %d examples on task %s (%d candidates) in %.1fs",
-            len(examples),
-            t.name,
-            examples.num_candidates,
-            time.time() - t0,
-        )
-        for o in variants:
-            name = "open set" if o else "closed set"
-            res = det.run_protocol(examples=examples, seed=seed, open_set=o, **settings)
-            accs = [r["test_accuracy"] for r in res["per_repetition"]]
-            out["variants"].setdefault(name, {"tasks": {}})["tasks"][t.name] = mean_std(accs)
-            out["raw"].setdefault(t.name, {})[name] = to_json(res)
-            log.info("detector: task %s, %s: test accuracy %.3f", t.name, name, float(np.mean(accs)))
-    return out
-
-
-def mgmp(zoo: zoo_lib.Zoo, *, seed: int = 0, config: Any = None, **settings) -> dict:
-    """The MGMP table (with / without generator) via ``mgmp.run_protocol``.
-
-    Args:
-      config: an ``mgmp.Config``, or a dict of its fields (so presets need not import mgmp).
-
-    Returns:
-      ``{"methods": {"with generator" | "without generator": {"accuracy", "A_o", "A_n", "model_auc": mean_std
-      over repetitions, "model_accuracy": fraction of evaluation models decided correctly}}, "raw": ...}``.
-    """
-    mg = _import("mgmp", "mgmp")
-    if isinstance(config, Mapping):
-        config = mg.Config(**config)
-    res = mg.run_protocol(zoo, seed=seed, config=config, **settings)
-    methods = {}
-    for key, label in (("with_generator", "with generator"), ("without_generator", "without generator")):
-        runs = [r[key] for r in res["runs"]]
-        summ = res[key]
-        methods[label] = {
-            "accuracy": mean_std([r["accuracy"] for r in runs]),
-            "A_o": mean_std([r["A_o"] for r in runs]),
-            "A_n": mean_std([r["A_n"] for r in runs]),
-            "model_auc": mean_std([r["model_auc"] for r in runs]),
-            "model_accuracy": {
-                "mean": summ["models_correct"] / max(summ["models_total"], 1),
-                "std": None,
-                "correct": summ["models_correct"],
-                "total": summ["models_total"],
-            },
-        }
-        # The pooled model-level figure is dominated by the non-homologous targets; split it by kind.
-        for kind, homologous in (("homologous_accepted", True), ("non_homologous_rejected", False)):
-            ds = [d for r in runs for d in r.get("decisions", []) if d["homologous"] == homologous]
-            ok = sum(bool(d["correct"]) for d in ds)
-            methods[label][kind] = {
-                "mean": ok / len(ds) if ds else float("nan"),
-                "std": None,
-                "correct": ok,
-                "total": len(ds),
-            }
-    raw = to_json(res)
-    for run in raw.get("runs", []):  # per-target decisions are long; keep the counts
-        for key in ("with_generator", "without_generator"):
-            if key in run:
-                run[key].pop("decisions", None)
-    return {"methods": methods, "raw": raw}
-
-
-def modelgif(zoo: zoo_lib.Zoo, *, seed: int = 0, **settings) -> dict:
-    """ModelGiF AUC / TPR by reference count via ``modelgif.evaluate``, once per child task.
-
-    Returns:
-      ``{"tasks": {task: {"children_vs_independents": [SweepPoint...], "other_children": [...],
-      "pair_distance": [P, C + I] mean distances with all references, "parent_ids", "column_ids",
-      "settings"}}}``.
-    """
-    mg = _import("modelgif", "modelgif")
-    out = {}
-    tasks = [t.name for t in zoo.spec.child_tasks]
-    for i, task in enumerate(tasks, 1):
-        t0 = time.time()
-        res = mg.evaluate(zoo, seed=seed, task=task, **settings)
-        dist = np.asarray(res["distances"])
-        out[task] = to_json(
-            {
-                "children_vs_independents": res["children_vs_independents"],
-                "other_children": res["other_children"],
-                "pair_distance": dist.mean(-1),
-                "parent_ids": res["parent_ids"],
-                "column_ids": res["column_ids"],
-                "settings": res.get("settings", {}),
-            }
-        )
-        log.info("modelgif: task %s done (%d/%d) in %.1fs", task, i, len(tasks), time.time() - t0)
-    return {"tasks": out}
-
-
-#: Legacy stages (methods without a scorer yet): name -> function(zoo, *, seed, **settings) -> JSON-able dict.
-STAGES = {"detector": detector, "mgmp": mgmp, "modelgif": modelgif}
 
 
 # --------------------------------------------------------------------------- provenance (verify, every attack)

@@ -98,6 +98,11 @@ def _probe(probe: Any, who: str) -> np.ndarray:
 class DetectorScorer(Scorer):
     """The Lineage Detector as a learned scorer: ``S[k, m]`` = logit of candidate ``k`` for query ``m``.
 
+    Fitted on an open-set scenario (some training label :data:`NO_PARENT`), the
+    detector has a "no parent" logit and ``S[k, m]`` is candidate ``k``'s logit minus
+    it: the ranking of candidates is unchanged, and :meth:`decide` answers "no parent"
+    where every ``S[:, m] < 0`` (the protocol's open-set accuracy).
+
     .. math::
         S_{km} = v^\\top \\mathrm{std}_m(h_{m,:})_k + b,\\qquad
         h_{mk} = \\mathrm{T}([c,\\; E_w(W_k, W_m) + t_0,\\; E_f(F_k, F_m) + t_1])_0
@@ -121,7 +126,8 @@ class DetectorScorer(Scorer):
       feature_tap: a feature tap, ``None`` (weights only) or ``AUTO`` (the population's first tap).
       n_probe: probe inputs of the feature pairs (paper: 64).
       weight_pool, feature_pool: block-average factors (:func:`jaxlineage.detector.block_mean`).
-      module: the :class:`~jaxlineage.detector.LineageDetector` (default: the paper's);
+      module: the :class:`~jaxlineage.detector.LineageDetector` (default: the paper's), or a
+        mapping of its fields (e.g. ``{"difference_init": True}``: presets stay plain data);
         ``no_parent`` follows the training labels.
       epochs, batch_size, learning_rate, decay_rate, eval_chunk: see :func:`jaxlineage.detector.train`.
       val_fraction: share of the training queries held out for epoch selection.
@@ -136,7 +142,7 @@ class DetectorScorer(Scorer):
     n_probe: int = 64
     weight_pool: int = 1
     feature_pool: int = 1
-    module: detector_lib.LineageDetector | None = None
+    module: detector_lib.LineageDetector | Mapping[str, Any] | None = None
     epochs: int = 10
     batch_size: int = 16
     learning_rate: float = 0.01
@@ -152,6 +158,11 @@ class DetectorScorer(Scorer):
         auto = lambda v: detector_lib.AUTO if isinstance(v, str) and v == detector_lib.AUTO.value else v
         object.__setattr__(self, "weight_layer", auto(self.weight_layer))
         object.__setattr__(self, "feature_tap", auto(self.feature_tap))
+        if isinstance(self.module, Mapping):
+            try:
+                object.__setattr__(self, "module", detector_lib.LineageDetector(**self.module))
+            except TypeError as e:
+                raise ScorerError(f"DetectorScorer: module={dict(self.module)!r}: {e}") from e
         if self.weight_layer is None and self.feature_tap is None:
             raise ScorerError(
                 "DetectorScorer: weight_layer and feature_tap are both None; the detector needs weights,"
@@ -203,8 +214,22 @@ class DetectorScorer(Scorer):
         return layer, tap
 
     def readable(self, candidates: Population, queries: Population) -> bool:
-        _, tap = self._resolve(candidates)
-        return tap is None or tap in queries.feature_fns
+        """Whether the queries have the candidates' weight layer (same matrix shape) and feature tap.
+
+        Features of another architecture are not compared (their widths may differ); a
+        query of the same architecture whose arrays still differ is an error naming it.
+        """
+        layer, tap = self._resolve(candidates)
+        if tap is not None and (tap not in queries.feature_fns or queries.arch != candidates.arch):
+            return False
+        if layer is not None:
+            ck, qk = (
+                detector_lib.backbone_kernels(candidates.params)[layer],
+                detector_lib.backbone_kernels(queries.params).get(layer),
+            )
+            if qk is None or (queries.arch != candidates.arch and np.shape(qk)[1:] != np.shape(ck)[1:]):
+                return False
+        return True
 
     def _arrays(self, pop: Population, layer: str | None, tap: str | None, x: np.ndarray):
         """``([P, out, in] or None, [P, n_probe, D] or None)`` of one population."""
@@ -368,28 +393,29 @@ class DetectorScorer(Scorer):
         ex = self.examples(candidates, queries, probe=probe, open_set=det.module.no_parent)
         return detector_lib.predict_logits(det, ex, chunk=self.eval_chunk)
 
-    def decide(self, scores: np.ndarray) -> np.ndarray | None:
-        """The open-set detector's own answer from its ``[K, M]`` candidate logits: argmax over ``K + 1`` logits.
-
-        The "no parent" logit is :math:`v^\\top u + b`: the head applied to the learned
-        token ``u``, which is appended *after* the per-query standardisation, so it is
-        one constant for every query. A query is :data:`NO_PARENT` when no candidate
-        logit exceeds it. ``None`` (closed-set figures only) for a detector trained
-        without the "no parent" logit.
-        """
-        det = self._fitted()
-        if not det.module.no_parent:
-            return None
-        params = det.variables["params"]
-        head = params["head"]
-        no_parent = float(jnp.dot(params["no_parent_token"], head["kernel"][:, 0]) + head["bias"][0])
-        s = np.asarray(scores, np.float64)
-        best = np.nan_to_num(s, nan=-np.inf)
-        return np.where(best.max(axis=0) > no_parent, best.argmax(axis=0), NO_PARENT)
+    def _scores(self, logits: np.ndarray, k: int) -> np.ndarray:
+        """``[K, M]`` from ``[M, K (+ 1)]`` logits: relative to the "no parent" logit when the detector has one."""
+        s = logits[:, :k]
+        if self._fitted().module.no_parent:
+            s = s - logits[:, k : k + 1]
+        return s.T
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
-        k = len(candidates)
-        return self.logits(candidates, queries, probe=probe)[:, :k].T
+        return self._scores(self.logits(candidates, queries, probe=probe), len(candidates))
+
+    def decide(self, scores: np.ndarray) -> np.ndarray | None:
+        """The open-set detector's own answer: its argmax over the ``K + 1`` logits.
+
+        For a detector fitted with "no parent" labels, :meth:`score_block` returns the candidate
+        logits minus the "no parent" logit, so a query is :data:`NO_PARENT` where no score reaches 0
+        (NaN, an unreadable pair, never does). That logit is the head applied to the learned token,
+        which is appended *after* the per-query standardisation: one constant ``v.u + b`` for every
+        query. ``None`` (closed-set figures only) for a detector trained without it.
+        """
+        if self.detector is None or not self.detector.module.no_parent:
+            return None
+        s = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
+        return np.where(s.max(axis=0) >= 0, s.argmax(axis=0), NO_PARENT)
 
     def score(
         self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray, unreadable: str = "raise"
@@ -415,7 +441,7 @@ class DetectorScorer(Scorer):
                     f" {bad.ids[0]!r} ({bad.arch})"
                 )
         if keep:
-            out[:, keep] = self.logits(candidates, queries.take(keep), probe=probe)[:, : len(candidates)].T
+            out[:, keep] = self._scores(self.logits(candidates, queries.take(keep), probe=probe), len(candidates))
         return out
 
 
@@ -477,7 +503,8 @@ class ModelDNAScorer(Scorer):
 
     Attributes:
       config: :class:`jaxlineage.mgmp.Config` (``Generator.NONE`` = the paper's
-        no-generator baseline; ``pair_input`` CONCAT / RELATION).
+        no-generator baseline; ``pair_input`` CONCAT / RELATION), or a mapping of its
+        fields (enum fields by value, e.g. ``{"generator": "none", "num_steps": 300}``).
       tap: the fragments' outputs: ``None`` = the logits (the paper), or a feature
         tap shared by sources and targets (e.g. ``"relu1"``) when heads differ.
       states: ``{candidate id: trained mgmp.State}`` (after :meth:`fit`).
@@ -488,13 +515,20 @@ class ModelDNAScorer(Scorer):
       Mu et al., "Model Provenance via Model DNA", ECAI 2024, Eq. 3-9 and Table 1.
     """
 
-    config: mgmp_lib.Config = dataclasses.field(default_factory=mgmp_lib.Config)
+    config: mgmp_lib.Config | Mapping[str, Any] = dataclasses.field(default_factory=mgmp_lib.Config)
     tap: str | None = None
     states: Mapping[str, mgmp_lib.State] = dataclasses.field(default_factory=dict)
     histories: Mapping[str, Mapping[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     left_out: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     learned: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if isinstance(self.config, Mapping):
+            try:
+                object.__setattr__(self, "config", mgmp_lib.Config(**self.config))
+            except TypeError as e:
+                raise ScorerError(f"ModelDNAScorer: config={dict(self.config)!r}: {e}") from e
 
     @property
     def name(self) -> str:
@@ -717,9 +751,27 @@ class ModelGiFScorer(Scorer):
         return modelgif_lib.sample_references(x, labels, n=int(self.n_refs), key=self.key, strategy=self.strategy)
 
     def per_reference(
-        self, candidates: Population, queries: Population, *, probe: Any, labels: Any = None
+        self, candidates: ModelSet | Population, queries: ModelSet | Population, *, probe: Any, labels: Any = None
     ) -> np.ndarray:
-        """``[K, M, n_refs]`` distances per reference (prefix means give fewer references)."""
+        """``[K, M, n_refs]`` distances per reference (prefix means give fewer references).
+
+        Model sets are read population by population; pairs the scorer cannot read
+        (:meth:`readable`: a backbone tap one side lacks) are NaN.
+        """
+        if isinstance(candidates, Population) and isinstance(queries, Population):
+            return self._per_reference(candidates, queries, probe=probe, labels=labels)
+        candidates, queries = _as_set(candidates), _as_set(queries)
+        if len(candidates) == 0 or len(queries) == 0:
+            raise ScorerError(f"{self.name}: empty {'candidate' if len(candidates) == 0 else 'query'} set")
+        out = np.full((len(candidates), len(queries), int(self.n_refs)), np.nan)
+        for ko, cp in zip(candidates.offsets(), candidates.populations):
+            for mo, qp in zip(queries.offsets(), queries.populations):
+                if self.readable(cp, qp):
+                    block = self._per_reference(cp, qp, probe=probe, labels=labels)
+                    out[ko : ko + len(cp), mo : mo + len(qp)] = block
+        return out
+
+    def _per_reference(self, candidates: Population, queries: Population, *, probe: Any, labels: Any) -> np.ndarray:
         x_ref, y_ref, _ = self.references(probe, labels)
         x_ref = np.asarray(x_ref, np.float32)
         target = self.scalar_output
@@ -755,7 +807,7 @@ class ModelGiFScorer(Scorer):
         return np.asarray(d)
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
-        return -self.per_reference(candidates, queries, probe=probe).mean(axis=-1)
+        return -self._per_reference(candidates, queries, probe=probe, labels=None).mean(axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)

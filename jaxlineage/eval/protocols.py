@@ -67,6 +67,7 @@ __all__ = [
     "GridCache",
     "alpha_sweep",
     "cell",
+    "column_format",
     "columns",
     "folds",
     "run",
@@ -523,7 +524,8 @@ _FORMATS = {
 }
 
 
-def _format(name: str) -> tuple[float, int, str]:
+def column_format(name: str) -> tuple[float, int, str]:
+    """``(scale, decimals, header)`` of a table column (:func:`columns`): percent for accuracy / TPR, AUC as is."""
     if name.startswith("tpr@"):
         return 100, 1, f"TPR@{name[4:].replace('fpr', '')} FPR (%)"
     if name.startswith("auc: "):
@@ -557,7 +559,7 @@ def table(results: Sequence[Result], *, columns_: Sequence[str] | None = None) -
     out = []
     for name, rs in by_scenario.items():
         cols = list(columns_) if columns_ is not None else columns(rs)
-        heads = [_format(c)[2] for c in cols]
+        heads = [column_format(c)[2] for c in cols]
         lines = [
             f"{name} ({rs[0].question})",
             "",
@@ -568,7 +570,7 @@ def table(results: Sequence[Result], *, columns_: Sequence[str] | None = None) -
             cells = []
             for c in cols:
                 v = cell(r, c)
-                scale, dec, _ = _format(c)
+                scale, dec, _ = column_format(c)
                 cells.append("n/a" if v is None else f"{scale * v['mean']:.{dec}f} ± {scale * v['std']:.{dec}f}")
             lines.append(f"| {r.scorer} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
