@@ -175,6 +175,7 @@ def _split(examples):
     return examples.take(tr), examples.take(rest)
 
 
+@pytest.mark.slow
 def test_tiny_zoo_trains_above_chance(examples):
     train_ex, held_ex = _split(examples)
     det = detector.train(train_ex, held_ex, key=jax.random.key(0), epochs=8)

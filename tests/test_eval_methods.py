@@ -126,6 +126,7 @@ SCORERS = {
 }
 
 
+@pytest.mark.slow
 def test_detector_columns_follow_the_model_set_and_taps_are_checked(toy):
     """Several query populations give one column each; a query without the tap is named."""
     scorer = SCORERS["detector"]().fit(toy["train"], key=jax.random.key(1))
@@ -149,6 +150,7 @@ def test_unfitted_learned_scorers_say_so(toy):
             make().score(test.candidates, test.queries, probe=test.probe)
 
 
+@pytest.mark.slow
 def test_detector_scores_are_its_logits_on_examples_from_arrays(toy):
     """The scorer only reads populations: the same logits come from the pure entry point."""
     scorer = SCORERS["detector"]().fit(toy["train"], key=jax.random.key(1))

@@ -360,6 +360,7 @@ def tiny_verify(tiny_zoo):
     return scen, protocols.run_all(scen, dna, key=jax.random.key(0), num_folds=2)
 
 
+@pytest.mark.slow
 def test_training_on_tiny_zoo_beats_chance(tiny_verify):
     # Held-out children and independents (the test fold) against both parents.
     _, results = tiny_verify

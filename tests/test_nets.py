@@ -68,6 +68,7 @@ def test_unknown_architecture():
         nets.make("vgg", 10)
 
 
+@pytest.mark.slow
 def test_resnet_train_mode_updates_batch_stats():
     network = nets.resnet18(4, width=0.125)
     params = network.init(jax.random.key(0))

@@ -123,6 +123,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
     real_save, saves = zoo.storage.save_params, []
 

@@ -371,6 +371,7 @@ def test_halves_are_disjoint_stratified_and_deterministic():
     np.testing.assert_array_equal(a, data.halves(y, seed=0)[0])
 
 
+@pytest.mark.slow
 def test_graph_zoo_deterministic(tmp_path):
     """Same spec, same params, for the operations with their own randomness (permutation, noise, students)."""
     groups = [g for g in _groups("mlp") if g.name in ("mlp.src", "mlp.permute", "mlp.noise", "mlp.extract_l")]
