@@ -181,6 +181,11 @@ def _prepare(feature_fn: FeatureFn, parent_params: Any, child_params: Any, x: An
     return _pairing.prepare(feature_fn, parent_params, child_params, x, stacked=False, names=("parent", "child"))
 
 
+def _check_row_chunk(row_chunk: Any) -> None:
+    if row_chunk is not None and (not isinstance(row_chunk, int) or row_chunk < 1):
+        raise ValueError(f"row_chunk must be a positive int or None; got {row_chunk!r}.")
+
+
 def _check_features_finite(**flags: Array) -> None:
     for name, ok in flags.items():
         if _pairing.is_concrete(ok) and not bool(ok):
@@ -435,8 +440,7 @@ def stepwise_feature_jvp(
       ``J_p Delta``, ``[N, D]``.
     """
     pruned, p, c, x = _prepare(feature_fn, parent_params, child_params, x)
-    if row_chunk is not None and (not isinstance(row_chunk, int) or row_chunk < 1):
-        raise ValueError(f"row_chunk must be a positive int or None; got {row_chunk!r}.")
+    _check_row_chunk(row_chunk)
     return _stepwise_jd(p, c, x, pruned=pruned, row_chunk=row_chunk)
 
 
@@ -479,8 +483,7 @@ def stepwise_similarity(
     metric, mode = _check_metric_mode(metric, mode)
     alpha = as_alpha(alpha, modes=(mode,))
     pruned, p, c, x = _prepare(feature_fn, parent_params, child_params, x)
-    if row_chunk is not None and (not isinstance(row_chunk, int) or row_chunk < 1):
-        raise ValueError(f"row_chunk must be a positive int or None; got {row_chunk!r}.")
+    _check_row_chunk(row_chunk)
     return _stepwise_core(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, row_chunk=row_chunk)
 
 
@@ -511,7 +514,6 @@ def lower(
     alpha = as_alpha(alpha, modes=(mode,))
     pruned, p, c, x = _prepare(feature_fn, parent_params, child_params, x)
     if stepwise:
-        if row_chunk is not None and (not isinstance(row_chunk, int) or row_chunk < 1):
-            raise ValueError(f"row_chunk must be a positive int or None; got {row_chunk!r}.")
+        _check_row_chunk(row_chunk)
         return _stepwise_core.lower(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, row_chunk=row_chunk)
     return _similarity_core.lower(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned)
