@@ -138,8 +138,15 @@ def test_difference_init_starts_from_parent_minus_child():
     np.testing.assert_array_equal(kernel[0, 0, :, :2], [[1.0, -1.0], [-1.0, 1.0]])
 
 
-@pytest.mark.parametrize("block", list(detector.Block))
-@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize(
+    "train, block",
+    [
+        # One combination in the fast tier; every other one in the slow tier (5-10 s each).
+        (t, b) if (t, b) == (False, detector.Block.PRE_LN) else pytest.param(t, b, marks=pytest.mark.slow)
+        for t in (False, True)
+        for b in detector.Block
+    ],
+)
 def test_permuting_candidates_permutes_logits(block, train):
     kw, kf, kp, ki = jax.random.split(jax.random.key(1), 4)
     wp = jax.random.normal(kw, (3, 5, 2, 6, 7))
