@@ -108,7 +108,8 @@ def fast_path_plan(feature_fn: Callable, params: Any, x: Any) -> FastPathPlan | 
     ``params`` is one model's parameter tree (unstacked). A diagnostic for users and benchmarks:
     the scores do not depend on it beyond rounding.
     """
-    pruned, _, _, x = _pairing.prepare(feature_fn, params, params, x, stacked=False, names=("params", "params"))
+    x = _pairing.check_probe(x)
+    pruned, _, _ = _pairing.analyse(feature_fn, params, x, name="params", stacked=False)
     split = _fastpath.split(pruned, _pairing.struct_of(x))
     if split is None:
         return None
