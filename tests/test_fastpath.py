@@ -214,3 +214,24 @@ def test_fast_path_plan_is_the_public_view_of_the_split(feature_fn, plan):
     if feature_fn is _user_apply:
         params = _user_init(jax.random.key(0))
     assert LG.fast_path_plan(feature_fn, params, x) == plan
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_lse_first_order_term_is_jaxs_jvp_including_kinks(dtype):
+    # LSE's per-element first-order term is written out (for speed); it must equal jax.jvp of
+    # exp(min(t|d|, 10)) everywhere, including d = 0 (|.|'s rule) and t|d| = 10 (min's tie: 1/2).
+    with jax.enable_x64(dtype == jnp.float64):
+        t = 0.25
+        phi = lambda d: jnp.exp(jnp.minimum(t * jnp.abs(d), S.LSE_CLAMP))  # noqa: E731
+        rng = np.random.default_rng(0)
+        kinks = [0.0, -0.0, 40.0, -40.0, 39.99, 40.01, -39.99, -40.01, 1e3, -1e3]
+        d = jnp.asarray(np.concatenate([kinks, 30 * rng.standard_normal(200)]), dtype)
+        g = jnp.asarray(rng.standard_normal(d.shape[0]), dtype)
+        want = jax.jvp(phi, (d,), (g,))[1]
+        got = _fastpath._lse_phi_jvp(t)(d, g)
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=4 * jnp.finfo(dtype).eps, atol=0)
+        # At the clamp (t|d| = 10) the term is half the slope; above it, zero; at d = 0, +t g.
+        e10 = float(np.exp(S.LSE_CLAMP))
+        assert float(got[2]) == pytest.approx(0.5 * e10 * t * float(g[2]), rel=1e-6)
+        assert float(got[8]) == 0.0 and float(got[0]) == pytest.approx(t * float(g[0]), rel=1e-6)
