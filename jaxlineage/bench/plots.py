@@ -80,6 +80,13 @@ def draw_all(results: dict, out: str | pathlib.Path) -> list[str]:
     return files
 
 
+def _save(fig, out: pathlib.Path, name: str) -> str:
+    """Lays out and writes ``fig`` as ``out / name`` (110 dpi); returns ``name``."""
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    return name
+
+
 def _grid(plt, n, size, ncols=4):
     """A figure with ``n`` panels in rows of ``ncols``; unused panels hidden. Returns ``(fig, flat axes)``."""
     cols = min(n, ncols)
@@ -165,10 +172,7 @@ def fig3a(stages, out, plt) -> str | None:
         ax.set_ylabel("linearised (exact metric)")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"First-order vs linearised similarity per (parent, child) pair, task {pairs['task']}")
-    fig.tight_layout()
-    name = "fig3a_first_order_vs_linearized.png"
-    fig.savefig(out / name, dpi=110)
-    return name
+    return _save(fig, out, "fig3a_first_order_vs_linearized.png")
 
 
 def fig3b(stages, out, plt) -> str | None:
@@ -190,10 +194,7 @@ def fig3b(stages, out, plt) -> str | None:
         ax.set_title(f"{report.METRIC_LABELS.get(m, m)} (alpha={pairs['alpha'][m]:g})")
         ax.set_ylabel("similarity change")
     fig.suptitle(f"Similarity change by the first-order step, true vs false parents, task {pairs['task']}")
-    fig.tight_layout()
-    name = "fig3b_similarity_change.png"
-    fig.savefig(out / name, dpi=110)
-    return name
+    return _save(fig, out, "fig3b_similarity_change.png")
 
 
 def accuracy_vs_alpha(stages, out, plt) -> str | None:
@@ -226,10 +227,7 @@ def accuracy_vs_alpha(stages, out, plt) -> str | None:
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Learning-free lineage: accuracy vs alpha (task {sweep['task']}, all children, no fold split)")
-    fig.tight_layout()
-    name = "accuracy_vs_alpha.png"
-    fig.savefig(out / name, dpi=110)
-    return name
+    return _save(fig, out, "accuracy_vs_alpha.png")
 
 
 def modelgif_auc(stages, out, plt) -> str | None:
@@ -250,10 +248,7 @@ def modelgif_auc(stages, out, plt) -> str | None:
     ax.set_ylim(0.0, 1.02)
     ax.legend(fontsize=7)
     ax.set_title("ModelGiF: AUC vs number of references")
-    fig.tight_layout()
-    name = "modelgif_auc_vs_refs.png"
-    fig.savefig(out / name, dpi=110)
-    return name
+    return _save(fig, out, "modelgif_auc_vs_refs.png")
 
 
 def provenance_heatmap(stages, out, plt) -> str | None:
@@ -282,10 +277,7 @@ def provenance_heatmap(stages, out, plt) -> str | None:
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(im, ax=ax, label="ROC AUC")
     ax.set_title("Provenance: ROC AUC, method x attack")
-    fig.tight_layout()
-    name = "provenance_heatmap.png"
-    fig.savefig(out / name, dpi=110)
-    return name
+    return _save(fig, out, "provenance_heatmap.png")
 
 
 def provenance_modelgif_refs(stages, out, plt) -> str | None:
@@ -309,10 +301,7 @@ def provenance_modelgif_refs(stages, out, plt) -> str | None:
         ax.set_ylim(0.0, 1.02)
         ax.set_title(f"ModelGiF {field}")
         ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    name = "provenance_modelgif_auc_vs_refs.png"
-    fig.savefig(out / name, dpi=110)
-    return name
+    return _save(fig, out, "provenance_modelgif_auc_vs_refs.png")
 
 
 def provenance_qq(stages, out, plt) -> str | None:
