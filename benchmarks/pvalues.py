@@ -318,35 +318,20 @@ def openset(args):
         )
 
 
-def _detector_open_set():
-    """:class:`DetectorScorer` whose scores are each candidate's logit minus the "no parent" logit, so that
-    ``decide`` can answer NO_PARENT (the scorer itself drops that logit and gives no open-set answer)."""
-    import dataclasses
+def openset_detector(args):
+    """The Lineage Detector's "no parent" logit on the same open-set scenario and protocol.
 
+    :class:`~jaxlineage.eval.methods.DetectorScorer` trains with its "no parent" logit when the
+    training fold holds NO_PARENT labels, scores candidates relative to it and decides NO_PARENT
+    where no candidate reaches it.
+    """
     from jaxlineage.eval.methods import DetectorScorer
 
-    @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-    class DetectorOpenSet(DetectorScorer):
-        def score(self, candidates, queries, *, probe, unreadable="raise"):
-            k = len(candidates)
-            lg = np.asarray(self.logits(candidates, queries, probe=probe), np.float64)  # [M, K (+ 1)]
-            return (lg[:, :k] - lg[:, k:]).T if lg.shape[1] > k else lg.T  # same shift per query: ranks kept
-
-        def decide(self, scores):
-            if not self._fitted().module.no_parent:
-                return None
-            return np.where(np.max(scores, 0) > 0, np.argmax(scores, 0), NO_PARENT)
-
-    return DetectorOpenSet()
-
-
-def openset_detector(args):
-    """The Lineage Detector's "no parent" logit on the same open-set scenario and protocol."""
     z = _open(args.quick)
     parents = [r.id for r in z.group("parent")]
     s = pv.open_set_scenario(z, withheld=[parents[i] for i in args.withhold]).scenario
     t0 = time.time()
-    res = protocols.run(s, _detector_open_set(), key=jax.random.key(args.seed), num_folds=args.folds)
+    res = protocols.run(s, DetectorScorer(), key=jax.random.key(args.seed), num_folds=args.folds)
     write(
         args.out,
         {
