@@ -2,13 +2,14 @@
 
     PYTHONPATH=. python benchmarks/tree_recovery.py [--spec tree_quick|quick_gen2|quick_gen2_two_tasks]
         [--workdir /tmp/jl_zoo_tree_quick] [--metrics l2,l1,cka] [--probe-size 256] [--probe-task all]
-        [--alpha 0.01] [--tap relu1] [--scores-cache FILE.npz]
+        [--alpha 0.01] [--tap relu1] [--align-candidates 8] [--scores-cache FILE.npz]
         [--out benchmarks/results/tree_recovery.jsonl] [--plot benchmarks/results/tree_recovery.png]
         [--table benchmarks/results/tree_recovery.md]
 
 Expected runtime on the shared 2-core CPU: 2-3 min for the ``TREE_QUICK`` zoo (built once,
 resumable, reused afterwards), a few minutes for scoring (CKA's Gram products dominate) and
-seconds for the recoveries (``Solver.DENSE``; networkx's Edmonds takes 1-6 s per call here).
+seconds for the recoveries (``Solver.DENSE``; networkx's Edmonds takes 1-6 s per call here),
+~3 min for the weight alignment (``--align-candidates 8``: ~660 of the 3,486 pairs).
 ``--scores-cache FILE`` keeps the score matrices for reruns.
 
 The forest is ``zoo.TREE_QUICK`` (84 MLPs: 4 roots, each fine-tuned at 4 strengths, pruned and
@@ -20,6 +21,10 @@ plus one grandchild per child; fine-tuning edges only), kept to reproduce those 
 Scorers (edges), all over the backbone (heads differ between tasks):
 
 * ``weight-l2``: negative L2 distance of the weights;
+* ``weight-l2-aligned``: the same after matching hidden units (``tree.aligned_weight_scores``:
+  git re-basin weight matching over the architecture's permutation spec, min with the raw
+  distance), for each model's ``--align-candidates`` nearest under the raw distance and under
+  the sorted-weights lower bound (other pairs keep the raw distance); ``0`` aligns every pair;
 * learning-free ``l2`` / ``l1`` / ``cka`` in ``plain`` / ``first_order`` /
   ``linearized`` mode at ``--tap`` (the population scored against itself,
   ``alpha`` fixed at ``--alpha``, the paper's middle value, not tuned here). The
@@ -29,8 +34,8 @@ Scorers (edges), all over the backbone (heads differ between tasks):
 Direction rules: ``none`` (the score matrix's own asymmetry), ``kurtosis``
 (MoTHer: the parent's summed kernel kurtosis is higher, lambda = 0.3),
 ``taylor`` (the sign of ``D[a, b] - D[b, a]`` with ``D`` the same metric's
-``first_order`` scores; ``linearized`` scorers use their own; ``weight-l2`` uses
-``l2``'s). Two more rows that are not results: ``kurtosis-inc`` (MoTHer's reverse
+``first_order`` scores; ``linearized`` scorers use their own; ``weight-l2`` and
+``weight-l2-aligned`` use ``l2``'s). Two more rows that are not results: ``kurtosis-inc`` (MoTHer's reverse
 order, added after the fine-tuning order failed on the first forest) and ``oracle``
 (the direction from the true generation: the ceiling the edges allow). Roots: the
 number of roots given, and unknown (the largest-gap threshold).
@@ -47,6 +52,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import json
 import pathlib
 import sys
 import time
@@ -162,6 +168,13 @@ def main(argv=None):
     ap.add_argument("--probe-task", default="all", help="a task name, or 'all' (equal shares of every task)")
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--tap", default="relu1")
+    ap.add_argument(
+        "--align-candidates",
+        type=int,
+        default=8,
+        help="weight-l2-aligned: align each model's k nearest under the raw distance and under the lower bound"
+        " (0: every pair)",
+    )
     ap.add_argument("--out", default="benchmarks/results/tree_recovery.jsonl")
     ap.add_argument("--plot", default="benchmarks/results/tree_recovery.png")
     ap.add_argument("--table", default="benchmarks/results/tree_recovery.md")
@@ -184,6 +197,9 @@ def main(argv=None):
     num_roots = len(truth.roots())
 
     cache = pathlib.Path(args.scores_cache) if args.scores_cache else None
+    align_candidates = args.align_candidates or None
+    align_key = f"weight-l2-aligned/candidates={align_candidates or 'all'}"
+    aligned, align_info, align_s = None, {}, float("nan")
     if cache is not None and cache.exists():
         with np.load(cache) as f:
             if [str(i) for i in f["ids"]] != ids:
@@ -191,6 +207,9 @@ def main(argv=None):
             scores = {"weight-l2": f["weight-l2"]}
             kurt = f["kurtosis"]
             raw = {(m, mode): f[f"raw/{m}/{mode.value}"] for m in metrics for mode in MODES}
+            if align_key in f:  # caches written before the aligned scorer existed lack it
+                aligned = f[align_key]
+                align_info = {**json.loads(str(f[f"{align_key}/info"])), "from_cache": True}
         weight_s = score_s = float("nan")
     else:
         t0 = time.time()
@@ -212,6 +231,28 @@ def main(argv=None):
                 **{"weight-l2": scores["weight-l2"]},
                 **{f"raw/{m}/{mode.value}": v for (m, mode), v in raw.items()},
             )
+    if aligned is None:
+        t0 = time.time()
+        arch = z.get(ids[0]).arch
+        aligned, det = tree.aligned_weight_scores(params, spec=arch, candidates=align_candidates, return_details=True)
+        align_s = time.time() - t0
+        off = ~np.eye(len(ids), dtype=bool)
+        align_info = {
+            "arch": arch,
+            "candidates": align_candidates,
+            "pairs_aligned": int(len(det.pairs)),
+            "pairs_total": len(ids) * (len(ids) - 1) // 2,
+            "pairs_closer": int(np.triu(off & (aligned > det.raw + 1e-9 * np.abs(det.raw)), 1).sum()),
+            "sweeps_median": float(np.median(det.sweeps)) if len(det.sweeps) else 0.0,
+            "sweeps_max": int(det.sweeps.max()) if len(det.sweeps) else 0,
+            "converged": bool(det.converged.all()),
+            "seconds": align_s,
+        }
+        if cache is not None:
+            with np.load(cache) as f:
+                kept = {k: f[k] for k in f.files}
+            np.savez(cache, **kept, **{align_key: aligned, f"{align_key}/info": json.dumps(align_info)})
+    scores["weight-l2-aligned"] = aligned
     lf, lf_lin1 = {}, {}
     for (metric, mode), s in raw.items():
         s = np.array(similarity.report(metric, s), np.float64)
@@ -224,7 +265,7 @@ def main(argv=None):
         scores[f"{metric}/{mode.value}"] = s
 
     def taylor_source(name: str) -> np.ndarray | None:
-        if name == "weight-l2":
+        if name in ("weight-l2", "weight-l2-aligned"):
             return lf.get(("l2", Mode.FIRST_ORDER))
         metric, mode = name.split("/")
         return lf[(metric, Mode.LINEARIZED if mode == Mode.LINEARIZED.value else Mode.FIRST_ORDER)]
@@ -354,8 +395,8 @@ def main(argv=None):
         pathlib.Path(args.table).write_text(
             f"# Tree recovery on {spec.name} ({len(ids)} models, {len(truth.edges())} edges)\n\n"
             f"`python benchmarks/tree_recovery.py --spec {args.spec}`; probe {args.probe_size} ({args.probe_task}),"
-            f" alpha {args.alpha:g}, tap {args.tap}. † rows kurtosis-inc and oracle are diagnostics, not results.\n\n"
-            + table_md
+            f" alpha {args.alpha:g}, tap {args.tap}, weight alignment candidates {args.align_candidates or 'all'}."
+            " † rows kurtosis-inc and oracle are diagnostics, not results.\n\n" + table_md
         )
     if args.plot:
         pathlib.Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
@@ -380,6 +421,7 @@ def main(argv=None):
         f" probe {args.probe_size} ({args.probe_task}), alpha {args.alpha:g}, tap {args.tap}\n"
     )
     print(table_md)
+    print(f"weight alignment: {align_info}\n")
     print("direction rules alone, fraction of true edges pointing the right way:")
     for k, v in direction_only.items():
         print(f"  {k:40s} " + ", ".join(f"{kk} {vv:.1%}" for kk, vv in v.items()))
@@ -418,8 +460,10 @@ def main(argv=None):
                 "strength": tree.DEFAULT_STRENGTH,
                 "kurtosis_order": tree.KurtosisOrder.DECREASING.value,
                 "solver": tree.Solver.DENSE.value,
+                "align_candidates": align_candidates,
             },
             "zoo_groups": z.group_summary(),
+            "weight_alignment": align_info,
             "rows": rows,
             "direction_only": direction_only,
             "edges_alone": edges_alone,
@@ -433,6 +477,7 @@ def main(argv=None):
             "timings_s": {
                 "zoo_build_or_open": build_s,
                 "weight_scores_and_kurtosis": weight_s,
+                "weight_alignment": align_s,
                 "learning_free_scores": score_s,
                 "recover_all_rows": recover_s,
                 "total": time.time() - t_start,

@@ -137,12 +137,17 @@ def test_tree_recovery_runs_end_to_end_on_a_tiny_tree_quick(tmp_path, monkeypatc
     tree_recovery.main(
         ["--spec", "tree_tiny", "--workdir", str(tmp_path / "zoo"), "--metrics", "l2", "--probe-size", "32"]
         + ["--out", str(out), "--plot", str(tmp_path / "tree.png"), "--table", str(tmp_path / "tree.md")]
+        + ["--align-candidates", "2"]
     )
     rec = json.loads(out.read_text().splitlines()[-1])
     assert rec["settings"]["models"] == 42 and rec["settings"]["true_edges"] == 40
     assert rec["settings"]["true_edges_by_kind"] == {"finetune": 26, "prune": 10, "permute": 4}
     scorers = {r["scorer"] for r in rec["rows"]}
-    assert scorers == {"weight-l2", "l2/plain", "l2/first_order", "l2/linearized"}
+    assert scorers == {"weight-l2", "weight-l2-aligned", "l2/plain", "l2/first_order", "l2/linearized"}
+    # The 4 permuted copies sit at bound 0 from their parents, so those pairs are aligned and come closer.
+    align = rec["weight_alignment"]
+    assert align["candidates"] == 2 and 0 < align["pairs_aligned"] < align["pairs_total"]
+    assert align["pairs_closer"] >= 4 and align["converged"]
     assert all(0.0 <= r[k] <= 1.0 for r in rec["rows"] for k in ("undirected", "directed", "root"))
     assert "| weight-l2 |" in (tmp_path / "tree.md").read_text()
     assert (tmp_path / "tree.png").read_bytes()[:4] == b"\x89PNG"

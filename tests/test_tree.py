@@ -192,6 +192,150 @@ def test_learning_free_scores_are_score_matrices_over_ordered_pairs():
     assert not np.allclose(s, s.T, equal_nan=True)  # the Taylor step starts at the row's model
 
 
+# ----------------------------------------------------------------------------- aligned weight scores
+
+
+def _mlp_models(features, input_shape, seeds):
+    from jaxlineage import nets, permutations
+
+    net = nets.mlp(3, features=features, input_shape=input_shape)
+    models = [jax.tree.map(np.asarray, net.module.init(jax.random.key(s), np.zeros((1,) + input_shape))) for s in seeds]
+    return net, models, permutations.permutation_spec(net, models[0])
+
+
+def _np_permute(variables, spec, perms):
+    """``variables`` with each spec entry's units permuted (numpy, independent of the module's code)."""
+    out = jax.tree.map(np.array, variables)
+    for perm, (units, axes) in zip(perms, spec.values()):
+        for ax in axes:
+            node = out
+            for k in ax.path[:-1]:
+                node = node[k]
+            idx = (np.arange(ax.tile)[:, None] * units + np.asarray(perm)[None, :]).ravel()
+            node[ax.path[-1]] = np.take(node[ax.path[-1]], idx, axis=ax.axis)
+    return out
+
+
+def _dist(a, b):
+    return float(
+        np.sqrt(
+            sum(np.sum((np.float64(x) - np.float64(y)) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        )
+    )
+
+
+def _perturbed(variables, scale, seed):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda v: (v + scale * rng.normal(size=v.shape)).astype(np.float32), variables)
+
+
+def test_aligned_weight_scores_find_a_permuted_copy():
+    from jaxlineage import nets, permutations
+
+    net, (a, c), spec = _mlp_models((32, 16), (6, 6, 1), (0, 1))
+    b = jax.tree.map(np.asarray, permutations.permute_params(a, spec, jax.random.key(7)))
+    s, det = tree.aligned_weight_scores([a, b, c], spec=spec, return_details=True)
+    raw = tree.weight_scores([a, b, c])
+    np.testing.assert_allclose(det.raw, raw, rtol=1e-12)
+    assert -raw[0, 1] > 0.8 * -raw[0, 2]  # raw: the permuted copy looks as far as an unrelated model
+    assert -s[0, 1] < 1e-6 and -det.lower_bound[0, 1] < 1e-6  # aligned: the same model
+    assert -s[0, 2] > 0.5 * -raw[0, 2]  # an unrelated model stays far
+    assert np.isnan(np.diag(s)).all() and np.allclose(s, s.T, equal_nan=True)
+    # Backbones (no head): the spec derived from the architecture's name drops the head's axis.
+    bb = nets.stack([nets.backbone(m) for m in (a, b, c)])
+    s_bb = tree.aligned_weight_scores(bb, spec="mlp")
+    assert -s_bb[0, 1] < 1e-6 and -s_bb[0, 2] > 0.5 * -raw[0, 2]
+    # A Population brings its architecture: spec=None derives it.
+    pop = _population(["a", "b", "c"], nets.stack([a, b, c]), "mlp")
+    np.testing.assert_allclose(tree.aligned_weight_scores(pop), s, rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aligned_distance_against_brute_force_on_a_tiny_mlp(seed):
+    """Weight matching is local: exact on a permuted, slightly perturbed copy; between unrelated models
+    only bounded (sorted-weights bound <= brute-force minimum <= aligned <= raw)."""
+    net, (a, c), spec = _mlp_models((3, 4), (2, 2, 1), (2 * seed, 2 * seed + 1))
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(units) for units, _ in spec.values()]
+    b = _perturbed(_np_permute(a, spec, perms), 0.05, seed)
+
+    def brute(x, y):
+        return min(
+            _dist(x, _np_permute(y, spec, ps))
+            for ps in itertools.product(*[itertools.permutations(range(u)) for u, _ in spec.values()])
+        )
+
+    s, det = tree.aligned_weight_scores([a, b, c], spec=spec, return_details=True)
+    assert -s[0, 1] == pytest.approx(brute(a, b), rel=1e-9)
+    assert -s[0, 1] < 0.2 * -det.raw[0, 1]
+    for i, j in ((0, 2), (1, 2)):
+        bf = brute([a, b, c][i], [a, b, c][j])
+        assert -det.lower_bound[i, j] <= bf + 1e-9
+        assert bf <= -s[i, j] + 1e-9
+        assert -s[i, j] <= -det.raw[i, j]
+
+
+def test_aligned_scores_never_exceed_raw_and_candidates_restrict_the_pairs():
+    from jaxlineage import permutations
+
+    _, (a, c, d), spec = _mlp_models((24, 12), (4, 4, 1), (3, 4, 5))
+    b = jax.tree.map(np.asarray, permutations.permute_params(a, spec, jax.random.key(1)))
+    models = [a, b, _perturbed(a, 0.02, 0), _perturbed(b, 0.05, 1), c, d]
+    s, det = tree.aligned_weight_scores(models, spec=spec, return_details=True)
+    off = ~np.eye(len(models), dtype=bool)
+    assert np.all(s[off] >= det.raw[off])  # aligned <= raw, every pair
+    assert np.all(det.lower_bound[off] >= s[off] - 1e-9)  # bound <= aligned
+    assert (s[off] > det.raw[off] + 1e-3).sum() >= 8  # and alignment changes something
+    assert len(det.pairs) == 15 and det.converged.all()
+    # One candidate per model: each model's nearest under raw and under the bound are aligned, the rest stay raw.
+    s1, det1 = tree.aligned_weight_scores(models, spec=spec, candidates=1, return_details=True)
+    picked = np.zeros_like(off)
+    picked[det1.pairs[:, 0], det1.pairs[:, 1]] = picked[det1.pairs[:, 1], det1.pairs[:, 0]] = True
+    assert 0 < len(det1.pairs) < 15
+    np.testing.assert_array_equal(s1[off & ~picked], det.raw[off & ~picked])
+    np.testing.assert_allclose(s1[picked], s[picked], rtol=1e-12)
+    assert picked[0, 1] and -s1[0, 1] < 1e-6  # the permuted copy is at bound 0: always a candidate
+
+
+def test_aligned_weight_scores_bad_input():
+    from jaxlineage import permutations
+
+    _, models, spec = _mlp_models((5, 4), (2, 2, 1), (0, 1))
+    with pytest.raises(tree.TreeError, match="at least 2 models"):
+        tree.aligned_weight_scores(models[:1], spec=spec)
+    with pytest.raises(tree.TreeError, match="pass spec="):
+        tree.aligned_weight_scores(models)
+    with pytest.raises(tree.TreeError, match="architecture 'transformer'"):
+        tree.aligned_weight_scores(models, spec="transformer")
+    # A given spec must fit: a leaf the weights lack, a wrong size, an axis listed twice.
+    missing = {"dense1": (5, (permutations.PermAxis(("params", "dense9", "kernel"), 1),))}
+    with pytest.raises(tree.TreeError, match="'dense1' names leaf params/dense9/kernel, which the weights lack"):
+        tree.aligned_weight_scores(models, spec=missing)
+    wrong = {"dense1": (6, spec["dense1"][1])}
+    with pytest.raises(
+        tree.TreeError, match=r"params/dense1/kernel of shape \(4, 5\) has 5 entries on axis 1.*6 units"
+    ):
+        tree.aligned_weight_scores(models, spec=wrong)
+    with pytest.raises(tree.TreeError, match="has no axis 2"):
+        tree.aligned_weight_scores(models, spec={"d": (5, (permutations.PermAxis(("params", "dense1", "kernel"), 2),))})
+    twice = {"x": spec["dense1"], "y": spec["dense1"]}
+    with pytest.raises(tree.TreeError, match="in spec entries 'x' and 'y'"):
+        tree.aligned_weight_scores(models, spec=twice)
+    # The spec's leaves left out by leaf_filter are ignored; no axis left at all is an error.
+    s = tree.aligned_weight_scores(models, spec=spec, leaf_filter=lambda p, s: "head" not in p)
+    assert s.shape == (2, 2)
+    with pytest.raises(tree.TreeError, match="no axis on the compared leaves"):
+        tree.aligned_weight_scores(models, spec=spec, leaf_filter=lambda p, s: "bias" in p and "dense" not in p)
+    with pytest.raises(tree.TreeError, match="candidates"):
+        tree.aligned_weight_scores(models, spec=spec, candidates=0)
+    with pytest.raises(tree.TreeError, match="max_sweeps"):
+        tree.aligned_weight_scores(models, spec=spec, max_sweeps=0)
+    pa = _population(["m0", "m1"], {"w": np.ones((2, 3))}, "mlp")
+    pb = _population(["c0"], {"w": np.ones((1, 3))}, "convnet")
+    with pytest.raises(tree.TreeError, match="one architecture.*'convnet'.*'c0'"):
+        tree.aligned_weight_scores(core.ModelSet((pa, pb)))
+
+
 # ----------------------------------------------------------------------------- direction rules
 
 
