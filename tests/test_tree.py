@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -295,6 +296,15 @@ def test_aligned_scores_never_exceed_raw_and_candidates_restrict_the_pairs():
     np.testing.assert_array_equal(s1[off & ~picked], det.raw[off & ~picked])
     np.testing.assert_allclose(s1[picked], s[picked], rtol=1e-12)
     assert picked[0, 1] and -s1[0, 1] < 1e-6  # the permuted copy is at bound 0: always a candidate
+
+
+def test_aligned_weight_scores_logs_progress_with_an_eta(monkeypatch, caplog):
+    _, (a, c, d), spec = _mlp_models((6, 5), (2, 2, 1), (3, 4, 5))
+    monkeypatch.setattr(tree, "_PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="jaxlineage.eval.tree"):
+        tree.aligned_weight_scores([a, c, d], spec=spec)
+    lines = [r.getMessage() for r in caplog.records if "aligned" in r.getMessage()]
+    assert lines and lines[0].startswith("aligned_weight_scores: aligned 1/3 pairs") and "ETA" in lines[0]
 
 
 def test_aligned_weight_scores_bad_input():

@@ -54,7 +54,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -96,6 +98,10 @@ __all__ = [
 
 PyTree = Any
 Mode = linearize.Mode
+log = logging.getLogger(__name__)
+
+#: Seconds between progress lines (with an ETA) of a long :func:`aligned_weight_scores`.
+_PROGRESS_EVERY_S = 15.0
 
 #: MoTHer's weight of the direction term (their ``lambda = 0.3``, every experiment).
 DEFAULT_STRENGTH = 0.3
@@ -665,7 +671,13 @@ def aligned_weight_scores(
     sweeps = np.zeros(len(pairs), dtype=int)
     converged = np.zeros(len(pairs), dtype=bool)
     cache: tuple[int, list[np.ndarray]] | None = None
+    t0 = last = time.monotonic()
     for n, (i, j) in enumerate(pairs):
+        now = time.monotonic()
+        if n and now - last >= _PROGRESS_EVERY_S:
+            last = now
+            eta = (now - t0) / n * (len(pairs) - n)
+            log.info("%s: aligned %d/%d pairs, %.0fs elapsed, ETA %.0fs", what, n, len(pairs), now - t0, eta)
         if cache is None or cache[0] != i:
             cache = (i, [v[i].astype(np.float64) for v in host])
         b = [v[j].astype(np.float64) for v in host]
