@@ -384,6 +384,48 @@ def test_kurtosis_rule_on_constructed_fine_tunes():
     assert tree.tree_accuracy(truth, tree.recover(s, ids=ids, num_roots=2)).undirected == 1.0
 
 
+def _forest(rng, root_draw, step_draw):
+    """2 roots x 2 children x 1 grandchild: each derived model is its parent plus a step."""
+    models = []
+    for r in range(2):
+        root = root_draw(rng)
+        models.append((f"r{r}", None, root))
+        for c in range(2):
+            child = root + step_draw(rng, 0.04)
+            models.append((f"r{r}c{c}", f"r{r}", child))
+            models.append((f"r{r}c{c}g", f"r{r}c{c}", child + step_draw(rng, 0.03)))
+    ids = [m[0] for m in models]
+    return ids, LineageGraph.from_parents({m[0]: m[1] for m in models}), {"kernel": np.stack([m[2] for m in models])}
+
+
+@pytest.mark.parametrize(
+    "root_draw, step_draw, want",
+    [
+        # Heavy-tailed roots, Gaussian steps: kurtosis falls down the tree (MoTHer's fine-tuning order).
+        (lambda r: r.laplace(scale=0.05, size=(40, 30)), lambda r, s: r.normal(scale=s, size=(40, 30)), "decreasing"),
+        # Light-tailed roots (uniform), heavy-tailed sparse steps: kurtosis rises down the tree.
+        (
+            lambda r: r.uniform(-0.1, 0.1, size=(40, 30)),
+            lambda r, s: r.laplace(scale=s, size=(40, 30)) * (r.random((40, 30)) < 0.2),
+            "increasing",
+        ),
+    ],
+)
+def test_auto_kurtosis_order_is_chosen_from_the_weights(root_draw, step_draw, want):
+    ids, truth, params = _forest(np.random.default_rng(5), root_draw, step_draw)
+    s, k = tree.weight_scores(params), tree.weight_kurtosis(params)
+    ev = k[:, None] - k[None, :]
+    assert tree.direction_accuracy(truth, ev if want == "decreasing" else -ev, ids) == 1.0  # the construction
+    assert tree.choose_kurtosis_order(s, k, num_roots=2) is tree.KurtosisOrder(want)
+    assert tree.choose_kurtosis_order(s, k) is tree.KurtosisOrder(want)  # one tree when k is unknown
+    rec = lambda order: tree.recover(s, ids=ids, direction="kurtosis", kurtosis=k, kurtosis_order=order, num_roots=2)  # noqa: E731
+    assert tree.tree_accuracy(truth, rec("auto")).directed == 1.0
+    wrong = "increasing" if want == "decreasing" else "decreasing"
+    assert tree.tree_accuracy(truth, rec(wrong)).directed < 0.5
+    with pytest.raises(tree.TreeError, match="definite kurtosis order"):
+        tree.edge_weights(s, direction="kurtosis", kurtosis=k, kurtosis_order="auto")
+
+
 def test_taylor_asymmetry_matches_its_closed_form_and_points_to_the_child():
     """A ReLU layer fine-tuned by lowering its biases (units switch off): the first-order step from the parent wins.
 

@@ -81,6 +81,7 @@ __all__ = [
     "TreeError",
     "aligned_weight_scores",
     "arborescence_weight",
+    "choose_kurtosis_order",
     "direction_accuracy",
     "edge_weights",
     "learning_free_scores",
@@ -138,10 +139,16 @@ class KurtosisOrder(enum.Enum):
       for fine-tuning (their ViT, LoRA and Llama 2 trees, ``rev=False``).
     * ``INCREASING``: the child's kurtosis is higher. MoTHer's rule for
       continued pre-training (their Stable Diffusion tree, ``rev=True``).
+    * ``AUTO``: whichever of the two the weights support, chosen without labels
+      by :func:`choose_kurtosis_order` (the order whose best forest is heavier).
+      MoTHer picks the order by prior knowledge of the training regime; which way
+      kurtosis moves depends on it (small MLPs trained from a Gaussian-like init
+      gain kurtosis when fine-tuned or pruned, the opposite of MoTHer's ViTs).
     """
 
     DECREASING = "decreasing"
     INCREASING = "increasing"
+    AUTO = "auto"
 
 
 class Solver(enum.Enum):
@@ -881,7 +888,13 @@ def edge_weights(
         if kurtosis is None:
             raise TreeError("Direction.KURTOSIS needs kurtosis=[P] (see weight_kurtosis)")
         k = _check_vector(kurtosis, p, "kurtosis")
-        sign = 1.0 if _as_order(kurtosis_order) is KurtosisOrder.DECREASING else -1.0
+        order = _as_order(kurtosis_order)
+        if order is KurtosisOrder.AUTO:
+            raise TreeError(
+                "edge_weights needs a definite kurtosis order; KurtosisOrder.AUTO is resolved by"
+                " recover / recover_parents, or call choose_kurtosis_order first"
+            )
+        sign = 1.0 if order is KurtosisOrder.DECREASING else -1.0
         evidence = sign * (k[:, None] - k[None, :])
     else:
         d = s if direction_scores is None else _check_square(direction_scores, "direction_scores")
@@ -1110,6 +1123,44 @@ def _gap_threshold(w: np.ndarray) -> float:
     return float(0.5 * (best_in[i] + best_in[i + 1]))
 
 
+def choose_kurtosis_order(
+    scores: Any,
+    kurtosis: Any,
+    *,
+    strength: float = DEFAULT_STRENGTH,
+    num_roots: int | None = None,
+    solver: Solver | str = Solver.DENSE,
+) -> KurtosisOrder:
+    r"""The kurtosis order (:class:`KurtosisOrder`) that the scores support, chosen without labels.
+
+    For each order, the maximum spanning forest of its :func:`edge_weights` (KURTOSIS rule)
+    with ``num_roots`` roots (one tree when None, so that both forests have ``P - k`` edges);
+    the order whose forest has the larger total edge weight wins (``DECREASING``, MoTHer's
+    default, on a tie). Under the wrong order a forest must either pay the penalty on many
+    edges or chain models along the reversed kurtosis ranking through longer edges, so its
+    best weight is lower: a minimum-evolution choice between the two monotone hypotheses.
+
+    Args:
+      scores, kurtosis, strength: as in :func:`edge_weights`.
+      num_roots: the number of trees, if known (else the comparison uses one tree).
+      solver: :class:`Solver` (default ``DENSE``: two solves).
+
+    Returns:
+      ``KurtosisOrder.DECREASING`` or ``KurtosisOrder.INCREASING``.
+    """
+    k = 1 if num_roots is None else num_roots
+    best, best_w = KurtosisOrder.DECREASING, -math.inf
+    for order in (KurtosisOrder.DECREASING, KurtosisOrder.INCREASING):
+        w = edge_weights(
+            scores, direction=Direction.KURTOSIS, kurtosis=kurtosis, kurtosis_order=order, strength=strength
+        )
+        parents = max_arborescence(w, num_roots=k, solver=solver)
+        total = float(sum(w[a, b] for b, a in enumerate(parents) if a >= 0))
+        if total > best_w:
+            best, best_w = order, total
+    return best
+
+
 def recover_parents(
     scores: Any,
     *,
@@ -1123,6 +1174,8 @@ def recover_parents(
     solver: Solver | str = Solver.NETWORKX,
 ) -> np.ndarray:
     """:func:`recover` as a parent index array ``[P]`` (``-1`` for roots)."""
+    if _as_direction(direction) is Direction.KURTOSIS and _as_order(kurtosis_order) is KurtosisOrder.AUTO:
+        kurtosis_order = choose_kurtosis_order(scores, kurtosis, strength=strength, num_roots=num_roots, solver=solver)
     w = edge_weights(
         scores,
         direction=direction,
