@@ -27,7 +27,12 @@ Records before issue 14 came from ``mgmp.run_protocol`` (source-by-source repeti
 ``--child-seeds N`` uses ``QUICK`` with N fine-tuning seeds per (parent, learning rate)
 (``benchmarks/lineage_power.py``'s zoo), so the pool holds more seed families;
 ``--child-lrs`` replaces the fine-tuning learning rates (e.g. a gentler recipe).
-The ``lr`` split has 3 folds (QUICK's three fine-tuning rates); ``seed`` needs ``--child-seeds`` >= ``--folds``.
+By default a split has one fold per value of its key (:func:`num_folds`; on ``QUICK``: 3 child + 2
+independent learning rates = 5 folds, 2 child + 4 independent seeds = 6), as the bench's
+``presets.LR_FOLD_SCENARIOS``: a test fold's children have a value no training child has, every
+training fold keeps children of every parent, and a fold of independents only has no positive pair
+(no AUC). ``--folds N`` groups the values into N folds instead; with fewer folds than values a
+test fold can take every child value, and Model DNA's fit then raises (no homologous training query).
 """
 
 from __future__ import annotations
@@ -119,6 +124,11 @@ def fragment_cosine(z, out: dict) -> dict:
     return res
 
 
+def num_folds(scen, folds: int | None) -> int:
+    """``folds``, or by default one fold per distinct split key of ``scen`` (leave one value out)."""
+    return folds if folds else len(set(scen.split_keys))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", default="/tmp/jl_zoo_quick", help="workdir of zoo.QUICK (built if missing)")
@@ -127,7 +137,7 @@ def main(argv=None):
     ap.add_argument("--pair-inputs", default="concat")
     ap.add_argument("--child-seeds", type=int, default=2, help="2 = zoo.QUICK; more: lineage_power's zoo")
     ap.add_argument("--child-lrs", default="", help="fine-tuning learning rates (default: QUICK's 1e-2,5e-3,3e-3)")
-    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--folds", type=int, default=None, help="default: one fold per split value")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/mgmp_fragments.jsonl")
     args = ap.parse_args(argv)
@@ -165,7 +175,8 @@ def main(argv=None):
             methods.ModelDNAScorer(config=config, tap=None if tap == "logits" else tap),
             methods.ModelDNAScorer(config={**config, "generator": "none"}, tap=None if tap == "logits" else tap),
         ]
-        results = protocols.run_all(scen, dna, key=jax.random.key(args.seed), num_folds=args.folds)
+        folds = num_folds(scen, args.folds)
+        results = protocols.run_all(scen, dna, key=jax.random.key(args.seed), num_folds=folds)
         write(
             args.out,
             {
@@ -177,7 +188,7 @@ def main(argv=None):
                 "child_lrs": list(z.spec.children.lrs),
                 "pair_input": pair_input,
                 "split_by": split,
-                "folds": args.folds,
+                "folds": folds,
                 "seed": args.seed,
                 "results": [r.to_json() for r in results],
             },

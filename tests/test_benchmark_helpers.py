@@ -39,6 +39,21 @@ def test_best_threshold_accuracy_matches_brute_force():
     assert mgmp_fragments.best_threshold_accuracy([0.0], [1.0]) == 0.5  # the always-"no" threshold
 
 
+def test_mgmp_fragments_default_folds_leave_one_split_value_out():
+    import jax
+
+    from jaxlineage.eval import protocols
+
+    # quick's verify queries split by seed: 48 children at seeds 0 / 1, 8 independents at seeds 100-103
+    keys = [str(k % 2) for k in range(48)] + [str(100 + k % 4) for k in range(8)]
+    scen = types.SimpleNamespace(split_keys=tuple(keys))
+    assert mgmp_fragments.num_folds(scen, None) == 6 and mgmp_fragments.num_folds(scen, 3) == 3
+    folds = protocols.folds(keys, mgmp_fragments.num_folds(scen, None), key=jax.random.key(0))
+    assert sorted(len({keys[i] for i in f}) for f in folds) == [1] * 6  # one value per fold
+    # so every training fold keeps children (the default 3 folds could put both child seeds in one)
+    assert all({keys[i] for i in range(len(keys)) if i not in set(f)} & {"0", "1"} for f in folds)
+
+
 def _rec(i, role, parent=None, init=None):
     return types.SimpleNamespace(id=i, role=role, parent_id=parent, hparams={"init_seed": init})
 
