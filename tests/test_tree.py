@@ -384,7 +384,7 @@ def test_kurtosis_rule_on_constructed_fine_tunes():
     assert tree.tree_accuracy(truth, tree.recover(s, ids=ids, num_roots=2)).undirected == 1.0
 
 
-def _forest(rng, root_draw, step_draw):
+def _stepped_forest(rng, root_draw, step_draw):
     """2 roots x 2 children x 1 grandchild: each derived model is its parent plus a step."""
     models = []
     for r in range(2):
@@ -412,7 +412,7 @@ def _forest(rng, root_draw, step_draw):
     ],
 )
 def test_auto_kurtosis_order_is_chosen_from_the_weights(root_draw, step_draw, want):
-    ids, truth, params = _forest(np.random.default_rng(5), root_draw, step_draw)
+    ids, truth, params = _stepped_forest(np.random.default_rng(5), root_draw, step_draw)
     s, k = tree.weight_scores(params), tree.weight_kurtosis(params)
     ev = k[:, None] - k[None, :]
     assert tree.direction_accuracy(truth, ev if want == "decreasing" else -ev, ids) == 1.0  # the construction
