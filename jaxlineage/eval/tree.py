@@ -1154,8 +1154,7 @@ def choose_kurtosis_order(
         w = edge_weights(
             scores, direction=Direction.KURTOSIS, kurtosis=kurtosis, kurtosis_order=order, strength=strength
         )
-        parents = max_arborescence(w, num_roots=k, solver=solver)
-        total = float(sum(w[a, b] for b, a in enumerate(parents) if a >= 0))
+        total = arborescence_weight(w, max_arborescence(w, num_roots=k, solver=solver))  # edges only: roots score 0
         if total > best_w:
             best, best_w = order, total
     return best
