@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -62,17 +62,12 @@ from jaxlineage import similarity as similarity_lib
 __all__ = [
     "DEFAULT_ALPHAS",
     "DEFAULT_MEMORY_BUDGET",
-    "AlphaSelection",
     "FastPathPlan",
-    "accuracy",
-    "evaluate",
     "fast_path_plan",
-    "format_table",
     "predict",
     "probabilities",
     "score_matrices",
     "score_matrix",
-    "select_alpha",
 ]
 
 Array = jax.Array
@@ -628,132 +623,3 @@ def probabilities(scores: Array, *, temperature: float = 1.0) -> Array:
     if scores.ndim < 2:
         raise ValueError(f"scores must be [..., K, M]; got shape {scores.shape}.")
     return jax.nn.softmax(scores / temperature, axis=-2)
-
-
-def _check_labels(scores: Array, labels: Any) -> np.ndarray:
-    labels = np.asarray(labels)
-    k, m = scores.shape[-2:]
-    if labels.shape != (m,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"labels must be integer parent indices of shape [M] = ({m},); got shape"
-            f" {labels.shape} and dtype {labels.dtype}."
-        )
-    if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"labels must lie in [0, K) = [0, {k}); got range [{labels.min()}, {labels.max()}].")
-    return labels
-
-
-def accuracy(scores: Array, labels: Any) -> Array:
-    """Fraction of children whose true parent scores highest.
-
-    Args:
-      scores: ``[..., K, M]``.
-      labels: true parent indices ``[M]``.
-
-    Returns:
-      ``[...]`` accuracies in ``[0, 1]``.
-    """
-    scores = jnp.asarray(scores)
-    labels = _check_labels(scores, labels)
-    pred = predict(scores)
-    labels = jnp.asarray(labels).reshape((1,) * (pred.ndim - 1) + labels.shape)
-    return jnp.mean(pred == labels, axis=-1)
-
-
-@dataclasses.dataclass(frozen=True)
-class AlphaSelection:
-    """The result of :func:`select_alpha`.
-
-    Attributes:
-      alpha: the chosen step size.
-      index: its index in ``alphas``.
-      accuracies: validation accuracy per alpha, ``[A]``.
-    """
-
-    alpha: float
-    index: int
-    accuracies: np.ndarray
-
-
-def select_alpha(scores: Array, labels: Any, *, alphas: Sequence[float] = DEFAULT_ALPHAS) -> AlphaSelection:
-    """Chooses the step size with the best accuracy on validation children.
-
-    Use scores of *validation* children only; never the test split. Ties go to
-    the first alpha in ``alphas`` (the smallest, for the default grid).
-
-    Args:
-      scores: ``[A, K, M_val]``, from a sweep over ``alphas``.
-      labels: true parent indices ``[M_val]``.
-      alphas: the grid, ``[A]`` (default ``(0.001, 0.01, 0.1)``).
-
-    Returns:
-      An :class:`AlphaSelection`.
-    """
-    scores = jnp.asarray(scores)
-    alphas = np.asarray(alphas, dtype=float).reshape(-1)
-    if scores.ndim != 3 or scores.shape[0] != alphas.size:
-        raise ValueError(f"scores must be [A, K, M] with A = len(alphas) = {alphas.size}; got shape {scores.shape}.")
-    if scores.shape[-1] == 0:
-        raise ValueError("select_alpha needs at least one validation child.")
-    accs = np.asarray(accuracy(scores, labels))
-    index = int(np.argmax(accs))
-    return AlphaSelection(float(alphas[index]), index, accs)
-
-
-# ----------------------------------------------------------------------------
-# Evaluation on a zoo: thin wrappers over the evaluation layer (jaxlineage.eval).
-
-
-def evaluate(
-    zoo: Any,
-    *,
-    metrics: Any = None,
-    modes: Any = tuple(Mode),
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    tap: str | None = None,
-    task: str | None = None,
-    probe_size: int = 512,
-    num_folds: int = 5,
-    key: jax.Array | None = None,
-    chunk_size: int | None = None,
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
-    mesh: Mesh | None = None,
-) -> list:
-    """The paper's Table 1 on a zoo; a thin wrapper over :mod:`jaxlineage.eval`.
-
-    Equivalent to::
-
-        s = eval.identify(zoo, task=task, probe_size=probe_size)
-        eval.run_all(s, eval.learning_free(metrics, modes, tap=tap, alphas=alphas), key=key, num_folds=num_folds)
-
-    Candidates are the zoo's kept parents, queries the kept children of ``task``
-    (default the first child task), the probe the first ``probe_size`` inputs of
-    its training split; children are shuffled with ``key`` (default
-    ``jax.random.key(0)``) into ``num_folds`` folds, alpha is chosen on the other
-    folds' children, and every (metric, mode) shares one scoring pass.
-
-    Returns:
-      One :class:`jaxlineage.eval.Result` per (metric, mode) (``FIRST_ORDER``
-      skipped for ``linf``): ``metrics["accuracy"]`` is the mean ± std over folds,
-      ``details["alphas"]`` the alpha chosen per fold.
-    """
-    from jaxlineage.eval import protocols, scenarios, scorers  # the evaluation layer imports this module
-
-    scenario = scenarios.identify(zoo, task=task, probe_size=probe_size)
-    rows = scorers.learning_free(
-        metrics,
-        modes,
-        tap=tap,
-        alphas=alphas,
-        chunk_size=chunk_size,
-        memory_budget_bytes=memory_budget_bytes,
-        mesh=mesh,
-    )
-    return protocols.run_all(scenario, rows, key=jax.random.key(0) if key is None else key, num_folds=num_folds)
-
-
-def format_table(results: Sequence[Any]) -> str:
-    """A Markdown table of :func:`evaluate`'s results (:func:`jaxlineage.eval.table`)."""
-    from jaxlineage.eval import protocols
-
-    return protocols.table(results)

@@ -172,12 +172,19 @@ class Network:
       module: the linen module (never crosses into the methods).
       input_shape: one example's shape, e.g. ``(28, 28, 1)``.
       taps: names accepted by :meth:`feature_fn`.
+      default_tap: the tap methods read when none is named (the first ReLU layer / first block;
+        default: the first tap).
     """
 
     name: str
     module: nn.Module
     input_shape: tuple[int, ...]
     taps: tuple[str, ...]
+    default_tap: str = ""
+
+    def __post_init__(self):
+        if not self.default_tap and self.taps:
+            object.__setattr__(self, "default_tap", self.taps[0])
 
     @property
     def num_classes(self) -> int:
@@ -254,7 +261,7 @@ def convnet(
 
 def resnet18(num_classes: int = 10, *, width: float = 1.0, input_shape=(32, 32, 3)) -> Network:
     taps = ("stem", "block1", "block2", "block3", "block4", "pool", "logits")
-    return Network("resnet18", ResNet18(num_classes, width), tuple(input_shape), taps)
+    return Network("resnet18", ResNet18(num_classes, width), tuple(input_shape), taps, default_tap="block1")
 
 
 class Arch(enum.Enum):

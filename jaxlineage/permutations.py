@@ -39,6 +39,8 @@ __all__ = [
     "PermutationError",
     "PermutationSpec",
     "apply_permutations",
+    "check_spec",
+    "infer_spec",
     "permutation_spec",
     "permute_params",
     "random_permutations",
@@ -205,12 +207,19 @@ def spec_from_variables(arch: str, variables: PyTree) -> dict[str, tuple[int, tu
     if not isinstance(variables, Mapping) or "params" not in variables:
         raise PermutationError(f"permutation spec of {arch!r}: expected variables {{'params': ...}}")
     p = variables["params"]
-    if arch == "mlp":
-        return _mlp_spec(p)
-    if arch == "convnet":
-        return _convnet_spec(p)
-    if arch == "resnet18":
-        return _resnet18_spec(variables)
+    make = {
+        "mlp": lambda: _mlp_spec(p),
+        "convnet": lambda: _convnet_spec(p),
+        "resnet18": lambda: _resnet18_spec(variables),
+    }
+    if arch in make:
+        spec = make[arch]()
+        if not spec:
+            raise PermutationError(
+                f"these variables are not jaxlineage's {arch!r} (its layer names are missing: {sorted(p)[:6]});"
+                " for your own network use infer_spec or write a spec"
+            )
+        return spec
     raise PermutationError(
         f"architecture {arch!r} has no permutation description (supported: convnet, mlp,"
         " resnet18); write a spec {name: (units, (PermAxis(path, axis), ...))} for it"
@@ -266,3 +275,98 @@ def permute_params(params: PyTree, spec: PermutationSpec, key: jax.Array) -> PyT
       Variables with the same function and permuted hidden units.
     """
     return apply_permutations(params, spec, random_permutations(spec, key))
+
+
+# --------------------------------------------------------------------------- specs of other networks
+
+
+def _kernel_modules(params: Mapping) -> list[tuple[str, tuple[int, ...]]] | None:
+    """``[(module, kernel shape)]`` in the tree's insertion order (linen keeps definition order), or ``None``."""
+    out = []
+    for name, node in params.items():
+        if not isinstance(node, Mapping):
+            return None
+        if "kernel" in node and jnp.ndim(node["kernel"]) in (2, 4):
+            out.append((name, tuple(jnp.shape(node["kernel"]))))
+    return out
+
+
+def infer_spec(variables: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]] | None:
+    """A permutation spec for a chain of Dense / Conv layers, read from the variables alone, or ``None``.
+
+    Layers are the submodules of ``variables["params"]`` with a 2-d (Dense ``[in, out]``) or 4-d
+    (Conv ``[h, w, in, out]``) ``kernel``, taken in the tree's order (linen keeps the order in
+    which submodules were defined). Consecutive layers chain when the first's outputs are the
+    second's inputs (a Conv flattened into a Dense: inputs a multiple of the channels, channels
+    last). Every layer but the last gets one entry: its kernel's output axis, its bias, any
+    submodule between it and the next layer whose leaves all have that many entries (LayerNorm /
+    BatchNorm parameters and statistics), and the next kernel's input axis.
+
+    The inference assumes a plain chain; skip connections, attention or reordered submodules break
+    it, which :func:`check_spec` detects. Use the spec only after :func:`check_spec` passes.
+
+    Returns:
+      The spec, or ``None`` when the variables are not a chain of at least two such layers.
+    """
+    if not isinstance(variables, Mapping) or not isinstance(variables.get("params"), Mapping):
+        return None
+    p = variables["params"]
+    layers = _kernel_modules(p)
+    if not layers or len(layers) < 2:
+        return None
+    names = list(p)
+    spec = {}
+    for (name, shape), (nxt, nshape) in zip(layers, layers[1:]):
+        units, n_in = shape[-1], nshape[-2]
+        if n_in % units:
+            return None
+        tile = n_in // units
+        if tile > 1 and len(nshape) != 2:
+            return None
+        axes = [PermAxis(("params", name, "kernel"), len(shape) - 1)]
+        if "bias" in p[name] and jnp.shape(p[name]["bias"]) == (units,):
+            axes.append(PermAxis(("params", name, "bias"), 0))
+        for between in names[names.index(name) + 1 : names.index(nxt)]:
+            for col in variables:
+                node = variables[col].get(between) if isinstance(variables[col], Mapping) else None
+                if not isinstance(node, Mapping):
+                    continue
+                if not all(jnp.shape(v) == (units,) for v in node.values()):
+                    return None
+                axes += [PermAxis((col, between, leaf), 0) for leaf in node]
+        axes.append(PermAxis(("params", nxt, "kernel"), len(nshape) - 2, tile=tile))
+        spec[name] = (units, tuple(axes))
+    return spec
+
+
+def check_spec(
+    apply_fn: Any, variables: PyTree, spec: PermutationSpec, x: Any, *, key: jax.Array, rtol: float = 1e-4
+) -> float:
+    """Checks that a random permutation by ``spec`` keeps ``apply_fn``'s outputs on ``x``.
+
+    Returns:
+      The largest absolute change of the outputs, relative to ``1 + max |outputs|``.
+
+    Raises:
+      PermutationError: the spec does not fit the variables (names the path), or the outputs move by more
+        than ``rtol`` (relative): the spec is not a symmetry of this network.
+    """
+    for units, axes in spec.values():
+        for ax in axes:
+            leaf = _leaf(variables, ax.path)
+            if ax.axis >= jnp.ndim(leaf) or jnp.shape(leaf)[ax.axis] != units * ax.tile:
+                raise PermutationError(
+                    f"permutation spec: {'/'.join(ax.path)} has shape {jnp.shape(leaf)},"
+                    f" the spec asks {units * ax.tile} units on axis {ax.axis}"
+                )
+    x = jnp.asarray(x)
+    before = jnp.asarray(apply_fn(variables, x), jnp.float32)
+    after = jnp.asarray(apply_fn(permute_params(variables, spec, key), x), jnp.float32)
+    change = float(jnp.max(jnp.abs(after - before)) / (1.0 + jnp.max(jnp.abs(before))))
+    if not change <= rtol:
+        raise PermutationError(
+            f"permutation spec {sorted(spec)} does not keep the network's function: a random permutation moved its"
+            f" outputs by {change:.3g} (relative to 1 + max |output|; allowed {rtol:g}). An axis is missing or wrong;"
+            " pass a spec that lists every axis each hidden unit touches"
+        )
+    return change

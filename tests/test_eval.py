@@ -453,10 +453,6 @@ def test_tiny_zoo_baselines_verify_and_lineage_wrapper(tiny_zoo, tiny_identify):
     assert r.metrics["auc"]["mean"] == 1.0 and "finetune_transfer" in r.by_kind
     (r2,) = jl_eval.run_zoo(tiny_zoo, [scorers.WeightL2()], question="verify", num_folds=2, probe_size=64)
     assert r2.metrics == r.metrics
-    # lineage.evaluate is a thin wrapper over the layer.
-    got = lineage.evaluate(tiny_zoo, metrics=("l2",), probe_size=64, num_folds=2, key=jax.random.key(7))
-    assert [r.scorer for r in got] == ["l2 plain", "l2 first_order", "l2 linearized"]
-    assert "| l2 plain | 100.0 ± 0.0 |" in lineage.format_table(got)
     open_set = scenarios.identify(tiny_zoo, queries=("child", "independent"), open_set=True, probe_size=64)
     assert (open_set.labels == NO_PARENT).sum() == len(tiny_zoo.independents)
     with pytest.raises(ScorerError, match="split_by='nope'"):

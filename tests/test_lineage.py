@@ -74,38 +74,16 @@ def test_score_matrices_equal_pairwise_similarity():
         np.testing.assert_allclose(scores, ref, rtol=2e-5, atol=1e-6, err_msg=f"{name} {mode}")
 
 
-def test_predict_probabilities_accuracy():
+def test_predict_probabilities():
     parents, children, x, labels = _population(k=3, m=6, drift=0.05)
     s = LG.score_matrix("l2", features, _stack(parents), _stack(children), x, alpha=0.1, mode=Mode.PLAIN)
     assert s.shape == (3, 6)
     np.testing.assert_array_equal(LG.predict(s), labels)
-    assert LG.accuracy(s, labels) == 1.0
-    assert LG.accuracy(s, (labels + 1) % 3) == 0.0
     probs = LG.probabilities(s, temperature=0.01)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(jnp.argmax(probs, axis=0), labels)
-    # The argmax ignores the temperature; a sweep's leading axis is kept.
-    sweep = jnp.stack([s, -s])
-    np.testing.assert_allclose(LG.accuracy(sweep, labels), [1.0, 0.0])
-    with pytest.raises(ValueError, match=r"\[0, K\) = \[0, 3\)"):
-        LG.accuracy(s, labels + 3)
-    with pytest.raises(ValueError, match=r"shape \[M\] = \(6,\)"):
-        LG.accuracy(s, labels[:4])
     with pytest.raises(ValueError, match="temperature"):
         LG.probabilities(s, temperature=0.0)
-
-
-def test_select_alpha():
-    labels = np.array([0, 1, 1, 0])
-    good = jnp.array([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
-    scores = jnp.stack([-good, good, good])  # alpha 0 wrong, 1 and 2 right
-    sel = LG.select_alpha(scores, labels)
-    assert sel.alpha == 0.01 and sel.index == 1  # ties go to the first
-    np.testing.assert_allclose(sel.accuracies, [0.0, 1.0, 1.0])
-    sel = LG.select_alpha(scores[::-1], labels, alphas=(0.3, 0.2, 0.1))
-    assert sel.alpha == 0.3
-    with pytest.raises(ValueError, match="A = len"):
-        LG.select_alpha(scores[:2], labels)
 
 
 def test_sharded_equals_unsharded_and_no_recompile():

@@ -36,6 +36,7 @@ import numpy as np
 from jaxlineage import data as data_lib
 from jaxlineage import zoo as zoo_lib
 from jaxlineage.eval import metrics as metrics_lib
+from jaxlineage.eval.core import GridScorer
 
 __all__ = [
     "BenchError",
@@ -379,7 +380,7 @@ def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioC
             log.info("%s: %s/%s, %d scorers in %.1fs", method, sc.name, task, len(results), time.time() - t0)
             if keep and preset.alpha_sweep:
                 t0 = time.time()
-                swept = [s for _, s in asked if getattr(s, "grid", False) and getattr(s, "selects_alpha", False)]
+                swept = [s for _, s in asked if isinstance(s, GridScorer) and s.selects_alpha]
                 for r in eval_lib.alpha_sweep(scen, swept, alphas=preset.alpha_sweep):
                     r.details.update(method=method, scenario=sc.name, task=task)
                     out["alpha_sweep"].append(to_json(r.to_json()))

@@ -4,11 +4,11 @@ Methods know nothing about zoos and zoos know nothing about methods; this layer
 joins them. Everything that crosses into a method is a pure function and a
 parameter pytree:
 
-* :class:`Population`: models of one network (one architecture and parameter
-  shape): their ids, stacked parameters ``[P, ...]``, a pure ``logits_fn`` and
-  named feature functions. A :class:`ModelSet` is an ordered tuple of
-  populations (a scenario may mix architectures); its models are indexed
-  ``0..len-1`` in population order.
+* :class:`Population` (= :class:`jaxlineage.models.Models`, the one population
+  type): models of one network: their ids, stacked parameters ``[P, ...]``, a pure
+  ``logits_fn``, named feature functions and the tree's signature. A
+  :class:`ModelSet` is an ordered tuple of populations (a scenario may mix
+  architectures); its models are indexed ``0..len-1`` in population order.
 * :class:`Scenario`: one question (:class:`Question`) asked of candidates and
   queries, with the ground truth (``labels`` for *identify*, with
   :data:`NO_PARENT`; ``related`` for *verify*), each query's derivation kind,
@@ -30,30 +30,33 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxlineage.errors import JaxlineageError, path_str
+from jaxlineage import models as models_lib
+from jaxlineage.eval import metrics
 from jaxlineage.eval.metrics import NO_PARENT
+from jaxlineage.models import Models, ModelsError, ModelSet
 
 __all__ = [
     "NO_PARENT",
     "ModelSet",
     "Population",
     "Question",
+    "GridScorer",
     "Result",
     "Scenario",
     "Scorer",
     "ScorerError",
     "check_finite",
     "check_models",
+    "select_index",
 ]
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
 
-class ScorerError(JaxlineageError):
+class ScorerError(ModelsError):
     """A scorer cannot score what it was given; the message names the model."""
 
 
@@ -72,89 +75,8 @@ class Question(enum.Enum):
     RECOVER = "recover"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Population:
-    """Models of one network: ids, stacked parameters and pure functions.
-
-    Attributes:
-      ids: ``[P]`` model ids.
-      params: stacked parameters, leaves ``[P, ...]``.
-      logits_fn: ``logits_fn(params_of_one_model, x [N, ...]) -> [N, C]``.
-      feature_fns: ``{tap: f(params_of_one_model, x) -> [N, D]}``.
-      arch: the architecture's name; weight-space scorers compare only equal ones.
-      info: optional per-model metadata ``{id: {...}}`` (task, operation, ...).
-    """
-
-    ids: tuple[str, ...]
-    params: PyTree
-    logits_fn: ApplyFn
-    feature_fns: Mapping[str, ApplyFn]
-    arch: str
-    info: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        object.__setattr__(self, "ids", tuple(self.ids))
-        leaves = jax.tree.leaves(self.params)
-        if not self.ids:
-            raise ScorerError(f"population of architecture {self.arch!r} has no model")
-        if not leaves or any(np.shape(leaf)[:1] != (len(self.ids),) for leaf in leaves):
-            raise ScorerError(
-                f"population {self.ids[0]!r}...: every parameter leaf must be stacked with a leading axis of"
-                f" {len(self.ids)} models"
-            )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def feature_fn(self, tap: str) -> ApplyFn:
-        try:
-            return self.feature_fns[tap]
-        except KeyError:
-            raise ScorerError(
-                f"models {self.ids[0]!r}... ({self.arch}) have no feature tap {tap!r};"
-                f" known: {sorted(self.feature_fns)}"
-            ) from None
-
-    def take(self, index: Sequence[int]) -> Population:
-        index = np.asarray(index, int)
-        return dataclasses.replace(
-            self, ids=tuple(self.ids[i] for i in index), params=jax.tree.map(lambda a: a[index], self.params)
-        )
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ModelSet:
-    """An ordered tuple of populations; model ``i`` is the ``i``-th id over them in order."""
-
-    populations: tuple[Population, ...]
-
-    def __post_init__(self):
-        object.__setattr__(self, "populations", tuple(self.populations))
-        ids = self.ids
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise ScorerError(f"model {dup!r} appears twice in one model set")
-
-    @property
-    def ids(self) -> tuple[str, ...]:
-        return tuple(i for p in self.populations for i in p.ids)
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.populations)
-
-    def offsets(self) -> list[int]:
-        """Index of each population's first model."""
-        return list(np.cumsum([0] + [len(p) for p in self.populations])[:-1])
-
-    def take(self, index: Sequence[int]) -> ModelSet:
-        """The models at ``index`` (in the order of ``index`` within each population; populations keep their order)."""
-        index = np.asarray(index, int)
-        pops = []
-        for off, p in zip(self.offsets(), self.populations):
-            local = [i - off for i in index if off <= i < off + len(p)]
-            if local:
-                pops.append(p.take(local))
-        return ModelSet(tuple(pops))
+#: The evaluation layer's population is the library's one population type (:class:`jaxlineage.models.Models`).
+Population = Models
 
 
 class Scorer:
@@ -226,29 +148,53 @@ class Scorer:
         return f"{type(self).__name__}({self.name!r})"
 
 
-@jax.jit
-def _finite_per_model(leaves):
-    return tuple(jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves)
+class GridScorer(Scorer):
+    """A scorer with a hyper-parameter grid scored in one pass; the protocol picks the grid index.
+
+    Subclasses set :attr:`alphas` (the grid's values), :attr:`selects_alpha` (whether the
+    protocol must choose one on training queries), :meth:`grid_group` (scorers of one group
+    share a pass) and :meth:`score_grids` (``[A, K, M]`` grids of a group). The evaluation
+    protocol dispatches on this class, not on attributes.
+    """
+
+    alphas: tuple[float, ...] = ()
+
+    @property
+    def selects_alpha(self) -> bool:
+        return len(self.alphas) > 1
+
+    def grid_group(self) -> tuple:
+        raise NotImplementedError
+
+    @staticmethod
+    def score_grids(
+        scorers: Sequence[GridScorer], candidates: ModelSet, queries: ModelSet, *, probe: Any, unreadable: str = "raise"
+    ) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+def select_index(grid: np.ndarray, question: Question, labels: np.ndarray, related: np.ndarray) -> int:
+    """The index ``a`` of ``grid [A, K, M]`` with the best figure on these queries; ties to the first.
+
+    *identify*: accuracy over queries whose parent is a candidate (as the former
+    ``lineage.select_alpha``); *verify*: ROC AUC over all pairs. Pass training
+    queries only.
+    """
+    vals = []
+    for g in grid:
+        if question is Question.VERIFY:
+            vals.append(metrics.roc_auc(g[related], g[~related]))
+        else:
+            known = labels != NO_PARENT
+            if not known.any():
+                raise ScorerError("no training query has a parent among the candidates; cannot choose alpha")
+            vals.append(metrics.accuracy(g[:, known], labels[known]))
+    return int(np.argmax(vals))
 
 
 def check_finite(scorer: str, models: ModelSet) -> None:
     """Raises :class:`ScorerError` naming the first model (and parameter path) with a NaN or inf parameter."""
-    for p in models.populations:
-        path_leaves = [
-            (path, leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(p.params)[0]
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-        ]
-        if not path_leaves:
-            continue
-        flags = jax.device_get(_finite_per_model(tuple(jnp.asarray(leaf) for _, leaf in path_leaves)))
-        for (path, _), ok in zip(path_leaves, flags):
-            ok = np.asarray(ok)
-            if not ok.all():
-                raise ScorerError(
-                    f"{scorer}: model {p.ids[int(np.argmin(ok))]!r} ({p.arch}) has non-finite"
-                    f" (NaN or inf) parameters at {path_str(path)}"
-                )
+    models_lib.check_finite(scorer, models, error=ScorerError)
 
 
 def check_models(scorer: str, candidates: ModelSet, queries: ModelSet) -> None:
@@ -316,6 +262,66 @@ class Scenario:
             )
         if np.any((labels < NO_PARENT) | (labels >= k)):
             raise ScorerError(f"scenario {self.name!r}: labels must be in [{NO_PARENT}, {k - 1}]")
+
+    @classmethod
+    def from_models(
+        cls,
+        name: str,
+        candidates: Models | ModelSet,
+        queries: Models | ModelSet,
+        *,
+        probe: Any,
+        related: Any = None,
+        labels: Any = None,
+        kinds: Sequence[str] | None = None,
+        split_keys: Sequence[str] | None = None,
+        question: Question | str | None = None,
+    ) -> Scenario:
+        """A scenario on your own models and a relation table, no zoo needed.
+
+        Args:
+          name: the scenario's name.
+          candidates, queries: :class:`~jaxlineage.models.Models` or :class:`ModelSet`.
+          probe: ``[N, ...]`` probe inputs.
+          related: ``[K, M]`` bool, candidate ``k`` is an ancestor of query ``m`` (verify's truth).
+          labels: ``[M]`` parent index or :data:`NO_PARENT` (identify's truth); default: the one related
+            candidate of each query, or :data:`NO_PARENT`.
+          kinds: ``[M]`` derivation kinds (default ``"related"`` / ``"negative"``).
+          split_keys: ``[M]`` fold keys (default the query ids).
+          question: default ``VERIFY`` when only ``related`` is given, else ``IDENTIFY``.
+
+        Raises:
+          ScorerError: neither ``related`` nor ``labels``, or shapes that do not match.
+        """
+        cands, qs = ModelSet.of(candidates), ModelSet.of(queries)
+        k, m = len(cands), len(qs)
+        if question is None:
+            question = Question.VERIFY if related is not None else Question.IDENTIFY
+        if related is None and labels is None:
+            raise ScorerError(f"scenario {name!r}: give related [K, M] (verify) or labels [M] (identify)")
+        if related is None:
+            lab = np.asarray(labels, int).reshape(-1)
+            related = np.zeros((k, m), bool)
+            for j, y in enumerate(lab):
+                if 0 <= y < k:
+                    related[y, j] = True
+        related = np.asarray(related, bool)
+        if related.shape != (k, m):
+            raise ScorerError(f"scenario {name!r}: related must be [{k}, {m}]; got {related.shape}")
+        if labels is None:
+            labels = np.where(related.sum(0) == 1, related.argmax(0), NO_PARENT)
+        kinds = kinds if kinds is not None else ["related" if r else "negative" for r in related.any(0)]
+        return cls(
+            name=name,
+            question=Question(question),
+            candidates=cands,
+            queries=qs,
+            labels=labels,
+            related=related,
+            kinds=tuple(kinds),
+            split_keys=tuple(split_keys) if split_keys is not None else qs.ids,
+            probe=np.asarray(probe),
+        )
 
     def take_queries(self, index: Sequence[int]) -> Scenario:
         """The same scenario restricted to the queries at ``index`` (e.g. a training split)."""

@@ -55,11 +55,13 @@ import numpy as np
 from jaxlineage.eval import metrics as metrics_lib
 from jaxlineage.eval.core import (
     NO_PARENT,
+    GridScorer,
     Question,
     Result,
     Scenario,
     Scorer,
     ScorerError,
+    select_index,
 )
 
 __all__ = [
@@ -178,25 +180,6 @@ def _summaries(per_fold: list[dict]) -> dict:
     return out
 
 
-def select_index(grid: np.ndarray, question: Question, labels: np.ndarray, related: np.ndarray) -> int:
-    """The index ``a`` of ``grid [A, K, M]`` with the best figure on these queries; ties to the first.
-
-    *identify*: accuracy over queries whose parent is a candidate (as the former
-    ``lineage.select_alpha``); *verify*: ROC AUC over all pairs. Pass training
-    queries only.
-    """
-    vals = []
-    for g in grid:
-        if question is Question.VERIFY:
-            vals.append(metrics_lib.roc_auc(g[related], g[~related]))
-        else:
-            known = labels != NO_PARENT
-            if not known.any():
-                raise ScorerError("no training query has a parent among the candidates; cannot choose alpha")
-            vals.append(metrics_lib.accuracy(g[:, known], labels[known]))
-    return int(np.argmax(vals))
-
-
 def _all_queries(grid: np.ndarray, scenario: Scenario) -> list[float]:
     """The figure (accuracy / AUC) of every grid entry over all queries: a diagnostic, not a result."""
     out = []
@@ -213,7 +196,7 @@ def _all_queries(grid: np.ndarray, scenario: Scenario) -> list[float]:
 
 
 def _is_grid(s: Scorer) -> bool:
-    return bool(getattr(s, "grid", False)) and hasattr(s, "score_grids")
+    return isinstance(s, GridScorer)
 
 
 class GridCache:
@@ -385,7 +368,7 @@ def _evaluate(scenario, s, fold_idx, key, grid, settings, fprs, keep_scores) -> 
     if grid is not None:
         full, wall = grid
         t0 -= wall
-        res.details["grid_alphas"] = list(getattr(s, "alphas", range(len(full))))
+        res.details["grid_alphas"] = list(s.alphas or range(len(full)))
     elif not s.learned:
         full = s.score(scenario.candidates, scenario.queries, probe=scenario.probe, unreadable="nan")[None]
     if full is not None and np.isnan(full).any():
@@ -403,10 +386,10 @@ def _evaluate(scenario, s, fold_idx, key, grid, settings, fprs, keep_scores) -> 
         if grid is not None:
             a = (
                 select_index(full[:, :, train], q, scenario.labels[train], scenario.related[:, train])
-                if getattr(s, "selects_alpha", True)
+                if s.selects_alpha
                 else 0
             )
-            if getattr(s, "selects_alpha", True):
+            if s.selects_alpha:
                 chosen.append(res.details["grid_alphas"][a])
             st = full[a][:, test]
         elif s.learned:

@@ -110,10 +110,15 @@ def attack_of(info: Mapping[str, Any]) -> str:
 
 
 def _attacks(scenario: Scenario) -> np.ndarray:
+    """Each query's column, from the scenario's own ``kinds`` (pruning split by the model's sparsity)."""
     info = {}
     for p in scenario.queries.populations:
         info.update(p.info)
-    return np.asarray([attack_of(info[q]) for q in scenario.queries.ids])
+    out = []
+    for q, kind in zip(scenario.queries.ids, scenario.kinds):
+        hp = dict(info.get(q, {}).get("hparams", {}) or {})
+        out.append(attack_of({"kind": kind, "hparams": hp}) if kind != "prune" or "sparsity" in hp else kind)
+    return np.asarray(out)
 
 
 def attack_masks(scenario: Scenario) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -122,7 +127,10 @@ def attack_masks(scenario: Scenario) -> dict[str, tuple[np.ndarray, np.ndarray]]
     attack = _attacks(scenario)
     unrelated = ~related.any(axis=0)  # derived from no source: a negative model
     out = {}
-    for a, _ in ATTACKS:
+    known = [a for a, _ in ATTACKS]
+    # Kinds outside the library's vocabulary get their own column instead of being dropped.
+    others = sorted({str(a) for a in attack[related.any(axis=0)]} - set(known))
+    for a in known + others:
         pos = related & (attack == a)[None, :]
         neg_cols = unrelated & np.isin(attack, (a, *BASE_NEGATIVES, *EXTRA_NEGATIVES.get(a, ())))
         neg = ~related & neg_cols[None, :]
@@ -245,8 +253,13 @@ def attack_table(
 
 
 def learned_cells(
-    scenario: Scenario, scorer: Scorer, *, key: jax.Array, fprs: Sequence[float] = (0.01,)
-) -> tuple[dict[str, dict | None], list[dict]]:
+    scenario: Scenario,
+    scorer: Scorer,
+    *,
+    key: jax.Array,
+    fprs: Sequence[float] = (0.01,),
+    return_scores: bool = False,
+) -> tuple:
     """One cell per attack for a learned scorer, fitted on the other attack fold (see the module docstring).
 
     For each fold ``f`` of :data:`ATTACK_FOLDS`: ``scorer.fit`` on the queries
@@ -259,10 +272,13 @@ def learned_cells(
       scorer: a learned scorer (``fit(train, key=) -> fitted``).
       key: the fits' key.
       fprs: false positive rates of the TPR columns.
+      return_scores: also return the ``[K, M]`` scores (each query scored by the fold that did not fit on
+        it; ``NaN`` where unreadable or never scored).
 
     Returns:
       ``(cells, folds)``: ``{attack: cell or None}`` as :func:`cells`, and per fold
-      ``{"fit_attacks", "n_fit", "n_scored", "fit_ids", "wall_s"}``.
+      ``{"fit_attacks", "n_fit", "n_scored", "fit_ids", "wall_s"}``; ``(cells, folds, scores)`` with
+      ``return_scores``.
 
     Raises:
       ScorerError: a fitted query is also scored (cannot happen by construction; checked).
@@ -270,6 +286,7 @@ def learned_cells(
     masks = attack_masks(scenario)
     attack = _attacks(scenario)
     out, folds = {}, []
+    all_scores = np.full(scenario.related.shape, np.nan)
     for f, group in enumerate(ATTACK_FOLDS):
         t0 = time.time()
         fit_idx = np.flatnonzero(np.isin(attack, group))
@@ -285,6 +302,9 @@ def learned_cells(
             scenario.candidates, scenario.queries.take(test_idx), probe=scenario.probe, unreadable="nan"
         )
         out.update(cells(scores, held, fprs=fprs))
+        for pos, neg in held.values():
+            cols = (pos | neg).any(axis=0)
+            all_scores[:, cols] = scores[:, cols]
         folds.append(
             {
                 "fit_attacks": list(group),
@@ -294,7 +314,8 @@ def learned_cells(
                 "wall_s": time.time() - t0,
             }
         )
-    return {a: out[a] for a in masks}, folds
+    result = {a: out.get(a) for a in masks}
+    return (result, folds, all_scores) if return_scores else (result, folds)
 
 
 def null_calibration(

@@ -77,6 +77,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -107,6 +109,7 @@ __all__ = [
     "open_set_decisions",
     "open_set_scenario",
     "permutation_test",
+    "population_spec",
     "qq_plot",
     "spec_for",
 ]
@@ -326,6 +329,27 @@ def spec_for(arch: str, params: PyTree) -> dict:
       PermutationError: an architecture without a description.
     """
     return perm_lib.spec_from_variables(arch, params)
+
+
+def population_spec(pop: Population) -> perm_lib.PermutationSpec:
+    """The permutation spec of a population: its own ``perm_spec``, else one inferred for a Dense/Conv chain.
+
+    Raises:
+      PValueError: neither (names the models; pass ``perm_spec=`` when building them).
+    """
+    if pop.perm_spec is not None:
+        return pop.perm_spec
+    spec = perm_lib.infer_spec(pop.one(0))
+    if not spec:
+        raise PValueError(
+            f"models {pop.ids[0]!r}... ({pop.arch}) have no permutation spec and none can be inferred (not a chain"
+            " of Dense/Conv layers); pass perm_spec= when building the Models"
+        )
+    return spec
+
+
+def _spec(spec_fn, pop: Population) -> perm_lib.PermutationSpec:
+    return population_spec(pop) if spec_fn is None else spec_fn(pop.arch, pop.one(0))
 
 
 def _leaf(tree: PyTree, path: Sequence[str]) -> jax.Array:
@@ -568,7 +592,8 @@ class PermutationTestScorer(Scorer):
       num_permutations: :math:`T`.
       statistic: :class:`Statistic`.
       alpha: the open-set level.
-      spec_fn: ``spec_fn(arch, variables) -> spec``; default :func:`spec_for`.
+      spec_fn: ``spec_fn(arch, variables) -> spec``; default :func:`population_spec` (the models' own
+        ``perm_spec``, else one inferred for a Dense/Conv chain).
     """
 
     learned = False
@@ -586,22 +611,18 @@ class PermutationTestScorer(Scorer):
         self.num_permutations = int(num_permutations)
         self.statistic = Statistic(statistic)
         self.alpha = float(alpha)
-        self.spec_fn = spec_fn or spec_for
+        self.spec_fn = spec_fn
         self.name = f"perm-test[{self.statistic.value},T={self.num_permutations}]"
         self.last_pvalues: np.ndarray | None = None
 
     def readable(self, candidates: Population, queries: Population) -> bool:
-        if candidates.arch != queries.arch:
-            return False
-        sc = [np.shape(x)[1:] for x in jax.tree.leaves(candidates.params)]
-        sq = [np.shape(x)[1:] for x in jax.tree.leaves(queries.params)]
-        return sc == sq
+        return candidates.signature == queries.signature
 
     def pvalues(self, candidates: Population, queries: Population) -> tuple[np.ndarray, np.ndarray]:
         """``(p [K, M], statistic [K, M])`` of every pair of two same-architecture populations."""
         cs = [jax.tree.map(lambda a, i=i: a[i], candidates.params) for i in range(len(candidates))]
         qs = [jax.tree.map(lambda a, i=i: a[i], queries.params) for i in range(len(queries))]
-        spec = self.spec_fn(candidates.arch, cs[0])
+        spec = _spec(self.spec_fn, candidates)
         p = np.zeros((len(cs), len(qs)))
         st = np.zeros_like(p)
         for k, c in enumerate(cs):
@@ -648,13 +669,14 @@ class MatchedScorer(Scorer):
     """Scores pairs of same-architecture models by :func:`matched_statistic` (invariant to unit order).
 
     Args:
-      spec_fn: ``spec_fn(arch, variables) -> spec``; default :func:`spec_for`.
+      spec_fn: ``spec_fn(arch, variables) -> spec``; default :func:`population_spec` (the models' own
+        ``perm_spec``, else one inferred for a Dense/Conv chain).
     """
 
     name = "matched-weights"
 
     def __init__(self, *, spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None):
-        self.spec_fn = spec_fn or spec_for
+        self.spec_fn = spec_fn
 
     def readable(self, candidates: Population, queries: Population) -> bool:
         return PermutationTestScorer.readable(self, candidates, queries)  # type: ignore[arg-type]
@@ -663,7 +685,7 @@ class MatchedScorer(Scorer):
         del probe
         cs = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), candidates.params) for i in range(len(candidates))]
         qs = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), queries.params) for i in range(len(queries))]
-        spec = self.spec_fn(candidates.arch, cs[0])
+        spec = _spec(self.spec_fn, candidates)
         return np.array([[matched_statistic(c, q, spec) for q in qs] for c in cs])
 
 
@@ -731,6 +753,13 @@ class CalibratedScorer(Scorer):
                 f" {candidates.ids[:3]}... and queries {queries.ids[:3]}...)"
             )
         self.null_scores = np.sort(null)
+        if 1.0 / (null.size + 1) > self.alpha:
+            msg = (
+                f"{self.name}: {null.size} calibration scores: the smallest conformal p-value is"
+                f" 1/{null.size + 1} = {1 / (null.size + 1):.3g} > alpha = {self.alpha:g}, so no pair can be"
+                f" declared related; calibrate on at least {math.ceil(1 / self.alpha) - 1} unrelated pairs"
+            )
+            warnings.warn(msg, stacklevel=2)
         return self
 
     def pvalues(self, scores: np.ndarray) -> np.ndarray:

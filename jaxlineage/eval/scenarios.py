@@ -36,19 +36,17 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
-from jaxlineage import nets
 from jaxlineage import zoo as zoo_lib
 from jaxlineage.eval.core import (
     NO_PARENT,
     ModelSet,
-    Population,
     Question,
     Scenario,
     ScorerError,
 )
+from jaxlineage.models import Models
 
 __all__ = ["NEGATIVE", "OpenSet", "identify", "model_set", "open_set", "provenance", "verify"]
 
@@ -131,70 +129,23 @@ def _default_task(zoo: Any, queries: list) -> str:
 # --------------------------------------------------------------------------- populations
 
 
-def _signature(network: nets.Network, params: Any) -> tuple:
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    # ``module`` (the linen module) tells networks of one name apart; duck-typed zoos may lack it.
-    return (
-        network.name,
-        getattr(network, "module", None),
-        tuple((jax.tree_util.keystr(p), np.shape(v), str(v.dtype)) for p, v in leaves),
-    )
-
-
 def model_set(zoo: Any, ids: Sequence[str]) -> ModelSet:
-    """Zoo models as populations: one :class:`Population` per network (architecture and parameter shapes).
+    """Zoo models as populations: :meth:`jaxlineage.models.Models.from_zoo` (one per network and shapes).
 
     Parameters are the full variables (heads included) stacked per population;
     feature functions read only the layers up to their tap, and the scoring
     kernel prunes unused leaves, so models whose heads differ still compare at
     every tap, while ``logits_fn`` needs one head shape (hence one population per
-    shape). Populations keep the order in which their first model appears in
-    ``ids``; within one, models keep the order of ``ids``.
+    shape). Every population's ``feature_fns`` holds every tap of its network (the
+    cached function objects of :meth:`jaxlineage.nets.Network.feature_fn`, so jitted
+    scorers never recompile for a new population of the same network).
 
-    Args:
-      zoo: a :class:`jaxlineage.zoo.Zoo` (``load``, ``get``, ``network_for``).
-      ids: model ids.
-
-    Returns:
-      A :class:`ModelSet`; every population's ``feature_fns`` holds every tap
-      of its network (the cached function objects of
-      :meth:`jaxlineage.nets.Network.feature_fn`, so jitted scorers never
-      recompile for a new population of the same network).
+    Raises:
+      ScorerError: an empty list of ids.
     """
-    ids = list(ids)
-    if not ids:
+    if not list(ids):
         raise ScorerError("model_set: empty list of model ids")
-    groups: dict[tuple, dict] = {}
-    for i in ids:
-        network = zoo.network_for(i)
-        params = zoo.load(i)
-        g = groups.setdefault(_signature(network, params), {"network": network, "ids": [], "params": []})
-        g["ids"].append(i)
-        g["params"].append(params)
-    pops = []
-    for g in groups.values():
-        network = g["network"]
-        info = {}
-        for i in g["ids"]:
-            r = zoo.get(i)
-            info[i] = {
-                "task": r.task,
-                "kind": _kind(r),
-                "parent_id": getattr(r, "parent_id", None),
-                "hparams": dict(getattr(r, "hparams", {}) or {}),
-                "test_acc": getattr(r, "test_acc", None),
-            }
-        pops.append(
-            Population(
-                ids=tuple(g["ids"]),
-                params=nets.stack(g["params"]),
-                logits_fn=network.logits_fn,
-                feature_fns={tap: network.feature_fn(tap) for tap in network.taps},
-                arch=network.name,
-                info=info,
-            )
-        )
-    return ModelSet(tuple(pops))
+    return Models.from_zoo(zoo, ids)
 
 
 # --------------------------------------------------------------------------- scenarios

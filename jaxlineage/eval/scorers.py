@@ -41,19 +41,20 @@ import numpy as np
 from jaxlineage import lineage, linearize, nets
 from jaxlineage import similarity as similarity_lib
 from jaxlineage.errors import path_str
-from jaxlineage.eval import protocols
 from jaxlineage.eval.core import (
+    GridScorer,
     ModelSet,
     Population,
     Scenario,
     Scorer,
     ScorerError,
     check_models,
+    select_index,
 )
+from jaxlineage.models import weight_comparable
 
 __all__ = [
     "DEFAULT_ALPHAS",
-    "DEFAULT_TAPS",
     "LearningFree",
     "OutputAgreement",
     "OutputKL",
@@ -68,23 +69,19 @@ Mode = linearize.Mode
 
 #: The paper's grid for the step size (Neural Lineage, Sec. 5.1).
 DEFAULT_ALPHAS = lineage.DEFAULT_ALPHAS
-#: The feature tap used by default per architecture: the first ReLU layer / first block.
-DEFAULT_TAPS = {"mlp": "relu1", "convnet": "conv1", "resnet18": "block1"}
 
 
 def default_tap(model: Any) -> str:
     """The default feature tap of a :class:`~jaxlineage.nets.Network` or a :class:`Population`.
 
-    ``relu1`` for the MLP, ``conv1`` for the ConvNet, ``block1`` for ResNet-18,
-    else the first tap.
+    The population's (or network's) own ``default_tap``: ``relu1`` for the library's MLP,
+    ``conv1`` for its ConvNet, ``block1`` for ResNet-18; for your own models the first tap
+    you gave (or the one you named with ``default_tap=``). Never read from an ``arch`` name.
     """
-    if isinstance(model, Population):
-        arch, taps = model.arch, tuple(model.feature_fns)
-    else:
-        arch, taps = model.name, tuple(model.taps)
-    if not taps:
-        raise ScorerError(f"{arch} has no feature tap")
-    return DEFAULT_TAPS.get(arch, taps[0])
+    tap = getattr(model, "default_tap", None)
+    if not tap:
+        raise ScorerError(f"{getattr(model, 'arch', getattr(model, 'name', model))} has no feature tap")
+    return tap
 
 
 # --------------------------------------------------------------------------- helpers
@@ -114,7 +111,7 @@ def _is_head(path) -> bool:
 # --------------------------------------------------------------------------- learning-free
 
 
-class LearningFree(Scorer):
+class LearningFree(GridScorer):
     r"""A learning-free similarity (Neural Lineage Sec. 3) as a scorer.
 
     .. math:: S[k, m] = s_{\text{mode}}(\theta_{c_k}, \theta_{q_m}; X, \alpha)
@@ -139,8 +136,6 @@ class LearningFree(Scorer):
     References:
       Yu & Wang (2024), Neural Lineage, CVPR, Sec. 3 and Table 1.
     """
-
-    grid = True
 
     def __init__(
         self,
@@ -186,7 +181,12 @@ class LearningFree(Scorer):
 
     def readable(self, candidates: Population, queries: Population) -> bool:
         tap = self.tap or default_tap(candidates)
-        return candidates.arch == queries.arch and tap in candidates.feature_fns and tap in queries.feature_fns
+        if tap not in candidates.feature_fns and tap not in queries.feature_fns:
+            raise ScorerError(
+                f"{self.name}: neither candidates {candidates.ids[0]!r}... nor queries {queries.ids[0]!r}... have a"
+                f" feature tap {tap!r}; their taps: {sorted(set(candidates.feature_fns) | set(queries.feature_fns))}"
+            )
+        return weight_comparable(candidates, queries) and tap in candidates.feature_fns and tap in queries.feature_fns
 
     @staticmethod
     def score_grids(
@@ -267,7 +267,7 @@ class LearningFree(Scorer):
         out = copy.copy(self)
         if self.selects_alpha:
             grid = self.score_grid(train.candidates, train.queries, probe=train.probe)
-            out.alpha = self.alphas[protocols.select_index(grid, train.question, train.labels, train.related)]
+            out.alpha = self.alphas[select_index(grid, train.question, train.labels, train.related)]
         return out
 
 
@@ -374,7 +374,7 @@ class WeightL2(Scorer):
     name = "weight L2"
 
     def readable(self, candidates: Population, queries: Population) -> bool:
-        return candidates.arch == queries.arch
+        return weight_comparable(candidates, queries)
 
     def score_block(self, candidates: Population, queries: Population, *, probe: Any) -> np.ndarray:
         del probe
@@ -393,7 +393,7 @@ class WeightCosine(Scorer):
     name = "weight cosine"
 
     def readable(self, candidates: Population, queries: Population) -> bool:
-        return candidates.arch == queries.arch
+        return weight_comparable(candidates, queries)
 
     def score_block(self, candidates: Population, queries: Population, *, probe: Any) -> np.ndarray:
         del probe

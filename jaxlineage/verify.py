@@ -1,0 +1,540 @@
+r"""Answers for anyone's models: was B derived from A, and how sure? Which candidate is its parent?
+
+:func:`verify` gives a :class:`Verdict` for every (source, suspect) pair: a p-value per
+evidence test, one combined p-value, and a decision at level ``alpha``. :func:`identify`
+turns the combined p-values into a parent or :data:`NO_PARENT` per query (Holm-Bonferroni
+over the candidates). Models are :class:`jaxlineage.models.Models` (your linen / NNX
+module or any apply function); ``data`` is a batch of inputs from the suspect's task.
+
+The evidence battery is chosen from what each pair allows; every test has a stated null
+hypothesis and a p-value valid under it:
+
+* ``weight-perm`` (exact): the two models share a parameter signature and a permutation
+  spec (inferred for Dense / Conv chains, or yours, checked to keep the function on
+  ``data``). Statistic: mean correlation of the producing kernels in stored unit order;
+  :math:`T` random hidden-unit permutations of the suspect give
+  :math:`p = (1 + \#\{\phi_t \ge \phi\}) / (T + 1)`. H0: the suspect's weights are
+  independent of the source's and their law is invariant to unit order (independent
+  initialisations). Sensitive to fine-tuning, pruning, quantisation; blind to permuted
+  copies and to models trained from scratch (extraction).
+* reference tests (conformal): a statistic :math:`s(A, B)` (higher = more related) of the
+  source against the suspect and against ``n`` **reference models** (independent models of
+  the suspect's task and architecture): :math:`p = (1 + \#\{j : s(A, R_j) \ge s(A, B)\}) / (n + 1)`.
+  H0: the suspect is exchangeable with the references (an independent model trained like
+  them). Valid for any statistic; the smallest attainable p is :math:`1 / (n + 1)`:
+
+  - ``output-kl``: :math:`-\mathrm{KL}(\sigma(f_A) \| \sigma(f_B))` on ``data``; sensitive
+    to anything that keeps the source's function (fine-tuning, pruning, permutation,
+    soft extraction);
+  - ``output-agreement``: fraction of equal argmax predictions (label-only extraction);
+  - ``matched-weights``: agreement of two Hungarian matchings of hidden units (same
+    signature; invariant to unit order, so it holds on permuted copies);
+  - ``taylor-l2``: Neural Lineage's first-order L2 score at the default tap (same signature).
+
+* Combination: the Cauchy combination test (Liu & Xie, JASA 2020),
+  :math:`T = \sum_i w_i \tan((1/2 - p_i)\pi)`, :math:`p = 1/2 - \arctan(T / \sum_i w_i)/\pi`,
+  equal weights; valid under arbitrary dependence between the tests in the tail (small
+  ``alpha``), which matters here since the reference tests share references. Or
+  ``combine="bonferroni"``: :math:`\min(1, m \min_i p_i)`, valid under any dependence.
+
+A pair no test applies to (e.g. two architectures and no references) is "cannot tell":
+its combined p-value is NaN and its decision ``None``.
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> import jaxlineage as jl
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return nn.Dense(3, name="out")(nn.relu(nn.Dense(32, name="fc1")(x)))
+    >>> x = jax.random.normal(jax.random.key(0), (64, 8))
+    >>> a, b = (Net().init(jax.random.key(s), x) for s in (1, 2))
+    >>> a_copy = jax.tree.map(lambda w: w + 1e-3, a)
+    >>> src = jl.Models.from_linen(Net(), [a], ids=["A"])
+    >>> sus = jl.Models.from_linen(Net(), [a_copy, b], ids=["A'", "B"])
+    >>> v = jl.verify(src, sus, data=x, key=jax.random.key(0), num_permutations=99)
+    >>> [(p.suspect, p.derived) for p in v.pairs]
+    [("A'", True), ('B', False)]
+
+References:
+  Zhu, Zhang, Hashimoto, Liang, "Independence Tests for Language Models", ICML 2025.
+  Liu & Xie, "Cauchy combination test", JASA 115 (2020).
+  Vovk, Gammerman, Shafer, "Algorithmic Learning in a Random World" (2005).
+  Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Stat. 6 (1979).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlineage import permutations as perm_lib
+from jaxlineage.errors import JaxlineageError
+from jaxlineage.eval import pvalues as pvalues_lib
+from jaxlineage.eval import scorers as scorers_lib
+from jaxlineage.eval.core import Scorer
+from jaxlineage.eval.metrics import NO_PARENT
+from jaxlineage.models import Models, ModelSet, check_finite, weight_comparable
+
+__all__ = [
+    "NO_PARENT",
+    "Evidence",
+    "Identification",
+    "PairVerdict",
+    "ReferenceTest",
+    "Verdict",
+    "VerifyError",
+    "cauchy_combination",
+    "default_tests",
+    "identify",
+    "verify",
+]
+
+log = logging.getLogger("jaxlineage.verify")
+
+
+class VerifyError(JaxlineageError):
+    """``verify`` / ``identify`` cannot answer as asked; the message names the model or setting."""
+
+
+# --------------------------------------------------------------------------- combination
+
+
+def cauchy_combination(pvalues: Sequence[float], weights: Sequence[float] | None = None) -> float:
+    r"""The Cauchy combination test of p-values (Liu & Xie 2020).
+
+    .. math:: T = \sum_i w_i \tan\big((\tfrac12 - p_i)\pi\big), \quad
+              p = \tfrac12 - \arctan\big(T / \textstyle\sum_i w_i\big) / \pi
+
+    Valid (:math:`P(p \le \alpha) \lesssim \alpha`) under arbitrary dependence for small
+    :math:`\alpha`; exact for one test. p-values of 1 are clipped to :math:`1 - 10^{-15}`.
+
+    >>> round(cauchy_combination([0.01]), 6), round(cauchy_combination([0.01, 0.01]), 6)
+    (0.01, 0.01)
+    """
+    p = np.clip(np.asarray(pvalues, np.float64), 1e-300, 1 - 1e-15)
+    if p.size == 0:
+        return float("nan")
+    w = np.ones_like(p) if weights is None else np.asarray(weights, np.float64)
+    t = np.sum(w * np.tan((0.5 - p) * np.pi)) / np.sum(w)
+    if t > 1e15:  # arctan's tail: 1/2 - arctan(t)/pi ~ 1/(pi t)
+        return float(1.0 / (np.pi * t))
+    return float(0.5 - np.arctan(t) / np.pi)
+
+
+def _combine(pvalues: Sequence[float], how: str) -> float:
+    if not len(pvalues):
+        return float("nan")
+    if how == "cauchy":
+        return cauchy_combination(pvalues)
+    if how == "bonferroni":
+        return float(min(1.0, len(pvalues) * min(pvalues)))
+    raise VerifyError(f"combine must be 'cauchy' or 'bonferroni'; got {how!r}")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class Evidence:
+    """One test on one (source, suspect) pair.
+
+    Attributes:
+      test: the test's name.
+      statistic: its value on the pair (NaN where it does not apply).
+      pvalue: its p-value (NaN where it does not apply).
+      null: the null hypothesis its p-value is valid under.
+      sensitive_to: what derivations it detects.
+      note: why it does not apply, or a warning (e.g. it cannot reach ``alpha``).
+    """
+
+    test: str
+    statistic: float
+    pvalue: float
+    null: str
+    sensitive_to: str
+    note: str = ""
+
+    @property
+    def applies(self) -> bool:
+        return bool(np.isfinite(self.pvalue))
+
+
+@dataclasses.dataclass
+class PairVerdict:
+    """The answer for one (source, suspect) pair.
+
+    Attributes:
+      source, suspect: model ids.
+      pvalue: the combined p-value (NaN: cannot tell).
+      derived: ``pvalue <= alpha``; ``None`` when no test applies.
+      evidence: every test's :class:`Evidence`.
+    """
+
+    source: str
+    suspect: str
+    pvalue: float
+    derived: bool | None
+    evidence: list[Evidence]
+
+
+@dataclasses.dataclass
+class Verdict:
+    """:func:`verify`'s answer for every (source, suspect) pair; ``str()`` is a table, :meth:`to_json` a dict.
+
+    Attributes:
+      sources, suspects: model ids.
+      pairs: one :class:`PairVerdict` per pair, sources outer.
+      alpha: the level of the decisions.
+      combine: ``"cauchy"`` or ``"bonferroni"``.
+      warnings: what limits the answer (too few references for ``alpha``, ...).
+    """
+
+    sources: tuple[str, ...]
+    suspects: tuple[str, ...]
+    pairs: list[PairVerdict]
+    alpha: float
+    combine: str
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def pvalues(self) -> np.ndarray:
+        """Combined p-values ``[sources, suspects]`` (NaN: cannot tell)."""
+        return np.array([p.pvalue for p in self.pairs]).reshape(len(self.sources), len(self.suspects))
+
+    def test_pvalues(self, test: str) -> np.ndarray:
+        """One test's p-values ``[sources, suspects]`` (NaN where it does not apply)."""
+        out = [next((e.pvalue for e in p.evidence if e.test == test), np.nan) for p in self.pairs]
+        return np.array(out, np.float64).reshape(len(self.sources), len(self.suspects))
+
+    def pair(self, source: str, suspect: str) -> PairVerdict:
+        for p in self.pairs:
+            if p.source == source and p.suspect == suspect:
+                return p
+        raise KeyError((source, suspect))
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=float))
+
+    def __str__(self) -> str:
+        tests = list(dict.fromkeys(e.test for p in self.pairs for e in p.evidence))
+        head = ["source", "suspect", "derived?", "p", *tests]
+        rows = []
+        for p in self.pairs:
+            decision = "cannot tell" if p.derived is None else ("DERIVED" if p.derived else "no evidence")
+            cells = {e.test: ("n/a" if not e.applies else f"{e.pvalue:.3g}") for e in p.evidence}
+            pv = "n/a" if not np.isfinite(p.pvalue) else f"{p.pvalue:.3g}"
+            rows.append([p.source, p.suspect, decision, pv, *(cells.get(t, "n/a") for t in tests)])
+        widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+        line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+        out = [f"verdict at alpha = {self.alpha:g} ({self.combine} combination of the tests' p-values)", line(head)]
+        out += [line(r) for r in rows]
+        out += [f"note: {w}" for w in self.warnings]
+        return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@dataclasses.dataclass
+class ReferenceTest:
+    """A conformal test: a scorer's statistic against the source's scores of reference models.
+
+    Attributes:
+      name: the test's name in verdicts.
+      scorer: an evaluation-layer :class:`~jaxlineage.eval.core.Scorer` (higher = more related).
+      sensitive_to: what it detects.
+      same_signature: it compares weights (sources, suspects and references must share a signature).
+    """
+
+    name: str
+    scorer: Scorer
+    sensitive_to: str
+    same_signature: bool = False
+
+    null = "the suspect is exchangeable with the reference models (independent, trained like them)"
+
+
+def default_tests() -> list[ReferenceTest]:
+    """The reference tests :func:`verify` runs by default (the exact weight test is always tried)."""
+    return [
+        ReferenceTest("output-kl", scorers_lib.OutputKL(), "fine-tuning, pruning, permutation, soft extraction"),
+        ReferenceTest("output-agreement", scorers_lib.OutputAgreement(), "label-only extraction, copies"),
+        ReferenceTest(
+            "matched-weights",
+            pvalues_lib.MatchedScorer(),
+            "fine-tuning, pruning, quantisation, permuted copies",
+            same_signature=True,
+        ),
+        ReferenceTest(
+            "taylor-l2",
+            scorers_lib.LearningFree("l2", "first_order", alphas=(0.01,)),
+            "fine-tuning (Neural Lineage's first-order L2 at the default tap)",
+            same_signature=True,
+        ),
+    ]
+
+
+WEIGHT_PERM = "weight-perm"
+_WEIGHT_NULL = (
+    "independent initialisations: the suspect's weights are independent of the source's, their law unit-order invariant"
+)
+_WEIGHT_SENS = "fine-tuning, pruning, quantisation (blind to permuted copies and extraction)"
+
+
+def _spec(models: Models, data: Any, key: jax.Array, who: str) -> tuple[Any, str]:
+    """``(spec or None, note)``: the models' own spec (checked: an error if it does not hold) or an inferred one."""
+    one = models.one(0)
+    spec, given = models.perm_spec, models.perm_spec is not None
+    if spec is None:
+        spec = perm_lib.infer_spec(one)
+        if spec is None:
+            return None, "no permutation spec (not a Dense/Conv chain; pass perm_spec= to the Models)"
+    try:
+        perm_lib.check_spec(models.logits_fn, one, spec, data[: min(len(data), 64)], key=key)
+    except perm_lib.PermutationError as e:
+        if given:
+            raise VerifyError(f"{who} {models.ids[0]!r}...: {e}") from None
+        return None, f"the inferred permutation spec does not keep the function ({e}); pass perm_spec="
+    return spec, ""
+
+
+def _weight_perm(src: Models, sus: Models, data, key, num_permutations: int) -> list[list[Evidence]]:
+    out = [[None] * len(sus) for _ in range(len(src))]
+    note = ""
+    spec = None
+    if not weight_comparable(src, sus) or src.signature != sus.signature:
+        note = "parameter trees differ (the exact test needs one signature)"
+    else:
+        spec, note = _spec(src, data, jax.random.fold_in(key, 1), "source")
+    for k in range(len(src)):
+        for m in range(len(sus)):
+            if spec is None:
+                out[k][m] = Evidence(WEIGHT_PERM, np.nan, np.nan, _WEIGHT_NULL, _WEIGHT_SENS, note)
+                continue
+            r = pvalues_lib.permutation_test(
+                src.one(k),
+                sus.one(m),
+                spec,
+                key=jax.random.fold_in(jax.random.fold_in(key, k), m),
+                num_permutations=num_permutations,
+                names=(src.ids[k], sus.ids[m]),
+            )
+            out[k][m] = Evidence(WEIGHT_PERM, r.statistic, r.pvalue, _WEIGHT_NULL, _WEIGHT_SENS)
+    return out
+
+
+def _conformal(stat: float, null: np.ndarray) -> float:
+    return float((1 + np.sum(null >= stat)) / (null.size + 1))
+
+
+def _reference_evidence(
+    test: ReferenceTest, src: Models, sus: Models, refs: ModelSet | None, data: Any, alpha: float
+) -> list[list[Evidence]]:
+    """Every (source, suspect) pair's evidence from one reference test."""
+    ev = lambda s, p, note="": Evidence(test.name, s, p, test.null, test.sensitive_to, note)  # noqa: E731
+    na = lambda note: [[ev(np.nan, np.nan, note) for _ in sus.ids] for _ in src.ids]  # noqa: E731
+    if test.same_signature and not weight_comparable(src, sus):
+        return na("parameter trees differ")
+    ref_pops = [r for r in (refs.populations if refs else ()) if weight_comparable(r, sus)]
+    ref_pops = [r for r in ref_pops if not test.same_signature or weight_comparable(src, r)]
+    if not ref_pops:
+        return na("no reference model of the suspect's architecture")
+    targets = ModelSet((sus, *ref_pops))
+    try:
+        scores = test.scorer.score(ModelSet((src,)), targets, probe=data, unreadable="nan")
+    except JaxlineageError as e:
+        return na(f"{type(e).__name__}: {e}")
+    ref_ids = [i for r in ref_pops for i in r.ids]
+    out = []
+    for k, sid in enumerate(src.ids):
+        row = []
+        for m, qid in enumerate(sus.ids):
+            stat = scores[k, m]
+            keep = [j for j, rid in enumerate(ref_ids) if rid not in (sid, qid)]
+            null = scores[k, len(sus) + np.asarray(keep, int)] if keep else np.zeros(0)
+            null = null[np.isfinite(null)]
+            if not np.isfinite(stat) or null.size == 0:
+                row.append(ev(np.nan, np.nan, "not readable for this pair"))
+                continue
+            note = "" if 1 / (null.size + 1) <= alpha else f"{null.size} references cannot reach alpha={alpha:g}"
+            row.append(ev(float(stat), _conformal(stat, null), note))
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _as_set(models: Any, what: str) -> ModelSet:
+    if models is None:
+        return None
+    try:
+        ms = ModelSet.of(models)
+    except Exception as e:
+        raise VerifyError(
+            f"{what}: expected Models, a list of Models or a ModelSet; got {type(models).__name__}"
+        ) from e
+    if len(ms) == 0:
+        raise VerifyError(f"{what}: no model")
+    return ms
+
+
+def verify(
+    sources: Any,
+    suspects: Any,
+    *,
+    data: Any,
+    references: Any = None,
+    alpha: float = 0.05,
+    key: jax.Array | None = None,
+    tests: Sequence[ReferenceTest] | None = None,
+    num_permutations: int = 999,
+    combine: str = "cauchy",
+) -> Verdict:
+    """Is each suspect derived from each source? One calibrated verdict per pair.
+
+    Args:
+      sources: :class:`~jaxlineage.models.Models` (or a list / :class:`~jaxlineage.models.ModelSet`).
+      suspects: the same.
+      data: inputs ``[N, ...]`` from the suspect's task (probe of the functional tests, and the inputs on
+        which a permutation spec is checked).
+      references: independent models of the suspects' task and architecture (:class:`Models`), for the
+        reference tests; ``None`` runs the exact weight test alone. :func:`jaxlineage.references.train`
+        builds them. With ``n`` of them the smallest reference p-value is ``1 / (n + 1)``: 99 reach
+        ``alpha = 0.01``.
+      alpha: the level of the decisions, in (0, 1).
+      key: the permutations' key (default ``jax.random.key(0)``).
+      tests: reference tests (default :func:`default_tests`).
+      num_permutations: ``T`` of the exact weight test (smallest p ``1 / (T + 1)``).
+      combine: ``"cauchy"`` (default) or ``"bonferroni"``.
+
+    Returns:
+      A :class:`Verdict`.
+
+    Raises:
+      VerifyError: empty sources or suspects, alpha out of (0, 1), a user permutation spec that does not
+        keep the function, models with NaN / inf parameters (names the model and path).
+    """
+    if not 0 < alpha < 1:
+        raise VerifyError(f"alpha must be in (0, 1); got {alpha}")
+    if num_permutations < 1:
+        raise VerifyError(f"num_permutations must be >= 1; got {num_permutations}")
+    src_set, sus_set = _as_set(sources, "sources"), _as_set(suspects, "suspects")
+    refs = _as_set(references, "references")
+    for what, ms in (("sources", src_set), ("suspects", sus_set), ("references", refs)):
+        if ms is not None:
+            check_finite(f"verify ({what})", ms, error=VerifyError)
+    data = jnp.asarray(data)
+    if data.ndim < 1 or len(data) < 2:
+        raise VerifyError(f"data must be a batch of at least 2 inputs [N, ...]; got shape {tuple(data.shape)}")
+    key = jax.random.key(0) if key is None else key
+    tests = default_tests() if tests is None else list(tests)
+    grid: dict[tuple[str, str], list[Evidence]] = {}
+    for a, src in enumerate(src_set.populations):
+        for b, sus in enumerate(sus_set.populations):
+            blocks = [_weight_perm(src, sus, data, jax.random.fold_in(key, 1000 * a + b), num_permutations)]
+            blocks += [_reference_evidence(t, src, sus, refs, data, alpha) for t in tests]
+            for k, sid in enumerate(src.ids):
+                for m, qid in enumerate(sus.ids):
+                    grid[(sid, qid)] = [blk[k][m] for blk in blocks]
+    pairs = []
+    for sid in src_set.ids:
+        for qid in sus_set.ids:
+            ev = grid[(sid, qid)]
+            ps = [e.pvalue for e in ev if e.applies]
+            p = _combine(ps, combine)
+            pairs.append(PairVerdict(sid, qid, p, None if not ps else bool(p <= alpha), ev))
+    warnings = []
+    if refs is None:
+        warnings.append("no references: only the exact weight test ran (blind to permuted copies and extraction)")
+    short = sorted({e.note for p in pairs for e in p.evidence if "cannot reach" in e.note})
+    warnings += short
+    if any(p.derived is None for p in pairs):
+        warnings.append("no test applies to some pairs ('cannot tell'): give references of the suspect's architecture")
+    return Verdict(src_set.ids, sus_set.ids, pairs, float(alpha), combine, warnings)
+
+
+# --------------------------------------------------------------------------- identify
+
+
+@dataclasses.dataclass
+class Identification:
+    """:func:`identify`'s answer.
+
+    Attributes:
+      queries, candidates: model ids.
+      parents: per query, the parent's id or ``None`` (no parent).
+      index: per query, the parent's index among the candidates or :data:`NO_PARENT`.
+      pvalues: combined p-values ``[candidates, queries]``.
+      verdict: the underlying :class:`Verdict`.
+    """
+
+    queries: tuple[str, ...]
+    candidates: tuple[str, ...]
+    parents: list[str | None]
+    index: np.ndarray
+    pvalues: np.ndarray
+    verdict: Verdict
+
+    def __str__(self) -> str:
+        lines = [f"parents at alpha = {self.verdict.alpha:g} (Holm over {len(self.candidates)} candidates)"]
+        for q, p, m in zip(self.queries, self.parents, range(len(self.queries))):
+            col = self.pvalues[:, m]
+            best = "n/a" if not np.isfinite(col).any() else f"{np.nanmin(col):.3g}"
+            lines.append(f"{q}: {p if p is not None else 'NO PARENT'} (smallest p {best})")
+        return "\n".join(lines)
+
+
+def identify(
+    queries: Any,
+    candidates: Any,
+    *,
+    data: Any,
+    references: Any = None,
+    alpha: float = 0.05,
+    key: jax.Array | None = None,
+    **verify_kwargs,
+) -> Identification:
+    """Which candidate is each query's parent, or none? Holm-Bonferroni over candidates on :func:`verify`'s p-values.
+
+    Per query, the candidates' combined p-values are tested with Holm's procedure at ``alpha``
+    (family-wise error over the candidates at most ``alpha``); the parent is the rejected candidate
+    with the smallest p-value, or :data:`NO_PARENT` when none is rejected. Pairs that cannot be told
+    count as p = 1.
+
+    Args:
+      queries, candidates: models (as :func:`verify`'s ``suspects`` and ``sources``).
+      data, references, alpha, key, **verify_kwargs: as :func:`verify`.
+
+    Returns:
+      An :class:`Identification`.
+    """
+    v = verify(candidates, queries, data=data, references=references, alpha=alpha, key=key, **verify_kwargs)
+    p = np.where(np.isfinite(v.pvalues), v.pvalues, 1.0)
+    reject = pvalues_lib.holm(p, alpha=alpha)
+    index = np.full(p.shape[1], NO_PARENT, int)
+    for m in range(p.shape[1]):
+        hits = np.flatnonzero(reject[:, m])
+        if hits.size:
+            index[m] = int(hits[np.argmin(p[hits, m])])
+    parents = [v.sources[i] if i != NO_PARENT else None for i in index]
+    return Identification(v.suspects, v.sources, parents, index, v.pvalues, v)
+
+
+# The module is also the function: ``jaxlineage.verify(...)`` works whether ``jaxlineage.verify``
+# resolved to this module (``import jaxlineage.verify``) or to the function.
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs) -> Verdict:
+        return verify(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,268 @@
+"""verify / identify / Models on models the library has never seen, and the p-values they stand on.
+
+The models here are defined in this file (their own layer names, no ``jaxlineage.nets``) and
+trained with plain optax, as a user would.
+"""
+
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxlineage as jl
+from jaxlineage import permutations as perm_lib
+from jaxlineage import references
+from jaxlineage.eval import pvalues, scorers
+from jaxlineage.eval.core import ModelSet, Scenario, ScorerError
+from jaxlineage.models import Models, ModelsError
+from jaxlineage.verify import VerifyError, cauchy_combination
+
+
+class UserMLP(nn.Module):
+    """A user's network: layer names unlike the library's."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(32, name="fc1")(x))
+        h = nn.relu(nn.Dense(16, name="fc2")(h))
+        return nn.Dense(3, name="out")(h)
+
+
+class UserCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Conv(4, (3, 3), name="c1")(x))
+        h = nn.relu(nn.Conv(6, (3, 3), name="c2")(h))
+        h = nn.relu(nn.Dense(8, name="d1")(h.reshape((h.shape[0], -1))))
+        return nn.Dense(3, name="logit")(h)
+
+
+def _task(seed, n=512):
+    x = jax.random.normal(jax.random.key(seed), (n, 16))
+    w = jax.random.normal(jax.random.key(100), (16, 3))
+    return x, jnp.argmax(x @ w + 0.3 * jnp.sin(3 * x[:, :3]), axis=1)
+
+
+def _train(variables, x, y, steps, lr=1e-2):
+    tx = optax.adam(lr)
+    opt = tx.init(variables)
+
+    @jax.jit
+    def step(v, o):
+        loss = lambda v: optax.softmax_cross_entropy_with_integer_labels(UserMLP().apply(v, x), y).mean()
+        g = jax.grad(loss)(v)
+        u, o = tx.update(g, o, v)
+        return optax.apply_updates(v, u), o
+
+    for _ in range(steps):
+        variables, opt = step(variables, opt)
+    return variables
+
+
+@pytest.fixture(scope="module")
+def user_models():
+    x, y = _task(0)
+    init = lambda s: UserMLP().init(jax.random.key(s), x[:1])
+    a = _train(init(1), x, y, 150)
+    b = _train(init(2), x, y, 150)
+    x2, y2 = _task(1)
+    a_ft = _train(a, x2, y2, 40, lr=3e-3)
+    return x, y, a, b, a_ft
+
+
+# --------------------------------------------------------------------------- Models
+
+
+def test_from_linen_checks_taps_and_names_them():
+    x = jnp.ones((4, 16))
+    trees = [UserMLP().init(jax.random.key(s), x) for s in range(3)]
+    m = Models.from_linen(UserMLP(), trees, taps=("fc1", "fc2"), example=x, arch="mlp")
+    assert m.taps == ("fc1", "fc2", "logits") and m.default_tap == "fc1"
+    h = UserMLP().apply(trees[1], x, capture_intermediates=True)[1]["intermediates"]["fc2"]["__call__"][0]
+    np.testing.assert_allclose(m.feature_fn("fc2")(m.one(1), x), h, rtol=1e-6)
+    with pytest.raises(ModelsError, match=r"no tap 'fc_1'; taps that exist: \('fc1', 'fc2', 'logits', 'out'\)"):
+        Models.from_linen(UserMLP(), trees, taps=("fc_1",), example=x)
+    with pytest.raises(ModelsError, match="pass example="):
+        Models.from_linen(UserMLP(), trees, taps=("fc1",))
+    other = UserCNN().init(jax.random.key(0), jnp.ones((1, 6, 6, 1)))
+    with pytest.raises(ModelsError, match="'model1' does not share 'model0'"):
+        Models.from_linen(UserMLP(), [trees[0], other])
+
+
+def test_from_apply_and_nnx_taps_checked():
+    def apply(p, x):
+        return jnp.tanh(x @ p["w"]) @ p["v"]
+
+    ps = [{"w": jnp.ones((16, 4)) * s, "v": jnp.ones((4, 3))} for s in range(2)]
+    m = Models.from_apply(apply, ps, taps={"hidden": lambda p, x: jnp.tanh(x @ p["w"])}, example=jnp.ones((2, 16)))
+    assert m.feature_fn().__call__(m.one(1), jnp.ones((2, 16))).shape == (2, 4)
+    with pytest.raises(ModelsError, match="tap 'bad' fails"):
+        Models.from_apply(apply, ps, taps={"bad": lambda p, x: x @ p["v"]}, example=jnp.ones((2, 16)))
+    with pytest.raises(ModelsError, match="taps are functions"):
+        Models.from_apply(apply, ps, taps={"hidden": "fc1"})
+    from flax import nnx
+
+    class Tiny(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(x)
+
+    n = Models.from_nnx([Tiny(nnx.Rngs(s)) for s in range(2)], taps={"fc": lambda mdl, x: mdl.fc(x)})
+    n.check(jnp.ones((2, 16)))
+    assert len(n) == 2 and n.logits_fn(n.one(0), jnp.ones((2, 16))).shape == (2, 3)
+
+
+def test_user_arch_named_mlp_is_not_the_library_mlp():
+    """Naming your architecture "mlp" must not pull in the library MLP's tap or permutation spec."""
+    x = jnp.ones((4, 16))
+    m = Models.from_linen(UserMLP(), [UserMLP().init(jax.random.key(s), x) for s in range(3)], arch="mlp")
+    assert scorers.default_tap(m) == "logits"
+    spec = pvalues.population_spec(m)
+    assert sorted(spec) == ["fc1", "fc2"]
+    s = pvalues.MatchedScorer().score(ModelSet((m,)), ModelSet((m,)), probe=np.asarray(x))
+    assert np.isfinite(s).all() and np.allclose(np.diag(s), 1.0)
+    with pytest.raises(perm_lib.PermutationError, match="not jaxlineage's 'mlp'"):
+        pvalues.spec_for("mlp", m.one(0))
+
+
+def test_learning_free_tap_typo_is_an_error_naming_the_tap():
+    x = jnp.ones((4, 16))
+    m = Models.from_linen(UserMLP(), [UserMLP().init(jax.random.key(s), x) for s in range(2)], taps=("fc1",), example=x)
+    for unreadable in ("raise", "nan"):
+        with pytest.raises(ScorerError, match="feature tap 'fc_1'"):
+            scorers.LearningFree("l2", "plain", tap="fc_1").score(
+                ModelSet((m,)), ModelSet((m,)), probe=np.asarray(x), unreadable=unreadable
+            )
+
+
+# --------------------------------------------------------------------------- permutation specs
+
+
+def test_inferred_spec_keeps_the_function_and_a_wrong_one_is_rejected():
+    x = jax.random.normal(jax.random.key(0), (8, 16))
+    v = UserMLP().init(jax.random.key(1), x)
+    spec = perm_lib.infer_spec(v)
+    assert perm_lib.check_spec(UserMLP().apply, v, spec, x, key=jax.random.key(2)) < 1e-5
+    bad = {"fc1": (32, spec["fc1"][1][:-1])}  # forgets fc2's input rows: the function changes
+    with pytest.raises(perm_lib.PermutationError, match="does not keep the network's function"):
+        perm_lib.check_spec(UserMLP().apply, v, bad, x, key=jax.random.key(2))
+    xc = jax.random.normal(jax.random.key(0), (4, 6, 6, 1))
+    vc = UserCNN().init(jax.random.key(1), xc)
+    spec_c = perm_lib.infer_spec(vc)
+    assert sorted(spec_c) == ["c1", "c2", "d1"] and spec_c["c2"][1][-1].tile == 36
+    assert perm_lib.check_spec(UserCNN().apply, vc, spec_c, xc, key=jax.random.key(3)) < 1e-5
+
+
+def test_verify_rejects_a_user_spec_that_does_not_keep_the_function(user_models):
+    x, _, a, b, _ = user_models
+    spec = perm_lib.infer_spec(a)
+    bad = {"fc1": (32, spec["fc1"][1][:-1])}
+    src = Models.from_linen(UserMLP(), [a], ids=["A"], perm_spec=bad)
+    with pytest.raises(VerifyError, match="'A'.*does not keep the network's function"):
+        jl.verify(src, Models.from_linen(UserMLP(), [b], ids=["B"]), data=x[:64], num_permutations=9)
+
+
+@pytest.mark.parametrize("net", ["mlp", "convnet"])
+def test_permutation_null_equals_statistic_on_explicitly_permuted_copies(net):
+    """Oracle: each null value is the statistic recomputed on an explicitly permuted query."""
+    if net == "mlp":
+        module, x = UserMLP(), jnp.ones((1, 16))
+    else:
+        module, x = UserCNN(), jnp.ones((1, 6, 6, 1))
+    c = module.init(jax.random.key(0), x)
+    q = jax.tree.map(lambda w, k=None: w + 0.3 * jnp.sign(w), c)  # related, so the statistic is not ~0
+    q = jax.tree.map(lambda w, n: w + 0.1 * n, q, module.init(jax.random.key(9), x))
+    spec = perm_lib.infer_spec(c)
+    key, t = jax.random.key(4), 5
+    r = pvalues.permutation_test(c, q, spec, key=key, num_permutations=t, chunk=2)
+    keys = jax.random.split(key, t)
+    for i in range(t):
+        qp = perm_lib.apply_permutations(q, spec, perm_lib.random_permutations(spec, keys[i]))
+        assert abs(r.null[i] - pvalues.permutation_test(c, qp, spec, key=key, num_permutations=1).statistic) < 1e-5
+    assert r.pvalue == (1 + np.sum(r.null >= r.statistic)) / (t + 1)
+
+
+def test_exported_pvalue_scorers_on_user_models(user_models):
+    x, _, a, b, a_ft = user_models
+    m = Models.from_linen(UserMLP(), [a, b, a_ft], ids=["A", "B", "A'"])
+    s = pvalues.PermutationTestScorer(key=jax.random.key(0), num_permutations=49)
+    scores = s.score(ModelSet((m,)), ModelSet((m,)), probe=np.asarray(x[:32]))
+    p = s.to_pvalues(scores)
+    assert p[0, 2] == pytest.approx(1 / 50) and p[2, 0] == pytest.approx(1 / 50)  # A and its fine-tune
+    assert p[0, 1] > 0.05 and p[1, 2] > 0.05
+    np.testing.assert_array_equal(s.decide(scores[[1, 0]][:, [2]]), [1])
+    cal = pvalues.CalibratedScorer(scorers.OutputKL(), alpha=0.05)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        cal.calibrate(ModelSet((m.take([0]),)), ModelSet((m.take([1]),)), probe=np.asarray(x[:32]))
+    assert any("smallest conformal p-value is 1/2" in str(e.message) for e in w)
+
+
+# --------------------------------------------------------------------------- combination
+
+
+def test_cauchy_combination_matches_its_definition():
+    assert cauchy_combination([0.3]) == pytest.approx(0.3)
+    p = np.array([0.01, 0.2, 0.7])
+    t = np.mean(np.tan((0.5 - p) * np.pi))
+    assert cauchy_combination(p) == pytest.approx(0.5 - np.arctan(t) / np.pi)
+    assert cauchy_combination([1e-20, 0.5]) == pytest.approx(2e-20, rel=1e-6)
+    # Under independence and the null, the combination is uniform: P(p <= a) ~ a.
+    u = np.random.default_rng(0).uniform(size=(20000, 4))
+    comb = np.array([cauchy_combination(r) for r in u])
+    for a in (0.01, 0.05, 0.1):
+        assert abs(np.mean(comb <= a) - a) < 3 * np.sqrt(a * (1 - a) / len(u))
+
+
+# --------------------------------------------------------------------------- verify / identify end to end
+
+
+def test_verify_and_identify_on_a_model_the_library_has_never_seen(user_models, tmp_path):
+    x, y, a, b, a_ft = user_models
+    like = Models.from_linen(UserMLP(), [a], ids=["A"])
+    refs = references.train(like, x, y, n=19, epochs=3, lr=1e-2, batch_size=64, workdir=tmp_path, chunk=10)
+    assert len(refs) == 19 and refs.signature == like.signature
+    again = references.train(like, x, y, n=19, epochs=3, lr=1e-2, batch_size=64, workdir=tmp_path, chunk=10)
+    np.testing.assert_array_equal(jax.tree.leaves(again.params)[0], jax.tree.leaves(refs.params)[0])  # from cache
+    sus = Models.from_linen(UserMLP(), [a_ft, b], ids=["A'", "B"])
+    v = jl.verify(like, sus, data=x[:128], references=refs, key=jax.random.key(1), num_permutations=199)
+    derived, indep = v.pair("A", "A'"), v.pair("A", "B")
+    assert derived.derived and derived.pvalue <= 0.05
+    assert next(e for e in derived.evidence if e.test == "weight-perm").pvalue == pytest.approx(1 / 200)
+    assert indep.derived is False and indep.pvalue > 0.05
+    assert "DERIVED" in str(v) and v.to_json()["pairs"][0]["source"] == "A"
+    ident = jl.identify(sus, Models.from_linen(UserMLP(), [b, a], ids=["B", "A"]), data=x[:128], references=refs)
+    assert ident.parents[0] == "A"
+    # An architecture with no shared signature and no references of its own: "cannot tell".
+    cnn = Models.from_linen(UserCNN(), [UserCNN().init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))], ids=["C"])
+    v2 = jl.verify(like, cnn, data=x[:16], references=None, num_permutations=9)
+    assert v2.pairs[0].derived is None and any("cannot tell" in w for w in v2.warnings)
+
+
+def test_verify_reports_bad_input_plainly(user_models):
+    x, _, a, b, _ = user_models
+    src = Models.from_linen(UserMLP(), [a], ids=["A"])
+    nan = jax.tree.map(lambda w: w.at[..., 0].set(jnp.nan) if w.ndim == 2 else w, b)
+    with pytest.raises(VerifyError, match="model 'B'.*non-finite.*params/fc1/kernel"):
+        jl.verify(src, Models.from_linen(UserMLP(), [nan], ids=["B"]), data=x[:16])
+    with pytest.raises(VerifyError, match="alpha must be in"):
+        jl.verify(src, src, data=x[:16], alpha=1.5)
+    with pytest.raises(VerifyError, match="suspects: expected Models"):
+        jl.verify(src, "B", data=x[:16])
+
+
+def test_scenario_verify_needs_no_identify_labels():
+    x = jnp.ones((4, 16))
+    m = Models.from_linen(UserMLP(), [UserMLP().init(jax.random.key(s), x) for s in range(3)])
+    s = Scenario.from_models(
+        "mine", m.take([0]), m.take([1, 2]), related=[[True, False]], kinds=["finetune", "negative"], probe=x
+    )
+    assert s.question.value == "verify" and s.labels.tolist() == [0, jl.NO_PARENT]
+    ident = Scenario.from_models("mine", m.take([0, 1]), m.take([2]), labels=[1], probe=x)
+    assert ident.question.value == "identify" and ident.related.tolist() == [[False], [True]]
