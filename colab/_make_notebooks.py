@@ -143,7 +143,8 @@ x = z.probe(PROBE_SIZE)  # the first images of the children's training split
 scores = lineage.score_matrices(("l2", "cka"), feature_fn, P, C, x, alpha=np.array(ALPHAS))
 print(f"{len(parents)} candidate parents, {len(children)} children, alphas {ALPHAS}")
 for (metric, mode), s in scores.items():
-    print(f"{metric:5s} {mode.value:12s} accuracy per alpha: {np.round(np.asarray(lineage.accuracy(s, labels)), 3)}")
+    accs = [jl_eval.metrics.accuracy(a, labels) for a in s]
+    print(f"{metric:5s} {mode.value:12s} accuracy per alpha: {np.round(accs, 3)}")
 """),
         md("""
 ## The score matrix as a heatmap
@@ -318,6 +319,7 @@ import numpy as np
 
 from jaxlineage import mgmp, zoo
 from jaxlineage.eval import methods, protocols, scenarios, scorers
+from jaxlineage.models import Models
 """),
         code(ZOO),
         md("""
@@ -329,7 +331,7 @@ The source is the first parent. The pool holds all but one of its children
 """),
         code("""
 def population(ids):  # models of one task: one pure apply function and stacked params
-    return mgmp.Population(z.network_for(ids[0]).logits_fn, z.stack(ids), tuple(ids))
+    return Models.from_apply(z.network_for(ids[0]).logits_fn, z.stack(ids), stacked=True, ids=tuple(ids))
 
 
 source = z.parents[0]
@@ -528,6 +530,7 @@ import optax
 from flax import linen, nnx
 
 from jaxlineage import data, lineage, linearize, modelgif, nets, similarity
+from jaxlineage.eval import metrics
 """),
         md("""
 ## Your models and your training code
@@ -619,7 +622,7 @@ scores = lineage.score_matrices(("l2", "cka"), feature_fn, P, C, x, alpha=0.1)  
 print(f"true parents {labels}")
 for (metric, mode), S in scores.items():
     print(f"{metric:3s} {mode.value:12s} predicted parents {np.asarray(lineage.predict(S))}, "
-          f"accuracy {float(lineage.accuracy(S, labels)):.2f}")
+          f"accuracy {float(metrics.accuracy(S, labels)):.2f}")
 """),
         md("""
 ## Linen modules and plain functions
@@ -679,7 +682,7 @@ cos_metric = similarity.custom(cosine, name="cosine")
 S = lineage.score_matrix(cos_metric, feature_fn, P, C, x, alpha=0.1, mode=linearize.Mode.FIRST_ORDER)
 """),
         code("""
-print(f"custom metric 'cosine', first order, alpha=0.1: accuracy {float(lineage.accuracy(S, labels)):.2f} "
+print(f"custom metric 'cosine', first order, alpha=0.1: accuracy {float(metrics.accuracy(S, labels)):.2f} "
       f"({len(labels)} children, {len(parents)} candidate parents)")
 for m, (true, pred) in enumerate(zip(labels, np.asarray(lineage.predict(S)))):
     print(f"  child {m}: true parent {true}, predicted {pred}, scores {np.round(np.asarray(S[:, m]), 4)}")

@@ -33,8 +33,8 @@ Usage::
     import jax
     import jaxlineage.mgmp as mgmp
 
-    pool = mgmp.Pool(homologous=mgmp.Population(apply_fn, stacked_own_children),
-                     non_homologous=mgmp.Population(apply_fn, stacked_others))
+    pool = mgmp.Pool(homologous=Models.from_apply(apply_fn, own_children),
+                     non_homologous=Models.from_apply(apply_fn, others))
     state, history = mgmp.train((apply_fn, source_params), pool, x_source_train,
                                 mgmp.Config(), key=jax.random.key(0))
     pred = mgmp.predict(state, (apply_fn, target_params))
@@ -77,6 +77,7 @@ from flax import struct
 
 from jaxlineage._io import atomic_dir
 from jaxlineage.errors import JaxlineageError
+from jaxlineage.models import Models
 
 __all__ = [
     "Assembly",
@@ -87,7 +88,6 @@ __all__ = [
     "PairInput",
     "Pool",
     "PoolOutputs",
-    "Population",
     "Prediction",
     "State",
     "assemble",
@@ -536,21 +536,6 @@ def init(config: Config, x: jax.Array, source_outputs: jax.Array, *, key: jax.Ar
 # --------------------------------------------------------------------------- pool
 
 
-class Population(NamedTuple):
-    """Models of one architecture: a pure apply function and stacked params.
-
-    Attributes:
-        apply_fn: ``apply_fn(params, x [N, *S]) -> [N, C]`` for *one* model.
-        params: a pytree whose every leaf has a leading model axis ``[M, ...]``
-            (e.g. ``zoo.stack(ids)``).
-        names: ``M`` names used in messages and results (default ``"model <i>"``).
-    """
-
-    apply_fn: ApplyFn
-    params: PyTree
-    names: tuple[str, ...] = ()
-
-
 class Pool(NamedTuple):
     """The model pool: targets known to derive (or not) from the source.
 
@@ -559,8 +544,8 @@ class Pool(NamedTuple):
         non_homologous: populations of models not derived from it (``M̄_t``).
     """
 
-    homologous: Population | Sequence[Population]
-    non_homologous: Population | Sequence[Population]
+    homologous: Models | Sequence[Models]
+    non_homologous: Models | Sequence[Models]
 
 
 class PoolOutputs(NamedTuple):
@@ -608,15 +593,23 @@ def model_outputs(network: Network, x: jax.Array, *, chunk_size: int = 1024) -> 
     return population_outputs(apply_fn, stacked, x, chunk_size=chunk_size)[0]
 
 
-def _as_populations(side, name: str) -> list[Population]:
-    if isinstance(side, Population):
+def _as_models(apply_fn, params, names=None) -> Models:
+    try:
+        return Models.from_apply(apply_fn, params, stacked=True, ids=names or None)
+    except JaxlineageError as e:
+        raise MGMPError(str(e)) from e
+
+
+def _as_populations(side, name: str) -> list[Models]:
+    """A pool side as :class:`~jaxlineage.models.Models`: one, a list, or ``(apply_fn, params[, names])``."""
+    if isinstance(side, Models):
         return [side]
     if isinstance(side, tuple) and len(side) in (2, 3) and callable(side[0]):
-        return [Population(*side)]
-    return [p if isinstance(p, Population) else Population(*p) for p in side]
+        return [_as_models(*side)]
+    return [p if isinstance(p, Models) else _as_models(*p) for p in side]
 
 
-def _population_size(pop: Population, what: str) -> int:
+def _population_size(pop: Models, what: str) -> int:
     leaves = jax.tree.leaves(pop.params)
     if not leaves:
         raise MGMPError(f"{what}: the population's params have no leaves")
@@ -626,8 +619,6 @@ def _population_size(pop: Population, what: str) -> int:
             f"{what}: params must be stacked with one leading model axis, got leading sizes {sorted(sizes)}"
         )
     m = sizes.pop()
-    if pop.names and len(pop.names) != m:
-        raise MGMPError(f"{what}: {m} models but {len(pop.names)} names")
     return m
 
 
@@ -649,9 +640,9 @@ def _pool_outputs_named(pool: Pool, x, *, chunk_size: int = 1024):
         pops = _as_populations(side, label)
         outs, names = [], []
         for j, pop in enumerate(pops):
-            m = _population_size(pop, f"pool.{label}[{j}]")
-            out = population_outputs(pop.apply_fn, pop.params, x, chunk_size=chunk_size)
-            pop_names = tuple(pop.names) or tuple(f"{label}[{j}][{i}]" for i in range(m))
+            _population_size(pop, f"pool.{label}[{j}]")
+            out = population_outputs(pop.logits_fn, pop.params, x, chunk_size=chunk_size)
+            pop_names = tuple(pop.ids)
             for i, nm in enumerate(pop_names):
                 _check_output(out[i], x, nm)
             outs.append(out)

@@ -28,14 +28,15 @@ import enum
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlineage.models import Models
+
 __all__ = [
-    "Population",
     "ReferenceSampling",
     "Target",
     "distance",
@@ -84,29 +85,6 @@ class ReferenceSampling(enum.Enum):
 
     RANDOM = "random"
     CLASS_BALANCED = "class_balanced"
-
-
-class Population(NamedTuple):
-    """Models of one architecture: a pure apply function and stacked params.
-
-    Attributes:
-        apply_fn: ``apply_fn(params, x [N, *S]) -> [N, C]`` for *one* model.
-        params: a pytree whose every leaf has a leading model axis of size ``M``
-            (e.g. ``nets.stack([...])`` or ``zoo.stack(ids)``).
-    """
-
-    apply_fn: ApplyFn
-    params: Any
-
-    @classmethod
-    def single(cls, apply_fn: ApplyFn, params: Any) -> Population:
-        """A population of one model from unstacked ``params``."""
-        return cls(apply_fn, jax.tree.map(lambda p: jnp.asarray(p)[None], params))
-
-    @property
-    def size(self) -> int:
-        """The number of models ``M``."""
-        return _population_size(self.params, "population.params")
 
 
 # ---------------------------------------------------------------------------
@@ -380,8 +358,8 @@ def _cosine_per_reference(fields_a, fields_b):
 
 
 def distance_matrix(
-    a: Population | jax.Array,
-    b: Population | jax.Array | None = None,
+    a: Models | jax.Array,
+    b: Models | jax.Array | None = None,
     *,
     x: jax.Array | None = None,
     baseline: jax.Array | None = None,
@@ -398,7 +376,7 @@ def distance_matrix(
         D[i, j] = d(A_i, B_j) = \\frac{1}{N K} \\sum_{n, k}
             \\Big[1 - \\cos\\big(G^{A_i}_k(x_n), G^{B_j}_k(x_n)\\big)\\Big].
 
-    Each side is either precomputed fields ``[M, N, K, D]`` or a ``Population``
+    Each side is either precomputed fields ``[M, N, K, D]`` or a :class:`~jaxlineage.models.Models`
     (an apply function and stacked params), whose fields are computed here with
     ``vmap`` over models. The two sides may be different architectures; only the
     input space must agree. References are processed in chunks of ``chunk_size``,
@@ -406,10 +384,10 @@ def distance_matrix(
     fields of populations are never stored whole.
 
     Args:
-        a: a ``Population`` of ``Ma`` models, or fields ``[Ma, N, K, D]``.
+        a: a :class:`~jaxlineage.models.Models` of ``Ma`` models, or fields ``[Ma, N, K, D]``.
         b: the same for ``Mb`` models; ``None`` means ``a`` (a square, symmetric
             matrix with a zero diagonal).
-        x: reference points ``[N, *S]``; required when a side is a ``Population``.
+        x: reference points ``[N, *S]``; required when a side is a :class:`~jaxlineage.models.Models`.
         baseline, steps, target, labels: as in ``gradient_field``, used for the
             populations (precomputed fields must have been made with the same ones).
         chunk_size: reference points per chunk; ``None``: all at once.
@@ -436,9 +414,9 @@ def distance_matrix(
         b = a
     sides = [_check_side(s, name) for s, name in ((a, "a"), (b, "b"))]
     num_refs = None
-    if any(isinstance(s, Population) for s in sides):
+    if any(isinstance(s, Models) for s in sides):
         if x is None:
-            raise ValueError("distance_matrix needs the reference points x for a Population")
+            raise ValueError("distance_matrix needs the reference points x for Models")
         x = _check_inputs(x)
         steps = _check_steps(steps)
         target = _parse_target(target)
@@ -447,11 +425,11 @@ def distance_matrix(
         num_refs = x.shape[0]
         field_dim, field_steps = _flat_dim(x), steps
         for side, name in zip(sides, ("a", "b")):
-            if isinstance(side, Population):
+            if isinstance(side, Models):
                 first = jax.tree.map(lambda p: p[0], side.params)
-                _check_model(side.apply_fn, first, x, target, labels, name=f"{name}.apply_fn")
+                _check_model(side.logits_fn, first, x, target, labels, name=f"{name}.apply_fn")
     for side, name in zip(sides, ("a", "b")):
-        if not isinstance(side, Population):
+        if not isinstance(side, Models):
             _, n, k, d = side.shape
             if num_refs is None:
                 num_refs, field_steps, field_dim = n, k, d
@@ -460,9 +438,9 @@ def distance_matrix(
                     f"fields {name} have [N, K, D] = {(n, k, d)} but the other side (or x and "
                     f"steps) gives {(num_refs, field_steps, field_dim)}"
                 )
-    sizes = [s.size if isinstance(s, Population) else s.shape[0] for s in sides]
+    sizes = [len(s) if isinstance(s, Models) else s.shape[0] for s in sides]
 
-    given = [s for s in sides if not isinstance(s, Population)]
+    given = [s for s in sides if not isinstance(s, Models)]
     itemsize = (given[0] if given else x).dtype.itemsize
     chunk = _resolve_chunk_size(
         chunk_size,
@@ -472,14 +450,14 @@ def distance_matrix(
     chunk = num_refs if chunk is None else min(chunk, num_refs)
 
     def fields_for(side, start):
-        if isinstance(side, Population):
+        if isinstance(side, Models):
             sl = _padded_slice(start, chunk, num_refs)
             return _population_field(
                 side.params,
                 x[sl],
                 x0[sl],
                 labels[sl],
-                apply_fn=side.apply_fn,
+                apply_fn=side.logits_fn,
                 steps=steps,
                 target=target,
             )
@@ -692,12 +670,12 @@ def _population_size(params, name):
 
 
 def _check_side(side, name):
-    if isinstance(side, Population):
+    if isinstance(side, Models):
         _population_size(side.params, f"{name}.params")
         return side
     fields = jnp.asarray(side)
     if fields.ndim != 4:
-        raise ValueError(f"{name} must be a Population or fields [M, N, K, D]; got shape {fields.shape}")
+        raise ValueError(f"{name} must be Models or fields [M, N, K, D]; got shape {fields.shape}")
     return fields
 
 

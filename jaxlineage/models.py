@@ -219,7 +219,7 @@ class Models:
             raise ModelsError(f"model id {dup!r} appears twice")
         if not leaves or any(np.shape(leaf)[:1] != (len(self.ids),) for leaf in leaves):
             raise ModelsError(
-                f"models {self.ids[0]!r}...: every parameter leaf must be stacked with a leading axis of"
+                f"models {self.ids[0]!r}...: every parameter leaf must be stacked with a leading model axis of"
                 f" {len(self.ids)} models"
             )
         if not callable(self.logits_fn):

@@ -76,6 +76,7 @@ def train(
     workdir: str | pathlib.Path | None = None,
     chunk: int = 33,
     id_prefix: str = "ref",
+    sequential: bool | None = None,
 ) -> Models:
     """Trains ``n`` independent models of ``like``'s architecture on ``(x, y)``; cached and resumable.
 
@@ -95,6 +96,8 @@ def train(
         second call with the same settings loads them (an interrupted build resumes).
       chunk: models trained together (bounds memory).
       id_prefix: ids are ``f"{id_prefix}{i}"``.
+      sequential: train a chunk's models one after another in one compiled loop rather than vmapped
+        (faster for convolutions on a CPU); default: when the tree has a 4-d kernel and the backend is the CPU.
 
     Returns:
       :class:`~jaxlineage.models.Models` with ``like``'s functions and taps.
@@ -121,6 +124,8 @@ def train(
         raise ReferenceError(f"references.train: init_fn's tree differs from the models': {diff[0]} vs {diff[1]}")
     wrapped = not (isinstance(fresh, dict) and "params" in fresh)
     net = _ApplyNetwork(like.logits_fn, wrapped)
+    if sequential is None:
+        sequential = jax.default_backend() == "cpu" and any(len(shape) == 4 for _, shape, _ in like.signature)
     settings = {"n": n, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "signature": like.signature}
     tag = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     tag += hashlib.sha1(np.ascontiguousarray(x).tobytes() + y.tobytes()).hexdigest()[:8]
@@ -153,6 +158,7 @@ def train(
             seeds=[seed * 100003 + i for i in idx],
             batch_size=min(batch_size, len(x)),
             epochs=epochs,
+            sequential=sequential,
         )
         trained = trained["params"] if wrapped else trained
         if path is not None:

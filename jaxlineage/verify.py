@@ -348,19 +348,26 @@ def _reference_evidence(
     ref_pops = [r for r in ref_pops if not test.same_signature or weight_comparable(src, r)]
     if not ref_pops:
         return na("no reference model of the suspect's architecture")
-    targets = ModelSet((sus, *ref_pops))
+    # References may include the suspects themselves (a pool of exchangeable models): score each model once.
+    extra = []
+    for r in ref_pops:
+        idx = [j for j, i in enumerate(r.ids) if i not in sus.ids]
+        if idx:
+            extra.append(r.take(idx))
+    targets = ModelSet((sus, *extra))
     try:
         scores = test.scorer.score(ModelSet((src,)), targets, probe=data, unreadable="nan")
     except JaxlineageError as e:
         return na(f"{type(e).__name__}: {e}")
+    column = {i: j for j, i in enumerate(targets.ids)}
     ref_ids = [i for r in ref_pops for i in r.ids]
     out = []
     for k, sid in enumerate(src.ids):
         row = []
         for m, qid in enumerate(sus.ids):
             stat = scores[k, m]
-            keep = [j for j, rid in enumerate(ref_ids) if rid not in (sid, qid)]
-            null = scores[k, len(sus) + np.asarray(keep, int)] if keep else np.zeros(0)
+            keep = [column[rid] for rid in ref_ids if rid not in (sid, qid)]
+            null = scores[k, np.asarray(keep, int)] if keep else np.zeros(0)
             null = null[np.isfinite(null)]
             if not np.isfinite(stat) or null.size == 0:
                 row.append(ev(np.nan, np.nan, "not readable for this pair"))

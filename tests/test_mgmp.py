@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxlineage import mgmp
+from jaxlineage.models import Models
 
 SHAPE = (4, 4, 1)  # Toy inputs; 16 pixels.
 C = 3  # Toy model outputs.
@@ -44,7 +45,8 @@ def toy_problem(c=C):
     hom = jax.tree.map(lambda s, e: s[None] + 0.1 * e, src, noise)
     non = linear_params(ks[3], 3, c=c)
     pool = mgmp.Pool(
-        mgmp.Population(linear_apply, hom, ("h0", "h1", "h2")), mgmp.Population(linear_apply, non, ("n0", "n1", "n2"))
+        Models.from_apply(linear_apply, hom, stacked=True, ids=("h0", "h1", "h2")),
+        Models.from_apply(linear_apply, non, stacked=True, ids=("n0", "n1", "n2")),
     )
     return x, (linear_apply, src), pool
 
@@ -305,11 +307,14 @@ def test_output_dims_must_fit_the_assembly():
     # ADD with dna_dim == C is fine for the source; a pool model with other dims is named.
     wide = linear_params(jax.random.key(7), 2, c=C + 2)
     bad_pool = mgmp.Pool(
-        pool.homologous, [pool.non_homologous, mgmp.Population(linear_apply, wide, ("wide0", "wide1"))]
+        pool.homologous,
+        [pool.non_homologous, Models.from_apply(linear_apply, wide, stacked=True, ids=("wide0", "wide1"))],
     )
     with pytest.raises(mgmp.MGMPError, match="'wide0' has outputs \\(64, 5\\)"):
         mgmp.train(source, bad_pool, x, dataclasses.replace(add, dna_dim=C), key=jax.random.key(0))
-    other_pool = mgmp.Pool(mgmp.Population(linear_apply, wide, ("wide0", "wide1")), pool.non_homologous)
+    other_pool = mgmp.Pool(
+        Models.from_apply(linear_apply, wide, stacked=True, ids=("wide0", "wide1")), pool.non_homologous
+    )
     with pytest.raises(mgmp.MGMPError, match="'wide0'"):
         mgmp.train(source, other_pool, x, TOY, key=jax.random.key(0))
     state = mgmp.init(TOY, x, mgmp.model_outputs(source, x), key=jax.random.key(0))

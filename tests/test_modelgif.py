@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxlineage import modelgif as mg
+from jaxlineage.models import Models
 
 SHAPE = (6, 6, 1)  # One input; D = 36.
 D = int(np.prod(SHAPE))
@@ -243,7 +244,7 @@ def test_cross_architecture_distance():
     d = mg.distance(f_mlp, f_conv)
     assert 0.1 < float(d) < 2
     matrix = mg.distance_matrix(
-        mg.Population.single(mlp_apply, mlp), mg.Population.single(conv_apply, conv), x=x, steps=STEPS
+        Models.from_apply(mlp_apply, [mlp]), Models.from_apply(conv_apply, [conv]), x=x, steps=STEPS
     )
     assert matrix.shape == (1, 1)
     np.testing.assert_allclose(matrix[0, 0], d, rtol=1e-5)
@@ -260,7 +261,7 @@ def test_distance_matrix_population_matches_pairwise():
     np.testing.assert_allclose(from_fields, brute, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.diag(from_fields), 0.0, atol=1e-6)
     np.testing.assert_allclose(from_fields, from_fields.T, rtol=1e-6)
-    pop = mg.Population(mlp_apply, stacked)
+    pop = Models.from_apply(mlp_apply, stacked, stacked=True)
     for chunk in (None, 2):  # 2 does not divide N = 5: exercises the padded chunk.
         matrix = mg.distance_matrix(pop, x=x, steps=STEPS, chunk_size=chunk)
         np.testing.assert_allclose(matrix, brute, rtol=1e-5, atol=1e-6)
@@ -304,11 +305,11 @@ def test_bad_inputs_raise_with_shapes():
     with pytest.raises(ValueError, match=r"\(3, 4, 36\).*\(3, 5, 36\)"):
         mg.distance(jnp.ones((3, 4, D)), jnp.ones((3, 5, D)))
     with pytest.raises(ValueError, match="leading model axis"):
-        mg.distance_matrix(mg.Population(mlp_apply, {"w": np.ones((2, 3)), "b": np.ones(())}), x=x)
+        mg.distance_matrix(Models.from_apply(mlp_apply, {"w": np.ones((2, 3)), "b": np.ones(())}, stacked=True), x=x)
     with pytest.raises(ValueError, match="needs the reference points"):
-        mg.distance_matrix(mg.Population.single(mlp_apply, params))
+        mg.distance_matrix(Models.from_apply(mlp_apply, [params]))
     with pytest.raises(ValueError, match=r"\[N, K, D\] = \(3, 4, 36\)"):
-        mg.distance_matrix(jnp.ones((2, 3, 4, D)), mg.Population.single(mlp_apply, params), x=x, steps=STEPS)
+        mg.distance_matrix(jnp.ones((2, 3, 4, D)), Models.from_apply(mlp_apply, [params]), x=x, steps=STEPS)
 
 
 # ------------------------------------------------------------------ reference points
@@ -389,8 +390,8 @@ def test_scorer_backbone_field_matches_distance_matrix():
     assert gif.settings["target"] == "feature_sum"
     x_ref = x[gif.references(x)[2]]
     expected = mg.distance_matrix(
-        mg.Population(linear_apply, parents.params),
-        mg.Population(linear_apply, queries.params),
+        Models.from_apply(linear_apply, parents.params, stacked=True),
+        Models.from_apply(linear_apply, queries.params, stacked=True),
         x=x_ref,
         steps=3,
         target=mg.feature_sum,

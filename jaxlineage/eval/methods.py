@@ -785,7 +785,7 @@ class ModelGiFScorer(Scorer):
             check_finite(self.name, ModelSet((pop,)))
             fn = _fn(pop, self.tap)
             _check_applies(pop, fn, x_ref, self.name, "the field's function")
-            sides.append(modelgif_lib.Population(fn, pop.params))
+            sides.append(dataclasses.replace(pop, logits_fn=fn, feature_fns={}, default_tap=None))
         use_labels = target is modelgif_lib.Target.LABEL
         if use_labels and y_ref is None:
             raise ScorerError(f"{self.name}: target LABEL needs labels of the probe")

@@ -226,7 +226,7 @@ def modelgif_sweep(
         for mo, qp in zip(queries.offsets(), queries.populations):
             d = modelgif_lib.distance_matrix(
                 fields,
-                modelgif_lib.Population(qp.logits_fn, qp.params),
+                qp,
                 x=x_ref,
                 steps=steps,
                 target=scorer.scalar_output,
