@@ -84,6 +84,7 @@ def main() -> None:
     per_test: dict[str, list[float]] = {}
     combined: list[float] = []
     kinds: list[str] = []
+    seconds: dict[str, float] = {}
     for key_g, sus in groups.items():
         sources = [g.take(range(args.sources_per_group)) for k, g in groups.items() if k != key_g]
         t1 = time.time()
@@ -95,6 +96,8 @@ def main() -> None:
             key=jax.random.key(zlib.crc32("/".join(key_g).encode()) % 2**31),
             num_permutations=args.permutations,
         )
+        for name, sec in v.timings.items():
+            seconds[name] = seconds.get(name, 0.0) + sec
         for p in v.pairs:
             src_group = p.source.split("#")[0].split("/")
             kind = ("same-arch" if src_group[0] == key_g[0] else "cross-arch") + (
@@ -139,6 +142,7 @@ def main() -> None:
         "tests": rows,
         "combined_by_pair_kind": by_kind,
         "qq_plot": qq,
+        "seconds_per_pair": {name: sec / max(len(combined), 1) for name, sec in seconds.items()},
     }
     _common.write(f"{args.out}/verify_calibration.jsonl", record)
     for name, r in rows.items():

@@ -692,12 +692,137 @@ for m, (true, pred) in enumerate(zip(labels, np.asarray(lineage.predict(S)))):
 
 # --------------------------------------------------------------------------- writing
 
+# --------------------------------------------------------------------------- 06 is this my model?
+
+
+def is_this_my_model(repo: str) -> list:
+    return header(
+        "06_is_this_my_model.ipynb",
+        "Is this my model? `verify` and `identify` on your own Flax models",
+        """
+You trained a model; someone publishes one that looks like it. Was theirs derived from yours
+(fine-tuned, pruned, quantised, permuted, distilled)? `jaxlineage.verify` answers with a
+p-value per evidence test and one combined p-value, valid under a stated null hypothesis.
+This notebook defines its own linen module (no `jaxlineage.nets`), trains models with plain
+optax on the embedded Fashion-MNIST subset, builds reference models with
+`jaxlineage.references.train`, and asks `verify` and `identify`.
+""",
+        """
+STEPS = {"tiny": 150, "quick": 600}[SIZE]  # Adam steps per model
+N_REFS = {"tiny": 19, "quick": 99}[SIZE]  # reference models: the smallest reference p-value is 1 / (N_REFS + 1)
+PERMUTATIONS = {"tiny": 199, "quick": 999}[SIZE]
+""",
+        repo,
+    ) + [
+        code("""
+import os
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxlineage as jl
+from jaxlineage import data, references
+
+CACHE = pathlib.Path(os.environ.get("JAXLINEAGE_CACHE", "~/.cache/jaxlineage")).expanduser() / "references"
+
+
+class MyNet(nn.Module):  # your module, your layer names
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(128, name="encoder")(x.reshape((x.shape[0], -1))))
+        return nn.Dense(5, name="classifier")(h)
+
+
+def train(variables, x, y, steps, lr=1e-3, seed=0):  # your own training loop
+    tx = optax.adam(lr)
+
+    @jax.jit
+    def step(v, o, idx):
+        def loss(v):
+            return optax.softmax_cross_entropy_with_integer_labels(MyNet().apply(v, x[idx]), y[idx]).mean()
+
+        u, o = tx.update(jax.grad(loss)(v), o, v)
+        return optax.apply_updates(v, u), o
+
+    opt = tx.init(variables)
+    for t in range(steps):
+        idx = jax.random.randint(jax.random.key(seed * 10_000 + t), (64,), 0, len(x))
+        variables, opt = step(variables, opt, idx)
+    return variables
+
+
+x, y = data.task("fashion_mnist", (0, 1, 2, 3, 4), source="embedded")
+x_other, y_other = data.task("fashion_mnist", (0, 1, 2, 3, 4), source="embedded", split="test")
+init = lambda seed: MyNet().init(jax.random.key(seed), x[:1])
+mine = train(init(1), x, y, STEPS, seed=1)
+"""),
+        md("""
+## Suspects
+
+A fine-tuned copy of your model, a pruned copy, a copy with its hidden units permuted (same
+function, shuffled weights), and an unrelated model trained from another initialisation.
+"""),
+        code("""
+finetuned = train(mine, x_other, y_other, STEPS // 3, lr=3e-4, seed=7)
+pruned = jax.tree.map(lambda w: jnp.where(jnp.abs(w) < jnp.quantile(jnp.abs(w), 0.5), 0.0, w), mine)
+perm = np.random.default_rng(0).permutation(128)
+permuted = jax.tree.map(lambda w: w, mine)
+permuted["params"]["encoder"] = {k: v[..., perm] for k, v in mine["params"]["encoder"].items()}
+head = mine["params"]["classifier"]
+permuted["params"]["classifier"] = {"kernel": head["kernel"][perm], "bias": head["bias"]}
+unrelated = train(init(2), x, y, STEPS, seed=2)
+
+me = jl.Models.from_linen(MyNet(), [mine], ids=["mine"], taps=("encoder",), example=x[:2])
+suspects = jl.Models.from_linen(
+    MyNet(), [finetuned, pruned, permuted, unrelated], ids=["finetuned", "pruned", "permuted", "unrelated"]
+)
+"""),
+        md("""
+## Without references: the exact weight test alone
+
+A hidden-unit permutation test on the weights: exact under "independent initialisations",
+strong on fine-tuned and pruned copies, and blind to a permuted copy (its units are shuffled).
+"""),
+        code("""
+print(jl.verify(me, suspects, data=x[:256], num_permutations=PERMUTATIONS))
+"""),
+        md("""
+## With references: functional tests with conformal p-values
+
+Reference models are independent models of the suspect's architecture trained on its task
+(`references.train` uses the library's population trainer and caches them on disk). The
+output KL / agreement and matched-weight tests compare the suspect with your model the way
+the references compare with it; the permuted copy is caught now.
+"""),
+        code("""
+refs = references.train(me, x, y, n=N_REFS, epochs=2, lr=1e-3, batch_size=64, workdir=CACHE)
+verdict = jl.verify(me, suspects, data=x[:256], references=refs, num_permutations=PERMUTATIONS)
+print(verdict)
+"""),
+        md("""
+## Which of several candidates is the parent?
+
+`identify` runs `verify` for every candidate and applies Holm's procedure over them: a parent,
+or "no parent" when no candidate is rejected at alpha.
+"""),
+        code("""
+candidates = jl.Models.from_linen(MyNet(), [unrelated, mine], ids=["unrelated", "mine"])
+print(jl.identify(suspects, candidates, data=x[:256], references=refs, num_permutations=PERMUTATIONS))
+"""),
+    ]
+
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": quickstart,
     "02_lineage_detector.ipynb": lineage_detector,
     "03_model_dna.ipynb": model_dna,
     "04_modelgif.ipynb": modelgif_notebook,
     "05_your_own_models.ipynb": your_own_models,
+    "06_is_this_my_model.ipynb": is_this_my_model,
 }
 
 

@@ -414,7 +414,13 @@ class Models:
     @classmethod
     def _build(cls, apply_fn, params, ids, stacked, arch, feature_fns, perm_spec, info) -> Models:
         if stacked:
-            n = int(np.shape(jax.tree.leaves(params)[0])[0]) if jax.tree.leaves(params) else 0
+            dims = [np.shape(leaf)[:1] for leaf in jax.tree.leaves(params)]
+            n = int(next((d[0] for d in dims if d), 0))
+            if not n or any(d != (n,) for d in dims):
+                raise ModelsError(
+                    f"models of {arch!r}: every parameter leaf must be stacked with a leading model axis; got"
+                    f" leading sizes {sorted({d[0] if d else None for d in dims}, key=str)}"
+                )
             stacked_params = jax.tree.map(jnp.asarray, params)
         else:
             trees = list(params) if isinstance(params, (list, tuple)) else None

@@ -68,6 +68,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -196,6 +197,7 @@ class Verdict:
       alpha: the level of the decisions.
       combine: ``"cauchy"`` or ``"bonferroni"``.
       warnings: what limits the answer (too few references for ``alpha``, ...).
+      timings: wall seconds per test, over all pairs.
     """
 
     sources: tuple[str, ...]
@@ -204,6 +206,7 @@ class Verdict:
     alpha: float
     combine: str
     warnings: list[str] = dataclasses.field(default_factory=list)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def pvalues(self) -> np.ndarray:
@@ -446,10 +449,19 @@ def verify(
     key = jax.random.key(0) if key is None else key
     tests = default_tests() if tests is None else list(tests)
     grid: dict[tuple[str, str], list[Evidence]] = {}
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
     for a, src in enumerate(src_set.populations):
         for b, sus in enumerate(sus_set.populations):
-            blocks = [_weight_perm(src, sus, data, jax.random.fold_in(key, 1000 * a + b), num_permutations)]
-            blocks += [_reference_evidence(t, src, sus, refs, data, alpha) for t in tests]
+            k_ab = jax.random.fold_in(key, 1000 * a + b)
+            blocks = [timed(WEIGHT_PERM, _weight_perm, src, sus, data, k_ab, num_permutations)]
+            blocks += [timed(t.name, _reference_evidence, t, src, sus, refs, data, alpha) for t in tests]
             for k, sid in enumerate(src.ids):
                 for m, qid in enumerate(sus.ids):
                     grid[(sid, qid)] = [blk[k][m] for blk in blocks]
@@ -467,7 +479,7 @@ def verify(
     warnings += short
     if any(p.derived is None for p in pairs):
         warnings.append("no test applies to some pairs ('cannot tell'): give references of the suspect's architecture")
-    return Verdict(src_set.ids, sus_set.ids, pairs, float(alpha), combine, warnings)
+    return Verdict(src_set.ids, sus_set.ids, pairs, float(alpha), combine, warnings, timings)
 
 
 # --------------------------------------------------------------------------- identify

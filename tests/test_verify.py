@@ -266,3 +266,23 @@ def test_scenario_verify_needs_no_identify_labels():
     assert s.question.value == "verify" and s.labels.tolist() == [0, jl.NO_PARENT]
     ident = Scenario.from_models("mine", m.take([0, 1]), m.take([2]), labels=[1], probe=x)
     assert ident.question.value == "identify" and ident.related.tolist() == [[False], [True]]
+
+
+def test_provenance_columns_come_from_the_scenario_kinds():
+    """Attack kinds outside the library's vocabulary get their own column, not silently dropped."""
+    from jaxlineage.eval import provenance
+
+    x = jnp.ones((4, 16))
+    m = Models.from_linen(UserMLP(), [UserMLP().init(jax.random.key(s), x) for s in range(4)])
+    s = Scenario.from_models(
+        "mine",
+        m.take([0]),
+        m.take([1, 2, 3]),
+        related=[[True, True, False]],
+        kinds=["my_distillation", "finetune_all", "independent"],
+        probe=x,
+    )
+    masks = provenance.attack_masks(s)
+    assert set(masks) == {"finetune_all", "my_distillation"}
+    pos, neg = masks["my_distillation"]
+    assert pos.tolist() == [[True, False, False]] and neg.tolist() == [[False, False, True]]

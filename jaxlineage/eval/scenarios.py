@@ -20,13 +20,18 @@ Models are selected by *group* name: ``zoo.group(name)`` where the zoo has
 lineage-graph groups, else today's roles (``"parent"``, ``"child"``,
 ``"independent"``, ``"grandchild"``), kept models only.
 
-Example::
+Example (the tests' tiny zoo, built in a temporary folder; ``zoo.QUICK`` is the bench's):
 
+    >>> import tempfile
     >>> from jaxlineage import zoo
     >>> from jaxlineage.eval import scenarios
-    >>> z = zoo.build(zoo.QUICK, "/tmp/zoo")
-    >>> s = scenarios.identify(z)                 # 8 parents x 48 children of task B
-    >>> v = scenarios.verify(z)                   # 8 parents x (48 children + 8 independents)
+    >>> z = zoo.build(zoo.TINY, tempfile.mkdtemp())
+    >>> s = scenarios.identify(z)                 # parents x children of task B
+    >>> len(s.candidates), len(s.queries), s.question.value
+    (2, 4, 'identify')
+    >>> v = scenarios.verify(z)                   # parents x (children + independents)
+    >>> len(v.queries), int(v.related.sum())
+    (6, 4)
 """
 
 from __future__ import annotations

@@ -1,0 +1,200 @@
+"""Power of `jaxlineage.verify` on every attack of the provenance benchmark, and `identify` on `quick`.
+
+``power``: the ``PROVENANCE_QUICK`` zoo (sources on the defender's half, every SAC / ModelGiF attack on
+the attacker's half, negatives made by the same recipes from independent models). Each suspect's
+references are trained by :func:`jaxlineage.references.train` with the sources' recipe on the
+suspect's task and architecture (never an evaluated model). Per attack column: the verdict's
+rejection rate at alpha = 0.05 on the derived pairs and on the column's negative pairs, its AUC
+(score ``-log p``), and each single test's AUC next to the fixed rows of the provenance table.
+
+``identify``: the ``quick`` zoo with parents withheld (open set): the children of withheld parents
+and the independents must get "no parent", the other children their parent.
+
+    python benchmarks/verify_power.py power --workdir /tmp/verify_power --out benchmarks/results
+    python benchmarks/verify_power.py identify --workdir /tmp/verify_power --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import time
+
+import _common
+import jax
+import numpy as np
+
+from jaxlineage import references, zoo
+from jaxlineage import verify as verify_lib
+from jaxlineage.eval import metrics, provenance, pvalues, scenarios, scorers
+from jaxlineage.models import Models
+
+log = logging.getLogger("verify_power")
+
+#: The sources' recipe in PROVENANCE_QUICK (zoo/specs.py): Adam 1e-3, batch 64, 5 (MLP) / 3 (ConvNet) epochs.
+SOURCE_RECIPE = {
+    "mlp": {"lr": 1e-3, "batch_size": 64, "epochs": 5},
+    "convnet": {"lr": 1e-3, "batch_size": 64, "epochs": 3},
+}
+
+
+def _neg_log(p: np.ndarray) -> np.ndarray:
+    return -np.log(np.clip(p, 1e-300, 1.0))
+
+
+def power(args) -> None:
+    t0 = time.time()
+    z = zoo.build(zoo.PROVENANCE_QUICK, pathlib.Path(args.workdir) / "provenance")
+    scen = scenarios.provenance(z, probe_size=args.probe)
+    masks = provenance.attack_masks(scen)
+    build_s = time.time() - t0
+    # References per (architecture, task) of the suspects, trained like the sources on that task.
+    groups: dict[tuple, list] = {}
+    for pop in scen.queries.populations:
+        for i in pop.ids:
+            groups.setdefault((pop.arch, z.get(i).task), []).append((pop, i))
+    refs_by_group = {}
+    t1 = time.time()
+    for (arch, task), members in groups.items():
+        pop = members[0][0]
+        x, y = z.task_data(task, "train")
+        like = Models.from_linen(z.network_for(pop.ids[0]).module, [pop.one(0)], arch=arch)
+        refs_by_group[(arch, task)] = references.train(
+            like,
+            x,
+            y,
+            n=args.references,
+            seed=args.seed,
+            workdir=pathlib.Path(args.workdir) / "references",
+            id_prefix=f"ref-{arch}-{task}-",
+            **SOURCE_RECIPE[arch],
+        )
+        log.info("references for %s on %s: %d (%.0fs)", arch, task, args.references, time.time() - t1)
+    refs_s = time.time() - t1
+    # One verify per group of suspects, with that group's references.
+    p = np.full(scen.related.shape, np.nan)
+    test_p: dict[str, np.ndarray] = {}
+    col = {q: m for m, q in enumerate(scen.queries.ids)}
+    t2 = time.time()
+    seconds: dict[str, float] = {}
+    for (arch, task), members in groups.items():
+        ids = [i for _, i in members]
+        sus = scenarios.model_set(z, ids)
+        v = verify_lib.verify(
+            scen.candidates,
+            sus,
+            data=scen.probe,
+            references=refs_by_group[(arch, task)],
+            alpha=args.alpha,
+            key=jax.random.key(args.seed),
+            num_permutations=args.permutations,
+        )
+        for name, sec in v.timings.items():
+            seconds[name] = seconds.get(name, 0.0) + sec
+        for pv in v.pairs:
+            k, m = scen.candidates.ids.index(pv.source), col[pv.suspect]
+            p[k, m] = pv.pvalue
+            for e in pv.evidence:
+                test_p.setdefault(e.test, np.full(scen.related.shape, np.nan))[k, m] = e.pvalue
+    verify_s = time.time() - t2
+    # The fixed rows of the provenance table, for comparison.
+    rows = {"verify (combined)": _neg_log(p)}
+    rows.update({f"verify test: {t}": _neg_log(tp) for t, tp in test_p.items()})
+    for s in scorers.baselines() + [scorers.LearningFree("l2", "first_order", alphas=(0.01,))]:
+        rows[s.name] = provenance.score_matrix(scen, s)
+    table = {}
+    for name, s in rows.items():
+        table[name] = {}
+        for a, (pos, neg) in masks.items():
+            ok = np.isfinite(s)
+            ps, ns = s[pos & ok], s[neg & ok]
+            table[name][a] = None if ps.size == 0 or ns.size == 0 else metrics.roc_auc(ps, ns)
+    reject = {}
+    for a, (pos, neg) in masks.items():
+        pp, pn = p[pos], p[neg]
+        reject[a] = {
+            "derived_rejected": int(np.sum(pp <= args.alpha)),
+            "derived": int(np.isfinite(pp).sum()),
+            "cannot_tell": int(np.sum(~np.isfinite(pp))),
+            "negatives_rejected": int(np.sum(pn <= args.alpha)),
+            "negatives": int(np.isfinite(pn).sum()),
+        }
+    record = {
+        "benchmark": "verify_power",
+        "settings": vars(args),
+        "zoo": "provenance_quick",
+        "build_s": build_s,
+        "references_s": refs_s,
+        "verify_s": verify_s,
+        "pairs": int(np.isfinite(p).sum()),
+        "seconds_per_pair": {name: sec / max(int(np.isfinite(p).sum()), 1) for name, sec in seconds.items()},
+        "auc": table,
+        "rejections@alpha": reject,
+    }
+    _common.write(pathlib.Path(args.out) / "verify_power.jsonl", record)
+    attacks = list(masks)
+    print("| row | " + " | ".join(attacks) + " |")
+    print("|---|" + "---:|" * len(attacks))
+    for name, cells in table.items():
+        print(f"| {name} | " + " | ".join("n/a" if cells[a] is None else f"{cells[a]:.2f}" for a in attacks) + " |")
+    cells = [
+        f"{r['derived_rejected']}/{r['derived']} ; {r['negatives_rejected']}/{r['negatives']}"
+        for r in (reject[a] for a in attacks)
+    ]
+    print("| verify rejects at alpha (derived ; negatives) | " + " | ".join(cells) + " |")
+
+
+def identify(args) -> None:
+    t0 = time.time()
+    z = zoo.build(zoo.QUICK, pathlib.Path(args.workdir) / "quick")
+    parents = [r.id for r in z.group("parent")]
+    withheld = [parents[i] for i in args.withhold]
+    os_ = pvalues.open_set_scenario(z, withheld=withheld)
+    s = os_.scenario
+    t1 = time.time()
+    ident = verify_lib.identify(
+        s.queries,
+        s.candidates,
+        data=s.probe,
+        alpha=args.alpha,
+        key=jax.random.key(args.seed),
+        num_permutations=args.permutations,
+    )
+    known = s.labels != verify_lib.NO_PARENT
+    right_parent = int(np.sum(ident.index[known] == s.labels[known]))
+    right_none = int(np.sum(ident.index[~known] == verify_lib.NO_PARENT))
+    record = {
+        "benchmark": "verify_identify",
+        "settings": vars(args),
+        "zoo": "quick",
+        "withheld": withheld,
+        "known": int(known.sum()),
+        "known_right_parent": right_parent,
+        "no_parent": int((~known).sum()),
+        "no_parent_right": right_none,
+        "related_withheld_left_out": len(os_.related_withheld),
+        "identify_s": time.time() - t1,
+        "wall_s": time.time() - t0,
+    }
+    _common.write(pathlib.Path(args.out) / "verify_power.jsonl", record)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("power", "identify"))
+    ap.add_argument("--workdir", default="verify_power_work")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--references", type=int, default=39, help="references per (architecture, task)")
+    ap.add_argument("--permutations", type=int, default=999)
+    ap.add_argument("--probe", type=int, default=256)
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 5], help="indices of withheld parents")
+    args = ap.parse_args()
+    _common.setup_logging()
+    {"power": power, "identify": identify}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
