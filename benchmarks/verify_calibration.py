@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import pathlib
 import time
 import zlib
 
@@ -128,6 +129,7 @@ def main() -> None:
             "n_pairs": int(np.isfinite(c).sum()),
             **{str(a): float(np.mean(c[np.isfinite(c)] <= a)) for a in ALPHAS},
         }
+    pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
     qq = pvalues.qq_plot(
         {n: np.asarray(p)[np.isfinite(p)] for n, p in [*per_test.items(), ("combined", combined)]},
         f"{args.out}/verify_calibration_qq.png",

@@ -217,7 +217,7 @@ def _live(jaxpr: Any, roots: Sequence[Any], *, stop: frozenset[int] = frozenset(
 
 
 @functools.lru_cache(maxsize=256)
-def split(pruned: _pairing.PrunedFeatureFn, x_struct: jax.ShapeDtypeStruct) -> SplitFeatureFn | None:
+def split(pruned: _pairing.PrunedFeatureFn, x_struct: jax.ShapeDtypeStruct) -> SplitFeatureFn | None:  # noqa: C901 (walks the jaxpr once; one branch per primitive kind)
     """The split of ``pruned`` at its probe-reading bilinear layers, or ``None``.
 
     An equation is a split point when it is a ``dot_general`` or
@@ -496,7 +496,7 @@ def block_shape(n: int, d: int, element_bytes: int, *, target_bytes: int = 2**19
     return 1, _largest_divisor(d, cap)
 
 
-def tiled_norm_scores(combos, parent, child, alpha, *, block):
+def tiled_norm_scores(combos, parent, child, alpha, *, block):  # noqa: C901 (one branch per metric and mode)
     r"""Row-separable metrics of all pairs, from per-model arrays only.
 
     For an elementwise split the linearised pair is ``F_p + alpha G`` with

@@ -29,7 +29,9 @@ hypothesis and a p-value valid under it:
   - ``output-agreement``: fraction of equal argmax predictions (label-only extraction);
   - ``matched-weights``: agreement of two Hungarian matchings of hidden units (same
     signature; invariant to unit order, so it holds on permuted copies);
-  - ``taylor-l2``: Neural Lineage's first-order L2 score at the default tap (same signature).
+  - ``taylor-l2``: Neural Lineage's first-order L2 score at the default tap (same signature);
+  - ``modelgif``: minus ModelGiF's distance between integrated-gradient fields at up to 64
+    inputs of ``data`` (10 Gauss-Legendre nodes; across architectures).
 
 * Combination: the Cauchy combination test (Liu & Xie, JASA 2020),
   :math:`T = \sum_i w_i \tan((1/2 - p_i)\pi)`, :math:`p = 1/2 - \arctan(T / \sum_i w_i)/\pi`,
@@ -266,8 +268,14 @@ class ReferenceTest:
     null = "the suspect is exchangeable with the reference models (independent, trained like them)"
 
 
-def default_tests() -> list[ReferenceTest]:
-    """The reference tests :func:`verify` runs by default (the exact weight test is always tried)."""
+def default_tests(*, probe_size: int = 64) -> list[ReferenceTest]:
+    """The reference tests :func:`verify` runs by default (the exact weight test is always tried).
+
+    Args:
+      probe_size: the number of inputs ``verify`` was given (ModelGiF draws at most 64 of them).
+    """
+    from jaxlineage.eval import methods  # noqa: PLC0415 (ModelGiF's scorer pulls in the learned methods)
+
     return [
         ReferenceTest("output-kl", scorers_lib.OutputKL(), "fine-tuning, pruning, permutation, soft extraction"),
         ReferenceTest("output-agreement", scorers_lib.OutputAgreement(), "label-only extraction, copies"),
@@ -282,6 +290,11 @@ def default_tests() -> list[ReferenceTest]:
             scorers_lib.LearningFree("l2", "first_order", alphas=(0.01,)),
             "fine-tuning (Neural Lineage's first-order L2 at the default tap)",
             same_signature=True,
+        ),
+        ReferenceTest(
+            "modelgif",
+            methods.ModelGiFScorer(n_refs=min(64, probe_size), steps=10),
+            "functional copies, also across architectures (input-gradient fields, ModelGiF)",
         ),
     ]
 
@@ -447,7 +460,7 @@ def verify(
     if data.ndim < 1 or len(data) < 2:
         raise VerifyError(f"data must be a batch of at least 2 inputs [N, ...]; got shape {tuple(data.shape)}")
     key = jax.random.key(0) if key is None else key
-    tests = default_tests() if tests is None else list(tests)
+    tests = default_tests(probe_size=len(data)) if tests is None else list(tests)
     grid: dict[tuple[str, str], list[Evidence]] = {}
     timings: dict[str, float] = {}
 

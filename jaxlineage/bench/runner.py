@@ -140,7 +140,7 @@ class _Eta:
             pass
 
 
-def run(
+def run(  # noqa: C901 (one linear pass over the stages, each a guarded block)
     preset: presets_lib.Preset | str = "quick",
     *,
     methods: str | Sequence[str] | None = None,

@@ -389,7 +389,7 @@ def _first_model(params: Any) -> Any:
     return jax.tree.map(lambda v: v[0], params)
 
 
-def _resolve_spec(
+def _resolve_spec(  # noqa: C901 (one check per way a spec can fail to fit, each naming the path)
     params: Any, spec: Any, paths: list[str], leaves: list, dropped: set[str], what: str
 ) -> tuple[dict, list[list[tuple[int, int, int, int]]]]:
     """The spec fitted to the compared leaves, and per leaf its permuted axes ``(axis, entry, units, tile)``.

@@ -277,7 +277,7 @@ class GraphSpec:
 
     # ------------------------------------------------------------------ validation
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: C901 (a flat list of independent checks, each with its own message)
         """Checks the whole graph (see the class docstring); called on construction and before a build."""
         tnames = [t.name for t in self.tasks]
         if len(set(tnames)) != len(tnames):
