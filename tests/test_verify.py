@@ -223,6 +223,7 @@ def test_cauchy_combination_matches_its_definition():
 # --------------------------------------------------------------------------- verify / identify end to end
 
 
+@pytest.mark.slow
 def test_verify_and_identify_on_a_model_the_library_has_never_seen(user_models, tmp_path):
     x, y, a, b, a_ft = user_models
     like = Models.from_linen(UserMLP(), [a], ids=["A"])
