@@ -498,6 +498,23 @@ def verify(
 # --------------------------------------------------------------------------- identify
 
 
+def _statistic_ranks(v: Verdict) -> np.ndarray:
+    """``[candidates, queries]``: each pair's mean rank among the query's candidates over the tests' statistics."""
+    k, m = len(v.sources), len(v.suspects)
+    total, count = np.zeros((k, m)), np.zeros((k, m))
+    tests = list(dict.fromkeys(e.test for p in v.pairs for e in p.evidence))
+    for t in tests:
+        stat = np.array(
+            [next((e.statistic if e.applies else np.nan for e in p.evidence if e.test == t), np.nan) for p in v.pairs]
+        ).reshape(k, m)
+        for j in range(m):
+            ok = np.isfinite(stat[:, j])
+            if ok.sum() > 1:
+                total[ok, j] += np.argsort(np.argsort(stat[ok, j])) / (ok.sum() - 1)
+                count[ok, j] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
 @dataclasses.dataclass
 class Identification:
     """:func:`identify`'s answer.
@@ -540,8 +557,9 @@ def identify(
 
     Per query, the candidates' combined p-values are tested with Holm's procedure at ``alpha``
     (family-wise error over the candidates at most ``alpha``); the parent is the rejected candidate
-    with the smallest p-value, or :data:`NO_PARENT` when none is rejected. Pairs that cannot be told
-    count as p = 1.
+    with the smallest p-value (ties, e.g. several at the permutation test's floor ``1 / (T + 1)``,
+    go to the candidate whose test statistics rank highest), or :data:`NO_PARENT` when none is
+    rejected. Pairs that cannot be told count as p = 1.
 
     Args:
       queries, candidates: models (as :func:`verify`'s ``suspects`` and ``sources``).
@@ -553,11 +571,14 @@ def identify(
     v = verify(candidates, queries, data=data, references=references, alpha=alpha, key=key, **verify_kwargs)
     p = np.where(np.isfinite(v.pvalues), v.pvalues, 1.0)
     reject = pvalues_lib.holm(p, alpha=alpha)
+    rank = _statistic_ranks(v)
     index = np.full(p.shape[1], NO_PARENT, int)
     for m in range(p.shape[1]):
         hits = np.flatnonzero(reject[:, m])
         if hits.size:
-            index[m] = int(hits[np.argmin(p[hits, m])])
+            # Smallest p first; p-values at their floor (1 / (T + 1), 1 / (n + 1)) tie, and the tests'
+            # statistics break the tie (mean rank over the tests that apply, higher = more related).
+            index[m] = int(hits[np.lexsort((-rank[hits, m], p[hits, m]))[0]])
     parents = [v.sources[i] if i != NO_PARENT else None for i in index]
     return Identification(v.suspects, v.sources, parents, index, v.pvalues, v)
 

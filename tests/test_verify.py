@@ -287,3 +287,15 @@ def test_provenance_columns_come_from_the_scenario_kinds():
     assert set(masks) == {"finetune_all", "my_distillation"}
     pos, neg = masks["my_distillation"]
     assert pos.tolist() == [[True, False, False]] and neg.tolist() == [[False, False, True]]
+
+
+def test_identify_breaks_ties_at_the_p_value_floor_by_the_statistics(user_models):
+    """Parent and grandparent are both rejected at p = 1 / (T + 1); the nearer one (the parent) is named."""
+    x, y, a, _, a_ft = user_models
+    x3, y3 = _task(3)
+    grandchild = _train(a_ft, x3, y3, 10, lr=1e-3)
+    cands = Models.from_linen(UserMLP(), [a, a_ft], ids=["grandparent", "parent"])
+    q = Models.from_linen(UserMLP(), [grandchild], ids=["grandchild"])
+    ident = jl.identify(q, cands, data=x[:64], num_permutations=49, tests=[])
+    assert np.allclose(ident.pvalues[:, 0], 1 / 50)  # both at the floor
+    assert ident.parents == ["parent"]
