@@ -1,0 +1,142 @@
+"""The transformer LM: its symmetries, its Taylor scores against full Jacobians, text data, LM zoo ops."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlineage import linearize as L
+from jaxlineage import nets, permutations
+from jaxlineage import similarity as S
+from jaxlineage.nets_lm import transformer_lm
+
+Mode = L.Mode
+PARTS = ("mlp", "heads", "qk", "vo", "residual")
+
+
+def _tiny(**kw):
+    cfg = dict(d_model=16, num_heads=4, num_layers=2, mlp_dim=24, max_len=12)
+    cfg.update(kw)
+    return transformer_lm(**cfg)
+
+
+@jax.jit
+def _randomise(variables, key):
+    # O(1) weights everywhere (LayerNorm gains and biases included), so that a wrong permutation
+    # moves the logits by far more than the tolerance.
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [w + 0.3 * jax.random.normal(k, w.shape) for k, w in zip(keys, leaves)])
+
+
+@functools.cache
+def _model():
+    net = _tiny()
+    return net, _randomise(net.init(jax.random.key(0)), jax.random.key(1))
+
+
+def _tokens(n=3, t=12, seed=2, vocab=256):
+    return jax.random.randint(jax.random.key(seed), (n, t), 0, vocab)
+
+
+def test_shapes_taps_and_causality():
+    net, v = _model()
+    x = _tokens()
+    assert net.logits_fn(v, x).shape == (3, 12, 256)
+    for tap in net.taps:
+        d = 256 if tap == "logits" else 16
+        assert net.feature_fn(tap)(v, x).shape == (3, 12 * d), tap
+    # Causal: changing the last token changes no earlier position's logits.
+    y = x.at[:, -1].set((x[:, -1] + 1) % 256)
+    a, b = net.logits_fn(v, x), net.logits_fn(v, y)
+    np.testing.assert_array_equal(a[:, :-1], b[:, :-1])
+    assert float(jnp.abs(a[:, -1] - b[:, -1]).max()) > 1e-3
+    assert nets.make("transformer_lm", 256, d_model=16, num_heads=4).name == "transformer_lm"
+    with pytest.raises(ValueError, match="known taps"):
+        net.feature_fn("block9")
+
+
+@pytest.mark.parametrize("part", PARTS + ("all",))
+def test_each_permutation_keeps_logits_and_moves_weights(part):
+    net, v = _model()
+    parts = PARTS if part == "all" else (part,)
+    spec = permutations.transformer_lm_spec(v, parts=parts)
+    assert spec and all(any(k.startswith(p) for k in spec) for p in parts)
+    x = _tokens()
+    base = net.logits_fn(v, x)
+    assert float(jnp.abs(base).max()) > 1.0  # not vacuous: O(1) logits
+    for seed in range(3):
+        w = permutations.permute_params(v, spec, jax.random.key(10 + seed))
+        np.testing.assert_allclose(net.logits_fn(w, x), base, atol=1e-5, rtol=0)
+        moved = [
+            float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(w)) if a.shape == b.shape
+        ]
+        assert max(moved) > 0.1
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_a_permutation_missing_one_axis_changes_logits(part):
+    # The spec is not merely a set of axes the output ignores: dropping its first axis (a kernel)
+    # breaks the function. (Not every axis is needed: the key bias adds a constant to each query's
+    # scores, which the softmax removes, so leaving it unpermuted keeps the function.)
+    net, v = _model()
+    spec = permutations.transformer_lm_spec(v, parts=(part,))
+    name, (units, axes) = next(iter(spec.items()))
+    broken = {name: (units, axes[1:])}
+    x = _tokens()
+    w = permutations.permute_params(v, broken, jax.random.key(3))
+    assert float(jnp.abs(net.logits_fn(w, x) - net.logits_fn(v, x)).max()) > 1e-3
+
+
+def test_spec_by_name_and_errors():
+    net, v = _model()
+    full = permutations.permutation_spec(net, v)
+    assert set(full) == {f"{p}{i}" for p in ("mlp", "heads", "qk", "vo") for i in (1, 2)} | {"residual"}
+    assert full["residual"][0] == 16 and full["heads1"][0] == 4 and full["qk1"][0] == 4 and full["mlp2"][0] == 24
+    with pytest.raises(permutations.PermutationError, match="unknown transformer_lm spec parts"):
+        permutations.transformer_lm_spec(v, parts=("heads", "rows"))
+    with pytest.raises(permutations.PermutationError, match="not a TransformerLM"):
+        permutations.transformer_lm_spec({"params": {"dense1": {}}})
+
+
+# --------------------------------------------------------------------------- Taylor scores: oracle
+
+
+def _full_jacobian_jd(f, parent, child, x):
+    """J_p Delta by contracting the full Jacobian of the whole batch (jacrev), the oracle."""
+    jac = jax.jacrev(lambda th: f(th, x))(parent)  # leaves [N, D, *leaf.shape]
+    delta = jax.tree.map(jnp.subtract, child, parent)
+    terms = jax.tree.map(lambda j, d: jnp.tensordot(j, d, axes=d.ndim), jac, delta)
+    return sum(jax.tree.leaves(terms))
+
+
+@pytest.mark.parametrize("tap", ["attn1", "block2", "logits"])
+def test_taylor_scores_equal_full_jacobian_contraction_float64(tap):
+    with jax.enable_x64(True):
+        net = _tiny(d_model=8, num_heads=2, mlp_dim=12, max_len=5, num_classes=11)
+        key = jax.random.key(4)
+        parent = jax.tree.map(lambda w: w.astype(jnp.float64), _randomise(net.init(key), jax.random.key(5)))
+        noise = _randomise(jax.tree.map(jnp.zeros_like, parent), jax.random.key(6))
+        child = jax.tree.map(lambda p, e: p + 0.1 * e.astype(jnp.float64), parent, noise)
+        x = jax.random.randint(jax.random.key(7), (4, 5), 0, 11)
+        f = net.feature_fn(tap)
+        f_p, f_c = f(parent, x), f(child, x)
+        assert f_p.dtype == jnp.float64
+        jd = jax.jit(_full_jacobian_jd, static_argnums=0)(f, parent, child, x)
+        _, jd_lib = L.feature_jvp(f, parent, child, x)
+        np.testing.assert_allclose(jd_lib, jd, rtol=1e-10, atol=1e-12)
+        alphas = jnp.array([0.0, 1e-2, 0.5])
+        for metric in (S.get("l2"), S.get("l1"), S.get("cka"), S.get("dcor")):
+            s0 = metric(f_p, f_c)
+            # FIRST_ORDER: s0 + alpha <grad_F s, J Delta>, the gradient by autodiff of the metric alone.
+            g = jax.grad(lambda a: metric(a, f_c))(f_p)
+            want = s0 + alphas * jnp.sum(g * jd)
+            got = L.pair_similarity(metric, f, parent, child, x, alpha=alphas, mode=Mode.FIRST_ORDER)
+            assert abs(float(want[-1] - s0)) > 1e-6 * abs(float(s0)) + 1e-12, metric.name  # not vacuous
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=f"{metric.name} first_order")
+            # LINEARIZED: the metric on the exactly linearised child.
+            want = jnp.stack([metric(f_p + a * jd, f_c) for a in alphas])
+            got = L.pair_similarity(metric, f, parent, child, x, alpha=alphas, mode=Mode.LINEARIZED)
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=f"{metric.name} linearized")
