@@ -187,6 +187,11 @@ class Network:
     def has_batch_stats(self) -> bool:
         return self.name == "resnet18"
 
+    @property
+    def label_ndim(self) -> int:
+        """Rank of one batch of labels: 1 for classifiers (``[N]``); language models override it."""
+        return 1
+
     def with_num_classes(self, num_classes: int) -> Network:
         return dataclasses.replace(self, module=self.module.clone(num_classes=num_classes))
 

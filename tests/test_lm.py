@@ -140,3 +140,54 @@ def test_taylor_scores_equal_full_jacobian_contraction_float64(tap):
             want = jnp.stack([metric(f_p + a * jd, f_c) for a in alphas])
             got = L.pair_similarity(metric, f, parent, child, x, alpha=alphas, mode=Mode.LINEARIZED)
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=f"{metric.name} linearized")
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_text_corpora_splits_and_windows():
+    from jaxlineage import text
+
+    tr, te = text.load_text("pydoc", "train"), text.load_text("pydoc", "test")
+    assert tr.tokens.dtype == np.uint8 and len(tr) > 5 * len(te) > 0
+    assert "pydoc_data" in tr.source and "sha256" in tr.source and "Python 3" in tr.source
+    docs, _ = text.documents("pydoc")
+    assert tr.documents + te.documents == len(docs)
+    # Every document lands in exactly one split (by its name's hash).
+    test_docs = [b for d, b in docs if text._is_test(d)]
+    assert te.tokens.tobytes() == b"".join(b + b"\n" for b in test_docs)
+    x, y = text.sequences("pydoc@16", "test")
+    assert x.shape[1] == 16 and x.dtype == np.int32 and x.shape == y.shape
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # y is x shifted by one byte
+    n = (len(te) - 1) // 16
+    assert x.shape[0] == n
+    x2, _ = text.sequences("pydoc", "test", seq_len=16, limit=5)
+    np.testing.assert_array_equal(x2, x[:5])  # a cap keeps a prefix of the same shuffle
+    code = text.load_text("stdlib", "train")
+    assert b"def " in code.tokens[:200000].tobytes() and "*.py" in code.source
+    assert text.is_text_dataset("stdlib_net@32") and not text.is_text_dataset("embedded")
+    with pytest.raises(text.TextError, match="unknown text corpus"):
+        text.sequences("shakespeare")
+    with pytest.raises(text.TextError, match="unknown split"):
+        text.load_text("pydoc", "valid")
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def test_lora_merged_equals_adapter_run_unmerged():
+    from jaxlineage.zoo import ops
+
+    net, v = _model()
+    adapters = ops.lora_init(v, 3, jax.random.key(8))
+    assert set(adapters) == {f"attn{i}/{m}" for i in (1, 2) for m in ("query", "key", "value", "out")} | {
+        f"{m}{i}" for i in (1, 2) for m in ("mlp_in", "mlp_out")
+    }
+    x = _tokens()
+    # Fresh adapters (b = 0) are the identity; trained ones (random b here) are not.
+    np.testing.assert_array_equal(net.logits_fn(ops.lora_merge(v, adapters, 2.0), x), net.logits_fn(v, x))
+    adapters = jax.tree.map(lambda w: w + 0.3 * jax.random.normal(jax.random.key(9), w.shape), adapters)
+    merged = net.logits_fn(ops.lora_merge(v, adapters, 2.0), x)
+    unmerged = ops.lora_apply_unmerged(net, v, adapters, 2.0, x)
+    assert float(jnp.abs(merged - net.logits_fn(v, x)).max()) > 0.1
+    np.testing.assert_allclose(merged, unmerged, atol=2e-5, rtol=1e-5)

@@ -29,6 +29,7 @@ import numpy as np
 from jaxlineage import data as data_lib
 from jaxlineage import graph as graph_lib
 from jaxlineage import nets
+from jaxlineage import text as text_lib
 from jaxlineage.zoo import ops as ops_lib
 from jaxlineage.zoo import storage, training
 from jaxlineage.zoo._base import PyTree, Role, ZooError, enum_value, log
@@ -83,8 +84,16 @@ class ModelRecord:
         return () if self.parent_id is None else (self.parent_id,)
 
 
+#: Test windows of a text task (a fixed, shuffled subset: accuracy is next-byte accuracy over them).
+_TEXT_TEST = 256
+
+
 def task_arrays(task: Task, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(x [N, H, W, C], y [N])`` of a task's split (training: its half, fixed shuffle, cap)."""
+    if text_lib.is_text_dataset(task.dataset):
+        # Language-model tasks: next-byte windows [N, T] (text.sequences shuffles with a fixed seed).
+        x, y = text_lib.sequences(task.dataset, split, limit=task.n_train if split == "train" else _TEXT_TEST)
+        return x, y
     x, y = data_lib.task(task.dataset, task.classes, split)
     if split == "train":
         if task.half is not None:
@@ -598,12 +607,13 @@ class _Builder:
                 src_seq,
             )
         )
-        mine = training.population_logits(network, params, xt, sequential=seq)
-        accs = (mine.argmax(-1) == np.asarray(yt)[None]).mean(-1)
+        # Argmax per chunk: a language model's logits [P, N, T, V] are not held whole; accuracy and
+        # fidelity average over every predicted position (examples, and tokens for language models).
+        mine = training.population_predictions(network, params, xt, sequential=seq).reshape(len(jobs), -1)
+        accs = (mine == np.asarray(yt).reshape(1, -1)).mean(-1)
         fids = [None] * len(jobs)
         if g.source is not None and spec.task_of(g.source).output_space == task.output_space:
-            mine = mine.argmax(-1)
-            theirs = training.population_logits(src_net, sources, xt, sequential=src_seq).argmax(-1)
+            theirs = training.population_predictions(src_net, sources, xt, sequential=src_seq).reshape(len(jobs), -1)
             fids = [float(v) for v in (mine == theirs).mean(-1)]
         log.info(
             "zoo: made %d models of group %r (%s) on %s in %.1fs", len(jobs), g.name, g.op, task.name, time.time() - t0
