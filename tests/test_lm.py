@@ -191,3 +191,62 @@ def test_lora_merged_equals_adapter_run_unmerged():
     unmerged = ops.lora_apply_unmerged(net, v, adapters, 2.0, x)
     assert float(jnp.abs(merged - net.logits_fn(v, x)).max()) > 0.1
     np.testing.assert_allclose(merged, unmerged, atol=2e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the LM zoo
+
+
+@pytest.fixture(scope="module")
+def lm_zoo(tmp_path_factory):
+    from jaxlineage import zoo
+
+    return zoo.build(zoo.LM_TINY, tmp_path_factory.mktemp("lm_tiny"), progress=False)
+
+
+@pytest.mark.slow
+def test_lm_zoo_operations_do_what_they_say(lm_zoo):
+    from jaxlineage import text
+
+    z = lm_zoo
+    net = z.network
+    x = text.sequences("pydoc@16", "test", limit=8)[0]
+    bases = z.group("base")
+    assert len(bases) == 2 and len({b.init_key for b in bases}) == 2
+    for b in bases:
+        assert 0.05 < b.test_acc < 1.0  # learnt something beyond chance (1/256)
+    for b in bases:
+        pb = z.load(b.id)
+        kids = {r.group: r for r in z.records if r.parent_id == b.id}
+        assert set(kids) >= {"ft", "ft_net", "lora", "cpt", "prune", "int8", "distill", "distill_small"}
+        # Function-preserving permutations: same logits (float32), other weights.
+        for g in ("perm_heads", "perm_mlp", "perm_residual"):
+            pp = z.load(kids[g].id)
+            np.testing.assert_allclose(net.logits_fn(pp, x), net.logits_fn(pb, x), atol=1e-4, rtol=1e-4)
+            assert kids[g].fidelity > 0.99
+        # Prune: exactly half of the prunable kernels are zero; int8: at most 255 levels per tensor.
+        pr = z.load(kids["prune"].id)["params"]
+        ks = [np.asarray(pr[m][k]["kernel"]) for m in ("attn1", "attn2") for k in ("query", "key", "value", "out")]
+        ks += [np.asarray(pr[f"{m}{i}"]["kernel"]) for m in ("mlp_in", "mlp_out") for i in (1, 2)]
+        n = sum(k.size for k in ks)
+        assert sum(int((k == 0).sum()) for k in ks) == round(0.5 * n)
+        assert (np.asarray(pr["head"]["kernel"]) != 0).all()
+        q = z.load(kids["int8"].id)
+        assert all(len(np.unique(np.asarray(w))) <= 255 for w in jax.tree.leaves(q))
+        # LoRA moved every adapted kernel by a rank <= 4 update and left embeddings and head alone.
+        lo = z.load(kids["lora"].id)
+        d = np.asarray(lo["params"]["mlp_in1"]["kernel"] - pb["params"]["mlp_in1"]["kernel"])
+        assert np.abs(d).max() > 0 and np.linalg.matrix_rank(d, tol=1e-6) <= 4
+        np.testing.assert_array_equal(lo["params"]["tok_embed"], pb["params"]["tok_embed"])
+        np.testing.assert_array_equal(lo["params"]["head"]["kernel"], pb["params"]["head"]["kernel"])
+        # The small student has half the width.
+        st = z.load(kids["distill_small"].id)
+        assert st["params"]["tok_embed"].shape[1] == pb["params"]["tok_embed"].shape[1] // 2
+    # Merge: two parents (the two fine-tunes of one base), the average of their weights.
+    for m in z.group("merge"):
+        a, b = z.get(m.parent_id), z.get(m.partner_id)
+        assert (a.group, b.group) == ("ft", "ft_net") and a.parent_id == b.parent_id
+        assert z.graph.parents(m.id) == (a.id, b.id) and m.generation == 2
+        want = jax.tree.map(lambda u, v: 0.5 * u + 0.5 * v, z.load(a.id), z.load(b.id))
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), z.load(m.id), want)
+        assert z.graph.relation(a.parent_id, m.id).value == "ancestor"
+    assert len(z.group("merge")) == 2

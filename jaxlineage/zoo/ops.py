@@ -64,6 +64,7 @@ __all__ = [
     "lora_init",
     "lora_merge",
     "magnitude_prune",
+    "merge_params",
     "permutation_spec",
     "permute_params",
     "register_op",
@@ -88,6 +89,7 @@ class OpInput:
       sequential: train / evaluate the new models (``sequential``) and the sources
         (``source_sequential``) one after another instead of vmapped (conv nets on CPU;
         :attr:`GraphSpec.sequential_archs`).
+      partners: stacked second parents ``[P, ...]`` for two-parent operations (``merge``), else ``None``.
     """
 
     network: nets.Network
@@ -101,6 +103,7 @@ class OpInput:
     data_seeds: tuple[int, ...]
     sequential: bool = False
     source_sequential: bool = False
+    partners: PyTree | None = None
 
     @property
     def size(self) -> int:
@@ -131,6 +134,7 @@ class Operation:
         ``"source"`` (it keeps the source's output layer and must match the task's classes).
       fresh_arch: whether the group chooses the architecture (``train``, ``distill``); else
         models keep their source's.
+      needs_partner: whether groups using it name a second source group (``merge``: two parents).
     """
 
     name: str
@@ -142,6 +146,7 @@ class Operation:
     enums: Mapping[str, type] = dataclasses.field(default_factory=dict)
     output: str = "target"
     fresh_arch: bool = False
+    needs_partner: bool = False
 
     def check_arch(self, arch: str, group: str) -> None:
         if self.supports is not None and arch not in self.supports:
@@ -166,6 +171,7 @@ def register_op(
     output: str = "target",
     fresh_arch: bool = False,
     overwrite: bool = False,
+    needs_partner: bool = False,
 ) -> Operation:
     """Adds an operation to the registry (see :class:`Operation` for the arguments).
 
@@ -193,6 +199,7 @@ def register_op(
         dict(enums or {}),
         output,
         fresh_arch,
+        needs_partner,
     )
     OPERATIONS[name] = op
     return op
@@ -642,5 +649,32 @@ register_op(
     supports=("transformer_lm",),
     defaults=dict(seed=0, parts="all"),
     static=("parts",),
+    output="source",
+)
+
+
+# --------------------------------------------------------------------------- merge (two parents)
+
+
+def merge_params(a: PyTree, b: PyTree, weight: jax.Array | float) -> PyTree:
+    r"""Weighted average of two models' parameters: :math:`\theta = w\,\theta_a + (1 - w)\,\theta_b`.
+
+    The model-soup / task-arithmetic merge of two fine-tunes of one base (Wortsman et al., 2022);
+    it needs the two trees to share their units' order, which fine-tunes of one base do.
+    """
+    return jax.tree.map(lambda x, y: weight * x + (1.0 - weight) * y, a, b)
+
+
+def _op_merge(inp: OpInput) -> PyTree:
+    w = jnp.asarray(inp.per_model("weight"), jnp.float32)
+    return jax.vmap(merge_params)(inp.sources, inp.partners, w)
+
+
+register_op(
+    "merge",
+    _op_merge,
+    needs_source=True,
+    needs_partner=True,
+    defaults=dict(seed=0, weight=0.5),
     output="source",
 )
