@@ -250,3 +250,24 @@ def test_lm_zoo_operations_do_what_they_say(lm_zoo):
         jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), z.load(m.id), want)
         assert z.graph.relation(a.parent_id, m.id).value == "ancestor"
     assert len(z.group("merge")) == 2
+
+
+# --------------------------------------------------------------------------- the attention invariant
+
+
+def test_attention_invariant_survives_every_symmetry_and_separates_strangers():
+    from jaxlineage import lm_invariants as inv
+
+    net, v = _model()
+    base = inv.attention_invariants(v)
+    assert base.shape == (2, 4, len(inv.PROBE_TOKENS), len(inv.PROBE_TOKENS))
+    spec = permutations.transformer_lm_spec(v)
+    # Residual and inside-head permutations leave every head's matrix unchanged.
+    for parts in (("residual",), ("qk",), ("vo",), ("mlp",)):
+        w = permutations.permute_params(v, permutations.transformer_lm_spec(v, parts=parts), jax.random.key(5))
+        np.testing.assert_allclose(inv.attention_invariants(w), base, rtol=1e-4, atol=1e-4 * float(jnp.abs(base).max()))
+    # Heads permuted: the same matrices in another order, and the matched score is 1.
+    w = permutations.permute_params(v, spec, jax.random.key(6))
+    assert inv.attention_match_score(v, w) > 1 - 1e-5
+    other = _randomise(net.init(jax.random.key(7)), jax.random.key(8))
+    assert inv.attention_match_score(v, other) < 0.5
