@@ -20,6 +20,9 @@ looking at any figure):
 * ``attn_invariant``: :func:`jaxlineage.lm_invariants.attention_match_score`, head-matched probe-token
   attention scores, invariant to every permutation of the spec; a score (empirical null).
 
+Attacks: the zoo's derived groups, plus ``perm_all*`` (made by this script from every base: all the
+spec's symmetries at once; function-preserving).
+
 ``--calibration 33`` instead trains 33 LMs from independent initialisations (528 pairs) and reports
 the permutation tests' rejection rates at alpha = 0.01, 0.05, 0.1 with the binomial margin.
 
@@ -66,14 +69,14 @@ def _probe(t: int) -> np.ndarray:
     return np.concatenate([code, prose])
 
 
-def _methods(z, x):
+def _methods(z, x, net_of):
     net = z.network
     feat = net.feature_fn(TAP)
     logp = {}
 
     def log_probs(mid):
         if mid not in logp:
-            n = z.network_for(mid)
+            n = net_of(mid)
             logp[mid] = np.asarray(jax.nn.log_softmax(n.logits_fn(z.load(mid), x), axis=-1), np.float64)
         return logp[mid]
 
@@ -196,11 +199,22 @@ def main(argv=None):
     bases = z.group("base")
     derived = [r for r in z.models(tag="derived")]
     x = _probe(z.network.input_shape[0])
-    methods = _methods(z, x)
+    # One more attack made here, not in the zoo: every symmetry of the spec at once (heads, inside-head
+    # Q/K and V/O dims, MLP units and the residual stream), function-preserving; column "perm_all*".
+    made = {}
+    for i, b in enumerate(bases):
+        pb = z.load(b.id)
+        made[f"{b.id}__perm_all"] = (
+            b.id,
+            permutations.permute_params(pb, permutations.transformer_lm_spec(pb), jax.random.key(100 + i)),
+        )
+    methods = _methods(z, x, lambda mid: z.network if mid in made else z.network_for(mid))
     if args.methods:
         methods = {k: methods[k] for k in args.methods.split(",")}
     params = {r.id: z.load(r.id) for r in bases + derived}
+    params.update({k: v for k, (_, v) in made.items()})
     pairs = [(b.id, q.id, q.group, z.graph.is_ancestor(b.id, q.id)) for b in bases for q in derived]
+    pairs += [(b.id, k, "perm_all*", b.id == src) for b in bases for k, (src, _) in made.items()]
     rng = np.random.default_rng(0)
     for name, fn in methods.items():
         t0 = time.time()
