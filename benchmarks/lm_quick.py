@@ -69,7 +69,7 @@ def _probe(t: int) -> np.ndarray:
     return np.concatenate([code, prose])
 
 
-def _methods(z, x, net_of):
+def _methods(z, x, net_of, load):
     net = z.network
     feat = net.feature_fn(TAP)
     logp = {}
@@ -77,7 +77,7 @@ def _methods(z, x, net_of):
     def log_probs(mid):
         if mid not in logp:
             n = net_of(mid)
-            logp[mid] = np.asarray(jax.nn.log_softmax(n.logits_fn(z.load(mid), x), axis=-1), np.float64)
+            logp[mid] = np.asarray(jax.nn.log_softmax(n.logits_fn(load(mid), x), axis=-1), np.float64)
         return logp[mid]
 
     def w_l2(b, q, pb, pq):
@@ -199,6 +199,7 @@ def main(argv=None):
     bases = z.group("base")
     derived = [r for r in z.models(tag="derived")]
     x = _probe(z.network.input_shape[0])
+    params = {r.id: z.load(r.id) for r in bases + derived}
     # One more attack made here, not in the zoo: every symmetry of the spec at once (heads, inside-head
     # Q/K and V/O dims, MLP units and the residual stream), function-preserving; column "perm_all*".
     made = {}
@@ -208,11 +209,10 @@ def main(argv=None):
             b.id,
             permutations.permute_params(pb, permutations.transformer_lm_spec(pb), jax.random.key(100 + i)),
         )
-    methods = _methods(z, x, lambda mid: z.network if mid in made else z.network_for(mid))
+    params.update({k: v for k, (_, v) in made.items()})
+    methods = _methods(z, x, lambda mid: z.network if mid in made else z.network_for(mid), lambda mid: params[mid])
     if args.methods:
         methods = {k: methods[k] for k in args.methods.split(",")}
-    params = {r.id: z.load(r.id) for r in bases + derived}
-    params.update({k: v for k, (_, v) in made.items()})
     pairs = [(b.id, q.id, q.group, z.graph.is_ancestor(b.id, q.id)) for b in bases for q in derived]
     pairs += [(b.id, k, "perm_all*", b.id == src) for b in bases for k, (src, _) in made.items()]
     rng = np.random.default_rng(0)
