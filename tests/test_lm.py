@@ -112,6 +112,7 @@ def _full_jacobian_jd(f, parent, child, x):
     return sum(jax.tree.leaves(terms))
 
 
+@pytest.mark.slow  # 45-195 s per tap on 2 loaded cores (float64 compilations of 8 metric x mode pairs)
 @pytest.mark.parametrize("tap", ["attn1", "block2", "logits"])
 def test_taylor_scores_equal_full_jacobian_contraction_float64(tap):
     with jax.enable_x64(True):
