@@ -272,3 +272,21 @@ def test_attention_invariant_survives_every_symmetry_and_separates_strangers():
     assert inv.attention_match_score(v, w) > 1 - 1e-5
     other = _randomise(net.init(jax.random.key(7)), jax.random.key(8))
     assert inv.attention_match_score(v, other) < 0.5
+
+
+def test_lm_specs_validate_partners_and_parts():
+    from jaxlineage import zoo
+
+    tiny = zoo.LM_TINY
+    assert tiny.generation("merge") == 2 and tiny.group("merge").partner == "ft_net"
+    assert zoo.spec_from_json(tiny.to_json()) == tiny
+    assert "partner" not in zoo.TINY.to_graph().to_json()["groups"][0]  # one-parent specs' JSON unchanged
+    base = tiny.groups[:1]
+    with pytest.raises(zoo.ZooError, match="is not one of"):
+        zoo.GraphSpec("x", tiny.tasks, base + (zoo.Group("p", "permute_lm", source="base", grid=dict(parts="rows")),))
+    with pytest.raises(zoo.ZooError, match="needs a partner group"):
+        zoo.GraphSpec("x", tiny.tasks, base + (zoo.Group("m", "merge", source="base"),))
+    with pytest.raises(zoo.ZooError, match="takes no partner"):
+        zoo.GraphSpec("x", tiny.tasks, base + (zoo.Group("f", "finetune", source="base", partner="base"),))
+    with pytest.raises(zoo.ZooError, match="unknown partner group"):
+        zoo.GraphSpec("x", tiny.tasks, base + (zoo.Group("m", "merge", source="base", partner="nope"),))

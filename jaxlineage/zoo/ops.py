@@ -29,6 +29,7 @@ Extend it with :func:`register_op`::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -53,6 +54,7 @@ from jaxlineage.zoo._base import (
 )
 
 __all__ = [
+    "LMPermuteParts",
     "LM_PERMUTATION_PARTS",
     "LoRANetwork",
     "OPERATIONS",
@@ -616,6 +618,15 @@ def _op_lora(inp: OpInput) -> PyTree:
     return nets.stack(merged)
 
 
+class LMPermuteParts(enum.Enum):
+    """Which symmetries ``permute_lm`` draws (:data:`LM_PERMUTATION_PARTS` maps them to spec parts)."""
+
+    ALL = "all"  #: every symmetry of :func:`jaxlineage.permutations.transformer_lm_spec`
+    HEADS = "heads"  #: whole heads, and the dimensions inside each head (Q/K and V/O)
+    MLP = "mlp"  #: the MLP units of every block
+    RESIDUAL = "residual"  #: the residual stream's coordinates
+
+
 #: Which symmetries ``permute_lm`` draws: ``parts`` values and the spec parts they mean.
 LM_PERMUTATION_PARTS = {
     "all": ("mlp", "heads", "qk", "vo", "residual"),
@@ -647,8 +658,9 @@ register_op(
     _op_permute_lm,
     needs_source=True,
     supports=("transformer_lm",),
-    defaults=dict(seed=0, parts="all"),
+    defaults=dict(seed=0, parts=LMPermuteParts.ALL.value),
     static=("parts",),
+    enums={"parts": LMPermuteParts},
     output="source",
 )
 
