@@ -238,6 +238,17 @@ def point_suffix(group: Group, hp: Mapping[str, Any]) -> str:
     return "-".join(parts)
 
 
+def _check_partner(g: Group, op, by: Mapping[str, Group]) -> None:
+    """A two-parent operation names an existing partner group; any other names none."""
+    if op.needs_partner != (g.partner is not None):
+        raise ZooError(
+            f"group {g.name!r}: operation {g.op!r} "
+            + ("needs a partner group (a second source)" if op.needs_partner else "takes no partner group")
+        )
+    if g.partner is not None and (g.partner not in by or g.partner == g.name):
+        raise ZooError(f"group {g.name!r}: unknown partner group {g.partner!r}; groups: {sorted(by)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class GraphSpec:
     """A zoo as a graph of groups; stored as ``spec.json`` in the workdir.
@@ -306,13 +317,7 @@ class GraphSpec:
                 )
             if g.source is not None and g.source not in by:
                 raise ZooError(f"group {g.name!r}: unknown source group {g.source!r}; groups: {names}")
-            if op.needs_partner != (g.partner is not None):
-                raise ZooError(
-                    f"group {g.name!r}: operation {g.op!r} "
-                    + ("needs a partner group (a second source)" if op.needs_partner else "takes no partner group")
-                )
-            if g.partner is not None and (g.partner not in by or g.partner == g.name):
-                raise ZooError(f"group {g.name!r}: unknown partner group {g.partner!r}; groups: {names}")
+            _check_partner(g, op, by)
             if g.task is not None and g.task not in tnames:
                 raise ZooError(f"group {g.name!r}: unknown task {g.task!r}; tasks: {tnames}")
             if g.source is None and g.task is None:
