@@ -194,6 +194,11 @@ class Network:
     def has_batch_stats(self) -> bool:
         return self.name == "resnet18"
 
+    @property
+    def label_ndim(self) -> int:
+        """Rank of one batch of labels: 1 for classifiers (``[N]``); language models override it."""
+        return 1
+
     def with_num_classes(self, num_classes: int) -> Network:
         return dataclasses.replace(self, module=self.module.clone(num_classes=num_classes))
 
@@ -270,6 +275,7 @@ class Arch(enum.Enum):
     MLP = "mlp"  #: :func:`mlp`, the Neural Lineage paper's fully connected network
     CONVNET = "convnet"  #: :func:`convnet`, a small ConvNet with BatchNorm
     RESNET18 = "resnet18"  #: :func:`resnet18`, CIFAR-style ResNet-18
+    TRANSFORMER_LM = "transformer_lm"  #: :func:`jaxlineage.nets_lm.transformer_lm`, a byte-level decoder-only LM
 
 
 #: Name -> constructor ``f(num_classes, **kwargs) -> Network``; register your own under a new name.
@@ -441,3 +447,7 @@ def from_apply(apply_fn: ApplyFn, params: PyTree) -> tuple[ApplyFn, PyTree]:
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
     return apply_fn, params
+
+
+# The transformer LM family registers itself in ARCHITECTURES; imported last (it builds on Network).
+from jaxlineage import nets_lm as _nets_lm  # noqa: E402, F401

@@ -45,6 +45,7 @@ __all__ = [
     "permute_params",
     "random_permutations",
     "spec_from_variables",
+    "transformer_lm_spec",
 ]
 
 PyTree = Any
@@ -211,6 +212,7 @@ def spec_from_variables(arch: str, variables: PyTree) -> dict[str, tuple[int, tu
         "mlp": lambda: _mlp_spec(p),
         "convnet": lambda: _convnet_spec(p),
         "resnet18": lambda: _resnet18_spec(variables),
+        "transformer_lm": lambda: transformer_lm_spec(variables),
     }
     if arch in make:
         spec = make[arch]()
@@ -222,7 +224,7 @@ def spec_from_variables(arch: str, variables: PyTree) -> dict[str, tuple[int, tu
         return spec
     raise PermutationError(
         f"architecture {arch!r} has no permutation description (supported: convnet, mlp,"
-        " resnet18); write a spec {name: (units, (PermAxis(path, axis), ...))} for it"
+        " resnet18, transformer_lm); write a spec {name: (units, (PermAxis(path, axis), ...))} for it"
     )
 
 
@@ -370,3 +372,93 @@ def check_spec(
             " pass a spec that lists every axis each hidden unit touches"
         )
     return change
+
+
+# --------------------------------------------------------------------------- transformer LM
+
+
+def _ln(name: str) -> list[PermAxis]:
+    return [PermAxis(("params", name, "scale"), 0), PermAxis(("params", name, "bias"), 0)]
+
+
+def transformer_lm_spec(
+    variables: PyTree, *, parts: Sequence[str] = ("mlp", "heads", "qk", "vo", "residual")
+) -> dict[str, tuple[int, tuple[PermAxis, ...]]]:
+    """The permutation symmetries of :class:`jaxlineage.nets_lm.TransformerLM`.
+
+    Entries (block ``i`` = 1..L):
+
+    * ``mlp<i>``: the MLP's hidden units (``mlp_in`` outputs, ``mlp_out`` inputs).
+    * ``heads<i>``: whole attention heads (the head axis of query, key, value and out).
+    * ``qk<i>``: dimensions inside a head, one permutation shared by query and key (their dot
+      product is a sum over it) and by all heads of the block.
+    * ``vo<i>``: dimensions inside a head, shared by value and the output projection's input.
+    * ``residual``: the residual stream's ``D`` coordinates, everywhere the stream is read or
+      written: both embeddings, every LayerNorm's gain and bias (LayerNorm's mean and variance
+      do not depend on the order of coordinates), the kernels reading it (query, key, value,
+      ``mlp_in``, ``head``) and writing it (``out``, ``mlp_out`` and their biases).
+
+    Inside-head permutations are shared by all heads of a block (the spec format ties a
+    permutation to an axis); per-head ones are also symmetries but are not generated.
+
+    Args:
+      variables: one model's variables ``{"params": ...}`` (sizes and block count are read off).
+      parts: which kinds of entries to include (any of ``mlp``, ``heads``, ``qk``, ``vo``, ``residual``).
+
+    Returns:
+      ``{name: (units, axes)}`` as :func:`permutation_spec`.
+
+    Raises:
+      PermutationError: unknown part, or variables that are not a transformer LM's.
+    """
+    known = ("mlp", "heads", "qk", "vo", "residual")
+    bad = [x for x in parts if x not in known]
+    if bad:
+        raise PermutationError(f"unknown transformer_lm spec parts {bad}; known: {known}")
+    p = variables["params"]
+    n = _count(p, "attn")
+    if n == 0 or "tok_embed" not in p:
+        raise PermutationError("transformer_lm spec: the variables have no tok_embed / attn1 (not a TransformerLM)")
+    spec: dict = {}
+    residual = [PermAxis(("params", "tok_embed"), 1), PermAxis(("params", "pos_embed"), 1)]
+    for i in range(1, n + 1):
+        a = ("params", f"attn{i}")
+        heads, dh = p[f"attn{i}"]["query"]["kernel"].shape[1:]
+        if "mlp" in parts:
+            spec[f"mlp{i}"] = (
+                p[f"mlp_in{i}"]["kernel"].shape[1],
+                (
+                    PermAxis(("params", f"mlp_in{i}", "kernel"), 1),
+                    PermAxis(("params", f"mlp_in{i}", "bias"), 0),
+                    PermAxis(("params", f"mlp_out{i}", "kernel"), 0),
+                ),
+            )
+        if "heads" in parts:
+            axes = [PermAxis(a + (m, "kernel"), 1) for m in ("query", "key", "value")]
+            axes += [PermAxis(a + (m, "bias"), 0) for m in ("query", "key", "value")]
+            spec[f"heads{i}"] = (heads, tuple(axes + [PermAxis(a + ("out", "kernel"), 0)]))
+        if "qk" in parts:
+            axes = [PermAxis(a + (m, "kernel"), 2) for m in ("query", "key")]
+            axes += [PermAxis(a + (m, "bias"), 1) for m in ("query", "key")]
+            spec[f"qk{i}"] = (dh, tuple(axes))
+        if "vo" in parts:
+            spec[f"vo{i}"] = (
+                dh,
+                (
+                    PermAxis(a + ("value", "kernel"), 2),
+                    PermAxis(a + ("value", "bias"), 1),
+                    PermAxis(a + ("out", "kernel"), 1),
+                ),
+            )
+        residual += _ln(f"ln1_{i}") + _ln(f"ln2_{i}")
+        residual += [PermAxis(a + (m, "kernel"), 0) for m in ("query", "key", "value")]
+        residual += [PermAxis(a + ("out", "kernel"), 2), PermAxis(a + ("out", "bias"), 0)]
+        residual += [
+            PermAxis(("params", f"mlp_in{i}", "kernel"), 0),
+            PermAxis(("params", f"mlp_out{i}", "kernel"), 1),
+            PermAxis(("params", f"mlp_out{i}", "bias"), 0),
+        ]
+    if "residual" in parts:
+        residual += _ln("ln_f") + [PermAxis(("params", nets.HEAD, "kernel"), 0)]
+        spec["residual"] = (p["tok_embed"].shape[1], tuple(residual))
+    return spec

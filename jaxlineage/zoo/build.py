@@ -29,6 +29,7 @@ import numpy as np
 from jaxlineage import data as data_lib
 from jaxlineage import graph as graph_lib
 from jaxlineage import nets
+from jaxlineage import text as text_lib
 from jaxlineage.zoo import ops as ops_lib
 from jaxlineage.zoo import storage, training
 from jaxlineage.zoo._base import PyTree, Role, ZooError, enum_value, log
@@ -61,6 +62,7 @@ class ModelRecord:
       fidelity: agreement of argmax with the parent on the test split of the model's task;
         ``None`` for roots or where the two output spaces differ (transfer to another task).
       init_key: for roots, a string equal for roots trained from the same initialisation.
+      partner_id: the second parent of a two-parent model (``merge``), else ``None``.
     """
 
     id: str
@@ -77,14 +79,23 @@ class ModelRecord:
     arch: str | None = None
     fidelity: float | None = None
     init_key: str | None = None
+    partner_id: str | None = None
 
     @property
     def parent_ids(self) -> tuple[str, ...]:
-        return () if self.parent_id is None else (self.parent_id,)
+        return tuple(p for p in (self.parent_id, self.partner_id) if p is not None)
+
+
+#: Test windows of a text task (a fixed, shuffled subset: accuracy is next-byte accuracy over them).
+_TEXT_TEST = 256
 
 
 def task_arrays(task: Task, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(x [N, H, W, C], y [N])`` of a task's split (training: its half, fixed shuffle, cap)."""
+    if text_lib.is_text_dataset(task.dataset):
+        # Language-model tasks: next-byte windows [N, T] (text.sequences shuffles with a fixed seed).
+        x, y = text_lib.sequences(task.dataset, split, limit=task.n_train if split == "train" else _TEXT_TEST)
+        return x, y
     x, y = data_lib.task(task.dataset, task.classes, split)
     if split == "train":
         if task.half is not None:
@@ -260,7 +271,7 @@ class Zoo:
         classes, init seed and spec seed) share an init key, so their relation is ``SHARED_INIT``.
         """
         return graph_lib.LineageGraph.from_parents(
-            {r.id: r.parent_id for r in self.records},
+            {r.id: r.parent_ids for r in self.records},
             init_keys={r.id: r.init_key for r in self.records if r.parent_id is None and r.init_key is not None},
         )
 
@@ -448,6 +459,7 @@ class _Job:
     group: Group
     source: ModelRecord | None
     hparams: dict
+    partner: ModelRecord | None = None
 
 
 class _Builder:
@@ -491,12 +503,17 @@ class _Builder:
                 self.bar.add_total(len(sources) * len(g.points()) - self._expected(g))
                 if not sources:
                     log.warning("zoo: group %r has no models: its source group %r kept none", g.name, g.source)
+            partners = _partners(sources, kept[g.partner]) if g.partner is not None else {}
             jobs = []
             for src in sources:
+                if g.partner is not None and src.id not in partners:
+                    log.warning("zoo: group %r: %s has no partner in group %r; skipped", g.name, src.id, g.partner)
+                    continue
                 for hp in g.points():
                     hp = spec._merged(g, hp)
                     mid = f"{src.id}__" if src is not None else ""
-                    jobs.append(_Job(f"{mid}{g.id_prefix}{task.name}-{point_suffix(g, hp)}", g, src, hp))
+                    jid = f"{mid}{g.id_prefix}{task.name}-{point_suffix(g, hp)}"
+                    jobs.append(_Job(jid, g, src, hp, partners.get(src.id if src is not None else None)))
             recs = self.select(g, self.run_jobs(g, jobs))
             kept[g.name] = [r for r in recs if r.kept]
             records += recs
@@ -562,6 +579,7 @@ class _Builder:
         x, y = task_arrays(task, "train")
         xt, yt = task_arrays(task, "test")
         sources = None if g.source is None else nets.stack([self.source_params(j.source.id) for j in jobs])
+        partners = None if g.partner is None else nets.stack([self.source_params(j.partner.id) for j in jobs])
         data_seeds = tuple(int(j.hparams["seed"]) * 7919 + spec.seed for j in jobs)
         init_keys = jax.numpy.stack(
             [
@@ -596,14 +614,16 @@ class _Builder:
                 data_seeds,
                 seq,
                 src_seq,
+                partners,
             )
         )
-        mine = training.population_logits(network, params, xt, sequential=seq)
-        accs = (mine.argmax(-1) == np.asarray(yt)[None]).mean(-1)
+        # Argmax per chunk: a language model's logits [P, N, T, V] are not held whole; accuracy and
+        # fidelity average over every predicted position (examples, and tokens for language models).
+        mine = training.population_predictions(network, params, xt, sequential=seq).reshape(len(jobs), -1)
+        accs = (mine == np.asarray(yt).reshape(1, -1)).mean(-1)
         fids = [None] * len(jobs)
         if g.source is not None and spec.task_of(g.source).output_space == task.output_space:
-            mine = mine.argmax(-1)
-            theirs = training.population_logits(src_net, sources, xt, sequential=src_seq).argmax(-1)
+            theirs = training.population_predictions(src_net, sources, xt, sequential=src_seq).reshape(len(jobs), -1)
             fids = [float(v) for v in (mine == theirs).mean(-1)]
         log.info(
             "zoo: made %d models of group %r (%s) on %s in %.1fs", len(jobs), g.name, g.op, task.name, time.time() - t0
@@ -631,12 +651,29 @@ class _Builder:
                 arch=arch[0],
                 fidelity=fid,
                 init_key=init_key,
+                partner_id=None if j.partner is None else j.partner.id,
             )
             storage.save_params(self.models / j.id, p)
             storage.write_json(self.models / f"{j.id}.json", dataclasses.asdict(rec))
             out.append(rec)
             self.bar.update(1, f"{g.name} {acc:.3f}")
         return out
+
+
+def _partners(sources: list[ModelRecord], candidates: list[ModelRecord]) -> dict[str, ModelRecord]:
+    """``{source id: partner}``: the i-th source model of a parent pairs with the i-th partner model of
+    the same parent (both in build order)."""
+    by_parent: dict = {}
+    for r in candidates:
+        by_parent.setdefault(r.parent_id, []).append(r)
+    out, seen = {}, {}
+    for s in sources:
+        i = seen.get(s.parent_id, 0)
+        seen[s.parent_id] = i + 1
+        cands = by_parent.get(s.parent_id, [])
+        if i < len(cands):
+            out[s.id] = cands[i]
+    return out
 
 
 def _jsonable(hp: dict) -> dict:

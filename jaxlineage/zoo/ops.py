@@ -29,10 +29,12 @@ Extend it with :func:`register_op`::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,12 +54,19 @@ from jaxlineage.zoo._base import (
 )
 
 __all__ = [
+    "LMPermuteParts",
+    "LM_PERMUTATION_PARTS",
+    "LoRANetwork",
     "OPERATIONS",
     "OpInput",
     "Operation",
     "PermAxis",
     "get_op",
+    "lora_apply_unmerged",
+    "lora_init",
+    "lora_merge",
     "magnitude_prune",
+    "merge_params",
     "permutation_spec",
     "permute_params",
     "register_op",
@@ -82,6 +91,7 @@ class OpInput:
       sequential: train / evaluate the new models (``sequential``) and the sources
         (``source_sequential``) one after another instead of vmapped (conv nets on CPU;
         :attr:`GraphSpec.sequential_archs`).
+      partners: stacked second parents ``[P, ...]`` for two-parent operations (``merge``), else ``None``.
     """
 
     network: nets.Network
@@ -95,6 +105,7 @@ class OpInput:
     data_seeds: tuple[int, ...]
     sequential: bool = False
     source_sequential: bool = False
+    partners: PyTree | None = None
 
     @property
     def size(self) -> int:
@@ -125,6 +136,7 @@ class Operation:
         ``"source"`` (it keeps the source's output layer and must match the task's classes).
       fresh_arch: whether the group chooses the architecture (``train``, ``distill``); else
         models keep their source's.
+      needs_partner: whether groups using it name a second source group (``merge``: two parents).
     """
 
     name: str
@@ -136,6 +148,7 @@ class Operation:
     enums: Mapping[str, type] = dataclasses.field(default_factory=dict)
     output: str = "target"
     fresh_arch: bool = False
+    needs_partner: bool = False
 
     def check_arch(self, arch: str, group: str) -> None:
         if self.supports is not None and arch not in self.supports:
@@ -160,6 +173,7 @@ def register_op(
     output: str = "target",
     fresh_arch: bool = False,
     overwrite: bool = False,
+    needs_partner: bool = False,
 ) -> Operation:
     """Adds an operation to the registry (see :class:`Operation` for the arguments).
 
@@ -187,6 +201,7 @@ def register_op(
         dict(enums or {}),
         output,
         fresh_arch,
+        needs_partner,
     )
     OPERATIONS[name] = op
     return op
@@ -476,5 +491,202 @@ register_op(
     defaults=dict(seed=0, kind=PerturbKind.NOISE.value, scale=0.05),
     static=("kind",),
     enums={"kind": PerturbKind},
+    output="source",
+)
+
+
+# --------------------------------------------------------------------------- language models: LoRA, permutations
+
+
+def _lora_targets(params: PyTree) -> dict[str, tuple[tuple[str, ...], int]]:
+    """``{"<module path>": (path in params["params"], input axes)}`` of the kernels LoRA adapts: every
+    attention projection and MLP kernel of a transformer LM (not the embeddings, not the head)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params["params"])[0]:
+        keys = tuple(str(getattr(k, "key", k)) for k in path)
+        if keys[-1] == "kernel" and leaf.ndim >= 2 and keys[0] != nets.HEAD:
+            out["/".join(keys[:-1])] = (keys, 2 if keys[-2] == "out" else 1)  # out: [H, Dh, D] reads 2 axes
+    return out
+
+
+def lora_init(params: PyTree, rank: int, key: jax.Array) -> dict[str, dict[str, jax.Array]]:
+    """Fresh LoRA adapters for one model: ``{module: {"a": [in, r], "b": [r, out]}}``.
+
+    ``a`` is Gaussian with variance ``1 / in``, ``b`` is zero, so the adapted model starts as the
+    source (Hu et al., 2022, Sec. 4.1). Kernels with several input or output axes (attention's
+    ``[D, H, Dh]`` projections) are adapted as the matrices they are when those axes are flattened.
+    """
+    out = {}
+    for i, (name, (keys, n_in)) in enumerate(sorted(_lora_targets(params).items())):
+        w = params["params"]
+        for k in keys:
+            w = w[k]
+        d_in, d_out = int(np.prod(w.shape[:n_in])), int(np.prod(w.shape[n_in:]))
+        a = jax.random.normal(jax.random.fold_in(key, i), (d_in, rank), w.dtype) / np.sqrt(d_in)
+        out[name] = {"a": a, "b": jnp.zeros((rank, d_out), w.dtype)}
+    return out
+
+
+def lora_merge(params: PyTree, adapters: Mapping[str, Mapping[str, jax.Array]], scale: float) -> PyTree:
+    r"""Merges LoRA adapters into the weights: :math:`W' = W + s \, A B` (reshaped to ``W``'s shape).
+
+    Args:
+      params: one model's variables ``{"params": ...}``.
+      adapters: :func:`lora_init`'s structure (trained).
+      scale: ``s = alpha / r``.
+
+    Returns:
+      Variables of the same structure as ``params``: the merged model, which needs no adapter at
+      inference (:func:`lora_apply_unmerged` computes the same function with the adapters apart).
+    """
+    targets = _lora_targets(params)
+    out = jax.tree.map(lambda v: v, params)
+    for name, ab in adapters.items():
+        keys, _ = targets[name]
+        node = out["params"]
+        for k in keys[:-1]:
+            node = node[k]
+        w = node[keys[-1]]
+        node[keys[-1]] = w + scale * (ab["a"] @ ab["b"]).reshape(w.shape).astype(w.dtype)
+    return out
+
+
+def lora_apply_unmerged(
+    network: nets.Network, params: PyTree, adapters: Mapping[str, Mapping[str, jax.Array]], scale: float, x
+) -> jax.Array:
+    """The adapted model's logits with the adapters beside the frozen weights, as LoRA trains:
+    every adapted layer returns ``W h + s (h A) B`` (Flax method interception).
+
+    Oracle for :func:`lora_merge` in tests; the zoo trains through the merged form.
+    """
+    targets = _lora_targets(params)
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        name = "/".join(context.module.path)
+        if context.method_name != "__call__" or name not in adapters:
+            return out
+        h = args[0]
+        n_in = targets[name][1]
+        flat = h.reshape(h.shape[: h.ndim - n_in] + (-1,))
+        low = (flat @ adapters[name]["a"]) @ adapters[name]["b"]
+        return out + scale * low.reshape(out.shape)
+
+    with nn.intercept_methods(interceptor):
+        return network.logits_fn(params, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRANetwork(nets.Network):
+    """A network trained through LoRA adapters: variables ``{"params": adapters, "lora_base": base}``.
+
+    The population trainer updates only ``params`` (the adapters); ``lora_base`` (the frozen source
+    weights, per model) passes through unchanged. Its logits are the merged model's.
+    """
+
+    scale: float = 1.0
+
+    @property
+    def label_ndim(self) -> int:
+        return self.base_label_ndim
+
+    base_label_ndim: int = 1
+
+    def logits_fn(self, params: PyTree, x: jax.Array) -> jax.Array:
+        return self.module.apply(lora_merge({"params": params["lora_base"]}, params["params"], self.scale), x)
+
+    def train_logits_fn(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, PyTree]:
+        return self.logits_fn(params, x), {}
+
+
+def _op_lora(inp: OpInput) -> PyTree:
+    rank, alpha = int(inp.shared("rank")), float(inp.shared("alpha"))
+    scale = alpha / rank
+    src = nets.unstack(inp.sources)
+    adapters = [lora_init(s, rank, k) for s, k in zip(src, inp.keys)]
+    net = LoRANetwork(
+        inp.network.name,
+        inp.network.module,
+        inp.network.input_shape,
+        inp.network.taps,
+        scale=scale,
+        base_label_ndim=inp.network.label_ndim,
+    )
+    init = nets.stack([{"params": a, "lora_base": s["params"]} for a, s in zip(adapters, src)])
+    trained = _train(dataclasses.replace(inp, network=net), init)
+    merged = [lora_merge({"params": t["lora_base"]}, t["params"], scale) for t in nets.unstack(trained)]
+    return nets.stack(merged)
+
+
+class LMPermuteParts(enum.Enum):
+    """Which symmetries ``permute_lm`` draws (:data:`LM_PERMUTATION_PARTS` maps them to spec parts)."""
+
+    ALL = "all"  #: every symmetry of :func:`jaxlineage.permutations.transformer_lm_spec`
+    HEADS = "heads"  #: whole heads, and the dimensions inside each head (Q/K and V/O)
+    MLP = "mlp"  #: the MLP units of every block
+    RESIDUAL = "residual"  #: the residual stream's coordinates
+
+
+#: Which symmetries ``permute_lm`` draws: ``parts`` values and the spec parts they mean.
+LM_PERMUTATION_PARTS = {
+    "all": ("mlp", "heads", "qk", "vo", "residual"),
+    "heads": ("heads", "qk", "vo"),
+    "mlp": ("mlp",),
+    "residual": ("residual",),
+}
+
+
+def _op_permute_lm(inp: OpInput) -> PyTree:
+    from jaxlineage.permutations import transformer_lm_spec
+
+    spec = transformer_lm_spec(nets.unstack(inp.sources)[0], parts=LM_PERMUTATION_PARTS[inp.shared("parts")])
+    return _permute_population_fn(tuple(spec.items()))(inp.sources, inp.keys)
+
+
+register_op(
+    "lora",
+    _op_lora,
+    needs_source=True,
+    supports=("transformer_lm",),
+    defaults=dict(_TRAIN_DEFAULTS, rank=4, alpha=8.0),
+    static=_TRAIN_STATIC + ("rank", "alpha"),
+    enums={"optimizer": Optimizer},
+    output="source",
+)
+register_op(
+    "permute_lm",
+    _op_permute_lm,
+    needs_source=True,
+    supports=("transformer_lm",),
+    defaults=dict(seed=0, parts=LMPermuteParts.ALL.value),
+    static=("parts",),
+    enums={"parts": LMPermuteParts},
+    output="source",
+)
+
+
+# --------------------------------------------------------------------------- merge (two parents)
+
+
+def merge_params(a: PyTree, b: PyTree, weight: jax.Array | float) -> PyTree:
+    r"""Weighted average of two models' parameters: :math:`\theta = w\,\theta_a + (1 - w)\,\theta_b`.
+
+    The model-soup / task-arithmetic merge of two fine-tunes of one base (Wortsman et al., 2022);
+    it needs the two trees to share their units' order, which fine-tunes of one base do.
+    """
+    return jax.tree.map(lambda x, y: weight * x + (1.0 - weight) * y, a, b)
+
+
+def _op_merge(inp: OpInput) -> PyTree:
+    w = jnp.asarray(inp.per_model("weight"), jnp.float32)
+    return jax.vmap(merge_params)(inp.sources, inp.partners, w)
+
+
+register_op(
+    "merge",
+    _op_merge,
+    needs_source=True,
+    needs_partner=True,
+    defaults=dict(seed=0, weight=0.5),
     output="source",
 )

@@ -159,6 +159,9 @@ class Group:
         :class:`jaxlineage.nets.Arch` or a registered name.
       kind: derivation kind for evaluation tables (default: ``op``), e.g. ``"extract_l"``.
       tags: free labels, e.g. ``("positive",)``, ``("pool",)``.
+      partner: a second source group, for operations with two parents (``merge``): each model of
+        ``source`` is paired with the model of ``partner`` that has the same parent and the same
+        position among that parent's kept models there; the new model records both as parents.
     """
 
     name: str
@@ -174,6 +177,7 @@ class Group:
     role: Role | str | None = None
     kind: str | None = None
     tags: tuple[str, ...] = ()
+    partner: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "arch", enum_value(self.arch))
@@ -232,6 +236,17 @@ def point_suffix(group: Group, hp: Mapping[str, Any]) -> str:
             v = hp[k]
             parts.append(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}")
     return "-".join(parts)
+
+
+def _check_partner(g: Group, op, by: Mapping[str, Group]) -> None:
+    """A two-parent operation names an existing partner group; any other names none."""
+    if op.needs_partner != (g.partner is not None):
+        raise ZooError(
+            f"group {g.name!r}: operation {g.op!r} "
+            + ("needs a partner group (a second source)" if op.needs_partner else "takes no partner group")
+        )
+    if g.partner is not None and (g.partner not in by or g.partner == g.name):
+        raise ZooError(f"group {g.name!r}: unknown partner group {g.partner!r}; groups: {sorted(by)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +317,7 @@ class GraphSpec:
                 )
             if g.source is not None and g.source not in by:
                 raise ZooError(f"group {g.name!r}: unknown source group {g.source!r}; groups: {names}")
+            _check_partner(g, op, by)
             if g.task is not None and g.task not in tnames:
                 raise ZooError(f"group {g.name!r}: unknown task {g.task!r}; tasks: {tnames}")
             if g.source is None and g.task is None:
@@ -359,13 +375,16 @@ class GraphSpec:
                 )
 
     def _check_acyclic(self, by: Mapping[str, Group]) -> None:
+        def walk(name: str, seen: list[str]) -> None:
+            for nxt in (by[name].source, by[name].partner):
+                if nxt is None:
+                    continue
+                if nxt in seen:
+                    raise ZooError(f"group {seen[0]!r}: the source links form a cycle {' -> '.join(seen + [nxt])}")
+                walk(nxt, seen + [nxt])
+
         for g in self.groups:
-            seen, cur = [g.name], by[g.name].source
-            while cur is not None:
-                if cur in seen:
-                    raise ZooError(f"group {g.name!r}: the source links form a cycle {' -> '.join(seen + [cur])}")
-                seen.append(cur)
-                cur = by[cur].source
+            walk(g.name, [g.name])
 
     def _merged(self, g: Group, hp: Mapping[str, Any]) -> dict:
         out = dict(ops_lib.OPERATIONS[g.op].defaults)
@@ -410,14 +429,16 @@ class GraphSpec:
 
     def generation(self, group: str) -> int:
         g = self.group(group)
-        return 0 if g.source is None else 1 + self.generation(g.source)
+        if g.source is None:
+            return 0
+        return 1 + max(self.generation(s) for s in (g.source, g.partner) if s is not None)
 
     def order(self) -> list[Group]:
         """Groups with every source before its derived groups, otherwise in the given order."""
         done, out = set(), []
         while len(out) < len(self.groups):
             for g in self.groups:
-                if g.name not in done and (g.source is None or g.source in done):
+                if g.name not in done and all(s is None or s in done for s in (g.source, g.partner)):
                     done.add(g.name)
                     out.append(g)
                     break
@@ -439,6 +460,9 @@ class GraphSpec:
     def to_json(self) -> dict:
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         d["kind"] = "graph"
+        for g in d["groups"]:  # one-parent groups store no partner: spec.json files written before it stay equal
+            if g.get("partner") is None:
+                g.pop("partner", None)
         return d
 
     @classmethod
@@ -454,6 +478,7 @@ class GraphSpec:
             g["grid"] = tuple((k, tuple(_norm_value(v) for v in vs)) for k, vs in g["grid"])
             g["arch_kwargs"] = tuple((k, _norm_value(v)) for k, v in g["arch_kwargs"])
             g["tags"] = tuple(g.get("tags", ()))
+            g.setdefault("partner", None)
             groups.append(Group(**g))
         return cls(tasks=tasks, groups=tuple(groups), **d)
 

@@ -11,7 +11,18 @@ from jaxlineage import data as data_lib
 from jaxlineage.zoo._base import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec
 
-__all__ = ["DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "PROVENANCE_TINY", "QUICK", "SPECS", "TINY", "TREE_QUICK"]
+__all__ = [
+    "DNA_QUICK",
+    "LM_QUICK",
+    "LM_TINY",
+    "PAPER_FC",
+    "PROVENANCE_QUICK",
+    "PROVENANCE_TINY",
+    "QUICK",
+    "SPECS",
+    "TINY",
+    "TREE_QUICK",
+]
 
 
 def _emb(name, classes, **kw):
@@ -434,3 +445,120 @@ def _tree_quick() -> GraphSpec:
 TREE_QUICK = _tree_quick()
 
 SPECS = {s.name: s for s in (TINY, QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, DNA_QUICK, TREE_QUICK)}
+
+
+# --------------------------------------------------------------------------- LM_QUICK
+
+#: LM_QUICK's transformer: 2 pre-LN blocks, width 32, 4 heads, MLP 128, byte tokens, 64-byte windows.
+LM_ARCH = (("d_model", 32), ("num_heads", 4), ("num_layers", 2), ("mlp_dim", 128), ("max_len", 64))
+_LM_ADAM = dict(optimizer=Optimizer.ADAM, batch_size=32)
+
+
+def _lm_quick(
+    name: str = "lm_quick",
+    *,
+    bases: int = 6,
+    seq_len: int = 64,
+    n_pre: int = 3200,
+    n_ft: int = 1600,
+    pre_epochs: int = 3,
+    arch: tuple = LM_ARCH,
+    student: tuple | None = None,
+) -> GraphSpec:
+    """Language-model lineage: ``bases`` byte-level LMs pretrained on the stdlib's code from independent
+    initialisations and data orders, each derived by every LM operation. A base's derived models are its
+    positives; the same recipes applied to the other, independently pretrained bases are its negatives."""
+    t = f"@{seq_len}"
+    tasks = (
+        Task("code", f"stdlib{t}", tuple(range(256)), n_train=n_pre),  # pretraining: top-level stdlib modules
+        Task("prose", f"pydoc{t}", tuple(range(256)), n_train=n_ft),  # fine-tuning: the reference docs
+        Task("net", f"stdlib_net{t}", tuple(range(256)), n_train=n_ft),  # fine-tuning: email/http/json/...
+        Task("async", f"stdlib_async{t}", tuple(range(256)), n_train=2 * n_ft),  # continued pretraining
+    )
+    arch_kw = tuple(arch)
+    half = ("d_model", "mlp_dim")
+    small = student if student is not None else tuple((k, v // 2 if k in half else v) for k, v in arch)
+    g = lambda n, op, **kw: Group(n, op, source="base", prefix=f"{n}-", tags=("derived",), **kw)  # noqa: E731
+    keep = dict(params=TrainParams.ALL, head=HeadMode.KEEP)
+    groups = [
+        Group(
+            "base",
+            "train",
+            task="code",
+            arch="transformer_lm",
+            arch_kwargs=arch_kw,
+            grid=dict(_LM_ADAM, lr=3e-3, epochs=pre_epochs, seed=tuple(range(bases))),
+            prefix="base-",
+            kind="source",
+            tags=("source",),
+        ),
+        g("ft", "finetune", task="prose", kind="finetune_all", grid=dict(_LM_ADAM, lr=1e-3, epochs=1, **keep)),
+        g("ft_net", "finetune", task="net", kind="finetune_all", grid=dict(_LM_ADAM, lr=1e-3, epochs=1, **keep)),
+        g("lora", "lora", task="prose", kind="lora", grid=dict(_LM_ADAM, lr=3e-3, epochs=1, rank=4, alpha=8.0)),
+        g("cpt", "finetune", task="async", kind="continued_pretrain", grid=dict(_LM_ADAM, lr=3e-3, epochs=1, **keep)),
+        g("prune", "prune", kind="prune", grid=dict(sparsity=0.5, scope=PruneScope.GLOBAL)),
+        g("int8", "perturb", kind="perturb_int8", grid=dict(kind=PerturbKind.INT8)),
+        g(
+            "distill",
+            "distill",
+            task="prose",
+            kind="distill_same",
+            arch="transformer_lm",
+            arch_kwargs=arch_kw,
+            grid=dict(_LM_ADAM, lr=3e-3, epochs=2, mode=DistillMode.SOFT, temperature=2.0, alpha=0.9),
+        ),
+        g(
+            "distill_small",
+            "distill",
+            task="prose",
+            kind="distill_small",
+            arch="transformer_lm",
+            arch_kwargs=small,
+            grid=dict(_LM_ADAM, lr=3e-3, epochs=2, mode=DistillMode.SOFT, temperature=2.0, alpha=0.9),
+        ),
+        g("perm_heads", "permute_lm", kind="permute_heads", grid=dict(parts="heads")),
+        g("perm_mlp", "permute_lm", kind="permute_mlp", grid=dict(parts="mlp")),
+        g("perm_residual", "permute_lm", kind="permute_residual", grid=dict(parts="residual")),
+        Group(
+            "merge",
+            "merge",
+            source="ft",
+            partner="ft_net",
+            kind="merge",
+            prefix="merge-",
+            tags=("derived",),
+            grid=dict(weight=0.5),
+        ),
+    ]
+    return GraphSpec(
+        name,
+        tasks,
+        tuple(groups),
+        max_population=16,
+        seed=0,
+        notes="byte-level transformer LMs on CPython's own text; recipes in the LM section of BUILD_NOTES.md",
+    )
+
+
+#: Language-model lineage (see :func:`_lm_quick`): 6 bases pretrained on the stdlib's top-level modules
+#: (300 Adam steps of 32 x 64 bytes); from each: ``ft`` (all weights, pydoc prose), ``ft_net`` (all weights,
+#: the email/http/json/... packages), ``lora`` (rank 4, merged), ``cpt`` (continued pretraining on
+#: asyncio/concurrent/multiprocessing), ``prune`` (50 %, global magnitude), ``int8``, ``distill`` /
+#: ``distill_small`` (soft logits at T = 2 into a fresh student of the same / half width), ``perm_heads``,
+#: ``perm_mlp``, ``perm_residual`` (function-preserving) and ``merge`` (the average of ``ft`` and ``ft_net``
+#: of one base: two parents). ``python -m jaxlineage.zoo --spec lm_quick --workdir /tmp/lmq``: 21 min at load ~23
+#: on 2 shared cores (219 s of CPU time, so a few minutes idle; idle not measured).
+LM_QUICK = _lm_quick()
+
+#: The tests' LM zoo: LM_QUICK's groups at toy sizes (2 bases, width 16, 16-byte windows); ~4.5 min at load ~20.
+LM_TINY = _lm_quick(
+    "lm_tiny",
+    bases=2,
+    seq_len=16,
+    n_pre=512,
+    n_ft=64,
+    pre_epochs=2,
+    arch=(("d_model", 16), ("num_heads", 2), ("num_layers", 2), ("mlp_dim", 32), ("max_len", 16)),
+)
+
+SPECS.update({s.name: s for s in (LM_QUICK, LM_TINY)})

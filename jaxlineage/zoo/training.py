@@ -21,7 +21,7 @@ import optax
 from jaxlineage import nets
 from jaxlineage.zoo._base import Optimizer, PyTree, ZooError
 
-__all__ = ["population_accuracy", "population_logits", "train_population"]
+__all__ = ["population_accuracy", "population_logits", "population_predictions", "train_population"]
 
 
 def _cross_entropy(logits, labels):
@@ -125,7 +125,7 @@ def _train_epoch(
         (variables, state), losses = jax.lax.scan(step, (variables, state), order)
         return variables, state, losses.mean()
 
-    y_axis = 0 if y.ndim == 2 else None
+    y_axis = 0 if y.ndim == network.label_ndim + 1 else None
     if sequential:
 
         def body(args):
@@ -164,7 +164,7 @@ def train_population(
       init_params: stacked initial variables ``[P, ...]``.
       x: training inputs ``[N, ...]`` (put on device once, shared).
       y: labels ``[N]`` shared by all models, or ``[P, N]`` per model (e.g. each
-        student's teacher's argmax).
+        student's teacher's argmax); for language models ``[N, T]`` / ``[P, N, T]`` next tokens.
       lrs, seeds: per-model learning rate and data-order seed, length ``P``.
       batch_size, epochs: shared by the population (drop-remainder batches).
       on_epoch: optional ``on_epoch(epoch, mean losses [P])``.
@@ -190,8 +190,12 @@ def train_population(
     if steps < 1:
         raise ZooError(f"batch_size {batch_size} exceeds the {n} training examples")
     y = np.asarray(y)
-    if y.shape not in ((n,), (p, n)):
-        raise ZooError(f"labels of shape {y.shape} for {n} examples and {p} models (want [N] or [P, N])")
+    k = network.label_ndim  # 1 for classifiers ([N]); 2 for language models ([N, T])
+    shared, per_model = y.ndim == k and y.shape[0] == n, y.ndim == k + 1 and y.shape[:2] == (p, n)
+    if not (shared or per_model):
+        raise ZooError(
+            f"labels of shape {y.shape} for {n} examples and {p} models (want [N, ...] or [P, N, ...] of rank {k})"
+        )
     optimizer = Optimizer(optimizer)
     tx = _optimizer(optimizer, float(momentum), float(weight_decay))
     opt_state = jax.vmap(lambda v: tx.init(v["params"]))(init_params)
@@ -233,6 +237,18 @@ def population_logits(
     (``sequential``: one model after another, see :func:`train_population`)."""
     out = [
         np.asarray(_logits(network, params, jnp.asarray(x[s : s + chunk]), sequential)) for s in range(0, len(x), chunk)
+    ]
+    return np.concatenate(out, axis=1)
+
+
+def population_predictions(network: nets.Network, params: PyTree, x, *, tokens: int = 4096, sequential=False):
+    """Argmax predictions ``[P, N, ...]`` of a stacked population, in chunks of about ``tokens`` outputs
+    per model (a language model's logits ``[P, N, T, V]`` are never held whole)."""
+    per_example = int(np.prod(np.shape(x)[1:])) if network.label_ndim > 1 else 1
+    chunk = max(1, tokens // max(per_example, 1)) if network.label_ndim > 1 else 2048
+    out = [
+        np.asarray(_logits(network, params, jnp.asarray(x[s : s + chunk]), sequential).argmax(-1))
+        for s in range(0, len(x), chunk)
     ]
     return np.concatenate(out, axis=1)
 
