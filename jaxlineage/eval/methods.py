@@ -131,6 +131,9 @@ class DetectorScorer(Scorer):
         ``no_parent`` follows the training labels.
       epochs, batch_size, learning_rate, decay_rate, eval_chunk: see :func:`jaxlineage.detector.train`.
       val_fraction: share of the training queries held out for epoch selection.
+      balance_no_parent: in an open-set fit, repeat the training queries of the rarer side
+        ("no parent" or "has a parent") until both sides count as many examples per epoch
+        (:func:`_balanced_no_parent`), so the "no parent" logit is not learnt from a rare class.
       detector: the fitted :class:`~jaxlineage.detector.Detector` (``None`` before :meth:`fit`).
 
     References:
@@ -149,6 +152,7 @@ class DetectorScorer(Scorer):
     decay_rate: float = 0.7
     eval_chunk: int = 64
     val_fraction: float = 0.125
+    balance_no_parent: bool = False
     detector: detector_lib.Detector | None = None
 
     learned: ClassVar[bool] = True
@@ -195,6 +199,7 @@ class DetectorScorer(Scorer):
             learning_rate=self.learning_rate,
             decay_rate=self.decay_rate,
             val_fraction=self.val_fraction,
+            balance_no_parent=self.balance_no_parent,
             module=detector_lib.module_config(self.module or detector_lib.LineageDetector()),
         )
 
@@ -338,6 +343,8 @@ class DetectorScorer(Scorer):
         """Trains on prepared examples (train / validation); returns the fitted scorer."""
         module = self.module or detector_lib.LineageDetector()
         module = module.clone(no_parent=train.open_set or val.open_set)
+        if self.balance_no_parent and train.open_set:
+            train = train.take(_balanced_no_parent(train.labels, train.num_candidates))
         det = detector_lib.train(
             train,
             val,
@@ -443,6 +450,21 @@ class DetectorScorer(Scorer):
         if keep:
             out[:, keep] = self._scores(self.logits(candidates, queries.take(keep), probe=probe), len(candidates))
         return out
+
+
+def _balanced_no_parent(labels: np.ndarray, k: int) -> np.ndarray:
+    """Indices of ``labels`` with the rarer side ("no parent" = ``k``, or a parent) repeated to the other's size.
+
+    Both sides are kept whole; the rarer one is cycled (``np.resize``) up to the larger count, so
+    an epoch sees as many "no parent" examples as examples with a parent. With one side empty the
+    indices are unchanged.
+    """
+    labels = np.asarray(labels)
+    none, known = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
+    if not len(none) or not len(known):
+        return np.arange(len(labels))
+    n = max(len(none), len(known))
+    return np.sort(np.concatenate([np.resize(none, n), np.resize(known, n)]))
 
 
 def _as_set(models: ModelSet | Population) -> ModelSet:
