@@ -122,11 +122,8 @@ def closed_set(z, args, protocol) -> dict:
     for r in results:
         per_fold = r.metrics.get("accuracy", {}).get("values")
         out[r.scorer] = {"accuracy": r.metrics.get("accuracy"), "per_fold": per_fold, "wall_s": r.details.get("wall_s")}
-    lf = {
-        k: v
-        for k, v in out.items()
-        if k not in (det.name, "weight_l2", "weight_cosine", "output_agreement", "output_kl")
-    }
+    fixed = {det.name, *(b.name for b in scorers.baselines())}
+    lf = {k: v for k, v in out.items() if k not in fixed}
     best_lf = max(lf, key=lambda k: (lf[k]["accuracy"] or {}).get("mean", -1)) if lf else None
     return dict(
         scenario=scen.name,
@@ -160,7 +157,8 @@ def open_set(z, args, protocol) -> dict:
     key = jax.random.key(protocol["seed"])
     fold_idx = protocols.folds(scen.split_keys, protocol["folds"], key=key)
     det = DetectorScorer(**protocol["detector"])
-    kinds = np.array(["independent" if k.startswith("independent") else "child" for k in scen.kinds])
+    independents = {r.id for r in z.group("independent")}
+    kinds = np.array(["independent" if q in independents else "child" for q in scen.queries.ids])
     tally = collections.Counter()
     folds_out = []
     for f, test in enumerate(fold_idx):
@@ -169,10 +167,11 @@ def open_set(z, args, protocol) -> dict:
         fitted = det.fit(scen.take_queries(train), key=jax.random.fold_in(key, f))
         st = fitted.score(scen.candidates, scen.queries.take(test), probe=scen.probe)
         wall = time.perf_counter() - t0
-        d = fitted.decide(st)
+        d = fitted.decide(st)  # the detector's own argmax (calibrate_no_parent is off)
         lab = scen.labels[test]
         known = lab != NO_PARENT
         margin = st.max(0)
+        dc = np.where(margin >= fitted.no_parent_threshold, st.argmax(0), NO_PARENT)  # calibrated on validation
         rec = dict(
             fold=f,
             wall_s=wall,
@@ -184,10 +183,17 @@ def open_set(z, args, protocol) -> dict:
             withheld_children_right=int(np.sum((d == NO_PARENT) & ~known & (kinds[test] == "child"))),
             independents=int(np.sum(~known & (kinds[test] == "independent"))),
             independents_right=int(np.sum((d == NO_PARENT) & ~known & (kinds[test] == "independent"))),
+            no_parent_threshold=fitted.no_parent_threshold,
+            calibrated_known_right=int(np.sum(dc[known] == lab[known])),
+            calibrated_withheld_children_right=int(np.sum((dc == NO_PARENT) & ~known & (kinds[test] == "child"))),
+            calibrated_independents_right=int(np.sum((dc == NO_PARENT) & ~known & (kinds[test] == "independent"))),
             margin_auc=metrics.roc_auc(margin[known], margin[~known]) if known.any() and (~known).any() else None,
             history=list(fitted.detector.history),
         )
         for k in (
+            "calibrated_known_right",
+            "calibrated_withheld_children_right",
+            "calibrated_independents_right",
             "known",
             "known_right",
             "known_closed_right",
@@ -209,6 +215,11 @@ def open_set(z, args, protocol) -> dict:
         counts=dict(tally),
         right_parent=tally["known_right"] / max(1, tally["known"]),
         right_no_parent=no_parent_right / max(1, no_parent),
+        calibrated_right_parent=tally["calibrated_known_right"] / max(1, tally["known"]),
+        calibrated_right_no_parent=(
+            tally["calibrated_withheld_children_right"] + tally["calibrated_independents_right"]
+        )
+        / max(1, no_parent),
         folds=folds_out,
         detector_cost_per_fold_s=float(np.mean([r["wall_s"] for r in folds_out])),
     )

@@ -362,3 +362,19 @@ def test_balanced_no_parent_counts_both_sides_equally():
     assert set(idx[picked != 3]) == {0, 1, 3, 4, 6}  # every known query exactly once
     assert sorted(idx[picked == 3]) == [2, 2, 2, 5, 5]  # the rarer side cycled
     np.testing.assert_array_equal(methods._balanced_no_parent(np.array([0, 1, 2]), 3), [0, 1, 2])
+
+
+def test_margin_threshold_maximises_balanced_accuracy():
+    # Separable: any cut between 0.5 and 1.0 is perfect; the midpoint of the tied range is chosen.
+    margin = np.array([-2.0, -1.0, 0.5, 1.0, 3.0])
+    known = np.array([False, False, False, True, True])
+    t = methods._margin_threshold(margin, known)
+    assert 0.5 < t < 1.0
+    # Brute force over a fine grid: no cut has a better balanced accuracy.
+    rng = np.random.default_rng(0)
+    margin, known = rng.normal(size=40), rng.random(40) < 0.6
+    margin[known] += 1.0
+    bal = lambda t: (np.mean(margin[known] >= t) + np.mean(margin[~known] < t)) / 2
+    t = methods._margin_threshold(margin, known)
+    assert bal(t) >= max(bal(c) for c in np.linspace(-4, 5, 2001)) - 1e-12
+    assert methods._margin_threshold(margin, np.ones(40, bool)) == 0.0
