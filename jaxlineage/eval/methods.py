@@ -430,7 +430,9 @@ class DetectorScorer(Scorer):
         logits minus the "no parent" logit, so a query is :data:`NO_PARENT` where no score reaches 0
         (NaN, an unreadable pair, never does). That logit is the head applied to the learned token,
         which is appended *after* the per-query standardisation: one constant ``v.u + b`` for every
-        query. ``None`` (closed-set figures only) for a detector trained without it.
+        query. With ``calibrate_no_parent`` the cut is ``no_parent_threshold`` (chosen on the
+        validation queries at :meth:`fit`) instead of 0. ``None`` (closed-set figures only) for a
+        detector trained without the "no parent" logit.
         """
         if self.detector is None or not self.detector.module.no_parent:
             return None
