@@ -9,8 +9,11 @@ writes one line with its cost (wall seconds, load average, models kept) to ``--o
 ``<workdir>/build_cost.json``. ``eval`` runs the protocol fixed in the module constant
 :data:`PROTOCOL` before any test fold was looked at (BUILD_NOTES: issue 26): closed-set identify
 over ``folds`` folds of the children (the detector fitted on the other folds), the weight-L2
-nearest parent and the learning-free rows on the same folds, and the open set with every
-fold's children of one withheld parent as parentless queries next to the independents.
+nearest parent and the learning-free rows on the same folds, and the open set: the parents of
+one initialisation withheld, their children and the independents as "no parent" queries, with
+counts of right answers (the detector's own ``decide`` and the validation-calibrated cut).
+``--parts closed`` / ``--parts open`` run one half (two processes can run them side by side).
+On the loaded 2-core CPU: zoo ~43 min, each half ~20 min (BUILD_NOTES: issue 26).
 """
 
 from __future__ import annotations
