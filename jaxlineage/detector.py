@@ -881,6 +881,7 @@ def train(
     learning_rate: float = 0.01,
     decay_rate: float = 0.7,
     eval_chunk: int = 64,
+    monitor: Examples | None = None,
 ) -> Detector:
     """Trains a detector with Adam and per-epoch step decay; keeps the best validation epoch.
 
@@ -907,6 +908,9 @@ def train(
       batch_size: children per step (paper: 16), capped at the training set size.
       learning_rate, decay_rate: Adam's initial rate and its per-epoch factor.
       eval_chunk: children per evaluation call (bounds memory).
+      monitor: optional examples (same kind as ``val_examples``) evaluated after every epoch and
+        recorded in the history as ``monitor_loss`` / ``monitor_accuracy``; they never choose the
+        epoch (for diagnostics: how a held-out set fares epoch by epoch).
 
     Returns:
       A :class:`Detector`.
@@ -921,10 +925,14 @@ def train(
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     _check_same_kind(train_examples, val_examples)
+    if monitor is not None:
+        _check_same_kind(train_examples, monitor)
     if module is None:
         module = LineageDetector(no_parent=train_examples.open_set or val_examples.open_set)
     _check_compatible(train_examples, module, "train")
     _check_compatible(val_examples, module, "val")
+    if monitor is not None:
+        _check_compatible(monitor, module, "monitor")
 
     n = len(train_examples)
     batch_size = min(batch_size, n)
@@ -933,6 +941,7 @@ def train(
     init_key, order_key = jax.random.split(key)
     state = init_state(module, train_examples, key=init_key, tx=tx)
     train_data, val_data = _device_arrays(train_examples), _device_arrays(val_examples)
+    monitor_data = None if monitor is None or len(monitor) == 0 else _device_arrays(monitor)
     val_labels = val_examples.labels
 
     history, best, best_score = [], None, None
@@ -960,6 +969,11 @@ def train(
                 val_accuracy=val_acc,
             )
         )
+        if monitor_data is not None:
+            m_loss, m_acc = _loss_accuracy(
+                _logits(module, variables, monitor_data, len(monitor), eval_chunk), monitor.labels
+            )
+            history[-1].update(monitor_loss=m_loss, monitor_accuracy=m_acc)
         log.info(
             "detector: epoch %d lr %.2e train loss %.4f acc %.3f | val loss %.4f acc %.3f",
             epoch,

@@ -333,3 +333,48 @@ def test_open_set_examples_need_the_no_parent_logit(examples):
     open_ex = examples.drop_parent(1)
     with pytest.raises(ValueError, match="no_parent=True"):
         detector.train(open_ex, open_ex, key=jax.random.key(0), module=detector.LineageDetector())
+
+
+def test_monitor_is_recorded_and_never_chooses_the_epoch():
+    ex = _synthetic_open_set(1, m=40)
+    kw = dict(
+        key=jax.random.key(0), epochs=3, batch_size=8, module=detector.LineageDetector(embed_dim=8, no_parent=True)
+    )
+    plain = detector.train(ex.take(np.arange(24)), ex.take(np.arange(24, 28)), **kw)
+    mon = detector.train(ex.take(np.arange(24)), ex.take(np.arange(24, 28)), monitor=ex.take(np.arange(28, 40)), **kw)
+    # Same training, same chosen epoch; the monitor only adds its figures to the history.
+    assert mon.best_epoch == plain.best_epoch
+    jax.tree.map(np.testing.assert_array_equal, mon.variables, plain.variables)
+    for h, p in zip(mon.history, plain.history):
+        assert {k: v for k, v in h.items() if not k.startswith("monitor_")} == p
+    # The last epoch's monitor accuracy is that of the last epoch's variables: with 1 epoch, the kept ones.
+    one = detector.train(
+        ex.take(np.arange(24)), ex.take(np.arange(24, 28)), monitor=ex.take(np.arange(28, 40)), **{**kw, "epochs": 1}
+    )
+    assert one.history[0]["monitor_accuracy"] == detector.assess(one, ex.take(np.arange(28, 40)))["accuracy"]
+
+
+def test_balanced_no_parent_counts_both_sides_equally():
+    labels = np.array([0, 1, 3, 2, 0, 3, 1])  # k = 3: two "no parent", five with a parent
+    idx = methods._balanced_no_parent(labels, 3)
+    picked = labels[idx]
+    assert np.sum(picked == 3) == np.sum(picked != 3) == 5
+    assert set(idx[picked != 3]) == {0, 1, 3, 4, 6}  # every known query exactly once
+    assert sorted(idx[picked == 3]) == [2, 2, 2, 5, 5]  # the rarer side cycled
+    np.testing.assert_array_equal(methods._balanced_no_parent(np.array([0, 1, 2]), 3), [0, 1, 2])
+
+
+def test_margin_threshold_maximises_balanced_accuracy():
+    # Separable: any cut between 0.5 and 1.0 is perfect; the midpoint of the tied range is chosen.
+    margin = np.array([-2.0, -1.0, 0.5, 1.0, 3.0])
+    known = np.array([False, False, False, True, True])
+    t = methods._margin_threshold(margin, known)
+    assert 0.5 < t < 1.0
+    # Brute force over a fine grid: no cut has a better balanced accuracy.
+    rng = np.random.default_rng(0)
+    margin, known = rng.normal(size=40), rng.random(40) < 0.6
+    margin[known] += 1.0
+    bal = lambda t: (np.mean(margin[known] >= t) + np.mean(margin[~known] < t)) / 2
+    t = methods._margin_threshold(margin, known)
+    assert bal(t) >= max(bal(c) for c in np.linspace(-4, 5, 2001)) - 1e-12
+    assert methods._margin_threshold(margin, np.ones(40, bool)) == 0.0

@@ -131,7 +131,15 @@ class DetectorScorer(Scorer):
         ``no_parent`` follows the training labels.
       epochs, batch_size, learning_rate, decay_rate, eval_chunk: see :func:`jaxlineage.detector.train`.
       val_fraction: share of the training queries held out for epoch selection.
+      balance_no_parent: in an open-set fit, repeat the training queries of the rarer side
+        ("no parent" or "has a parent") until both sides count as many examples per epoch
+        (:func:`_balanced_no_parent`), so the "no parent" logit is not learnt from a rare class.
+      calibrate_no_parent: :meth:`decide` answers "no parent" below ``no_parent_threshold``
+        (chosen on the validation queries) instead of below 0 (the detector's own argmax).
       detector: the fitted :class:`~jaxlineage.detector.Detector` (``None`` before :meth:`fit`).
+      no_parent_threshold: set by an open-set fit: the margin (best candidate logit minus the
+        "no parent" logit) that best separates the validation queries with a parent from those
+        without (:func:`_margin_threshold`); 0 when the validation split lacks one side.
 
     References:
       Yu & Wang, "Neural Lineage", CVPR 2024, Sec. 4 and supplement S2.5.
@@ -149,7 +157,10 @@ class DetectorScorer(Scorer):
     decay_rate: float = 0.7
     eval_chunk: int = 64
     val_fraction: float = 0.125
+    balance_no_parent: bool = False
+    calibrate_no_parent: bool = False
     detector: detector_lib.Detector | None = None
+    no_parent_threshold: float = 0.0
 
     learned: ClassVar[bool] = True
 
@@ -195,6 +206,8 @@ class DetectorScorer(Scorer):
             learning_rate=self.learning_rate,
             decay_rate=self.decay_rate,
             val_fraction=self.val_fraction,
+            balance_no_parent=self.balance_no_parent,
+            calibrate_no_parent=self.calibrate_no_parent,
             module=detector_lib.module_config(self.module or detector_lib.LineageDetector()),
         )
 
@@ -338,6 +351,8 @@ class DetectorScorer(Scorer):
         """Trains on prepared examples (train / validation); returns the fitted scorer."""
         module = self.module or detector_lib.LineageDetector()
         module = module.clone(no_parent=train.open_set or val.open_set)
+        if self.balance_no_parent and train.open_set:
+            train = train.take(_balanced_no_parent(train.labels, train.num_candidates))
         det = detector_lib.train(
             train,
             val,
@@ -349,7 +364,12 @@ class DetectorScorer(Scorer):
             decay_rate=self.decay_rate,
             eval_chunk=self.eval_chunk,
         )
-        return dataclasses.replace(self, detector=det)
+        threshold = 0.0
+        if module.no_parent and len(val):
+            logits = detector_lib.predict_logits(det, val, chunk=self.eval_chunk)
+            k = val.num_candidates
+            threshold = _margin_threshold(logits[:, :k].max(1) - logits[:, k], val.labels != k)
+        return dataclasses.replace(self, detector=det, no_parent_threshold=threshold)
 
     def fit(self, train: Scenario, *, key: jax.Array, validation: Scenario | None = None) -> DetectorScorer:
         """Fits on ``train``'s queries (labels = ``train.labels``); returns the fitted scorer.
@@ -410,12 +430,15 @@ class DetectorScorer(Scorer):
         logits minus the "no parent" logit, so a query is :data:`NO_PARENT` where no score reaches 0
         (NaN, an unreadable pair, never does). That logit is the head applied to the learned token,
         which is appended *after* the per-query standardisation: one constant ``v.u + b`` for every
-        query. ``None`` (closed-set figures only) for a detector trained without it.
+        query. With ``calibrate_no_parent`` the cut is ``no_parent_threshold`` (chosen on the
+        validation queries at :meth:`fit`) instead of 0. ``None`` (closed-set figures only) for a
+        detector trained without the "no parent" logit.
         """
         if self.detector is None or not self.detector.module.no_parent:
             return None
         s = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
-        return np.where(s.max(axis=0) >= 0, s.argmax(axis=0), NO_PARENT)
+        t = self.no_parent_threshold if self.calibrate_no_parent else 0.0
+        return np.where(s.max(axis=0) >= t, s.argmax(axis=0), NO_PARENT)
 
     def score(
         self, candidates: ModelSet, queries: ModelSet, *, probe: np.ndarray, unreadable: str = "raise"
@@ -443,6 +466,37 @@ class DetectorScorer(Scorer):
         if keep:
             out[:, keep] = self._scores(self.logits(candidates, queries.take(keep), probe=probe), len(candidates))
         return out
+
+
+def _margin_threshold(margin: np.ndarray, known: np.ndarray) -> float:
+    """The cut ``t`` (answer "has a parent" where ``margin >= t``) with the best balanced accuracy.
+
+    Candidates are the midpoints between consecutive sorted margins (and one below / above all);
+    ties go to the cut nearest the middle of the tied range. ``0.0`` when one side is empty.
+    """
+    margin, known = np.asarray(margin, np.float64), np.asarray(known, bool)
+    if known.all() or not known.any():
+        return 0.0
+    m = np.sort(np.unique(margin))
+    cuts = np.concatenate([[m[0] - 1.0], (m[:-1] + m[1:]) / 2, [m[-1] + 1.0]])
+    bal = np.array([(np.mean(margin[known] >= t) + np.mean(margin[~known] < t)) / 2 for t in cuts])
+    best = np.flatnonzero(bal == bal.max())
+    return float(cuts[best[len(best) // 2]])
+
+
+def _balanced_no_parent(labels: np.ndarray, k: int) -> np.ndarray:
+    """Indices of ``labels`` with the rarer side ("no parent" = ``k``, or a parent) repeated to the other's size.
+
+    Both sides are kept whole; the rarer one is cycled (``np.resize``) up to the larger count, so
+    an epoch sees as many "no parent" examples as examples with a parent. With one side empty the
+    indices are unchanged.
+    """
+    labels = np.asarray(labels)
+    none, known = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
+    if not len(none) or not len(known):
+        return np.arange(len(labels))
+    n = max(len(none), len(known))
+    return np.sort(np.concatenate([np.resize(none, n), np.resize(known, n)]))
 
 
 def _as_set(models: ModelSet | Population) -> ModelSet:

@@ -406,8 +406,17 @@ class WeightCosine(Scorer):
 
 @functools.partial(jax.jit, static_argnames=("logits_fn",))
 def _log_probs(logits_fn, params, x):
-    """``[P, N, C]`` log-softmax outputs, one model at a time."""
-    return jax.lax.map(lambda p: jax.nn.log_softmax(logits_fn(p, x).reshape(x.shape[0], -1), axis=-1), params)
+    """``[P, R, C]`` log-softmax outputs over the last axis, one model at a time.
+
+    ``R = N`` for a classifier's ``[N, C]`` logits; a language model's ``[N, T, V]`` next-token logits
+    give ``R = N T`` rows (one distribution per position).
+    """
+
+    def one(p):
+        logits = logits_fn(p, x)
+        return jax.nn.log_softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
+
+    return jax.lax.map(one, params)
 
 
 @jax.jit
