@@ -299,3 +299,34 @@ def test_identify_breaks_ties_at_the_p_value_floor_by_the_statistics(user_models
     ident = jl.identify(q, cands, data=x[:64], num_permutations=49, tests=[])
     assert np.allclose(ident.pvalues[:, 0], 1 / 50)  # both at the floor
     assert ident.parents == ["parent"]
+
+
+class TinyLM(nn.Module):
+    """A causal transformer language model defined here (not in jaxlineage.nets): tokens [N, T] -> [N, T, V]."""
+
+    vocab: int = 32
+    dim: int = 16
+
+    @nn.compact
+    def __call__(self, tokens):
+        h = nn.Embed(self.vocab, self.dim, name="embed")(tokens)
+        mask = nn.make_causal_mask(tokens)
+        h = h + nn.MultiHeadDotProductAttention(num_heads=2, name="attn")(nn.LayerNorm(name="ln1")(h), mask=mask)
+        h = h + nn.Dense(self.dim, name="mlp_out")(nn.gelu(nn.Dense(32, name="mlp_in")(nn.LayerNorm(name="ln2")(h))))
+        return nn.Dense(self.vocab, name="head")(nn.LayerNorm(name="ln_f")(h))
+
+
+def test_verify_answers_on_a_language_model_defined_in_the_test():
+    tokens = jax.random.randint(jax.random.key(0), (32, 12), 0, 32)
+    init = lambda s: TinyLM().init(jax.random.key(s), tokens[:1])
+    src = init(1)
+    copy = jax.tree.map(lambda w, n: w + 0.02 * n, src, init(99))  # a lightly perturbed copy (e.g. a fine-tune)
+    lm = lambda trees, ids: Models.from_linen(TinyLM(), trees, ids=ids, taps=("attn",), example=tokens[:2])
+    refs = lm([init(100 + i) for i in range(39)], [f"ref{i}" for i in range(39)])
+    v = jl.verify(lm([src], ["base"]), lm([copy, init(2)], ["copy", "other"]), data=tokens, references=refs)
+    assert v.pair("base", "copy").derived is True
+    assert v.pair("base", "other").derived is False
+    weight = next(e for e in v.pair("base", "copy").evidence if e.test == "weight-perm")
+    assert not weight.applies and "spec" in weight.note  # attention is no Dense chain: said, not guessed
+    kl = next(e for e in v.pair("base", "copy").evidence if e.test == "output-kl")
+    assert kl.pvalue == pytest.approx(1 / 40)
