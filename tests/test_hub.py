@@ -1,0 +1,257 @@
+"""jaxlineage.hub: permutation-invariant fingerprints, the FAISS index on disk, stage-3 verification."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlineage import hub, nets
+from jaxlineage import permutations as perm_lib
+from jaxlineage.eval.core import NO_PARENT, ModelSet, Population
+from jaxlineage.eval.pvalues import CalibratedScorer, holm, open_set_decisions
+
+FEATURES = (16, 8)
+
+
+def _pop(params_list, ids, network, arch=None):
+    return Population(
+        ids=tuple(ids),
+        params=nets.stack(params_list),
+        logits_fn=network.logits_fn,
+        feature_fns={t: network.feature_fn(t) for t in network.taps},
+        arch=arch or network.name,
+    )
+
+
+@pytest.fixture(scope="module")
+def net():
+    return nets.make("mlp", 5, features=FEATURES)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return np.asarray(jax.random.uniform(jax.random.key(9), (32, 28, 28, 1)), np.float32)
+
+
+@pytest.fixture(scope="module")
+def family(net):
+    """12 roots, and of each root a permuted copy and a perturbed (noise 5 %) copy: 36 models."""
+    rng = np.random.default_rng(0)
+    roots = [jax.tree.map(np.asarray, net.init(jax.random.key(i))) for i in range(12)]
+    spec = perm_lib.permutation_spec(net, roots[0])
+    perms = [
+        jax.tree.map(np.asarray, perm_lib.apply_permutations(r, spec, [rng.permutation(u) for u, _ in spec.values()]))
+        for r in roots
+    ]
+    noisy = [
+        jax.tree.map(lambda w: w + 0.05 * np.std(w) * rng.standard_normal(w.shape).astype(w.dtype), r) for r in roots
+    ]
+    ids = [f"root{i}" for i in range(12)] + [f"perm{i}" for i in range(12)] + [f"noisy{i}" for i in range(12)]
+    return _pop(roots + perms + noisy, ids, net), spec
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+@pytest.mark.parametrize("kind", ["logits", "weights", "weights_projected", "concat"])
+def test_fingerprints_invariant_under_permutation_specs(kind, net, probe, family):
+    pop, spec = family
+    fps = {
+        "logits": lambda: hub.LogitFingerprint(probe, dim=16),
+        "weights": lambda: hub.WeightFingerprint(),
+        "weights_projected": lambda: hub.WeightFingerprint(dim=12, seed=3),
+        "concat": lambda: hub.ConcatFingerprint([hub.LogitFingerprint(probe, dim=8), hub.WeightFingerprint()], [1, 2]),
+    }
+    fp = fps[kind]()
+    v = fp(pop)
+    assert v.shape == (36, fp.dim) and v.dtype == np.float32
+    roots, perms, noisy = v[:12], v[12:24], v[24:]
+    scale = np.linalg.norm(roots, axis=1).mean()
+    # every permuted copy lands on its root (up to float32 reassociation), ...
+    np.testing.assert_allclose(perms, roots, atol=1e-4 * scale)
+    # ... while fingerprints are not trivially constant: distinct roots are far apart
+    d_roots = np.linalg.norm(roots[:, None] - roots[None], axis=-1)[np.triu_indices(12, 1)]
+    assert d_roots.min() > 100 * np.abs(perms - roots).max()
+    # a 5 % perturbation stays nearer its root than any other root
+    d_noisy = np.linalg.norm(noisy[:, None] - roots[None], axis=-1)
+    assert (d_noisy.argmin(1) == np.arange(12)).all()
+
+
+def test_weight_fingerprint_is_singular_values_and_sorted_norms(net):
+    p = net.init(jax.random.key(0))
+    pop = _pop([p], ["m"], net)
+    v = hub.WeightFingerprint()(pop)[0]
+    parts = []
+    for name in ("dense1", "dense2", "head"):
+        k = np.asarray(p["params"][name]["kernel"])
+        b = np.asarray(p["params"][name]["bias"])
+        # tree order: bias before kernel
+        parts += [np.sort(b), np.linalg.svd(k, compute_uv=False), np.sort(np.linalg.norm(k, axis=0))]
+    np.testing.assert_allclose(v, np.concatenate(parts), rtol=1e-5, atol=1e-6)
+
+
+def test_logit_fingerprint_is_projected_centred_logits(net, probe):
+    p = net.init(jax.random.key(1))
+    fp = hub.LogitFingerprint(probe, dim=7, seed=5)
+    z = np.asarray(net.logits_fn(p, probe))
+    z = (z - z.mean(-1, keepdims=True)).reshape(-1)
+    r = np.random.default_rng(5).standard_normal((z.size, 7)) / np.sqrt(7)
+    np.testing.assert_allclose(fp(_pop([p], ["m"], net))[0], z @ r, rtol=1e-4, atol=1e-4)
+
+
+def test_fingerprint_names_the_model_with_non_finite_weights(net):
+    p = net.init(jax.random.key(0))
+    bad = jax.tree.map(lambda a: a, p)
+    bad["params"]["dense1"]["kernel"] = bad["params"]["dense1"]["kernel"].at[0, 0].set(np.nan)
+    with pytest.raises(hub.HubError, match="'broken'.*dense1"):
+        hub.WeightFingerprint()(_pop([p, bad], ["ok", "broken"], net))
+
+
+# --------------------------------------------------------------------------- the index
+
+
+@pytest.mark.parametrize("kind,shards", [("flat", 1), ("flat", 3), ("ivf", 1), ("hnsw", 2)])
+def test_index_finds_permuted_copies_and_save_load_is_identical(kind, shards, probe, family, tmp_path):
+    pop, _ = family
+    index = hub.Index(hub.LogitFingerprint(probe, dim=16), kind=kind, shards=shards, nlist=2, nprobe=2, chunk=10)
+    index.build(pop, progress=False)
+    assert len(index) == 36
+    queries = pop.take(range(12, 24))  # the permuted copies
+    res = index.search(queries, k=3, exclude={f"perm{i}": [f"perm{i}"] for i in range(12)})
+    assert [r[0] for r in res.ids] == [f"root{i}" for i in range(12)]
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["ids"] == list(pop.ids) and manifest["settings"]["kind"] == kind
+    loaded = hub.Index.load(tmp_path / "idx")
+    res2 = loaded.search(queries, k=3, exclude={f"perm{i}": [f"perm{i}"] for i in range(12)})
+    assert res2.ids == res.ids
+    np.testing.assert_array_equal(res2.distances, res.distances)
+    assert not list(tmp_path.glob(".tmp-*"))  # atomic write left nothing behind
+
+
+def test_flat_index_equals_brute_force(probe, family):
+    pop, _ = family
+    fp = hub.LogitFingerprint(probe, dim=16)
+    pop = pop.take(list(range(12)) + list(range(24, 36)))  # no permuted copy: no exact ties
+    index = hub.Index(fp, kind="flat", shards=2).build(pop, progress=False)
+    v = fp(pop)
+    d, pos = index.search_vectors(v[:5], 4)
+    brute = ((v[:5, None] - v[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(pos, np.argsort(brute, axis=1, kind="stable")[:, :4])
+    np.testing.assert_allclose(d, np.sort(brute, axis=1)[:, :4], rtol=1e-4, atol=1e-4)
+
+
+def test_add_extends_the_index(probe, family):
+    pop, _ = family
+    index = hub.Index(hub.WeightFingerprint(), kind="flat", shards=2).build(pop.take(range(24)), progress=False)
+    index.add(pop.take(range(24, 36)), progress=False)
+    assert len(index) == 36
+    res = index.search(pop.take([30]), k=1)
+    assert res.ids[0] == ("noisy6",)
+    with pytest.raises(hub.HubError, match="already indexed"):
+        index.add(pop.take([0]), progress=False)
+
+
+class _CountingSource:
+    """A model source that counts loaded models and can fail after some chunks (a killed build)."""
+
+    def __init__(self, pop, fail_after=None):
+        self.pop, self.ids, self.fail_after, self.loaded, self.calls = pop, pop.ids, fail_after, 0, 0
+
+    def load(self, ids):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        self.loaded += len(ids)
+        pos = {m: i for i, m in enumerate(self.pop.ids)}
+        return ModelSet((self.pop.take([pos[i] for i in ids]),))
+
+
+def test_interrupted_build_resumes(probe, family, tmp_path):
+    pop, _ = family
+    fp = hub.LogitFingerprint(probe, dim=16)
+    with pytest.raises(KeyboardInterrupt):
+        hub.Index(fp, chunk=8).build(_CountingSource(pop, fail_after=2), workdir=tmp_path / "wd", progress=False)
+    assert sorted(p.name for p in (tmp_path / "wd").glob("fp-*.npz")) == ["fp-000000.npz", "fp-000001.npz"]
+    again = _CountingSource(pop)
+    resumed = hub.Index(fp, chunk=8).build(again, workdir=tmp_path / "wd", progress=False)
+    assert again.loaded == 36 - 16  # the two finished chunks were not loaded again
+    fresh = hub.Index(fp, chunk=8).build(pop, progress=False)
+    np.testing.assert_array_equal(resumed.vectors, fresh.vectors)
+    assert resumed.ids == fresh.ids
+    with pytest.raises(hub.HubError, match="other models or settings"):
+        hub.Index(fp, chunk=8).build(pop.take(range(10)), workdir=tmp_path / "wd", progress=False)
+
+
+def test_load_of_a_missing_index_names_the_path(tmp_path):
+    with pytest.raises(hub.HubError, match="not a saved index"):
+        hub.Index.load(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------- another architecture
+
+
+def test_query_of_another_architecture_gets_a_clear_answer(probe, family):
+    pop, _ = family
+    other = nets.make("mlp", 5, features=(12,))
+    q = _pop([other.init(jax.random.key(0))], ["stranger"], other)
+    index = hub.Index(hub.WeightFingerprint()).build(pop, progress=False)
+    with pytest.raises(hub.HubError, match="'stranger'.*signature"):
+        index.search(q, k=3)
+    scorer = CalibratedScorer(hub.AlignedWeightScorer()).calibrate(
+        ModelSet((pop.take(range(6)),)), ModelSet((pop.take(range(6, 12)),)), probe=None
+    )
+    search = hub.LineageSearch(index, pop, hub.ScorerVerifier(scorer), k=3)
+    (ans,) = search.find_parents(q)
+    assert ans.parent is None and ans.decision == NO_PARENT and "signature" in ans.reason
+
+
+# --------------------------------------------------------------------------- stage 3
+
+
+def test_aligned_similarity_sees_through_permutations(net, family):
+    pop, spec = family
+    p = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), pop.params) for i in range(36)]
+    a, s = hub.aligned_similarity(p[0], p[12], spec)  # root0 vs its permuted copy
+    assert a == pytest.approx(1.0, abs=1e-9) and s < 0.9
+    a2, _ = hub.aligned_similarity(p[0], p[1], spec)  # two independent inits
+    assert a2 < 0.5
+    a3, s3 = hub.aligned_similarity(p[0], p[0], spec)
+    assert a3 == pytest.approx(1.0) and s3 == pytest.approx(1.0)
+
+
+def test_holm_adjusted_matches_holm():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = rng.uniform(0, 0.05, 8) ** rng.uniform(0.5, 2)
+        p[rng.integers(8)] = np.nan
+        adj = hub.holm_adjusted(p)
+        for alpha in (0.01, 0.05, 0.1):
+            np.testing.assert_array_equal(np.nan_to_num(adj, nan=2) <= alpha, holm(p, alpha=alpha))
+
+
+@pytest.mark.slow
+def test_pipeline_parent_and_no_parent(net, family):
+    """Permuted and noisy copies find their root; roots (their family excluded) get NO_PARENT."""
+    pop, _ = family
+    index = hub.Index(hub.WeightFingerprint(), kind="flat").build(pop, progress=False)
+    # calibration: 30 independent inits (870 unrelated pairs), disjoint from every tested pair
+    cal = ModelSet(
+        (_pop([net.init(jax.random.key(1000 + i)) for i in range(30)], [f"cal{i}" for i in range(30)], net),)
+    )
+    scorer = CalibratedScorer(hub.AlignedWeightScorer(), alpha=0.05)
+    scorer.calibrate(cal, cal, probe=None, unrelated=~np.eye(30, dtype=bool))
+    search = hub.LineageSearch(index, pop, hub.ScorerVerifier(scorer), k=3, alpha=0.05)
+    tested = [f"perm{i}" for i in range(6, 12)] + [f"noisy{i}" for i in range(6, 12)]
+    qpop = pop.take([pop.ids.index(t) for t in tested])
+    answers = search.find_parents(qpop, exclude={t: [t] for t in tested})
+    assert [a.parent for a in answers] == [f"root{i}" for i in range(6, 12)] * 2
+    assert all(a.pvalue <= 0.05 for a in answers)
+    for a in answers:
+        pick = open_set_decisions(np.asarray(a.pvalues)[:, None], np.asarray(a.scores)[:, None], alpha=0.05)[0]
+        assert a.candidates[pick] == a.parent
+    roots = pop.take(range(6, 12))
+    excl = {f"root{i}": [f"root{i}", f"perm{i}", f"noisy{i}"] for i in range(6, 12)}
+    for a in search.find_parents(roots, exclude=excl):
+        assert a.parent is None and a.pvalue > 0.05 and "Holm" in a.reason
