@@ -54,13 +54,14 @@ def family(net):
 # --------------------------------------------------------------------------- fingerprints
 
 
-@pytest.mark.parametrize("kind", ["logits", "weights", "weights_projected", "concat"])
+@pytest.mark.parametrize("kind", ["logits", "weights", "weights_projected", "gram", "concat"])
 def test_fingerprints_invariant_under_permutation_specs(kind, net, probe, family):
     pop, spec = family
     fps = {
         "logits": lambda: hub.LogitFingerprint(probe, dim=16),
         "weights": lambda: hub.WeightFingerprint(),
         "weights_projected": lambda: hub.WeightFingerprint(dim=12, seed=3),
+        "gram": lambda: hub.GramFingerprint(m=6, seed=1),
         "concat": lambda: hub.ConcatFingerprint([hub.LogitFingerprint(probe, dim=8), hub.WeightFingerprint()], [1, 2]),
     }
     fp = fps[kind]()
@@ -89,6 +90,22 @@ def test_weight_fingerprint_is_singular_values_and_sorted_norms(net):
         # tree order: bias before kernel
         parts += [np.sort(b), np.linalg.svd(k, compute_uv=False), np.sort(np.linalg.norm(k, axis=0))]
     np.testing.assert_allclose(v, np.concatenate(parts), rtol=1e-5, atol=1e-6)
+
+
+def test_gram_fingerprint_is_normalised_gram_of_kernel_products(net):
+    p = jax.tree.map(np.asarray, net.init(jax.random.key(2)))
+    fp = hub.GramFingerprint(m=4, seed=3)
+    v = fp(_pop([p], ["m"], net))[0]
+    k = [np.asarray(p["params"][n]["kernel"], np.float64) for n in ("dense1", "dense2", "head")]
+    g = np.random.default_rng(3).standard_normal((784, 4))
+    a1, a2 = g.T @ k[0], g.T @ k[0] @ k[1]
+    iu = np.triu_indices(4)
+    blocks = [(a1 @ a1.T)[iu], (a2 @ a2.T)[iu], (a2 @ k[2]).ravel()]
+    want = np.concatenate([b / np.linalg.norm(b) for b in blocks])
+    np.testing.assert_allclose(v, want, rtol=1e-4, atol=1e-5)
+    conv = nets.make("convnet", 5, channels=(2, 2), hidden=4)
+    with pytest.raises(hub.HubError, match="chain of dense kernels"):
+        fp(_pop([conv.init(jax.random.key(0))], ["cnn"], conv))
 
 
 def test_logit_fingerprint_is_projected_centred_logits(net, probe):
@@ -219,6 +236,24 @@ def test_aligned_similarity_sees_through_permutations(net, family):
     assert a2 < 0.5
     a3, s3 = hub.aligned_similarity(p[0], p[0], spec)
     assert a3 == pytest.approx(1.0) and s3 == pytest.approx(1.0)
+    d, d_stored = hub.aligned_distance(p[0], p[12], spec)
+    assert d == pytest.approx(0.0, abs=1e-9) and d_stored > 0.5
+
+
+def test_verifier_names_the_source_of_a_pruned_copy_not_its_int8_sibling(net, family):
+    from jaxlineage.zoo import magnitude_prune
+
+    pop, _ = family
+    root = jax.tree.map(lambda a: np.asarray(a[0]), pop.params)
+    pruned = jax.tree.map(np.asarray, magnitude_prune(root, 0.6)[0])
+    int8 = jax.tree.map(lambda w: np.round(w / (np.abs(w).max() / 127)) * (np.abs(w).max() / 127), root)
+    perm = jax.tree.map(lambda a: np.asarray(a[12]), pop.params)
+    cands = ModelSet((_pop([int8, perm, root], ["root.int8", "root.perm", "root"], net),))
+    cal = ModelSet((pop.take(range(1, 12)),))
+    verifier = hub.AlignedWeightVerifier().calibrate(cal, cal, unrelated=~np.eye(11, dtype=bool))
+    scores, pvals = verifier(cands, ModelSet((_pop([pruned], ["q"], net),)))
+    assert int(np.argmax(scores)) == 2  # the exact source, though its int8 copy is nearer in L2
+    assert (pvals == 1 / 111).all()  # all three related, above every unrelated pair
 
 
 def test_holm_adjusted_matches_holm():
@@ -240,9 +275,8 @@ def test_pipeline_parent_and_no_parent(net, family):
     cal = ModelSet(
         (_pop([net.init(jax.random.key(1000 + i)) for i in range(30)], [f"cal{i}" for i in range(30)], net),)
     )
-    scorer = CalibratedScorer(hub.AlignedWeightScorer(), alpha=0.05)
-    scorer.calibrate(cal, cal, probe=None, unrelated=~np.eye(30, dtype=bool))
-    search = hub.LineageSearch(index, pop, hub.ScorerVerifier(scorer), k=3, alpha=0.05)
+    verifier = hub.AlignedWeightVerifier().calibrate(cal, cal, unrelated=~np.eye(30, dtype=bool))
+    search = hub.LineageSearch(index, pop, verifier, k=3, alpha=0.05)
     tested = [f"perm{i}" for i in range(6, 12)] + [f"noisy{i}" for i in range(6, 12)]
     qpop = pop.take([pop.ids.index(t) for t in tested])
     answers = search.find_parents(qpop, exclude={t: [t] for t in tested})

@@ -15,20 +15,19 @@
 Usage::
 
     from jaxlineage import hub, zoo
-    from jaxlineage.eval.pvalues import CalibratedScorer
-
     z = zoo.build(zoo.specs.HUB_SIM(1000), "/tmp/hub")
     source = hub.ZooSource(z)
     index = hub.Index(hub.LogitFingerprint(z.probe(256)), kind="hnsw").build(source, workdir="/tmp/hub-fp")
     index.save("/tmp/hub-index")
-    scorer = CalibratedScorer(hub.AlignedWeightScorer()).calibrate(cal_candidates, cal_queries, probe=None)
-    search = hub.LineageSearch(index, source, hub.ScorerVerifier(scorer), k=10, alpha=0.05)
+    verifier = hub.AlignedWeightVerifier().calibrate(cal_models, cal_models, unrelated=cal_unrelated)
+    search = hub.LineageSearch(index, source, verifier, k=10, alpha=0.05)   # or hub.ScorerVerifier(scorer)
     answers = search.find_parents(queries)          # Answer(query, parent or None, pvalue, ...)
 """
 
 from jaxlineage.hub.fingerprints import (
     ConcatFingerprint,
     Fingerprint,
+    GramFingerprint,
     HubError,
     LogitFingerprint,
     WeightFingerprint,
@@ -37,19 +36,23 @@ from jaxlineage.hub.fingerprints import (
 from jaxlineage.hub.index import Index, ModelSource, SearchResult, ZooSource, as_source
 from jaxlineage.hub.search import (
     AlignedWeightScorer,
+    AlignedWeightVerifier,
     Answer,
     LineageSearch,
     ScorerVerifier,
     Verifier,
+    aligned_distance,
     aligned_similarity,
     holm_adjusted,
 )
 
 __all__ = [
     "AlignedWeightScorer",
+    "AlignedWeightVerifier",
     "Answer",
     "ConcatFingerprint",
     "Fingerprint",
+    "GramFingerprint",
     "HubError",
     "Index",
     "LineageSearch",
@@ -60,6 +63,7 @@ __all__ = [
     "Verifier",
     "WeightFingerprint",
     "ZooSource",
+    "aligned_distance",
     "aligned_similarity",
     "as_source",
     "fingerprint_from_json",

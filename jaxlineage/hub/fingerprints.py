@@ -44,6 +44,7 @@ from jaxlineage.eval.core import Population
 __all__ = [
     "ConcatFingerprint",
     "Fingerprint",
+    "GramFingerprint",
     "HubError",
     "LogitFingerprint",
     "WeightFingerprint",
@@ -227,6 +228,82 @@ class WeightFingerprint(Fingerprint):
         return dict(kind=self.kind, dim=self.dim_arg, seed=self.seed, include=self.include, raw=self._raw)
 
 
+class GramFingerprint(Fingerprint):
+    r"""Hidden-unit-invariant products of a dense chain's kernels, seen through a fixed random input projection.
+
+    For kernels :math:`W_1 \in \mathbb{R}^{d_0 \times d_1}, W_2, \dots, W_L` (in tree order, each
+    one's rows the previous one's columns: an MLP) and a seeded Gaussian
+    :math:`G \in \mathbb{R}^{d_0 \times m}`, let :math:`A_l = G^\top W_1 \cdots W_l`
+    (``[m, d_l]``). Permuting layer ``l``'s hidden units maps :math:`A_l \to A_l P` and leaves
+    every later product unchanged, so the Gram matrix :math:`A_l A_l^\top` (``[m, m]``, upper
+    triangle) is invariant for a hidden layer, and :math:`A_L` itself (the output units are the
+    classes, never permuted) for the last. Each block is divided by its own Frobenius norm. Inputs
+    are never permuted, so the first layer's untrained directions (e.g. always-zero pixels) keep
+    the initialisation's signature, which survives fine-tuning, pruning and rounding.
+
+    Args:
+      m: the input projection's width (``m (m + 1) / 2`` numbers per hidden layer, ``m d_L`` for the last).
+      seed: the projection's seed.
+    """
+
+    kind = "gram"
+
+    def __init__(self, *, m: int = 16, seed: int = 0):
+        self.m, self.seed = int(m), int(seed)
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            raise HubError("GramFingerprint: the dimension is known once it has seen a model")
+        return self._dim
+
+    def _kernels(self, models: Population) -> list[np.ndarray]:
+        tree = (
+            models.params["params"]
+            if isinstance(models.params, Mapping) and "params" in models.params
+            else models.params
+        )
+        ks = []
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if path_str(path).endswith("kernel"):
+                ks.append((path_str(path), np.asarray(leaf, np.float64)))
+        if not ks:
+            raise HubError(f"GramFingerprint: models {models.ids[0]!r}... have no leaf named 'kernel'")
+        for (n0, a), (n1, b) in zip(ks, ks[1:]):
+            if a.ndim != 3 or b.ndim != 3 or a.shape[2] != b.shape[1]:
+                raise HubError(
+                    f"GramFingerprint needs a chain of dense kernels (an MLP): {n0} {a.shape[1:]} then {n1}"
+                    f" {b.shape[1:]} ({models.arch}); use LogitFingerprint or WeightFingerprint"
+                )
+        return [k for _, k in ks]
+
+    def signature(self, models: Population) -> str:
+        return f"gram:{models.arch}:" + ";".join(str(list(k.shape[1:])) for k in self._kernels(models))
+
+    def __call__(self, models: Population) -> np.ndarray:
+        ks = self._kernels(models)
+        for k in ks:
+            if not np.all(np.isfinite(k)):
+                bad = int(np.flatnonzero(~np.isfinite(k.reshape(len(k), -1)).all(1))[0])
+                raise HubError(f"GramFingerprint: model {models.ids[bad]!r} has non-finite kernels")
+        g = _projection(self.seed, ks[0].shape[1], self.m).astype(np.float64) * np.sqrt(self.m)
+        a = np.einsum("ir,pio->pro", g, ks[0])
+        iu = np.triu_indices(self.m)
+        blocks = []
+        for layer, k in enumerate(ks):
+            if layer:
+                a = a @ k
+            blk = a.reshape(len(a), -1) if layer == len(ks) - 1 else (a @ a.transpose(0, 2, 1))[:, iu[0], iu[1]]
+            blocks.append(blk / (np.linalg.norm(blk, axis=1, keepdims=True) + 1e-30))
+        out = np.concatenate(blocks, axis=1).astype(np.float32)
+        self._dim = out.shape[1]
+        return out
+
+    def to_json(self) -> dict:
+        return dict(kind=self.kind, m=self.m, seed=self.seed, dim=self._dim)
+
+
 class ConcatFingerprint(Fingerprint):
     """Several fingerprints side by side, part ``i`` multiplied by ``weights[i]`` (fixed, not data-dependent).
 
@@ -274,7 +351,11 @@ def fingerprint_from_json(d: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
         fp = WeightFingerprint(dim=d["dim"], seed=d["seed"], include=d["include"])
         fp._raw = d.get("raw")
         return fp
+    if kind == GramFingerprint.kind:
+        fp = GramFingerprint(m=d["m"], seed=d["seed"])
+        fp._dim = d.get("dim")
+        return fp
     if kind == ConcatFingerprint.kind:
         parts = [fingerprint_from_json(p, arrays, prefix=f"{prefix}{i}.") for i, p in enumerate(d["parts"])]
         return ConcatFingerprint(parts, d["weights"])
-    raise HubError(f"unknown fingerprint kind {kind!r} in the index manifest (known: logits, weights, concat)")
+    raise HubError(f"unknown fingerprint kind {kind!r} in the index manifest (known: logits, weights, gram, concat)")

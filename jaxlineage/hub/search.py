@@ -46,16 +46,18 @@ from scipy.optimize import linear_sum_assignment
 from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import path_str
 from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scorer
-from jaxlineage.eval.pvalues import CalibratedScorer, PermutationTestScorer, open_set_decisions
+from jaxlineage.eval.pvalues import CalibratedScorer, PermutationTestScorer, conformal_pvalues, open_set_decisions
 from jaxlineage.hub.fingerprints import HubError
 from jaxlineage.hub.index import Index, ModelSource, as_source
 
 __all__ = [
     "AlignedWeightScorer",
+    "AlignedWeightVerifier",
     "Answer",
     "LineageSearch",
     "ScorerVerifier",
     "Verifier",
+    "aligned_distance",
     "aligned_similarity",
     "holm_adjusted",
 ]
@@ -138,17 +140,39 @@ def _kernels(tree: PyTree) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def aligned_similarity(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, float]:
-    """``(aligned, stored)``: mean kernel correlation after and before aligning the query's units."""
+def _pair_stats(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, ...]:
+    """``(aligned corr, stored corr, aligned distance, stored distance, copied)`` of two models' kernels.
+
+    Correlations are averaged over kernels; distances are ``|c - q| / |c|`` over all kernels together;
+    ``copied`` is the fraction of the query's non-zero kernel entries equal, bit for bit, to the
+    candidate's after alignment."""
     qa = align(candidate, query, spec)
     kc, kq, ka = _kernels(candidate), _kernels(query), _kernels(qa)
     if not kc:
         raise HubError("aligned_similarity: the models have no leaf named 'kernel'")
-    aligned = float(np.mean([_corr(np.asarray(c, np.float64), a) for (_, c), (_, a) in zip(kc, ka)]))
-    stored = float(
-        np.mean([_corr(np.asarray(c, np.float64), np.asarray(v, np.float64)) for (_, c), (_, v) in zip(kc, kq)])
-    )
-    return aligned, stored
+    kc = [np.asarray(c, np.float64) for _, c in kc]
+    kq = [np.asarray(v, np.float64) for _, v in kq]
+    ka = [a for _, a in ka]
+    aligned = float(np.mean([_corr(c, a) for c, a in zip(kc, ka)]))
+    stored = float(np.mean([_corr(c, v) for c, v in zip(kc, kq)]))
+    norm = np.sqrt(sum(np.einsum("i,i->", c.ravel(), c.ravel()) for c in kc)) + 1e-30
+
+    def dist(xs):
+        return float(np.sqrt(sum(np.einsum("i,i->", d.ravel(), d.ravel()) for d in (c - x for c, x in zip(kc, xs)))))
+
+    nz = sum(int(np.count_nonzero(a)) for a in ka)
+    same = sum(int(np.count_nonzero((a == c) & (a != 0))) for c, a in zip(kc, ka))
+    return aligned, stored, dist(ka) / norm, dist(kq) / norm, same / max(nz, 1)
+
+
+def aligned_similarity(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, float]:
+    """``(aligned, stored)``: mean kernel correlation after and before aligning the query's units."""
+    return _pair_stats(candidate, query, spec)[:2]
+
+
+def aligned_distance(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, float]:
+    """``(aligned, stored)``: relative L2 distance ``|c - q| / |c|`` of the kernels after and before alignment."""
+    return _pair_stats(candidate, query, spec)[2:4]
 
 
 class AlignedWeightScorer(Scorer):
@@ -224,6 +248,58 @@ class ScorerVerifier:
                 pv, st = self.scorer.pvalues(cp, qp)
                 p[off : off + len(cp)], s[off : off + len(cp)] = pv[:, 0], st[:, 0]
         return s, p
+
+
+class AlignedWeightVerifier:
+    """The default stage-3 :data:`Verifier`: p-values from the aligned kernel correlation, choice by distance.
+
+    For each candidate ``c`` of query ``q`` (same architecture; others get NaN):
+
+    * p-value: the conformal p-value (:func:`jaxlineage.eval.pvalues.conformal_pvalues`) of the
+      aligned correlation (:func:`aligned_similarity`) against those of pairs known to be
+      unrelated (:meth:`calibrate`), so Holm decides *whether* ``q`` has a relative among the ``k``;
+    * score: ``copied - d_aligned - 1e-6 d_stored``: ``copied`` is the fraction of the query's
+      non-zero kernel weights equal bit for bit to the candidate's after alignment (a pruned
+      model, a head-only fine-tune and a permuted copy keep their source's weights exactly, which
+      no sibling shares: an int8 copy of the source is *nearer* a pruned model in L2, since
+      rounding zeroes the smallest weights too); ``d`` are the relative L2 distances of
+      :func:`aligned_distance` (the nearest rejected candidate when nothing was copied); the tiny
+      stored-order term prefers, between a model and its permuted copy, the one whose unit order
+      the query kept.
+
+    Args:
+      spec_fn: ``spec_fn(arch, variables) -> permutation spec``.
+    """
+
+    def __init__(self, *, spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None):
+        self.scorer = AlignedWeightScorer(spec_fn=spec_fn)
+        self.null_scores: np.ndarray | None = None
+
+    def calibrate(self, candidates: ModelSet, queries: ModelSet, *, unrelated: np.ndarray | None = None):
+        """Collects the null: aligned correlations of the ``[K, M]`` pairs marked ``unrelated`` (default all)."""
+        cal = CalibratedScorer(self.scorer).calibrate(candidates, queries, probe=None, unrelated=unrelated)
+        self.null_scores = cal.null_scores
+        return self
+
+    def pair_stats(self, candidates: Population, query: Population) -> np.ndarray:
+        """``[K, 5]``: :func:`_pair_stats` of every candidate against the one query."""
+        cp = jax.tree.map(np.asarray, candidates.params)
+        q = jax.tree.map(lambda a: np.asarray(a)[0], query.params)
+        spec = self.scorer.spec_fn(candidates.arch, q)
+        return np.array([_pair_stats(jax.tree.map(lambda a, i=i: a[i], cp), q, spec) for i in range(len(candidates))])
+
+    def __call__(self, candidates: ModelSet, query: ModelSet) -> tuple[np.ndarray, np.ndarray]:
+        if self.null_scores is None:
+            raise HubError("AlignedWeightVerifier: not calibrated (call calibrate on unrelated pairs first)")
+        (qp,) = query.populations
+        scores = np.full(len(candidates), np.nan)
+        stat = np.full(len(candidates), np.nan)
+        for off, cp in zip(candidates.offsets(), candidates.populations):
+            if self.scorer.readable(cp, qp):
+                st = self.pair_stats(cp, qp)
+                stat[off : off + len(cp)] = st[:, 0] + TIE_BREAK * st[:, 1]
+                scores[off : off + len(cp)] = st[:, 4] - st[:, 2] - TIE_BREAK * st[:, 3]
+        return scores, conformal_pvalues(stat, self.null_scores, name="aligned-weights")
 
 
 def holm_adjusted(pvalues: np.ndarray) -> np.ndarray:
