@@ -87,17 +87,22 @@ def _pick_families(fams: dict[str, list[str]], n: int, seed: int) -> list[str]:
     return out
 
 
-def _load_all(z, ids: list[str]):
+def _load_all(z, ids: list[str], cache: pathlib.Path):
+    """The models stacked in one population; the stacked parameters are cached in ``cache`` (an npz)."""
     t = time.perf_counter()
-    ms = model_set(z, ids)
-    (pop,) = ms.populations
-    pop = type(pop)(
-        ids=pop.ids,
-        params=jax.tree.map(np.asarray, pop.params),
-        logits_fn=pop.logits_fn,
-        feature_fns=pop.feature_fns,
-        arch=pop.arch,
-    )
+    (pop,) = model_set(z, ids[:1]).populations
+    params = None
+    if cache.exists():
+        with np.load(cache) as f:
+            if list(f["ids"]) == list(ids):
+                flat, tree = jax.tree.flatten(pop.params)
+                params = jax.tree.unflatten(tree, [f[f"leaf{i}"] for i in range(len(flat))])
+    if params is None:
+        (pop,) = model_set(z, ids).populations
+        params = jax.tree.map(np.asarray, pop.params)
+        leaves = jax.tree.leaves(params)
+        np.savez(cache, ids=np.asarray(ids), **{f"leaf{i}": v for i, v in enumerate(leaves)})
+    pop = type(pop)(ids=tuple(ids), params=params, logits_fn=pop.logits_fn, feature_fns=pop.feature_fns, arch=pop.arch)
     log.info("loaded %d models in %.0fs", len(ids), time.perf_counter() - t)
     return pop
 
@@ -198,7 +203,13 @@ def _stage3(search, pop, samples, truth_parent, z, excl_fn) -> dict:
         else:
             ok = [a.parent == truth_parent[a.query] for a in answers]
             none = [a.parent is None for a in answers]
-            out[scen] = dict(accuracy=float(np.mean(ok)), no_parent_rate=float(np.mean(none)), n=len(answers))
+            wrong = defaultdict(int)
+            for a in answers:
+                if a.parent is not None and a.parent != truth_parent[a.query]:
+                    wrong[f"{g.relation(a.parent, a.query).value} ({z.get(a.parent).kind})"] += 1
+            out[scen] = dict(
+                accuracy=float(np.mean(ok)), no_parent_rate=float(np.mean(none)), n=len(answers), wrong=dict(wrong)
+            )
         log.info("stage 3 %s: %s", scen, out[scen])
     return out, float(np.mean(times)), times
 
@@ -415,7 +426,7 @@ def main(argv=None):
         if sizes[-1] > len(z.models()):
             raise SystemExit(f"--sizes {sizes[-1]} exceeds the zoo's {len(z.models())} models (raise --zoo-n)")
         picked = _pick_families(fams, sizes[-1], args.seed)
-        pop = _load_all(z, [m for r in picked for m in fams[r]])
+        pop = _load_all(z, [m for r in picked for m in fams[r]], wd.parent / f"{wd.name}.params-cache.npz")
         for n in sizes:
             t = time.perf_counter()
             rec = run_size(args, z, pop, fams, n)

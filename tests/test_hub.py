@@ -246,7 +246,12 @@ def test_verifier_names_the_source_of_a_pruned_copy_not_its_int8_sibling(net, fa
     pop, _ = family
     root = jax.tree.map(lambda a: np.asarray(a[0]), pop.params)
     pruned = jax.tree.map(np.asarray, magnitude_prune(root, 0.6)[0])
-    int8 = jax.tree.map(lambda w: np.round(w / (np.abs(w).max() / 127)) * (np.abs(w).max() / 127), root)
+
+    def rounded(w):
+        scale = np.abs(w).max() / 127 if np.abs(w).max() > 0 else 1.0
+        return np.round(w / scale) * scale
+
+    int8 = jax.tree.map(rounded, root)
     perm = jax.tree.map(lambda a: np.asarray(a[12]), pop.params)
     cands = ModelSet((_pop([int8, perm, root], ["root.int8", "root.perm", "root"], net),))
     cal = ModelSet((pop.take(range(1, 12)),))
