@@ -21,6 +21,11 @@ Two kinds:
   values nor the multiset of column norms. Architecture-specific: the vector's
   layout depends on the parameter shapes (:meth:`Fingerprint.signature`).
 
+* :class:`GramFingerprint` (kernel products): for a chain of dense kernels (an MLP), the Gram
+  matrices of :math:`G^\top W_1 \cdots W_l` for a fixed random input projection :math:`G`;
+  inputs are never permuted, so the initialisation's imprint on the first layer survives
+  fine-tuning, pruning and rounding (the best at retrieving parents in ``benchmarks/hub.py``).
+
 :class:`ConcatFingerprint` concatenates several, each part scaled by a fixed weight
 given by the user (never fitted to the models seen, so a model's fingerprint does
 not depend on which others were indexed before it).
