@@ -1,6 +1,6 @@
 """Lineage search over a simulated hub: fingerprint -> retrieve -> verify, against hub size.
 
-    PYTHONPATH=. nice -n 10 python benchmarks/hub.py --zoo-n 3000 --sizes 1000,3000
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=. nice -n 10 python benchmarks/hub.py --zoo-n 3000 --sizes 1000,3000
         [--workdir /tmp/jl_hub] [--k 10] [--alpha 0.05] [--per-kind 40] [--probe-size 256] [--fp-dim 64]
         [--out benchmarks/results/hub.jsonl] [--plot benchmarks/results/hub.png]
     PYTHONPATH=. python benchmarks/hub.py --summarize-only      # slopes + plot from the JSON lines
@@ -39,6 +39,10 @@ Protocol (fixed before any figure was looked at):
   ids) per index kind. Slopes: least squares of log(figure) on log(n) over the sizes measured.
 
 Each size is one JSON line; ``--summarize-only`` appends a summary line (slopes) and redraws the plot.
+Expected runtime on the shared 2-core CPU: building HUB_SIM(3000) ~12 min (one orbax write per model),
+loading its 3006 checkpoints ~7 min at load 20 (cached next to the zoo afterwards), then about 1 min per size.
+Single-threaded BLAS (``OPENBLAS_NUM_THREADS=1``) matters on a loaded machine: with the default threads the
+small SVDs and dot products of stage 1 spin-wait (13 min instead of 1).
 """
 
 from __future__ import annotations
