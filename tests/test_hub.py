@@ -348,3 +348,20 @@ def test_hub_sim_builds_with_the_true_graph(tmp_path):
     np.testing.assert_allclose(
         net.logits_fn(z.load(perm.id), x), net.logits_fn(z.load(perm.parent_id), x), rtol=1e-4, atol=1e-4
     )
+
+
+def test_build_keeps_the_requested_order_when_a_source_regroups(family):
+    pop, _ = family
+
+    class Reversed:
+        ids = pop.ids
+
+        def load(self, ids):
+            pos = {m: i for i, m in enumerate(pop.ids)}
+            return ModelSet((pop.take([pos[i] for i in reversed(ids)]),))
+
+    fp = hub.WeightFingerprint()
+    a = hub.Index(fp, chunk=7).build(Reversed(), progress=False)
+    b = hub.Index(fp, chunk=7).build(pop, progress=False)
+    assert a.ids == b.ids
+    np.testing.assert_array_equal(a.vectors, b.vectors)

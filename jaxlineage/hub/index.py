@@ -290,13 +290,15 @@ class Index:
         return vec
 
     def _chunk_vectors(self, models: ModelSet, part: Sequence[str]) -> np.ndarray:
-        if tuple(models.ids) != tuple(part):
+        if sorted(models.ids) != sorted(part):
             raise HubError(f"source returned models {models.ids[:3]}... for ids {tuple(part)[:3]}...")
         vecs = []
         for pop in models.populations:
             self._check_signature(pop, "model")
             vecs.append(self.fingerprint(pop))
-        return np.concatenate(vecs).astype(np.float32)
+        # a source may group models by population: back to the requested order
+        at = {m: i for i, m in enumerate(models.ids)}
+        return np.concatenate(vecs).astype(np.float32)[[at[m] for m in part]]
 
     def build(self, models: Any, *, workdir: str | os.PathLike | None = None, progress: bool | None = None) -> Index:
         """Fingerprints every model and builds the FAISS index from scratch (replacing any content).
