@@ -21,7 +21,9 @@ Protocol (fixed before any figure was looked at):
   exact flat index (and recall at 1, 5, 10, 20, 50), and for the pipeline's fingerprint
   (``--pipeline-fp``) with IVF and HNSW. The first run used ``logits`` as the pipeline's
   fingerprint (fixed in advance; its lines are kept in ``results/hub_run1_logits.jsonl``); ``gram``
-  was added after that run showed fine-tune recall@10 of 0.81-0.90, and is the default since.
+  was added after that run showed fine-tune recall@10 of 0.81-0.90, and is the default since. The second
+  run (``results/hub_run2_spec_v1.jsonl``) used the first HUB_SIM, whose two ft_all children shared one
+  data order; ``results/hub.jsonl`` is the current HUB_SIM (own data order per fine-tune).
   Latency: each query searched alone (``one_by_one``), p50 / p95 over up to 1000 queries.
 * Stage 3 (``hub.AlignedWeightVerifier``: conformal p-values of the aligned kernel correlation,
   the answer chosen among Holm's rejections by copied weights, then aligned L2; ``--alpha``) on a

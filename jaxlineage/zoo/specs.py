@@ -464,11 +464,12 @@ def HUB_SIM(n: int = 1000) -> GraphSpec:  # noqa: N802 (a spec constructor, name
 
     * ``hub_root`` (R): trained from scratch on the defender's half of classes 0-4 (Adam 1e-3, 2 epochs),
       each from its own initialisation.
-    * Generation 1, on the other half of the data: ``hub_ft_all`` (all parameters, head kept, lr 1e-3 and
-      3e-4, 1 epoch), ``hub_ft_head`` (classifier only, lr 1e-3), ``hub_prune`` (magnitude, 30 % and 60 %,
-      no repair), ``hub_int8`` (int8 rounding), ``hub_perm`` (hidden units permuted).
-    * Generation 2, from each ``hub_ft_all`` model: ``hub_ft2`` (all parameters, lr 3e-4, 1 epoch),
-      ``hub_int8_2``, ``hub_perm_2``, ``hub_prune_2`` (30 %, no repair).
+    * Generation 1, on the other half of the data: ``hub_ft_all`` / ``hub_ft_all_b`` (all parameters, head
+      kept, lr 1e-3 / 3e-4, 1 epoch, each with its own data order), ``hub_ft_head`` (classifier only, lr
+      1e-3), ``hub_prune`` (magnitude, 30 % and 60 %, no repair), ``hub_int8`` (int8 rounding), ``hub_perm``
+      (hidden units permuted).
+    * Generation 2, from each of the two fine-tunes: ``hub_ft2[_b]`` (all parameters, lr 3e-4, 1 epoch, own
+      data order), ``hub_int8_2[_b]``, ``hub_perm_2[_b]``, ``hub_prune_2[_b]`` (30 %, no repair).
     * ``hub_teacher`` (T) roots and ``hub_distill`` (T): a fresh student of the same architecture
       distilled from each teacher (soft targets, T = 4, alpha 0.9, Adam 1e-3, 2 epochs).
 
@@ -494,13 +495,23 @@ def HUB_SIM(n: int = 1000) -> GraphSpec:  # noqa: N802 (a spec constructor, name
             tags=("root",),
             grid=dict(_HUB_ROOT, seed=tuple(range(r))),
         ),
+        # Each fine-tune has its own data-order seed: with one seed the gentler fine-tune is an earlier point
+        # of the stronger one's trajectory (TREE_QUICK's first build had the same defect; the first HUB_SIM had it).
         g(
             "hub_ft_all",
             "finetune",
             source="hub_root",
             task="A-h1",
             kind="finetune_all",
-            grid=dict(_HUB_FT, lr=(1e-3, 3e-4), seed=1, **keep),
+            grid=dict(_HUB_FT, lr=1e-3, seed=1, **keep),
+        ),
+        g(
+            "hub_ft_all_b",
+            "finetune",
+            source="hub_root",
+            task="A-h1",
+            kind="finetune_all",
+            grid=dict(_HUB_FT, lr=3e-4, seed=5, **keep),
         ),
         g(
             "hub_ft_head",
@@ -519,23 +530,28 @@ def HUB_SIM(n: int = 1000) -> GraphSpec:  # noqa: N802 (a spec constructor, name
         ),
         g("hub_int8", "perturb", source="hub_root", kind="int8", grid=dict(kind=PerturbKind.INT8, seed=0)),
         g("hub_perm", "permute", source="hub_root", kind="permute", grid=dict(seed=0)),
-        g(
-            "hub_ft2",
-            "finetune",
-            source="hub_ft_all",
-            task="A-h1",
-            kind="finetune_all",
-            grid=dict(_HUB_FT, lr=3e-4, seed=3, **keep),
-        ),
-        g("hub_int8_2", "perturb", source="hub_ft_all", kind="int8", grid=dict(kind=PerturbKind.INT8, seed=0)),
-        g("hub_perm_2", "permute", source="hub_ft_all", kind="permute", grid=dict(seed=0)),
-        g(
-            "hub_prune_2",
-            "prune",
-            source="hub_ft_all",
-            kind="prune",
-            grid=dict(sparsity=0.3, scope=PruneScope.GLOBAL, epochs=0, seed=0),
-        ),
+    ]
+    for src, sfx, seed in (("hub_ft_all", "", 3), ("hub_ft_all_b", "_b", 6)):
+        groups += [
+            g(
+                f"hub_ft2{sfx}",
+                "finetune",
+                source=src,
+                task="A-h1",
+                kind="finetune_all",
+                grid=dict(_HUB_FT, lr=3e-4, seed=seed, **keep),
+            ),
+            g(f"hub_int8_2{sfx}", "perturb", source=src, kind="int8", grid=dict(kind=PerturbKind.INT8, seed=0)),
+            g(f"hub_perm_2{sfx}", "permute", source=src, kind="permute", grid=dict(seed=0)),
+            g(
+                f"hub_prune_2{sfx}",
+                "prune",
+                source=src,
+                kind="prune",
+                grid=dict(sparsity=0.3, scope=PruneScope.GLOBAL, epochs=0, seed=0),
+            ),
+        ]
+    groups += [
         g(
             "hub_teacher",
             "train",
