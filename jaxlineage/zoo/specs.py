@@ -13,6 +13,7 @@ from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec
 
 __all__ = [
     "DNA_QUICK",
+    "HUB_SIM",
     "LM_QUICK",
     "LM_TINY",
     "PAPER_FC",
@@ -587,3 +588,139 @@ LM_TINY = _lm_quick(
 )
 
 SPECS.update({s.name: s for s in (LM_QUICK, LM_TINY, PAPER_FC_CPU)})
+
+
+# --------------------------------------------------------------------------- HUB_SIM
+
+# Recipes of the simulated hub (issue 29), fixed before any hub search was measured on it. Small MLPs
+# (784-32-16-5) so that thousands build on 2 CPU cores; every model on classes 0-4 (one output space).
+HUB_ARCH = (("features", (32, 16)),)
+_HUB_ROOT = dict(optimizer=Optimizer.ADAM, lr=1e-3, batch_size=64, epochs=2)
+_HUB_FT = dict(optimizer=Optimizer.ADAM, batch_size=64, epochs=1)
+#: Models per family of HUB_SIM: a root and its 15 descendants.
+HUB_FAMILY = 16
+
+
+def HUB_SIM(n: int = 1000) -> GraphSpec:  # noqa: N802 (a spec constructor, named like the other specs)
+    """A simulated model hub of about ``n`` small MLPs with known lineage (issue 29).
+
+    ``R = round((n - 2T) / 16)`` families of 16 and ``T = max(1, round(n / 200))`` teacher-student pairs:
+
+    * ``hub_root`` (R): trained from scratch on the defender's half of classes 0-4 (Adam 1e-3, 2 epochs),
+      each from its own initialisation.
+    * Generation 1, on the other half of the data: ``hub_ft_all`` / ``hub_ft_all_b`` (all parameters, head
+      kept, lr 1e-3 / 3e-4, 1 epoch, each with its own data order), ``hub_ft_head`` (classifier only, lr
+      1e-3), ``hub_prune`` (magnitude, 30 % and 60 %, no repair), ``hub_int8`` (int8 rounding), ``hub_perm``
+      (hidden units permuted).
+    * Generation 2, from each of the two fine-tunes: ``hub_ft2[_b]`` (all parameters, lr 3e-4, 1 epoch, own
+      data order), ``hub_int8_2[_b]``, ``hub_perm_2[_b]``, ``hub_prune_2[_b]`` (30 %, no repair).
+    * ``hub_teacher`` (T) roots and ``hub_distill`` (T): a fresh student of the same architecture
+      distilled from each teacher (soft targets, T = 4, alpha 0.9, Adam 1e-3, 2 epochs).
+
+    The zoo's manifest keeps the true graph. ``n`` must be at least 18.
+    ``zoo.build(HUB_SIM(1000), "/tmp/hub")`` takes a few minutes on 2 CPU cores; writing each model's
+    checkpoint dominates it (about 0.1 s per model).
+    """
+    if n < HUB_FAMILY + 2:
+        raise ValueError(f"HUB_SIM(n): n must be >= {HUB_FAMILY + 2}, got {n}")
+    t = max(1, round(n / 200))
+    r = max(1, round((n - 2 * t) / HUB_FAMILY))
+    tasks = (_emb("A-h0", data_lib.TASK_A, half=0), _emb("A-h1", data_lib.TASK_A, half=1))
+    g = lambda name, op, **kw: Group(name, op, prefix=f"{name.removeprefix('hub_')}-", **kw)  # noqa: E731
+    keep = dict(params=TrainParams.ALL, head=HeadMode.KEEP)
+    groups = [
+        g(
+            "hub_root",
+            "train",
+            task="A-h0",
+            arch="mlp",
+            arch_kwargs=HUB_ARCH,
+            kind="root",
+            tags=("root",),
+            grid=dict(_HUB_ROOT, seed=tuple(range(r))),
+        ),
+        # Each fine-tune has its own data-order seed: with one seed the gentler fine-tune is an earlier point
+        # of the stronger one's trajectory (TREE_QUICK's first build had the same defect; the first HUB_SIM had it).
+        g(
+            "hub_ft_all",
+            "finetune",
+            source="hub_root",
+            task="A-h1",
+            kind="finetune_all",
+            grid=dict(_HUB_FT, lr=1e-3, seed=1, **keep),
+        ),
+        g(
+            "hub_ft_all_b",
+            "finetune",
+            source="hub_root",
+            task="A-h1",
+            kind="finetune_all",
+            grid=dict(_HUB_FT, lr=3e-4, seed=5, **keep),
+        ),
+        g(
+            "hub_ft_head",
+            "finetune",
+            source="hub_root",
+            task="A-h1",
+            kind="finetune_head",
+            grid=dict(_HUB_FT, lr=1e-3, seed=2, params=TrainParams.HEAD, head=HeadMode.KEEP),
+        ),
+        g(
+            "hub_prune",
+            "prune",
+            source="hub_root",
+            kind="prune",
+            grid=dict(sparsity=(0.3, 0.6), scope=PruneScope.GLOBAL, epochs=0, seed=0),
+        ),
+        g("hub_int8", "perturb", source="hub_root", kind="int8", grid=dict(kind=PerturbKind.INT8, seed=0)),
+        g("hub_perm", "permute", source="hub_root", kind="permute", grid=dict(seed=0)),
+    ]
+    for src, sfx, seed in (("hub_ft_all", "", 3), ("hub_ft_all_b", "_b", 6)):
+        groups += [
+            g(
+                f"hub_ft2{sfx}",
+                "finetune",
+                source=src,
+                task="A-h1",
+                kind="finetune_all",
+                grid=dict(_HUB_FT, lr=3e-4, seed=seed, **keep),
+            ),
+            g(f"hub_int8_2{sfx}", "perturb", source=src, kind="int8", grid=dict(kind=PerturbKind.INT8, seed=0)),
+            g(f"hub_perm_2{sfx}", "permute", source=src, kind="permute", grid=dict(seed=0)),
+            g(
+                f"hub_prune_2{sfx}",
+                "prune",
+                source=src,
+                kind="prune",
+                grid=dict(sparsity=0.3, scope=PruneScope.GLOBAL, epochs=0, seed=0),
+            ),
+        ]
+    groups += [
+        g(
+            "hub_teacher",
+            "train",
+            task="A-h0",
+            arch="mlp",
+            arch_kwargs=HUB_ARCH,
+            kind="root",
+            tags=("root",),
+            grid=dict(_HUB_ROOT, seed=tuple(range(100_000, 100_000 + t))),
+        ),
+        g(
+            "hub_distill",
+            "distill",
+            source="hub_teacher",
+            task="A-h1",
+            kind="distill",
+            grid=dict(_HUB_ROOT, mode=DistillMode.SOFT, temperature=4.0, alpha=0.9, seed=4),
+        ),
+    ]
+    return GraphSpec(
+        f"hub_sim_{n}",
+        tasks,
+        tuple(groups),
+        max_population=128,
+        seed=0,
+        sequential_archs=(),
+        notes="Simulated model hub with known lineage (issue 29); see BUILD_NOTES.md",
+    )

@@ -1,0 +1,440 @@
+r"""Stage 3 of hub search, and the whole pipeline: fingerprint, retrieve, verify.
+
+:class:`LineageSearch` answers "which indexed model is this model's parent, if any?":
+
+1. the query's fingerprint (:mod:`jaxlineage.hub.fingerprints`);
+2. its ``k`` nearest indexed models (:class:`jaxlineage.hub.index.Index`);
+3. a *verifier* scores each of the ``k`` candidates against the query and gives a
+   p-value of "unrelated"; Holm-Bonferroni over the ``k`` at level :math:`\alpha`
+   (:func:`jaxlineage.eval.pvalues.open_set_decisions`) keeps the candidates whose
+   null is rejected, and the answer is the highest-scoring of them, or
+   :data:`NO_PARENT` when none is rejected.
+
+A verifier is any callable ``verifier(candidates: ModelSet, query: ModelSet) ->
+(scores [k], pvalues [k])`` (NaN for a candidate it cannot read, e.g. another
+architecture; NaN is never rejected). :class:`ScorerVerifier` adapts the calibrated
+scorers of :mod:`jaxlineage.eval.pvalues` (a :class:`~jaxlineage.eval.pvalues.CalibratedScorer`
+with its conformal null, or the exact :class:`~jaxlineage.eval.pvalues.PermutationTestScorer`).
+
+The default score, :class:`AlignedWeightScorer`, aligns the query's hidden units to the
+candidate's (per layer, Hungarian matching of the producing kernels' columns by
+correlation, inputs aligned by the previous layer's matching, as in git re-basin's
+weight matching) and averages the Pearson correlation of every kernel after alignment:
+
+.. math::
+  s(c, q) = \frac{1}{L} \sum_{l} \mathrm{corr}\big(W^c_l, \; P_{l-1}^\top W^q_l P_l\big)
+  + \epsilon \, \frac{1}{L} \sum_{l} \mathrm{corr}(W^c_l, W^q_l),
+
+invariant to the query's unit order up to the :math:`\epsilon = 10^{-6}` term, which only
+breaks exact ties between a model and its permuted copy in favour of the one whose stored
+unit order the query kept (a fine-tune keeps its parent's order). Its p-values come from a
+conformal null (:func:`jaxlineage.eval.pvalues.conformal_pvalues`) of pairs known to be
+unrelated, disjoint from the tested ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from jaxlineage import permutations as perm_lib
+from jaxlineage.errors import path_str
+from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scorer
+from jaxlineage.eval.pvalues import CalibratedScorer, PermutationTestScorer, conformal_pvalues, open_set_decisions
+from jaxlineage.hub.fingerprints import HubError
+from jaxlineage.hub.index import Index, ModelSource, as_source
+
+__all__ = [
+    "AlignedWeightScorer",
+    "AlignedWeightVerifier",
+    "Answer",
+    "LineageSearch",
+    "ScorerVerifier",
+    "Verifier",
+    "aligned_distance",
+    "aligned_similarity",
+    "holm_adjusted",
+]
+
+PyTree = Any
+#: ``verifier(candidates, query) -> (scores [k], pvalues [k])``; higher score = more related.
+Verifier = Callable[[ModelSet, ModelSet], tuple[np.ndarray, np.ndarray]]
+TIE_BREAK = 1e-6
+
+
+# --------------------------------------------------------------------------- the aligned-weight score
+
+
+def _get(tree: PyTree, path: Sequence[str]) -> np.ndarray:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _set(tree: dict, path: Sequence[str], value: np.ndarray) -> None:
+    for k in path[:-1]:
+        tree = tree[k]
+    tree[path[-1]] = value
+
+
+def _copy(tree: PyTree) -> PyTree:
+    if isinstance(tree, Mapping):
+        return {k: _copy(v) for k, v in tree.items()}
+    return np.asarray(tree, np.float64)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    # einsum, not BLAS dot: on a loaded machine multi-threaded BLAS calls on vectors this small stall
+    a = a.ravel()
+    b = b.ravel()
+    a = a - a.sum() / a.size
+    b = b - b.sum() / b.size
+    den = np.sqrt(np.einsum("i,i->", a, a) * np.einsum("i,i->", b, b))
+    return float(np.einsum("i,i->", a, b) / den) if den > 0 else 0.0
+
+
+def _match_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``pi[i]`` = the column of ``b`` matched to column ``i`` of ``a`` (max summed correlation)."""
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    a = a / (np.linalg.norm(a, axis=0) + 1e-12)
+    b = b / (np.linalg.norm(b, axis=0) + 1e-12)
+    _, pi = linear_sum_assignment(a.T @ b, maximize=True)
+    return pi
+
+
+def _permute(tree: dict, units: int, axes: Sequence[perm_lib.PermAxis], pi: np.ndarray) -> None:
+    for ax in axes:
+        idx = (np.arange(ax.tile)[:, None] * units + pi[None, :]).ravel() if ax.tile > 1 else pi
+        _set(tree, ax.path, np.take(_get(tree, ax.path), idx, axis=ax.axis))
+
+
+def align(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> PyTree:
+    """The query's variables with its hidden units matched to the candidate's, layer by layer (numpy)."""
+    q = _copy(query)
+    for units, axes in spec.values():
+        prod = next(
+            (a for a in axes if a.path[-1] == "kernel" and a.axis == np.ndim(_get(q, a.path)) - 1),
+            None,
+        )
+        if prod is None:
+            continue
+        wc = np.asarray(_get(candidate, prod.path), np.float64)
+        wq = _get(q, prod.path)
+        pi = _match_columns(wc.reshape(-1, wc.shape[-1]), wq.reshape(-1, wq.shape[-1]))
+        _permute(q, units, axes, pi)
+    return q
+
+
+def _kernels(tree: PyTree) -> list[tuple[str, np.ndarray]]:
+    return [
+        (path_str(p), np.asarray(v))
+        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if path_str(p).endswith("kernel")
+    ]
+
+
+def _pair_stats(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, ...]:
+    """``(aligned corr, stored corr, aligned distance, stored distance, copied)`` of two models' kernels.
+
+    Correlations are averaged over kernels; distances are ``|c - q| / |c|`` over all kernels together;
+    ``copied`` is the fraction of the query's non-zero kernel entries equal, bit for bit, to the
+    candidate's after alignment."""
+    qa = align(candidate, query, spec)
+    kc, kq, ka = _kernels(candidate), _kernels(query), _kernels(qa)
+    if not kc:
+        raise HubError("aligned_similarity: the models have no leaf named 'kernel'")
+    kc = [np.asarray(c, np.float64) for _, c in kc]
+    kq = [np.asarray(v, np.float64) for _, v in kq]
+    ka = [a for _, a in ka]
+    aligned = float(np.mean([_corr(c, a) for c, a in zip(kc, ka)]))
+    stored = float(np.mean([_corr(c, v) for c, v in zip(kc, kq)]))
+    norm = np.sqrt(sum(np.einsum("i,i->", c.ravel(), c.ravel()) for c in kc)) + 1e-30
+
+    def dist(xs):
+        return float(np.sqrt(sum(np.einsum("i,i->", d.ravel(), d.ravel()) for d in (c - x for c, x in zip(kc, xs)))))
+
+    nz = sum(int(np.count_nonzero(a)) for a in ka)
+    same = sum(int(np.count_nonzero((a == c) & (a != 0))) for c, a in zip(kc, ka))
+    return aligned, stored, dist(ka) / norm, dist(kq) / norm, same / max(nz, 1)
+
+
+def aligned_similarity(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, float]:
+    """``(aligned, stored)``: mean kernel correlation after and before aligning the query's units."""
+    return _pair_stats(candidate, query, spec)[:2]
+
+
+def aligned_distance(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, float]:
+    """``(aligned, stored)``: relative L2 distance ``|c - q| / |c|`` of the kernels after and before alignment."""
+    return _pair_stats(candidate, query, spec)[2:4]
+
+
+class AlignedWeightScorer(Scorer):
+    """:func:`aligned_similarity` as a scorer: ``aligned + 1e-6 * stored`` (same architecture only).
+
+    Args:
+      spec_fn: ``spec_fn(arch, variables) -> permutation spec``; default
+        :func:`jaxlineage.permutations.spec_from_variables`.
+    """
+
+    name = "aligned-weights"
+
+    def __init__(self, *, spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None):
+        self.spec_fn = spec_fn or perm_lib.spec_from_variables
+
+    def readable(self, candidates: Population, queries: Population) -> bool:
+        if candidates.arch != queries.arch:
+            return False
+        sc = [np.shape(x)[1:] for x in jax.tree.leaves(candidates.params)]
+        sq = [np.shape(x)[1:] for x in jax.tree.leaves(queries.params)]
+        return sc == sq
+
+    def score_block(self, candidates: Population, queries: Population, *, probe: Any = None) -> np.ndarray:
+        del probe
+        cp = jax.tree.map(np.asarray, candidates.params)
+        qp = jax.tree.map(np.asarray, queries.params)
+        cs = [jax.tree.map(lambda a, i=i: a[i], cp) for i in range(len(candidates))]
+        qs = [jax.tree.map(lambda a, i=i: a[i], qp) for i in range(len(queries))]
+        spec = self.spec_fn(candidates.arch, cs[0])
+        out = np.empty((len(cs), len(qs)))
+        for i, c in enumerate(cs):
+            for j, q in enumerate(qs):
+                a, s = aligned_similarity(c, q, spec)
+                out[i, j] = a + TIE_BREAK * s
+        return out
+
+
+# --------------------------------------------------------------------------- verifiers
+
+
+class ScorerVerifier:
+    """A :data:`Verifier` from a calibrated scorer of :mod:`jaxlineage.eval.pvalues`.
+
+    * a :class:`~jaxlineage.eval.pvalues.CalibratedScorer` (calibrated): its base's scores and
+      conformal p-values against its null;
+    * a :class:`~jaxlineage.eval.pvalues.PermutationTestScorer`: exact permutation p-values
+      (its statistic as the score);
+    * any other object with ``score(candidates, queries, probe=..., unreadable="nan")`` and
+      ``pvalues(scores)``.
+
+    Args:
+      scorer: the scorer.
+      probe: the probe inputs, for scorers that read features (``None`` for weight scorers).
+    """
+
+    def __init__(self, scorer: Any, *, probe: np.ndarray | None = None):
+        if isinstance(scorer, CalibratedScorer) and scorer.null_scores is None:
+            raise HubError(f"ScorerVerifier: {scorer.name} is not calibrated (call calibrate first)")
+        self.scorer, self.probe = scorer, probe
+
+    def __call__(self, candidates: ModelSet, query: ModelSet) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(self.scorer, PermutationTestScorer):
+            return self._permutation(candidates, query)
+        s = self.scorer.score(candidates, query, probe=self.probe, unreadable="nan")[:, 0]
+        return s, self.scorer.pvalues(s)
+
+    def _permutation(self, candidates: ModelSet, query: ModelSet) -> tuple[np.ndarray, np.ndarray]:
+        s = np.full(len(candidates), np.nan)
+        p = np.full(len(candidates), np.nan)
+        (qp,) = query.populations
+        for off, cp in zip(candidates.offsets(), candidates.populations):
+            if self.scorer.readable(cp, qp):
+                pv, st = self.scorer.pvalues(cp, qp)
+                p[off : off + len(cp)], s[off : off + len(cp)] = pv[:, 0], st[:, 0]
+        return s, p
+
+
+class AlignedWeightVerifier:
+    """The default stage-3 :data:`Verifier`: p-values from the aligned kernel correlation, choice by distance.
+
+    For each candidate ``c`` of query ``q`` (same architecture; others get NaN):
+
+    * p-value: the conformal p-value (:func:`jaxlineage.eval.pvalues.conformal_pvalues`) of the
+      aligned correlation (:func:`aligned_similarity`) against those of pairs known to be
+      unrelated (:meth:`calibrate`), so Holm decides *whether* ``q`` has a relative among the ``k``;
+    * score: ``copied - d_aligned - 1e-6 d_stored``: ``copied`` is the fraction of the query's
+      non-zero kernel weights equal bit for bit to the candidate's after alignment (a pruned
+      model, a head-only fine-tune and a permuted copy keep their source's weights exactly, which
+      no sibling shares: an int8 copy of the source is *nearer* a pruned model in L2, since
+      rounding zeroes the smallest weights too); ``d`` are the relative L2 distances of
+      :func:`aligned_distance` (the nearest rejected candidate when nothing was copied); the tiny
+      stored-order term prefers, between a model and its permuted copy, the one whose unit order
+      the query kept.
+
+    Args:
+      spec_fn: ``spec_fn(arch, variables) -> permutation spec``.
+    """
+
+    def __init__(self, *, spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None):
+        self.scorer = AlignedWeightScorer(spec_fn=spec_fn)
+        self.null_scores: np.ndarray | None = None
+
+    def calibrate(self, candidates: ModelSet, queries: ModelSet, *, unrelated: np.ndarray | None = None):
+        """Collects the null: aligned correlations of the ``[K, M]`` pairs marked ``unrelated`` (default all)."""
+        cal = CalibratedScorer(self.scorer).calibrate(candidates, queries, probe=None, unrelated=unrelated)
+        self.null_scores = cal.null_scores
+        return self
+
+    def pair_stats(self, candidates: Population, query: Population) -> np.ndarray:
+        """``[K, 5]``: :func:`_pair_stats` of every candidate against the one query."""
+        cp = jax.tree.map(np.asarray, candidates.params)
+        q = jax.tree.map(lambda a: np.asarray(a)[0], query.params)
+        spec = self.scorer.spec_fn(candidates.arch, q)
+        return np.array([_pair_stats(jax.tree.map(lambda a, i=i: a[i], cp), q, spec) for i in range(len(candidates))])
+
+    def __call__(self, candidates: ModelSet, query: ModelSet) -> tuple[np.ndarray, np.ndarray]:
+        if self.null_scores is None:
+            raise HubError("AlignedWeightVerifier: not calibrated (call calibrate on unrelated pairs first)")
+        (qp,) = query.populations
+        scores = np.full(len(candidates), np.nan)
+        stat = np.full(len(candidates), np.nan)
+        for off, cp in zip(candidates.offsets(), candidates.populations):
+            if self.scorer.readable(cp, qp):
+                st = self.pair_stats(cp, qp)
+                stat[off : off + len(cp)] = st[:, 0] + TIE_BREAK * st[:, 1]
+                scores[off : off + len(cp)] = st[:, 4] - st[:, 2] - TIE_BREAK * st[:, 3]
+        return scores, conformal_pvalues(stat, self.null_scores, name="aligned-weights")
+
+
+def holm_adjusted(pvalues: np.ndarray) -> np.ndarray:
+    """Holm-adjusted p-values ``max_{j <= i} min(1, (K - j + 1) p_(j))`` of ``[K]`` (NaN stays NaN, not counted).
+
+    ``holm_adjusted(p) <= alpha`` exactly where :func:`jaxlineage.eval.pvalues.holm` rejects.
+    """
+    p = np.asarray(pvalues, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    run = 0.0
+    for i, c in enumerate(order):
+        run = max(run, min(1.0, (len(order) - i) * p[c]))
+        out[c] = run
+    return out
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """The pipeline's answer for one query.
+
+    Attributes:
+      query: the query's id.
+      parent: the parent's id, or ``None`` for :data:`NO_PARENT`.
+      pvalue: the Holm-adjusted p-value of the parent (``<= alpha``), or for ``NO_PARENT`` the
+        smallest Holm-adjusted p-value among the candidates (``> alpha``; NaN if none was readable).
+      candidates: the retrieved ids, nearest first.
+      scores, pvalues: the verifier's per candidate (raw p-values).
+      distances: squared fingerprint distances of the candidates.
+      reason: why ``NO_PARENT`` (empty when a parent was found).
+      seconds: ``{"retrieve": ..., "verify": ...}`` wall times.
+    """
+
+    query: str
+    parent: str | None
+    pvalue: float
+    candidates: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+    pvalues: tuple[float, ...] = ()
+    distances: tuple[float, ...] = ()
+    reason: str = ""
+    seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def decision(self) -> str | int:
+        return self.parent if self.parent is not None else NO_PARENT
+
+
+class LineageSearch:
+    """Fingerprint -> retrieve -> verify over an :class:`~jaxlineage.hub.index.Index`.
+
+    Args:
+      index: a built index.
+      models: where the indexed models' parameters are read for stage 3 (a Population,
+        ModelSet or :class:`~jaxlineage.hub.index.ModelSource` holding at least the indexed ids).
+      verifier: the stage-3 :data:`Verifier`.
+      k: candidates retrieved and verified per query.
+      alpha: Holm's family-wise level over the ``k`` candidates.
+    """
+
+    def __init__(self, index: Index, models: Any, verifier: Verifier, *, k: int = 10, alpha: float = 0.05):
+        if k < 1:
+            raise HubError(f"LineageSearch: k must be >= 1, got {k}")
+        self.index, self.source, self.verifier = index, as_source(models), verifier
+        self.k, self.alpha = int(k), float(alpha)
+
+    def find_parents(self, queries: Any, *, exclude: Mapping[str, Sequence[str]] | None = None) -> list[Answer]:
+        """One :class:`Answer` per query, in the queries' order.
+
+        A query whose fingerprint signature is not the index's (another architecture or output
+        space) gets ``NO_PARENT`` with the reason, not an error.
+
+        Args:
+          queries: a Population, ModelSet or source.
+          exclude: ``{query id: indexed ids never to return}`` (e.g. the query itself).
+        """
+        src: ModelSource = as_source(queries)
+        models = src.load(tuple(src.ids))
+        out: dict[str, Answer] = {}
+        for pop in models.populations:
+            sig = self.index.fingerprint.signature(pop)
+            if sig != self.index.signature:
+                reason = (
+                    f"signature {sig!r} ({pop.arch}) is not the index's {self.index.signature!r}:"
+                    " no indexed model is comparable"
+                )
+                out.update({q: Answer(q, None, float("nan"), reason=reason) for q in pop.ids})
+                continue
+            t = time.perf_counter()
+            vecs = self.index.fingerprint(pop)
+            fp_s = (time.perf_counter() - t) / len(pop)
+            res = self.index.search_fingerprints(pop.ids, vecs, self.k, exclude=exclude, one_by_one=True)
+            for j, q in enumerate(pop.ids):
+                secs = {"fingerprint": fp_s, "retrieve": float(res.seconds[j])}
+                out[q] = self.verify(q, pop.take([j]), res.ids[j], res.distances[j], secs)
+        return [out[q] for q in src.ids]
+
+    def verify(
+        self, query_id: str, query: Population, candidates: Sequence[str], distances: np.ndarray, secs: dict
+    ) -> Answer:
+        """Stage 3 for one query and its retrieved candidates."""
+        if not candidates:
+            return Answer(query_id, None, float("nan"), reason="the index returned no candidate", seconds=secs)
+        t = time.perf_counter()
+        cands = self.source.load(tuple(candidates))
+        scores, pvals = self.verifier(cands, ModelSet((query,)))
+        scores, pvals = np.asarray(scores, np.float64), np.asarray(pvals, np.float64)
+        if scores.shape != (len(candidates),) or pvals.shape != (len(candidates),):
+            raise HubError(
+                f"verifier returned scores {scores.shape} and p-values {pvals.shape} for {len(candidates)} candidates"
+            )
+        # candidates come back grouped by population: map to the retrieved order
+        order = {c: i for i, c in enumerate(cands.ids)}
+        idx = [order[c] for c in candidates]
+        scores, pvals = scores[idx], pvals[idx]
+        adj = holm_adjusted(pvals)
+        pick = int(open_set_decisions(pvals[:, None], scores[:, None], alpha=self.alpha)[0])
+        secs = dict(secs, verify=time.perf_counter() - t)
+        common = dict(
+            candidates=tuple(candidates),
+            scores=tuple(float(s) for s in scores),
+            pvalues=tuple(float(p) for p in pvals),
+            distances=tuple(float(d) for d in distances[: len(candidates)]),
+            seconds=secs,
+        )
+        if pick == NO_PARENT:
+            best = float(np.nanmin(adj)) if np.isfinite(adj).any() else float("nan")
+            why = (
+                f"no candidate's null rejected by Holm at alpha={self.alpha} (smallest adjusted p {best:.3g})"
+                if np.isfinite(adj).any()
+                else "the verifier could read no candidate (architectures differ)"
+            )
+            return Answer(query_id, None, best, reason=why, **common)
+        return Answer(query_id, candidates[pick], float(adj[pick]), **common)

@@ -1,0 +1,367 @@
+"""jaxlineage.hub: permutation-invariant fingerprints, the FAISS index on disk, stage-3 verification."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlineage import hub, nets
+from jaxlineage import permutations as perm_lib
+from jaxlineage.eval.core import NO_PARENT, ModelSet, Population
+from jaxlineage.eval.pvalues import CalibratedScorer, binomial_margin, holm, open_set_decisions
+
+FEATURES = (16, 8)
+
+
+def _pop(params_list, ids, network, arch=None):
+    return Population(
+        ids=tuple(ids),
+        params=nets.stack(params_list),
+        logits_fn=network.logits_fn,
+        feature_fns={t: network.feature_fn(t) for t in network.taps},
+        arch=arch or network.name,
+    )
+
+
+@pytest.fixture(scope="module")
+def net():
+    return nets.make("mlp", 5, features=FEATURES)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return np.asarray(jax.random.uniform(jax.random.key(9), (32, 28, 28, 1)), np.float32)
+
+
+@pytest.fixture(scope="module")
+def family(net):
+    """12 roots, and of each root a permuted copy and a perturbed (noise 5 %) copy: 36 models."""
+    rng = np.random.default_rng(0)
+    roots = [jax.tree.map(np.asarray, net.init(jax.random.key(i))) for i in range(12)]
+    spec = perm_lib.permutation_spec(net, roots[0])
+    perms = [
+        jax.tree.map(np.asarray, perm_lib.apply_permutations(r, spec, [rng.permutation(u) for u, _ in spec.values()]))
+        for r in roots
+    ]
+    noisy = [
+        jax.tree.map(lambda w: w + 0.05 * np.std(w) * rng.standard_normal(w.shape).astype(w.dtype), r) for r in roots
+    ]
+    ids = [f"root{i}" for i in range(12)] + [f"perm{i}" for i in range(12)] + [f"noisy{i}" for i in range(12)]
+    return _pop(roots + perms + noisy, ids, net), spec
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+@pytest.mark.parametrize("kind", ["logits", "weights", "weights_projected", "gram", "concat"])
+def test_fingerprints_invariant_under_permutation_specs(kind, net, probe, family):
+    pop, spec = family
+    fps = {
+        "logits": lambda: hub.LogitFingerprint(probe, dim=16),
+        "weights": lambda: hub.WeightFingerprint(),
+        "weights_projected": lambda: hub.WeightFingerprint(dim=12, seed=3),
+        "gram": lambda: hub.GramFingerprint(m=6, seed=1),
+        "concat": lambda: hub.ConcatFingerprint([hub.LogitFingerprint(probe, dim=8), hub.WeightFingerprint()], [1, 2]),
+    }
+    fp = fps[kind]()
+    v = fp(pop)
+    assert v.shape == (36, fp.dim) and v.dtype == np.float32
+    roots, perms, noisy = v[:12], v[12:24], v[24:]
+    scale = np.linalg.norm(roots, axis=1).mean()
+    # every permuted copy lands on its root (up to float32 reassociation), ...
+    np.testing.assert_allclose(perms, roots, atol=1e-4 * scale)
+    # ... while fingerprints are not trivially constant: distinct roots are far apart
+    d_roots = np.linalg.norm(roots[:, None] - roots[None], axis=-1)[np.triu_indices(12, 1)]
+    assert d_roots.min() > 100 * np.abs(perms - roots).max()
+    # a 5 % perturbation stays nearer its root than any other root
+    d_noisy = np.linalg.norm(noisy[:, None] - roots[None], axis=-1)
+    assert (d_noisy.argmin(1) == np.arange(12)).all()
+
+
+def test_weight_fingerprint_is_singular_values_and_sorted_norms(net):
+    p = net.init(jax.random.key(0))
+    pop = _pop([p], ["m"], net)
+    v = hub.WeightFingerprint()(pop)[0]
+    parts = []
+    for name in ("dense1", "dense2", "head"):
+        k = np.asarray(p["params"][name]["kernel"])
+        b = np.asarray(p["params"][name]["bias"])
+        # tree order: bias before kernel
+        parts += [np.sort(b), np.linalg.svd(k, compute_uv=False), np.sort(np.linalg.norm(k, axis=0))]
+    np.testing.assert_allclose(v, np.concatenate(parts), rtol=1e-5, atol=1e-6)
+
+
+def test_gram_fingerprint_is_normalised_gram_of_kernel_products(net):
+    p = jax.tree.map(np.asarray, net.init(jax.random.key(2)))
+    fp = hub.GramFingerprint(m=4, seed=3)
+    v = fp(_pop([p], ["m"], net))[0]
+    k = [np.asarray(p["params"][n]["kernel"], np.float64) for n in ("dense1", "dense2", "head")]
+    g = np.random.default_rng(3).standard_normal((784, 4))
+    a1, a2 = g.T @ k[0], g.T @ k[0] @ k[1]
+    iu = np.triu_indices(4)
+    blocks = [(a1 @ a1.T)[iu], (a2 @ a2.T)[iu], (a2 @ k[2]).ravel()]
+    want = np.concatenate([b / np.linalg.norm(b) for b in blocks])
+    np.testing.assert_allclose(v, want, rtol=1e-4, atol=1e-5)
+    conv = nets.make("convnet", 5, channels=(2, 2), hidden=4)
+    with pytest.raises(hub.HubError, match="chain of dense kernels"):
+        fp(_pop([conv.init(jax.random.key(0))], ["cnn"], conv))
+
+
+def test_logit_fingerprint_is_projected_centred_logits(net, probe):
+    p = net.init(jax.random.key(1))
+    fp = hub.LogitFingerprint(probe, dim=7, seed=5)
+    z = np.asarray(net.logits_fn(p, probe))
+    z = (z - z.mean(-1, keepdims=True)).reshape(-1)
+    r = np.random.default_rng(5).standard_normal((z.size, 7)) / np.sqrt(7)
+    np.testing.assert_allclose(fp(_pop([p], ["m"], net))[0], z @ r, rtol=1e-4, atol=1e-4)
+
+
+def test_fingerprint_names_the_model_with_non_finite_weights(net):
+    p = net.init(jax.random.key(0))
+    bad = jax.tree.map(lambda a: a, p)
+    bad["params"]["dense1"]["kernel"] = bad["params"]["dense1"]["kernel"].at[0, 0].set(np.nan)
+    with pytest.raises(hub.HubError, match="'broken'.*dense1"):
+        hub.WeightFingerprint()(_pop([p, bad], ["ok", "broken"], net))
+
+
+# --------------------------------------------------------------------------- the index
+
+
+@pytest.mark.parametrize("kind,shards", [("flat", 1), ("flat", 3), ("ivf", 1), ("hnsw", 2)])
+def test_index_finds_permuted_copies_and_save_load_is_identical(kind, shards, probe, family, tmp_path):
+    pop, _ = family
+    index = hub.Index(hub.LogitFingerprint(probe, dim=16), kind=kind, shards=shards, nlist=2, nprobe=2, chunk=10)
+    index.build(pop, progress=False)
+    assert len(index) == 36
+    queries = pop.take(range(12, 24))  # the permuted copies
+    res = index.search(queries, k=3, exclude={f"perm{i}": [f"perm{i}"] for i in range(12)})
+    assert [r[0] for r in res.ids] == [f"root{i}" for i in range(12)]
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["ids"] == list(pop.ids) and manifest["settings"]["kind"] == kind
+    loaded = hub.Index.load(tmp_path / "idx")
+    res2 = loaded.search(queries, k=3, exclude={f"perm{i}": [f"perm{i}"] for i in range(12)})
+    assert res2.ids == res.ids
+    np.testing.assert_array_equal(res2.distances, res.distances)
+    assert not list(tmp_path.glob(".tmp-*"))  # atomic write left nothing behind
+
+
+def test_flat_index_equals_brute_force(probe, family):
+    pop, _ = family
+    fp = hub.LogitFingerprint(probe, dim=16)
+    pop = pop.take(list(range(12)) + list(range(24, 36)))  # no permuted copy: no exact ties
+    index = hub.Index(fp, kind="flat", shards=2).build(pop, progress=False)
+    v = fp(pop)
+    d, pos = index.search_vectors(v[:5], 4)
+    brute = ((v[:5, None] - v[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(pos, np.argsort(brute, axis=1, kind="stable")[:, :4])
+    np.testing.assert_allclose(d, np.sort(brute, axis=1)[:, :4], rtol=1e-4, atol=1e-4)
+
+
+def test_add_extends_the_index(probe, family):
+    pop, _ = family
+    index = hub.Index(hub.WeightFingerprint(), kind="flat", shards=2).build(pop.take(range(24)), progress=False)
+    index.add(pop.take(range(24, 36)), progress=False)
+    assert len(index) == 36
+    res = index.search(pop.take([30]), k=1)
+    assert res.ids[0] == ("noisy6",)
+    with pytest.raises(hub.HubError, match="already indexed"):
+        index.add(pop.take([0]), progress=False)
+
+
+class _CountingSource:
+    """A model source that counts loaded models and can fail after some chunks (a killed build)."""
+
+    def __init__(self, pop, fail_after=None):
+        self.pop, self.ids, self.fail_after, self.loaded, self.calls = pop, pop.ids, fail_after, 0, 0
+
+    def load(self, ids):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        self.loaded += len(ids)
+        pos = {m: i for i, m in enumerate(self.pop.ids)}
+        return ModelSet((self.pop.take([pos[i] for i in ids]),))
+
+
+def test_interrupted_build_resumes(probe, family, tmp_path):
+    pop, _ = family
+    fp = hub.LogitFingerprint(probe, dim=16)
+    with pytest.raises(KeyboardInterrupt):
+        hub.Index(fp, chunk=8).build(_CountingSource(pop, fail_after=2), workdir=tmp_path / "wd", progress=False)
+    assert sorted(p.name for p in (tmp_path / "wd").glob("fp-*.npz")) == ["fp-000000.npz", "fp-000001.npz"]
+    again = _CountingSource(pop)
+    resumed = hub.Index(fp, chunk=8).build(again, workdir=tmp_path / "wd", progress=False)
+    assert again.loaded == 36 - 16  # the two finished chunks were not loaded again
+    fresh = hub.Index(fp, chunk=8).build(pop, progress=False)
+    np.testing.assert_array_equal(resumed.vectors, fresh.vectors)
+    assert resumed.ids == fresh.ids
+    with pytest.raises(hub.HubError, match="other models or settings"):
+        hub.Index(fp, chunk=8).build(pop.take(range(10)), workdir=tmp_path / "wd", progress=False)
+
+
+def test_load_of_a_missing_index_names_the_path(tmp_path):
+    with pytest.raises(hub.HubError, match="not a saved index"):
+        hub.Index.load(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------- another architecture
+
+
+def test_query_of_another_architecture_gets_a_clear_answer(probe, family):
+    pop, _ = family
+    other = nets.make("mlp", 5, features=(12,))
+    q = _pop([other.init(jax.random.key(0))], ["stranger"], other)
+    index = hub.Index(hub.WeightFingerprint()).build(pop, progress=False)
+    with pytest.raises(hub.HubError, match="'stranger'.*signature"):
+        index.search(q, k=3)
+    scorer = CalibratedScorer(hub.AlignedWeightScorer()).calibrate(
+        ModelSet((pop.take(range(6)),)), ModelSet((pop.take(range(6, 12)),)), probe=None
+    )
+    search = hub.LineageSearch(index, pop, hub.ScorerVerifier(scorer), k=3)
+    (ans,) = search.find_parents(q)
+    assert ans.parent is None and ans.decision == NO_PARENT and "signature" in ans.reason
+
+
+# --------------------------------------------------------------------------- stage 3
+
+
+def test_aligned_similarity_sees_through_permutations(net, family):
+    pop, spec = family
+    p = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), pop.params) for i in range(36)]
+    a, s = hub.aligned_similarity(p[0], p[12], spec)  # root0 vs its permuted copy
+    assert a == pytest.approx(1.0, abs=1e-9) and s < 0.9
+    a2, _ = hub.aligned_similarity(p[0], p[1], spec)  # two independent inits
+    assert a2 < 0.5
+    a3, s3 = hub.aligned_similarity(p[0], p[0], spec)
+    assert a3 == pytest.approx(1.0) and s3 == pytest.approx(1.0)
+    d, d_stored = hub.aligned_distance(p[0], p[12], spec)
+    assert d == pytest.approx(0.0, abs=1e-9) and d_stored > 0.5
+
+
+def test_verifier_names_the_source_of_a_pruned_copy_not_its_int8_sibling(net, family):
+    from jaxlineage.zoo import magnitude_prune
+
+    pop, _ = family
+    root = jax.tree.map(lambda a: np.asarray(a[0]), pop.params)
+    pruned = jax.tree.map(np.asarray, magnitude_prune(root, 0.6)[0])
+
+    def rounded(w):
+        scale = np.abs(w).max() / 127 if np.abs(w).max() > 0 else 1.0
+        return np.round(w / scale) * scale
+
+    int8 = jax.tree.map(rounded, root)
+    perm = jax.tree.map(lambda a: np.asarray(a[12]), pop.params)
+    cands = ModelSet((_pop([int8, perm, root], ["root.int8", "root.perm", "root"], net),))
+    cal = ModelSet((pop.take(range(1, 12)),))
+    verifier = hub.AlignedWeightVerifier().calibrate(cal, cal, unrelated=~np.eye(11, dtype=bool))
+    scores, pvals = verifier(cands, ModelSet((_pop([pruned], ["q"], net),)))
+    assert int(np.argmax(scores)) == 2  # the exact source, though its int8 copy is nearer in L2
+    assert (pvals == 1 / 111).all()  # all three related, above every unrelated pair
+
+
+def test_holm_adjusted_matches_holm():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = rng.uniform(0, 0.05, 8) ** rng.uniform(0.5, 2)
+        p[rng.integers(8)] = np.nan
+        adj = hub.holm_adjusted(p)
+        for alpha in (0.01, 0.05, 0.1):
+            np.testing.assert_array_equal(np.nan_to_num(adj, nan=2) <= alpha, holm(p, alpha=alpha))
+
+
+@pytest.mark.slow
+def test_pipeline_parent_and_no_parent(net, family):
+    """Permuted and noisy copies find their root; roots (their family excluded) get NO_PARENT."""
+    pop, _ = family
+    index = hub.Index(hub.WeightFingerprint(), kind="flat").build(pop, progress=False)
+    # calibration: 30 independent inits (870 unrelated pairs), disjoint from every tested pair
+    cal = ModelSet(
+        (_pop([net.init(jax.random.key(1000 + i)) for i in range(30)], [f"cal{i}" for i in range(30)], net),)
+    )
+    verifier = hub.AlignedWeightVerifier().calibrate(cal, cal, unrelated=~np.eye(30, dtype=bool))
+    search = hub.LineageSearch(index, pop, verifier, k=3, alpha=0.05)
+    tested = [f"perm{i}" for i in range(6, 12)] + [f"noisy{i}" for i in range(6, 12)]
+    qpop = pop.take([pop.ids.index(t) for t in tested])
+    answers = search.find_parents(qpop, exclude={t: [t] for t in tested})
+    assert [a.parent for a in answers] == [f"root{i}" for i in range(6, 12)] * 2
+    assert all(a.pvalue <= 0.05 for a in answers)
+    for a in answers:
+        pick = open_set_decisions(np.asarray(a.pvalues)[:, None], np.asarray(a.scores)[:, None], alpha=0.05)[0]
+        assert a.candidates[pick] == a.parent
+    # unrelated queries (the roots 6-11 with their family excluded, and 34 fresh inits): Holm keeps the
+    # family-wise error per query at alpha, so the rate of named parents is at most alpha + its binomial margin
+    roots = pop.take(range(6, 12))
+    excl = {f"root{i}": [f"root{i}", f"perm{i}", f"noisy{i}"] for i in range(6, 12)}
+    fresh = _pop([net.init(jax.random.key(5000 + i)) for i in range(34)], [f"new{i}" for i in range(34)], net)
+    answers = search.find_parents(roots, exclude=excl) + search.find_parents(fresh)
+    named = [a.parent is not None for a in answers]
+    assert np.mean(named) <= 0.05 + binomial_margin(0.05, len(answers))
+    for a in answers:
+        assert (a.parent is None) == (a.pvalue > 0.05)
+        assert a.parent is not None or "Holm" in a.reason
+
+
+# --------------------------------------------------------------------------- HUB_SIM
+
+
+def _expected_models(spec):
+    n = {}
+    for g in spec.order():
+        n[g.name] = len(g.points()) * (1 if g.source is None else n[g.source])
+    return n
+
+
+@pytest.mark.parametrize("n,want", [(18, 18), (1000, 1002), (3000, 3006), (10000, 10004)])
+def test_hub_sim_sizes(n, want):
+    from jaxlineage.zoo.specs import HUB_FAMILY, HUB_SIM
+
+    spec = HUB_SIM(n)
+    sizes = _expected_models(spec)
+    assert sum(sizes.values()) == want
+    roots = sizes["hub_root"]
+    assert (
+        sum(v for k, v in sizes.items() if not k.startswith("hub_teacher") and k != "hub_distill") == roots * HUB_FAMILY
+    )
+    assert sizes["hub_distill"] == sizes["hub_teacher"] >= 1
+    with pytest.raises(ValueError, match="n must be"):
+        HUB_SIM(10)
+
+
+@pytest.mark.slow
+def test_hub_sim_builds_with_the_true_graph(tmp_path):
+    from jaxlineage import zoo
+    from jaxlineage.zoo.specs import HUB_SIM
+
+    z = zoo.build(HUB_SIM(18), tmp_path / "hub", progress=False)
+    g = z.graph
+    assert len(z.models()) == 18 and len(g.roots()) == 2
+    kinds = sorted(r.kind for r in z.models() if r.parent_id is not None)
+    assert kinds.count("permute") == 3 and kinds.count("int8") == 3 and kinds.count("distill") == 1
+    root = next(r.id for r in z.models() if r.group == "hub_root")
+    assert len(g.descendants(root)) == 15
+    # permuted copies compute the same function as their parent
+    perm = next(r for r in z.models() if r.group == "hub_perm")
+    x = z.probe(16)
+    net = z.network_for(perm.id)
+    np.testing.assert_allclose(
+        net.logits_fn(z.load(perm.id), x), net.logits_fn(z.load(perm.parent_id), x), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_build_keeps_the_requested_order_when_a_source_regroups(family):
+    pop, _ = family
+
+    class Reversed:
+        ids = pop.ids
+
+        def load(self, ids):
+            pos = {m: i for i, m in enumerate(pop.ids)}
+            return ModelSet((pop.take([pos[i] for i in reversed(ids)]),))
+
+    fp = hub.WeightFingerprint()
+    a = hub.Index(fp, chunk=7).build(Reversed(), progress=False)
+    b = hub.Index(fp, chunk=7).build(pop, progress=False)
+    assert a.ids == b.ids
+    np.testing.assert_array_equal(a.vectors, b.vectors)
