@@ -303,6 +303,18 @@ def test_pipeline_parent_and_no_parent(net, family):
         assert a.parent is not None or "Holm" in a.reason
 
 
+def test_verdict_verifier_drops_verify_into_stage_three(net, probe, family):
+    """jaxlineage.verify as the stage-3 verifier: the exact weight test finds the noisy copies' roots."""
+    pop, _ = family
+    index = hub.Index(hub.WeightFingerprint(), kind="flat").build(pop, progress=False)
+    verifier = hub.VerdictVerifier(data=probe, num_permutations=199, tests=[])  # floor 1/200 < 0.05 / k
+    search = hub.LineageSearch(index, pop, verifier, k=3, alpha=0.05)
+    tested = [f"noisy{i}" for i in range(3)]
+    answers = search.find_parents(pop.take([pop.ids.index(t) for t in tested]), exclude={t: [t] for t in tested})
+    assert [a.parent for a in answers] == [f"root{i}" for i in range(3)]
+    assert all(a.pvalue <= 0.05 for a in answers)
+
+
 # --------------------------------------------------------------------------- HUB_SIM
 
 

@@ -20,7 +20,7 @@ Usage::
     index = hub.Index(hub.LogitFingerprint(z.probe(256)), kind="hnsw").build(source, workdir="/tmp/hub-fp")
     index.save("/tmp/hub-index")
     verifier = hub.AlignedWeightVerifier().calibrate(cal_models, cal_models, unrelated=cal_unrelated)
-    search = hub.LineageSearch(index, source, verifier, k=10, alpha=0.05)   # or hub.ScorerVerifier(scorer)
+    search = hub.LineageSearch(index, source, verifier, k=10, alpha=0.05)  # or hub.VerdictVerifier(data=x)
     answers = search.find_parents(queries)          # Answer(query, parent or None, pvalue, ...)
 """
 
@@ -40,6 +40,7 @@ from jaxlineage.hub.search import (
     Answer,
     LineageSearch,
     ScorerVerifier,
+    VerdictVerifier,
     Verifier,
     aligned_distance,
     aligned_similarity,
@@ -59,6 +60,7 @@ __all__ = [
     "LogitFingerprint",
     "ModelSource",
     "ScorerVerifier",
+    "VerdictVerifier",
     "SearchResult",
     "Verifier",
     "WeightFingerprint",

@@ -56,6 +56,7 @@ __all__ = [
     "Answer",
     "LineageSearch",
     "ScorerVerifier",
+    "VerdictVerifier",
     "Verifier",
     "aligned_distance",
     "aligned_similarity",
@@ -248,6 +249,30 @@ class ScorerVerifier:
                 pv, st = self.scorer.pvalues(cp, qp)
                 p[off : off + len(cp)], s[off : off + len(cp)] = pv[:, 0], st[:, 0]
         return s, p
+
+
+class VerdictVerifier:
+    """A :data:`Verifier` from :func:`jaxlineage.verify`: the combined p-value of its evidence battery.
+
+    Scores are ``-log p`` of the combined p-value, ties broken by nothing else; ``NaN`` where
+    ``verify`` cannot tell. With ``references`` (independent models of the queries' architecture)
+    the functional tests join the exact weight test.
+
+    Args:
+      data: the probe inputs given to ``verify``.
+      references: reference models (optional).
+      **verify_kwargs: e.g. ``num_permutations``, ``alpha``, ``key``.
+    """
+
+    def __init__(self, *, data: Any, references: Any = None, **verify_kwargs):
+        self.data, self.references, self.kwargs = data, references, verify_kwargs
+
+    def __call__(self, candidates: ModelSet, query: ModelSet) -> tuple[np.ndarray, np.ndarray]:
+        from jaxlineage.verify import verify  # noqa: PLC0415 (answers layer, same level as hub)
+
+        v = verify(candidates, query, data=self.data, references=self.references, **self.kwargs)
+        p = v.pvalues[:, 0]
+        return np.where(np.isfinite(p), -np.log(np.clip(p, 1e-300, 1.0)), np.nan), p
 
 
 class AlignedWeightVerifier:
