@@ -321,6 +321,26 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
 
 @functools.partial(jax.jit, static_argnames=("combos", "pruned", "split", "chunk", "mesh", "axis"))
 def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk, mesh, axis):
+    """``(scores per combo [*alpha.shape, K, M], packed flags)``: one dispatch, one read-back of flags.
+
+    The flags (:func:`_flag_shapes`) are the parameters' finiteness per leaf and model, the
+    children's features, each pair's parent features and jvp, and all scores.
+    """
+    alpha_flat = jnp.reshape(alpha, (-1,))
+    vals, ok_pair, ok_c = _score_values(p_stack, c_stack, x, alpha_flat, combos, pruned, split, chunk, mesh, axis)
+    k, m = ok_pair.shape
+    flags = (
+        *_pairing.leaf_flags(p_stack, stacked=True),
+        *_pairing.leaf_flags(c_stack, stacked=True),
+        ok_c,
+        ok_pair,
+        jnp.all(jnp.isfinite(vals)).reshape(1),
+    )
+    outs = tuple(vals[i].reshape(jnp.shape(alpha) + (k, m)) for i in range(len(combos)))
+    return outs, _pairing.pack(flags)
+
+
+def _score_values(p_stack, c_stack, x, alpha, combos, pruned, split, chunk, mesh, axis):
     local = functools.partial(_score_local, combos=combos, pruned=pruned, split=split, chunk=chunk)
     if mesh is None:
         return local(p_stack, c_stack, x, alpha)
@@ -341,6 +361,10 @@ def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk, mes
     )
     vals, ok_pair, ok_c = sharded(p_stack, c_stack, x, alpha)
     return vals[..., :m], ok_pair[:, :m], ok_c[:m]
+
+
+def _flag_shapes(n_leaves: int, k: int, m: int) -> list[tuple[int, ...]]:
+    return [(k,)] * n_leaves + [(m,)] * n_leaves + [(m,), (k, m), (1,)]
 
 
 # ----------------------------------------------------------------------------
@@ -470,7 +494,7 @@ def score_matrices(
         raise ValueError("No (metric, mode) pair is defined (FIRST_ORDER needs a differentiable metric).")
     alpha = linearize.as_alpha(alpha, modes=tuple(dict.fromkeys(mode for _, mode in combos)))
     axis = _validate_mesh(mesh, mesh_axis)
-    pruned, p, c, x = _pairing.prepare(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
+    pruned, p, c, x = _pairing.boundary(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
     split = _fastpath.split(pruned, _pairing.struct_of(x)) if fast_path else None
     k, m = p[0].shape[0], c[0].shape[0]
     if chunk_size is None:
@@ -479,12 +503,11 @@ def score_matrices(
         chunk_size = _chunk_size(pruned, split, combos, k, m_local, max(1, alpha.size), dtype, memory_budget_bytes)
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
-    alpha_flat = alpha.reshape(-1)
-    vals, ok_pair, ok_c = _score_core(
+    outs, flags = _score_core(
         p,
         c,
         x,
-        alpha_flat,
+        alpha,
         combos=combos,
         pruned=pruned,
         split=split,
@@ -492,29 +515,34 @@ def score_matrices(
         mesh=mesh,
         axis=axis,
     )
-    if _pairing.is_concrete(vals):
-        _raise_if_not_finite(vals, ok_pair, ok_c, combos)
-    return {
-        (metric.name, mode): vals[i].reshape(alpha.shape + vals.shape[2:]) for i, (metric, mode) in enumerate(combos)
-    }
+    if _pairing.is_concrete(flags):
+        _raise_if_not_finite(flags, outs, pruned, k, m, combos)
+    return {(metric.name, mode): out for (metric, mode), out in zip(combos, outs)}
 
 
-def _raise_if_not_finite(vals, ok_pair, ok_c, combos):
-    ok_pair, ok_c = np.asarray(ok_pair), np.asarray(ok_c)
+def _raise_if_not_finite(flags, outs, pruned, k, m, combos):
+    flags = np.asarray(flags)
+    if flags.all():
+        return
+    n = len(pruned.used_paths)
+    unpacked = _pairing.unpack(flags, _flag_shapes(n, k, m))
+    _pairing.raise_if_not_finite(unpacked[:n], pruned.used_paths, name="parents", stacked=True)
+    _pairing.raise_if_not_finite(unpacked[n : 2 * n], pruned.used_paths, name="children", stacked=True)
+    ok_c, ok_pair = unpacked[2 * n], unpacked[2 * n + 1]
     if not ok_c.all():
         raise ValueError(f"feature_fn returned NaN or inf features for children[{int(np.argmin(ok_c))}].")
     if not ok_pair.all():
-        k, m = np.unravel_index(int(np.argmin(ok_pair)), ok_pair.shape)
-        raise ValueError(f"NaN or inf parent features or Jacobian-vector product for parents[{k}] and children[{m}].")
-    finite = np.isfinite(np.asarray(vals))
-    if not finite.all():
-        i, a, k, m = np.unravel_index(int(np.argmin(finite)), finite.shape)
-        metric, mode = combos[i]
-        raise ValueError(
-            f"Metric {metric.name!r} in mode {mode.value!r} is not finite for parents[{k}]"
-            f" and children[{m}] (alpha index {a}) although the features are; the"
-            " features are probably too large for the dtype (try float64 or rescale)."
-        )
+        kk, mm = np.unravel_index(int(np.argmin(ok_pair)), ok_pair.shape)
+        raise ValueError(f"NaN or inf parent features or Jacobian-vector product for parents[{kk}] and children[{mm}].")
+    for (metric, mode), out in zip(combos, outs):
+        finite = np.isfinite(np.asarray(out)).reshape(-1, k, m)
+        if not finite.all():
+            a, kk, mm = np.unravel_index(int(np.argmin(finite)), finite.shape)
+            raise ValueError(
+                f"Metric {metric.name!r} in mode {mode.value!r} is not finite for parents[{kk}]"
+                f" and children[{mm}] (alpha index {a}) although the features are; the"
+                " features are probably too large for the dtype (try float64 or rescale)."
+            )
 
 
 def score_matrix(

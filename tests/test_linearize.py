@@ -198,10 +198,15 @@ def test_alpha_sweep_costs_one_network_pass_and_matches_scalar_calls():
     alphas = [0.001, 0.1, 1.0]
     for mode in (Mode.LINEARIZED, Mode.FIRST_ORDER):
         traces.clear()
-        sweep = L.pair_similarity("l2", counted, parent, child, x, alpha=jnp.array(alphas), mode=mode)
+        kw = {"alpha": jnp.array(alphas), "mode": mode}
+        sweep = L.pair_similarity("l2", counted, parent, child, x, fast_path=False, **kw)
         # One trace to find the used leaves (first call only), then one for F_c
         # and one jvp for F_p: independent of the number of alphas.
         assert len(traces) == 2 + (mode is Mode.LINEARIZED), (mode, len(traces))
+        # The fast path traces the function once more, to split it, and never again.
+        traces.clear()
+        np.testing.assert_allclose(L.pair_similarity("l2", counted, parent, child, x, **kw), sweep, rtol=1e-6)
+        assert len(traces) == (mode is Mode.LINEARIZED), (mode, len(traces))
         for a, s in zip(alphas, sweep):
             np.testing.assert_allclose(
                 L.pair_similarity("l2", counted, parent, child, x, alpha=a, mode=mode), s, rtol=1e-6
