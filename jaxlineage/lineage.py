@@ -275,11 +275,14 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
     """
     p_arrays = jax.lax.map(lambda th: split.elementwise_arrays(th, x), p_stack)  # K passes
     ok_p = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a), axis=(1, 2)) for a in p_arrays]), axis=0)
-    tiled = [i for i, (metric, _) in enumerate(combos) if _fastpath.row_separable(metric)]
-    other = [i for i in range(len(combos)) if i not in tiled]
+    quad = [i for i, (metric, _) in enumerate(combos) if _fastpath.quadratic(metric)]
+    tiled = [i for i, (metric, _) in enumerate(combos) if _fastpath.row_separable(metric) and i not in quad]
+    other = [i for i in range(len(combos)) if i not in tiled and i not in quad]
+    quad_combos = tuple(combos[i] for i in quad)
     tiled_combos = tuple(combos[i] for i in tiled)
     other_combos = tuple(combos[i] for i in other)
-    order = np.argsort(tiled + other)  # back to the order of combos
+    order = np.argsort(quad + tiled + other)  # back to the order of combos
+    quad_terms = _fastpath.quadratic_parent_terms(*p_arrays) if quad_combos else None
     need_gram = _needs_gram(other_combos)
     k, n, d = p_arrays[0].shape
     chunk = chunks[0].shape[1]
@@ -295,6 +298,9 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
         f_c, u_c = jax.vmap(child_arrays)(c_chunk)  # [B, N, D], once per child
         ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2)) & jnp.all(jnp.isfinite(u_c), axis=(1, 2))
         parts = []
+        if quad_combos:
+            vals = _fastpath.quadratic_scores(quad_combos, p_arrays, quad_terms, (f_c, u_c), alpha)
+            parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Cq, A]
         if tiled_combos:
             vals = _fastpath.tiled_norm_scores(tiled_combos, p_arrays, (f_c, u_c), alpha, block=block)
             parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Ct, A]
@@ -405,7 +411,7 @@ def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
     (elementwise split: ``F``, ``U``, ``H``) are kept for the whole call and
     come off the budget first. An elementwise split evaluates the norm metrics
     from ``F`` and ``U`` alone (row blocks), so only the other metrics need the
-    pair's linearised features.
+    pair's linearised features, and L2 the children's operands of its matrix products.
     """
     n, d = pruned.out_shape
     p = sum(int(np.prod(s.shape)) for s in pruned.used_structs)
@@ -414,13 +420,17 @@ def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
     gram = need_gram * (8 + 2 * n_alpha) * n * n
     if split is not None and split.elementwise:
         per_pair = any(not _fastpath.row_separable(m) for m, _ in combos)
-        per_child = 3 * p + 3 * n * d + per_pair * (6 + 3 * n_alpha) * n * d + gram
+        quad = any(_fastpath.quadratic(m) for m, _ in combos)
+        # The chunk's leaves, F_c and U_c, and for L2 the children's operands of the matrix products.
+        per_child = p + (2 + 4 * quad) * n * d + per_pair * (6 + 3 * n_alpha) * n * d + gram
         kept = 3 * k * n * d
     else:
         pre = 0 if split is None else split.pre_size
         per_child = 3 * p + 2 * pre + (6 + 3 * n_alpha) * n * d + gram
         kept = k * pre
-    budget = budget - itemsize * kept
+    # What is kept for the whole call does not shrink with the chunk: it may take at most
+    # three quarters of the budget from the chunks (one child per chunk would only be slower).
+    budget = max(budget - itemsize * kept, budget // 4)
     most = int(max(1, min(m_local, budget // max(itemsize * per_child, 1))))
     # As few chunks as the budget allows, of equal size: the last chunk is padded with
     # copies, so 8 children in chunks of 7 would cost 14.
