@@ -18,6 +18,11 @@ every section.
 * ``batch``: 8 parents x 48 children, L2 FIRST_ORDER: ``lineage.score_matrix`` (one call),
   ``pair_similarity`` called per pair (one timed pass), the floor (the 56 forward passes), and
   with ``--torch`` the official procedure with features cached per model.
+* ``lse`` (``--lse`` K x M): LSE alone in every mode against its exp floor (one exp per pair
+  and position for PLAIN / FIRST_ORDER, one per alpha for LINEARIZED, at the rate of a plain
+  vectorised ``sum(exp(x))`` measured in the same run).
+* ``gram`` (``--gram`` K x M): CKA (both estimators) and dCor against their product bound: the
+  forward passes plus a kernel that does nothing but each pair's two Gram products.
 * ``growth``: L2 in all three modes at the three-alpha grid, ``lineage.score_matrices``, at
   each ``--growth`` size K x M: total seconds, the K + M forward passes alone (``lax.map`` of
   the jitted feature function), per pair the total and the K * M term (total minus passes).
@@ -167,7 +172,7 @@ def bench_pair(network, n, repeats, torch):
     values = {"plain": float(calls["plain"]()), "first_order": float(calls["first_order"]())}
     if torch is not None:
         model_p, model_c = _torch_tap(torch, parent), _torch_tap(torch, child)
-        xt = torch.from_numpy(np.asarray(x))
+        xt = torch.from_numpy(np.array(x))
         calls["official_plain"] = lambda: _torch_pair(torch, model_p, model_c, xt, Mode.PLAIN)
         calls["official_first_order"] = lambda: _torch_pair(torch, model_p, model_c, xt, Mode.FIRST_ORDER)
         values["official_plain"] = calls["official_plain"]()
@@ -199,15 +204,18 @@ def bench_batch(network, n, k, m, repeats, torch):
     }
     jax_scores = np.asarray(calls["score_matrix"]())
     rec = {"k": k, "m": m, "n": n}
-    if torch is not None:
-        models_p = [_torch_tap(torch, jax.tree.map(lambda a, i=i: a[i], parents)) for i in range(k)]
-        models_c = [_torch_tap(torch, jax.tree.map(lambda a, j=j: a[j], children)) for j in range(m)]
-        xt = torch.from_numpy(np.asarray(x))
-        calls["official_cached"] = lambda: _torch_batch(torch, models_p, models_c, xt)
-        ref = calls["official_cached"]()
-        rec["max_rel_diff_vs_official"] = float(np.max(np.abs(jax_scores - ref) / np.abs(ref)))
     load = _loadavg()
     times = _interleaved(calls, repeats)
+    if torch is not None:
+        # One timed pass (minutes on a loaded machine), after one warm-up pair.
+        models_p = [_torch_tap(torch, first_at(parents, i)) for i in range(k)]
+        models_c = [_torch_tap(torch, first_at(children, j)) for j in range(m)]
+        xt = torch.from_numpy(np.array(x))
+        _torch_batch(torch, models_p[:1], models_c[:1], xt)
+        t0 = time.perf_counter()
+        ref = _torch_batch(torch, models_p, models_c, xt)
+        times["official_cached"] = {"median_s": time.perf_counter() - t0, "min_s": time.perf_counter() - t0}
+        rec["max_rel_diff_vs_official"] = float(np.max(np.abs(jax_scores - ref) / np.abs(ref)))
     # pair_similarity called per pair, as a user's loop would (one timed pass after a warm-up pair).
     pp = lambda i, j: linearize.pair_similarity(
         "l2", f, first_at(parents, i), first_at(children, j), x, alpha=ALPHA, mode=Mode.FIRST_ORDER
@@ -276,6 +284,96 @@ def bench_growth(network, n, k, m, repeats):
     return rec
 
 
+def _exp_ns(repeats):
+    """Nanoseconds per element of the fastest exp here: ``sum(exp(x))`` over a contiguous array."""
+    x = jax.random.uniform(jax.random.key(5), (2**24,), jnp.float32)
+    f = jax.jit(lambda x: jnp.sum(jnp.exp(x)))
+    t = _interleaved({"exp": lambda: f(x)}, repeats)["exp"]
+    return t["median_s"] / x.size * 1e9, t["min_s"] / x.size * 1e9
+
+
+def bench_lse(network, n, k, m, repeats):
+    """LSE alone (all modes, three alphas) against its exp floor: one exp per (pair, position) for
+    PLAIN (shared with FIRST_ORDER) and one per alpha for LINEARIZED, at the fastest exp rate."""
+    parents, children = _population(network, k, m, jax.random.key(3))
+    x = _probe(network, n)
+    f = network.feature_fn("relu1")
+    used = linearize.used_leaves(f, first_at(parents, 0), first_at(children, 0), x)
+    p_used, c_used = _ordered(parents, used.fn.used_paths), _ordered(children, used.fn.used_paths)
+    floor = _floor(used)
+    alphas = np.asarray(lineage.DEFAULT_ALPHAS)
+    calls = {
+        "floor": lambda: floor(p_used, c_used, used.x),
+        "lse": lambda: lineage.score_matrices("lse", f, parents, children, x, alpha=alphas, modes=tuple(Mode)),
+    }
+    load = _loadavg()
+    times = _interleaved(calls, repeats)
+    exp_ns = _exp_ns(max(3, repeats))
+    exps = (1 + len(alphas)) * k * m * n * used.fn.out_shape[1]
+    rec = {"k": k, "m": m, "n": n, "times": times, "exp_ns": exp_ns, "exps": exps, "loadavg": [load, _loadavg()]}
+    exp_floor = exps * exp_ns[0] * 1e-9
+    rec["exp_floor_s"] = exp_floor
+    rec["lse_over_floor"] = times["lse"]["median_s"] / times["floor"]["median_s"]
+    rec["lse_minus_passes_over_exp_floor"] = (times["lse"]["median_s"] - times["floor"]["median_s"]) / exp_floor
+    print("lse", {key: v for key, v in rec.items() if key.endswith("floor") or key == "exp_ns"}, flush=True)
+    return rec
+
+
+def bench_gram(network, n, k, m, repeats):
+    """CKA (both estimators) and dCor, all modes and three alphas, against their product bound: per
+    pair the two Gram products ``X_p G^T`` and ``G G^T`` (``G = H_p (U_c - U_p)``) and nothing else,
+    batched as the scorer batches them (children in chunks, parents one at a time)."""
+    parents, children = _population(network, k, m, jax.random.key(4))
+    x = _probe(network, n)
+    f = network.feature_fn("relu1")
+    used = linearize.used_leaves(f, first_at(parents, 0), first_at(children, 0), x)
+    p_used, c_used = _ordered(parents, used.fn.used_paths), _ordered(children, used.fn.used_paths)
+    floor = _floor(used)
+    chunk = 8 if m % 8 == 0 else 1
+
+    @jax.jit
+    def products(u_p, u_c):
+        def per_parent(u):
+            h = (u > 0).astype(u.dtype)
+            x_p = jax.nn.relu(u)
+
+            def per_chunk(acc, uc):
+                g = h[None] * (uc - u[None])  # [B, N, D]
+                cross = jnp.einsum("nd,bmd->bnm", x_p, g)
+                quad = jnp.einsum("bnd,bmd->bnm", g, g)
+                return acc + jnp.sum(cross) + jnp.sum(quad), None
+
+            return jax.lax.scan(per_chunk, jnp.zeros(()), u_c.reshape(-1, chunk, *u_c.shape[1:]))[0]
+
+        return jax.lax.map(per_parent, u_p)
+
+    # Pre-activations as the products' inputs (their cost is the floor's, timed separately).
+    u_p = jax.random.normal(jax.random.key(6), (k, n, used.fn.out_shape[1]), jnp.float32)
+    u_c = jax.random.normal(jax.random.key(7), (m, n, used.fn.out_shape[1]), jnp.float32)
+    alphas = np.asarray(lineage.DEFAULT_ALPHAS)
+    metrics = ("cka", similarity_get("cka", estimator="unbiased"), "dcor")
+    calls = {
+        "floor": lambda: floor(p_used, c_used, used.x),
+        "products": lambda: products(u_p, u_c),
+        "gram": lambda: lineage.score_matrices(metrics, f, parents, children, x, alpha=alphas, modes=tuple(Mode)),
+    }
+    load = _loadavg()
+    times = _interleaved(calls, repeats)
+    rec = {"k": k, "m": m, "n": n, "times": times, "loadavg": [load, _loadavg()]}
+    bound = times["floor"]["median_s"] + times["products"]["median_s"]
+    rec["gram_over_bound"] = times["gram"]["median_s"] / bound
+    rec["gram_over_floor"] = times["gram"]["median_s"] / times["floor"]["median_s"]
+    rec["products_over_floor"] = times["products"]["median_s"] / times["floor"]["median_s"]
+    print("gram", {key: v for key, v in rec.items() if "_over_" in key}, flush=True)
+    return rec
+
+
+def similarity_get(name, **kw):
+    from jaxlineage import similarity
+
+    return similarity.get(name, **kw)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="pair,batch,growth")
@@ -284,7 +382,10 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch", default="8x48")
     ap.add_argument("--growth", default="20x200,80x800")
+    ap.add_argument("--lse", default="20x200", help="section lse: K x M")
+    ap.add_argument("--gram", default="8x48", help="section gram: K x M")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batch-repeats", type=int, default=3, help="JAX calls; the PyTorch batch is timed once")
     ap.add_argument("--growth-repeats", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/speed.jsonl")
     args = ap.parse_args(argv)
@@ -301,7 +402,13 @@ def main(argv=None):
         record["pair"] = bench_pair(network, args.n, args.repeats, torch)
     if "batch" in sections:
         k, m = (int(v) for v in args.batch.split("x"))
-        record["batch"] = bench_batch(network, args.n, k, m, max(1, args.repeats // 3), torch)
+        record["batch"] = bench_batch(network, args.n, k, m, args.batch_repeats, torch)
+    if "lse" in sections:
+        k, m = (int(v) for v in args.lse.split("x"))
+        record["lse"] = bench_lse(network, args.n, k, m, args.batch_repeats)
+    if "gram" in sections:
+        k, m = (int(v) for v in args.gram.split("x"))
+        record["gram"] = bench_gram(network, args.n, k, m, args.batch_repeats)
     if "growth" in sections:
         record["growth"] = []
         for size in filter(None, args.growth.split(",")):

@@ -256,16 +256,27 @@ def unpack(vector: Any, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
 
 
 @functools.partial(jax.jit, static_argnames=("stacked",))
-def _finite_flags(leaves: tuple[Array, ...], stacked: bool) -> tuple[Array, ...]:
-    return leaf_flags(leaves, stacked=stacked)
+def _finite_flags_pair(p: tuple[Array, ...], c: tuple[Array, ...], stacked: bool) -> Array:
+    return pack([*leaf_flags(p, stacked=stacked), *leaf_flags(c, stacked=stacked)])
 
 
-def check_finite(leaves: Sequence[Array], paths: Sequence[str], *, name: str, stacked: bool) -> None:
-    """Raises ``ValueError`` naming the first non-finite leaf (and model index)."""
-    leaves = tuple(leaves)
-    if not leaves or not is_concrete(leaves):
+def check_finite_pair(
+    p: Sequence[Array], c: Sequence[Array], paths: Sequence[str], *, names: tuple[str, str], stacked: bool
+) -> None:
+    """Raises ``ValueError`` naming the first non-finite leaf (and model index) of either side.
+
+    One dispatch and one read-back for both sides; skipped on traced values (inside a user's ``jit``).
+    """
+    p, c = tuple(p), tuple(c)
+    if not is_concrete((p, c)):
         return
-    raise_if_not_finite(jax.device_get(_finite_flags(leaves, stacked)), paths, name=name, stacked=stacked)
+    flags = np.asarray(_finite_flags_pair(p, c, stacked))
+    if flags.all():
+        return
+    shape = lambda l: (l.shape[0],) if stacked else ()
+    parts = unpack(flags, [shape(l) for l in (*p, *c)])
+    raise_if_not_finite(parts[: len(p)], paths, name=names[0], stacked=stacked)
+    raise_if_not_finite(parts[len(p) :], paths, name=names[1], stacked=stacked)
 
 
 #: Structure analyses of :func:`boundary`, most recent last (an LRU of ``_BOUNDARY_SIZE``).
@@ -352,8 +363,7 @@ def prepare(
     The structural part is cached (:func:`boundary`).
     """
     pruned, p, c, x = boundary(feature_fn, parents, children, x, stacked=stacked, names=names)
-    check_finite(p, pruned.used_paths, name=names[0], stacked=stacked)
-    check_finite(c, pruned.used_paths, name=names[1], stacked=stacked)
+    check_finite_pair(p, c, pruned.used_paths, names=names, stacked=stacked)
     return pruned, p, c, x
 
 

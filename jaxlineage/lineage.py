@@ -329,15 +329,14 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
 def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk, mesh, axis):
     """``(scores per combo [*alpha.shape, K, M], packed flags)``: one dispatch, one read-back of flags.
 
-    The flags (:func:`_flag_shapes`) are the parameters' finiteness per leaf and model, the
-    children's features, each pair's parent features and jvp, and all scores.
+    The flags (:func:`_flag_shapes`) are the finiteness of the children's features, of each
+    pair's parent features and jvp, and of all scores (the parameters are checked before, by
+    :func:`jaxlineage._pairing.check_finite_pair`, so that a bad model fails before the work).
     """
     alpha_flat = jnp.reshape(alpha, (-1,))
     vals, ok_pair, ok_c = _score_values(p_stack, c_stack, x, alpha_flat, combos, pruned, split, chunk, mesh, axis)
     k, m = ok_pair.shape
     flags = (
-        *_pairing.leaf_flags(p_stack, stacked=True),
-        *_pairing.leaf_flags(c_stack, stacked=True),
         ok_c,
         ok_pair,
         jnp.all(jnp.isfinite(vals)).reshape(1),
@@ -369,8 +368,8 @@ def _score_values(p_stack, c_stack, x, alpha, combos, pruned, split, chunk, mesh
     return vals[..., :m], ok_pair[:, :m], ok_c[:m]
 
 
-def _flag_shapes(n_leaves: int, k: int, m: int) -> list[tuple[int, ...]]:
-    return [(k,)] * n_leaves + [(m,)] * n_leaves + [(m,), (k, m), (1,)]
+def _flag_shapes(k: int, m: int) -> list[tuple[int, ...]]:
+    return [(m,), (k, m), (1,)]
 
 
 # ----------------------------------------------------------------------------
@@ -504,7 +503,9 @@ def score_matrices(
         raise ValueError("No (metric, mode) pair is defined (FIRST_ORDER needs a differentiable metric).")
     alpha = linearize.as_alpha(alpha, modes=tuple(dict.fromkeys(mode for _, mode in combos)))
     axis = _validate_mesh(mesh, mesh_axis)
-    pruned, p, c, x = _pairing.boundary(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
+    names = ("parents", "children")
+    pruned, p, c, x = _pairing.boundary(feature_fn, parents, children, x, stacked=True, names=names)
+    _pairing.check_finite_pair(p, c, pruned.used_paths, names=names, stacked=True)
     split = _fastpath.split(pruned, _pairing.struct_of(x)) if fast_path else None
     k, m = p[0].shape[0], c[0].shape[0]
     if chunk_size is None:
@@ -526,19 +527,15 @@ def score_matrices(
         axis=axis,
     )
     if _pairing.is_concrete(flags):
-        _raise_if_not_finite(flags, outs, pruned, k, m, combos)
+        _raise_if_not_finite(flags, outs, k, m, combos)
     return {(metric.name, mode): out for (metric, mode), out in zip(combos, outs)}
 
 
-def _raise_if_not_finite(flags, outs, pruned, k, m, combos):
+def _raise_if_not_finite(flags, outs, k, m, combos):
     flags = np.asarray(flags)
     if flags.all():
         return
-    n = len(pruned.used_paths)
-    unpacked = _pairing.unpack(flags, _flag_shapes(n, k, m))
-    _pairing.raise_if_not_finite(unpacked[:n], pruned.used_paths, name="parents", stacked=True)
-    _pairing.raise_if_not_finite(unpacked[n : 2 * n], pruned.used_paths, name="children", stacked=True)
-    ok_c, ok_pair = unpacked[2 * n], unpacked[2 * n + 1]
+    ok_c, ok_pair, _ = _pairing.unpack(flags, _flag_shapes(k, m))
     if not ok_c.all():
         raise ValueError(f"feature_fn returned NaN or inf features for children[{int(np.argmin(ok_c))}].")
     if not ok_pair.all():
