@@ -29,7 +29,9 @@ ReLU, the BatchNorm's scale, a LayerNorm). When the remainder reads no
 parameter and acts elementwise (``F = h(U)``, e.g. the MLP's ``relu1`` or the
 ConvNet's ``conv1``), ``J_p Delta = h'(U_p) (U_c - U_p)`` needs no jvp per
 pair, and the row-separable metrics (L1, L2, Lp, L-inf, LSE) are evaluated in
-every mode from per-model arrays by :func:`tiled_norm_scores`.
+every mode from per-model arrays by :func:`tiled_norm_scores`, except L2, whose
+three modes expand into matrix products of per-model arrays
+(:func:`quadratic_scores`).
 
 The split is read off the jaxpr of the (pruned) feature function, with calls to
 jitted sub-functions inlined, so it applies to any pure ``f(params, x)`` (Flax

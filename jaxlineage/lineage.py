@@ -34,8 +34,9 @@ along ``Delta`` is ``pre_c - pre_p``. That layer then runs once per model
 (``K + M`` passes, the floor) and each pair's jvp covers only the remaining
 layers. When those are elementwise (a tap right after the first layer: the
 MLP's ``relu1``, the ConvNet's ``conv1``), ``J_p Delta = h'(U_p) (U_c - U_p)``
-needs no jvp at all, and L1 / L2 / Lp / L-inf / LSE are computed in every mode
-from per-model arrays in cache-sized row blocks; CKA and dCor still form the
+needs no jvp at all, and L1 / Lp / L-inf / LSE are computed in every mode
+from per-model arrays in cache-sized row blocks, L2 from a few ``[K, N D] x [N D, M]``
+matrix products (its three modes expand into inner products of per-model arrays); CKA and dCor still form the
 pair's ``N x N`` Gram products (``X_p G^T`` and ``G G^T``, ``O(N^2 D)`` per
 pair), which bounds their cost. ``fast_path=False`` is the plain jvp path, the
 reference the fast one is tested against.
