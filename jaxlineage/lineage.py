@@ -411,7 +411,7 @@ def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
     (elementwise split: ``F``, ``U``, ``H``) are kept for the whole call and
     come off the budget first. An elementwise split evaluates the norm metrics
     from ``F`` and ``U`` alone (row blocks), so only the other metrics need the
-    pair's linearised features, and L2 the children's operands of its matrix products.
+    pair's linearised features.
     """
     n, d = pruned.out_shape
     p = sum(int(np.prod(s.shape)) for s in pruned.used_structs)
@@ -420,17 +420,16 @@ def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
     gram = need_gram * (8 + 2 * n_alpha) * n * n
     if split is not None and split.elementwise:
         per_pair = any(not _fastpath.row_separable(m) for m, _ in combos)
-        quad = any(_fastpath.quadratic(m) for m, _ in combos)
-        # The chunk's leaves, F_c and U_c, and for L2 the children's operands of the matrix products.
-        per_child = p + (2 + 4 * quad) * n * d + per_pair * (6 + 3 * n_alpha) * n * d + gram
+        # The chunk's leaves, F_c and U_c (L2's product operands are formed per block of positions).
+        per_child = p + 2 * n * d + per_pair * (6 + 3 * n_alpha) * n * d + gram
         kept = 3 * k * n * d
     else:
         pre = 0 if split is None else split.pre_size
         per_child = 3 * p + 2 * pre + (6 + 3 * n_alpha) * n * d + gram
         kept = k * pre
     # What is kept for the whole call does not shrink with the chunk: it may take at most
-    # three quarters of the budget from the chunks (one child per chunk would only be slower).
-    budget = max(budget - itemsize * kept, budget // 4)
+    # half of the budget from the chunks (one child per chunk would only be slower).
+    budget = max(budget - itemsize * kept, budget // 2)
     most = int(max(1, min(m_local, budget // max(itemsize * per_child, 1))))
     # As few chunks as the budget allows, of equal size: the last chunk is padded with
     # copies, so 8 children in chunks of 7 would cost 14.
