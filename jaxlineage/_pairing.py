@@ -17,8 +17,10 @@ any equation reads it; calls to jitted sub-functions are followed), cached per
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -127,7 +129,7 @@ def _analyse(
 def check_probe(x: Any) -> Array:
     """The probe batch as an array ``[N, ...]`` with ``N >= 1``."""
     try:
-        x = jnp.asarray(x)
+        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
     except TypeError as e:
         raise TypeError(f"The probe batch x must be an array [N, ...]; got {type(x).__name__}.") from e
     if x.ndim < 1 or x.shape[0] < 1:
@@ -211,25 +213,143 @@ def is_concrete(tree: Any) -> bool:
     return not any(isinstance(l, jax.core.Tracer) for l in jax.tree_util.tree_leaves(tree))
 
 
-@functools.partial(jax.jit, static_argnames=("stacked",))
-def _finite_flags(leaves: tuple[Array, ...], stacked: bool) -> tuple[Array, ...]:
-    if stacked:
-        return tuple(jnp.all(jnp.isfinite(l.reshape(l.shape[0], -1)), axis=1) for l in leaves)
-    return tuple(jnp.all(jnp.isfinite(l)) for l in leaves)
+def leaf_flags(leaves: Sequence[Array], *, stacked: bool) -> tuple[Array, ...]:
+    """Traceable: per floating leaf, whether it is finite (``[models]`` when stacked); ``()`` for others.
+
+    Computed inside a caller's jitted core so that the check costs no dispatch of its own;
+    :func:`raise_if_not_finite` reads the flags back.
+    """
+    out = []
+    for l in leaves:
+        if not jnp.issubdtype(l.dtype, jnp.inexact):
+            out.append(jnp.ones((l.shape[0],) if stacked else (), bool))
+        elif stacked:
+            out.append(jnp.all(jnp.isfinite(l.reshape(l.shape[0], -1)), axis=1))
+        else:
+            out.append(jnp.all(jnp.isfinite(l)))
+    return tuple(out)
 
 
-def check_finite(leaves: Sequence[Array], paths: Sequence[str], *, name: str, stacked: bool) -> None:
-    """Raises ``ValueError`` naming the first non-finite leaf (and model index)."""
-    leaves = tuple(leaves)
-    idx = [i for i, l in enumerate(leaves) if jnp.issubdtype(jnp.result_type(l), jnp.inexact)]
-    if not idx or not is_concrete(leaves):
-        return
-    flags = jax.device_get(_finite_flags(tuple(leaves[i] for i in idx), stacked))
-    for i, ok in zip(idx, flags):
+def raise_if_not_finite(flags: Sequence[Any], paths: Sequence[str], *, name: str, stacked: bool) -> None:
+    """Raises ``ValueError`` naming the first leaf (and model index) whose :func:`leaf_flags` flag is false."""
+    for path, ok in zip(paths, flags):
         ok = np.asarray(ok)
         if not ok.all():
             where = f"{name}[{int(np.argmin(ok))}]" if stacked else name
-            raise ValueError(f"{where} has NaN or inf parameters at {paths[i]}.")
+            raise ValueError(f"{where} has NaN or inf parameters at {path}.")
+
+
+def pack(flags: Sequence[Array]) -> Array:
+    """Traceable: boolean flags of any shapes as one vector, so the host reads them back in one transfer."""
+    return jnp.concatenate([jnp.ravel(f) for f in flags]) if flags else jnp.ones((0,), bool)
+
+
+def unpack(vector: Any, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """The inverse of :func:`pack` on the host, given the flags' shapes."""
+    vector = np.asarray(vector)
+    out, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(vector[start : start + size].reshape(shape))
+        start += size
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("stacked",))
+def _finite_flags_pair(p: tuple[Array, ...], c: tuple[Array, ...], stacked: bool) -> Array:
+    return pack([*leaf_flags(p, stacked=stacked), *leaf_flags(c, stacked=stacked)])
+
+
+def check_finite_pair(
+    p: Sequence[Array], c: Sequence[Array], paths: Sequence[str], *, names: tuple[str, str], stacked: bool
+) -> None:
+    """Raises ``ValueError`` naming the first non-finite leaf (and model index) of either side.
+
+    One dispatch and one read-back for both sides; skipped on traced values (inside a user's ``jit``).
+    """
+    p, c = tuple(p), tuple(c)
+    if not is_concrete((p, c)):
+        return
+    flags = np.asarray(_finite_flags_pair(p, c, stacked))
+    if flags.all():
+        return
+    shape = lambda l: (l.shape[0],) if stacked else ()
+    parts = unpack(flags, [shape(l) for l in (*p, *c)])
+    raise_if_not_finite(parts[: len(p)], paths, name=names[0], stacked=stacked)
+    raise_if_not_finite(parts[len(p) :], paths, name=names[1], stacked=stacked)
+
+
+#: Structure analyses of :func:`boundary`, most recent last (an LRU of ``_BOUNDARY_SIZE``).
+_BOUNDARY: collections.OrderedDict = collections.OrderedDict()
+_BOUNDARY_SIZE = 256
+
+
+def _leaf_key(leaf: Any) -> tuple:
+    if isinstance(leaf, (jax.Array, np.ndarray)):
+        return leaf.shape, leaf.dtype, getattr(leaf, "weak_type", False)
+    return np.shape(leaf), type(leaf)
+
+
+def _select(leaves: Sequence[Any], index: tuple[int, ...]) -> tuple[Array, ...]:
+    return tuple(l if isinstance(l, jax.Array) else jnp.asarray(l) for l in (leaves[i] for i in index))
+
+
+def boundary(
+    feature_fn: Any, parents: Any, children: Any, x: Any, *, stacked: bool, names: tuple[str, str]
+) -> tuple[Any, tuple[Array, ...], tuple[Array, ...], Array]:
+    """The structural half of :func:`prepare`, cached: ``(pruned, parent leaves, child leaves, probe)``.
+
+    Every check that depends only on the trees' structure, the leaves' shapes and dtypes, the
+    probe's shape and ``feature_fn`` (used leaves, matching paths / shapes / dtypes, stack
+    sizes, the feature shape) runs once per such key; a later call with the same key flattens
+    both trees, looks the key up and picks the used leaves by position. Values are not
+    checked: callers compute :func:`leaf_flags` inside their jitted core and call
+    :func:`raise_if_not_finite` on the result.
+    """
+    x = check_probe(x)
+    p_leaves, p_def = jax.tree_util.tree_flatten(parents)
+    c_leaves, c_def = jax.tree_util.tree_flatten(children)
+    try:
+        key = (
+            feature_fn,
+            stacked,
+            names,
+            p_def,
+            tuple(_leaf_key(l) for l in p_leaves),
+            c_def,
+            tuple(_leaf_key(l) for l in c_leaves),
+            x.shape,
+            x.dtype,
+            x.weak_type,
+        )
+        hit = _BOUNDARY.get(key)
+    except TypeError:  # an unhashable feature_fn or leaf: the uncached analysis reports it
+        key = hit = None
+    if hit is None:
+        hit = _analyse_boundary(feature_fn, parents, children, x, stacked=stacked, names=names)
+        if key is not None:
+            _BOUNDARY[key] = hit
+            while len(_BOUNDARY) > _BOUNDARY_SIZE:
+                _BOUNDARY.popitem(last=False)
+    else:
+        _BOUNDARY.move_to_end(key)
+    pruned, p_index, c_index = hit
+    return pruned, _select(p_leaves, p_index), _select(c_leaves, c_index), x
+
+
+def _analyse_boundary(feature_fn, parents, children, x, *, stacked, names):
+    """``(pruned, used parent leaf positions, used child leaf positions)``, with every structural check."""
+    parent_name, child_name = names
+    pruned, _, p_paths = analyse(feature_fn, parents, x, name=parent_name, stacked=stacked)
+    select_used(pruned, parents, name=parent_name, ref_name=parent_name, stacked=stacked)
+    select_used(pruned, children, name=child_name, ref_name=parent_name, stacked=stacked)
+    c_paths, _, _ = _flat_with_paths(children, child_name)
+    p_pos, c_pos = {p: i for i, p in enumerate(p_paths)}, {p: i for i, p in enumerate(c_paths)}
+    return (
+        pruned,
+        tuple(p_pos[p] for p in pruned.used_paths),
+        tuple(c_pos[p] for p in pruned.used_paths),
+    )
 
 
 def prepare(
@@ -240,14 +360,10 @@ def prepare(
     The probe is validated, the used leaves found on ``parents``, both sides
     restricted to them (``children`` must match ``parents`` there), and both
     checked for NaN / inf. ``names`` name the two sides in error messages.
+    The structural part is cached (:func:`boundary`).
     """
-    parent_name, child_name = names
-    x = check_probe(x)
-    pruned, _, _ = analyse(feature_fn, parents, x, name=parent_name, stacked=stacked)
-    p = select_used(pruned, parents, name=parent_name, ref_name=parent_name, stacked=stacked)
-    c = select_used(pruned, children, name=child_name, ref_name=parent_name, stacked=stacked)
-    check_finite(p, pruned.used_paths, name=parent_name, stacked=stacked)
-    check_finite(c, pruned.used_paths, name=child_name, stacked=stacked)
+    pruned, p, c, x = boundary(feature_fn, parents, children, x, stacked=stacked, names=names)
+    check_finite_pair(p, c, pruned.used_paths, names=names, stacked=stacked)
     return pruned, p, c, x
 
 

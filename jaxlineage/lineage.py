@@ -34,8 +34,9 @@ along ``Delta`` is ``pre_c - pre_p``. That layer then runs once per model
 (``K + M`` passes, the floor) and each pair's jvp covers only the remaining
 layers. When those are elementwise (a tap right after the first layer: the
 MLP's ``relu1``, the ConvNet's ``conv1``), ``J_p Delta = h'(U_p) (U_c - U_p)``
-needs no jvp at all, and L1 / L2 / Lp / L-inf / LSE are computed in every mode
-from per-model arrays in cache-sized row blocks; CKA and dCor still form the
+needs no jvp at all, and L1 / Lp / L-inf / LSE are computed in every mode
+from per-model arrays in cache-sized row blocks, L2 from a few ``[K, N D] x [N D, M]``
+matrix products (its three modes expand into inner products of per-model arrays); CKA and dCor still form the
 pair's ``N x N`` Gram products (``X_p G^T`` and ``G G^T``, ``O(N^2 D)`` per
 pair), which bounds their cost. ``fast_path=False`` is the plain jvp path, the
 reference the fast one is tested against.
@@ -270,11 +271,14 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
     """
     p_arrays = jax.lax.map(lambda th: split.elementwise_arrays(th, x), p_stack)  # K passes
     ok_p = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a), axis=(1, 2)) for a in p_arrays]), axis=0)
-    tiled = [i for i, (metric, _) in enumerate(combos) if _fastpath.row_separable(metric)]
-    other = [i for i in range(len(combos)) if i not in tiled]
+    quad = [i for i, (metric, _) in enumerate(combos) if _fastpath.quadratic(metric)]
+    tiled = [i for i, (metric, _) in enumerate(combos) if _fastpath.row_separable(metric) and i not in quad]
+    other = [i for i in range(len(combos)) if i not in tiled and i not in quad]
+    quad_combos = tuple(combos[i] for i in quad)
     tiled_combos = tuple(combos[i] for i in tiled)
     other_combos = tuple(combos[i] for i in other)
-    order = np.argsort(tiled + other)  # back to the order of combos
+    order = np.argsort(quad + tiled + other)  # back to the order of combos
+    quad_terms = _fastpath.quadratic_parent_terms(*p_arrays) if quad_combos else None
     need_gram = _needs_gram(other_combos)
     k, n, d = p_arrays[0].shape
     chunk = chunks[0].shape[1]
@@ -290,6 +294,9 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
         f_c, u_c = jax.vmap(child_arrays)(c_chunk)  # [B, N, D], once per child
         ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2)) & jnp.all(jnp.isfinite(u_c), axis=(1, 2))
         parts = []
+        if quad_combos:
+            vals = _fastpath.quadratic_scores(quad_combos, p_arrays, quad_terms, (f_c, u_c), alpha)
+            parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Cq, A]
         if tiled_combos:
             vals = _fastpath.tiled_norm_scores(tiled_combos, p_arrays, (f_c, u_c), alpha, block=block)
             parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Ct, A]
@@ -316,6 +323,25 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
 
 @functools.partial(jax.jit, static_argnames=("combos", "pruned", "split", "chunk", "mesh", "axis"))
 def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk, mesh, axis):
+    """``(scores per combo [*alpha.shape, K, M], packed flags)``: one dispatch, one read-back of flags.
+
+    The flags (:func:`_flag_shapes`) are the finiteness of the children's features, of each
+    pair's parent features and jvp, and of all scores (the parameters are checked before, by
+    :func:`jaxlineage._pairing.check_finite_pair`, so that a bad model fails before the work).
+    """
+    alpha_flat = jnp.reshape(alpha, (-1,))
+    vals, ok_pair, ok_c = _score_values(p_stack, c_stack, x, alpha_flat, combos, pruned, split, chunk, mesh, axis)
+    k, m = ok_pair.shape
+    flags = (
+        ok_c,
+        ok_pair,
+        jnp.all(jnp.isfinite(vals)).reshape(1),
+    )
+    outs = tuple(vals[i].reshape(jnp.shape(alpha) + (k, m)) for i in range(len(combos)))
+    return outs, _pairing.pack(flags)
+
+
+def _score_values(p_stack, c_stack, x, alpha, combos, pruned, split, chunk, mesh, axis):
     local = functools.partial(_score_local, combos=combos, pruned=pruned, split=split, chunk=chunk)
     if mesh is None:
         return local(p_stack, c_stack, x, alpha)
@@ -336,6 +362,10 @@ def _score_core(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk, mes
     )
     vals, ok_pair, ok_c = sharded(p_stack, c_stack, x, alpha)
     return vals[..., :m], ok_pair[:, :m], ok_c[:m]
+
+
+def _flag_shapes(k: int, m: int) -> list[tuple[int, ...]]:
+    return [(m,), (k, m), (1,)]
 
 
 # ----------------------------------------------------------------------------
@@ -385,13 +415,16 @@ def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
     gram = need_gram * (8 + 2 * n_alpha) * n * n
     if split is not None and split.elementwise:
         per_pair = any(not _fastpath.row_separable(m) for m, _ in combos)
-        per_child = 3 * p + 3 * n * d + per_pair * (6 + 3 * n_alpha) * n * d + gram
+        # The chunk's leaves, F_c and U_c (L2's product operands are formed per block of positions).
+        per_child = p + 2 * n * d + per_pair * (6 + 3 * n_alpha) * n * d + gram
         kept = 3 * k * n * d
     else:
         pre = 0 if split is None else split.pre_size
         per_child = 3 * p + 2 * pre + (6 + 3 * n_alpha) * n * d + gram
         kept = k * pre
-    budget = budget - itemsize * kept
+    # What is kept for the whole call does not shrink with the chunk: it may take at most
+    # half of the budget from the chunks (one child per chunk would only be slower).
+    budget = max(budget - itemsize * kept, budget // 2)
     most = int(max(1, min(m_local, budget // max(itemsize * per_child, 1))))
     # As few chunks as the budget allows, of equal size: the last chunk is padded with
     # copies, so 8 children in chunks of 7 would cost 14.
@@ -465,7 +498,9 @@ def score_matrices(
         raise ValueError("No (metric, mode) pair is defined (FIRST_ORDER needs a differentiable metric).")
     alpha = linearize.as_alpha(alpha, modes=tuple(dict.fromkeys(mode for _, mode in combos)))
     axis = _validate_mesh(mesh, mesh_axis)
-    pruned, p, c, x = _pairing.prepare(feature_fn, parents, children, x, stacked=True, names=("parents", "children"))
+    names = ("parents", "children")
+    pruned, p, c, x = _pairing.boundary(feature_fn, parents, children, x, stacked=True, names=names)
+    _pairing.check_finite_pair(p, c, pruned.used_paths, names=names, stacked=True)
     split = _fastpath.split(pruned, _pairing.struct_of(x)) if fast_path else None
     k, m = p[0].shape[0], c[0].shape[0]
     if chunk_size is None:
@@ -474,12 +509,11 @@ def score_matrices(
         chunk_size = _chunk_size(pruned, split, combos, k, m_local, max(1, alpha.size), dtype, memory_budget_bytes)
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
-    alpha_flat = alpha.reshape(-1)
-    vals, ok_pair, ok_c = _score_core(
+    outs, flags = _score_core(
         p,
         c,
         x,
-        alpha_flat,
+        alpha,
         combos=combos,
         pruned=pruned,
         split=split,
@@ -487,29 +521,30 @@ def score_matrices(
         mesh=mesh,
         axis=axis,
     )
-    if _pairing.is_concrete(vals):
-        _raise_if_not_finite(vals, ok_pair, ok_c, combos)
-    return {
-        (metric.name, mode): vals[i].reshape(alpha.shape + vals.shape[2:]) for i, (metric, mode) in enumerate(combos)
-    }
+    if _pairing.is_concrete(flags):
+        _raise_if_not_finite(flags, outs, k, m, combos)
+    return {(metric.name, mode): out for (metric, mode), out in zip(combos, outs)}
 
 
-def _raise_if_not_finite(vals, ok_pair, ok_c, combos):
-    ok_pair, ok_c = np.asarray(ok_pair), np.asarray(ok_c)
+def _raise_if_not_finite(flags, outs, k, m, combos):
+    flags = np.asarray(flags)
+    if flags.all():
+        return
+    ok_c, ok_pair, _ = _pairing.unpack(flags, _flag_shapes(k, m))
     if not ok_c.all():
         raise ValueError(f"feature_fn returned NaN or inf features for children[{int(np.argmin(ok_c))}].")
     if not ok_pair.all():
-        k, m = np.unravel_index(int(np.argmin(ok_pair)), ok_pair.shape)
-        raise ValueError(f"NaN or inf parent features or Jacobian-vector product for parents[{k}] and children[{m}].")
-    finite = np.isfinite(np.asarray(vals))
-    if not finite.all():
-        i, a, k, m = np.unravel_index(int(np.argmin(finite)), finite.shape)
-        metric, mode = combos[i]
-        raise ValueError(
-            f"Metric {metric.name!r} in mode {mode.value!r} is not finite for parents[{k}]"
-            f" and children[{m}] (alpha index {a}) although the features are; the"
-            " features are probably too large for the dtype (try float64 or rescale)."
-        )
+        kk, mm = np.unravel_index(int(np.argmin(ok_pair)), ok_pair.shape)
+        raise ValueError(f"NaN or inf parent features or Jacobian-vector product for parents[{kk}] and children[{mm}].")
+    for (metric, mode), out in zip(combos, outs):
+        finite = np.isfinite(np.asarray(out)).reshape(-1, k, m)
+        if not finite.all():
+            a, kk, mm = np.unravel_index(int(np.argmin(finite)), finite.shape)
+            raise ValueError(
+                f"Metric {metric.name!r} in mode {mode.value!r} is not finite for parents[{kk}]"
+                f" and children[{mm}] (alpha index {a}) although the features are; the"
+                " features are probably too large for the dtype (try float64 or rescale)."
+            )
 
 
 def score_matrix(

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlineage import _pairing
+from jaxlineage import _fastpath, _pairing
 from jaxlineage import similarity as similarity_lib
 
 __all__ = [
@@ -281,23 +281,58 @@ def _mode_values(metric, mode, f_p, jd, f_c, alpha):
     return vals.reshape(alpha.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "mode", "pruned"))
-def _similarity_core(p, c, x, alpha, *, metric, mode, pruned):
-    f_c = pruned(c, x)
-    if mode is Mode.PLAIN:
-        f_p = pruned(p, x)
-        jd = None
+def _split_jvp(split, p, c, x, *, need_jvp):
+    """``(F_p, J_p Delta or None, F_c)`` through a first-layer split: each model's first layer once.
+
+    The first layer's tangent along ``Delta`` is ``pre_c - pre_p`` (:mod:`jaxlineage._fastpath`), so
+    the pair costs the two forward passes plus the jvp of the remaining layers only.
+    """
+    pre_p, pre_c = split.pre(p, x), split.pre(c, x)
+    rest = lambda th, pre: split.rest(th, pre, x)
+    f_c = rest(c, pre_c)
+    if not need_jvp:
+        return rest(p, pre_p), None, f_c
+    d_pre = tuple(a - b for a, b in zip(pre_c, pre_p))
+    f_p, jd = jax.jvp(rest, (p, pre_p), (_pairing.delta(c, p), d_pre))
+    return f_p, jd, f_c
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "mode", "pruned", "split"))
+def _similarity_core(p, c, x, alpha, *, metric, mode, pruned, split=None):
+    """Scores plus every finiteness flag the boundary checks (one dispatch, one read-back)."""
+    if split is not None:
+        f_p, jd, f_c = _split_jvp(split, p, c, x, need_jvp=mode is not Mode.PLAIN)
     else:
-        f_p, jd = _jvp(pruned, p, c, x)
+        f_c = pruned(c, x)
+        if mode is Mode.PLAIN:
+            f_p, jd = pruned(p, x), None
+        else:
+            f_p, jd = _jvp(pruned, p, c, x)
     vals = _mode_values(metric, mode, f_p, jd, f_c, alpha)
     ok_p = jnp.all(jnp.isfinite(f_p))
     if jd is not None:
         ok_p &= jnp.all(jnp.isfinite(jd))
-    return vals, ok_p, jnp.all(jnp.isfinite(f_c))
+    flags = (
+        *_pairing.leaf_flags(p, stacked=False),
+        *_pairing.leaf_flags(c, stacked=False),
+        ok_p,
+        jnp.all(jnp.isfinite(f_c)),
+        jnp.all(jnp.isfinite(vals)),
+    )
+    return vals, _pairing.pack(flags)
 
 
-def _check_values_finite(vals: Array, metric, mode) -> None:
-    if _pairing.is_concrete(vals) and not bool(jnp.all(jnp.isfinite(vals))):
+def _check_flags(flags, pruned, vals, metric, mode) -> None:
+    """Raises for the first false flag of :func:`_similarity_core`, in the order the checks promise."""
+    flags = np.asarray(flags)
+    if flags.all():
+        return
+    n = len(pruned.used_paths)
+    _pairing.raise_if_not_finite(flags[:n], pruned.used_paths, name="parent", stacked=False)
+    _pairing.raise_if_not_finite(flags[n : 2 * n], pruned.used_paths, name="child", stacked=False)
+    ok_p, ok_c, ok_vals = flags[2 * n :]
+    _check_features_finite(parent=ok_p, child=ok_c)
+    if not ok_vals:
         raise ValueError(
             f"Metric {metric.name!r} in mode {mode.value!r} is not finite ({vals}) although"
             " the features are; the features are probably too large for the dtype"
@@ -314,6 +349,7 @@ def pair_similarity(
     *,
     alpha: Any = None,
     mode: Mode | str = DEFAULT_MODE,
+    fast_path: bool = True,
 ) -> Array:
     r"""Similarity of a child to a candidate parent (higher = more similar).
 
@@ -329,8 +365,11 @@ def pair_similarity(
     are; a fresh ``lambda`` or ``functools.partial`` per call recompiles.
 
     Cost: ``PLAIN`` is two forward passes; the other modes replace the parent's
-    forward pass by one ``jax.jvp`` (about two forward passes) for any number of
-    ``alpha`` values. Values are raw scores; apply
+    forward pass by one ``jax.jvp`` for any number of ``alpha`` values, which costs
+    nothing more than elementwise work when the first layer reads the probe
+    (``fast_path``; otherwise about one more forward pass). The structural checks
+    (used leaves, paths, shapes) run once per tree structure and feature function;
+    the value checks are computed in the same compiled call as the scores. Values are raw scores; apply
     :func:`jaxlineage.similarity.report` for the paper's table units.
 
     Args:
@@ -344,6 +383,10 @@ def pair_similarity(
       alpha: step size, a scalar or a 1-D sweep ``[A]``; required by
         ``FIRST_ORDER`` and ``LINEARIZED``, optional (ignored) for ``PLAIN``.
       mode: a :class:`Mode` (default ``Mode.LINEARIZED``) or its name.
+      fast_path: when the feature function's first layer is linear in its weight and reads
+        the probe (:func:`jaxlineage.lineage.fast_path_plan`), its tangent is taken as
+        ``pre_c - pre_p`` from the two forward passes instead of a third product with the
+        probe (equal up to rounding); ``False`` forces the plain jvp.
 
     Returns:
       An array of shape ``alpha.shape`` (``PLAIN`` repeats its single value).
@@ -371,10 +414,13 @@ def pair_similarity(
     """
     metric, mode = _check_metric_mode(metric, mode)
     alpha = as_alpha(alpha, modes=(mode,))
-    pruned, p, c, x = _prepare(feature_fn, parent_params, child_params, x)
-    vals, ok_p, ok_c = _similarity_core(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned)
-    _check_features_finite(parent=ok_p, child=ok_c)
-    _check_values_finite(vals, metric, mode)
+    pruned, p, c, x = _pairing.boundary(
+        feature_fn, parent_params, child_params, x, stacked=False, names=("parent", "child")
+    )
+    split = _fastpath.split(pruned, _pairing.struct_of(x)) if fast_path else None
+    vals, flags = _similarity_core(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, split=split)
+    if _pairing.is_concrete(flags):
+        _check_flags(flags, pruned, vals, metric, mode)
     return vals
 
 
@@ -498,6 +544,7 @@ def lower(
     mode: Mode | str = DEFAULT_MODE,
     stepwise: bool = False,
     row_chunk: int | None = None,
+    fast_path: bool = True,
 ) -> jax.stages.Lowered:
     """The lowered computation behind :func:`pair_similarity` (or :func:`stepwise_similarity`).
 
@@ -509,6 +556,7 @@ def lower(
     Args:
       stepwise: lower :func:`stepwise_similarity` (materialised Jacobians) instead.
       row_chunk: the stepwise baseline's Jacobian rows per block (``None``: all at once).
+      fast_path: as in :func:`pair_similarity` (ignored with ``stepwise``).
     """
     metric, mode = _check_metric_mode(metric, mode)
     alpha = as_alpha(alpha, modes=(mode,))
@@ -516,4 +564,5 @@ def lower(
     if stepwise:
         _check_row_chunk(row_chunk)
         return _stepwise_core.lower(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, row_chunk=row_chunk)
-    return _similarity_core.lower(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned)
+    split = _fastpath.split(pruned, _pairing.struct_of(x)) if fast_path else None
+    return _similarity_core.lower(p, c, x, alpha, metric=metric, mode=mode, pruned=pruned, split=split)

@@ -235,3 +235,61 @@ def test_lse_first_order_term_is_jaxs_jvp_including_kinks(dtype):
         e10 = float(np.exp(S.LSE_CLAMP))
         assert float(got[2]) == pytest.approx(0.5 * e10 * t * float(g[2]), rel=1e-6)
         assert float(got[8]) == 0.0 and float(got[0]) == pytest.approx(t * float(g[0]), rel=1e-6)
+
+
+def _elementwise_arrays(h, u):
+    """``(F, U, H)`` of an elementwise tap ``F = h(U)``, ``H = h'(U)`` by a jvp with ones (as the split)."""
+    f, dh = jax.jvp(h, (u,), (jnp.ones_like(u),))
+    return f, u, dh
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "relu_with_zeros"])
+def test_l2_matrix_products_equal_the_elementwise_sums_float64(act, monkeypatch):
+    # L2's three modes as [K, n] x [n, B] products (the expansion of sum (d + alpha G)^2) against
+    # the elementwise row sums they replace, on an elementwise tap: exact algebra, so float64
+    # agrees to rounding. Small contraction blocks exercise several blocks and the zero padding
+    # (n = 35 = 4 x 8 + 3); exact zeros in U exercise ReLU's kink (h'(0) = 0).
+    monkeypatch.setattr(_fastpath, "_CONTRACTION_BLOCK", 8)
+    h = jnp.tanh if act == "tanh" else jax.nn.relu
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        u_p = rng.standard_normal((3, 5, 7))
+        u_c = np.concatenate([u_p, u_p[:1]]) + 0.3 * rng.standard_normal((4, 5, 7))
+        if act == "relu_with_zeros":
+            u_p[:, 0], u_c[:, 0] = 0.0, 0.0
+        parent = _elementwise_arrays(h, jnp.asarray(u_p))
+        child = _elementwise_arrays(h, jnp.asarray(u_c))[:2]
+        terms = _fastpath.quadratic_parent_terms(*parent)
+        assert bool(terms["relu"]) is (act != "tanh")
+        combos = tuple((metric, mode) for metric in (S.get("l2"), S.get("lp", p=2)) for mode in Mode)
+        assert all(_fastpath.quadratic(m) for m, _ in combos) and not _fastpath.quadratic(S.get("lp"))
+        alpha = jnp.asarray(ALPHAS)
+        got = _fastpath.quadratic_scores(combos, parent, terms, child, alpha)
+        want = _fastpath.tiled_norm_scores(combos, parent, child, alpha, block=(5, 7))
+        assert got.shape == want.shape == (len(combos), 2, 3, 4)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+        # The general branch (six products) on ReLU's arrays gives the same as the reduced one.
+        if act != "tanh":
+            general = _fastpath.quadratic_scores(combos, parent, {**terms, "relu": False}, child, alpha)
+            np.testing.assert_allclose(general, got, rtol=1e-12, atol=1e-14)
+
+
+def test_l2_matrix_products_float32_error_is_eps_times_feature_energy():
+    # In float32 the expansion cancels sum F^2 against 2 <F_p, F_c>: the error is bounded by
+    # a few eps * (sum F_p^2 + sum F_c^2) / n, not by eps * |score| (documented in quadratic_scores).
+    rng = np.random.default_rng(1)
+    u_p = rng.standard_normal((2, 64, 256)).astype(np.float32)
+    u_c = (np.concatenate([u_p, u_p]) + 0.05 * rng.standard_normal((4, 64, 256))).astype(np.float32)
+    parent = _elementwise_arrays(jax.nn.relu, jnp.asarray(u_p))
+    child = _elementwise_arrays(jax.nn.relu, jnp.asarray(u_c))[:2]
+    combos = tuple((S.get("l2"), mode) for mode in Mode)
+    alpha = jnp.asarray(ALPHAS, jnp.float32)
+    got = _fastpath.quadratic_scores(combos, parent, _fastpath.quadratic_parent_terms(*parent), child, alpha)
+    with jax.enable_x64(True):
+        to64 = lambda arrays: tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in arrays)
+        want = _fastpath.tiled_norm_scores(combos, to64(parent), to64(child), jnp.asarray(ALPHAS), block=(64, 256))
+    energy = (np.sum(np.square(parent[0]), axis=(1, 2))[:, None] + np.sum(np.square(child[0]), axis=(1, 2))) / (
+        64 * 256
+    )
+    err = np.abs(np.asarray(got, np.float64) - np.asarray(want))
+    assert np.all(err <= 16 * np.finfo(np.float32).eps * energy), float(np.max(err / energy))

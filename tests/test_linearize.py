@@ -198,10 +198,15 @@ def test_alpha_sweep_costs_one_network_pass_and_matches_scalar_calls():
     alphas = [0.001, 0.1, 1.0]
     for mode in (Mode.LINEARIZED, Mode.FIRST_ORDER):
         traces.clear()
-        sweep = L.pair_similarity("l2", counted, parent, child, x, alpha=jnp.array(alphas), mode=mode)
+        kw = {"alpha": jnp.array(alphas), "mode": mode}
+        sweep = L.pair_similarity("l2", counted, parent, child, x, fast_path=False, **kw)
         # One trace to find the used leaves (first call only), then one for F_c
         # and one jvp for F_p: independent of the number of alphas.
         assert len(traces) == 2 + (mode is Mode.LINEARIZED), (mode, len(traces))
+        # The fast path traces the function once more, to split it, and never again.
+        traces.clear()
+        np.testing.assert_allclose(L.pair_similarity("l2", counted, parent, child, x, **kw), sweep, rtol=1e-6)
+        assert len(traces) == (mode is Mode.LINEARIZED), (mode, len(traces))
         for a, s in zip(alphas, sweep):
             np.testing.assert_allclose(
                 L.pair_similarity("l2", counted, parent, child, x, alpha=a, mode=mode), s, rtol=1e-6
@@ -354,3 +359,25 @@ def test_used_leaves_and_lower_expose_the_kernel():
     assert step.memory_analysis().temp_size_in_bytes > jvp.memory_analysis().temp_size_in_bytes
     with pytest.raises(ValueError, match="dense2"):
         L.used_leaves(mlp_features, parent, {**child, "dense2": {"w": child["dense2"]["w"][:, :2]}}, x)
+
+
+def test_second_call_with_the_same_structure_does_no_analysis(monkeypatch):
+    # The structural checks run once per (feature_fn, tree structure, leaf shapes / dtypes, probe
+    # shape); a second call only flattens and looks up. Every check still applies to new keys.
+    from jaxlineage import _pairing
+
+    parent, child, x = _population(seed=11)
+    parent2, child2, _ = _population(seed=12)
+    L.pair_similarity("l2", mlp_features, parent, child, x, alpha=0.1)
+    calls = []
+    analyse = _pairing._analyse_boundary
+    monkeypatch.setattr(_pairing, "_analyse_boundary", lambda *a, **k: calls.append(1) or analyse(*a, **k))
+    got = L.pair_similarity("l2", mlp_features, parent2, child2, x, alpha=0.1)
+    assert calls == []
+    np.testing.assert_allclose(
+        got, L.pair_similarity("l2", mlp_features, parent2, child2, x, alpha=0.1, fast_path=False), rtol=1e-5
+    )
+    bad = {**child2, "dense1": {"w": child2["dense1"]["w"][:, :-1], "b": child2["dense1"]["b"]}}
+    with pytest.raises(ValueError, match=r"differ at dense1/w"):
+        L.pair_similarity("l2", mlp_features, parent2, bad, x, alpha=0.1)
+    assert calls == [1]
