@@ -290,7 +290,8 @@ def arch_name(arch: Arch | str) -> str:
     """The registry name of ``arch`` (an :class:`Arch` or a name); ``ValueError`` names the known ones."""
     name = arch.value if isinstance(arch, Arch) else arch
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+        hint = " (import jaxlineage.nets_lm, which registers it)" if name == Arch.TRANSFORMER_LM.value else ""
+        raise ValueError(f"unknown architecture {arch!r}{hint}; known: {sorted(ARCHITECTURES)}")
     return name
 
 
@@ -447,7 +448,3 @@ def from_apply(apply_fn: ApplyFn, params: PyTree) -> tuple[ApplyFn, PyTree]:
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
     return apply_fn, params
-
-
-# The transformer LM family registers itself in ARCHITECTURES; imported last (it builds on Network).
-from jaxlineage import nets_lm as _nets_lm  # noqa: E402, F401

@@ -23,7 +23,8 @@ Parameter layout under ``params`` (what :mod:`jaxlineage.permutations` describes
     ln_f/{scale,bias} [D]            head/kernel [D, V], bias [V]
 
 Importing this module registers the family as ``"transformer_lm"`` in
-:data:`jaxlineage.nets.ARCHITECTURES` (``jaxlineage.nets`` imports it).
+:data:`jaxlineage.nets.ARCHITECTURES` (``jaxlineage.zoo`` imports it; ``nets`` does not, so the
+layers stay one-way).
 
 References:
   Radford et al., "Language Models are Unsupervised Multitask Learners" (GPT-2,

@@ -39,6 +39,7 @@ Usage::
     python -m jaxlineage.zoo --spec provenance_quick --workdir /tmp/pq
 """
 
+from jaxlineage import nets_lm as _nets_lm  # noqa: F401 (registers the "transformer_lm" architecture)
 from jaxlineage.zoo import ops, spec, specs, storage, training
 from jaxlineage.zoo._base import (
     DistillMode,
