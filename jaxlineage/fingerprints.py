@@ -86,11 +86,13 @@ class Fingerprints(NamedTuple):
       x: ``[F, ...]`` inputs.
       labels: ``[F]`` the source's predicted class on each (the label a suspect must match).
       scores: ``[F]`` the generation's quality per fingerprint (conferrability; IPGuard: minus the loss).
+      index: ``[F]`` each fingerprint's seed: its row in the seed inputs ``x0``.
     """
 
     x: np.ndarray
     labels: np.ndarray
     scores: np.ndarray
+    index: np.ndarray
 
 
 # --------------------------------------------------------------------------- population helpers
@@ -353,13 +355,16 @@ def train_population(
 # --------------------------------------------------------------------------- conferrable adversarial examples
 
 
-def conferrability(source_logits: jax.Array, surrogate_logits: jax.Array, reference_logits: jax.Array) -> jax.Array:
+def conferrability(
+    source_logits: jax.Array, surrogate_logits: jax.Array, reference_logits: jax.Array, label: jax.Array | None = None
+) -> jax.Array:
     """Lukas et al.'s conferrability ``[N]``: ``E_S[p_S(c)] * (1 - E_R[p_R(c)])`` with ``c = argmax`` of the source.
 
     Args:
       source_logits: ``[N, C]``. surrogate_logits: ``[S, N, C]``. reference_logits: ``[R, N, C]``.
+      label: ``[N]`` the class ``c`` to use instead of the source's argmax (the search's target class).
     """
-    c = jnp.argmax(source_logits, axis=-1)
+    c = jnp.argmax(source_logits, axis=-1) if label is None else label
     pick = lambda logits: jnp.take_along_axis(jax.nn.softmax(logits, -1), c[None, :, None], axis=-1)[..., 0]  # noqa: E731
     return pick(surrogate_logits).mean(0) * (1.0 - pick(reference_logits).mean(0))
 
@@ -393,8 +398,10 @@ def _conferrable_search(
     def loss(x):  # per example, to maximise (PGD ascends)
         m = source_fn(source, x).reshape(x.shape[0], -1)
         s, r = logits(surrogate_fn, surrogates, x), logits(reference_fn, references, x)
-        c = jax.lax.stop_gradient(jnp.argmax(m, -1))
-        conf = conferrability(m, s, r)
+        # The target class: the source's leading class other than y0. (With c = argmax M(x'), c = y0 until the
+        # source flips, and the term would push the references off the true label instead.)
+        c = jax.lax.stop_gradient(jnp.argmax(jnp.where(jax.nn.one_hot(y0, m.shape[-1]) > 0, -jnp.inf, m), -1))
+        conf = conferrability(m, s, r, c)
         ce_source = optax.softmax_cross_entropy_with_integer_labels(m, y0)  # the source leaves y0 (adversarial)
         ce_sur = optax.softmax_cross_entropy_with_integer_labels(s, c[None]).mean(0)  # surrogates follow the source
         return l1 * jnp.log(conf + 1e-12) + l2 * ce_source - l3 * ce_sur
@@ -427,8 +434,11 @@ def conferrable_examples(
 
     From every seed input ``x0`` (the defender's data, labels ``y0``), PGD
     (:func:`pgd`, random start in the ball drawn with ``key``) maximises
-    ``l1 log sigma(x') + l2 CE(M(x'), y0) - l3 E_S CE(S(x'), c)`` (``sigma`` =
-    :func:`conferrability`, ``c`` = the source's label at ``x'``). Kept: the ``n``
+    ``l1 log sigma_c(x') + l2 CE(M(x'), y0) - l3 E_S CE(S(x'), c)`` (``sigma_c`` =
+    :func:`conferrability` at class ``c``, the source's leading class other than
+    ``y0``: the class the example is pushed to; departure: the paper writes the
+    source's label at ``x'``, which is ``y0`` until the source flips, where the term
+    would push the references off the true label). Kept: the ``n``
     most conferrable results among those the source misclassifies (``c != y0``),
     topped up with the most conferrable of the rest if fewer than ``n`` are
     misclassified.
@@ -443,7 +453,7 @@ def conferrable_examples(
       lambdas: ``(l1, l2, l3)``.
 
     Returns:
-      :class:`Fingerprints` ``(x [n, ...], labels [n] = c, scores [n] = conferrability)``, best first.
+      :class:`Fingerprints` ``(x [n, ...], labels [n] = c, scores [n] = conferrability, index [n])``, best first.
     """
     x0 = jnp.asarray(x0, jnp.float32)
     y0 = jnp.asarray(y0, jnp.int32).reshape(-1)
@@ -470,7 +480,7 @@ def conferrable_examples(
     adversarial = c != np.asarray(y0)
     # Misclassified first, then by conferrability (stable: ties keep the seed order).
     order = np.lexsort((-conf, ~adversarial))[:n]
-    return Fingerprints(x[order], c[order], conf[order])
+    return Fingerprints(x[order], c[order], conf[order], order)
 
 
 # --------------------------------------------------------------------------- IPGuard
@@ -489,9 +499,12 @@ def _ipguard_search(apply_fn, params, x, i, j, *, k, lr, steps, bounds):
 
     def step(carry, _):
         x, state = carry
-        g = jax.grad(lambda z: loss(z).sum())(x)
+        value, vjp = jax.vjp(loss, x)
+        (g,) = vjp(jnp.ones_like(value))
         u, state = tx.update(g, state, x)
-        x = optax.apply_updates(x, u)
+        # An example whose loss reached 0 stops where it is (Adam's momentum would carry it past the boundary).
+        active = (value > 0).reshape((-1,) + (1,) * (x.ndim - 1))
+        x = jnp.where(active, optax.apply_updates(x, u), x)
         if bounds is not None:
             x = jnp.clip(x, bounds[0], bounds[1])
         return (x, state), None
@@ -518,7 +531,8 @@ def ipguard_examples(
     For each seed ``x0[n]`` a random ordered class pair ``(i, j)``, ``i != j``
     (drawn with ``key``); Adam on the input minimises
     ``ReLU(g_i - g_j + k) + ReLU(max_{t != i, j} g_t - g_i)``: ``j`` leads ``i`` by
-    at least ``k`` and ``i`` is second. The fingerprint's label is the model's
+    at least ``k`` and ``i`` is second; an example stops moving once its loss is 0,
+    so it stays near the boundary. The fingerprint's label is the model's
     prediction at the result (``j`` where the search succeeded).
 
     Returns:
@@ -541,7 +555,7 @@ def ipguard_examples(
         steps=int(steps),
         bounds=None if bounds is None else (float(bounds[0]), float(bounds[1])),
     )
-    return Fingerprints(np.asarray(x), np.asarray(lab), -np.asarray(loss, np.float64))
+    return Fingerprints(np.asarray(x), np.asarray(lab), -np.asarray(loss, np.float64), np.arange(x.shape[0]))
 
 
 # --------------------------------------------------------------------------- verification

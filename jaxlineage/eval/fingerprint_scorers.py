@@ -253,7 +253,7 @@ class _Cached:
         path = None if self.cache_dir is None else os.path.join(self.cache_dir, f"{key}.npz")
         if path is not None and os.path.exists(path):
             with np.load(path) as z:
-                f = fp.Fingerprints(z["x"], z["labels"], z["scores"])
+                f = fp.Fingerprints(z["x"], z["labels"], z["scores"], z["index"])
         else:
             t0 = time.perf_counter()
             f = build()
@@ -261,7 +261,7 @@ class _Cached:
             if path is not None:
                 os.makedirs(self.cache_dir, exist_ok=True)
                 tmp = path + ".tmp.npz"
-                np.savez(tmp, x=f.x, labels=f.labels, scores=f.scores)
+                np.savez(tmp, x=f.x, labels=f.labels, scores=f.scores, index=f.index)
                 os.replace(tmp, path)
         self.memory[key] = f
         return f

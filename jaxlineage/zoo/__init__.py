@@ -64,7 +64,17 @@ from jaxlineage.zoo.ops import (
 )
 from jaxlineage.zoo.report import draw_graph, format_summary, main
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec, spec_from_json
-from jaxlineage.zoo.specs import DNA_QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, QUICK, SPECS, TINY, TREE_QUICK
+from jaxlineage.zoo.specs import (
+    DNA_QUICK,
+    PAPER_FC,
+    PROVENANCE,
+    PROVENANCE_QUICK,
+    PROVENANCE_TINY,
+    QUICK,
+    SPECS,
+    TINY,
+    TREE_QUICK,
+)
 from jaxlineage.zoo.storage import load_params, save_params
 from jaxlineage.zoo.training import population_accuracy, population_logits, train_population
 
@@ -72,6 +82,7 @@ __all__ = [
     # specs
     "DNA_QUICK",
     "PAPER_FC",
+    "PROVENANCE",
     "PROVENANCE_QUICK",
     "PROVENANCE_TINY",
     "QUICK",

@@ -7,11 +7,23 @@ Recipes were fixed before any lineage or provenance method was measured on them
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxlineage import data as data_lib
 from jaxlineage.zoo._base import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec
 
-__all__ = ["DNA_QUICK", "PAPER_FC", "PROVENANCE_QUICK", "PROVENANCE_TINY", "QUICK", "SPECS", "TINY", "TREE_QUICK"]
+__all__ = [
+    "DNA_QUICK",
+    "PAPER_FC",
+    "PROVENANCE",
+    "PROVENANCE_QUICK",
+    "PROVENANCE_TINY",
+    "QUICK",
+    "SPECS",
+    "TINY",
+    "TREE_QUICK",
+]
 
 
 def _emb(name, classes, **kw):
@@ -434,3 +446,53 @@ def _tree_quick() -> GraphSpec:
 TREE_QUICK = _tree_quick()
 
 SPECS = {s.name: s for s in (TINY, QUICK, PAPER_FC, PROVENANCE_QUICK, PROVENANCE_TINY, DNA_QUICK, TREE_QUICK)}
+
+
+# --------------------------------------------------------------------------- PROVENANCE (standard; issue 25)
+
+#: Sources and independents per architecture in PROVENANCE: 8 each, so every attack column has
+#: 16 positive pairs (8 sources x 2 architectures, one derived model each) and, for every attack, the
+#: same attack on 16 independents (fair negatives), plus the 16 independents (and 4 scratch models for
+#: transfer).
+PROVENANCE_SEEDS = {"source": tuple(range(8)), "independent": tuple(range(10, 18))}
+
+# extract-Adv (SAC's model_extract_adv.py): the extract-L student's recipe, then 2 epochs of PGD adversarial
+# training with plain SGD lr 1e-3, eps 4/256, step 1/256, 30 iterations (the op's defaults).
+
+
+def _provenance(name: str = "provenance") -> GraphSpec:
+    """PROVENANCE_QUICK's groups and recipes with 8 sources and 8 independents per architecture, plus extract-Adv."""
+    base = _provenance_quick(name)
+    groups = []
+    for g in base.groups:
+        grid = dict(g.grid)
+        if g.kind == "source":
+            grid["seed"] = PROVENANCE_SEEDS["source"]
+        elif g.kind == "independent":
+            grid["seed"] = PROVENANCE_SEEDS["independent"]
+        groups.append(dataclasses.replace(g, grid=tuple(grid.items())))
+        if g.kind == "extract_l":
+            # The same student recipe as extract-L, then SAC's adversarial training.
+            adv = {k: v for k, v in grid.items() if k != "mode"}
+            groups.append(
+                dataclasses.replace(
+                    g,
+                    name=g.name.replace("extract_l", "extract_adv"),
+                    op="extract_adv",
+                    prefix="extract_adv-",
+                    kind="extract_adv",
+                    grid=tuple(adv.items()),
+                )
+            )
+    return dataclasses.replace(base, groups=tuple(groups), notes=base.notes + "; PROVENANCE (standard): issue 25")
+
+
+#: SAC / ModelGiF's IP-protection benchmark at the size that gives confidence intervals (issue 25):
+#: PROVENANCE_QUICK's groups and recipes with 8 sources (``src_<arch>``, seeds 0-7) and 8 independents
+#: (``ind_<arch>``, seeds 10-17) per architecture, every derivation applied once to each of them, plus
+#: ``<base>.extract_adv`` (op ``extract_adv``: the extract-L student, then 2 epochs of PGD adversarial
+#: training, eps 4/256). 16 positive pairs per attack column; negatives = the same attack on the 16
+#: independents, and the independents themselves.
+#: ``python benchmarks/provenance.py --workdir <dir>`` builds it (BUILD_NOTES.md has the time).
+PROVENANCE = _provenance()
+SPECS[PROVENANCE.name] = PROVENANCE
