@@ -125,7 +125,12 @@ def _data(data: Any, who: str, *, labels: bool) -> tuple[np.ndarray, np.ndarray 
 class _FingerprintScorer(Scorer):
     """Shared loop: every (candidate population, query population) block; output sizes must agree."""
 
-    sequential: bool = False
+    sequential: bool | tuple[str, ...] = False
+
+    def _seq(self, pop: Population) -> bool:
+        """Whether ``pop``'s models run one after another: ``sequential`` is ``True`` or names its architecture."""
+        s = self.sequential
+        return bool(s) if isinstance(s, bool) else pop.arch in tuple(s)
 
     def score(self, candidates: ModelSet, queries: ModelSet, *, probe: Any, unreadable: str = "raise") -> np.ndarray:
         check_models(self.name, candidates, queries)
@@ -165,14 +170,14 @@ class SACScorer(_FingerprintScorer):
       n_samples: samples per source (SAC: 100); SAC-w uses all the source's errors if it has fewer
         (at least 2).
       seed: CutMix's seed.
-      sequential: run the queries one model after another (conv nets on CPU).
+      sequential: run models one after another (``True``, or the architectures to do so for: conv nets on CPU).
     """
 
     mode: str = "w"
     data: Any = None
     n_samples: int = 100
     seed: int = 0
-    sequential: bool = False
+    sequential: bool | tuple[str, ...] = False
 
     def __post_init__(self):
         if self.mode not in ("w", "m"):
@@ -201,7 +206,7 @@ class SACScorer(_FingerprintScorer):
             return [fp.cutmix(x, n=n, seed=self.seed) if x.ndim >= 3 else x[:n]] * len(candidates)
         x, y = _data(self.data, self.name, labels=True)
         logits = np.asarray(
-            fp.population_logits(candidates.logits_fn, candidates.params, jnp.asarray(x), self.sequential)
+            fp.population_logits(candidates.logits_fn, candidates.params, jnp.asarray(x), self._seq(candidates))
         )
         out = []
         for k in range(len(candidates)):
@@ -220,7 +225,7 @@ class SACScorer(_FingerprintScorer):
         for k, xs in enumerate(samples):
             xs = jnp.asarray(xs)
             if k == 0 or self.mode == "w":
-                cq = fp.population_correlations(queries.logits_fn, queries.params, xs, self.sequential)
+                cq = fp.population_correlations(queries.logits_fn, queries.params, xs, self._seq(queries))
             ck = fp.population_correlations(candidates.logits_fn, candidates.take([k]).params, xs, False)
             out[k] = -np.asarray(fp.correlation_distance(ck, cq))
         return out
@@ -234,7 +239,7 @@ def _agreement_block(self, candidates: Population, queries: Population, make: Ca
     for k in range(len(candidates)):
         f = make(candidates, k)
         out[k] = np.asarray(
-            fp.agreement(queries.logits_fn, queries.params, jnp.asarray(f.x), jnp.asarray(f.labels), self.sequential)
+            fp.agreement(queries.logits_fn, queries.params, jnp.asarray(f.x), jnp.asarray(f.labels), self._seq(queries))
         )
     return out
 
@@ -284,7 +289,7 @@ class ConferrableScorer(_FingerprintScorer):
       bounds: the valid input range (``None``: none).
       seed: the key of every draw (inits, batches, seeds, random starts).
       cache_dir: a folder for the fingerprints (``None``: memory only).
-      sequential: train / evaluate one model after another (conv nets on CPU).
+      sequential: train / evaluate one model after another (``True``, or the architectures to do so for).
     """
 
     data: Any = None
@@ -304,7 +309,7 @@ class ConferrableScorer(_FingerprintScorer):
     bounds: tuple[float, float] | None = (0.0, 1.0)
     seed: int = 0
     cache_dir: str | None = None
-    sequential: bool = False
+    sequential: bool | tuple[str, ...] = False
     _cache: _Cached = dataclasses.field(default=None, init=False, repr=False)
     _refs: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
@@ -376,7 +381,7 @@ class ConferrableScorer(_FingerprintScorer):
                 steps=int(self.train_steps),
                 batch_size=int(self.batch_size),
                 lr=float(self.lr),
-                sequential=self.sequential,
+                sequential=self._seq(candidates),
             )
         return self._refs[sig]
 
@@ -402,7 +407,7 @@ class ConferrableScorer(_FingerprintScorer):
             soft_targets=soft,
             temperature=float(self.temperature),
             alpha=0.9 if soft is not None else 0.0,
-            sequential=self.sequential,
+            sequential=self._seq(candidates),
         )
 
     def fingerprints(self, candidates: Population, k: int) -> fp.Fingerprints:
@@ -450,7 +455,7 @@ class IPGuardScorer(_FingerprintScorer):
       bounds: the valid input range (``None``: none).
       seed: the key of the seeds' draw and of the class pairs.
       cache_dir: a folder for the fingerprints (``None``: memory only).
-      sequential: evaluate the queries one model after another.
+      sequential: evaluate the queries one model after another (``True``, or the architectures to do so for).
     """
 
     data: Any = None
@@ -461,7 +466,7 @@ class IPGuardScorer(_FingerprintScorer):
     bounds: tuple[float, float] | None = (0.0, 1.0)
     seed: int = 0
     cache_dir: str | None = None
-    sequential: bool = False
+    sequential: bool | tuple[str, ...] = False
     _cache: _Cached = dataclasses.field(default=None, init=False, repr=False)
 
     name = "IPGuard"
