@@ -1,7 +1,7 @@
 """Every method against every attack on the standard provenance zoo, with bootstrap 95 % intervals (issue 25).
 
     python benchmarks/provenance.py [--workdir /tmp/jl_provenance] [--out benchmarks/results/provenance]
-        [--spec provenance] [--seed 0] [--n-boot 1000] [--modelgif-refs 64] [--modelgif-steps 5]
+        [--spec provenance] [--seed 0] [--n-boot 1000] [--modelgif-refs 32] [--modelgif-steps 5] [--rows a,b]
 
 Builds (or resumes) ``zoo.PROVENANCE`` in ``<workdir>/zoo`` (8 sources and 8
 independents per architecture, every SAC attack once per model, extract-Adv
@@ -23,10 +23,11 @@ defender's task) and scores it with:
 Per (row, attack): ROC AUC and TPR at 1 % FPR against the fair negatives
 (:func:`jaxlineage.eval.provenance.attack_masks`) with percentile bootstrap 95 %
 intervals over sources and derived models (``--n-boot`` resamples,
-:func:`jaxlineage.eval.metrics.bootstrap_pair_ci`). Writes to ``--out`` (a folder):
+:func:`jaxlineage.eval.metrics.bootstrap_pair_ci`). Rows run in the order
+baselines, fingerprints, learning-free, ModelGiF (the slowest last). Writes to ``--out`` (a folder):
 ``provenance.jsonl`` (one line for the zoo build, one per row with its cells,
 costs and settings), ``provenance.md`` (the AUC table with intervals) and
-``provenance_heatmap.png``. Cost per (source, suspect) pair of every row = its
+``provenance_heatmap.png`` (both rewritten after every row). Cost per (source, suspect) pair of every row = its
 scoring wall time over its readable pairs; the fingerprint scorers' generation
 cost per source is the median over sources after the first (which compiles).
 Model DNA (a learned row, fitted per attack fold) is not run here: see
@@ -71,10 +72,11 @@ def fingerprint_rows(z, workdir: pathlib.Path, seed: int) -> dict:
         "conferrable": fs.ConferrableScorer(
             data=train,
             n_fingerprints=100,
-            n_seeds=400,
+            n_seeds=200,
             n_surrogates=4,
             n_references=4,
             train_steps=200,
+            steps=30,
             seed=seed,
             cache_dir=cache,
             sequential=SEQUENTIAL,
@@ -146,7 +148,7 @@ def main(argv=None):
     ap.add_argument("--spec", default="provenance", help="zoo spec name (provenance, provenance_quick, ...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--modelgif-refs", type=int, default=64)
+    ap.add_argument("--modelgif-refs", type=int, default=32)
     ap.add_argument("--modelgif-steps", type=int, default=5)
     ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     args = ap.parse_args(argv)
@@ -179,9 +181,9 @@ def main(argv=None):
     fps = fingerprint_rows(z, workdir, args.seed)
     names = (
         list(fixed)
+        + list(fps)
         + [f"{s.metric.name} plain" for s in lf]
         + [f"ModelGiF logits ({args.modelgif_refs} refs)"]
-        + list(fps)
     )
     wanted = set(args.rows.split(",")) if args.rows else set(names)
     rows = []
@@ -213,6 +215,8 @@ def main(argv=None):
         rows.append(rec)
         with jsonl.open("a") as f:
             f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **rec}, default=float) + "\n")
+        (out / "provenance.md").write_text(markdown(rows, attacks) + "\n")  # rewritten after every row
+        heatmap(rows, attacks, out / "provenance_heatmap.png")
         summary = {a: None if c is None else round(c["auc"], 2) for a, c in cells.items()}
         log.info("%s: %.1fs (%.2e s/pair), AUC %s", name, wall, rec["cost_per_pair_s"], summary)
 
@@ -220,28 +224,6 @@ def main(argv=None):
         if name in wanted:
             t = time.time()
             emit(name, "baseline", prov.score_matrix(scen, s), time.time() - t)
-    lf = [s for s in lf if f"{s.metric.name} plain" in wanted]
-    if lf:
-        t = time.time()
-        grids = type(lf[0]).score_grids(lf, scen.candidates, scen.queries, probe=scen.probe, unreadable="nan")
-        wall = (time.time() - t) / len(lf)
-        for s, g in zip(lf, grids):
-            emit(
-                f"{s.metric.name} plain",
-                "learning_free",
-                g[0],
-                wall,
-                {"alpha": 1e-3, "wall_note": "shared pass / rows"},
-            )
-    gif = f"ModelGiF logits ({args.modelgif_refs} refs)"
-    if gif in wanted:
-        t = time.time()
-        d = prov.modelgif_sweep(
-            scen, n_refs=args.modelgif_refs, steps=args.modelgif_steps, key=jax.random.key(args.seed)
-        )
-        emit(
-            gif, "modelgif", -d.mean(-1), time.time() - t, {"n_refs": args.modelgif_refs, "steps": args.modelgif_steps}
-        )
     for name, s in fps.items():
         if name not in wanted:
             continue
@@ -266,6 +248,28 @@ def main(argv=None):
         }
         emit(name, "fingerprint", scores, wall, extra)
 
+    lf = [s for s in lf if f"{s.metric.name} plain" in wanted]
+    if lf:
+        t = time.time()
+        grids = type(lf[0]).score_grids(lf, scen.candidates, scen.queries, probe=scen.probe, unreadable="nan")
+        wall = (time.time() - t) / len(lf)
+        for s, g in zip(lf, grids):
+            emit(
+                f"{s.metric.name} plain",
+                "learning_free",
+                g[0],
+                wall,
+                {"alpha": 1e-3, "wall_note": "shared pass / rows"},
+            )
+    gif = f"ModelGiF logits ({args.modelgif_refs} refs)"
+    if gif in wanted:
+        t = time.time()
+        d = prov.modelgif_sweep(
+            scen, n_refs=args.modelgif_refs, steps=args.modelgif_steps, key=jax.random.key(args.seed)
+        )
+        emit(
+            gif, "modelgif", -d.mean(-1), time.time() - t, {"n_refs": args.modelgif_refs, "steps": args.modelgif_steps}
+        )
     (out / "provenance.md").write_text(markdown(rows, attacks) + "\n")
     heatmap(rows, attacks, out / "provenance_heatmap.png")
     log.info(
