@@ -371,7 +371,7 @@ def conferrability(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("source_fn", "surrogate_fn", "reference_fn", "steps", "bounds", "lambdas"),
+    static_argnames=("source_fn", "surrogate_fn", "reference_fn", "steps", "bounds", "lambdas", "sequential"),
 )
 def _conferrable_search(
     source_fn,
@@ -389,11 +389,12 @@ def _conferrable_search(
     steps,
     bounds,
     lambdas,
+    sequential,
 ):
     l1, l2, l3 = lambdas
 
     def logits(fn, params, x):
-        return jax.vmap(lambda p: fn(p, x).reshape(x.shape[0], -1))(params)
+        return _map(lambda p: fn(p, x).reshape(x.shape[0], -1), params, sequential)
 
     def loss(x):  # per example, to maximise (PGD ascends)
         m = source_fn(source, x).reshape(x.shape[0], -1)
@@ -429,6 +430,7 @@ def conferrable_examples(
     key: jax.Array,
     bounds: tuple[float, float] | None = (0.0, 1.0),
     lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    sequential: bool = False,
 ) -> Fingerprints:
     """Conferrable adversarial examples of one source (Lukas et al.'s CEM, by PGD).
 
@@ -451,6 +453,7 @@ def conferrable_examples(
       n: fingerprints to keep. eps, step_size, steps: PGD (L-infinity).
       key: the random start's key. bounds: the valid input range (``None``: none).
       lambdas: ``(l1, l2, l3)``.
+      sequential: evaluate surrogates and references one after another (``lax.map``; conv nets on CPU).
 
     Returns:
       :class:`Fingerprints` ``(x [n, ...], labels [n] = c, scores [n] = conferrability, index [n])``, best first.
@@ -475,6 +478,7 @@ def conferrable_examples(
         steps=int(steps),
         bounds=None if bounds is None else (float(bounds[0]), float(bounds[1])),
         lambdas=tuple(float(v) for v in lambdas),
+        sequential=bool(sequential),
     )
     x, c, conf = np.asarray(x), np.asarray(c), np.asarray(conf, np.float64)
     adversarial = c != np.asarray(y0)

@@ -435,6 +435,7 @@ class ConferrableScorer(_FingerprintScorer):
                 key=self._key(6, k),
                 bounds=self.bounds,
                 lambdas=self.lambdas,
+                sequential=self._seq(candidates),
             )
 
         return self._cache.get(key, build)
