@@ -30,11 +30,13 @@ split), never an evaluated model. The maths lives in :mod:`jaxlineage.fingerprin
   inputs of ``data`` drawn with ``seed``. Fingerprints are cached per source
   (by the hash of its parameters and the settings) in memory and, with
   ``cache_dir``, on disk.
-  Paper defaults: 100 fingerprints, ``lambdas = (1, 1, 1)``. Departures: surrogates
-  and references share the source's architecture (the paper mixes several);
-  few surrogates / references (the paper: 18 / 18 on CIFAR-10); PGD with sign
-  steps instead of Adam on the input; ``eps`` on [0, 1] images 0.025 (the
-  paper's CIFAR-10 value); fewer iterations.
+  Kept from the paper: 100 fingerprints, the CEM loss's three terms, retention as the
+  score. Departures: surrogates and references share the source's architecture (the
+  paper mixes several); few surrogates / references (defaults 4 + 4); PGD with sign
+  steps instead of Adam on the input; the search's target class (see
+  :func:`jaxlineage.fingerprints.conferrable_examples`); ``lambdas = (1, 1, 1)``,
+  ``eps = 0.025`` on [0, 1] images and 50 iterations are this library's choices (not
+  checked against the paper's values).
 * :class:`IPGuardScorer` (Cao et al., AsiaCCS 2021): ``S[k, m]`` = the fraction
   of source ``k``'s boundary points on which query ``m`` predicts the source's
   label (the matching rate). Paper defaults: 100 fingerprints, Adam on the input,
