@@ -18,7 +18,7 @@ import pytest
 
 from jaxlineage import detector, lineage, mgmp, zoo
 from jaxlineage import eval as jl_eval
-from jaxlineage.eval import core, methods, protocols, scenarios, scorers
+from jaxlineage.eval import core, fingerprint_scorers, methods, protocols, scenarios, scorers
 from jaxlineage.eval.core import (
     NO_PARENT,
     ModelSet,
@@ -138,6 +138,13 @@ class _CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listener)
 
 
+def _toy_data(n=512):
+    """Labelled toy inputs (the defender's data of the fingerprint scorers): labels of a fixed linear task."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(n, DIN)).astype(np.float32)
+    return x, (x @ rng.normal(size=(DIN, CLASSES))).argmax(-1)
+
+
 # --------------------------------------------------------------------------- the contract battery
 
 
@@ -186,6 +193,30 @@ SCORERS: list[Case] = [
         lambda: methods.ModelDNAScorer(
             config=mgmp.Config(generator_features=(16,), dna_dim=8, classifier_width=16, batch_size=16, num_steps=150)
         ),
+        reads_any_tree=True,
+    ),
+    # The extraction-aware fingerprints (eval/fingerprint_scorers.py): output-space scorers on labelled toy data.
+    Case(lambda: fingerprint_scorers.SACScorer(mode="w", data=_toy_data(), n_samples=32), reads_any_tree=True),
+    Case(lambda: fingerprint_scorers.SACScorer(mode="m", n_samples=32), reads_any_tree=True),
+    Case(
+        lambda: fingerprint_scorers.ConferrableScorer(
+            data=_toy_data(),
+            n_fingerprints=16,
+            n_seeds=64,
+            n_surrogates=3,
+            n_references=3,
+            train_steps=100,
+            batch_size=32,
+            lr=1e-2,
+            eps=0.5,
+            step_size=0.05,
+            steps=20,
+            bounds=None,
+        ),
+        reads_any_tree=True,
+    ),
+    Case(
+        lambda: fingerprint_scorers.IPGuardScorer(n_fingerprints=32, steps=50, lr=0.05, bounds=None),
         reads_any_tree=True,
     ),
 ]

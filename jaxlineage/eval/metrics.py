@@ -4,7 +4,11 @@
 * :func:`roc_auc` (ties count half), :func:`tpr_at_fpr` and
   :func:`best_threshold_accuracy` for *verify*;
 * :func:`mean_std`: every ``±`` is the mean and the sample standard deviation
-  (``ddof = 1``) over folds or repetitions.
+  (``ddof = 1``) over folds or repetitions;
+* :func:`bootstrap_pair_ci`: percentile bootstrap intervals of an AUC / TPR cell
+  over (source, derived model) pairs, resampling sources and derived models
+  (:func:`weighted_roc_auc` and :func:`weighted_tpr_at_fpr` score one resample
+  without materialising it).
 
 All are exact, NumPy, and take "higher = more related" scores.
 """
@@ -23,10 +27,13 @@ __all__ = [
     "MetricError",
     "accuracy",
     "best_threshold_accuracy",
+    "bootstrap_pair_ci",
     "mean_std",
     "open_set_accuracy",
     "roc_auc",
     "tpr_at_fpr",
+    "weighted_roc_auc",
+    "weighted_tpr_at_fpr",
 ]
 
 #: The label of a query whose parent is not among the candidates (open set).
@@ -195,3 +202,115 @@ def mean_std(values: Sequence[float]) -> dict[str, Any]:
         "n": int(v.size),
         "values": v.tolist(),
     }
+
+
+# --------------------------------------------------------------------------- bootstrap over sources and derived models
+
+
+def _weighted(pos, neg, wp, wn):
+    pos, neg = _pos_neg(pos, neg)
+    wp, wn = np.asarray(wp, np.float64).ravel(), np.asarray(wn, np.float64).ravel()
+    if wp.shape != pos.shape or wn.shape != neg.shape or np.any(wp < 0) or np.any(wn < 0):
+        raise MetricError("weights must be non-negative, one per score")
+    if wp.sum() <= 0 or wn.sum() <= 0:
+        raise MetricError("positive and negative weights must each have a positive sum")
+    return pos, neg, wp, wn
+
+
+def weighted_roc_auc(pos_scores: Any, neg_scores: Any, pos_weights: Any, neg_weights: Any) -> float:
+    """The ROC AUC of scores repeated by (integer or real) weights, without repeating them.
+
+    .. math::
+        \\mathrm{AUC}_w = \\frac{\\sum_{i,j} u_i v_j \\big([s^+_i > s^-_j] + \\tfrac12 [s^+_i = s^-_j]\\big)}
+            {\\sum_i u_i \\sum_j v_j}
+
+    With integer weights it equals :func:`roc_auc` of the scores repeated ``u_i`` / ``v_j`` times.
+    """
+    pos, neg, wp, wn = _weighted(pos_scores, neg_scores, pos_weights, neg_weights)
+    order = np.argsort(neg, kind="stable")
+    neg, wn = neg[order], wn[order]
+    cum = np.concatenate([[0.0], np.cumsum(wn)])
+    below = cum[np.searchsorted(neg, pos, side="left")]
+    not_above = cum[np.searchsorted(neg, pos, side="right")]
+    return float(np.sum(wp * (below + not_above)) / (2.0 * wp.sum() * wn.sum()))
+
+
+def weighted_tpr_at_fpr(pos_scores: Any, neg_scores: Any, pos_weights: Any, neg_weights: Any, fpr: float) -> float:
+    """:func:`tpr_at_fpr` of scores repeated by weights (false positives counted by weight against ``fpr * sum v``)."""
+    if not 0.0 <= fpr <= 1.0:
+        raise MetricError(f"fpr must be in [0, 1]; got {fpr}")
+    pos, neg, wp, wn = _weighted(pos_scores, neg_scores, pos_weights, neg_weights)
+    thresholds = np.concatenate([np.unique(np.concatenate([pos, neg])), [np.inf]])
+
+    def above(s, w):  # weight of scores >= each threshold
+        order = np.argsort(s, kind="stable")
+        tail = np.concatenate([np.cumsum(w[order][::-1])[::-1], [0.0]])
+        return tail[np.searchsorted(s[order], thresholds, side="left")]
+
+    fp, tp = above(neg, wn), above(pos, wp)
+    # A small tolerance: weights are counts, sums of floats of integers are exact up to 2^53.
+    return float(np.max(tp[fp <= fpr * wn.sum() + 1e-9]) / wp.sum())
+
+
+def bootstrap_pair_ci(
+    scores: Any,
+    positive: Any,
+    negative: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    fprs: Sequence[float] = (0.01,),
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals of a cell's AUC and TPR at FPR, resampling sources and derived models.
+
+    Each resample draws the ``K`` sources (rows) and the ``M`` derived models
+    (columns, positives and negatives alike) with replacement, independently
+    (NumPy ``default_rng(seed)``: rows, then columns, per resample); pair
+    ``(k, m)`` then counts ``a_k b_m`` times (``a``, ``b`` the draw counts), and the
+    cell's figure is :func:`weighted_roc_auc` / :func:`weighted_tpr_at_fpr` of the
+    ``positive`` and ``negative`` pairs with those weights (pairs with a non-finite
+    score are left out, as in the point estimate). Resamples without a positive
+    or a negative pair are skipped and counted.
+
+    Args:
+      scores: ``[K, M]`` higher = more related (``NaN`` = unreadable).
+      positive, negative: disjoint boolean ``[K, M]`` masks.
+      n_boot: resamples. seed: NumPy seed. level: the interval's coverage.
+      fprs: false positive rates of the TPR intervals.
+
+    Returns:
+      ``{"auc": [lo, hi], "tpr@1%fpr": [lo, hi], ..., "n_boot": valid resamples, "n_skipped": int,
+      "level": level}``; the intervals are ``None`` when no resample was valid.
+    """
+    s = np.asarray(scores, np.float64)
+    pos_m, neg_m = np.asarray(positive, bool), np.asarray(negative, bool)
+    if s.ndim != 2 or pos_m.shape != s.shape or neg_m.shape != s.shape:
+        raise MetricError(f"scores and masks must be [K, M] of one shape; got {s.shape}, {pos_m.shape}, {neg_m.shape}")
+    if np.any(pos_m & neg_m):
+        raise MetricError("a pair cannot be both positive and negative")
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise MetricError(f"level must be in (0, 1) and n_boot >= 1; got {level}, {n_boot}")
+    ok = np.isfinite(s)
+    pk, pm = np.nonzero(pos_m & ok)
+    nk, nm = np.nonzero(neg_m & ok)
+    ps, ns = s[pk, pm], s[nk, nm]
+    k, m = s.shape
+    rng = np.random.default_rng(seed)
+    names = ["auc"] + [f"tpr@{100 * f:g}%fpr" for f in fprs]
+    values: dict[str, list[float]] = {n: [] for n in names}
+    skipped = 0
+    for _ in range(int(n_boot)):
+        a = np.bincount(rng.integers(0, k, k), minlength=k).astype(np.float64)
+        b = np.bincount(rng.integers(0, m, m), minlength=m).astype(np.float64)
+        wp, wn = a[pk] * b[pm], a[nk] * b[nm]
+        if ps.size == 0 or ns.size == 0 or wp.sum() == 0 or wn.sum() == 0:
+            skipped += 1
+            continue
+        values["auc"].append(weighted_roc_auc(ps, ns, wp, wn))
+        for f, n in zip(fprs, names[1:]):
+            values[n].append(weighted_tpr_at_fpr(ps, ns, wp, wn, f))
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    out: dict[str, Any] = {n: ([float(v) for v in np.percentile(values[n], q)] if values[n] else None) for n in names}
+    out.update(n_boot=int(n_boot) - skipped, n_skipped=skipped, level=float(level))
+    return out

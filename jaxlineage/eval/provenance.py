@@ -87,6 +87,8 @@ ATTACKS = (
     ("permute", "permute"),
     ("perturb_noise", "noise"),
     ("perturb_int8", "int8"),
+    # Appended last so that ATTACK_FOLDS of the older columns stay as they were (Model DNA's fits).
+    ("extract_adv", "extract-Adv"),
 )
 
 #: The training folds of learned scorers (:func:`learned_cells`): the attacks alternate between two folds.
@@ -140,13 +142,22 @@ def attack_masks(scenario: Scenario) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def cells(
-    scores: np.ndarray, masks: Mapping[str, tuple[np.ndarray, np.ndarray]], *, fprs: Sequence[float] = (0.01,)
+    scores: np.ndarray,
+    masks: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    fprs: Sequence[float] = (0.01,),
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> dict[str, dict | None]:
     """One cell per attack from scores ``[K, M]`` (higher = more related; ``NaN`` = unreadable pair).
 
+    With ``n_boot > 0`` every cell also gets bootstrap 95 % intervals over sources
+    and derived models (:func:`jaxlineage.eval.metrics.bootstrap_pair_ci`, NumPy
+    seed ``seed``): ``"auc_ci"``, ``"tpr@1%fpr_ci"`` (``[lo, hi]``) and ``"n_boot"``.
+
     Returns:
       ``{attack: None}`` (n/a: no readable positive or negative pair) or
-      ``{"auc", "tpr@1%fpr", ..., "n_pos", "n_neg"}``.
+      ``{"auc", "tpr@1%fpr", ..., "n_pos", "n_neg"}`` (plus the intervals).
     """
     scores = np.asarray(scores, np.float64)
     out = {}
@@ -162,6 +173,10 @@ def cells(
             "n_neg": int(n.size),
             **{f"tpr@{100 * f:g}%fpr": metrics.tpr_at_fpr(p, n, f) for f in fprs},
         }
+        if n_boot > 0:
+            ci = metrics.bootstrap_pair_ci(scores, pos, neg, n_boot=n_boot, seed=seed, fprs=fprs)
+            out[a].update({f"{k}_ci": v for k, v in ci.items() if k not in ("n_boot", "n_skipped", "level")})
+            out[a]["n_boot"] = ci["n_boot"]
     return out
 
 
@@ -245,11 +260,17 @@ def modelgif_sweep(
 
 
 def attack_table(
-    scenario: Scenario, scores: Mapping[str, np.ndarray], *, fprs: Sequence[float] = (0.01,)
+    scenario: Scenario,
+    scores: Mapping[str, np.ndarray],
+    *,
+    fprs: Sequence[float] = (0.01,),
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> dict[str, dict[str, dict | None]]:
-    """``{row: {attack: cell or None}}`` for named ``[K, M]`` score matrices (see :func:`cells`)."""
+    """``{row: {attack: cell or None}}`` for named ``[K, M]`` score matrices (see :func:`cells`; ``n_boot > 0``
+    adds bootstrap intervals over sources and derived models)."""
     masks = attack_masks(scenario)
-    return {name: cells(s, masks, fprs=fprs) for name, s in scores.items()}
+    return {name: cells(s, masks, fprs=fprs, n_boot=n_boot, seed=seed) for name, s in scores.items()}
 
 
 def learned_cells(
@@ -258,6 +279,7 @@ def learned_cells(
     *,
     key: jax.Array,
     fprs: Sequence[float] = (0.01,),
+    n_boot: int = 0,
     return_scores: bool = False,
 ) -> tuple:
     """One cell per attack for a learned scorer, fitted on the other attack fold (see the module docstring).
@@ -272,6 +294,7 @@ def learned_cells(
       scorer: a learned scorer (``fit(train, key=) -> fitted``).
       key: the fits' key.
       fprs: false positive rates of the TPR columns.
+      n_boot: bootstrap resamples of the cells' intervals (0: none; see :func:`cells`).
       return_scores: also return the ``[K, M]`` scores (each query scored by the fold that did not fit on
         it; ``NaN`` where unreadable or never scored).
 
@@ -301,7 +324,7 @@ def learned_cells(
         scores[:, test_idx] = fitted.score(
             scenario.candidates, scenario.queries.take(test_idx), probe=scenario.probe, unreadable="nan"
         )
-        out.update(cells(scores, held, fprs=fprs))
+        out.update(cells(scores, held, fprs=fprs, n_boot=n_boot, seed=f))
         for pos, neg in held.values():
             cols = (pos | neg).any(axis=0)
             all_scores[:, cols] = scores[:, cols]

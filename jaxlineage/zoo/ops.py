@@ -8,14 +8,15 @@ one key per model) so that training runs in one vmapped, jitted step.
 
 Built in (``OPERATIONS``):
 
-=========  ================================================================
-``train``     from scratch: init key ``fold_in(key(init_seed), spec seed)``
-``finetune``  all parameters or the head only; keep the head or a fresh one
-``prune``     magnitude pruning to an exact sparsity, optional masked repair
-``distill``   a fresh student trained on a transfer set labelled by the teacher
-``permute``   a random permutation of hidden units (same function)
-``perturb``   Gaussian weight noise or int8 rounding
-=========  ================================================================
+===============  ==============================================================================
+``train``        from scratch: init key ``fold_in(key(init_seed), spec seed)``
+``finetune``     all parameters or the head only; keep the head or a fresh one
+``prune``        magnitude pruning to an exact sparsity, optional masked repair
+``distill``      a fresh student trained on a transfer set labelled by the teacher
+``permute``      a random permutation of hidden units (same function)
+``perturb``      Gaussian weight noise or int8 rounding
+``extract_adv``  a label-only extraction student, then PGD adversarial training (SAC's extract-Adv)
+===============  ==============================================================================
 
 Extend it with :func:`register_op`::
 
@@ -38,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxlineage import nets
 from jaxlineage.permutations import PermAxis, permutation_spec, permute_params  # re-exported
@@ -689,4 +691,92 @@ register_op(
     needs_partner=True,
     defaults=dict(seed=0, weight=0.5),
     output="source",
+)
+
+
+# --------------------------------------------------------------------------- extract_adv (appended: issue 25)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("network", "batch_size", "steps", "eps", "step_size", "pgd_steps", "sequential")
+)
+def _adv_epoch(network, params, lrs, keys, x, labels, *, batch_size, steps, eps, step_size, pgd_steps, sequential):
+    """One epoch of SAC's adversarial training for a population: plain SGD on CE(x) + CE(PGD(x)).
+
+    ``labels`` are ``[P, N]`` (each student's teacher's argmax); PGD maximises the
+    student's CE on them in the L-infinity ball of ``eps`` (no random start, SAC's
+    ``model_extract_adv.py``), clipped to [0, 1].
+    """
+    from jaxlineage import fingerprints  # local: fingerprints imports nothing of the zoo, the zoo only this
+
+    n = x.shape[0]
+
+    def one(args):
+        variables, lr, key, y = args
+        order = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
+
+        def step(variables, idx):
+            xb, yb = x[idx], y[idx]
+            ce = lambda v, z: training._cross_entropy(network.logits_fn(v, z), yb)  # noqa: E731
+
+            def adv_loss(z):
+                return optax.softmax_cross_entropy_with_integer_labels(network.logits_fn(variables, z), yb)
+
+            x_adv = jax.lax.stop_gradient(
+                fingerprints.pgd(adv_loss, xb, eps=eps, step_size=step_size, steps=pgd_steps, bounds=(0.0, 1.0))
+            )
+            loss, g = jax.value_and_grad(lambda v: ce(v, xb) + ce(v, x_adv))(variables)
+            variables = jax.tree.map(lambda p, d: p - lr * d, variables, g)
+            return variables, loss
+
+        variables, losses = jax.lax.scan(step, variables, order)
+        return variables, losses.mean()
+
+    args = (params, lrs, keys, labels)
+    return jax.lax.map(one, args) if sequential else jax.vmap(lambda *a: one(a))(*args)
+
+
+def _op_extract_adv(inp: OpInput) -> PyTree:
+    """SAC's extract-Adv: a label-only extraction student, then ``adv_epochs`` of PGD adversarial training."""
+    teacher = training.population_logits(inp.source_network, inp.sources, inp.x, sequential=inp.source_sequential)
+    labels = teacher.argmax(-1).astype(np.int32)
+    student = _train(inp, _fresh(inp.network, inp.keys), labels=labels)
+    if inp.network.has_batch_stats:
+        raise ZooError("extract_adv: networks with BatchNorm statistics are not supported (mlp, convnet are)")
+    batch_size = int(inp.shared("batch_size"))
+    steps = len(inp.x) // batch_size
+    base = jax.vmap(jax.random.key)(jnp.asarray([s + 104729 for s in inp.data_seeds], jnp.uint32))
+    lrs = jnp.asarray(inp.per_model("adv_lr"), jnp.float32)
+    xd, yd = jnp.asarray(inp.x), jnp.asarray(labels)
+    for epoch in range(int(inp.shared("adv_epochs"))):
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(base, epoch)
+        student, _ = _adv_epoch(
+            inp.network,
+            student,
+            lrs,
+            keys,
+            xd,
+            yd,
+            batch_size=batch_size,
+            steps=steps,
+            eps=float(inp.shared("eps")),
+            step_size=float(inp.shared("step_size")),
+            pgd_steps=int(inp.shared("pgd_steps")),
+            sequential=inp.sequential,
+        )
+    return student
+
+
+register_op(
+    "extract_adv",
+    _op_extract_adv,
+    needs_source=True,
+    supports=("mlp", "convnet"),
+    # SAC (guanjiyang/SAC, model_extract_adv.py): 2 epochs, plain SGD lr 1e-3, PGD eps 4/256, step 1/256,
+    # 30 iterations, on [0, 1] images; the label-only student before it uses the group's recipe.
+    defaults=dict(_TRAIN_DEFAULTS, adv_epochs=2, adv_lr=1e-3, eps=4 / 256, step_size=1 / 256, pgd_steps=30),
+    static=_TRAIN_STATIC + ("adv_epochs", "eps", "step_size", "pgd_steps"),
+    enums={"optimizer": Optimizer},
+    output="source",
+    fresh_arch=True,
 )

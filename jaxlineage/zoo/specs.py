@@ -7,6 +7,8 @@ Recipes were fixed before any lineage or provenance method was measured on them
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxlineage import data as data_lib
 from jaxlineage.zoo._base import DistillMode, HeadMode, Optimizer, PerturbKind, PruneScope, TrainParams
 from jaxlineage.zoo.spec import GraphSpec, Grid, Group, Task, ZooSpec
@@ -18,6 +20,7 @@ __all__ = [
     "LM_TINY",
     "PAPER_FC",
     "PAPER_FC_CPU",
+    "PROVENANCE",
     "PROVENANCE_QUICK",
     "PROVENANCE_TINY",
     "QUICK",
@@ -724,3 +727,57 @@ def HUB_SIM(n: int = 1000) -> GraphSpec:  # noqa: N802 (a spec constructor, name
         sequential_archs=(),
         notes="Simulated model hub with known lineage (issue 29); see BUILD_NOTES.md",
     )
+
+
+# --------------------------------------------------------------------------- PROVENANCE (standard; issue 25)
+
+#: Sources and independents per architecture in PROVENANCE: 8 each, so every attack column has
+#: 16 positive pairs (8 sources x 2 architectures, one derived model each) and, for every attack, the
+#: same attack on 16 independents (fair negatives), plus the 16 independents (and 4 scratch models for
+#: transfer).
+PROVENANCE_SEEDS = {"source": tuple(range(8)), "independent": tuple(range(10, 18))}
+
+# extract-Adv (SAC's model_extract_adv.py): the extract-L student's recipe, then 2 epochs of PGD adversarial
+# training with plain SGD lr 1e-3, eps 4/256, step 1/256 (the op's defaults), but 5 PGD iterations instead of
+# SAC's 30: with 30 a ConvNet group of 8 students ran > 30 min on the shared 2-core machine (CPU budget;
+# 5 steps of 1/256 still reach the ball's radius 4/256).
+PROVENANCE_PGD_STEPS = 5
+
+
+def _provenance(name: str = "provenance") -> GraphSpec:
+    """PROVENANCE_QUICK's groups and recipes with 8 sources and 8 independents per architecture, plus extract-Adv."""
+    base = _provenance_quick(name)
+    groups = []
+    for g in base.groups:
+        grid = dict(g.grid)
+        if g.kind == "source":
+            grid["seed"] = PROVENANCE_SEEDS["source"]
+        elif g.kind == "independent":
+            grid["seed"] = PROVENANCE_SEEDS["independent"]
+        groups.append(dataclasses.replace(g, grid=tuple(grid.items())))
+        if g.kind == "extract_l":
+            # The same student recipe as extract-L, then SAC's adversarial training.
+            adv = {k: v for k, v in grid.items() if k != "mode"}
+            adv["pgd_steps"] = (PROVENANCE_PGD_STEPS,)
+            groups.append(
+                dataclasses.replace(
+                    g,
+                    name=g.name.replace("extract_l", "extract_adv"),
+                    op="extract_adv",
+                    prefix="extract_adv-",
+                    kind="extract_adv",
+                    grid=tuple(adv.items()),
+                )
+            )
+    return dataclasses.replace(base, groups=tuple(groups), notes=base.notes + "; PROVENANCE (standard): issue 25")
+
+
+#: SAC / ModelGiF's IP-protection benchmark at the size that gives confidence intervals (issue 25):
+#: PROVENANCE_QUICK's groups and recipes with 8 sources (``src_<arch>``, seeds 0-7) and 8 independents
+#: (``ind_<arch>``, seeds 10-17) per architecture, every derivation applied once to each of them, plus
+#: ``<base>.extract_adv`` (op ``extract_adv``: the extract-L student, then 2 epochs of PGD adversarial
+#: training, eps 4/256, 5 PGD iterations). 16 positive pairs per attack column; negatives = the same attack on the 16
+#: independents, and the independents themselves.
+#: ``python benchmarks/provenance.py --workdir <dir>`` builds it (BUILD_NOTES.md has the time).
+PROVENANCE = _provenance()
+SPECS[PROVENANCE.name] = PROVENANCE
