@@ -97,6 +97,7 @@ __all__ = [
     "VerifyError",
     "cauchy_combination",
     "default_tests",
+    "extraction_tests",
     "identify",
     "verify",
 ]
@@ -302,6 +303,24 @@ def default_tests(*, probe_size: int = 64) -> list[ReferenceTest]:
             methods.ModelGiFScorer(n_refs=min(64, probe_size), steps=10),
             "functional copies, also across architectures (input-gradient fields, ModelGiF)",
         ),
+    ]
+
+
+def extraction_tests() -> list[ReferenceTest]:
+    """Reference tests built for model extraction, not in :func:`default_tests` yet (their calibration inside
+    the combined verdict is not measured): SAC-m, the correlation of outputs on CutMix samples of ``data``
+    (:class:`jaxlineage.eval.fingerprint_scorers.SACScorer`; works across architectures).
+
+    ``verify(..., tests=default_tests() + extraction_tests())`` adds them.
+    """
+    from jaxlineage.eval import fingerprint_scorers  # noqa: PLC0415
+
+    return [
+        ReferenceTest(
+            "sac-m",
+            fingerprint_scorers.SACScorer(mode="m"),
+            "extraction (soft labels, other architectures), fine-tuning, pruning (SAC's CutMix correlations)",
+        )
     ]
 
 
