@@ -89,6 +89,7 @@ def power(args) -> None:
             alpha=args.alpha,
             key=jax.random.key(args.seed),
             num_permutations=args.permutations,
+            combine=args.combine,
         )
         for name, sec in v.timings.items():
             seconds[name] = seconds.get(name, 0.0) + sec
@@ -99,7 +100,11 @@ def power(args) -> None:
                 test_p.setdefault(e.test, np.full(scen.related.shape, np.nan))[k, m] = e.pvalue
     verify_s = time.time() - t2
     # The fixed rows of the provenance table, for comparison.
-    rows = {"verify (combined)": _neg_log(p)}
+    # The combined p-value as verify computed it (its ``combine`` rule), and Bonferroni over the same evidence.
+    stack = np.stack([tp for tp in test_p.values()])
+    m = np.isfinite(stack).sum(0)
+    bonf = np.where(m > 0, np.minimum(1.0, m * np.nanmin(np.where(np.isfinite(stack), stack, np.inf), axis=0)), np.nan)
+    rows = {f"verify ({args.combine})": _neg_log(p), "verify (bonferroni over the same tests)": _neg_log(bonf)}
     rows.update({f"verify test: {t}": _neg_log(tp) for t, tp in test_p.items()})
     for s in scorers.baselines() + [scorers.LearningFree("l2", "first_order", alphas=(0.01,))]:
         rows[s.name] = provenance.score_matrix(scen, s)
@@ -113,12 +118,15 @@ def power(args) -> None:
     reject = {}
     for a, (pos, neg) in masks.items():
         pp, pn = p[pos], p[neg]
+        bp, bn = bonf[pos], bonf[neg]
         reject[a] = {
             "derived_rejected": int(np.sum(pp <= args.alpha)),
             "derived": int(np.isfinite(pp).sum()),
             "cannot_tell": int(np.sum(~np.isfinite(pp))),
             "negatives_rejected": int(np.sum(pn <= args.alpha)),
             "negatives": int(np.isfinite(pn).sum()),
+            "bonferroni_derived_rejected": int(np.sum(bp <= args.alpha)),
+            "bonferroni_negatives_rejected": int(np.sum(bn <= args.alpha)),
         }
     record = {
         "benchmark": "verify_power",
@@ -190,6 +198,7 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=256)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--combine", default="cauchy", choices=("cauchy", "bonferroni"))
     ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 5], help="indices of withheld parents")
     args = ap.parse_args()
     _common.setup_logging()
