@@ -43,6 +43,7 @@ class _ApplyNetwork:
 
     apply_fn: Any
     wrapped: bool
+    label_ndim: int = 1  # one integer label per input (classifiers)
 
     def train_logits_fn(self, variables, x):
         return self.apply_fn(variables["params"] if self.wrapped else variables, x), {}
