@@ -106,6 +106,7 @@ def test_there_are_notebooks():
         "03_model_dna.ipynb",
         "04_modelgif.ipynb",
         "05_your_own_models.ipynb",
+        "06_is_this_my_model.ipynb",
     ], names
 
 
