@@ -755,8 +755,8 @@ def train(variables, x, y, steps, lr=1e-3, seed=0):  # your own training loop
     return variables
 
 
-x, y = data.task("fashion_mnist", (0, 1, 2, 3, 4), source="embedded")
-x_other, y_other = data.task("fashion_mnist", (0, 1, 2, 3, 4), source="embedded", split="test")
+x, y = map(jnp.asarray, data.task("fashion_mnist", (0, 1, 2, 3, 4), source="embedded"))
+x_other, y_other = map(jnp.asarray, data.task("fashion_mnist", (0, 1, 2, 3, 4), source="embedded", split="test"))
 init = lambda seed: MyNet().init(jax.random.key(seed), x[:1])
 mine = train(init(1), x, y, STEPS, seed=1)
 """),
@@ -776,10 +776,12 @@ head = mine["params"]["classifier"]
 permuted["params"]["classifier"] = {"kernel": head["kernel"][perm], "bias": head["bias"]}
 unrelated = train(init(2), x, y, STEPS, seed=2)
 
-me = jl.Models.from_linen(MyNet(), [mine], ids=["mine"], taps=("encoder",), example=x[:2])
-suspects = jl.Models.from_linen(
-    MyNet(), [finetuned, pruned, permuted, unrelated], ids=["finetuned", "pruned", "permuted", "unrelated"]
-)
+def models(trees, ids):  # the same taps on every Models of one architecture
+    return jl.Models.from_linen(MyNet(), trees, ids=ids, taps=("encoder",), example=x[:2])
+
+
+me = models([mine], ["mine"])
+suspects = models([finetuned, pruned, permuted, unrelated], ["finetuned", "pruned", "permuted", "unrelated"])
 """),
         md("""
 ## Without references: the exact weight test alone
@@ -795,8 +797,11 @@ print(jl.verify(me, suspects, data=x[:256], num_permutations=PERMUTATIONS))
 
 Reference models are independent models of the suspect's architecture trained on its task
 (`references.train` uses the library's population trainer and caches them on disk). The
-output KL / agreement and matched-weight tests compare the suspect with your model the way
-the references compare with it; the permuted copy is caught now.
+output KL / agreement, matched-weight, Taylor and ModelGiF tests compare the suspect with your
+model the way the references compare with it; they see the permuted copy, which the weight test
+cannot. Each reference test's p-value is at least `1 / (N_REFS + 1)`: with the tiny setting's 19
+references that floor is alpha itself, so the combined verdict on the permuted copy can land just
+above alpha; the quick setting's 99 references lower the floor to 0.01.
 """),
         code("""
 refs = references.train(me, x, y, n=N_REFS, epochs=2, lr=1e-3, batch_size=64, workdir=CACHE)
@@ -810,7 +815,8 @@ print(verdict)
 or "no parent" when no candidate is rejected at alpha.
 """),
         code("""
-candidates = jl.Models.from_linen(MyNet(), [unrelated, mine], ids=["unrelated", "mine"])
+someone_else = train(init(3), x, y, STEPS, seed=3)  # a candidate that is nobody's parent here
+candidates = models([someone_else, mine], ["someone_else", "mine"])
 print(jl.identify(suspects, candidates, data=x[:256], references=refs, num_permutations=PERMUTATIONS))
 """),
     ]

@@ -293,19 +293,64 @@ def _kernel_modules(params: Mapping) -> list[tuple[str, tuple[int, ...]]] | None
     return out
 
 
+def _feeds(shape: tuple[int, ...], nshape: tuple[int, ...]) -> int | None:
+    """The tile with which a layer of kernel ``shape`` feeds one of kernel ``nshape``, or ``None``."""
+    units, n_in = shape[-1], nshape[-2]
+    if n_in == units:
+        return 1
+    if len(shape) == 4 and len(nshape) == 2 and n_in % units == 0:  # a Conv flattened into a Dense
+        return n_in // units
+    return None
+
+
+def _chain(layers: list[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]] | None:
+    """The layers ordered as a chain by their shapes (ties: the tree's order), or ``None``.
+
+    jax tree maps return dicts with sorted keys, so a trained model's tree order says nothing about the
+    layers' order; shapes do: the first layer feeds another but is fed by none, each next one is fed by the
+    last.
+    """
+    fed = {n for n, s in layers for m, t in layers if m != n and _feeds(t, s) is not None}
+    starts = [ly for ly in layers if ly[0] not in fed] or layers[:1]
+    chain = [starts[0]]
+    rest = [ly for ly in layers if ly is not starts[0]]
+    while rest:
+        nxt = next((ly for ly in rest if _feeds(chain[-1][1], ly[1]) is not None), None)
+        if nxt is None:
+            return None
+        chain.append(nxt)
+        rest = [ly for ly in rest if ly is not nxt]
+    return chain
+
+
+def _norms_of(variables: PyTree, kernels: set[str]) -> dict[int, list[tuple[str, str, list[str]]]]:
+    """``{width: [(collection, module, leaves)]}`` of the submodules whose leaves are all 1-d of one width."""
+    out: dict[int, list] = {}
+    for col, tree in variables.items():
+        if not isinstance(tree, Mapping):
+            continue
+        for name, node in tree.items():
+            if name in kernels or not isinstance(node, Mapping) or not node:
+                continue
+            shapes = {tuple(jnp.shape(v)) for v in node.values()}
+            if len(shapes) == 1 and len(next(iter(shapes))) == 1:
+                out.setdefault(next(iter(shapes))[0], []).append((col, name, list(node)))
+    return out
+
+
 def infer_spec(variables: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]] | None:
     """A permutation spec for a chain of Dense / Conv layers, read from the variables alone, or ``None``.
 
     Layers are the submodules of ``variables["params"]`` with a 2-d (Dense ``[in, out]``) or 4-d
-    (Conv ``[h, w, in, out]``) ``kernel``, taken in the tree's order (linen keeps the order in
-    which submodules were defined). Consecutive layers chain when the first's outputs are the
-    second's inputs (a Conv flattened into a Dense: inputs a multiple of the channels, channels
-    last). Every layer but the last gets one entry: its kernel's output axis, its bias, any
-    submodule between it and the next layer whose leaves all have that many entries (LayerNorm /
-    BatchNorm parameters and statistics), and the next kernel's input axis.
+    (Conv ``[h, w, in, out]``) ``kernel``, ordered by their shapes: the first is fed by no other layer,
+    each next one reads the last one's outputs (a Conv flattened into a Dense: inputs a multiple of the
+    channels, channels last); ties go to the tree's order. Every layer but the last gets one entry: its
+    kernel's output axis, its bias, the submodules whose leaves are all vectors of that width
+    (LayerNorm / BatchNorm scales, biases and statistics; assigned only when one layer has that width),
+    and the next kernel's input axis.
 
-    The inference assumes a plain chain; skip connections, attention or reordered submodules break
-    it, which :func:`check_spec` detects. Use the spec only after :func:`check_spec` passes.
+    The inference assumes a plain chain; skip connections, attention or ambiguous widths break it, which
+    :func:`check_spec` detects. Use the spec only after :func:`check_spec` passes.
 
     Returns:
       The spec, or ``None`` when the variables are not a chain of at least two such layers.
@@ -316,26 +361,19 @@ def infer_spec(variables: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]]
     layers = _kernel_modules(p)
     if not layers or len(layers) < 2:
         return None
-    names = list(p)
+    chain = _chain(layers)
+    if chain is None:
+        return None
+    norms = _norms_of(variables, {n for n, _ in layers})
+    widths = [shape[-1] for _, shape in chain[:-1]]
     spec = {}
-    for (name, shape), (nxt, nshape) in zip(layers, layers[1:]):
-        units, n_in = shape[-1], nshape[-2]
-        if n_in % units:
-            return None
-        tile = n_in // units
-        if tile > 1 and len(nshape) != 2:
-            return None
+    for (name, shape), (nxt, nshape) in zip(chain, chain[1:]):
+        units, tile = shape[-1], _feeds(shape, nshape)
         axes = [PermAxis(("params", name, "kernel"), len(shape) - 1)]
         if "bias" in p[name] and jnp.shape(p[name]["bias"]) == (units,):
             axes.append(PermAxis(("params", name, "bias"), 0))
-        for between in names[names.index(name) + 1 : names.index(nxt)]:
-            for col in variables:
-                node = variables[col].get(between) if isinstance(variables[col], Mapping) else None
-                if not isinstance(node, Mapping):
-                    continue
-                if not all(jnp.shape(v) == (units,) for v in node.values()):
-                    return None
-                axes += [PermAxis((col, between, leaf), 0) for leaf in node]
+        if widths.count(units) == 1:
+            axes += [PermAxis((col, mod, leaf), 0) for col, mod, leaves in norms.get(units, []) for leaf in leaves]
         axes.append(PermAxis(("params", nxt, "kernel"), len(nshape) - 2, tile=tile))
         spec[name] = (units, tuple(axes))
     return spec
