@@ -28,7 +28,6 @@ import numpy as np
 from jaxlineage import references, zoo
 from jaxlineage import verify as verify_lib
 from jaxlineage.eval import metrics, provenance, pvalues, scenarios, scorers
-from jaxlineage.models import Models
 
 log = logging.getLogger("verify_power")
 
@@ -59,11 +58,14 @@ def power(args) -> None:
     for (arch, task), members in groups.items():
         pop = members[0][0]
         x, y = z.task_data(task, "train")
-        like = Models.from_linen(z.network_for(pop.ids[0]).module, [pop.one(0)], arch=arch)
+        # The zoo's own view of the network (its taps, default tap and permutation spec), so that the
+        # references offer every tap the scorers read.
+        like = scenarios.model_set(z, [pop.ids[0]]).populations[0]
         refs_by_group[(arch, task)] = references.train(
             like,
             x,
             y,
+            init_fn=z.network_for(pop.ids[0]).init,
             n=args.references,
             seed=args.seed,
             workdir=pathlib.Path(args.workdir) / "references",
