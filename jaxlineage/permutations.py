@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlineage import nets
 from jaxlineage.errors import JaxlineageError
@@ -332,7 +333,7 @@ def _norms_of(variables: PyTree, kernels: set[str]) -> dict[int, list[tuple[str,
         for name, node in tree.items():
             if name in kernels or not isinstance(node, Mapping) or not node:
                 continue
-            shapes = {tuple(jnp.shape(v)) for v in node.values()}
+            shapes = {tuple(np.shape(v)) for v in node.values()}
             if len(shapes) == 1 and len(next(iter(shapes))) == 1:
                 out.setdefault(next(iter(shapes))[0], []).append((col, name, list(node)))
     return out
