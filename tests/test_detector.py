@@ -212,6 +212,7 @@ def _synthetic_open_set(seed, *, m=72, k=3, shape=(8, 8), noise=0.3):
     )
 
 
+@pytest.mark.slow
 def test_open_set_detector_learns_no_parent():
     ex = _synthetic_open_set(0)
     det = detector.train(

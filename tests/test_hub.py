@@ -303,6 +303,7 @@ def test_pipeline_parent_and_no_parent(net, family):
         assert a.parent is not None or "Holm" in a.reason
 
 
+@pytest.mark.slow
 def test_verdict_verifier_drops_verify_into_stage_three(net, probe, family):
     """jaxlineage.verify as the stage-3 verifier: the exact weight test finds the noisy copies' roots."""
     pop, _ = family

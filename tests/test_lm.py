@@ -41,6 +41,7 @@ def _tokens(n=3, t=12, seed=2, vocab=256):
     return jax.random.randint(jax.random.key(seed), (n, t), 0, vocab)
 
 
+@pytest.mark.slow
 def test_shapes_taps_and_causality():
     net, v = _model()
     x = _tokens()

@@ -77,6 +77,7 @@ def user_models():
 # --------------------------------------------------------------------------- Models
 
 
+@pytest.mark.slow
 def test_from_linen_checks_taps_and_names_them():
     x = jnp.ones((4, 16))
     trees = [UserMLP().init(jax.random.key(s), x) for s in range(3)]
@@ -320,6 +321,7 @@ class TinyLM(nn.Module):
         return nn.Dense(self.vocab, name="head")(nn.LayerNorm(name="ln_f")(h))
 
 
+@pytest.mark.slow
 def test_verify_answers_on_a_language_model_defined_in_the_test():
     tokens = jax.random.randint(jax.random.key(0), (32, 12), 0, 32)
     init = lambda s: TinyLM().init(jax.random.key(s), tokens[:1])
