@@ -318,15 +318,13 @@ class Models:
           ModelsError: a tap that no submodule has (names it and lists those that exist), taps without
             ``example``, trees that differ.
         """
-        kwargs = tuple(sorted(apply_kwargs.items()))
-        for k, v in kwargs:
-            try:
-                hash(v)
-            except TypeError:
-                raise ModelsError(f"from_linen: keyword {k}={v!r} is not hashable; pass a tuple") from None
-        from jaxlineage.nets import LinenApply  # noqa: PLC0415 (flax linen is imported only when used)
+        from jaxlineage import nets  # noqa: PLC0415 (flax linen is imported only when used)
 
-        apply_fn = LinenApply(module, kwargs)
+        try:
+            apply_fn, _ = nets.from_linen(module, None, **apply_kwargs)  # checks the keywords are hashable
+        except TypeError as e:
+            raise ModelsError(str(e)) from None
+        kwargs = apply_fn.kwargs
         feature_fns: dict[str, ApplyFn] = {t: LinenTap(module, tuple(t.split("/")), kwargs) for t in taps}
         feature_fns.setdefault("logits", FlatOutputs(apply_fn))
         models = cls._build(
@@ -549,7 +547,9 @@ def _zoo_models(zoo: Any, g: dict) -> Models:
 
 
 def _kind(record: Any) -> str:
-    """A record's derivation kind (e.g. ``"finetune_all"``); records without one fall back to their role."""
+    """A record's derivation kind (e.g. ``"finetune_all"``, ``"extract_l"``), pooled across architectures.
+
+    Records without one (a duck-typed zoo of roles) fall back to the role."""
     return str(getattr(record, "kind", None) or getattr(record, "role", None))
 
 

@@ -51,7 +51,10 @@ from jaxlineage.eval.core import (
     Scenario,
     ScorerError,
 )
-from jaxlineage.models import Models
+from jaxlineage.models import (
+    Models,
+    _kind,  # one definition of a record's kind, shared with from_zoo
+)
 
 __all__ = ["NEGATIVE", "OpenSet", "identify", "model_set", "open_set", "provenance", "verify"]
 
@@ -95,13 +98,6 @@ def _select_all(zoo: Any, names: str | zoo_lib.Role | Sequence[str | zoo_lib.Rol
 def _zoo_name(zoo: Any) -> str:
     spec = getattr(zoo, "spec", None)
     return getattr(spec, "name", None) or str(getattr(zoo, "workdir", "zoo"))
-
-
-def _kind(record: Any) -> str:
-    """A record's derivation kind (e.g. ``"finetune_all"``, ``"extract_l"``), pooled across architectures.
-
-    Records without one (a duck-typed zoo of roles) fall back to the role."""
-    return str(getattr(record, "kind", None) or getattr(record, "role", None))
 
 
 def _split_key(record: Any, split_by: SplitBy) -> str:
