@@ -33,11 +33,19 @@ hypothesis and a p-value valid under it:
   - ``modelgif``: minus ModelGiF's distance between integrated-gradient fields at up to 64
     inputs of ``data`` (10 Gauss-Legendre nodes; across architectures).
 
-* Combination: the Cauchy combination test (Liu & Xie, JASA 2020),
-  :math:`T = \sum_i w_i \tan((1/2 - p_i)\pi)`, :math:`p = 1/2 - \arctan(T / \sum_i w_i)/\pi`,
-  equal weights; valid under arbitrary dependence between the tests in the tail (small
-  ``alpha``), which matters here since the reference tests share references. Or
-  ``combine="bonferroni"``: :math:`\min(1, m \min_i p_i)`, valid under any dependence.
+* ``references`` (conformal, pooled): the reference tests above enter the verdict together, as
+  one conformal test on the pool of the suspect and its ``n`` references
+  (:func:`pooled_conformal`): each member's per-test ranks in the pool are combined by Cauchy's
+  transform, and the suspect's p-value is its rank on that combined statistic. Valid under the
+  reference tests' common null however they depend on each other, and its smallest value is
+  :math:`1 / (n + 1)` whatever the number of tests (combining the tests' own conformal p-values
+  would multiply that floor by up to the number of tests). Each test's own p-value is reported.
+
+* Combination of ``weight-perm`` and ``references``: the Cauchy combination test (Liu & Xie, JASA
+  2020), :math:`T = \sum_i w_i \tan((1/2 - p_i)\pi)`, :math:`p = 1/2 - \arctan(T / \sum_i w_i)/\pi`,
+  equal weights; valid under arbitrary dependence between the tests in the tail (small ``alpha``).
+  Or ``combine="bonferroni"``: :math:`\min(1, m \min_i p_i)`, valid under any dependence. Its
+  null is the intersection: the suspect is an independent model trained like the references.
 
 A pair no test applies to (e.g. two architectures and no references) is "cannot tell":
 its combined p-value is NaN and its decision ``None``.
@@ -99,6 +107,7 @@ __all__ = [
     "default_tests",
     "extraction_tests",
     "identify",
+    "pooled_conformal",
     "verify",
 ]
 
@@ -164,6 +173,9 @@ class Evidence:
       null: the null hypothesis its p-value is valid under.
       sensitive_to: what derivations it detects.
       note: why it does not apply, or a warning (e.g. it cannot reach ``alpha``).
+      part_of: ``""`` for the tests the verdict combines (``weight-perm``, ``references``); for a
+        reference test, ``"references"``: its own p-value is reported, and its statistic enters the
+        verdict through the pooled ``references`` test.
     """
 
     test: str
@@ -172,6 +184,7 @@ class Evidence:
     null: str
     sensitive_to: str
     note: str = ""
+    part_of: str = ""
 
     @property
     def applies(self) -> bool:
@@ -325,6 +338,7 @@ def extraction_tests() -> list[ReferenceTest]:
 
 
 WEIGHT_PERM = "weight-perm"
+REFERENCES = "references"
 _WEIGHT_NULL = (
     "independent initialisations: the suspect's weights are independent of the source's, their law unit-order invariant"
 )
@@ -377,18 +391,24 @@ def _conformal(stat: float, null: np.ndarray) -> float:
     return float((1 + np.sum(null >= stat)) / (null.size + 1))
 
 
-def _reference_evidence(
-    test: ReferenceTest, src: Models, sus: Models, refs: ModelSet | None, data: Any, alpha: float
-) -> list[list[Evidence]]:
-    """Every (source, suspect) pair's evidence from one reference test."""
-    ev = lambda s, p, note="": Evidence(test.name, s, p, test.null, test.sensitive_to, note)  # noqa: E731
-    na = lambda note: [[ev(np.nan, np.nan, note) for _ in sus.ids] for _ in src.ids]  # noqa: E731
+@dataclasses.dataclass
+class _Scores:
+    """One reference test's statistics: ``stat[k, m]`` (source k, suspect m) and ``ref[k]`` (reference id -> value)."""
+
+    test: ReferenceTest
+    note: str = ""  # non-empty: the test does not apply to any pair
+    stat: np.ndarray | None = None
+    ref: list[dict[str, float]] | None = None
+
+
+def _reference_scores(test: ReferenceTest, src: Models, sus: Models, refs: ModelSet | None, data: Any) -> _Scores:
+    """The statistic of every (source, suspect) pair and of every (source, reference) pair, computed once."""
     if test.same_signature and not weight_comparable(src, sus):
-        return na("parameter trees differ")
+        return _Scores(test, "parameter trees differ")
     ref_pops = [r for r in (refs.populations if refs else ()) if weight_comparable(r, sus)]
     ref_pops = [r for r in ref_pops if not test.same_signature or weight_comparable(src, r)]
     if not ref_pops:
-        return na("no reference model of the suspect's architecture")
+        return _Scores(test, "no reference model of the suspect's architecture")
     # References may include the suspects themselves (a pool of exchangeable models): score each model once.
     extra = []
     for r in ref_pops:
@@ -397,26 +417,84 @@ def _reference_evidence(
             extra.append(r.take(idx))
     targets = ModelSet((sus, *extra))
     try:
-        scores = test.scorer.score(ModelSet((src,)), targets, probe=data, unreadable="nan")
+        scores = np.asarray(test.scorer.score(ModelSet((src,)), targets, probe=data, unreadable="nan"), np.float64)
     except JaxlineageError as e:
-        return na(f"{type(e).__name__}: {e}")
+        return _Scores(test, f"{type(e).__name__}: {e}")
     column = {i: j for j, i in enumerate(targets.ids)}
     ref_ids = [i for r in ref_pops for i in r.ids]
-    out = []
-    for k, sid in enumerate(src.ids):
-        row = []
-        for m, qid in enumerate(sus.ids):
-            stat = scores[k, m]
-            keep = [column[rid] for rid in ref_ids if rid not in (sid, qid)]
-            null = scores[k, np.asarray(keep, int)] if keep else np.zeros(0)
-            null = null[np.isfinite(null)]
-            if not np.isfinite(stat) or null.size == 0:
-                row.append(ev(np.nan, np.nan, "not readable for this pair"))
-                continue
-            note = "" if 1 / (null.size + 1) <= alpha else f"{null.size} references cannot reach alpha={alpha:g}"
-            row.append(ev(float(stat), _conformal(stat, null), note))
-        out.append(row)
-    return out
+    ref = [{rid: float(scores[k, column[rid]]) for rid in ref_ids} for k in range(len(src))]
+    return _Scores(test, stat=scores[:, : len(sus)], ref=ref)
+
+
+def _null(sc: _Scores, k: int, sid: str, qid: str) -> dict[str, float]:
+    """The finite reference statistics of source ``k``, leaving out the source and the suspect themselves."""
+    return {r: v for r, v in sc.ref[k].items() if r not in (sid, qid) and np.isfinite(v)}
+
+
+def _test_evidence(sc: _Scores, k: int, m: int, sid: str, qid: str, alpha: float) -> Evidence:
+    """One reference test's own conformal p-value for a pair (reported; it enters the verdict through the pool)."""
+    ev = lambda s, p, note: Evidence(sc.test.name, s, p, sc.test.null, sc.test.sensitive_to, note, REFERENCES)  # noqa: E731
+    if sc.note:
+        return ev(np.nan, np.nan, sc.note)
+    stat, null = sc.stat[k, m], np.array(list(_null(sc, k, sid, qid).values()))
+    if not np.isfinite(stat) or null.size == 0:
+        return ev(np.nan, np.nan, "not readable for this pair")
+    return ev(float(stat), _conformal(stat, null), _floor_note(null.size, alpha))
+
+
+def _floor_note(n: int, alpha: float) -> str:
+    return "" if 1 / (n + 1) <= alpha else f"{n} references cannot reach alpha={alpha:g}"
+
+
+def pooled_conformal(statistics: np.ndarray) -> tuple[float, float]:
+    r"""The pooled reference test: one conformal p-value for a suspect from several tests' statistics.
+
+    ``statistics[0]`` holds the suspect's statistics (one column per test, higher = more related),
+    ``statistics[1:]`` the references'. Each model of the pool of :math:`n + 1` gets, per test, its
+    rank :math:`r_t` among the pool (1 = most related; ties take the worse rank) and the combined
+    statistic :math:`c = 	frac1T \sum_t 	anig((	frac12 - u_t)\piig)` with
+    :math:`u_t = (r_t - 	frac12) / (n + 1)` (Cauchy's transform of the full-conformal p-values).
+    The p-value is the suspect's conformal rank on :math:`c`:
+    :math:`p = \#\{j : c_j \ge c_0\} / (n + 1)`.
+
+    :math:`c` is the same symmetric function of the pool for every member, so when the suspect is
+    exchangeable with the references (the null of every reference test) :math:`c_0` is exchangeable
+    with :math:`c_1, \dots, c_n` and :math:`P(p \le lpha) \le lpha`, however the tests depend on
+    each other. Unlike combining the tests' own conformal p-values, it pays no multiplicity: its
+    smallest value is :math:`1 / (n + 1)`, reached when the suspect is more extreme on the combined
+    statistic than every reference. With one test it equals that test's conformal p-value.
+
+    Returns:
+      ``(c_0, p)``.
+
+    >>> s = np.array([[0.9, 0.8], [0.1, 0.7], [0.2, 0.1], [0.3, 0.2]])  # suspect first in both tests
+    >>> pooled_conformal(s)[1]
+    0.25
+    >>> bool(pooled_conformal(s[:, :1])[1] == (1 + np.sum(s[1:, 0] >= s[0, 0])) / 4)
+    True
+    """
+    s = np.asarray(statistics, np.float64)
+    n1 = s.shape[0]
+    rank = (s[None, :, :] >= s[:, None, :]).sum(axis=1)  # [pool, tests]: #members at least as related
+    c = np.tan((0.5 - (rank - 0.5) / n1) * np.pi).mean(axis=1)
+    return float(c[0]), float(np.sum(c >= c[0] - 1e-12 * max(1.0, abs(c[0]))) / n1)
+
+
+def _pooled_evidence(scores: list[_Scores], k: int, m: int, sid: str, qid: str, alpha: float) -> Evidence:
+    """The pooled reference test over every reference test that reads this pair (see :func:`pooled_conformal`)."""
+    live = [sc for sc in scores if not sc.note and np.isfinite(sc.stat[k, m])]
+    names = ", ".join(sc.test.name for sc in live)
+    sens = "everything its tests detect (" + names + ")"
+    if not live:
+        why = "; ".join(sorted({sc.note or "not readable for this pair" for sc in scores})) or "no reference test"
+        return Evidence(REFERENCES, np.nan, np.nan, ReferenceTest.null, sens, why)
+    nulls = [_null(sc, k, sid, qid) for sc in live]
+    common = sorted(set.intersection(*(set(n) for n in nulls)))
+    if not common:
+        return Evidence(REFERENCES, np.nan, np.nan, ReferenceTest.null, sens, "no reference readable by every test")
+    table = np.array([[sc.stat[k, m] for sc in live]] + [[n[r] for n in nulls] for r in common])
+    stat, p = pooled_conformal(table)
+    return Evidence(REFERENCES, stat, p, ReferenceTest.null, sens, _floor_note(len(common), alpha))
 
 
 # --------------------------------------------------------------------------- verify
@@ -498,22 +576,26 @@ def verify(
     for a, src in enumerate(src_set.populations):
         for b, sus in enumerate(sus_set.populations):
             k_ab = jax.random.fold_in(key, 1000 * a + b)
-            blocks = [timed(WEIGHT_PERM, _weight_perm, src, sus, data, k_ab, num_permutations)]
-            blocks += [timed(t.name, _reference_evidence, t, src, sus, refs, data, alpha) for t in tests]
+            weight = timed(WEIGHT_PERM, _weight_perm, src, sus, data, k_ab, num_permutations)
+            scores = [timed(t.name, _reference_scores, t, src, sus, refs, data) for t in tests]
             for k, sid in enumerate(src.ids):
                 for m, qid in enumerate(sus.ids):
-                    grid[(sid, qid)] = [blk[k][m] for blk in blocks]
+                    grid[(sid, qid)] = [
+                        weight[k][m],
+                        _pooled_evidence(scores, k, m, sid, qid, alpha),
+                        *(_test_evidence(sc, k, m, sid, qid, alpha) for sc in scores),
+                    ]
     pairs = []
     for sid in src_set.ids:
         for qid in sus_set.ids:
             ev = grid[(sid, qid)]
-            ps = [e.pvalue for e in ev if e.applies]
+            ps = [e.pvalue for e in ev if e.applies and not e.part_of]
             p = _combine(ps, combine)
             pairs.append(PairVerdict(sid, qid, p, None if not ps else bool(p <= alpha), ev))
     warnings = []
     if refs is None:
         warnings.append("no references: only the exact weight test ran (blind to permuted copies and extraction)")
-    short = sorted({e.note for p in pairs for e in p.evidence if "cannot reach" in e.note})
+    short = sorted({e.note for p in pairs for e in p.evidence if "cannot reach" in e.note and not e.part_of})
     warnings += short
     if any(p.derived is None for p in pairs):
         warnings.append("no test applies to some pairs ('cannot tell'): give references of the suspect's architecture")

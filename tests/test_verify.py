@@ -16,6 +16,7 @@ import pytest
 import jaxlineage as jl
 from jaxlineage import permutations as perm_lib
 from jaxlineage import references
+from jaxlineage import verify as verify_lib
 from jaxlineage.eval import pvalues, scorers
 from jaxlineage.eval.core import ModelSet, Scenario, ScorerError
 from jaxlineage.models import Models, ModelsError
@@ -223,6 +224,42 @@ def test_cauchy_combination_matches_its_definition():
     comb = np.array([cauchy_combination(r) for r in u])
     for a in (0.01, 0.05, 0.1):
         assert abs(np.mean(comb <= a) - a) < 3 * np.sqrt(a * (1 - a) / len(u))
+
+
+def _pooled_brute_force(s):
+    """pooled_conformal written out member by member, from its definition."""
+    n1, tests = s.shape
+    c = []
+    for j in range(n1):
+        u = [(sum(s[i, t] >= s[j, t] for i in range(n1)) - 0.5) / n1 for t in range(tests)]
+        c.append(np.mean([np.tan((0.5 - x) * np.pi) for x in u]))
+    return c[0], sum(cj >= c[0] - 1e-9 for cj in c) / n1
+
+
+def test_pooled_conformal_matches_brute_force_and_is_valid_under_exchangeability():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        s = rng.normal(size=(int(rng.integers(2, 12)), int(rng.integers(1, 5))))
+        s[rng.uniform(size=s.shape) < 0.2] = 0.0  # ties
+        assert verify_lib.pooled_conformal(s) == pytest.approx(_pooled_brute_force(s))
+    # One test: the test's own conformal p-value.
+    s = rng.normal(size=(20, 1))
+    assert verify_lib.pooled_conformal(s)[1] == pytest.approx((1 + np.sum(s[1:, 0] >= s[0, 0])) / 20)
+    # Exchangeable pools of strongly dependent tests (a shared factor): P(p <= a) <= a + margin.
+    n1, draws = 20, 4000
+    shared = rng.normal(size=(draws, n1, 1))
+    pools = shared + 0.5 * rng.normal(size=(draws, n1, 4))
+    p = np.array([verify_lib.pooled_conformal(x)[1] for x in pools])
+    for a in (0.05, 0.1, 0.25):
+        assert np.mean(p <= a) <= a + 3 * np.sqrt(a * (1 - a) / draws)
+    assert np.mean(p <= 0.1) >= 0.1 - 3 * np.sqrt(0.09 / draws)  # not trivially conservative either
+    # A suspect most related on every test reaches the floor 1 / (n + 1): no multiplicity paid, whereas
+    # the Cauchy combination of the tests' own conformal p-values (each 1 / (n + 1)) stays above it only
+    # when the tests disagree; here one reference tops one test, another the other.
+    s = np.array([[5.0, 5.0], [6.0, 0.0], [0.0, 6.0], [1.0, 1.0], [2.0, 2.0]])
+    per_test = [(1 + np.sum(s[1:, t] >= s[0, t])) / 5 for t in range(2)]
+    assert verify_lib.pooled_conformal(s)[1] == pytest.approx(1 / 5)
+    assert cauchy_combination(per_test) > 1 / 5
 
 
 # --------------------------------------------------------------------------- verify / identify end to end
