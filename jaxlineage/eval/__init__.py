@@ -37,7 +37,7 @@ Any scenario and scorers::
                               key=jax.random.key(0))
 """
 
-from jaxlineage.eval import core, dna, methods, metrics, protocols, provenance, pvalues, scenarios, scorers, tree
+from jaxlineage.eval import core, dna, metrics, protocols, provenance, registry, scenarios, scorers, tree
 from jaxlineage.eval.core import (
     NO_PARENT,
     ModelSet,
@@ -60,7 +60,10 @@ from jaxlineage.eval.scorers import (
     WeightL2,
     baselines,
     default_tap,
+    fingerprints,
     learning_free,
+    methods,
+    pvalues,
 )
 
 __all__ = [
@@ -84,6 +87,7 @@ __all__ = [
     "core",
     "default_tap",
     "dna",
+    "fingerprints",
     "folds",
     "identify",
     "learning_free",
@@ -93,6 +97,7 @@ __all__ = [
     "protocols",
     "provenance",
     "pvalues",
+    "registry",
     "run",
     "run_all",
     "run_zoo",

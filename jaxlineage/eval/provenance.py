@@ -55,9 +55,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlineage import modelgif as modelgif_lib
-from jaxlineage.eval import metrics, pvalues
+from jaxlineage.eval import metrics
 from jaxlineage.eval.core import Scenario, Scorer, ScorerError
-from jaxlineage.eval.methods import Field, ModelGiFScorer
+from jaxlineage.eval.scorers import pvalues
+from jaxlineage.eval.scorers.methods import Field, ModelGiFScorer
 
 __all__ = [
     "ATTACKS",
