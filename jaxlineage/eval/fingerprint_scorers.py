@@ -1,4 +1,4 @@
-"""``jaxlineage.eval.fingerprint_scorers``: the former path of :mod:`jaxlineage.eval.scorers.fingerprints`, kept importable.
+"""``jaxlineage.eval.fingerprint_scorers``: the former path of :mod:`jaxlineage.eval.scorers.fingerprints`.
 
 The scorers now live in ``jaxlineage/eval/scorers/fingerprints.py``. This module *is* that module
 (``sys.modules`` alias): every name, private ones and monkeypatching included, is shared.

@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlineage import fingerprints as fp
+from jaxlineage.eval import registry
 from jaxlineage.eval.core import ModelSet, Population, Scorer, ScorerError, check_finite, check_models
 
 __all__ = ["ConferrableScorer", "IPGuardScorer", "SACScorer"]
@@ -524,3 +525,37 @@ class IPGuardScorer(_FingerprintScorer):
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
         return _agreement_block(self, candidates, queries, lambda c, k: self.fingerprints(c, k, probe))
+
+
+# --------------------------------------------------------------------------- registration
+
+# The fingerprints need the defender's labelled data (``data=(x, y)``; SAC-m and IPGuard fall back to the
+# probe) and have their own benchmark (benchmarks/provenance.py): registered for lookups and the contract
+# battery, not run by the bench's presets (``bench=False``).
+registry.register(
+    "sac",
+    SACScorer,
+    family="fingerprint",
+    questions=("verify",),
+    label="SAC",
+    bench=False,
+    description="SAC-w / SAC-m (Guan et al., NeurIPS 2022): sample-correlation matrices on the defender's data",
+)
+registry.register(
+    "conferrable",
+    ConferrableScorer,
+    family="fingerprint",
+    questions=("verify",),
+    label="Conferrable examples",
+    bench=False,
+    description="conferrable adversarial examples (Lukas et al., ICLR 2021), from surrogates and references",
+)
+registry.register(
+    "ipguard",
+    IPGuardScorer,
+    family="fingerprint",
+    questions=("verify",),
+    label="IPGuard",
+    bench=False,
+    description="IPGuard (Cao et al., AsiaCCS 2021): points near the source's classification boundary",
+)

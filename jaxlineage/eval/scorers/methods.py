@@ -42,17 +42,23 @@ import numpy as np
 from jaxlineage import detector as detector_lib
 from jaxlineage import mgmp as mgmp_lib
 from jaxlineage import modelgif as modelgif_lib
-from jaxlineage.eval import metrics
+from jaxlineage.eval import metrics, registry
 from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scenario, Scorer, ScorerError, check_finite
 
 __all__ = [
+    "BACKBONE_TAPS",
     "DetectorScorer",
     "Field",
     "ModelDNAScorer",
     "ModelGiFScorer",
     "SweepPoint",
+    "model_dna",
     "reference_sweep",
 ]
+
+#: The backbone tap of each zoo architecture (the provenance section's ModelGiF backbone field): the last
+#: hidden layer before the classifier head.
+BACKBONE_TAPS = {"mlp": "relu2", "convnet": "fc1"}
 
 
 # --------------------------------------------------------------------------- shared checks
@@ -749,6 +755,10 @@ class ModelGiFScorer(Scorer):
         needs labels: :meth:`per_reference` only).
       target: the scalar output (default: ``PREDICTED`` for the logits, ``feature_sum`` for a tap).
       chunk_size: references per chunk (bounds memory).
+      archs: the architectures it reads (both models' must be among them; ``None``: any).
+        A tap name means different layers in different architectures: the provenance
+        section's backbone field is one scorer per architecture, each at its own tap
+        (:data:`BACKBONE_TAPS`).
 
     References:
       Song et al., "ModelGiF: Gradient Fields for Model Functional Distance", ICCV 2023.
@@ -761,8 +771,11 @@ class ModelGiFScorer(Scorer):
     strategy: modelgif_lib.ReferenceSampling = modelgif_lib.ReferenceSampling.RANDOM
     target: Any = None
     chunk_size: int | None = 32
+    archs: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        if isinstance(self.archs, str):
+            object.__setattr__(self, "archs", (self.archs,))
         # A str is always a tap: zoo networks have a tap called "logits" (the backbone field of the logits).
         if isinstance(self.n_refs, bool) or int(self.n_refs) != self.n_refs or self.n_refs < 1:
             raise ScorerError(f"ModelGiFScorer: n_refs must be a positive integer, got {self.n_refs!r}")
@@ -785,7 +798,7 @@ class ModelGiFScorer(Scorer):
             key=np.asarray(jax.random.key_data(self.key)).tolist(),
             strategy=self.strategy.value,
             target=getattr(t, "value", getattr(t, "__name__", repr(t))),
-        )
+        ) | ({} if self.archs is None else {"archs": list(self.archs)})
 
     @property
     def scalar_output(self):
@@ -795,6 +808,8 @@ class ModelGiFScorer(Scorer):
         return modelgif_lib.Target.PREDICTED if self.tap is None else modelgif_lib.feature_sum
 
     def readable(self, candidates: Population, queries: Population) -> bool:
+        if self.archs is not None and not (candidates.arch in self.archs and queries.arch in self.archs):
+            return False
         return self.tap is None or (self.tap in candidates.feature_fns and self.tap in queries.feature_fns)
 
     def references(self, probe: Any, labels: Any = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -928,3 +943,83 @@ def reference_sweep(per_reference: Any, positive: Any, negative: Any, *, n_refs:
             )
         )
     return points
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def model_dna(*, config: mgmp_lib.Config | Mapping[str, Any] | None = None, **kwargs) -> list[ModelDNAScorer]:
+    """Model DNA with and without the generator (the paper's baseline): two :class:`ModelDNAScorer` s.
+
+    Args:
+      config: :class:`jaxlineage.mgmp.Config` or a mapping of its fields; its ``generator`` is set
+        to ``"mlp"``, then ``"none"``.
+      **kwargs: the other :class:`ModelDNAScorer` fields (``tap``).
+    """
+    if config is None:
+        config = {}
+    if isinstance(config, mgmp_lib.Config):
+        configs = [dataclasses.replace(config, generator=mgmp_lib.Generator(g)) for g in ("mlp", "none")]
+    else:
+        configs = [{**dict(config), "generator": g} for g in ("mlp", "none")]
+    return [ModelDNAScorer(config=c, **kwargs) for c in configs]
+
+
+def _model_dna_rows(settings: Mapping[str, Any]) -> list[registry.Row]:
+    """The provenance section's Model DNA rows: logits fragments, ``dna_steps`` per source, ``D_s`` = the probe."""
+    if settings.get("dna_steps") is None:
+        return []
+    # Mini-batches of DNA inputs are drawn from the probe: at most its size (the tiny preset's 64).
+    batch = min(mgmp_lib.Config().batch_size, int(settings["probe_len"]))
+    return [
+        registry.Row(
+            label,
+            ModelDNAScorer(config=mgmp_lib.Config(num_steps=settings["dna_steps"], generator=gen, batch_size=batch)),
+        )
+        for label, gen in (
+            ("Model DNA (generator)", mgmp_lib.Generator.MLP),
+            ("Model DNA (no generator)", mgmp_lib.Generator.NONE),
+        )
+    ]
+
+
+def _modelgif_rows(settings: Mapping[str, Any]) -> list[registry.Row]:
+    """The provenance section's ModelGiF rows at ``max(modelgif_refs)`` references: the logits field (every
+    pair) and the backbone field (same-architecture pairs, each architecture at its :data:`BACKBONE_TAPS` tap)."""
+    n, steps, key = max(settings["modelgif_refs"]), settings["modelgif_steps"], jax.random.key(settings["seed"])
+    backbone = [
+        ModelGiFScorer(field=tap, archs=(arch,), n_refs=n, steps=steps, key=key) for arch, tap in BACKBONE_TAPS.items()
+    ]
+    return [
+        registry.Row(
+            f"ModelGiF logits field ({n} refs)", ModelGiFScorer(n_refs=n, steps=steps, key=key), "logits field"
+        ),
+        registry.Row(f"ModelGiF backbone field ({n} refs)", backbone, "backbone field"),
+    ]
+
+
+registry.register(
+    "detector",
+    DetectorScorer,
+    family="learned",
+    questions=("identify",),  # a parent-identification model; one training per fold
+    label="Lineage Detector",
+    description="Neural Lineage's Lineage Detector (Sec. 4), trained per fold on the training queries",
+)
+registry.register(
+    "mgmp",
+    model_dna,
+    family="learned",
+    questions=("verify",),  # the provenance question it answers; one generator + classifier per candidate and fold
+    label="Model DNA",
+    provenance=_model_dna_rows,
+    description="Model DNA (MGMP, ECAI 2024) with and without the generator",
+)
+registry.register(
+    "modelgif",
+    ModelGiFScorer,
+    family="field",
+    label="ModelGiF",
+    provenance=_modelgif_rows,
+    description="ModelGiF (ICCV 2023): gradient-field distance at seeded reference inputs",
+)

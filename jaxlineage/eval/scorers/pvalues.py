@@ -89,6 +89,7 @@ from scipy.optimize import linear_sum_assignment
 
 from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import JaxlineageError, path_str
+from jaxlineage.eval import registry
 from jaxlineage.eval import scenarios as scenarios_lib
 from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scenario, Scorer, ScorerError
 
@@ -109,6 +110,7 @@ __all__ = [
     "open_set_decisions",
     "open_set_scenario",
     "permutation_test",
+    "permutation_test_scorer",
     "population_spec",
     "qq_plot",
     "spec_for",
@@ -829,3 +831,31 @@ def open_set_scenario(
     s = os_.scenario
     kinds = tuple("no_parent" if lab == NO_PARENT else "known" for lab in s.labels)
     return OpenSet(dataclasses.replace(s, kinds=kinds), os_.related_withheld, os_.relations)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def permutation_test_scorer(*, seed: int = 0, **kwargs) -> PermutationTestScorer:
+    """:class:`PermutationTestScorer` with ``key = jax.random.key(seed)`` (the registry's factory)."""
+    return PermutationTestScorer(key=jax.random.key(seed), **kwargs)
+
+
+# Open-set answers with a p-value per pair: figures in benchmarks/pvalues.py and jaxlineage.verify, not
+# run by the bench's presets (``bench=False``). CalibratedScorer wraps any registered scorer: not an entry.
+registry.register(
+    "permutation_test",
+    permutation_test_scorer,
+    family="pvalue",
+    label="permutation test",
+    bench=False,
+    description="exact permutation test of hidden-unit order, Holm's open-set answers",
+)
+registry.register(
+    "matched_weights",
+    MatchedScorer,
+    family="pvalue",
+    label="matched weights",
+    bench=False,
+    description="agreement of two views' Hungarian matchings (invariant to the query's unit order)",
+)
