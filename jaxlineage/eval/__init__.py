@@ -7,14 +7,17 @@ joins them:
   :class:`Scenario`, :class:`Question`, :class:`Scorer`, :class:`Result`);
 * :mod:`~jaxlineage.eval.scenarios`: a zoo and a question -> a :class:`Scenario`
   (:func:`identify`, :func:`verify`);
-* :mod:`~jaxlineage.eval.scorers`: the learning-free metrics
-  (:class:`LearningFree`, :func:`learning_free`) and the baselines
-  (:class:`WeightL2`, :class:`WeightCosine`, :class:`OutputAgreement`,
-  :class:`OutputKL`);
+* :mod:`~jaxlineage.eval.scorers`: every scorer, one file per family: the
+  learning-free metrics (:class:`LearningFree`, :func:`learning_free`) and the
+  baselines (:class:`WeightL2`, :class:`WeightCosine`, :class:`OutputAgreement`,
+  :class:`OutputKL`) in ``training_free``, the other papers' methods in
+  ``methods``, the p-value scorers in ``pvalues``, the fingerprints in ``fingerprints``;
+* :mod:`~jaxlineage.eval.registry`: each scorer file registers its scorers; the
+  bench's presets, its provenance section and the contract battery read the registry;
 * :mod:`~jaxlineage.eval.protocols`: folds, fitting on training folds only,
   one :class:`Result` per (scenario, scorer) (:func:`run`, :func:`run_all`,
   :func:`table`);
-* :mod:`~jaxlineage.eval.methods`: the other papers' methods as scorers
+* :mod:`~jaxlineage.eval.methods` (``eval/scorers/methods.py``): the other papers' methods as scorers
   (:class:`~jaxlineage.eval.methods.DetectorScorer`,
   :class:`~jaxlineage.eval.methods.ModelDNAScorer`,
   :class:`~jaxlineage.eval.methods.ModelGiFScorer`);
