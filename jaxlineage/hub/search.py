@@ -46,12 +46,7 @@ from scipy.optimize import linear_sum_assignment
 from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import path_str
 from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scorer
-from jaxlineage.eval.scorers.pvalues import (
-    CalibratedScorer,
-    PermutationTestScorer,
-    conformal_pvalues,
-    open_set_decisions,
-)
+from jaxlineage.eval.pvalues import CalibratedScorer, PermutationTestScorer, conformal_pvalues, open_set_decisions
 from jaxlineage.hub.fingerprints import HubError
 from jaxlineage.hub.index import Index, ModelSource, as_source
 
