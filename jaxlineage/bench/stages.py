@@ -567,21 +567,14 @@ class _ProvenanceRows:
         self.folds: dict[str, list] = {}
 
     def add(self, method: str, rows: Sequence[Any]) -> None:
-        grid = [r for r in rows if _is_grid_row(r)]
-        if grid:  # learning-free rows of one entry: one pass for all of them (their shared jvp)
+        """One entry's rows, in their order."""
+        grids = self._grids(rows)
+        for i, r in enumerate(rows):
             t = time.time()
-            scorers = [r.scorers[0] for r in grid]
-            grids = type(scorers[0]).score_grids(
-                scorers, self.scen.candidates, self.scen.queries, probe=self.scen.probe, unreadable="nan"
-            )
-            for r, g in zip(grid, grids):
-                self._fixed(r.label, method, g[0], t)
-                t = time.time()
-        for r in rows:
-            if _is_grid_row(r):
-                continue
-            t = time.time()
-            if any(getattr(s, "learned", False) for s in r.scorers):
+            if i in grids:
+                scores, wall = grids[i]
+                self._fixed(r.label, method, scores, wall)
+            elif any(getattr(s, "learned", False) for s in r.scorers):
                 self._learned(r, method, t)
             elif r.sweep is not None:
                 d = _first_readable(
@@ -589,16 +582,37 @@ class _ProvenanceRows:
                 )
                 n_max = d.shape[-1]
                 self.sweep[r.sweep] = {n: _cells(-d[..., :n].mean(-1), self.masks) for n in self.refs if n <= n_max}
-                self._fixed(r.label, method, -d.mean(-1), t)
+                self._fixed(r.label, method, -d.mean(-1), time.time() - t)
             else:
-                self._fixed(r.label, method, _first_readable([_score_matrix(self.scen, s) for s in r.scorers]), t)
+                scores = _first_readable([_score_matrix(self.scen, s) for s in r.scorers])
+                self._fixed(r.label, method, scores, time.time() - t)
 
-    def _fixed(self, name: str, method: str, scores: np.ndarray, t: float) -> None:
-        self.rows.append(
-            {"name": name, "method": method, "cells": _cells(scores, self.masks), "wall_s": time.time() - t}
-        )
+    def _grids(self, rows: Sequence[Any]) -> dict[int, tuple[np.ndarray, float]]:
+        """The rows of one learning-free grid scorer each (fixed alpha), scored in one pass per scorer type
+        (their shared jvp): ``{row index: (scores [K, M], wall)}``; the pass's time goes to its first row."""
+        by_type: dict[type, list[int]] = {}
+        for i, r in enumerate(rows):
+            if len(r.scorers) == 1 and isinstance(r.scorers[0], GridScorer) and not r.scorers[0].learned:
+                by_type.setdefault(type(r.scorers[0]), []).append(i)
+        out = {}
+        for cls, idx in by_type.items():
+            t = time.time()
+            grids = cls.score_grids(
+                [rows[i].scorers[0] for i in idx],
+                self.scen.candidates,
+                self.scen.queries,
+                probe=self.scen.probe,
+                unreadable="nan",
+            )
+            wall = time.time() - t
+            for j, (i, g) in enumerate(zip(idx, grids)):
+                out[i] = (g[0], wall if j == 0 else 0.0)
+        return out
+
+    def _fixed(self, name: str, method: str, scores: np.ndarray, wall: float) -> None:
+        self.rows.append({"name": name, "method": method, "cells": _cells(scores, self.masks), "wall_s": wall})
         self.fixed[name] = scores
-        log.info("provenance: %s in %.1fs", name, time.time() - t)
+        log.info("provenance: %s in %.1fs", name, wall)
 
     def _learned(self, r: Any, method: str, t: float) -> None:
         from jaxlineage.eval import provenance as prov
@@ -609,10 +623,6 @@ class _ProvenanceRows:
         self.rows.append({"name": r.label, "method": method, "cells": cells_, "wall_s": time.time() - t})
         self.folds[r.label] = folds
         log.info("provenance: %s in %.1fs", r.label, time.time() - t)
-
-
-def _is_grid_row(r: Any) -> bool:
-    return len(r.scorers) == 1 and isinstance(r.scorers[0], GridScorer) and not r.scorers[0].learned
 
 
 def _first_readable(scores: Sequence[np.ndarray]) -> np.ndarray:
