@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pathlib
 import re
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -74,7 +76,7 @@ def test_entry_point_tiny_end_to_end(tiny_run):
     code, out, results = tiny_run
     failed = {k: v.get("error") for k, v in results["stages"].items() if v["status"] not in ("ok", "skipped")}
     assert code == 0 and not failed, failed
-    assert results["settings"]["methods"] == list(presets.METHODS)
+    assert results["settings"]["methods"] == list(presets.stage_names())
     assert results["settings"]["seed"] == 3
     assert results["command"].startswith("python -m jaxlineage.bench") and "--preset=tiny" in results["command"]
     # The fixture's zoo is reused: a second build trains nothing.
@@ -93,7 +95,7 @@ def test_entry_point_tiny_end_to_end(tiny_run):
     ]
     # Every stage ran, except the DNA_QUICK section, which the tiny preset does not have.
     assert results["stages"]["dna"]["status"] == "skipped" and "no scorer for dna" in results["stages"]["dna"]["error"]
-    for name in presets.METHODS:
+    for name in presets.stage_names():
         if name != "dna":
             assert results["stages"][name]["status"] == "ok" and results["stages"][name]["wall_s"] > 0
     assert results["environment"]["jax"] and results["environment"]["device"]
@@ -318,34 +320,134 @@ def _no_tfds(name, split, **kwargs):
 
 
 def test_every_method_of_every_preset_is_a_scorer_spec():
-    """No method runs a protocol of its own: every preset's methods are ScorerSpecs of the evaluation layer."""
+    """No method runs a protocol of its own: every preset's methods are the registry's scorers, through eval."""
+    from jaxlineage.eval import registry
+    from jaxlineage.eval.scorers import methods
+
     for p in presets.PRESETS.values():
-        factories = {s.method: s.factory for s in p.scorers}
-        assert factories["detector"] == "jaxlineage.eval.methods:DetectorScorer", p.name
-        assert factories["mgmp"] == "jaxlineage.eval.methods:ModelDNAScorer", p.name
-        assert factories["modelgif"] == "jaxlineage.eval.methods:ModelGiFScorer", p.name
-        for spec in p.scorers:
+        specs = p.specs()
+        assert [s.method for s in specs] == list(registry.names(bench=True)) == list(presets.methods()), p.name
+        factories = {s.method: s.factory for s in specs}
+        assert factories["detector"] is methods.DetectorScorer, p.name
+        assert factories["mgmp"] is methods.model_dna, p.name
+        assert factories["modelgif"] is methods.ModelGiFScorer, p.name
+        for spec in specs:
             for scorer in stages.resolve(spec):  # the kwargs make scorers (dicts become Config / modules)
                 assert scorer.name
         assert not hasattr(p, "detector") and not hasattr(presets, "LEGACY")
-    quick = {s.method: s for s in presets.QUICK.scorers}
-    assert quick["detector"].scenarios == ("identify",) and quick["mgmp"].scenarios == ("verify",)
+    quick = {s.method: s for s in presets.QUICK.specs()}
+    assert quick["detector"].questions == ("identify",) and quick["mgmp"].questions == ("verify",)
+    # Model DNA with and without the generator: one registered factory, two scorers.
+    assert [s.name for s in stages.resolve(quick["mgmp"])] == ["model_dna@relu1", "model_dna_no_generator@relu1"]
     with pytest.raises(ValueError, match="names scenario"):
         dataclasses.replace(presets.QUICK, scorers=(dataclasses.replace(quick["detector"], scenarios=("nope",)),))
+    with pytest.raises(ValueError, match="not registered for the bench"):
+        dataclasses.replace(presets.TINY, scorer_kwargs={"detektor": {}}).specs()
+    with pytest.raises(ValueError, match="unknown method 'nope'.*registered"):
+        presets.ScorerSpec("nope", methods.ModelGiFScorer)
 
 
-def test_a_scorer_joins_every_table_with_one_line_in_the_preset(tiny_zoo, tmp_path):
-    """A method with a ScorerSpec runs through the evaluation layer, in the shared tables."""
-    from jaxlineage.eval import scorers
+def _toy_scorer():
+    """A scorer defined here, not in the library: minus the mean absolute logit gap on the probe."""
+    import jax
 
-    p = dataclasses.replace(
-        presets.TINY,
-        scorers=presets.default_scorers(metrics=("l2",), alphas=(0.01,))
-        + (presets.ScorerSpec("detector", scorers.WeightL2, label="stand-in detector"),),
+    from jaxlineage.eval import core
+
+    class LogitGap(core.Scorer):
+        name = "toy logit gap"
+
+        def readable(self, candidates, queries):
+            return candidates.signature == queries.signature
+
+        def score_block(self, candidates, queries, *, probe):
+            def logits(pop):
+                return np.asarray(jax.vmap(pop.logits_fn, in_axes=(0, None))(pop.params, probe), np.float64)
+
+            lc, lq = logits(candidates), logits(queries)
+            return -np.abs(lc[:, None] - lq[None, :]).mean(axis=(2, 3))
+
+    return LogitGap()
+
+
+@pytest.fixture
+def toy_registered():
+    """The toy scorer, registered with one call for the test's duration."""
+    from jaxlineage.eval import registry
+
+    registry.register(
+        "toy",
+        _toy_scorer,
+        family="other",
+        label="toy method",
+        provenance=lambda settings: [registry.Row("toy logit gap", _toy_scorer())],
     )
-    res = runner.run(p, methods="detector", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
-    assert not res["failed"] and res["stages"]["detector"]["via"] == "jaxlineage.eval"
+    try:
+        yield
+    finally:
+        registry.unregister("toy")
+
+
+def _toy_rows(t):
+    return [r for r in t["rows"] if "toy" in " ".join(r["label"])]
+
+
+def test_a_registered_scorer_joins_every_table(toy_registered, tiny_zoo, tmp_path):
+    """One registration call: the tiny preset asks the toy scorer every scenario, through the evaluation layer."""
+    assert "toy" in presets.methods() and presets.TINY.scorer_specs("toy")
+    res = runner.run("tiny", methods="toy", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
+    assert not res["failed"] and res["stages"]["toy"]["via"] == "jaxlineage.eval"
+    assert res["settings"]["methods"] == ["baselines", "toy"]
+    assert [t["key"] for t in res["tables"]] == ["identify", "verify", "timing"]
     for t in res["tables"][:2]:
-        labels = [r["label"] for r in t["rows"]]
-        assert ["stand-in detector", "weight L2"] in labels and ["baselines", "weight L2"] in labels
+        (row,) = _toy_rows(t)
+        assert row["label"] == ["toy method", "toy logit gap"] and report.is_number(row["cells"][0]["mean"])
+    assert [r["label"] for r in _toy_rows(res["tables"][-1])] == [["toy", "ok"]]
     _check_report(tmp_path, res)
+
+
+@pytest.mark.slow
+def test_a_registered_scorer_joins_the_provenance_tables(toy_registered, tiny_zoo, tmp_path):
+    """The same registration call gives its provenance row: every table of the run lists the toy scorer."""
+    section = dataclasses.replace(
+        presets.TINY.section("provenance"),
+        settings={**presets.TINY.section("provenance").settings, "rows": ("baselines", "toy")},
+    )
+    p = dataclasses.replace(presets.TINY, sections=(section,))
+    res = runner.run(p, methods="toy,provenance", workdir=tiny_zoo.workdir, out=tmp_path, echo=None, plots=False)
+    assert not res["failed"]
+    keys = [t["key"] for t in res["tables"]]
+    assert keys == ["identify", "verify", "provenance_auc", "provenance_tpr@1%fpr", "provenance_calibration", "timing"]
+    for t in res["tables"]:
+        assert _toy_rows(t), t["key"]
+    rows = {r["name"]: r for r in res["stages"]["provenance"]["result"]["rows"]}
+    assert set(rows) == {"weight L2", "weight cosine", "output agreement", "output KL", "toy logit gap"}
+    assert rows["toy logit gap"]["method"] == "toy"
+    _check_report(tmp_path, res)
+
+
+#: The tiny bench's tables before the scorer registry (see the test below).
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "bench_tiny_seed3.json"
+
+
+def test_tiny_tables_equal_the_golden_figures(tiny_run):
+    """The tiny bench's tables, figure for figure, as main printed them before the scorer registry.
+
+    ``tests/golden/bench_tiny_seed3.json`` was written at commit 4e54862 (main before the registry) from
+    ``python -m jaxlineage.bench --preset=tiny --workdir=<empty folder> --out=<folder> --seed=3`` (the
+    ``tiny_run`` fixture's command): every table but ``timing``, each cell as ``report.format_cell`` prints
+    it (mean ± std at the table's decimals), with the notes, on the 2-core CPU machine. The provenance tables
+    now list their rows in registration order (learning-free, baselines, Model DNA, ModelGiF; before: the
+    baselines first and ModelGiF before Model DNA), so their rows are compared as a set of (label, figures).
+    """
+    _, _, results = tiny_run
+    want = json.loads(GOLDEN.read_text())["tables"]
+    got = [t for t in results["tables"] if t["key"] != "timing"]
+    assert [t["key"] for t in got] == [t["key"] for t in want]
+    for g, w in zip(got, want):
+        dec = report.column_decimals(g)
+        rows = [[*r["label"], *(report.format_cell(c, d) for c, d in zip(r["cells"], dec))] for r in g["rows"]]
+        assert (g["row_header"], g["columns"], g["notes"]) == (w["row_header"], w["columns"], w["notes"]), g["key"]
+        if g["key"].startswith("provenance"):
+            assert sorted(rows) == sorted(w["rows"]), g["key"]
+        else:
+            assert rows == w["rows"], g["key"]

@@ -1,8 +1,9 @@
 """The evaluation layer: one contract battery for every scorer, the protocols, and the quick table's equality.
 
-To add a scorer to the contract battery, append a :class:`Case` to
-:data:`SCORERS`; a learned scorer (the Lineage Detector, Model DNA) is ``fit`` on
-a training scenario of other children of the same parents
+Every scorer of :mod:`jaxlineage.eval.registry` goes through the contract battery,
+made by its registered factory at the toy settings of :data:`TOY_CASES` (a scorer
+registered without toy settings fails a test that names it); a learned scorer (the
+Lineage Detector, Model DNA) is ``fit`` on a training scenario of other children of the same parents
 (:func:`toy_training`) and then scores the toy's held-out children.
 """
 
@@ -16,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlineage import detector, lineage, mgmp, zoo
+from jaxlineage import detector, lineage, zoo
 from jaxlineage import eval as jl_eval
-from jaxlineage.eval import core, fingerprint_scorers, methods, protocols, scenarios, scorers
+from jaxlineage.eval import core, protocols, registry, scenarios, scorers
 from jaxlineage.eval.core import (
     NO_PARENT,
     ModelSet,
@@ -29,6 +30,7 @@ from jaxlineage.eval.core import (
     Scorer,
     ScorerError,
 )
+from jaxlineage.permutations import PermAxis
 
 DIN, HIDDEN, CLASSES, N = 6, 16, 4, 64
 
@@ -40,19 +42,19 @@ def _init(key, hidden=HIDDEN, classes=CLASSES):
     k1, k2, k3 = jax.random.split(key, 3)
     return {
         "dense1": {
-            "w": jax.random.normal(k1, (DIN, hidden)) / np.sqrt(DIN),
-            "b": 0.1 * jax.random.normal(k2, (hidden,)),
+            "kernel": jax.random.normal(k1, (DIN, hidden)) / np.sqrt(DIN),
+            "bias": 0.1 * jax.random.normal(k2, (hidden,)),
         },
-        "head": {"w": jax.random.normal(k3, (hidden, classes)) / np.sqrt(hidden)},
+        "head": {"kernel": jax.random.normal(k3, (hidden, classes)) / np.sqrt(hidden)},
     }
 
 
 def toy_features(params, x):
-    return jnp.tanh(x @ params["dense1"]["w"] + params["dense1"]["b"][None, :])
+    return jnp.tanh(x @ params["dense1"]["kernel"] + params["dense1"]["bias"][None, :])
 
 
 def toy_logits(params, x):
-    return toy_features(params, x) @ params["head"]["w"]
+    return toy_features(params, x) @ params["head"]["kernel"]
 
 
 def _stack(trees):
@@ -138,6 +140,12 @@ class _CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listener)
 
 
+def toy_spec(params) -> dict:
+    """The toy's hidden-unit permutation (jaxlineage.permutations' spec format): dense1's units."""
+    axes = (PermAxis(("dense1", "kernel"), 1), PermAxis(("dense1", "bias"), 0), PermAxis(("head", "kernel"), 0))
+    return {"dense1": (params["dense1"]["kernel"].shape[1], axes)}
+
+
 def _toy_data(n=512):
     """Labelled toy inputs (the defender's data of the fingerprint scorers): labels of a fixed linear task."""
     rng = np.random.default_rng(11)
@@ -150,76 +158,110 @@ def _toy_data(n=512):
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """A scorer factory for the battery.
+    """A registered scorer at toy settings, made through its registry entry's factory.
 
     Attributes:
-      make: ``() -> Scorer``.
+      name: the registry name (:mod:`jaxlineage.eval.registry`).
+      kwargs: the factory's keyword arguments on the toy (a dict, or ``() -> dict`` for data made lazily).
+      which: the index of the scorer to test when the factory makes several.
       reads_any_tree: the scorer compares only outputs, so models of other parameter trees are
         fine as long as their outputs have one size (no mismatch error expected).
       reads_any_arch: the scorer compares models of any architecture sharing the input space
         (ModelGiF's logits field): no "unreadable" error expected.
     """
 
-    make: Callable[[], core.Scorer]
+    name: str
+    kwargs: dict | Callable[[], dict] = dataclasses.field(default_factory=dict)
+    which: int = 0
     reads_any_tree: bool = False
     reads_any_arch: bool = False
 
+    def make(self) -> core.Scorer:
+        kwargs = self.kwargs() if callable(self.kwargs) else self.kwargs
+        return registry.get(self.name).make(**kwargs)[self.which]
+
     def __str__(self):
-        return self.make().name
+        return f"{self.name}:{self.make().name}"
 
 
-#: Every scorer runs through the same battery; eval/methods.py's scorers are appended here.
-SCORERS: list[Case] = [
-    Case(lambda: scorers.LearningFree("l2", "linearized", tap="h")),
-    Case(lambda: scorers.LearningFree("cka", "first_order", tap="h", alphas=(0.01, 0.1))),
-    Case(lambda: scorers.LearningFree("linf", "plain", tap="h")),
-    Case(scorers.WeightL2),
-    Case(scorers.WeightCosine),
-    Case(scorers.OutputAgreement, reads_any_tree=True),
-    Case(scorers.OutputKL, reads_any_tree=True),
-    Case(lambda: methods.ModelGiFScorer(n_refs=16, steps=4, chunk_size=None), reads_any_tree=True, reads_any_arch=True),
-    Case(
-        lambda: methods.ModelGiFScorer(field="h", n_refs=16, steps=4, chunk_size=None),
-        reads_any_tree=True,
-        reads_any_arch=True,
-    ),
-    # The learned methods at the tiniest settings that still tell the toy's parents apart.
-    Case(
-        lambda: methods.DetectorScorer(
-            n_probe=16, module=detector.LineageDetector(embed_dim=8, difference_init=True), epochs=6, batch_size=4
+#: Each registered scorer's toy settings (the toy's tap ``h``, labelled toy data, the tiniest settings that
+#: still tell the toy's parents apart). The battery runs every registered scorer through these cases; one
+#: registered without a case fails test_every_registered_scorer_is_in_the_battery.
+TOY_CASES: dict[str, list[Case]] = {
+    "learning_free": [
+        Case("learning_free", dict(metrics="l2", modes="linearized", tap="h")),
+        Case("learning_free", dict(metrics="cka", modes="first_order", tap="h", alphas=(0.01, 0.1))),
+        Case("learning_free", dict(metrics="linf", modes="plain", tap="h")),
+    ],
+    "baselines": [
+        Case("baselines", which=0),
+        Case("baselines", which=1),
+        Case("baselines", which=2, reads_any_tree=True),
+        Case("baselines", which=3, reads_any_tree=True),
+    ],
+    "modelgif": [
+        Case("modelgif", dict(n_refs=16, steps=4, chunk_size=None), reads_any_tree=True, reads_any_arch=True),
+        Case(
+            "modelgif", dict(field="h", n_refs=16, steps=4, chunk_size=None), reads_any_tree=True, reads_any_arch=True
+        ),
+    ],
+    "detector": [
+        Case(
+            "detector",
+            lambda: dict(
+                n_probe=16, module=detector.LineageDetector(embed_dim=8, difference_init=True), epochs=6, batch_size=4
+            ),
         )
-    ),
-    Case(
-        lambda: methods.ModelDNAScorer(
-            config=mgmp.Config(generator_features=(16,), dna_dim=8, classifier_width=16, batch_size=16, num_steps=150)
-        ),
-        reads_any_tree=True,
-    ),
-    # The extraction-aware fingerprints (eval/fingerprint_scorers.py): output-space scorers on labelled toy data.
-    Case(lambda: fingerprint_scorers.SACScorer(mode="w", data=_toy_data(), n_samples=32), reads_any_tree=True),
-    Case(lambda: fingerprint_scorers.SACScorer(mode="m", n_samples=32), reads_any_tree=True),
-    Case(
-        lambda: fingerprint_scorers.ConferrableScorer(
-            data=_toy_data(),
-            n_fingerprints=16,
-            n_seeds=64,
-            n_surrogates=3,
-            n_references=3,
-            train_steps=100,
-            batch_size=32,
-            lr=1e-2,
-            eps=0.5,
-            step_size=0.05,
-            steps=20,
-            bounds=None,
-        ),
-        reads_any_tree=True,
-    ),
-    Case(
-        lambda: fingerprint_scorers.IPGuardScorer(n_fingerprints=32, steps=50, lr=0.05, bounds=None),
-        reads_any_tree=True,
-    ),
-]
+    ],
+    # Model DNA with the generator (the factory's first scorer; the second drops the generator).
+    "mgmp": [
+        Case(
+            "mgmp",
+            dict(config=dict(generator_features=(16,), dna_dim=8, classifier_width=16, batch_size=16, num_steps=150)),
+            reads_any_tree=True,
+        )
+    ],
+    "permutation_test": [Case("permutation_test", dict(num_permutations=19, spec_fn=lambda arch, v: toy_spec(v)))],
+    "matched_weights": [Case("matched_weights", dict(spec_fn=lambda arch, v: toy_spec(v)))],
+    # The extraction-aware fingerprints (eval/scorers/fingerprints.py): output-space scorers on labelled toy data.
+    "sac": [
+        Case("sac", lambda: dict(mode="w", data=_toy_data(), n_samples=32), reads_any_tree=True),
+        Case("sac", dict(mode="m", n_samples=32), reads_any_tree=True),
+    ],
+    "conferrable": [
+        Case(
+            "conferrable",
+            lambda: dict(
+                data=_toy_data(),
+                n_fingerprints=16,
+                n_seeds=64,
+                n_surrogates=3,
+                n_references=3,
+                train_steps=100,
+                batch_size=32,
+                lr=1e-2,
+                eps=0.5,
+                step_size=0.05,
+                steps=20,
+                bounds=None,
+            ),
+            reads_any_tree=True,
+        )
+    ],
+    "ipguard": [Case("ipguard", dict(n_fingerprints=32, steps=50, lr=0.05, bounds=None), reads_any_tree=True)],
+}
+
+#: The battery: every registered scorer's toy cases, in registration order.
+SCORERS: list[Case] = [case for e in registry.registered() for case in TOY_CASES.get(e.name, [])]
+
+
+def test_every_registered_scorer_is_in_the_battery():
+    """Registering a scorer puts it in the battery: its toy settings must be in TOY_CASES."""
+    missing = [e.name for e in registry.registered() if e.name not in TOY_CASES]
+    assert not missing, f"registered scorers without a toy case in tests/test_eval.py TOY_CASES: {missing}"
+    assert set(TOY_CASES) <= set(registry.names()), "a toy case names no registered scorer"
+    for name, cases in TOY_CASES.items():
+        assert all(c.name == name for c in cases)
 
 
 def _ready(case: Case, train: Scenario):

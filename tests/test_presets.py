@@ -46,19 +46,20 @@ _TINY_KWARGS = {
 
 def _shrink(preset: presets.Preset, *, tap: str | None = None, **zoo_changes) -> presets.Preset:
     """``preset`` with a tiny zoo (``zoo_changes``) and tiny method settings; same scenarios, scorers and sections."""
-    lf = preset.scorer_specs("learning_free")
-    assert len(lf) == 1, "every preset has one learning-free ScorerSpec"
-    lf_kwargs = dict(lf[0].kwargs)
+    assert preset.scorers is None, "the presets read their scorers from the registry"
+    kwargs = {name: dict(kw) for name, kw in preset.scorer_kwargs.items()}
+    lf_kwargs = kwargs.get("learning_free", {})
     if tap is not None:
         assert lf_kwargs.get("tap") == tap, (preset.name, lf_kwargs)  # the preset's own tap is kept
-    scorers = presets.default_scorers(**{**lf_kwargs, "metrics": ("l2", "linf", "cka"), "alphas": (0.01, 0.1)})
-    for spec in preset.scorers[len(scorers) :]:
-        small = dict(_TINY_KWARGS[spec.method])
-        if "config" in small:  # keep the spec's generator (with / without)
-            small["config"] = {**dict(spec.kwargs.get("config", {})), **small["config"]}
-        scorers += (dataclasses.replace(spec, kwargs={**dict(spec.kwargs), **small}),)
-    assert [s.method for s in scorers] == [s.method for s in preset.scorers]
-    assert {s.method for s in scorers} >= {"learning_free", "baselines", "detector", "mgmp", "modelgif"}
+    kwargs["learning_free"] = {**lf_kwargs, "metrics": ("l2", "linf", "cka"), "alphas": (0.01, 0.1)}
+    for name, small in _TINY_KWARGS.items():
+        own = kwargs.get(name, {})
+        small = dict(small)
+        if "config" in small:  # keep the preset's other Model DNA settings
+            small["config"] = {**dict(own.get("config", {})), **small["config"]}
+        kwargs[name] = {**own, **small}
+    methods = [s.method for s in preset.specs()]
+    assert set(methods) >= {"learning_free", "baselines", "detector", "mgmp", "modelgif"}
     # Verify folds by fine-tuning learning rate: the tiny grids' 2 child rates and 1 independent rate are
     # 3 folds, and every parent keeps a child in every training fold (Model DNA trains one per parent).
     scenarios = tuple(
@@ -69,9 +70,10 @@ def _shrink(preset: presets.Preset, *, tap: str | None = None, **zoo_changes) ->
         preset,
         zoo=dataclasses.replace(preset.zoo, **zoo_changes),
         scenarios=scenarios,
-        scorers=scorers,
+        scorer_kwargs=kwargs,
         **_TINY_METHODS,
     )
+    assert [s.method for s in small.specs()] == methods
     assert small.sections == preset.sections
     return small
 
@@ -87,7 +89,7 @@ def _run(preset: presets.Preset, tmp_path) -> dict:
 def _check(res: dict, preset: presets.Preset, tmp_path, *, groups: set[str], sources: set[str]) -> zoo_lib.Zoo:
     """Every method stage ran; the report holds every method's table; the figures are PNGs; the zoo's groups."""
     out = tmp_path / "out"
-    for m in presets.METHODS:
+    for m in presets.stage_names():
         st = res["stages"][m]
         if m in ("provenance", "dna"):  # these presets have no provenance / DNA_QUICK section: the stage says so
             assert st["status"] == "skipped", st
@@ -108,13 +110,13 @@ def _check(res: dict, preset: presets.Preset, tmp_path, *, groups: set[str], sou
     md_tables = report.parse_markdown_tables(md.read_text())
     assert len(md_tables) == len(keys)
     # Every method has rows in the tables of the scenarios it is asked; the baselines in every one.
-    specs = {s.method: s for s in preset.scorers}
+    specs = {s.method: s for s in preset.specs()}
     for key in per_task:
         t = next(t for t in res["tables"] if t["key"] == key)
         text = json.dumps(t["rows"])
         for label in ("learning_free", "baselines", "l2 plain", "weight L2", "ModelGiF"):
             assert label in text, (key, label)
-        scenario = next(n for n in names if key == n or key.startswith(f"{n}_"))
+        scenario = next(sc for sc in preset.scenarios if key == sc.name or key.startswith(f"{sc.name}_"))
         for method, label in (("detector", "Lineage Detector"), ("mgmp", "Model DNA")):
             assert (label in text) == specs[method].asks(scenario), (key, label)
     t = next(t for t in res["tables"] if t["key"] == "modelgif_references")

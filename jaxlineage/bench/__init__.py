@@ -7,12 +7,11 @@ stage and the sections),
 """
 
 from jaxlineage.bench import presets, report, stages
-from jaxlineage.bench.presets import METHODS, PRESETS, Preset, ScenarioSpec, ScorerSpec
+from jaxlineage.bench.presets import PRESETS, Preset, ScenarioSpec, ScorerSpec
 from jaxlineage.bench.runner import run
 from jaxlineage.bench.stages import BenchError
 
 __all__ = [
-    "METHODS",
     "PRESETS",
     "BenchError",
     "Preset",

@@ -28,7 +28,7 @@ _PRESET = flags.DEFINE_enum(
     list(presets.PRESETS),
     "Preset: " + "; ".join(f"{p.name}: {p.description}" for p in presets.PRESETS.values()),
 )
-_METHODS = flags.DEFINE_list("methods", ["all"], f"Comma list of {', '.join(presets.METHODS)}, or 'all'.")
+_METHODS = flags.DEFINE_list("methods", ["all"], f"Comma list of {', '.join(presets.stage_names())}, or 'all'.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Zoo cache (default ~/.cache/jaxlineage/<preset>); a second run reuses it."
 )

@@ -311,7 +311,7 @@ def provenance_qq(stages, out, plt) -> str | None:
     cal = (prov or {}).get("calibration") or {}
     if not cal.get("pvalues"):
         return None
-    from jaxlineage.eval import pvalues
+    from jaxlineage.eval.scorers import pvalues
 
     n_cal, n_test = cal["n_queries"]
     name = "provenance_pvalues_qq.png"

@@ -3,14 +3,18 @@
 A preset is **scenarios x scorers** on a zoo: every scenario (``identify``,
 ``verify``, per child task) is asked of every scorer through one protocol
 (:mod:`jaxlineage.eval`), so every method and baseline lands in the same table.
-Adding a method is one line, a :class:`ScorerSpec` in ``scorers``::
+The scorers are the entries of :mod:`jaxlineage.eval.registry` that the bench
+runs (``bench=True``), read when the preset runs: adding a method is one file
+and one ``registry.register`` call, and every preset asks it with the entry's
+default keyword arguments, or the preset's own (``scorer_kwargs``)::
 
-    ScorerSpec("detector", "jaxlineage.eval.methods:DetectorScorer", dict(epochs=8))
+    registry.register("my_method", MyScorer, family="learned", questions=("verify",), label="My method")
+    dataclasses.replace(presets.QUICK, scorer_kwargs={**presets.QUICK.scorer_kwargs, "my_method": dict(steps=8)})
 
-The learned methods (the Lineage Detector, Model DNA) and ModelGiF are
-:class:`ScorerSpec` s of :mod:`jaxlineage.eval.methods` like the learning-free
-table and the baselines: there is no other protocol. A scorer too expensive for
-every scenario names the ones it is asked (``ScorerSpec(..., scenarios=("identify",))``).
+A scorer too expensive for every scenario registers the questions it is asked
+(the Lineage Detector: ``identify``; Model DNA: ``verify``); the tables of the other
+scenarios name it. An explicit ``scorers`` tuple of :class:`ScorerSpec` s replaces
+the registry for one preset.
 
 Each preset names the command that runs it and what it costs (flax-examples style):
 
@@ -29,8 +33,8 @@ To vary a preset, ``dataclasses.replace`` it in Python and pass the result to
 
     from jaxlineage import bench
     p = bench.presets.get("quick")
-    p = dataclasses.replace(p, scorers=tuple(s for s in p.scorers if s.method != "detector"))
-    p = dataclasses.replace(p, scorers=p.scorers + (ScorerSpec("baselines", "my_module:MyScorer"),))
+    p = dataclasses.replace(p, scorers=tuple(s for s in p.specs() if s.method != "detector"))
+    p = dataclasses.replace(p, scorers=p.specs() + (ScorerSpec("baselines", "my_module:MyScorer"),))
     bench.run(p, workdir="/tmp/zoo", out="/tmp/report")
 """
 
@@ -49,27 +53,41 @@ __all__ = [
     "DEFAULT_SCENARIOS",
     "DNA_SECTION",
     "LR_FOLD_SCENARIOS",
-    "METHODS",
     "PAPER_FC",
     "PRESETS",
     "PROVENANCE_SECTION",
     "Preset",
     "QUICK",
     "RESNET",
+    "SECTION_NAMES",
     "ScenarioSpec",
     "ScorerSpec",
     "Section",
     "TINY",
-    "default_scorers",
-    "method_scorers",
     "get",
+    "methods",
+    "registry_scorers",
+    "stage_names",
 ]
 
 #: Step sizes of the accuracy-vs-alpha figure (one jvp per pair serves them all).
 ALPHA_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
-#: The methods, in the order they run and appear in the report. ``baselines`` run with every selection.
-METHODS = ("learning_free", "baselines", "detector", "mgmp", "modelgif", "provenance", "dna")
+#: The sections: questions asked on zoos of their own (:class:`Section`, ``jaxlineage.bench.stages.SECTIONS``).
+SECTION_NAMES = ("provenance", "dna")
+
+
+def methods() -> tuple[str, ...]:
+    """The bench's methods: the registered scorers it runs (:func:`jaxlineage.eval.registry.names`, ``bench=True``),
+    in registration order, the order they run and appear in the tables. ``baselines`` run with every selection."""
+    from jaxlineage.eval import registry
+
+    return registry.names(bench=True)
+
+
+def stage_names() -> tuple[str, ...]:
+    """What ``--methods`` selects, in run order: :func:`methods`, then the :data:`SECTION_NAMES`."""
+    return (*methods(), *SECTION_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +123,7 @@ class Section:
     one more entry here (and in ``SECTIONS``).
 
     Attributes:
-      name: the section (a name of :data:`METHODS` and of ``stages.SECTIONS``).
+      name: the section (a name of :data:`SECTION_NAMES` and of ``stages.SECTIONS``).
       zoo: the zoo spec to build.
       settings: keyword arguments of the section's stage.
     """
@@ -115,8 +133,8 @@ class Section:
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"Section: unknown name {self.name!r}; known: {', '.join(METHODS)}")
+        if self.name not in SECTION_NAMES:
+            raise ValueError(f"Section: unknown name {self.name!r}; known: {', '.join(SECTION_NAMES)}")
 
     def to_json(self) -> dict:
         return {"name": self.name, "zoo": self.zoo.to_json(), "settings": _jsonable(self.settings)}
@@ -127,7 +145,7 @@ class ScorerSpec:
     """Scorers of one method: ``factory(**kwargs)`` returns a scorer or a list of scorers.
 
     Attributes:
-      method: which method (a name of :data:`METHODS`); ``--methods`` selects by it.
+      method: which method (a registered name, :mod:`jaxlineage.eval.registry`); ``--methods`` selects by it.
       factory: ``"module:attribute"`` (imported when the stage runs, so a missing
         module costs only its method) or a callable.
       kwargs: the factory's keyword arguments.
@@ -136,6 +154,8 @@ class ScorerSpec:
         (default ``()``: every one). For a scorer too expensive for every scenario x fold
         (a learned method trains once per fold); the tables of the other scenarios say
         which methods they leave out.
+      questions: the questions (``"identify"``, ``"verify"``) whose scenarios these scorers
+        are asked (default ``()``: every one): the registry entry's ``questions``.
     """
 
     method: str
@@ -143,16 +163,27 @@ class ScorerSpec:
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     label: str = ""
     scenarios: tuple[str, ...] = ()
+    questions: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"ScorerSpec: unknown method {self.method!r}; known: {', '.join(METHODS)}")
-        if isinstance(self.scenarios, str):
-            raise ValueError(f"ScorerSpec {self.method!r}: scenarios must be a tuple of names, got {self.scenarios!r}")
+        from jaxlineage.eval import registry
 
-    def asks(self, scenario: str) -> bool:
-        """Whether these scorers are asked the scenario called ``scenario``."""
-        return not self.scenarios or scenario in self.scenarios
+        if self.method not in registry.names():
+            raise ValueError(
+                f"ScorerSpec: unknown method {self.method!r}; registered: {', '.join(registry.names())}"
+                " (jaxlineage.eval.registry.register adds one)"
+            )
+        for field in ("scenarios", "questions"):
+            if isinstance(getattr(self, field), str):
+                raise ValueError(
+                    f"ScorerSpec {self.method!r}: {field} must be a tuple of names, got {getattr(self, field)!r}"
+                )
+
+    def asks(self, scenario: ScenarioSpec) -> bool:
+        """Whether these scorers are asked ``scenario`` (by its name and its question)."""
+        return (not self.scenarios or scenario.name in self.scenarios) and (
+            not self.questions or scenario.question in self.questions
+        )
 
     def to_json(self) -> dict:
         f = self.factory
@@ -163,6 +194,7 @@ class ScorerSpec:
             "kwargs": _jsonable(self.kwargs),
             "label": self.label,
             "scenarios": list(self.scenarios),
+            "questions": list(self.questions),
         }
 
 
@@ -185,60 +217,36 @@ LR_FOLD_SCENARIOS = (
 )
 
 
-def default_scorers(**learning_free) -> tuple[ScorerSpec, ...]:
-    """The learning-free table (every metric x mode; ``learning_free`` are :func:`jaxlineage.eval.learning_free`'s
-    keyword arguments) and the four baselines."""
-    return (
-        ScorerSpec("learning_free", "jaxlineage.eval.scorers:learning_free", dict(learning_free)),
-        ScorerSpec("baselines", "jaxlineage.eval.scorers:baselines"),
-    )
-
-
-def method_scorers(
-    *,
-    detector: Mapping[str, Any] | None = None,
-    model_dna: Mapping[str, Any] | None = None,
-    modelgif: Mapping[str, Any] | None = None,
-    detector_scenarios: tuple[str, ...] = (),
-    model_dna_scenarios: tuple[str, ...] = (),
-) -> tuple[ScorerSpec, ...]:
-    """The Lineage Detector, Model DNA (with and without the generator) and ModelGiF as :class:`ScorerSpec` s.
+def registry_scorers(scorer_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[ScorerSpec, ...]:
+    """One :class:`ScorerSpec` per registered scorer the bench runs (``bench=True``), in registration order.
 
     Args:
-      detector: :class:`jaxlineage.eval.methods.DetectorScorer` keyword arguments (``module`` may be a
-        dict of :class:`jaxlineage.detector.LineageDetector` fields); ``None`` leaves the detector out.
-      model_dna: :class:`jaxlineage.eval.methods.ModelDNAScorer` keyword arguments (``config`` may be a
-        dict of :class:`jaxlineage.mgmp.Config` fields); the no-generator row gets ``generator="none"``.
-      modelgif: :class:`jaxlineage.eval.methods.ModelGiFScorer` keyword arguments.
-      detector_scenarios, model_dna_scenarios: the scenarios the learned methods are asked (``()``: all).
+      scorer_kwargs: ``{registered name: keyword arguments}`` over each entry's defaults
+        (e.g. ``{"detector": dict(epochs=3), "mgmp": dict(config=dict(num_steps=75))}``).
+
+    Raises:
+      ValueError: ``scorer_kwargs`` names a scorer that is not registered for the bench.
     """
-    out = []
-    if detector is not None:
-        out.append(
-            ScorerSpec(
-                "detector",
-                "jaxlineage.eval.methods:DetectorScorer",
-                dict(detector),
-                label="Lineage Detector",
-                scenarios=detector_scenarios,
-            )
+    from jaxlineage.eval import registry
+
+    scorer_kwargs = dict(scorer_kwargs or {})
+    entries = registry.registered(bench=True)
+    unknown = sorted(set(scorer_kwargs) - {e.name for e in entries})
+    if unknown:
+        raise ValueError(
+            f"scorer_kwargs names {unknown}, not registered for the bench;"
+            f" registered: {', '.join(e.name for e in entries)}"
         )
-    if model_dna is not None:
-        config = dict(model_dna.get("config", {}))
-        for generator in ("mlp", "none"):
-            kwargs = {**dict(model_dna), "config": {**config, "generator": generator}}
-            out.append(
-                ScorerSpec(
-                    "mgmp",
-                    "jaxlineage.eval.methods:ModelDNAScorer",
-                    kwargs,
-                    label="Model DNA",
-                    scenarios=model_dna_scenarios,
-                )
-            )
-    if modelgif is not None:
-        out.append(ScorerSpec("modelgif", "jaxlineage.eval.methods:ModelGiFScorer", dict(modelgif), label="ModelGiF"))
-    return tuple(out)
+    return tuple(
+        ScorerSpec(
+            e.name,
+            e.factory,
+            {**dict(e.kwargs), **dict(scorer_kwargs.get(e.name, {}))},
+            label=e.label,
+            questions=e.questions,
+        )
+        for e in entries
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +260,10 @@ class Preset:
       command: the command line that runs this preset.
       expected_runtime: what it costs, where measured.
       scenarios: :class:`ScenarioSpec` s, each asked once per child task.
-      scorers: :class:`ScorerSpec` s; every one is asked every scenario.
+      scorer_kwargs: ``{registered name: keyword arguments}``: this preset's settings of the
+        registered scorers (over the entries' defaults; :func:`registry_scorers`).
+      scorers: ``None`` (default): every scorer of :mod:`jaxlineage.eval.registry` the bench runs,
+        read when the preset runs (:meth:`specs`); or an explicit tuple of :class:`ScorerSpec` s.
       probe_size: the probe batch of every scenario (the first ``N`` training inputs of the task).
       num_folds: folds of the protocol (:func:`jaxlineage.eval.run_all`).
       alpha_sweep: step sizes of the accuracy-vs-alpha figure (all queries, no folds; ``()`` for none).
@@ -272,7 +283,8 @@ class Preset:
     command: str = ""
     expected_runtime: str = ""
     scenarios: tuple[ScenarioSpec, ...] = DEFAULT_SCENARIOS
-    scorers: tuple[ScorerSpec, ...] = dataclasses.field(default_factory=default_scorers)
+    scorer_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    scorers: tuple[ScorerSpec, ...] | None = None
     probe_size: int = 512
     num_folds: int = 5
     alpha_sweep: tuple[float, ...] = ALPHA_SWEEP
@@ -285,9 +297,13 @@ class Preset:
         """The preset's :class:`Section` called ``name``, if any."""
         return next((s for s in self.sections if s.name == name), None)
 
+    def specs(self) -> tuple[ScorerSpec, ...]:
+        """The preset's :class:`ScorerSpec` s: ``scorers``, else the registry's (:func:`registry_scorers`)."""
+        return self.scorers if self.scorers is not None else registry_scorers(self.scorer_kwargs)
+
     def __post_init__(self):
         names = {sc.name for sc in self.scenarios}
-        for spec in self.scorers:
+        for spec in self.scorers or ():
             unknown = [n for n in spec.scenarios if n not in names]
             if unknown:
                 raise ValueError(
@@ -297,7 +313,7 @@ class Preset:
 
     def scorer_specs(self, method: str) -> tuple[ScorerSpec, ...]:
         """The preset's :class:`ScorerSpec` s of ``method`` (empty: the method does not run)."""
-        return tuple(s for s in self.scorers if s.method == method)
+        return tuple(s for s in self.specs() if s.method == method)
 
     def to_json(self) -> dict:
         return {
@@ -307,7 +323,8 @@ class Preset:
             "expected_runtime": self.expected_runtime,
             "zoo": self.zoo.to_json(),
             "scenarios": _jsonable(self.scenarios),
-            "scorers": [s.to_json() for s in self.scorers],
+            "scorer_kwargs": _jsonable(self.scorer_kwargs),
+            "scorers": [s.to_json() for s in self.specs()],
             "probe_size": self.probe_size,
             "num_folds": self.num_folds,
             "alpha_sweep": list(self.alpha_sweep),
@@ -340,13 +357,11 @@ TINY = Preset(
     command="python -m jaxlineage.bench --preset tiny",
     expected_runtime="seconds once the tiny zoo is built",
     scenarios=LR_FOLD_SCENARIOS,
-    scorers=default_scorers(metrics=("l2", "linf", "cka"), alphas=(0.01, 0.1))
-    + method_scorers(
+    scorer_kwargs=dict(
+        learning_free=dict(metrics=("l2", "linf", "cka"), alphas=(0.01, 0.1)),
         detector=dict(epochs=2, n_probe=16, batch_size=4),
-        model_dna=dict(config=dict(num_steps=20, batch_size=16), tap="relu1"),
+        mgmp=dict(config=dict(num_steps=20, batch_size=16), tap="relu1"),
         modelgif=dict(n_refs=8, steps=4),
-        detector_scenarios=("identify",),
-        model_dna_scenarios=("verify",),
     ),
     probe_size=32,
     num_folds=2,
@@ -394,13 +409,10 @@ QUICK = Preset(
     # without generator; 0.96 with the parents' task-A inputs as D_s, as in the paper; not measured on quick).
     # ModelGiF: 256 references, 10 Gauss-Legendre nodes (paper 50; 20 nodes gave the same figures in 58 s
     # instead of 34 s; the provenance section uses 5), every scenario.
-    scorers=default_scorers()
-    + method_scorers(
+    scorer_kwargs=dict(
         detector=dict(n_probe=16, module=dict(difference_init=True), batch_size=4, epochs=3),
-        model_dna=dict(config=dict(num_steps=75), tap="relu1"),
+        mgmp=dict(config=dict(num_steps=75), tap="relu1"),
         modelgif=dict(n_refs=256, steps=10),
-        detector_scenarios=("identify",),
-        model_dna_scenarios=("verify",),
     ),
     reference_sweep=(8, 32, 128, 256),
     # SAC / ModelGiF's IP-protection benchmark (verify, every method x every attack) on its own zoo.
@@ -415,14 +427,7 @@ CNN = Preset(
     description="the small ConvNet on the embedded Fashion-MNIST subset (offline)",
     command="python -m jaxlineage.bench --preset cnn",
     expected_runtime="tens of minutes on 2 CPU cores; minutes on a GPU",
-    scorers=default_scorers(tap="fc1")
-    + method_scorers(
-        detector={},
-        model_dna=dict(tap="fc1"),
-        modelgif=dict(n_refs=256, steps=20),
-        detector_scenarios=("identify",),
-        model_dna_scenarios=("verify",),
-    ),
+    scorer_kwargs=dict(learning_free=dict(tap="fc1"), mgmp=dict(tap="fc1"), modelgif=dict(n_refs=256, steps=20)),
     reference_sweep=(8, 32, 128, 256),
 )
 
@@ -438,14 +443,8 @@ PAPER_FC = Preset(
         *DEFAULT_SCENARIOS,
         ScenarioSpec("open_set", "identify", dict(queries=("child", "independent"), open_set=True)),
     ),
-    scorers=default_scorers()
-    + method_scorers(
-        detector={},
-        model_dna=dict(tap="relu1"),
-        modelgif=dict(n_refs=256, steps=50),
-        detector_scenarios=("identify", "open_set"),
-        model_dna_scenarios=("verify",),
-    ),
+    # The detector is asked the identify questions (identify and open_set); Model DNA the verify one.
+    scorer_kwargs=dict(mgmp=dict(tap="relu1"), modelgif=dict(n_refs=256, steps=50)),
     reference_sweep=(8, 32, 128, 256),
 )
 
@@ -467,14 +466,7 @@ RESNET = Preset(
     description="ResNet-18 on CIFAR-10 through TFDS (GPU)",
     command="python -m jaxlineage.bench --preset resnet --download",
     expected_runtime="GPU hours (12 parents x 30 epochs, 48 children x 10 epochs)",
-    scorers=default_scorers(tap="block1")
-    + method_scorers(
-        detector={},
-        model_dna=dict(tap="block1"),
-        modelgif=dict(n_refs=256, steps=50),
-        detector_scenarios=("identify",),
-        model_dna_scenarios=("verify",),
-    ),
+    scorer_kwargs=dict(learning_free=dict(tap="block1"), mgmp=dict(tap="block1"), modelgif=dict(n_refs=256, steps=50)),
     reference_sweep=(8, 32, 128, 256),
 )
 

@@ -224,9 +224,16 @@ def scenario_tables(stages: dict) -> list[dict]:
 
 
 def reference_sweep_table(stages: dict) -> dict | None:
-    """ModelGiF's AUC / TPR by reference count on the *verify* scenarios (all queries, no folds)."""
-    gif = _ok(stages, "modelgif")
-    sweeps = (gif or {}).get("reference_sweep", [])
+    """ModelGiF's AUC / TPR by reference count on the *verify* scenarios (all queries, no folds).
+
+    The sweeps of every evaluation-layer stage (any scorer with ``per_reference``), in stage order.
+    """
+    sweeps = [
+        sw
+        for st in stages.values()
+        if st.get("status") == "ok" and st.get("via") == "jaxlineage.eval"
+        for sw in st["result"].get("reference_sweep", [])
+    ]
     if not sweeps:
         return None
     cols = [("auc", "AUC"), ("tpr_at_1", "TPR@1% FPR (%)"), ("tpr_at_5", "TPR@5% FPR (%)")]
@@ -305,7 +312,7 @@ def provenance_tables(stages: dict) -> list[dict]:
             f" alpha {sc['alpha']}; ModelGiF: {sc['modelgif_steps']} nodes, references a seeded draw from the"
             " probe."
         ]
-        if any(r.get("method") == "model_dna" for r in prov["rows"]):
+        if any(r.get("method") == "mgmp" for r in prov["rows"]):
             notes.append(
                 f"Model DNA: logits fragments on the probe, {sc.get('dna_steps')} training steps per source;"
                 " fitted on the queries of one attack fold (alternate columns; positives = the sources'"

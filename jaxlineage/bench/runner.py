@@ -49,22 +49,28 @@ def default_out(preset: str) -> pathlib.Path:
 
 
 def parse_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``None``/``"all"`` -> every method; else a comma list or sequence, checked against :data:`METHODS`.
+    """``None``/``"all"`` -> every stage (:func:`jaxlineage.bench.presets.stage_names`: the registered
+    scorers the bench runs, then the sections); else a comma list or sequence of stages or other
+    registered scorers (:mod:`jaxlineage.eval.registry`), in registration order.
 
     ``baselines`` are always added: every table shows them next to the methods.
     """
+    from jaxlineage.eval import registry
+
+    every = presets_lib.stage_names()
     if methods is None:
-        return presets_lib.METHODS
+        return every
     if isinstance(methods, str):
         methods = [m for m in methods.split(",") if m.strip()]
     methods = [m.strip() for m in methods]
     if not methods or methods == ["all"]:
-        return presets_lib.METHODS
-    bad = [m for m in methods if m not in presets_lib.METHODS]
+        return every
+    known = (*registry.names(), *presets_lib.SECTION_NAMES)
+    bad = [m for m in methods if m not in known]
     if bad:
-        raise BenchError(f"unknown method(s) {bad}; known: {', '.join(presets_lib.METHODS)} (or 'all')")
+        raise BenchError(f"unknown method(s) {bad}; known: {', '.join(every)} (or 'all')")
     methods = set(methods) | {"baselines"}  # every table shows the baselines
-    return tuple(m for m in presets_lib.METHODS if m in methods)  # report order
+    return tuple(m for m in known if m in methods)  # report order
 
 
 def check_writable(out: pathlib.Path) -> None:

@@ -327,8 +327,8 @@ def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioC
 
     Every scorer of every method sees the same scenarios and the same folds
     (``key = jax.random.key(seed)``), so the rows of a table are paired; a
-    :class:`~jaxlineage.bench.presets.ScorerSpec` with ``scenarios`` is asked only
-    those (the others are listed in ``not_asked``). The learning-free results on
+    :class:`~jaxlineage.bench.presets.ScorerSpec` with ``scenarios`` or ``questions`` is
+    asked only those (the others are listed in ``not_asked``). The learning-free results on
     the first task's first *identify* scenario keep their score grids (for Fig. 3a
     / 3b), and the preset's ``alpha_sweep`` adds accuracy-vs-alpha results on it;
     the preset's ``reference_sweep`` adds ModelGiF's AUC by reference count on
@@ -355,11 +355,17 @@ def evaluate(zoo: zoo_lib.Zoo, *, method: str, preset: Any, scenarios: ScenarioC
     figures_on = next(((sc, tasks[0]) for sc in preset.scenarios if sc.question == "identify"), None)
     for task in tasks:
         for sc in preset.scenarios:
-            asked = [(label, s) for label, s, spec in labelled if spec.asks(sc.name)]
+            asked = [(label, s) for label, s, spec in labelled if spec.asks(sc)]
             out["not_asked"] += [
-                {"label": label, "scorer": s.name, "scenario": sc.name, "task": task, "asked": list(spec.scenarios)}
+                {
+                    "label": label,
+                    "scorer": s.name,
+                    "scenario": sc.name,
+                    "task": task,
+                    "asked": [x.name for x in preset.scenarios if spec.asks(x)],
+                }
                 for label, s, spec in labelled
-                if not spec.asks(sc.name)
+                if not spec.asks(sc)
             ]
             if not asked:
                 continue
@@ -451,26 +457,29 @@ def provenance(
     modelgif_refs: Sequence[int] = (8, 16, 32, 64, 128, 256),
     modelgif_steps: int = 20,
     dna_steps: int | None = 300,
+    rows: Sequence[str] | None = None,
 ) -> dict:
-    """Every scorer against every attack on a ``PROVENANCE_QUICK``-style zoo (SAC / ModelGiF's benchmark).
+    """Every registered scorer against every attack on a ``PROVENANCE_QUICK``-style zoo (SAC / ModelGiF's benchmark).
 
     One :func:`jaxlineage.eval.scenarios.provenance` scenario (candidates: the
     sources; queries: every positive and negative derived model; probe: the first
-    ``probe_size`` inputs of the defender's data); one cell per (scorer, attack)
-    from :func:`jaxlineage.eval.provenance.attack_table`. Rows: weight L2 /
-    cosine, output agreement / KL, the learning-free ``metrics`` in every mode at
-    the default backbone tap with a fixed ``alpha`` (no selection: nothing is
-    tuned on the evaluated models), ModelGiF's logits and backbone fields at
-    ``max(modelgif_refs)`` references (plus the AUC by reference count), and
-    Model DNA with and without the generator (logits fragments, ``D_s`` = the
-    probe), fitted on one attack fold and scored on the other
-    (:func:`jaxlineage.eval.provenance.learned_cells`). Calibration: conformal
-    p-values of unrelated pairs against unrelated pairs of disjoint queries for
-    every fixed row (:func:`jaxlineage.eval.provenance.null_calibration`).
+    ``probe_size`` inputs of the defender's data); one cell per (row, attack)
+    from :func:`jaxlineage.eval.provenance.cells`. The rows are those of every
+    entry of :mod:`jaxlineage.eval.registry` run by the bench (``bench=True``)
+    with a ``provenance`` hook, in registration order, made from this stage's
+    settings: the learning-free ``metrics`` in every mode at the default backbone
+    tap with a fixed ``alpha`` (no selection: nothing is tuned on the evaluated
+    models), the weight / output baselines, Model DNA with and without the
+    generator (logits fragments, ``D_s`` = the probe) fitted on one attack fold
+    and scored on the other (:func:`jaxlineage.eval.provenance.learned_cells`),
+    and ModelGiF's logits and backbone fields at ``max(modelgif_refs)``
+    references (plus the AUC by reference count, prefixes of one draw).
+    Calibration: conformal p-values of unrelated pairs against unrelated pairs of
+    disjoint queries for every fixed row (:func:`jaxlineage.eval.provenance.null_calibration`).
 
     Args:
       zoo: the built provenance zoo.
-      seed: the key of ModelGiF's reference draw (``jax.random.key(seed)``, from the probe only).
+      seed: the key of ModelGiF's reference draw and of Model DNA's fits (``jax.random.key(seed)``).
       probe_size: ``N`` (at least ``max(modelgif_refs)``).
       metrics: learning-free metric names.
       alpha: the first-order / linearised step size (the library's default grid's first value).
@@ -478,13 +487,14 @@ def provenance(
       modelgif_steps: Gauss-Legendre nodes per reference (paper 50).
       dna_steps: Model DNA's training steps per source and fold (:class:`jaxlineage.mgmp.Config`
         ``num_steps``); ``None`` leaves its rows out (a slot).
+      rows: registry names whose rows to compute (``None``: every bench entry with a provenance hook).
 
     Returns:
       ``{"scenario", "attacks" [(id, label)], "rows" [{"name", "method", "cells", "wall_s"}],
       "modelgif_sweep" {field: {n_refs: cells}}, "dna_folds" [...], "calibration", "slots" [{"name", "why"}]}``.
     """
     from jaxlineage.eval import provenance as prov
-    from jaxlineage.eval import scenarios, scorers
+    from jaxlineage.eval import registry, scenarios
 
     t0 = time.time()
     scen = scenarios.provenance(zoo, probe_size=probe_size)
@@ -496,60 +506,31 @@ def provenance(
         np.shape(scen.probe),
         time.time() - t0,
     )
-    rows, fixed = [], {}
-
-    def add(name, method, scores, t):
-        rows.append({"name": name, "method": method, "cells": prov.cells(scores, masks), "wall_s": time.time() - t})
-        fixed[name] = scores
-        log.info("provenance: %s in %.1fs", name, time.time() - t)
-
-    for label, s in (
-        ("weight L2", scorers.WeightL2()),
-        ("weight cosine", scorers.WeightCosine()),
-        ("output agreement", scorers.OutputAgreement()),
-        ("output KL", scorers.OutputKL()),
-    ):
-        t = time.time()
-        add(label, "baselines", prov.score_matrix(scen, s), t)
-    lf = scorers.learning_free(tuple(metrics), alphas=(alpha,))
+    settings = dict(
+        seed=seed,
+        probe_size=probe_size,
+        probe_len=len(scen.probe),
+        metrics=tuple(metrics),
+        alpha=alpha,
+        modelgif_refs=tuple(modelgif_refs),
+        modelgif_steps=modelgif_steps,
+        dna_steps=dna_steps,
+    )
+    entries = [e for e in registry.registered(bench=True) if e.provenance is not None]
+    if rows is not None:
+        unknown = sorted(set(rows) - {e.name for e in entries})
+        if unknown:
+            raise BenchError(f"provenance: rows={unknown} name no registered scorer with a provenance hook")
+        entries = [e for e in entries if e.name in rows]
+    out = _ProvenanceRows(scen, masks, key=jax.random.key(seed), refs=tuple(int(r) for r in modelgif_refs))
+    slots = []
+    for e in entries:
+        made = e.provenance_rows(settings)
+        if not made:
+            slots.append({"name": e.label, "why": f"no row with these settings ({e.name}; e.g. dna_steps=None)"})
+        out.add(e.name, made)
     t = time.time()
-    grids = type(lf[0]).score_grids(lf, scen.candidates, scen.queries, probe=scen.probe, unreadable="nan")
-    for s, g in zip(lf, grids):
-        add(f"{s.metric.name} {s.mode.value}", "learning_free", g[0], t)
-        t = time.time()
-    sweep = {}
-    n_max = max(modelgif_refs)
-    for field, backbone in (("logits field", False), ("backbone field", True)):
-        t = time.time()
-        d = prov.modelgif_sweep(scen, backbone=backbone, n_refs=n_max, steps=modelgif_steps, key=jax.random.key(seed))
-        sweep[field] = {int(r): prov.cells(-d[..., :r].mean(-1), masks) for r in modelgif_refs}
-        add(f"ModelGiF {field} ({n_max} refs)", "modelgif", -d.mean(-1), t)
-    slots, dna_folds = [], {}
-    if dna_steps is None:
-        slots.append(
-            {
-                "name": "Model DNA (with / without generator)",
-                "why": "left out (dna_steps=None); Model DNA runs on its own protocol in the dna section",
-            }
-        )
-    else:
-        from jaxlineage import mgmp
-        from jaxlineage.eval.methods import ModelDNAScorer
-
-        for label, gen in (
-            ("Model DNA (generator)", mgmp.Generator.MLP),
-            ("Model DNA (no generator)", mgmp.Generator.NONE),
-        ):
-            t = time.time()
-            # Mini-batches of DNA inputs are drawn from the probe: at most its size (the tiny preset's 64).
-            batch = min(mgmp.Config().batch_size, len(scen.probe))
-            scorer = ModelDNAScorer(config=mgmp.Config(num_steps=dna_steps, generator=gen, batch_size=batch))
-            cells_, folds = prov.learned_cells(scen, scorer, key=jax.random.key(seed))
-            rows.append({"name": label, "method": "model_dna", "cells": cells_, "wall_s": time.time() - t})
-            dna_folds[label] = folds
-            log.info("provenance: %s in %.1fs", label, time.time() - t)
-    t = time.time()
-    calibration = prov.null_calibration(scen, fixed, key=jax.random.fold_in(jax.random.key(seed), 1))
+    calibration = prov.null_calibration(scen, out.fixed, key=jax.random.fold_in(jax.random.key(seed), 1))
     log.info("provenance: null calibration of %d rows in %.1fs", len(calibration["rows"]), time.time() - t)
     return to_json(
         {
@@ -566,13 +547,102 @@ def provenance(
                 "pairs": {a: {"pos": int(p.sum()), "neg": int(n.sum())} for a, (p, n) in masks.items()},
             },
             "attacks": [list(a) for a in prov.ATTACKS if a[0] in masks],
-            "rows": rows,
-            "modelgif_sweep": sweep,
-            "dna_folds": dna_folds,
+            "rows": out.rows,
+            "modelgif_sweep": out.sweep,
+            "dna_folds": out.folds,
             "calibration": calibration,
             "slots": slots,
         }
     )
+
+
+class _ProvenanceRows:
+    """Fills the provenance section's rows from :class:`jaxlineage.eval.registry.Row` s (see :func:`provenance`)."""
+
+    def __init__(self, scen: Any, masks: Mapping, *, key: jax.Array, refs: tuple[int, ...]):
+        self.scen, self.masks, self.key, self.refs = scen, masks, key, refs
+        self.rows: list[dict] = []
+        self.fixed: dict[str, np.ndarray] = {}  # the fixed rows' [K, M] scores (calibration)
+        self.sweep: dict[str, dict] = {}
+        self.folds: dict[str, list] = {}
+
+    def add(self, method: str, rows: Sequence[Any]) -> None:
+        """One entry's rows, in their order."""
+        grids = self._grids(rows)
+        for i, r in enumerate(rows):
+            t = time.time()
+            if i in grids:
+                scores, wall = grids[i]
+                self._fixed(r.label, method, scores, wall)
+            elif any(getattr(s, "learned", False) for s in r.scorers):
+                self._learned(r, method, t)
+            elif r.sweep is not None:
+                d = _first_readable(
+                    [s.per_reference(self.scen.candidates, self.scen.queries, probe=self.scen.probe) for s in r.scorers]
+                )
+                n_max = d.shape[-1]
+                self.sweep[r.sweep] = {n: _cells(-d[..., :n].mean(-1), self.masks) for n in self.refs if n <= n_max}
+                self._fixed(r.label, method, -d.mean(-1), time.time() - t)
+            else:
+                scores = _first_readable([_score_matrix(self.scen, s) for s in r.scorers])
+                self._fixed(r.label, method, scores, time.time() - t)
+
+    def _grids(self, rows: Sequence[Any]) -> dict[int, tuple[np.ndarray, float]]:
+        """The rows of one learning-free grid scorer each (fixed alpha), scored in one pass per scorer type
+        (their shared jvp): ``{row index: (scores [K, M], wall)}``; the pass's time goes to its first row."""
+        by_type: dict[type, list[int]] = {}
+        for i, r in enumerate(rows):
+            if len(r.scorers) == 1 and isinstance(r.scorers[0], GridScorer) and not r.scorers[0].learned:
+                by_type.setdefault(type(r.scorers[0]), []).append(i)
+        out = {}
+        for cls, idx in by_type.items():
+            t = time.time()
+            grids = cls.score_grids(
+                [rows[i].scorers[0] for i in idx],
+                self.scen.candidates,
+                self.scen.queries,
+                probe=self.scen.probe,
+                unreadable="nan",
+            )
+            wall = time.time() - t
+            for j, (i, g) in enumerate(zip(idx, grids)):
+                out[i] = (g[0], wall if j == 0 else 0.0)
+        return out
+
+    def _fixed(self, name: str, method: str, scores: np.ndarray, wall: float) -> None:
+        self.rows.append({"name": name, "method": method, "cells": _cells(scores, self.masks), "wall_s": wall})
+        self.fixed[name] = scores
+        log.info("provenance: %s in %.1fs", name, wall)
+
+    def _learned(self, r: Any, method: str, t: float) -> None:
+        from jaxlineage.eval import provenance as prov
+
+        if len(r.scorers) != 1:
+            raise BenchError(f"provenance row {r.label!r}: a learned row takes one scorer, got {len(r.scorers)}")
+        cells_, folds = prov.learned_cells(self.scen, r.scorers[0], key=self.key)
+        self.rows.append({"name": r.label, "method": method, "cells": cells_, "wall_s": time.time() - t})
+        self.folds[r.label] = folds
+        log.info("provenance: %s in %.1fs", r.label, time.time() - t)
+
+
+def _first_readable(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """Each pair's first non-NaN score over scorers that read disjoint pairs (NaN where none reads it)."""
+    out = np.asarray(scores[0], np.float64)
+    for s in scores[1:]:
+        out = np.where(np.isnan(out), np.asarray(s, np.float64), out)
+    return out
+
+
+def _cells(scores: np.ndarray, masks: Mapping) -> dict:
+    from jaxlineage.eval import provenance as prov
+
+    return prov.cells(scores, masks)
+
+
+def _score_matrix(scen: Any, scorer: Any) -> np.ndarray:
+    from jaxlineage.eval import provenance as prov
+
+    return prov.score_matrix(scen, scorer)
 
 
 def dna(zoo: zoo_lib.Zoo, *, seed: int = 0, **settings) -> dict:

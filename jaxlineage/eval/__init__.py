@@ -7,14 +7,17 @@ joins them:
   :class:`Scenario`, :class:`Question`, :class:`Scorer`, :class:`Result`);
 * :mod:`~jaxlineage.eval.scenarios`: a zoo and a question -> a :class:`Scenario`
   (:func:`identify`, :func:`verify`);
-* :mod:`~jaxlineage.eval.scorers`: the learning-free metrics
-  (:class:`LearningFree`, :func:`learning_free`) and the baselines
-  (:class:`WeightL2`, :class:`WeightCosine`, :class:`OutputAgreement`,
-  :class:`OutputKL`);
+* :mod:`~jaxlineage.eval.scorers`: every scorer, one file per family: the
+  learning-free metrics (:class:`LearningFree`, :func:`learning_free`) and the
+  baselines (:class:`WeightL2`, :class:`WeightCosine`, :class:`OutputAgreement`,
+  :class:`OutputKL`) in ``training_free``, the other papers' methods in
+  ``methods``, the p-value scorers in ``pvalues``, the fingerprints in ``fingerprints``;
+* :mod:`~jaxlineage.eval.registry`: each scorer file registers its scorers; the
+  bench's presets, its provenance section and the contract battery read the registry;
 * :mod:`~jaxlineage.eval.protocols`: folds, fitting on training folds only,
   one :class:`Result` per (scenario, scorer) (:func:`run`, :func:`run_all`,
   :func:`table`);
-* :mod:`~jaxlineage.eval.methods`: the other papers' methods as scorers
+* :mod:`~jaxlineage.eval.methods` (``eval/scorers/methods.py``): the other papers' methods as scorers
   (:class:`~jaxlineage.eval.methods.DetectorScorer`,
   :class:`~jaxlineage.eval.methods.ModelDNAScorer`,
   :class:`~jaxlineage.eval.methods.ModelGiFScorer`);
@@ -37,7 +40,7 @@ Any scenario and scorers::
                               key=jax.random.key(0))
 """
 
-from jaxlineage.eval import core, dna, methods, metrics, protocols, provenance, pvalues, scenarios, scorers, tree
+from jaxlineage.eval import core, dna, metrics, protocols, provenance, registry, scenarios, scorers, tree
 from jaxlineage.eval.core import (
     NO_PARENT,
     ModelSet,
@@ -60,7 +63,10 @@ from jaxlineage.eval.scorers import (
     WeightL2,
     baselines,
     default_tap,
+    fingerprints,
     learning_free,
+    methods,
+    pvalues,
 )
 
 __all__ = [
@@ -84,6 +90,7 @@ __all__ = [
     "core",
     "default_tap",
     "dna",
+    "fingerprints",
     "folds",
     "identify",
     "learning_free",
@@ -93,6 +100,7 @@ __all__ = [
     "protocols",
     "provenance",
     "pvalues",
+    "registry",
     "run",
     "run_all",
     "run_zoo",

@@ -64,8 +64,8 @@ import numpy as np
 from jaxlineage import mgmp as mgmp_lib
 from jaxlineage.eval import metrics
 from jaxlineage.eval.core import NO_PARENT, ModelSet, Question, Result, Scenario, ScorerError
-from jaxlineage.eval.methods import ModelDNAScorer
 from jaxlineage.eval.scenarios import model_set
+from jaxlineage.eval.scorers.methods import ModelDNAScorer
 
 __all__ = [
     "LOGITS",

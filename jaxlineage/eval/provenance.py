@@ -55,9 +55,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlineage import modelgif as modelgif_lib
-from jaxlineage.eval import metrics, pvalues
+from jaxlineage.eval import metrics
 from jaxlineage.eval.core import Scenario, Scorer, ScorerError
-from jaxlineage.eval.methods import Field, ModelGiFScorer
+from jaxlineage.eval.scorers import pvalues
+from jaxlineage.eval.scorers.methods import BACKBONE_TAPS, Field, ModelGiFScorer
 
 __all__ = [
     "ATTACKS",
@@ -98,9 +99,6 @@ ATTACK_FOLDS = (tuple(a for a, _ in ATTACKS[0::2]), tuple(a for a, _ in ATTACKS[
 #: also gets the models trained from scratch on its task.
 BASE_NEGATIVES = ("independent",)
 EXTRA_NEGATIVES = {"transfer": ("scratch_transfer",)}
-
-#: The backbone field's tap per architecture (the penultimate features: heads ignored).
-BACKBONE_TAPS = {"mlp": "relu2", "convnet": "fc1"}
 
 
 def attack_of(info: Mapping[str, Any]) -> str:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -41,6 +41,7 @@ import numpy as np
 from jaxlineage import lineage, linearize, nets
 from jaxlineage import similarity as similarity_lib
 from jaxlineage.errors import path_str
+from jaxlineage.eval import registry
 from jaxlineage.eval.core import (
     GridScorer,
     ModelSet,
@@ -513,3 +514,30 @@ class OutputKL(_OutputScorer):
 def baselines() -> list[Scorer]:
     """The trivial baselines every table shows: weight L2 and cosine, output agreement and KL."""
     return [WeightL2(), WeightCosine(), OutputAgreement(), OutputKL()]
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _learning_free_rows(settings: Mapping[str, Any]) -> list[registry.Row]:
+    """The provenance section's learning-free rows: ``metrics`` in every mode at a fixed ``alpha`` (nothing tuned)."""
+    lf = learning_free(tuple(settings["metrics"]), alphas=(settings["alpha"],))
+    return [registry.Row(f"{s.metric.name} {s.mode.value}", s) for s in lf]
+
+
+registry.register(
+    "learning_free",
+    learning_free,
+    family="learning_free",
+    label="learning_free",
+    provenance=_learning_free_rows,
+    description="Neural Lineage's table: every metric x mode, alpha chosen per fold on the training folds",
+)
+registry.register(
+    "baselines",
+    baselines,
+    family="baseline",
+    label="baselines",
+    provenance=lambda settings: [registry.Row(s.name, s) for s in baselines()],
+    description="weight L2 / cosine, output agreement / KL: the trivial baselines every table shows",
+)
