@@ -64,9 +64,9 @@ import jax
 import numpy as np
 
 from jaxlineage import lineage as lineage_lib
-from jaxlineage import linearize
+from jaxlineage import linearize, matching
 from jaxlineage import similarity as similarity_lib
-from jaxlineage.errors import JaxlineageError
+from jaxlineage.errors import JaxlineageError, path_str
 from jaxlineage.eval import core
 from jaxlineage.eval import metrics as metrics_lib
 from jaxlineage.graph import LineageGraph
@@ -240,10 +240,6 @@ def _ids(ids: Sequence[str] | None, p: int) -> tuple[str, ...]:
 # Scores over ordered pairs.
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
 def _stacked_leaves(
     params: Any, leaf_filter: Callable[[str, tuple[int, ...]], bool] | None, what: str
 ) -> tuple[list[str], list[np.ndarray | jax.Array], int]:
@@ -259,7 +255,7 @@ def _stacked_leaves(
                 f"{what} compares weights, so every model needs one architecture; got "
                 + ", ".join(f"{a!r} (e.g. model {first[a]!r})" for a in archs)
             )
-        per_pop = [{_path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(p.params)[0]} for p in pops]
+        per_pop = [{path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(p.params)[0]} for p in pops]
         # Shared leaves: same path and per-model shape in every population (heads of other tasks drop out).
         paths = [
             k for k in per_pop[0] if all(k in d and np.shape(d[k])[1:] == np.shape(per_pop[0][k])[1:] for d in per_pop)
@@ -281,7 +277,7 @@ def _stacked_leaves(
         flat = jax.tree_util.tree_flatten_with_path(params)[0]
         if not flat:
             raise TreeError(f"{what}: no parameter leaf")
-        paths = [_path_str(k) for k, _ in flat]
+        paths = [path_str(k) for k, _ in flat]
         leaves = [v for _, v in flat]
         sizes = {np.shape(v)[0] if np.ndim(v) else None for v in leaves}
         if len(sizes) != 1 or None in sizes:
@@ -481,94 +477,6 @@ def _sorted_leaves(leaves: list, leaf_axes: list) -> list[np.ndarray]:
     return out
 
 
-def _tile_index(perm: np.ndarray, units: int, tile: int) -> np.ndarray:
-    return (np.arange(tile)[:, None] * units + perm[None, :]).ravel() if tile > 1 else perm
-
-
-def _unit_major(x: np.ndarray, axis: int, units: int, tile: int) -> np.ndarray:
-    """``x`` as ``[units, rest]``: row ``u`` holds every entry of unit ``u`` on ``axis`` (all its tiles)."""
-    x = np.moveaxis(x, axis, 0)
-    x = x.reshape((tile, units) + x.shape[1:])
-    return np.moveaxis(x, 1, 0).reshape(units, -1)
-
-
-def _permute_leaf(x: np.ndarray, axes: list, perms: list, skip: int | None = None) -> np.ndarray:
-    for axis, e, units, tile in axes:
-        if e != skip:
-            x = np.take(x, _tile_index(perms[e], units, tile), axis=axis)
-    return x
-
-
-def _weight_matching(
-    a: list[np.ndarray],
-    b: list[np.ndarray],
-    leaf_axes: list,
-    units: list[int],
-    max_sweeps: int,
-) -> tuple[float, int, bool]:
-    r"""Git re-basin weight matching of model ``b`` onto model ``a`` (float64 leaves of one model each).
-
-    Coordinate descent over the spec's entries: for each entry in turn, the others fixed, the
-    permutation maximising :math:`\sum_{\text{axes}} \langle a, \pi(b) \rangle` is a linear
-    assignment over the entry's units; an entry's permutation changes only when the matched inner
-    product strictly increases; a sweep that changes nothing ends it. Start: one pass in the
-    spec's order using only the terms already determined (an entry's axes on leaves whose other
-    permuted axes belong to entries not matched yet are left out, unless nothing else is left),
-    instead of Alg. 1's identity, whose wrong downstream permutation can trap the first layer.
-
-    Returns ``(distance after matching, sweeps, converged)``.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    n_entries = len(units)
-    terms: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_entries)]  # (leaf, axis, units, tile)
-    for li, axes in enumerate(leaf_axes):
-        for axis, e, u, tile in axes:
-            terms[e].append((li, axis, u, tile))
-    a_rows = {(li, axis): _unit_major(a[li], axis, u, tile) for e in range(n_entries) for li, axis, u, tile in terms[e]}
-    # Terms on leaves permuted by this entry alone do not change between sweeps.
-    fixed = [np.zeros((u, u)) for u in units]
-    moving: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_entries)]
-    for e in range(n_entries):
-        for li, axis, u, tile in terms[e]:
-            if len(leaf_axes[li]) == 1:
-                fixed[e] += a_rows[(li, axis)] @ _unit_major(b[li], axis, u, tile).T
-            else:
-                moving[e].append((li, axis, u, tile))
-    perms = [np.arange(u) for u in units]
-    sweeps, converged = 0, False
-    rows = [np.arange(u) for u in units]
-    done: set[int] = set()
-    for e in range(n_entries):  # the start: only terms already determined
-        c = fixed[e].copy()
-        use = [t for t in moving[e] if all(f in done for _, f, _, _ in leaf_axes[t[0]] if f != e)]
-        if not use and len(moving[e]) == len(terms[e]):
-            use = moving[e]
-        for li, axis, u, tile in use:
-            y = _permute_leaf(b[li], leaf_axes[li], perms, skip=e)
-            c += a_rows[(li, axis)] @ _unit_major(y, axis, u, tile).T
-        perms[e] = linear_sum_assignment(c, maximize=True)[1]
-        done.add(e)
-    while sweeps < max_sweeps:
-        sweeps += 1
-        changed = False
-        for e in range(n_entries):
-            c = fixed[e].copy()
-            for li, axis, u, tile in moving[e]:
-                y = _permute_leaf(b[li], leaf_axes[li], perms, skip=e)
-                c += a_rows[(li, axis)] @ _unit_major(y, axis, u, tile).T
-            _, col = linear_sum_assignment(c, maximize=True)
-            old, new = c[rows[e], perms[e]].sum(), c[rows[e], col].sum()
-            if new > old + 1e-12 * max(1.0, abs(old)):
-                perms[e] = col
-                changed = True
-        if not changed:
-            converged = True
-            break
-    sq = sum(float(np.sum((x - _permute_leaf(y, axes, perms)) ** 2)) for x, y, axes in zip(a, b, leaf_axes))
-    return math.sqrt(sq), sweeps, converged
-
-
 def aligned_weight_scores(
     params: Any,
     *,
@@ -589,7 +497,7 @@ def aligned_weight_scores(
     leaves the function unchanged, but the plain weight distance sees a permuted copy as
     far as an unrelated model) and :math:`\hat\pi_{ab}` is found by **weight matching**
     (Ainsworth et al. 2023, Alg. 1): coordinate descent over the spec's entries, each step
-    a linear assignment (:func:`scipy.optimize.linear_sum_assignment`) maximising the summed
+    a linear assignment (:func:`jaxlineage.matching.hungarian`) maximising the summed
     inner products of the weights along the entry's axes, taken only when it strictly
     increases them, until a sweep improves nothing. It needs no data. Unlike Alg. 1 it does
     not start from the identity but from one pass in the spec's order that uses only the
@@ -688,7 +596,7 @@ def aligned_weight_scores(
         if cache is None or cache[0] != i:
             cache = (i, [v[i].astype(np.float64) for v in host])
         b = [v[j].astype(np.float64) for v in host]
-        d, sweeps[n], converged[n] = _weight_matching(cache[1], b, leaf_axes, units, max_sweeps)
+        _, d, sweeps[n], converged[n] = matching.weight_matching(cache[1], b, leaf_axes, units, max_sweeps=max_sweeps)
         dist[i, j] = dist[j, i] = min(raw[i, j], d)
     out = -dist
     np.fill_diagonal(out, np.nan)
