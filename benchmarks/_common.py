@@ -1,4 +1,9 @@
-"""Shared helpers for the benchmarks: environment record, timing, JSON output."""
+"""Shared helpers for the benchmarks: timing, JSON output, logging, zoo variants.
+
+Scripts import this file from their own folder (``python benchmarks/x.py`` puts that folder first on
+``sys.path``); the environment record is the package's own, :func:`jaxlineage.bench.stages.environment`
+(the bench writes the same fields).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import json
 import logging
 import os
 import pathlib
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -15,6 +19,9 @@ from collections.abc import Callable
 import jax
 
 from jaxlineage import zoo
+from jaxlineage.bench.stages import environment
+
+__all__ = ["environment", "parse_floats", "quick_variant", "setup_logging", "timeit", "write"]
 
 
 def setup_logging() -> None:
@@ -42,25 +49,6 @@ def quick_variant(*, child_seeds: int | None = None, child_lrs: tuple[float, ...
 def parse_floats(text: str) -> tuple[float, ...] | None:
     """``"1e-3,5e-4"`` -> ``(0.001, 0.0005)``; empty -> ``None``."""
     return tuple(float(v) for v in text.split(",")) if text else None
-
-
-def environment() -> dict:
-    import flax
-    import numpy as np
-    import optax
-
-    dev = jax.devices()[0]
-    return {
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-    }
 
 
 def timeit(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1) -> dict:

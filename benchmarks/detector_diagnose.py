@@ -1,6 +1,6 @@
 """Why the combined Lineage Detector can lose to its weight token (issue 26): one fold, epoch by epoch.
 
-    PYTHONPATH=. python benchmarks/detector_diagnose.py --zoo /tmp/quick --fold 0 [--variant both]
+    python benchmarks/detector_diagnose.py --workdir /tmp/quick --fold 0 [--variant both]
         [--epochs 8] [--batch-size 4] [--n-probe 16] [--weight-pool 1] [--feature-pool 1]
         [--out benchmarks/results/detector_diagnose.jsonl]
 
@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
+from _common import setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, write  # noqa: E402
-
-from jaxlineage import detector, zoo  # noqa: E402
-from jaxlineage.eval import methods, protocols, scenarios  # noqa: E402
+from jaxlineage import detector, zoo
+from jaxlineage.eval import methods, protocols, scenarios
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--zoo", default="/tmp/jl_zoo_quick", help="workdir of a built zoo")
+    ap.add_argument("--workdir", default="/tmp/jl_zoo_quick", help="the built zoo's folder")
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -47,7 +44,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     setup_logging()
 
-    z = zoo.Zoo.open(args.zoo)
+    z = zoo.Zoo.open(args.workdir)
     s = scenarios.identify(z)
     key = jax.random.key(args.seed)
     fold_idx = protocols.folds(s.split_keys, args.folds, key=key)
@@ -101,7 +98,7 @@ def main(argv=None):
             }
     rec = {
         "benchmark": "detector_diagnose",
-        "zoo_dir": args.zoo,
+        "zoo_dir": args.workdir,
         "settings": {**vars(args), **scorer.settings},
         "fold": args.fold,
         "test_ids": [s.queries.ids[i] for i in test],

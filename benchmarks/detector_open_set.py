@@ -1,8 +1,8 @@
 """Why the Lineage Detector's own open-set answer is "no parent" for every query (issue 16), as JSON lines.
 
-    python -m jaxlineage.zoo --spec quick --workdir /tmp/pv_quick
-    PYTHONPATH=. python benchmarks/detector_open_set.py --quick /tmp/pv_quick       # 3 folds, ~3 min at load 2-3
-    PYTHONPATH=. python benchmarks/detector_open_set.py --epochs 100 --only-fold 0   # ~12 min at load 4-5
+    python -m jaxlineage.zoo --spec quick --workdir /tmp/jl_pvalues/quick
+    python benchmarks/detector_open_set.py --workdir /tmp/jl_pvalues/quick       # 3 folds, ~3 min at load 2-3
+    python benchmarks/detector_open_set.py --epochs 100 --only-fold 0   # ~12 min at load 4-5
 
 The open-set scenario of ``benchmarks/pvalues.py openset`` (quick, parents 0, 1 and 6
 withheld: 30 known queries, 20 unrelated to every candidate, 6 shared-init children left
@@ -16,20 +16,16 @@ Appends one JSON line per fold to ``--out`` (default ``benchmarks/results/detect
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
+from _common import setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, write  # noqa: E402
-
-from jaxlineage import zoo as zoo_lib  # noqa: E402
-from jaxlineage.eval import NO_PARENT, metrics  # noqa: E402
-from jaxlineage.eval import pvalues as pv  # noqa: E402
-from jaxlineage.eval.methods import DetectorScorer  # noqa: E402
+from jaxlineage import zoo as zoo_lib
+from jaxlineage.eval import NO_PARENT, metrics
+from jaxlineage.eval import pvalues as pv
+from jaxlineage.eval.methods import DetectorScorer
 
 
 def fold_record(s, train, test, *, epochs: int, key: jax.Array) -> dict:
@@ -60,16 +56,16 @@ def fold_record(s, train, test, *, epochs: int, key: jax.Array) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", default="/tmp/pv_quick")
+    ap.add_argument("--workdir", default="/tmp/jl_pvalues/quick", help="zoo.QUICK's folder (built if absent)")
     ap.add_argument("--withhold", default="0,1,6", help="indices of the parents withheld from the candidates")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--only-fold", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "detector_open_set.jsonl"))
+    ap.add_argument("--out", default="benchmarks/results/detector_open_set.jsonl")
     args = ap.parse_args(argv)
     setup_logging()
-    z = zoo_lib.build(zoo_lib.QUICK, args.quick, progress=False)
+    z = zoo_lib.build(zoo_lib.QUICK, args.workdir, progress=False)
     parents = [r.id for r in z.group("parent")]
     s = pv.open_set_scenario(z, withheld=[parents[int(i)] for i in args.withhold.split(",")]).scenario
     folds = np.array_split(np.random.default_rng(args.seed).permutation(len(s.queries)), args.folds)

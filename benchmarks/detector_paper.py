@@ -1,7 +1,7 @@
 """The Lineage Detector at the paper's scale: a paper-sized FC zoo, closed and open set, as JSON lines.
 
-    PYTHONPATH=. nice -n 10 python benchmarks/detector_paper.py zoo  --workdir /tmp/paper_fc_cpu
-    PYTHONPATH=. nice -n 10 python benchmarks/detector_paper.py eval --workdir /tmp/paper_fc_cpu
+    nice -n 10 python benchmarks/detector_paper.py zoo  --workdir /tmp/paper_fc_cpu
+    nice -n 10 python benchmarks/detector_paper.py eval --workdir /tmp/paper_fc_cpu
 
 ``zoo`` builds ``jaxlineage.zoo.specs.PAPER_FC_CPU`` (20 parents on Fashion-MNIST classes 0-4,
 about 11 fine-tuned children each on classes 5-9, 10 independents; population-trained) and
@@ -24,18 +24,15 @@ import json
 import logging
 import os
 import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
+from _common import setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, write  # noqa: E402
-
-from jaxlineage import zoo as zoo_lib  # noqa: E402
-from jaxlineage.eval import NO_PARENT, metrics, protocols, scenarios, scorers  # noqa: E402
-from jaxlineage.eval.methods import DetectorScorer  # noqa: E402
+from jaxlineage import zoo as zoo_lib
+from jaxlineage.eval import NO_PARENT, metrics, protocols, scenarios, scorers
+from jaxlineage.eval.methods import DetectorScorer
 
 log = logging.getLogger("detector_paper")
 

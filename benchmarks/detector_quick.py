@@ -1,6 +1,6 @@
 """The Lineage Detector on a built zoo through the evaluation layer: closed- and open-set identify, 5 folds.
 
-    python benchmarks/detector_quick.py [--zoo /tmp/jl_zoo_quick] [--folds 5] [--seed 0] [--epochs 8]
+    python benchmarks/detector_quick.py [--workdir /tmp/jl_zoo_quick] [--folds 5] [--seed 0] [--epochs 8]
         [--variants both,weights,features] [--no-open-set] [--weight-pool P] [--embed-dim E]
         [--out benchmarks/results/detector_quick.jsonl]
 
@@ -20,22 +20,18 @@ per (variant, closed/open) with versions and device. Never builds a zoo: build i
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import time
 
 import jax
+from _common import setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, write  # noqa: E402
-
-from jaxlineage import zoo  # noqa: E402
-from jaxlineage.eval import methods, protocols, scenarios  # noqa: E402
+from jaxlineage import zoo
+from jaxlineage.eval import methods, protocols, scenarios
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--zoo", default="/tmp/jl_zoo_quick", help="workdir of a built zoo")
+    ap.add_argument("--workdir", default="/tmp/jl_zoo_quick", help="the built zoo's folder")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=8)
@@ -47,7 +43,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     setup_logging()
 
-    z = zoo.Zoo.open(args.zoo)
+    z = zoo.Zoo.open(args.workdir)
     module = dict(difference_init=True, **({} if args.embed_dim is None else {"embed_dim": args.embed_dim}))
     scens = {False: scenarios.identify(z)}
     if not args.no_open_set:
@@ -67,7 +63,7 @@ def main(argv=None):
                     "benchmark": "detector_quick",
                     "protocol": "eval.protocols.run_all",
                     "variant": variant,
-                    "zoo_dir": args.zoo,
+                    "zoo_dir": args.workdir,
                     "wall_s": wall,
                     "open_set": open_set,
                     "zoo": repr(z),

@@ -1,9 +1,9 @@
 """Lineage search over a simulated hub: fingerprint -> retrieve -> verify, against hub size.
 
-    OPENBLAS_NUM_THREADS=1 PYTHONPATH=. nice -n 10 python benchmarks/hub.py --zoo-n 3000 --sizes 1000,3000
+    OPENBLAS_NUM_THREADS=1 nice -n 10 python benchmarks/hub.py --zoo-n 3000 --sizes 1000,3000
         [--workdir /tmp/jl_hub] [--k 10] [--alpha 0.05] [--per-kind 40] [--probe-size 256] [--fp-dim 64]
         [--out benchmarks/results/hub.jsonl] [--plot benchmarks/results/hub.png]
-    PYTHONPATH=. python benchmarks/hub.py --summarize-only      # slopes + plot from the JSON lines
+    python benchmarks/hub.py --summarize-only      # slopes + plot from the JSON lines
 
 The hub is ``zoo.specs.HUB_SIM(--zoo-n)`` (built once in ``<workdir>/hub_sim_<n>``, resumable:
 families of 16 = a root, fine-tunes (all / head), prunes, int8 and permuted copies, two generations;
@@ -53,19 +53,16 @@ import argparse
 import json
 import logging
 import pathlib
-import sys
 import time
 from collections import defaultdict
 
 import jax
 import numpy as np
+from _common import setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import setup_logging, write  # noqa: E402
-
-from jaxlineage import hub, zoo  # noqa: E402
-from jaxlineage.eval.core import ModelSet  # noqa: E402
-from jaxlineage.eval.scenarios import model_set  # noqa: E402
+from jaxlineage import hub, zoo
+from jaxlineage.eval.core import ModelSet
+from jaxlineage.eval.scenarios import model_set
 
 log = logging.getLogger("benchmarks.hub")
 ATTACKS = ("finetune_all", "finetune_head", "prune", "int8", "permute", "distill")

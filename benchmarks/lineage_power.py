@@ -23,18 +23,14 @@ One JSON line per metric.
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
+from _common import parse_floats, quick_variant, setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import parse_floats, quick_variant, setup_logging, write  # noqa: E402
-
-from jaxlineage import eval as jl_eval  # noqa: E402
-from jaxlineage import lineage, zoo  # noqa: E402
+from jaxlineage import eval as jl_eval
+from jaxlineage import lineage, zoo
 
 NORM_METRICS = ("l1", "l2", "lp", "linf", "lse")
 

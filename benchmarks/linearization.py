@@ -37,15 +37,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import timeit, write
 
 from jaxlineage import lineage, linearize, nets, similarity

@@ -1,7 +1,7 @@
 """Language-model lineage on LM_QUICK: method x attack AUC with bootstrap CIs, and cost per pair.
 
     python -m jaxlineage.zoo --spec lm_quick --workdir /tmp/lmq        # the zoo (see jaxlineage/zoo/specs.py)
-    PYTHONPATH=. python benchmarks/lm_quick.py --workdir /tmp/lmq [--out benchmarks/results/lm_quick.jsonl]
+    python benchmarks/lm_quick.py --workdir /tmp/lmq [--out benchmarks/results/lm_quick.jsonl]
 
 Pairs: every base (candidate) x every derived model (query). A pair is positive when the base is an
 ancestor of the query (the query was derived from it, through two parents for ``merge``); negatives
@@ -34,20 +34,16 @@ warm-up pair). Runs in a few minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
+from _common import setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, write  # noqa: E402
-
-from jaxlineage import linearize, lm_invariants, permutations, text  # noqa: E402
-from jaxlineage import zoo as zoo_lib  # noqa: E402
-from jaxlineage.eval import metrics  # noqa: E402
-from jaxlineage.eval import pvalues as pv  # noqa: E402
+from jaxlineage import linearize, lm_invariants, permutations, text
+from jaxlineage import zoo as zoo_lib
+from jaxlineage.eval import metrics
+from jaxlineage.eval import pvalues as pv
 
 ALPHA = 0.01
 TAP = "block2"
@@ -156,7 +152,7 @@ def null_spec(n: int) -> zoo_lib.GraphSpec:
 
 def calibration(args) -> None:
     """Permutation-test p-values on every pair of independently trained LMs: rate at each alpha."""
-    z = zoo_lib.build(null_spec(args.calibration), args.null_workdir, progress=False)
+    z = zoo_lib.build(null_spec(args.calibration), args.workdir, progress=False)
     ids = [r.id for r in z.group("null")]
     params = {i: z.load(i) for i in ids}
     spec = permutations.transformer_lm_spec(params[ids[0]], parts=("mlp",))
@@ -185,16 +181,21 @@ def calibration(args) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="/tmp/lmq", help="LM_QUICK zoo folder (built if absent)")
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="the zoo's folder, built if absent (default: /tmp/lmq, or /tmp/lmq_null with --calibration)",
+    )
     ap.add_argument("--out", default="benchmarks/results/lm_quick.jsonl")
     ap.add_argument("--spec", default="lm_quick", help="zoo spec (lm_tiny for a smoke run)")
     ap.add_argument("--methods", default="", help="comma-separated subset of the methods (default: all)")
     ap.add_argument("--calibration", type=int, default=0, help="instead: the null calibration over N models")
-    ap.add_argument("--null-workdir", default="/tmp/lmq_null")
     args = ap.parse_args(argv)
     setup_logging()
     if args.calibration:
+        args.workdir = args.workdir or "/tmp/lmq_null"
         return calibration(args)
+    args.workdir = args.workdir or "/tmp/lmq"
     z = zoo_lib.build(zoo_lib.SPECS[args.spec], args.workdir, progress=False)
     bases = z.group("base")
     derived = [r for r in z.models(tag="derived")]

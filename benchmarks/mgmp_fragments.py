@@ -1,6 +1,6 @@
 """MGMP on the quick zoo: fragments from the logits (the paper) or from a backbone layer.
 
-    python benchmarks/mgmp_fragments.py [--zoo DIR] [--taps logits,relu3] [--splits lr,seed]
+    python benchmarks/mgmp_fragments.py [--workdir DIR] [--taps logits,relu3] [--splits lr,seed]
         [--pair-inputs concat] [--child-seeds 2] [--child-lrs 1e-3,5e-4,3e-4] [--repetitions 5]
         [--out benchmarks/results/mgmp_fragments.jsonl]
 
@@ -38,17 +38,13 @@ test fold can take every child value, and Model DNA's fit then raises (no homolo
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 
 import jax
 import numpy as np
+from _common import parse_floats, quick_variant, setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import parse_floats, quick_variant, setup_logging, write  # noqa: E402
-
-from jaxlineage import mgmp, zoo  # noqa: E402
-from jaxlineage.eval import methods, protocols, scenarios  # noqa: E402
+from jaxlineage import mgmp, zoo
+from jaxlineage.eval import methods, protocols, scenarios
 from jaxlineage.eval.metrics import best_threshold_accuracy, mean_std, roc_auc  # noqa: E402,F401 (re-exported)
 
 
@@ -131,7 +127,7 @@ def num_folds(scen, folds: int | None) -> int:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--zoo", default="/tmp/jl_zoo_quick", help="workdir of zoo.QUICK (built if missing)")
+    ap.add_argument("--workdir", default="/tmp/jl_zoo_quick", help="the (QUICK variant) zoo's folder, built if missing")
     ap.add_argument("--taps", default="logits,relu3")
     ap.add_argument("--splits", default="lr,seed")
     ap.add_argument("--pair-inputs", default="concat")
@@ -143,7 +139,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     setup_logging()
 
-    z = zoo.build(quick_variant(child_seeds=args.child_seeds, child_lrs=parse_floats(args.child_lrs)), args.zoo)
+    z = zoo.build(quick_variant(child_seeds=args.child_seeds, child_lrs=parse_floats(args.child_lrs)), args.workdir)
     x_eval = np.asarray(z.task_data(z.spec.parent_task.name, "test")[0][:1000], np.float32)
     ids = [r.id for r in list(z.parents) + list(z.children) + list(z.independents)]
     for tap in args.taps.split(","):
@@ -153,7 +149,7 @@ def main(argv=None):
             {
                 "benchmark": "mgmp_fragments",
                 "zoo": z.spec.name,
-                "zoo_dir": args.zoo,
+                "zoo_dir": args.workdir,
                 "tap": tap,
                 "child_lrs": list(z.spec.children.lrs),
                 "inputs": int(x_eval.shape[0]),
@@ -183,7 +179,7 @@ def main(argv=None):
                 "benchmark": "mgmp_fragments",
                 "protocol": "eval.protocols.run_all on the verify scenario",
                 "zoo": z.spec.name,
-                "zoo_dir": args.zoo,
+                "zoo_dir": args.workdir,
                 "tap": tap,
                 "child_lrs": list(z.spec.children.lrs),
                 "pair_input": pair_input,

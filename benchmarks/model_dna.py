@@ -1,6 +1,6 @@
 """Model DNA (MGMP) on its own protocol, DNA_QUICK: with and without the generator, paired.
 
-    python benchmarks/model_dna.py [--zoo /tmp/jl_zoo_dna] [--repetitions 8] [--seed 0]
+    python benchmarks/model_dna.py [--workdir /tmp/jl_zoo_dna] [--repetitions 8] [--seed 0]
         [--taps relu1,logits] [--splits strict,lenient] [--steps 1000]
         [--out benchmarks/results/model_dna.jsonl]
 
@@ -18,16 +18,13 @@ configurations) take roughly 15-20 min; ``--splits strict --taps relu1`` about 5
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import jax  # noqa: E402
-from _common import setup_logging, write  # noqa: E402
+import jax
+from _common import setup_logging, write
 
-from jaxlineage import mgmp, zoo  # noqa: E402
-from jaxlineage.eval import dna  # noqa: E402
+from jaxlineage import mgmp, zoo
+from jaxlineage.eval import dna
 
 
 def open_or_build(workdir: str):
@@ -42,7 +39,7 @@ def open_or_build(workdir: str):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--zoo", default="/tmp/jl_zoo_dna", help="workdir of the DNA_QUICK zoo (built if absent)")
+    ap.add_argument("--workdir", default="/tmp/jl_zoo_dna", help="the DNA_QUICK zoo's folder (built if absent)")
     ap.add_argument("--repetitions", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--taps", default="relu1,logits", help="comma-separated fragment taps (logits = padded logits)")
@@ -54,7 +51,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     setup_logging()
 
-    z, build_s = open_or_build(args.zoo)
+    z, build_s = open_or_build(args.workdir)
     config = mgmp.Config(num_steps=args.steps)
     results = []
     for split in args.splits.split(","):
@@ -76,7 +73,7 @@ def main(argv=None):
                     args.out,
                     {
                         "benchmark": "model_dna",
-                        "zoo": args.zoo,
+                        "zoo": args.workdir,
                         "zoo_build_s": build_s,
                         "seed": args.seed,
                         "wall_s": wall,

@@ -41,19 +41,16 @@ import json
 import logging
 import pathlib
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
+from _common import environment, setup_logging
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import environment, setup_logging  # noqa: E402
-
-from jaxlineage import zoo  # noqa: E402
-from jaxlineage.eval import fingerprint_scorers as fs  # noqa: E402
-from jaxlineage.eval import provenance as prov  # noqa: E402
-from jaxlineage.eval import scenarios, scorers  # noqa: E402
+from jaxlineage import zoo
+from jaxlineage.eval import fingerprint_scorers as fs
+from jaxlineage.eval import provenance as prov
+from jaxlineage.eval import scenarios, scorers
 
 log = logging.getLogger("benchmarks.provenance")
 

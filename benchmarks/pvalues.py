@@ -1,11 +1,14 @@
 """p-values and "no parent" (issue 16): calibration, power, open set and cost, as JSON lines.
 
-    python -m jaxlineage.zoo --spec quick --workdir /tmp/pv_quick
-    python -m jaxlineage.zoo --spec provenance_quick --workdir /tmp/pv_prov
-    PYTHONPATH=. python benchmarks/pvalues.py calibration [--null-zoo /tmp/pv_null]   # ~3 min (builds the null zoo)
-    PYTHONPATH=. python benchmarks/pvalues.py power --quick /tmp/pv_quick --prov /tmp/pv_prov     # ~5 min
-    PYTHONPATH=. python benchmarks/pvalues.py openset --quick /tmp/pv_quick                      # ~3 min
-    PYTHONPATH=. python benchmarks/pvalues.py cost --quick /tmp/pv_quick                         # ~5 min
+    python -m jaxlineage.zoo --spec quick --workdir /tmp/jl_pvalues/quick
+    python -m jaxlineage.zoo --spec provenance_quick --workdir /tmp/jl_pvalues/provenance_quick
+    python benchmarks/pvalues.py calibration --workdir /tmp/jl_pvalues   # ~3 min (builds the null zoo)
+    python benchmarks/pvalues.py power --workdir /tmp/jl_pvalues         # ~5 min
+    python benchmarks/pvalues.py openset --workdir /tmp/jl_pvalues       # ~3 min
+    python benchmarks/pvalues.py cost --workdir /tmp/jl_pvalues          # ~5 min
+
+``--workdir`` holds one folder per zoo: ``quick``, ``provenance_quick`` (built as above) and
+``null`` (built by ``calibration`` when absent).
 
 Every run appends one JSON line per figure to ``--out`` (default
 ``benchmarks/results/pvalues.jsonl``) with settings, versions and device; ``calibration``
@@ -16,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
+from _common import setup_logging, timeit, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, timeit, write  # noqa: E402
-
-from jaxlineage import data as data_lib  # noqa: E402
-from jaxlineage import zoo as zoo_lib  # noqa: E402
-from jaxlineage.eval import NO_PARENT, protocols, scenarios  # noqa: E402
-from jaxlineage.eval import pvalues as pv  # noqa: E402
-from jaxlineage.eval import scorers as scorers_lib  # noqa: E402
+from jaxlineage import data as data_lib
+from jaxlineage import zoo as zoo_lib
+from jaxlineage.eval import NO_PARENT, protocols, scenarios
+from jaxlineage.eval import pvalues as pv
+from jaxlineage.eval import scorers as scorers_lib
 
 ALPHAS = (0.01, 0.05, 0.1)
 
@@ -384,9 +384,7 @@ def cost(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("calibration", "power", "power-calibrated", "openset", "openset-detector", "cost"))
-    ap.add_argument("--quick", default="/tmp/pv_quick")
-    ap.add_argument("--prov", default="/tmp/pv_prov")
-    ap.add_argument("--null-zoo", default="/tmp/pv_null")
+    ap.add_argument("--workdir", default="/tmp/jl_pvalues", help="the zoos' folder: quick/, provenance_quick/, null/")
     ap.add_argument("--qq", default="benchmarks/results/pvalues_qq.png")
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--zoos", nargs="+", default=["provenance_quick", "quick"])
@@ -406,6 +404,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/pvalues.jsonl")
     args = ap.parse_args(argv)
+    root = pathlib.Path(args.workdir)
+    args.quick, args.prov, args.null_zoo = (str(root / d) for d in ("quick", "provenance_quick", "null"))
     setup_logging()
     run = {
         "calibration": calibration,

@@ -1,6 +1,6 @@
 """Control for the quick zoo's negatives: independents trained with the children's recipe.
 
-    python benchmarks/recipe_control.py [--quick-zoo DIR] [--control-zoo DIR] [--seed 0]
+    python benchmarks/recipe_control.py [--workdir DIR] [--seed 0]
         [--out benchmarks/results/recipe_control.jsonl]
 
 In ``zoo.QUICK`` the children fine-tune with Adam at lr 1e-2 / 5e-3 / 3e-3 for 4 epochs,
@@ -25,16 +25,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
-import sys
 import time
 
 import jax
+from _common import setup_logging, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import setup_logging, write  # noqa: E402
-
-from jaxlineage import zoo  # noqa: E402
-from jaxlineage.eval import methods, protocols, scenarios  # noqa: E402
+from jaxlineage import zoo
+from jaxlineage.eval import methods, protocols, scenarios
 
 CONTROL = dataclasses.replace(
     zoo.QUICK,
@@ -45,8 +42,9 @@ CONTROL = dataclasses.replace(
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick-zoo", default="/tmp/jl_zoo_quick", help="workdir of zoo.QUICK (built if missing)")
-    ap.add_argument("--control-zoo", default="/tmp/jl_zoo_quick_control", help="workdir of the control zoo")
+    ap.add_argument(
+        "--workdir", default="/tmp/jl_recipe_control", help="the zoos' folder: quick/ and control/ (built if missing)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-refs", default="8,32,128,256")
     ap.add_argument("--steps", type=int, default=20)
@@ -56,7 +54,8 @@ def main(argv=None):
     setup_logging()
     n_refs = tuple(int(n) for n in args.n_refs.split(","))
 
-    for spec, workdir in ((zoo.QUICK, args.quick_zoo), (CONTROL, args.control_zoo)):
+    root = pathlib.Path(args.workdir)
+    for spec, workdir in ((zoo.QUICK, str(root / "quick")), (CONTROL, str(root / "control"))):
         z = zoo.build(spec, workdir)
         common = {
             "benchmark": "recipe_control",

@@ -20,22 +20,18 @@ from __future__ import annotations
 
 import argparse
 import functools
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
+from _common import timeit, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import timeit, write  # noqa: E402
-
-from jaxlineage import linearize, nets  # noqa: E402
+from jaxlineage import linearize, nets
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "recompile.jsonl"))
+    ap.add_argument("--out", default="benchmarks/results/recompile.jsonl")
     args = ap.parse_args(argv)
 
     module = nets.MLP(5, (64,))

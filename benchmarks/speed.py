@@ -35,18 +35,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import write  # noqa: E402
-
-from jaxlineage import lineage, linearize, nets  # noqa: E402
+from jaxlineage import lineage, linearize, nets
 
 Mode = linearize.Mode
 ALPHA = 0.01

@@ -1,6 +1,6 @@
 """Lineage tree recovery on a 3-generation forest: every scorer x direction rule, three accuracies.
 
-    PYTHONPATH=. python benchmarks/tree_recovery.py [--spec tree_quick|quick_gen2|quick_gen2_two_tasks]
+    python benchmarks/tree_recovery.py [--spec tree_quick|quick_gen2|quick_gen2_two_tasks]
         [--workdir /tmp/jl_zoo_tree_quick] [--metrics l2,l1,cka] [--probe-size 256] [--probe-task all]
         [--alpha 0.01] [--tap relu1] [--align-candidates 8] [--scores-cache FILE.npz]
         [--out benchmarks/results/tree_recovery.jsonl] [--plot benchmarks/results/tree_recovery.png]
@@ -57,12 +57,9 @@ import collections
 import dataclasses
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import setup_logging, write
 
 from jaxlineage import lineage, similarity, zoo

@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import timeit, write
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import timeit, write  # noqa: E402
-
-from jaxlineage import data, nets, zoo  # noqa: E402
+from jaxlineage import data, nets, zoo
 
 
 def main(argv=None):

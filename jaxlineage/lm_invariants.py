@@ -32,9 +32,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from jaxlineage.errors import JaxlineageError
+from jaxlineage.matching import hungarian
 
 __all__ = ["PROBE_TOKENS", "attention_invariants", "attention_match_score"]
 
@@ -92,6 +92,6 @@ def attention_match_score(a: PyTree, b: PyTree, tokens=PROBE_TOKENS) -> float:
         fa = (fa - fa.mean(1, keepdims=True)) / (fa.std(1, keepdims=True) + 1e-12)
         fb = (fb - fb.mean(1, keepdims=True)) / (fb.std(1, keepdims=True) + 1e-12)
         corr = fa @ fb.T / fa.shape[1]
-        r, c = linear_sum_assignment(corr, maximize=True)
-        scores.append(corr[r, c].mean())
+        c = hungarian(corr)
+        scores.append(corr[np.arange(c.size), c].mean())
     return float(np.mean(scores))

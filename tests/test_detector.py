@@ -232,16 +232,16 @@ def test_open_set_detector_learns_no_parent():
 def test_training_loop_is_one_jitted_function_without_host_transfers(examples):
     train_ex, held_ex = _split(examples)
     module = detector.LineageDetector(embed_dim=8, no_parent=True)
-    before = detector._indexed_step._cache_size()
+    before = detector._training._indexed_step._cache_size()
     detector.train(train_ex.drop_parent(0), held_ex.drop_parent(0), key=jax.random.key(0), module=module, epochs=3)
-    assert detector._indexed_step._cache_size() == before + 1  # 3 epochs of steps, one compilation
+    assert detector._training._indexed_step._cache_size() == before + 1  # 3 epochs of steps, one compilation
     # A second run with the same settings (another repetition / seed) reuses that compilation.
     detector.train(train_ex.drop_parent(0), held_ex.drop_parent(0), key=jax.random.key(1), module=module, epochs=1)
-    assert detector._indexed_step._cache_size() == before + 1
+    assert detector._training._indexed_step._cache_size() == before + 1
 
     state = detector.init_state(module, train_ex, key=jax.random.key(1), tx=optax.adam(1e-2))
-    data = detector._device_arrays(train_ex)
-    batch = detector._gather(data, jnp.arange(len(train_ex)))
+    data = detector._training._device_arrays(train_ex)
+    batch = detector._training._gather(data, jnp.arange(len(train_ex)))
     state, _ = detector.train_step(state, batch)  # compile
     with jax.transfer_guard("disallow"):  # any implicit host <-> device copy raises
         state, metrics = detector.train_step(state, batch)

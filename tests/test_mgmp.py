@@ -159,12 +159,12 @@ def test_fragment_and_state_shapes(generator, assembly, dna_dim, frag):
     state = jax.eval_shape(
         functools.partial(mgmp.init, cfg, key=jax.random.key(0)), x, jax.ShapeDtypeStruct((N, C), jnp.float32)
     )
-    z = jax.eval_shape(lambda p, x: mgmp._generate(cfg, p, x, train=False), state.params["generator"], x)
+    z = jax.eval_shape(lambda p, x: mgmp._model._generate(cfg, p, x, train=False), state.params["generator"], x)
     assert (z is None) == (generator == "none")
     if z is not None:
         assert z.shape == (N, dna_dim)
     assert state.params["classifier"]["Dense_0"]["kernel"].shape == (2 * frag, TOY.classifier_width)
-    probs = jax.eval_shape(mgmp._probabilities, state, jax.ShapeDtypeStruct((2, N, C), jnp.float32))
+    probs = jax.eval_shape(mgmp._training._probabilities, state, jax.ShapeDtypeStruct((2, N, C), jnp.float32))
     assert probs.shape == (2, N)
 
 
@@ -187,7 +187,8 @@ def test_pair_input(pair_input, width):
         jax.ShapeDtypeStruct((N, C), jnp.float32),
     )
     assert state.params["classifier"]["Dense_0"]["kernel"].shape == (width * frag, TOY.classifier_width)
-    assert jax.eval_shape(mgmp._probabilities, state, jax.ShapeDtypeStruct((2, N, C), jnp.float32)).shape == (2, N)
+    probs = jax.eval_shape(mgmp._training._probabilities, state, jax.ShapeDtypeStruct((2, N, C), jnp.float32))
+    assert probs.shape == (2, N)
 
 
 # ----------------------------------------------------------------- training
@@ -202,8 +203,8 @@ def test_gradients_reach_generator_and_classifier():
 
     @jax.jit  # one compilation for both gradients
     def grad_fn(params):
-        total = jax.grad(lambda p: mgmp._loss(p, TOY, *batch)[0])(params)
-        bce = jax.grad(lambda p: mgmp._loss(p, TOY, *batch)[1]["bce"])(params)
+        total = jax.grad(lambda p: mgmp._training._loss(p, TOY, *batch)[0])(params)
+        bce = jax.grad(lambda p: mgmp._training._loss(p, TOY, *batch)[1]["bce"])(params)
         return total, bce
 
     grads, bce_grads = grad_fn(state.params)

@@ -300,7 +300,7 @@ def test_aligned_scores_never_exceed_raw_and_candidates_restrict_the_pairs():
 
 def test_aligned_weight_scores_logs_progress_with_an_eta(monkeypatch, caplog):
     _, (a, c, d), spec = _mlp_models((6, 5), (2, 2, 1), (3, 4, 5))
-    monkeypatch.setattr(tree, "_PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(tree._scores, "_PROGRESS_EVERY_S", 0.0)
     with caplog.at_level(logging.INFO, logger="jaxlineage.eval.tree"):
         tree.aligned_weight_scores([a, c, d], spec=spec)
     lines = [r.getMessage() for r in caplog.records if "aligned" in r.getMessage()]
@@ -587,3 +587,12 @@ def test_tree_quick_is_a_three_generation_forest_with_prune_and_permute_edges():
         seeds = [s for g in ft if g.source == src for s in spec.hparams_of(g.name, "seed")]
         assert len(seeds) == len(set(seeds)) == sum(len(g.points()) for g in ft if g.source == src), src
     assert sum(n.values()) == 84 and sum(edges_by_op.values()) == 80
+
+
+def test_importing_tree_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom jaxlineage.eval import tree\nprint('matplotlib' in sys.modules, callable(tree.tree_plot))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False True", out

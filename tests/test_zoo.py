@@ -198,6 +198,25 @@ def test_population_training_matches_single_model():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5), pop, alone)
 
 
+def test_population_training_configs():
+    """OptimizerConfig / Distillation: the kind alone means the config's defaults; alpha = 0 is labels only."""
+    network = nets.mlp(5, features=(8,))
+    x, y = data.task("embedded", data.TASK_A, "test")
+    x, y = x[:128], y[:128]
+    init = nets.stack([network.init(jax.random.key(i)) for i in range(2)])
+    kw = dict(lrs=[1e-2, 3e-2], seeds=[0, 1], batch_size=32, epochs=1)
+    run = lambda **k: zoo.train_population(network, init, x, y, **kw, **k)
+    same = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+    sgd = run(optimizer=zoo.Optimizer.SGD)
+    same(sgd, run(optimizer=zoo.OptimizerConfig(zoo.Optimizer.SGD, momentum=0.9, weight_decay=0.0)))
+    same(run(), run(optimizer=zoo.OptimizerConfig()))
+    soft = np.full((2, len(x), 5), 0.2, np.float32)  # uniform teachers
+    same(run(), run(distillation=zoo.Distillation(soft, temperature=2.0, alpha=0.0)))
+    distilled = run(distillation=zoo.Distillation(soft, temperature=2.0, alpha=1.0))
+    assert not np.allclose(distilled["params"]["dense1"]["kernel"], run()["params"]["dense1"]["kernel"])
+    assert not np.allclose(sgd["params"]["dense1"]["kernel"], run()["params"]["dense1"]["kernel"])
+
+
 def test_zoo_graph(tiny_zoo):
     from jaxlineage.graph import Relation
 

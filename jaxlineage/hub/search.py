@@ -41,8 +41,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from jaxlineage import matching
 from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import path_str
 from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scorer
@@ -100,20 +100,9 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.einsum("i,i->", a, b) / den) if den > 0 else 0.0
 
 
-def _match_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``pi[i]`` = the column of ``b`` matched to column ``i`` of ``a`` (max summed correlation)."""
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    a = a / (np.linalg.norm(a, axis=0) + 1e-12)
-    b = b / (np.linalg.norm(b, axis=0) + 1e-12)
-    _, pi = linear_sum_assignment(a.T @ b, maximize=True)
-    return pi
-
-
 def _permute(tree: dict, units: int, axes: Sequence[perm_lib.PermAxis], pi: np.ndarray) -> None:
     for ax in axes:
-        idx = (np.arange(ax.tile)[:, None] * units + pi[None, :]).ravel() if ax.tile > 1 else pi
-        _set(tree, ax.path, np.take(_get(tree, ax.path), idx, axis=ax.axis))
+        _set(tree, ax.path, np.take(_get(tree, ax.path), matching.tile_index(pi, units, ax.tile), axis=ax.axis))
 
 
 def align(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> PyTree:
@@ -128,7 +117,7 @@ def align(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> P
             continue
         wc = np.asarray(_get(candidate, prod.path), np.float64)
         wq = _get(q, prod.path)
-        pi = _match_columns(wc.reshape(-1, wc.shape[-1]), wq.reshape(-1, wq.shape[-1]))
+        pi = matching.match_columns(wc.reshape(-1, wc.shape[-1]), wq.reshape(-1, wq.shape[-1]))
         _permute(q, units, axes, pi)
     return q
 

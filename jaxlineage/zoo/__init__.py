@@ -79,7 +79,13 @@ from jaxlineage.zoo.specs import (
     TREE_QUICK,
 )
 from jaxlineage.zoo.storage import load_params, save_params
-from jaxlineage.zoo.training import population_accuracy, population_logits, train_population
+from jaxlineage.zoo.training import (
+    Distillation,
+    OptimizerConfig,
+    population_accuracy,
+    population_logits,
+    train_population,
+)
 
 __all__ = [
     # specs
@@ -130,6 +136,8 @@ __all__ = [
     "population_accuracy",
     "population_logits",
     "train_population",
+    "Distillation",
+    "OptimizerConfig",
     "draw_graph",
     "format_summary",
     "main",

@@ -255,12 +255,10 @@ def _train(
         seeds=list(inp.data_seeds),
         batch_size=int(inp.shared("batch_size")),
         epochs=int(inp.shared("epochs") if epochs is None else epochs),
-        optimizer=Optimizer(inp.shared("optimizer")),
-        momentum=float(inp.shared("momentum")),
-        weight_decay=float(inp.shared("weight_decay")),
-        soft_targets=soft,
-        temperature=temperature,
-        alpha=alpha,
+        optimizer=training.OptimizerConfig(
+            Optimizer(inp.shared("optimizer")), float(inp.shared("momentum")), float(inp.shared("weight_decay"))
+        ),
+        distillation=None if soft is None else training.Distillation(soft, temperature, alpha),
         update_mask=mask,
         freeze_stats=freeze_stats,
         sequential=inp.sequential,

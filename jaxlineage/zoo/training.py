@@ -10,8 +10,10 @@ masks).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,45 @@ import optax
 from jaxlineage import nets
 from jaxlineage.zoo._base import Optimizer, PyTree, ZooError
 
-__all__ = ["population_accuracy", "population_logits", "population_predictions", "train_population"]
+__all__ = [
+    "Distillation",
+    "OptimizerConfig",
+    "population_accuracy",
+    "population_logits",
+    "population_predictions",
+    "train_population",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The population's optimizer (the step ``-lr * direction`` is applied with per-model learning rates).
+
+    Attributes:
+      kind: :class:`~jaxlineage.zoo.Optimizer` (or its value): Adam (default) or SGD.
+      momentum, weight_decay: PyTorch-style SGD's (``d = g + wd * w; buf = momentum * buf + d``);
+        Adam ignores them.
+    """
+
+    kind: Optimizer = Optimizer.ADAM
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    r"""Soft targets for distillation: the loss becomes
+    ``alpha * T^2 * KL(soft || softmax(logits / T)) + (1 - alpha) * CE(y)`` with ``T = temperature``.
+
+    Attributes:
+      soft_targets: ``[P, N, C]`` probabilities, one teacher's per model.
+      temperature: ``T``.
+      alpha: the weight of the soft term (0: labels only).
+    """
+
+    soft_targets: Any
+    temperature: float = 1.0
+    alpha: float = 0.0
 
 
 def _cross_entropy(logits, labels):
@@ -147,12 +187,8 @@ def train_population(
     batch_size: int,
     epochs: int,
     on_epoch=None,
-    optimizer: Optimizer = Optimizer.ADAM,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    soft_targets: np.ndarray | None = None,
-    temperature: float = 1.0,
-    alpha: float = 0.0,
+    optimizer: Optimizer | str | OptimizerConfig = Optimizer.ADAM,
+    distillation: Distillation | None = None,
     update_mask: PyTree | None = None,
     freeze_stats: bool = False,
     sequential: bool = False,
@@ -168,11 +204,9 @@ def train_population(
       lrs, seeds: per-model learning rate and data-order seed, length ``P``.
       batch_size, epochs: shared by the population (drop-remainder batches).
       on_epoch: optional ``on_epoch(epoch, mean losses [P])``.
-      optimizer: :class:`Optimizer` (default Adam); ``momentum`` and ``weight_decay``
-        apply to SGD.
-      soft_targets: ``None`` or ``[P, N, C]`` probabilities for distillation; the
-        loss is ``alpha * T^2 * KL(soft || softmax(logits / T)) + (1 - alpha) * CE(y)``
-        with ``T = temperature``.
+      optimizer: an :class:`OptimizerConfig`, or just its kind (:class:`Optimizer`, default
+        Adam; SGD then with the config's default momentum 0.9 and no weight decay).
+      distillation: ``None`` (labels only) or a :class:`Distillation` (soft targets).
       update_mask: ``None`` or stacked multipliers ``[P, ...]`` of the update direction
         with the structure of ``init_params["params"]``: zeros freeze weights exactly.
       freeze_stats: keep BatchNorm statistics fixed (head-only fine-tunes).
@@ -196,18 +230,19 @@ def train_population(
         raise ZooError(
             f"labels of shape {y.shape} for {n} examples and {p} models (want [N, ...] or [P, N, ...] of rank {k})"
         )
-    optimizer = Optimizer(optimizer)
-    tx = _optimizer(optimizer, float(momentum), float(weight_decay))
+    opt = optimizer if isinstance(optimizer, OptimizerConfig) else OptimizerConfig(kind=Optimizer(optimizer))
+    optimizer, momentum, weight_decay = Optimizer(opt.kind), float(opt.momentum), float(opt.weight_decay)
+    tx = _optimizer(optimizer, momentum, weight_decay)
     opt_state = jax.vmap(lambda v: tx.init(v["params"]))(init_params)
     lrs = jnp.asarray(lrs, jnp.float32)
     base = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     xd, yd = jnp.asarray(x), jnp.asarray(y)
-    soft = None if soft_targets is None else jnp.asarray(soft_targets, jnp.float32)
+    soft = None if distillation is None else jnp.asarray(distillation.soft_targets, jnp.float32)
     static = dict(batch_size=batch_size, steps=steps)
     if optimizer is not Optimizer.ADAM:
-        static.update(optimizer=optimizer, momentum=float(momentum), weight_decay=float(weight_decay))
+        static.update(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
     if soft is not None:
-        static.update(temperature=float(temperature), alpha=float(alpha))
+        static.update(temperature=float(distillation.temperature), alpha=float(distillation.alpha))
     if freeze_stats:
         static.update(freeze_stats=True)
     if sequential:

@@ -85,8 +85,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from jaxlineage import matching
 from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import JaxlineageError, path_str
 from jaxlineage.eval import registry
@@ -445,18 +445,6 @@ def _columns(w: np.ndarray) -> np.ndarray:
     return w.reshape(-1, w.shape[-1])
 
 
-def _match(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hungarian matching of columns: ``pi[i]`` is the column of ``b`` matched to column ``i`` of ``a``.
-
-    Maximises the summed correlation of matched columns."""
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    a = a / (np.linalg.norm(a, axis=0) + 1e-12)
-    b = b / (np.linalg.norm(b, axis=0) + 1e-12)
-    _, pi = linear_sum_assignment(a.T @ b, maximize=True)
-    return pi
-
-
 def _matchings(producers, c: PyTree, q: PyTree) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer, the two views' matchings (even / odd input rows), inputs aligned by the full-row matching."""
     full: dict[str, np.ndarray] = {}
@@ -466,12 +454,10 @@ def _matchings(producers, c: PyTree, q: PyTree) -> list[tuple[np.ndarray, np.nda
         wq = np.asarray(_leaf(q, path), np.float64)
         if src is not None and src in full:
             pi = full[src]
-            units = pi.size
-            idx = (np.arange(tile)[:, None] * units + pi[None, :]).ravel() if tile > 1 else pi
-            wq = np.take(wq, idx, axis=wq.ndim - 2)
+            wq = np.take(wq, matching.tile_index(pi, pi.size, tile), axis=wq.ndim - 2)
         ac, aq = _columns(wc), _columns(wq)
-        full[name] = _match(ac, aq)
-        views.append((_match(ac[0::2], aq[0::2]), _match(ac[1::2], aq[1::2])))
+        full[name] = matching.match_columns(ac, aq)
+        views.append((matching.match_columns(ac[0::2], aq[0::2]), matching.match_columns(ac[1::2], aq[1::2])))
     return views
 
 
