@@ -162,6 +162,16 @@ def power(args) -> None:
         "rejections@alpha": reject,
     }
     _common.write(pathlib.Path(args.out) / "verify_power.jsonl", record)
+    # Every pair's p-values (combined and per test) and the attack masks, for a look at single pairs.
+    np.savez_compressed(
+        pathlib.Path(args.out) / "verify_power_pairs.npz",
+        candidates=np.array(scen.candidates.ids),
+        queries=np.array(scen.queries.ids),
+        combined=p,
+        **{f"test:{t}": tp for t, tp in test_p.items()},
+        **{f"pos:{a}": pos for a, (pos, _) in masks.items()},
+        **{f"neg:{a}": neg for a, (_, neg) in masks.items()},
+    )
     attacks = list(masks)
     print("| row | " + " | ".join(attacks) + " |")
     print("|---|" + "---:|" * len(attacks))

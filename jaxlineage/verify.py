@@ -31,7 +31,10 @@ hypothesis and a p-value valid under it:
     signature; invariant to unit order, so it holds on permuted copies);
   - ``taylor-l2``: Neural Lineage's first-order L2 score at the default tap (same signature);
   - ``modelgif``: minus ModelGiF's distance between integrated-gradient fields at up to 64
-    inputs of ``data`` (10 Gauss-Legendre nodes; across architectures).
+    inputs of ``data`` (10 Gauss-Legendre nodes; across architectures);
+  - ``sac-m``: SAC-m (Guan et al., NeurIPS 2022), minus the mean absolute difference of the two
+    models' sample-correlation matrices on 100 CutMix mixtures of ``data`` (built for extraction;
+    across architectures).
 
 * ``references`` (conformal, pooled): the reference tests above enter the verdict together, as
   one conformal test on the pool of the suspect and its ``n`` references
@@ -105,7 +108,6 @@ __all__ = [
     "VerifyError",
     "cauchy_combination",
     "default_tests",
-    "extraction_tests",
     "identify",
     "pooled_conformal",
     "verify",
@@ -294,7 +296,8 @@ def default_tests(*, probe_size: int = 64) -> list[ReferenceTest]:
     Args:
       probe_size: the number of inputs ``verify`` was given (ModelGiF draws at most 64 of them).
     """
-    from jaxlineage.eval import methods  # noqa: PLC0415 (ModelGiF's scorer pulls in the learned methods)
+    from jaxlineage.eval.scorers import fingerprints as fingerprint_scorers  # noqa: PLC0415
+    from jaxlineage.eval.scorers import methods  # noqa: PLC0415 (ModelGiF's scorer pulls in the learned methods)
 
     return [
         ReferenceTest("output-kl", scorers_lib.OutputKL(), "fine-tuning, pruning, permutation, soft extraction"),
@@ -316,24 +319,11 @@ def default_tests(*, probe_size: int = 64) -> list[ReferenceTest]:
             methods.ModelGiFScorer(n_refs=min(64, probe_size), steps=10),
             "functional copies, also across architectures (input-gradient fields, ModelGiF)",
         ),
-    ]
-
-
-def extraction_tests() -> list[ReferenceTest]:
-    """Reference tests built for model extraction, not in :func:`default_tests` yet (their calibration inside
-    the combined verdict is not measured): SAC-m, the correlation of outputs on CutMix samples of ``data``
-    (:class:`jaxlineage.eval.fingerprint_scorers.SACScorer`; works across architectures).
-
-    ``verify(..., tests=default_tests() + extraction_tests())`` adds them.
-    """
-    from jaxlineage.eval import fingerprint_scorers  # noqa: PLC0415
-
-    return [
         ReferenceTest(
             "sac-m",
             fingerprint_scorers.SACScorer(mode="m"),
             "extraction (soft labels, other architectures), fine-tuning, pruning (SAC's CutMix correlations)",
-        )
+        ),
     ]
 
 
