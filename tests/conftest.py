@@ -41,9 +41,32 @@ def tiny_zoo(tmp_path_factory):
 #: Fixtures that build a zoo of their own or run the bench end to end (a minute or more each on the
 #: 2-core machine): the tests that use them belong to the slow tier.
 SLOW_FIXTURES = frozenset({"ops_zoo", "tiny_run"})
+#: Docstring examples over 13 s on 2 loaded cores (a marker cannot be written on a doctest).
+SLOW_DOCTESTS = frozenset(
+    {"jaxlineage/eval/scenarios.py::jaxlineage.eval.scenarios", "jaxlineage/verify.py::jaxlineage.verify"}
+)
 
 
+#: Scheduling on two xdist workers (``--dist loadgroup``): a test file is one unit (its module fixtures are
+#: built once), except these files, whose tests are end-to-end runs of minutes each and go one by one.
+ONE_BY_ONE = frozenset({"tests/test_presets.py"})
+#: The files of the longest units, handed out first so that the short ones fill the tail.
+LONGEST_FIRST = (
+    "tests/test_bench.py",
+    "tests/test_presets.py",
+    "tests/test_benchmark_helpers.py",
+    "tests/test_lm.py",
+    "tests/test_fastpath.py",
+    "tests/test_notebooks.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.nodeid in SLOW_DOCTESTS:
             item.add_marker(pytest.mark.slow)
+        path = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(item.nodeid if path in ONE_BY_ONE else path))
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

@@ -245,6 +245,7 @@ def _broken():
     raise RuntimeError("boom")
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_tables_show_what_the_stages_returned(tiny_zoo, tmp_path):
     """A scorer of random numbers: the tables carry exactly its Results; a failed stage gives no rows."""
     from jaxlineage.eval import Result

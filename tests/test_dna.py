@@ -220,6 +220,7 @@ def _toy():
 _CFG = mgmp.Config(num_steps=10, batch_size=16, generator_features=(16,), dna_dim=8, classifier_width=16)
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_scorer_fit_and_score_are_deterministic_under_a_key():
     train, ev, probe = _toy()
     runs = [

@@ -225,6 +225,7 @@ def test_detector_fit_splits_validation_by_split_key(toy):
         methods._group_split(["a"] * 5, 0.2, jax.random.key(0), "t")
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_model_dna_options_and_settings(toy):
     cfg = mgmp.Config(
         generator=mgmp.Generator.NONE,
@@ -243,6 +244,7 @@ def test_model_dna_options_and_settings(toy):
     np.testing.assert_array_equal(np.argmax(s, axis=0), toy["test"].labels)
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_model_dna_candidate_without_training_targets(toy):
     train = toy["train"]
     related = train.related.copy()

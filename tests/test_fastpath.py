@@ -169,6 +169,7 @@ def test_fast_path_runs_the_first_layer_once_per_model():
     assert count == {"fast": 2, "plain": 3}
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_elementwise_path_sharded_tiny_budget_and_no_recompile():
     assert jax.device_count() >= 4, "conftest forces 4 CPU devices"
     traces = []

@@ -196,6 +196,7 @@ def test_ipguard_points_sit_just_past_the_boundary_of_two_classes():
     np.testing.assert_array_equal((f.x @ w).argmax(-1), f.labels)
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_fingerprints_never_see_the_queries_and_are_cached(tmp_path):
     rng = np.random.default_rng(8)
     x = rng.uniform(size=(200, 6)).astype(np.float32)

@@ -52,6 +52,7 @@ def _population(k=3, m=5, *, seed=0, drift=0.3, dtype=jnp.float32, n=9):
 COMBO_METRICS = (S.get("l2"), S.get("linf"), S.get("cka", estimator="unbiased"), S.get("dcor"))
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_score_matrices_equal_pairwise_similarity():
     parents, children, x, _ = _population()
     alphas = jnp.array([0.01, 0.5])
@@ -86,6 +87,7 @@ def test_predict_probabilities():
         LG.probabilities(s, temperature=0.0)
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_sharded_equals_unsharded_and_no_recompile():
     assert jax.device_count() >= 4, "conftest forces 4 CPU devices"
     parents, children, x, _ = _population(k=2, m=6, seed=1)
@@ -111,6 +113,7 @@ def test_sharded_equals_unsharded_and_no_recompile():
     assert not np.allclose(again[("lp", Mode.LINEARIZED)], sharded[("lp", Mode.LINEARIZED)])
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_float64_path():
     with jax.enable_x64(True):
         parents, children, x, _ = _population(k=2, m=3, seed=3, dtype=jnp.float64)

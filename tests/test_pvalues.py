@@ -21,6 +21,7 @@ def test_exact_pvalue_formula_on_a_toy():
     np.testing.assert_allclose(pv.conformal_pvalues([0.0, 2.0, 9.0], [1.0, 2.0, 3.0]), [1.0, 3 / 4, 1 / 4])
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_permutation_test_counts_its_own_null():
     c, q = _init(0), _init(1)
     spec = permutations.permutation_spec(NET, c)
@@ -47,6 +48,7 @@ def test_matched_statistic_is_invariant_to_the_querys_unit_order():
     assert r.pvalue == pytest.approx(1 / 100)
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_calibration_on_a_synthetic_null():
     # Independent initialisations: the exact test's p-values are uniform (fraction <= alpha within the margin).
     spec = permutations.permutation_spec(NET, _init(0))
@@ -169,6 +171,7 @@ def twin_zoo(tmp_path_factory):
     return zoo.build(spec, tmp_path_factory.mktemp("twins"), progress=False)
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_open_set_scenario_reads_relations_from_the_graph(twin_zoo):
     z = twin_zoo
     parents = {(r.hparams["init_seed"], r.hparams["seed"]): r.id for r in z.group("parent")}

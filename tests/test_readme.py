@@ -16,6 +16,7 @@ def test_readme_is_a_front_page():
     assert len(README.read_text().splitlines()) <= 150
 
 
+@pytest.mark.slow  # over 13 s on 2 loaded cores: the fast tier stays under 3 min
 def test_readme_verify_and_metric_examples_run(capsys):
     ns: dict = {}
     blocks = [b for b in _blocks() if "zoo.build" not in b]
