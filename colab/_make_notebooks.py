@@ -797,11 +797,13 @@ print(jl.verify(me, suspects, data=x[:256], num_permutations=PERMUTATIONS))
 
 Reference models are independent models of the suspect's architecture trained on its task
 (`references.train` uses the library's population trainer and caches them on disk). The
-output KL / agreement, matched-weight, Taylor and ModelGiF tests compare the suspect with your
-model the way the references compare with it; they see the permuted copy, which the weight test
-cannot. Each reference test's p-value is at least `1 / (N_REFS + 1)`: with the tiny setting's 19
-references that floor is alpha itself, so the combined verdict on the permuted copy can land just
-above alpha; the quick setting's 99 references lower the floor to 0.01.
+output KL / agreement, matched-weight, Taylor, ModelGiF and SAC-m tests compare the suspect with
+your model the way the references compare with it; they see the permuted copy, which the weight
+test cannot. They enter the verdict together, as one pooled conformal test (column
+`references`): the suspect's rank among itself and the references on all the tests at once, so
+its p-value is at least `1 / (N_REFS + 1)` however many tests there are. With the tiny setting's
+19 references that floor is alpha itself, so the combined verdict on the permuted copy can land
+just above alpha; the quick setting's 99 references lower the floor to 0.01.
 """),
         code("""
 refs = references.train(me, x, y, n=N_REFS, epochs=2, lr=1e-3, batch_size=64, workdir=CACHE)

@@ -41,9 +41,19 @@ def tiny_zoo(tmp_path_factory):
 #: Fixtures that build a zoo of their own or run the bench end to end (a minute or more each on the
 #: 2-core machine): the tests that use them belong to the slow tier.
 SLOW_FIXTURES = frozenset({"ops_zoo", "tiny_run"})
-#: Docstring examples over 13 s on 2 loaded cores (a marker cannot be written on a doctest).
-SLOW_DOCTESTS = frozenset(
-    {"jaxlineage/eval/scenarios.py::jaxlineage.eval.scenarios", "jaxlineage/verify.py::jaxlineage.verify"}
+#: Docstring examples and parametrised cases measured over 6 s on 2 loaded cores (a marker cannot be written on
+#: a doctest, and these cases' siblings are fast).
+SLOW_CASES = frozenset(
+    {
+        "jaxlineage/eval/scenarios.py::jaxlineage.eval.scenarios",
+        "jaxlineage/verify.py::jaxlineage.verify",
+        "tests/test_lm.py::test_each_permutation_keeps_logits_and_moves_weights[mlp]",
+        "tests/test_eval.py::test_contract_shape_and_known_answer[detector:lineage_detector]",
+        "tests/test_eval.py::test_contract_shape_and_known_answer[mgmp:model_dna]",
+        "tests/test_detector.py::test_permuting_candidates_permutes_logits[False-Block.PRE_LN]",
+        "tests/test_fastpath.py::test_fast_path_equals_plain_jvp_path_float64[user_apply]",
+        "tests/test_permutations.py::test_permutation_keeps_function_changes_weights[convnet]",
+    }
 )
 
 
@@ -64,7 +74,7 @@ LONGEST_FIRST = (
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.nodeid in SLOW_DOCTESTS:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.nodeid in SLOW_CASES:
             item.add_marker(pytest.mark.slow)
         path = item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(item.nodeid if path in ONE_BY_ONE else path))

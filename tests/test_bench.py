@@ -392,6 +392,7 @@ def _toy_rows(t):
     return [r for r in t["rows"] if "toy" in " ".join(r["label"])]
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_a_registered_scorer_joins_every_table(toy_registered, tiny_zoo, tmp_path):
     """One registration call: the tiny preset asks the toy scorer every scenario, through the evaluation layer."""
     assert "toy" in presets.methods() and presets.TINY.scorer_specs("toy")

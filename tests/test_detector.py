@@ -131,6 +131,7 @@ def test_logit_shapes(examples, which, no_parent):
     )
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_difference_init_starts_from_parent_minus_child():
     module = detector.LineageDetector(embed_dim=8, difference_init=True)
     variables = module.init(jax.random.key(0), jnp.ones((1, 2, 2, 4, 4)), None)
@@ -229,6 +230,7 @@ def test_open_set_detector_learns_no_parent():
     assert res["accuracy_no_parent"] >= 0.6 and res["accuracy"] >= 0.9, res
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_training_loop_is_one_jitted_function_without_host_transfers(examples):
     train_ex, held_ex = _split(examples)
     module = detector.LineageDetector(embed_dim=8, no_parent=True)
@@ -261,6 +263,7 @@ def test_deterministic_given_the_seed(examples):
     assert not np.array_equal(a.variables["params"]["head"]["kernel"], c.variables["params"]["head"]["kernel"])
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_save_restore_round_trip(examples, tmp_path):
     train_ex, held_ex = _split(examples)
     det = detector.train(
@@ -336,6 +339,7 @@ def test_open_set_examples_need_the_no_parent_logit(examples):
         detector.train(open_ex, open_ex, key=jax.random.key(0), module=detector.LineageDetector())
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_monitor_is_recorded_and_never_chooses_the_epoch():
     ex = _synthetic_open_set(1, m=40)
     kw = dict(

@@ -242,6 +242,7 @@ def test_logits_padding_keeps_values_and_widens():
     assert dna._pad_fn(LOGITS, 7) is dna._pad_fn(LOGITS, 7)  # one function object: jit caches stay warm
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_scorer_on_a_generic_verify_scenario_with_mixed_heads():
     """Queries with another head (another logits width) stay out of the pool and score NaN when asked to."""
     train, ev, probe = _toy()

@@ -194,6 +194,7 @@ def test_pair_input(pair_input, width):
 # ----------------------------------------------------------------- training
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_gradients_reach_generator_and_classifier():
     x, source, pool = toy_problem()
     state = mgmp.init(TOY, x, mgmp.model_outputs(source, x), key=jax.random.key(0))
@@ -376,6 +377,7 @@ def test_training_on_tiny_zoo_beats_chance(tiny_verify):
         assert r.settings["num_folds"] == 2 and r.details["kind"] == "learned"
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_fragments_from_a_backbone_tap(tiny_zoo):
     # Parents (task A head) and children (task B head) share the backbone: a feature tap
     # gives them one output space. Zoos are read by the evaluation layer into populations.

@@ -146,6 +146,7 @@ def test_learning_free_tap_typo_is_an_error_naming_the_tap():
 # --------------------------------------------------------------------------- permutation specs
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_inferred_spec_keeps_the_function_and_a_wrong_one_is_rejected():
     x = jax.random.normal(jax.random.key(0), (8, 16))
     v = UserMLP().init(jax.random.key(1), x)

@@ -168,6 +168,7 @@ def test_resume_after_interrupt_trains_only_missing(tmp_path, monkeypatch):
     assert trained == []
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_deterministic_given_spec(tmp_path):
     a = zoo.build(MICRO, tmp_path / "a", progress=False)
     b = zoo.build(MICRO, tmp_path / "b", progress=False)
@@ -198,6 +199,7 @@ def test_population_training_matches_single_model():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5), pop, alone)
 
 
+@pytest.mark.slow  # over 6 s on 2 loaded cores: the fast tier stays under 3 min
 def test_population_training_configs():
     """OptimizerConfig / Distillation: the kind alone means the config's defaults; alpha = 0 is labels only."""
     network = nets.mlp(5, features=(8,))
