@@ -7,7 +7,7 @@ at the same reference points, whatever their architectures: only the input space
 has to agree.
 
 Everything here works on the library's one contract, a pure
-``apply_fn(params, x) -> [N, C]`` over a params pytree (DESIGN.md, section 2).
+``apply_fn(params, x) -> [N, C]`` over a params pytree (as in :class:`jaxlineage.models.Models`).
 
 Notation used throughout: ``N`` reference points, ``K = steps`` quadrature nodes,
 ``D`` the flattened input dimension (``prod(x.shape[1:])``), ``M`` models in a

@@ -7,7 +7,7 @@ trainer (all models in one vmapped, jitted epoch), caches them on disk and resum
 interrupted build chunk by chunk. With ``n`` references the smallest reference p-value is
 ``1 / (n + 1)``: the default ``n = 99`` reaches ``alpha = 0.01``.
 
-Cost (measured by ``benchmarks/verify_cost.py``): see ``benchmarks/RESULTS.md``.
+Cost (measured by ``benchmarks/verify_power.py``, its ``references_s``): see ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Model DNA on its own protocol: ``DNA_QUICK``, one source per repetition, unseen tasks *and* seeds.
 
 Model DNA (MGMP) asks: is this target derived from *this* source? The paper's
-protocol (Mu et al., ECAI 2024, Sec. 5.2; DESIGN.md section 5) trains, per
+protocol (Mu et al., ECAI 2024, Sec. 5.2) trains, per
 source, a DNA generator and a provenance classifier on a **pool** of targets on
 some tasks (homologous = fine-tuned from the source, non-homologous = random
 initialisation, same recipe) and evaluates on targets trained on *other* tasks.

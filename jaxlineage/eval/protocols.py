@@ -85,8 +85,7 @@ log = logging.getLogger("jaxlineage.eval")
 FPRS = (0.01, 0.05)
 
 _RECOVER = (
-    "Question.RECOVER (tree recovery) has no protocol yet: it is the slot of a later issue"
-    " (DESIGN.md section 11). Ask IDENTIFY or VERIFY."
+    "Question.RECOVER (tree recovery) has no protocol here: use jaxlineage.eval.tree.recover. Ask IDENTIFY or VERIFY."
 )
 
 

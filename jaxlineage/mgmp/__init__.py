@@ -21,7 +21,7 @@ fraction of homologous fragments ``>= delta``). The *no-generator baseline*
 (``Generator.NONE``) uses the model outputs alone as fragments, ``o_i = y_i``.
 
 Everything works on the library's one contract, pure ``apply_fn(params, x)`` over
-pytrees (DESIGN.md, section 2). Pool outputs are computed once per population
+pytrees (as in :class:`jaxlineage.models.Models`). Pool outputs are computed once per population
 (a ``vmap`` over stacked params) and stay on device; the training step is one
 jitted function that only gathers from them.
 
@@ -54,7 +54,7 @@ References:
     the provenance classifier and its binary cross-entropy; Table 1 (accuracy
     ``(A_n + A_o) / 2N`` with and without the generator). No public
     implementation exists; this one follows the equations as given in
-    jaxlineage's DESIGN.md, section 5.
+    the paper (departures: BUILD_NOTES.md, "Model DNA / MGMP").
 
 The parts live apart: ``_model`` (the config, the paper's equations, the generator and
 classifier networks, the state), ``_fragments`` (the pool and its outputs: the DNA fragments),

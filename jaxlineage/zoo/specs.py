@@ -66,7 +66,7 @@ QUICK = ZooSpec(
     independents=Grid(lrs=(1e-3, 5e-4), batch_sizes=(128,), seeds=(100, 101, 102, 103), epochs=3),
 )
 
-#: The Neural Lineage FC recipe (DESIGN.md section 7): MNIST parents, FMNIST / EMNIST-letters children.
+#: The Neural Lineage FC recipe (Yu & Wang, CVPR 2024, Sec. 5): MNIST parents, FMNIST / EMNIST-letters children.
 PAPER_FC = ZooSpec(
     name="paper_fc",
     arch="mlp",
@@ -272,7 +272,7 @@ def _provenance_quick(name="provenance_quick", archs=("mlp", "cnn"), ep=None, n_
     )
 
 
-#: SAC / ModelGiF's IP-protection benchmark on the embedded Fashion-MNIST (DESIGN.md section 7).
+#: SAC / ModelGiF's IP-protection benchmark on the embedded Fashion-MNIST (BUILD_NOTES.md, "Provenance").
 #: Sources ``src_mlp`` / ``src_cnn`` (2 each) on the defender's half of classes 0-4; every source
 #: derived on the attacker's half into groups ``<arch>.<kind>`` (tag ``positive``): ``ft_all``,
 #: ``ft_head``, ``prune`` (30 / 60 / 90 %), ``extract_p``, ``extract_px`` (other architecture),

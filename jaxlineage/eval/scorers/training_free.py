@@ -10,7 +10,7 @@ Every scorer follows :class:`~jaxlineage.eval.core.Scorer`:
   the training queries only. :func:`learning_free` makes the paper's table
   (every metric x mode); :meth:`LearningFree.score_grids` scores any number of
   them in one :func:`jaxlineage.lineage.score_matrices` pass.
-* Baselines (DESIGN.md section 9; QuRD, AAAI'25, found such baselines match
+* Baselines (QuRD, AAAI'25, found such baselines match
   published fingerprints):
 
   - :class:`WeightL2`: :math:`-\sqrt{\tfrac1D \sum_i (\theta_{c_k,i} - \theta_{q_m,i})^2}`;
