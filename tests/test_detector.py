@@ -252,6 +252,7 @@ def test_training_loop_is_one_jitted_function_without_host_transfers(examples):
     assert np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow  # over 6 s on 2 cores: the fast tier stays under 3 min
 def test_deterministic_given_the_seed(examples):
     train_ex, held_ex = _split(examples)
     kw = dict(module=detector.LineageDetector(embed_dim=8), epochs=2)

@@ -178,6 +178,7 @@ def test_deterministic_given_spec(tmp_path):
         jax.tree.map(np.testing.assert_array_equal, a.load(r.id), b.load(r.id))
 
 
+@pytest.mark.slow  # over 6 s on 2 cores: the fast tier stays under 3 min
 def test_workdir_of_another_spec_is_refused(tmp_path):
     zoo.build(MICRO, tmp_path, progress=False)
     other = dataclasses.replace(MICRO, seed=1)
