@@ -61,21 +61,16 @@ SLOW_CASES = frozenset(
 
 
 #: Scheduling on two xdist workers (``--dist loadgroup``): a test file is one unit (its module fixtures are
-#: built once), except these files, whose tests are end-to-end runs of minutes each and go one by one.
-ONE_BY_ONE = frozenset({"tests/test_presets.py"})
-#: The files of the longest units, handed out first so that the short ones fill the tail.
-LONGEST_FIRST = (
-    "tests/test_bench.py",
-    "tests/test_presets.py",
-    "tests/test_benchmark_helpers.py",
-    "tests/test_lm.py",
-    "tests/test_fastpath.py",
-    "tests/test_notebooks.py",
-    "tests/test_eval.py",
-    "tests/test_detector.py",
-    "tests/test_verify.py",
-    "tests/test_eval_methods.py",
-    "tests/test_mgmp.py",
+#: built once). xdist hands out the units with the most tests first, so the few long end-to-end runs of these
+#: files would come last and leave one worker alone at the end: they form one unit of ~30 tests (~14 min of
+#: one worker), handed out first, while the other worker takes the rest.
+END_TO_END = frozenset(
+    {
+        "tests/test_bench.py",
+        "tests/test_presets.py",
+        "tests/test_notebooks.py",
+        "tests/test_benchmark_helpers.py",
+    }
 )
 
 
@@ -85,6 +80,4 @@ def pytest_collection_modifyitems(config, items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.nodeid in SLOW_CASES:
             item.add_marker(pytest.mark.slow)
         path = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(item.nodeid if path in ONE_BY_ONE else path))
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+        item.add_marker(pytest.mark.xdist_group("end-to-end" if path in END_TO_END else path))
