@@ -90,6 +90,20 @@ def _fn(pop: Population, tap: str | None) -> Callable:
     return pop.logits_fn if tap is None else pop.feature_fn(tap)
 
 
+def _checked_fn(pop: Population, tap: str | None, x: Any, who: str, role: str, what: str) -> Callable:
+    """``pop``'s function at ``tap`` (logits when None), after checking the tap exists, the weights are finite and
+    the function applies to ``x``; errors name the scorer ``who``, the model's ``role`` and ``what`` is checked."""
+    if tap is not None and tap not in pop.feature_fns:
+        raise ScorerError(
+            f"{who}: {role} {pop.ids[0]!r} ({pop.arch}) has no feature tap {tap!r};"
+            f" valid taps: {tuple(pop.feature_fns)}"
+        )
+    check_finite(who, ModelSet((pop,)))
+    fn = _fn(pop, tap)
+    _check_applies(pop, fn, x, who, what)
+    return fn
+
+
 def _probe(probe: Any, who: str) -> np.ndarray:
     x = np.asarray(probe)
     if x.ndim < 2 or x.shape[0] == 0:
@@ -615,14 +629,7 @@ class ModelDNAScorer(Scorer):
         """``[M, N, C]`` fragment outputs of every model (names the model whose outputs do not fit)."""
         outs, first = [], None
         for pop in models.populations:
-            if self.tap is not None and self.tap not in pop.feature_fns:
-                raise ScorerError(
-                    f"{self.name}: {what} {pop.ids[0]!r} ({pop.arch}) has no feature tap {self.tap!r};"
-                    f" valid taps: {tuple(pop.feature_fns)}"
-                )
-            check_finite(self.name, ModelSet((pop,)))
-            fn = _fn(pop, self.tap)
-            _check_applies(pop, fn, x, self.name, "the fragment function")
+            fn = _checked_fn(pop, self.tap, x, self.name, what, "the fragment function")
             o = _outputs(pop, fn, x)
             o = o.reshape(o.shape[0], o.shape[1], -1)
             if outs and o.shape[2:] != outs[0].shape[2:]:
@@ -846,14 +853,7 @@ class ModelGiFScorer(Scorer):
         target = self.scalar_output
         sides = []
         for pop, what in ((candidates, "candidate"), (queries, "query")):
-            if self.tap is not None and self.tap not in pop.feature_fns:
-                raise ScorerError(
-                    f"{self.name}: {what} {pop.ids[0]!r} ({pop.arch}) has no feature tap {self.tap!r};"
-                    f" valid taps: {tuple(pop.feature_fns)}"
-                )
-            check_finite(self.name, ModelSet((pop,)))
-            fn = _fn(pop, self.tap)
-            _check_applies(pop, fn, x_ref, self.name, "the field's function")
+            fn = _checked_fn(pop, self.tap, x_ref, self.name, what, "the field's function")
             sides.append(dataclasses.replace(pop, logits_fn=fn, feature_fns={}, default_tap=None))
         use_labels = target is modelgif_lib.Target.LABEL
         if use_labels and y_ref is None:
