@@ -49,12 +49,54 @@ def _bonferroni(stack: np.ndarray) -> np.ndarray:
     return np.where(m > 0, np.minimum(1.0, m * smallest), np.nan)
 
 
-def power(args) -> None:
+def _strata(trained, other: list, x, y, arch: str, task: str, init_fn, args) -> dict:
+    """The trained references and two attacked strata made from the first ``args.strata`` of them
+    (:func:`jaxlineage.references.derive` with the provenance zoo's recipes): pruned to 60 % with one
+    epoch of repair, and students distilled from them at T = 20 (the extract-P recipe). With ``other``
+    (``--cross-distill``: the other architecture's references on the task), a third stratum: students of
+    this architecture distilled from those teachers (the extract-P-other-architecture recipe)."""
+    first = trained.take(list(range(min(args.strata, len(trained)))))
+    work = pathlib.Path(args.workdir) / "references"
     t0 = time.time()
-    z = zoo.build(zoo.PROVENANCE_QUICK, pathlib.Path(args.workdir) / "provenance")
-    scen = scenarios.provenance(z, probe_size=args.probe)
-    masks = provenance.attack_masks(scen)
-    build_s = time.time() - t0
+    pruned = references.derive(first, "prune", x, y, workdir=work, id_prefix=f"pruned-{arch}-{task}-")
+    distilled = references.derive(
+        first,
+        "distill",
+        x,
+        epochs=SOURCE_RECIPE[arch]["epochs"],
+        init_fn=init_fn,
+        workdir=work,
+        id_prefix=f"distilled-{arch}-{task}-",
+    )
+    log.info(
+        "strata for %s on %s: %d pruned, %d distilled (%.0fs)", arch, task, len(first), len(first), time.time() - t0
+    )
+    out = {"trained": trained, "pruned": pruned, "distilled": distilled}
+    for teachers in other:
+        out[f"distilled from {teachers.arch}"] = references.derive(
+            teachers.take(list(range(min(args.strata, len(teachers))))),
+            "distill",
+            x,
+            epochs=SOURCE_RECIPE[arch]["epochs"],
+            student=trained,
+            init_fn=init_fn,
+            workdir=work,
+            id_prefix=f"distilled-{arch}-from-{teachers.arch}-{task}-",
+        )
+    return out
+
+
+def _zoo(args):
+    """The provenance zoo named by ``--spec`` (built or reused under the workdir)."""
+    if args.spec not in zoo.SPECS:
+        raise SystemExit(f"--spec: unknown zoo {args.spec!r}; known: {sorted(zoo.SPECS)}")
+    spec = zoo.SPECS[args.spec]
+    z = zoo.build(spec, pathlib.Path(args.workdir) / ("provenance" if spec is zoo.PROVENANCE_QUICK else spec.name))
+    return spec, z
+
+
+def _references(z, scen, args) -> tuple[dict, dict]:
+    """The suspects grouped by (architecture, task), and each group's references (or strata of them)."""
     # References per (architecture, task) of the suspects, trained like the sources on that task.
     groups: dict[tuple, list] = {}
     for pop in scen.queries.populations:
@@ -80,6 +122,24 @@ def power(args) -> None:
             **SOURCE_RECIPE[arch],
         )
         log.info("references for %s on %s: %d (%.0fs)", arch, task, args.references, time.time() - t1)
+    if args.strata:
+        trained = dict(refs_by_group)
+        for (arch, task), members in groups.items():
+            other = [r for (a, t), r in trained.items() if t == task and a != arch] if args.cross_distill else []
+            x, y = z.task_data(task, "train")
+            init_fn = z.network_for(members[0][1]).init
+            refs_by_group[(arch, task)] = _strata(trained[(arch, task)], other, x, y, arch, task, init_fn, args)
+    return groups, refs_by_group
+
+
+def power(args) -> None:
+    t0 = time.time()
+    spec, z = _zoo(args)
+    scen = scenarios.provenance(z, probe_size=args.probe)
+    masks = provenance.attack_masks(scen)
+    build_s = time.time() - t0
+    t1 = time.time()
+    groups, refs_by_group = _references(z, scen, args)
     refs_s = time.time() - t1
     # One verify per group of suspects, with that group's references.
     p = np.full(scen.related.shape, np.nan)
@@ -152,7 +212,7 @@ def power(args) -> None:
     record = {
         "benchmark": "verify_power",
         "settings": vars(args),
-        "zoo": "provenance_quick",
+        "zoo": spec.name,
         "build_s": build_s,
         "references_s": refs_s,
         "verify_s": verify_s,
@@ -225,6 +285,15 @@ def main() -> None:
     ap.add_argument("--workdir", default="verify_power_work")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--references", type=int, default=39, help="references per (architecture, task)")
+    ap.add_argument(
+        "--strata", type=int, default=0, help="also pruned and distilled strata of this many references (0: none)"
+    )
+    ap.add_argument(
+        "--cross-distill",
+        action="store_true",
+        help="with --strata: also students of the other architecture's references",
+    )
+    ap.add_argument("--spec", default="provenance_quick", help="the provenance zoo (provenance_quick or provenance)")
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--probe", type=int, default=256)
     ap.add_argument("--alpha", type=float, default=0.05)

@@ -28,7 +28,7 @@ import numpy as np
 from jaxlineage.errors import JaxlineageError
 from jaxlineage.models import Models, signature_of
 
-__all__ = ["ReferenceError", "train"]
+__all__ = ["DERIVATIONS", "ReferenceError", "derive", "train"]
 
 log = logging.getLogger("jaxlineage.references")
 
@@ -52,15 +52,59 @@ class _ApplyNetwork:
         return self.apply_fn(variables["params"] if self.wrapped else variables, x)
 
 
+def _sequential(like: Models, sequential: bool | None) -> bool:
+    if sequential is None:
+        return jax.default_backend() == "cpu" and any(len(shape) == 4 for _, shape, _ in like.signature)
+    return bool(sequential)
+
+
 def _init_fn(like: Models, example: Any) -> Callable[[jax.Array], Any]:
     module = getattr(like.logits_fn, "module", None)
     if module is None:
         raise ReferenceError(
-            f"references.train: models {like.ids[0]!r}... were not built from a linen module;"
-            " pass init_fn=(key -> params)"
+            f"references: models {like.ids[0]!r}... were not built from a linen module; pass init_fn=(key -> params)"
         )
     kwargs = dict(getattr(like.logits_fn, "kwargs", ()))
     return lambda key: module.init(key, example, **{k: v for k, v in kwargs.items() if k != "train"})
+
+
+def _cache_root(workdir, name: str, settings: dict, *arrays) -> pathlib.Path | None:
+    """``workdir/<name>-<hash of settings and data>`` with its ``settings.json`` (None without a workdir)."""
+    from jaxlineage.zoo import storage  # noqa: PLC0415
+
+    if workdir is None:
+        return None
+    tag = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    tag += hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()[:8]
+    root = pathlib.Path(workdir) / f"{name}-{tag}"
+    root.mkdir(parents=True, exist_ok=True)
+    storage.write_json(root / "settings.json", json.loads(json.dumps(settings, default=str)))
+    return root
+
+
+def _cached_chunks(root: pathlib.Path | None, n: int, chunk: int, build: Callable, what: str) -> Any:
+    """``build(indices) -> stacked params`` chunk by chunk; each chunk saved atomically and reloaded when present."""
+    from jaxlineage.zoo import storage  # noqa: PLC0415
+
+    chunks, t0, done = [], time.time(), 0
+    for start in range(0, n, chunk):
+        idx = list(range(start, min(n, start + chunk)))
+        path = root / f"chunk-{start:05d}" if root is not None else None
+        if path is not None and path.is_dir():
+            try:
+                chunks.append(storage.load_params(path))
+                done += len(idx)
+                continue
+            except JaxlineageError as e:
+                raise ReferenceError(f"references: cached chunk {path} is unreadable ({e}); delete it") from e
+        out = build(idx)
+        if path is not None:
+            storage.save_params(path, out)
+        chunks.append(out)
+        done += len(idx)
+        eta = (time.time() - t0) / max(done, 1) * (n - done)
+        log.info("%s: %d / %d models made (%.0fs, ETA %.0fs)", what, done, n, time.time() - t0, eta)
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *chunks)
 
 
 def train(
@@ -107,7 +151,7 @@ def train(
       ReferenceError: ``n < 1``, labels that do not match ``x``, an ``init_fn`` whose trees differ from
         ``like``'s (names the first differing leaf), a corrupt cache.
     """
-    from jaxlineage.zoo import storage, training  # noqa: PLC0415 (the trainer is loaded only when training)
+    from jaxlineage.zoo import training  # noqa: PLC0415 (the trainer is loaded only when training)
 
     if n < 1 or chunk < 1:
         raise ReferenceError(f"references.train: n and chunk must be >= 1; got n={n}, chunk={chunk}")
@@ -125,34 +169,16 @@ def train(
         raise ReferenceError(f"references.train: init_fn's tree differs from the models': {diff[0]} vs {diff[1]}")
     wrapped = not (isinstance(fresh, dict) and "params" in fresh)
     net = _ApplyNetwork(like.logits_fn, wrapped)
-    if sequential is None:
-        sequential = jax.default_backend() == "cpu" and any(len(shape) == 4 for _, shape, _ in like.signature)
+    sequential = _sequential(like, sequential)
     settings = {"n": n, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "signature": like.signature}
-    tag = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    tag += hashlib.sha1(np.ascontiguousarray(x).tobytes() + y.tobytes()).hexdigest()[:8]
-    root = pathlib.Path(workdir) / f"references-{tag}" if workdir is not None else None
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-        storage.write_json(
-            root / "settings.json", {**settings, "signature": [list(map(str, s)) for s in like.signature]}
-        )
-    chunks, t0, done = [], time.time(), 0
-    for start in range(0, n, chunk):
-        idx = list(range(start, min(n, start + chunk)))
-        path = root / f"chunk-{start:05d}" if root is not None else None
-        if path is not None and path.is_dir():
-            try:
-                chunks.append(storage.load_params(path))
-                done += len(idx)
-                continue
-            except JaxlineageError as e:
-                raise ReferenceError(f"references.train: cached chunk {path} is unreadable ({e}); delete it") from e
+    root = _cache_root(workdir, "references", settings, x, y)
+
+    def build(idx):
         inits = [init_fn(jax.random.fold_in(jax.random.key(seed), i)) for i in idx]
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *inits)
-        variables = {"params": stacked} if wrapped else stacked
         trained = training.train_population(
             net,
-            variables,
+            {"params": stacked} if wrapped else stacked,
             x,
             y,
             lrs=[lr] * len(idx),
@@ -161,17 +187,173 @@ def train(
             epochs=epochs,
             sequential=sequential,
         )
-        trained = trained["params"] if wrapped else trained
-        if path is not None:
-            storage.save_params(path, trained)
-        chunks.append(trained)
-        done += len(idx)
-        eta = (time.time() - t0) / max(done, 1) * (n - done)
-        log.info("references: %d / %d models trained (%.0fs, ETA %.0fs)", done, n, time.time() - t0, eta)
-    params = jax.tree.map(lambda *a: jnp.concatenate(a), *chunks)
+        return trained["params"] if wrapped else trained
+
+    params = _cached_chunks(root, n, chunk, build, "references")
     return dataclasses.replace(
         like,
         ids=tuple(f"{id_prefix}{i}" for i in range(n)),
         params=params,
         info={f"{id_prefix}{i}": {"kind": "reference", "seed": seed, "index": i} for i in range(n)},
+    )
+
+
+#: The kinds :func:`derive` makes, with their defaults (the provenance zoo's recipes, after SAC's).
+DERIVATIONS = {
+    "prune": dict(sparsity=0.6, epochs=1, lr=1e-3),
+    "distill": dict(temperature=20.0, alpha=0.9, epochs=5, lr=1e-2),
+}
+
+
+def derive(
+    refs: Models,
+    kind: str,
+    x: Any,
+    y: Any = None,
+    *,
+    sparsity: float | None = None,
+    temperature: float | None = None,
+    alpha: float | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int = 64,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    student: Models | None = None,
+    init_fn: Callable[[jax.Array], Any] | None = None,
+    seed: int = 0,
+    workdir: str | pathlib.Path | None = None,
+    chunk: int = 33,
+    id_prefix: str | None = None,
+    sequential: bool | None = None,
+) -> Models:
+    """Attacked copies of reference models: a stratum of references for unrelated suspects that were attacked.
+
+    An independent model that was pruned, or distilled from an independent teacher, is unrelated to
+    your source but is not exchangeable with references trained from scratch (its outputs are softer),
+    and the reference tests reject it too often. Give :func:`jaxlineage.verify` the attacked copies as
+    their own stratum: ``references={"trained": refs, "pruned": derive(refs, "prune", x, y), ...}``.
+
+    Kinds (the recipes of the provenance zoo, after SAC; SGD with ``momentum`` and ``weight_decay``):
+
+    * ``"prune"``: each reference's kernels magnitude-pruned (globally, the layer named ``head`` kept
+      dense) to ``sparsity`` (default 0.6), then ``epochs`` (default 1) of repair on ``(x, y)`` at
+      ``lr`` (default 1e-3) with the pruned weights held at 0 (``epochs=0``: one-shot).
+    * ``"distill"``: one student per reference, a fresh model of the same architecture (``init_fn``)
+      trained on its teacher's outputs on ``x``: ``alpha * T^2 KL(teacher_T || student_T) + (1 - alpha)
+      CE(teacher's argmax)`` at ``temperature`` T (defaults 20 and 0.9), ``epochs`` (5) at ``lr`` (1e-2).
+      ``y`` is not used. ``student``: models of the students' architecture when it is not the teachers'
+      (a suspect distilled from a teacher of another architecture carries that architecture's function:
+      its stratum needs teachers of that architecture); ``init_fn`` makes one fresh student.
+
+    Cached under ``workdir`` like :func:`train` (chunks saved atomically; an interrupted run resumes).
+
+    Returns:
+      :class:`~jaxlineage.models.Models` with ids ``f"{id_prefix}{i}"`` (default ``"<kind>-<ref id>"``-like
+      prefix ``f"{kind}-"``), one per reference, and ``info[id]["derived_from"]`` naming it.
+
+    Raises:
+      ReferenceError: an unknown kind, a setting out of range, ``"prune"`` without labels.
+    """
+    from jaxlineage.zoo import ops, training  # noqa: PLC0415 (the trainer is loaded only when training)
+
+    if kind not in DERIVATIONS:
+        raise ReferenceError(f"references.derive: unknown kind {kind!r}; choose from {sorted(DERIVATIONS)}")
+    given = dict(sparsity=sparsity, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr)
+    unused = sorted(k for k, v in given.items() if v is not None and k not in DERIVATIONS[kind])
+    if unused:
+        raise ReferenceError(f"references.derive: {kind!r} takes no {', '.join(unused)}")
+    hp = {k: (given[k] if given[k] is not None else v) for k, v in DERIVATIONS[kind].items()}
+    if kind == "prune" and not 0 <= hp["sparsity"] <= 1:
+        raise ReferenceError(f"references.derive: sparsity must be in [0, 1]; got {hp['sparsity']}")
+    if kind == "distill" and (hp["temperature"] <= 0 or not 0 <= hp["alpha"] <= 1):
+        raise ReferenceError(f"references.derive: need temperature > 0 and alpha in [0, 1]; got {hp}")
+    if hp["epochs"] < 0 or (kind == "distill" and hp["epochs"] < 1) or chunk < 1:
+        raise ReferenceError(f"references.derive: epochs {hp['epochs']} / chunk {chunk} out of range")
+    x = np.asarray(x)
+    if kind == "prune" and hp["epochs"] > 0:
+        if y is None:
+            raise ReferenceError("references.derive: 'prune' repairs on labelled data; pass y (or epochs=0)")
+        y = np.asarray(y).astype(np.int32)
+        if y.shape != (len(x),):
+            raise ReferenceError(f"references.derive: labels of shape {y.shape} for {len(x)} inputs")
+    n = len(refs)
+    wrapped = not (isinstance(refs.one(0), dict) and "params" in refs.one(0))
+    net, seq = _ApplyNetwork(refs.logits_fn, wrapped), _sequential(refs, sequential)
+    optimizer = training.OptimizerConfig(training.Optimizer.SGD, momentum, weight_decay)
+    if student is not None and kind != "distill":
+        raise ReferenceError(f"references.derive: student= is for 'distill', not {kind!r}")
+    student = refs if student is None else student
+    if kind == "distill":
+        init_fn = init_fn or _init_fn(student, jnp.asarray(x[:1]))
+        if signature_of(init_fn(jax.random.key(seed)), stacked=False) != student.signature:
+            raise ReferenceError("references.derive: init_fn's tree differs from the students' models")
+    s_wrapped = not (isinstance(student.one(0), dict) and "params" in student.one(0))
+    s_net, s_seq = _ApplyNetwork(student.logits_fn, s_wrapped), _sequential(student, sequential)
+    prefix = f"{kind}-" if id_prefix is None else id_prefix
+    settings = {
+        "kind": kind,
+        **hp,
+        "batch_size": batch_size,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "ids": list(refs.ids),
+        "signature": refs.signature,
+        **({} if student is refs else {"student": student.signature}),
+    }
+    root = _cache_root(workdir, f"derived-{kind}", settings, x, *(() if y is None else (y,)))
+    bs = min(batch_size, len(x))
+
+    def build(idx):
+        teachers = jax.tree.map(lambda a: a[np.asarray(idx)], refs.params)
+        variables = {"params": teachers} if wrapped else teachers
+        seeds = [seed * 100003 + i for i in idx]
+        if kind == "prune":
+            pruned, mask = ops._prune_population_fn(ops.PruneScope.GLOBAL, False)(
+                variables, jnp.full((len(idx),), hp["sparsity"], jnp.float32)
+            )
+            out = pruned
+            if hp["epochs"] > 0:
+                out = training.train_population(
+                    net,
+                    pruned,
+                    x,
+                    y,
+                    lrs=[hp["lr"]] * len(idx),
+                    seeds=seeds,
+                    batch_size=bs,
+                    epochs=hp["epochs"],
+                    optimizer=optimizer,
+                    update_mask=mask,
+                    sequential=seq,
+                )
+        else:
+            logits = training.population_logits(net, variables, x, sequential=seq)  # [P, N, C]
+            soft = np.asarray(jax.nn.softmax(jnp.asarray(logits) / hp["temperature"], axis=-1))
+            inits = [init_fn(jax.random.fold_in(jax.random.key(seed + 1_000_003), i)) for i in idx]
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *inits)
+            out = training.train_population(
+                s_net,
+                {"params": stacked} if s_wrapped else stacked,
+                x,
+                logits.argmax(-1).astype(np.int32),
+                lrs=[hp["lr"]] * len(idx),
+                seeds=seeds,
+                batch_size=bs,
+                epochs=hp["epochs"],
+                optimizer=optimizer,
+                distillation=training.Distillation(soft, hp["temperature"], hp["alpha"]),
+                sequential=s_seq,
+            )
+            return out["params"] if s_wrapped else out
+        return out["params"] if wrapped else out
+
+    params = _cached_chunks(root, n, chunk, build, f"derived references ({kind})")
+    ids = tuple(f"{prefix}{i}" for i in refs.ids)
+    return dataclasses.replace(
+        student,
+        ids=ids,
+        params=params,
+        info={d: {"kind": f"reference-{kind}", "derived_from": r, **hp} for d, r in zip(ids, refs.ids)},
     )

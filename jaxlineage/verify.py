@@ -44,6 +44,14 @@ hypothesis and a p-value valid under it:
   :math:`1 / (n + 1)` whatever the number of tests (combining the tests' own conformal p-values
   would multiply that floor by up to the number of tests). Each test's own p-value is reported.
 
+* **Strata of references**: an unrelated suspect that was itself attacked (an independent model
+  pruned, or distilled from another teacher) is not exchangeable with references trained from
+  scratch: softer outputs look closer to *any* source, and such suspects were rejected more often
+  than ``alpha`` (``benchmarks/RESULTS.md``). Given ``references={"trained": ..., "pruned": ...,
+  "distilled": ...}`` (:func:`jaxlineage.references.derive` makes the attacked strata), every
+  reference test and the pooled test run against each stratum and keep the largest p-value, valid
+  under the union of the strata's nulls (the suspect is exchangeable with *some* stratum).
+
 * Combination of ``weight-perm`` and ``references``: the Cauchy combination test (Liu & Xie, JASA
   2020), :math:`T = \sum_i w_i \tan((1/2 - p_i)\pi)`, :math:`p = 1/2 - \arctan(T / \sum_i w_i)/\pi`,
   equal weights; valid under arbitrary dependence between the tests in the tail (small ``alpha``).
@@ -83,7 +91,7 @@ import logging
 import sys
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -416,20 +424,41 @@ def _reference_scores(test: ReferenceTest, src: Models, sus: Models, refs: Model
     return _Scores(test, stat=scores[:, : len(sus)], ref=ref)
 
 
-def _null(sc: _Scores, k: int, sid: str, qid: str) -> dict[str, float]:
-    """The finite reference statistics of source ``k``, leaving out the source and the suspect themselves."""
-    return {r: v for r, v in sc.ref[k].items() if r not in (sid, qid) and np.isfinite(v)}
+def _null(sc: _Scores, k: int, sid: str, qid: str, ids: frozenset[str] | None = None) -> dict[str, float]:
+    """Source ``k``'s finite reference statistics (of stratum ``ids``), without the source and the suspect."""
+    return {r: v for r, v in sc.ref[k].items() if r not in (sid, qid) and np.isfinite(v) and (ids is None or r in ids)}
 
 
-def _test_evidence(sc: _Scores, k: int, m: int, sid: str, qid: str, alpha: float) -> Evidence:
-    """One reference test's own conformal p-value for a pair (reported; it enters the verdict through the pool)."""
-    ev = lambda s, p, note: Evidence(sc.test.name, s, p, sc.test.null, sc.test.sensitive_to, note, REFERENCES)  # noqa: E731
+def _worst_stratum(per_stratum: dict[str, tuple[float, float, int]], alpha: float) -> tuple[float, float, str]:
+    """``(statistic, p, note)`` of the stratum with the largest p-value (the union null's valid p-value)."""
+    if not per_stratum:
+        return np.nan, np.nan, ""
+    name = max(per_stratum, key=lambda n: per_stratum[n][1])
+    stat, p, n = per_stratum[name]
+    notes = [_floor_note(n, alpha)] if _floor_note(n, alpha) else []
+    if len(per_stratum) > 1:
+        notes.append("strata: " + ", ".join(f"{k} p={v[1]:.3g}" for k, v in per_stratum.items()))
+    return stat, p, "; ".join(notes)
+
+
+def _test_evidence(sc: _Scores, k: int, m: int, sid: str, qid: str, alpha: float, strata: _Strata) -> Evidence:
+    """One reference test's own conformal p-value for a pair (reported; it enters the verdict through the pool).
+
+    With several strata of references, the largest of the per-stratum p-values."""
+    ev = lambda s, p, note: Evidence(sc.test.name, s, p, strata.null, sc.test.sensitive_to, note, REFERENCES)  # noqa: E731
     if sc.note:
         return ev(np.nan, np.nan, sc.note)
-    stat, null = sc.stat[k, m], np.array(list(_null(sc, k, sid, qid).values()))
-    if not np.isfinite(stat) or null.size == 0:
+    stat = sc.stat[k, m]
+    if not np.isfinite(stat):
         return ev(np.nan, np.nan, "not readable for this pair")
-    return ev(float(stat), _conformal(stat, null), _floor_note(null.size, alpha))
+    per = {}
+    for name, ids in strata.ids.items():
+        null = np.array(list(_null(sc, k, sid, qid, ids).values()))
+        if null.size:
+            per[name] = (float(stat), _conformal(stat, null), null.size)
+    if not per:
+        return ev(np.nan, np.nan, "not readable for this pair")
+    return ev(*_worst_stratum(per, alpha))
 
 
 def _floor_note(n: int, alpha: float) -> str:
@@ -470,24 +499,67 @@ def pooled_conformal(statistics: np.ndarray) -> tuple[float, float]:
     return float(c[0]), float(np.sum(c >= c[0] - 1e-12 * max(1.0, abs(c[0]))) / n1)
 
 
-def _pooled_evidence(scores: list[_Scores], k: int, m: int, sid: str, qid: str, alpha: float) -> Evidence:
-    """The pooled reference test over every reference test that reads this pair (see :func:`pooled_conformal`)."""
+def _pooled_evidence(
+    scores: list[_Scores], k: int, m: int, sid: str, qid: str, alpha: float, strata: _Strata
+) -> Evidence:
+    """The pooled reference test over every reference test that reads this pair (see :func:`pooled_conformal`).
+
+    With several strata of references: the pooled test against each stratum, and the largest p-value."""
     live = [sc for sc in scores if not sc.note and np.isfinite(sc.stat[k, m])]
     names = ", ".join(sc.test.name for sc in live)
     sens = "everything its tests detect (" + names + ")"
     if not live:
         why = "; ".join(sorted({sc.note or "not readable for this pair" for sc in scores})) or "no reference test"
-        return Evidence(REFERENCES, np.nan, np.nan, ReferenceTest.null, sens, why)
-    nulls = [_null(sc, k, sid, qid) for sc in live]
-    common = sorted(set.intersection(*(set(n) for n in nulls)))
-    if not common:
-        return Evidence(REFERENCES, np.nan, np.nan, ReferenceTest.null, sens, "no reference readable by every test")
-    table = np.array([[sc.stat[k, m] for sc in live]] + [[n[r] for n in nulls] for r in common])
-    stat, p = pooled_conformal(table)
-    return Evidence(REFERENCES, stat, p, ReferenceTest.null, sens, _floor_note(len(common), alpha))
+        return Evidence(REFERENCES, np.nan, np.nan, strata.null, sens, why)
+    per = {}
+    for name, ids in strata.ids.items():
+        nulls = [_null(sc, k, sid, qid, ids) for sc in live]
+        common = sorted(set.intersection(*(set(n) for n in nulls)))
+        if common:
+            table = np.array([[sc.stat[k, m] for sc in live]] + [[n[r] for n in nulls] for r in common])
+            per[name] = (*pooled_conformal(table), len(common))
+    if not per:
+        return Evidence(REFERENCES, np.nan, np.nan, strata.null, sens, "no reference readable by every test")
+    return Evidence(REFERENCES, *_worst_stratum(per, alpha)[:2], strata.null, sens, _worst_stratum(per, alpha)[2])
 
 
 # --------------------------------------------------------------------------- verify
+
+
+@dataclasses.dataclass(frozen=True)
+class _Strata:
+    """The reference models as strata: ``ids[name]`` (one stratum when given as one set), their union and the null."""
+
+    ids: dict[str, frozenset[str]]
+    union: ModelSet | None
+    null: str = ReferenceTest.null
+
+
+def _strata(references: Any) -> _Strata:
+    if references is None:
+        return _Strata({}, None)
+    if not isinstance(references, Mapping):
+        refs = _as_set(references, "references")
+        return _Strata({"references": frozenset(refs.ids)}, refs)
+    if not references:
+        raise VerifyError("references: an empty mapping (give None, or strata name -> Models)")
+    ids, pops, seen = {}, [], {}
+    for name, models in references.items():
+        ms = _as_set(models, f"references[{name!r}]")
+        for i in ms.ids:
+            if i in seen:
+                raise VerifyError(
+                    f"references: model id {i!r} is in strata {seen[i]!r} and {name!r}; ids must be unique"
+                )
+            seen[i] = name
+        ids[str(name)] = frozenset(ms.ids)
+        pops += ms.populations
+    names = ", ".join(ids)
+    null = (
+        f"the suspect is exchangeable with the references of at least one stratum ({names}): an independent model,"
+        " made like the models of that stratum"
+    )
+    return _Strata(ids, ModelSet(tuple(pops)), null)
 
 
 def _as_set(models: Any, what: str) -> ModelSet:
@@ -526,7 +598,11 @@ def verify(
       references: independent models of the suspects' task and architecture (:class:`Models`), for the
         reference tests; ``None`` runs the exact weight test alone. :func:`jaxlineage.references.train`
         builds them. With ``n`` of them the smallest reference p-value is ``1 / (n + 1)``: 99 reach
-        ``alpha = 0.01``.
+        ``alpha = 0.01``. Or **strata**, a mapping ``name -> models`` (e.g. ``{"trained": refs,
+        "pruned": references.derive(refs, "prune", ...), "distilled": ...}``): each reference test
+        and the pooled test then run against every stratum and report the largest p-value, valid
+        when an unrelated suspect is exchangeable with the models of *some* stratum (an independent
+        model that was itself pruned or distilled, say). Each stratum needs ``n`` models for its own floor.
       alpha: the level of the decisions, in (0, 1).
       key: the permutations' key (default ``jax.random.key(0)``).
       tests: reference tests (default :func:`default_tests`).
@@ -545,7 +621,8 @@ def verify(
     if num_permutations < 1:
         raise VerifyError(f"num_permutations must be >= 1; got {num_permutations}")
     src_set, sus_set = _as_set(sources, "sources"), _as_set(suspects, "suspects")
-    refs = _as_set(references, "references")
+    strata = _strata(references)
+    refs = strata.union
     for what, ms in (("sources", src_set), ("suspects", sus_set), ("references", refs)):
         if ms is not None:
             check_finite(f"verify ({what})", ms, error=VerifyError)
@@ -572,8 +649,8 @@ def verify(
                 for m, qid in enumerate(sus.ids):
                     grid[(sid, qid)] = [
                         weight[k][m],
-                        _pooled_evidence(scores, k, m, sid, qid, alpha),
-                        *(_test_evidence(sc, k, m, sid, qid, alpha) for sc in scores),
+                        _pooled_evidence(scores, k, m, sid, qid, alpha, strata),
+                        *(_test_evidence(sc, k, m, sid, qid, alpha, strata) for sc in scores),
                     ]
     pairs = []
     for sid in src_set.ids:

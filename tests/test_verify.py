@@ -374,3 +374,41 @@ def test_verify_answers_on_a_language_model_defined_in_the_test():
     assert not weight.applies and "spec" in weight.note  # attention is no Dense chain: said, not guessed
     kl = next(e for e in v.pair("base", "copy").evidence if e.test == "output-kl")
     assert kl.pvalue == pytest.approx(1 / 40)
+
+
+# --------------------------------------------------------------------------- strata of references
+
+
+def _cheap_tests():
+    return [
+        verify_lib.ReferenceTest("output-kl", scorers.OutputKL(), "function"),
+        verify_lib.ReferenceTest("output-agreement", scorers.OutputAgreement(), "labels"),
+    ]
+
+
+def test_strata_give_each_test_and_the_pool_its_largest_stratum_pvalue(user_models):
+    """With strata, every reference p-value is the largest of the same test run against each stratum alone."""
+    x, _, a, b, a_ft = user_models
+    init = lambda s: UserMLP().init(jax.random.key(s), x[:1])
+    m = lambda trees, ids: Models.from_linen(UserMLP(), trees, ids=ids)
+    # Two strata unlike each other: untrained models, and noisy copies of the unrelated trained model B.
+    fresh = m([init(200 + i) for i in range(9)], [f"fresh{i}" for i in range(9)])
+    noisy = m(
+        [jax.tree.map(lambda w, n: w + 0.3 * n, b, init(300 + i)) for i in range(9)], [f"nb{i}" for i in range(9)]
+    )
+    src, sus = m([a], ["A"]), m([a_ft, b], ["A'", "B"])
+    run = lambda refs: jl.verify(src, sus, data=x[:64], references=refs, tests=_cheap_tests(), num_permutations=19)
+    both, alone = run({"fresh": fresh, "noisy": noisy}), [run(fresh), run(noisy)]
+    differ = 0
+    for pair in (("A", "A'"), ("A", "B")):
+        for test in ("references", "output-kl", "output-agreement"):
+            ps = [next(e.pvalue for e in v.pair(*pair).evidence if e.test == test) for v in alone]
+            ev = next(e for e in both.pair(*pair).evidence if e.test == test)
+            assert ev.pvalue == pytest.approx(max(ps)), (pair, test, ps)
+            assert "strata: fresh p=" in ev.note and "at least one stratum (fresh, noisy)" in ev.null
+            differ += ps[0] != ps[1]
+    assert differ > 0  # the strata disagree somewhere, so taking the largest is not a no-op here
+    with pytest.raises(VerifyError, match="'fresh0' is in strata 'x' and 'y'"):
+        jl.verify(src, sus, data=x[:16], references={"x": fresh, "y": fresh}, tests=_cheap_tests())
+    with pytest.raises(VerifyError, match="empty mapping"):
+        jl.verify(src, sus, data=x[:16], references={}, tests=_cheap_tests())
