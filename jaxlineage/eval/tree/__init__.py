@@ -24,6 +24,11 @@ direction*. It has three independent parts:
    children are the recovered roots. :func:`recover` does 2 and 3 and returns a
    :class:`~jaxlineage.graph.LineageGraph`.
 
+Merges (a model with two parents): the arborescence keeps one parent; :func:`recover_dag` /
+:func:`second_parents` add a second one when its score passes a conformal p-value test against a
+null of non-edge scores (:func:`forest_null_scores`), keeping a DAG; :func:`dag_accuracy` gives edge
+precision and recall with both parents counted.
+
 Evaluation: :func:`tree_accuracy` (undirected, directed and root accuracy
 against a true graph), :func:`tree_result` (an
 :class:`~jaxlineage.eval.core.Result` for ``Question.RECOVER``) and
@@ -50,8 +55,8 @@ References:
   Permutation Symmetries. ICLR. Alg. 1 (weight matching).
 
 The parts live apart: ``_scores`` (edge scores), ``_recovery`` (edge weights, direction,
-recovery), ``_solver`` (the arborescence), ``_accuracy`` (evaluation) and ``_plot``
-(drawing; matplotlib is imported only when drawing). Weight matching itself is
+recovery), ``_dag`` (second parents and DAG accuracy), ``_solver`` (the arborescence),
+``_accuracy`` (evaluation) and ``_plot`` (drawing; matplotlib is imported only when drawing). Weight matching itself is
 :func:`jaxlineage.matching.weight_matching`.
 """
 
@@ -65,6 +70,14 @@ from jaxlineage.eval.tree._accuracy import (
     tree_result,
 )
 from jaxlineage.eval.tree._common import DEFAULT_STRENGTH, Direction, KurtosisOrder, Solver, TreeError
+from jaxlineage.eval.tree._dag import (
+    DagAccuracy,
+    SecondParents,
+    dag_accuracy,
+    forest_null_scores,
+    recover_dag,
+    second_parents,
+)
 from jaxlineage.eval.tree._plot import tree_plot
 from jaxlineage.eval.tree._recovery import choose_kurtosis_order, edge_weights, recover, recover_parents
 from jaxlineage.eval.tree._scores import (
@@ -80,22 +93,28 @@ from jaxlineage.eval.tree._solver import arborescence_weight, max_arborescence
 __all__ = [
     "DEFAULT_STRENGTH",
     "AlignmentDetails",
+    "DagAccuracy",
     "Direction",
     "KurtosisOrder",
+    "SecondParents",
     "Solver",
     "TreeAccuracy",
     "TreeError",
     "aligned_weight_scores",
     "arborescence_weight",
     "choose_kurtosis_order",
+    "dag_accuracy",
     "direction_accuracy",
     "edge_weights",
+    "forest_null_scores",
     "learning_free_scores",
     "max_arborescence",
     "recover",
+    "recover_dag",
     "recover_parents",
     "restrict_graph",
     "scorer_scores",
+    "second_parents",
     "tree_accuracy",
     "tree_plot",
     "tree_result",
