@@ -198,7 +198,11 @@ def test_second_parent_never_closes_a_cycle():
     np.fill_diagonal(s, np.nan)
     sp = tree.second_parents(s, np.array([-1, 0, 0]), -np.arange(1000.0) / 100, alpha=0.05)
     assert sp.second.tolist() == [-1, -1, 1] and sp.blocked.tolist() == [False, True, False]
-    # A forest descendant is never a candidate.
+    # An edge the weights forbid is never added; a forest descendant is never a candidate.
+    w = s.copy()
+    w[1, 2] = -np.inf
+    sp = tree.second_parents(s, np.array([-1, 0, 0]), -np.arange(1000.0) / 100, weights=w, alpha=0.05)
+    assert sp.second.tolist() == [-1, 2, -1]
     sp = tree.second_parents(s, np.array([-1, 0, 1]), -np.arange(1000.0) / 100, alpha=0.05)
     assert sp.second[1] == -1 and sp.candidate[1] == -1 and np.isnan(sp.pvalues[1])
 
@@ -228,6 +232,8 @@ def test_bad_input_errors_name_the_problem():
         tree.second_parents(s, par, null, family="nodes")
     with pytest.raises(tree.TreeError, match=r"parents\[2\] = 2"):
         tree.second_parents(s, np.array([-1, 0, 2, 1]), null)
+    with pytest.raises(tree.TreeError, match=r"models \[1, 3\] form a cycle"):
+        tree.second_parents(s, np.array([-1, 3, 0, 1]), null)
     with pytest.raises(tree.TreeError, match=r"parents must be \[4\] ints"):
         tree.second_parents(s, par[:3], null)
     with pytest.raises(tree.TreeError, match=r"allowed must be a \[4, 4\] bool"):

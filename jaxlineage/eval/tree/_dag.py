@@ -30,6 +30,7 @@ from jaxlineage.eval.tree._common import (
     _ids,
 )
 from jaxlineage.eval.tree._recovery import choose_kurtosis_order, edge_weights, recover_parents
+from jaxlineage.eval.tree._solver import _find_cycle
 from jaxlineage.graph import LineageGraph
 
 #: How the second-parent tests are corrected: per model, or over the whole graph.
@@ -84,6 +85,9 @@ def _check_parents(parents: Any, p: int) -> np.ndarray:
     if bad.any():
         b = int(np.flatnonzero(bad)[0])
         raise TreeError(f"parents[{b}] = {int(par[b])} is not a model index other than {b} (or -1 for a root)")
+    cycle = _find_cycle(par.astype(int))
+    if cycle is not None:
+        raise TreeError(f"parents is not a forest: models {sorted(int(c) for c in cycle)} form a cycle")
     return par.astype(int)
 
 
@@ -126,7 +130,7 @@ def second_parents(
     r"""Adds at most one second parent per model to a forest when its score passes a conformal p-value test.
 
     For a non-root model ``b`` with forest parent ``parents[b]``, the **candidates** are the models ``a``
-    with a finite score that ``allowed[a, b]`` permits, other than ``b``, its parent and its descendants
+    with a finite score and weight that ``allowed[a, b]`` permits, other than ``b``, its parent and its descendants
     in the forest (a descendant as parent would close a cycle). Each candidate's conformal p-value
     against the ``n0`` null scores :math:`z_i` is
 
@@ -191,7 +195,7 @@ def second_parents(
     for b, a in enumerate(par):
         if a >= 0:
             children[a].append(b)
-    eligible = ok.copy()
+    eligible = ok & np.isfinite(w)  # an edge the weights forbid (-inf) is never added
     for b in range(p):
         if par[b] < 0:
             eligible[:, b] = False
