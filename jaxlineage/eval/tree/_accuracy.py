@@ -75,7 +75,8 @@ class TreeAccuracy:
     * ``reversed``: the fraction of true edges recovered the wrong way round.
 
     A forest has one parent per model, so a true graph with merges (several
-    parents) caps ``directed`` below 1. With no true edge (only roots) the edge
+    parents) caps ``directed`` below 1 (:func:`dag_accuracy` scores a recovered DAG
+    with both parents counted). With no true edge (only roots) the edge
     accuracies are 1 when nothing was recovered either and 0 otherwise.
     """
 

@@ -227,7 +227,8 @@ def recover(
 
     Returns:
       The recovered forest as a :class:`~jaxlineage.graph.LineageGraph` (one
-      parent per non-root model, nodes in ``ids`` order).
+      parent per non-root model, nodes in ``ids`` order; a merged model keeps one of its
+      parents, see :func:`recover_dag` for a second).
 
     Raises:
       TreeError: see :func:`edge_weights` and :func:`max_arborescence`.
