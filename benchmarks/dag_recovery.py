@@ -215,6 +215,7 @@ def main(argv=None):
         args.out,
         {
             "benchmark": "dag_recovery",
+            "variant": z.spec.name,
             "settings": {
                 "spec": z.spec.name,
                 "workdir": workdir,
