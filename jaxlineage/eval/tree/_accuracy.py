@@ -94,12 +94,8 @@ class TreeAccuracy:
         return dataclasses.asdict(self)
 
 
-def tree_accuracy(true: LineageGraph, recovered: LineageGraph) -> TreeAccuracy:
-    """Compares a recovered forest with the true lineage graph (see :class:`TreeAccuracy`).
-
-    Raises:
-      TreeError: the two graphs are not over the same models (the message names one that differs).
-    """
+def same_models(true: LineageGraph, recovered: LineageGraph) -> None:
+    """Raises :class:`TreeError` naming a model that is in one graph only."""
     if set(true.ids) != set(recovered.ids):
         only = min(set(true.ids) ^ set(recovered.ids))
         where = "true" if only in true else "recovered"
@@ -107,6 +103,15 @@ def tree_accuracy(true: LineageGraph, recovered: LineageGraph) -> TreeAccuracy:
             f"the graphs differ in their models: {only!r} is only in the {where} graph;"
             " restrict the truth with restrict_graph(true, ids)"
         )
+
+
+def tree_accuracy(true: LineageGraph, recovered: LineageGraph) -> TreeAccuracy:
+    """Compares a recovered forest with the true lineage graph (see :class:`TreeAccuracy`).
+
+    Raises:
+      TreeError: the two graphs are not over the same models (the message names one that differs).
+    """
+    same_models(true, recovered)
     e_true, e_rec = set(true.edges()), set(recovered.edges())
     u_rec = {frozenset(e) for e in e_rec}
     n = len(e_true)

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxlineage.eval.tree._accuracy import same_models
 from jaxlineage.eval.tree._common import (
     DEFAULT_STRENGTH,
     Direction,
@@ -332,13 +333,7 @@ def dag_accuracy(true: LineageGraph, recovered: LineageGraph) -> DagAccuracy:
     Raises:
       TreeError: the two graphs are not over the same models (the message names one that differs).
     """
-    if set(true.ids) != set(recovered.ids):
-        only = min(set(true.ids) ^ set(recovered.ids))
-        where = "true" if only in true else "recovered"
-        raise TreeError(
-            f"the graphs differ in their models: {only!r} is only in the {where} graph;"
-            " restrict the truth with restrict_graph(true, ids)"
-        )
+    same_models(true, recovered)
     e_true, e_rec = set(true.edges()), set(recovered.edges())
     u_true, u_rec = {frozenset(e) for e in e_true}, {frozenset(e) for e in e_rec}
     hit = len(e_true & e_rec)
