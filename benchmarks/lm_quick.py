@@ -42,8 +42,9 @@ spec's symmetries at once; function-preserving).
 the permutation tests' rejection rates at alpha = 0.01, 0.05, 0.1 with the binomial margin.
 
 Each JSON line: one method's AUC per attack with a 95 % bootstrap interval (1000 resamples of pairs,
-positives and negatives separately) and its mean cost per pair (wall time over all pairs after one
-warm-up pair). Runs in a few minutes on 2 CPU cores.
+positives and negatives separately), the mean scores of the positive and negative pairs, and its mean
+cost per pair (wall time over all pairs after one warm-up pair; Model DNA: fits and scoring over the
+scored pairs). Runs in a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -370,6 +371,7 @@ def _report(args, name, pairs, scores, cost, warmup, rng, extra=None):
         if pos and neg:
             auc, lo, hi = _auc_ci(pos, neg, rng)
             table[g] = {"auc": auc, "ci95": [lo, hi], "n_pos": len(pos), "n_neg": len(neg)}
+            table[g] |= {"mean_pos": float(np.mean(pos)), "mean_neg": float(np.mean(neg))}
         else:
             table[g] = None  # not applicable (e.g. weight methods on a student of another width)
     print(name, " ".join(f"{g}:{'n/a' if v is None else round(v['auc'], 3)}" for g, v in table.items()))
