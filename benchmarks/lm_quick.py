@@ -195,7 +195,8 @@ def model_dna_scores(pairs, order, net_of, load, t, *, generator: str, key=None)
 
     Args:
       pairs: ``(base, query, attack, positive)`` tuples.
-      order: the attacks in table order; they alternate between two folds.
+      order: the attacks in table order; they alternate between two folds. An attack not in ``order`` is
+        fitted by neither fold and scored by the last.
       net_of, load: a model id's network and parameters.
       t: the window length.
       generator: ``"mlp"`` or ``"none"``.
@@ -314,6 +315,11 @@ def main(argv=None):
     ap.add_argument("--spec", default="lm_quick", help="zoo spec (lm_tiny for a smoke run)")
     ap.add_argument("--methods", default="", help="comma-separated subset of the methods (default: all)")
     ap.add_argument("--calibration", type=int, default=0, help="instead: the null calibration over N models")
+    ap.add_argument(
+        "--dna-unseen",
+        default="",
+        help="comma-separated attacks no Model DNA fit sees (a diagnostic; default: none, the two attack folds)",
+    )
     args = ap.parse_args(argv)
     setup_logging()
     if args.calibration:
@@ -353,12 +359,14 @@ def main(argv=None):
         scores = [fn(b, q, params[b], params[q]) for b, q, _, _ in pairs]
         cost = (time.time() - t1) / len(pairs)
         _report(args, name, pairs, scores, cost, t1 - t0, rng)
-    order = list(dict.fromkeys(q.group for q in derived)) + ["perm_all*"]
+    unseen = [a for a in args.dna_unseen.split(",") if a]
+    order = [a for a in list(dict.fromkeys(q.group for q in derived)) + ["perm_all*"] if a not in unseen]
     for name, generator in dna.items():
         t0 = time.time()
         scores, folds = model_dna_scores(pairs, order, net_of, lambda mid: params[mid], x.shape[1], generator=generator)
         cost = (time.time() - t0) / sum(s is not None for s in scores)
         extra = {"dna": DNA, "folds": folds, "cost_includes": "both folds' fits (compilation included) and scoring"}
+        extra |= {"dna_unseen": unseen} if unseen else {}
         _report(args, name, pairs, scores, cost, 0.0, rng, extra)
 
 
