@@ -25,8 +25,8 @@ looking at any figure):
   log-probability of the true next bytes over all positions. Works across widths (the input space is
   the bytes). Each model's field is computed once.
 * ``model_dna`` / ``model_dna_no_generator``: Model DNA (:mod:`jaxlineage.mgmp`, with and without the DNA
-  generator) on next-byte logits (:func:`jaxlineage.mgmp.next_token_outputs`: one fragment per 64-byte
-  context, the centred logits after its last byte). Learned, so fitted on folds as the classifier
+  generator) on next-byte logits (:func:`jaxlineage.mgmp.next_token_outputs`: one fragment per
+  window of the probe length, the centred logits after its last byte). Learned, so fitted on folds as the classifier
   provenance section does (:func:`jaxlineage.eval.provenance.learned_cells`): the attack columns
   alternate between two folds in the zoo's group order (``perm_all*`` last); for each fold and base, a
   generator + classifier is trained on that fold's queries (homologous: derived from the base; non-
@@ -190,7 +190,7 @@ def _dna_windows(t: int) -> tuple[np.ndarray, np.ndarray]:
     return fit.astype(np.float32), score.astype(np.float32)
 
 
-def model_dna_scores(pairs, order, net_of, load, t, *, generator: str, key=None) -> tuple[list, dict]:
+def model_dna_scores(pairs, order, net_of, load, t, *, generator: str, key=None) -> tuple[list, list]:
     """Model DNA's score of every pair, each from the fold that did not fit the pair's attack.
 
     Args:
