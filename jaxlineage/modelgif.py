@@ -45,6 +45,7 @@ __all__ = [
     "gauss_legendre",
     "gradient_field",
     "sample_references",
+    "token_field",
 ]
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -256,6 +257,142 @@ def _population_field(params, x, x0, labels, *, apply_fn, steps, target):
         return jax.vmap(one)(x, x0, labels)
 
     return jax.vmap(one_model)(params)
+
+
+def token_field(
+    logits_fn: ApplyFn,
+    params: Any,
+    tokens: Any,
+    targets: Any = None,
+    *,
+    vocab_size: int,
+    steps: int = 8,
+    baseline: str | jax.Array = "uniform",
+    chunk_size: int | None = None,
+    dtype: Any = jnp.float32,
+    name: str = "model",
+) -> jax.Array:
+    r"""The ModelGiF gradient field of a language model, in token space, at ``N`` reference windows.
+
+    A token sequence is not a continuous input, so the path runs through *soft tokens*: each
+    reference window ``tokens[n]`` ``[T]`` becomes its one-hot ``x_n`` ``[T, V]`` and the model
+    reads a point ``z`` of the path as the expected embedding ``z @ E`` (``E`` its own embedding
+    table; a one-hot row is exactly its token's embedding). The field is then the classifier
+    field of :func:`gradient_field` over the flattened one-hot input ``D = T V``:
+
+    .. math::
+        G_k(x_n) = (x_n - x_0) \odot \sum_{j \le k} w_j\, \nabla_z F_n\big(x_0 + \alpha_j (x_n - x_0)\big),
+        \qquad F_n(z) = \sum_{t \in P_n} \log \mathrm{softmax}\big(f(z)_t\big)[y_{n,t}],
+
+    the summed log-probability of the true next tokens ``y`` (``targets``) over the positions
+    ``P_n``, with ``d F / d z[t, v] = <d F / d h_t, E[v]>`` (gradients through each model's own
+    embedding table). The input space (positions x vocabulary) is the same for every model of a
+    vocabulary, whatever its width and however its embedding table was initialised, so fields of
+    unrelated models can be compared by :func:`distance` (ModelGiF's cosine distance), and every
+    hidden-unit, head or residual-stream permutation leaves the field unchanged. The log-probability
+    ignores the softmax's free additive constant of the logits. ``G_K`` is Integrated Gradients:
+    ``sum_d G_K[d] = F(x) - F(x_0)`` up to the quadrature error (completeness).
+
+    Args:
+        logits_fn: ``logits_fn(params, z [B, T, V] float) -> [B, T, V]`` (e.g.
+            :meth:`jaxlineage.nets_lm.LMNetwork.logits_fn`, which also takes int tokens).
+        params: the model's params pytree.
+        tokens: int reference windows ``[N, T]`` in ``[0, V)``, ``N >= 1``.
+        targets: int next tokens ``[N, T]`` (``targets[n, t]`` follows ``tokens[n, t]``), every
+            position attributed; ``None``: ``tokens[n, t + 1]`` for ``t < T - 1`` (the last position,
+            whose next token lies outside the window, is left out).
+        vocab_size: ``V``.
+        steps: Gauss-Legendre nodes ``K >= 1``.
+        baseline: ``"uniform"`` (default: ``x_0[t] = 1 / V``, no information about any token; the path
+            stays among distributions), ``"zero"`` (no embedding: then only the true tokens' entries of
+            the field are non-zero), or an array ``[T, V]`` / ``[N, T, V]``.
+        chunk_size: reference windows per chunk (``lax.map``), to bound memory; ``None``: all at once.
+        dtype: the one-hot's float dtype (``float64`` needs ``jax_enable_x64``).
+        name: the model's name in error messages.
+
+    Returns:
+        The field ``[N, K, T * V]``.
+
+    Raises:
+        ValueError: naming ``name``: empty or non-integer references, tokens or targets outside
+            ``[0, V)`` or of another shape, a bad baseline, or a model that does not map soft tokens
+            ``[B, T, V]`` to next-token logits ``[B, T, V]`` (not a language model of this vocabulary).
+
+    References:
+        Song et al., "ModelGiF", ICCV 2023 (the field and its cosine distance). Sundararajan et al.,
+        ICML 2017 (Integrated Gradients; completeness).
+    """
+    steps = _check_steps(steps)
+    v = int(vocab_size)
+    tok = np.asarray(tokens)
+    if tok.ndim != 2 or tok.shape[0] == 0 or tok.shape[1] == 0:
+        raise ValueError(f"token_field({name!r}): tokens must be a non-empty batch [N, T]; got shape {tok.shape}")
+    if not np.issubdtype(tok.dtype, np.integer):
+        raise ValueError(f"token_field({name!r}): tokens must be integers; got dtype {tok.dtype}")
+    if tok.min() < 0 or tok.max() >= v:
+        raise ValueError(f"token_field({name!r}): tokens must be in [0, {v}); got [{tok.min()}, {tok.max()}]")
+    n, t = tok.shape
+    if targets is None:
+        tgt = np.concatenate([tok[:, 1:], np.zeros((n, 1), tok.dtype)], axis=1)
+        mask = np.broadcast_to(np.arange(t) < t - 1, (n, t))
+    else:
+        tgt = np.asarray(targets)
+        if tgt.shape != tok.shape or not np.issubdtype(tgt.dtype, np.integer):
+            raise ValueError(
+                f"token_field({name!r}): targets must be integers of the tokens' shape {tok.shape}; "
+                f"got {tgt.dtype} {tgt.shape}"
+            )
+        if tgt.min() < 0 or tgt.max() >= v:
+            raise ValueError(f"token_field({name!r}): targets must be in [0, {v}); got [{tgt.min()}, {tgt.max()}]")
+        mask = np.ones((n, t), bool)
+    x = jax.nn.one_hot(jnp.asarray(tok), v, dtype=dtype)
+    if isinstance(baseline, str):
+        if baseline not in ("uniform", "zero"):
+            raise ValueError(f"token_field({name!r}): baseline must be 'uniform', 'zero' or an array; got {baseline!r}")
+        x0 = jnp.full(x.shape, 1.0 / v if baseline == "uniform" else 0.0, dtype)
+    else:
+        x0 = _check_baseline(baseline, x)
+    try:
+        out = jax.eval_shape(logits_fn, params, x[:1])
+    except Exception as err:  # re-raised naming the model; the cause is chained
+        raise ValueError(
+            f"token_field: model {name!r} cannot take soft tokens [1, {t}, {v}] (is it a language model of "
+            f"vocabulary {v}?): {type(err).__name__}: {err}"
+        ) from err
+    if out.shape != (1, t, v):
+        raise ValueError(
+            f"token_field: model {name!r} maps soft tokens [1, {t}, {v}] to {out.shape}; a language model "
+            f"gives next-token logits [1, {t}, {v}]"
+        )
+    chunk = _resolve_chunk_size(chunk_size, None, bytes_per_reference=1)
+    chunk = None if chunk is None or chunk >= n else chunk
+    return _token_field(
+        params,
+        x,
+        x0,
+        jnp.asarray(tgt, jnp.int32),
+        jnp.asarray(mask, dtype),
+        logits_fn=logits_fn,
+        steps=steps,
+        chunk_size=chunk,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "steps", "chunk_size"))
+def _token_field(params, x, x0, targets, mask, *, logits_fn, steps, chunk_size):
+    def one(args):
+        xn, x0n, yn, mn = args
+
+        def log_likelihood(out):  # out [T, V]: the summed log-probability of the true next tokens
+            logp = jax.nn.log_softmax(out, axis=-1)
+            return jnp.sum(mn * jnp.take_along_axis(logp, yn[:, None], axis=-1)[:, 0])
+
+        return _field_one(logits_fn, log_likelihood, steps, params, xn, x0n, None)
+
+    args = (x, x0, targets, mask)
+    if chunk_size is None:
+        return jax.vmap(lambda *a: one(a))(*args)
+    return jax.lax.map(one, args, batch_size=chunk_size)
 
 
 def feature_sum(features: jax.Array) -> jax.Array:

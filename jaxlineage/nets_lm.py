@@ -5,8 +5,11 @@ embeddings, pre-LayerNorm blocks (causal multi-head attention, then a GELU MLP,
 each added to the residual stream), a final LayerNorm and an untied ``head``
 projecting to the vocabulary. It follows the library's one contract:
 ``network.logits_fn(params, x)`` maps int tokens ``[N, T]`` to logits
-``[N, T, V]``, and ``network.feature_fn(tap)`` gives pure functions returning
-``[N, T * D]`` (the per-position features flattened, as every method expects).
+``[N, T, V]`` (float *soft tokens* ``[N, T, V]``, distributions over the vocabulary, are
+embedded as the expected embedding ``x @ tok_embed``: a one-hot row gives exactly its token's
+embedding; :func:`jaxlineage.modelgif.token_field` differentiates through this path), and
+``network.feature_fn(tap)`` gives pure functions returning ``[N, T * D]``
+(the per-position features flattened, as every method expects).
 
 Taps: ``embed`` (token + position embeddings, the residual stream entering block
 1), ``attn<i>`` (block ``i``'s attention output after its output projection,
@@ -95,7 +98,12 @@ class TransformerLM(nn.Module):
             raise ValueError(f"d_model {self.d_model} is not a multiple of num_heads {self.num_heads}")
         tok = self.param("tok_embed", nn.initializers.normal(0.02), (self.num_classes, self.d_model))
         pos = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_len, self.d_model))
-        h = jnp.take(tok, x, axis=0) + pos[None, : x.shape[1]]
+        if jnp.issubdtype(x.dtype, jnp.floating):  # soft tokens [N, T, V]: the expected embedding
+            if x.ndim != 3 or x.shape[-1] != self.num_classes:
+                raise ValueError(f"soft tokens must be [N, T, {self.num_classes}]; got {x.shape}")
+            h = x @ tok + pos[None, : x.shape[1]]
+        else:
+            h = jnp.take(tok, x, axis=0) + pos[None, : x.shape[1]]
         if tap == "embed":
             return h
         for i in range(1, self.num_layers + 1):

@@ -69,6 +69,7 @@ from jaxlineage.mgmp._fragments import (
     PoolOutputs,
     fragment_cosine,
     model_outputs,
+    next_token_outputs,
     pool_outputs,
     population_outputs,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "fragment_cosine",
     "init",
     "model_outputs",
+    "next_token_outputs",
     "pair_features",
     "pool_outputs",
     "population_outputs",

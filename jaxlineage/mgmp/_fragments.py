@@ -144,6 +144,47 @@ def _pool_outputs_named(pool: Pool, x, *, chunk_size: int = 1024):
     return PoolOutputs(*sides), tuple(all_names)
 
 
+def next_token_outputs(logits_fn: ApplyFn, *, vocab_size: int, name: str = "model") -> ApplyFn:
+    r"""A language model as a Model DNA output function: one fragment per context window.
+
+    For a causal LM ``logits_fn(params, tokens [N, T]) -> [N, T, V]`` the DNA input ``x_i`` is a
+    context window of ``T`` tokens and the model output ``y_i`` is the next-token distribution
+    after it, as centred logits (the logits at the last position minus their mean over the
+    vocabulary; the softmax's free additive constant removed, so ``y_i`` is also the centred
+    log-probabilities):
+
+    .. math:: y_i = \ell_{i,T} - \tfrac1V \textstyle\sum_v \ell_{i,T}[v] \in \mathbb{R}^V
+
+    The returned function takes the DNA inputs as :func:`train` keeps them (float: the token ids
+    cast, as the generator reads them) and casts them back to int before calling ``logits_fn``.
+
+    Args:
+        logits_fn: the LM's pure logits function.
+        vocab_size: ``V``.
+        name: the model's name in error messages.
+
+    Returns:
+        ``fn(params, x [N, T]) -> [N, V]``.
+
+    Raises:
+        MGMPError: (when called) ``logits_fn`` does not give next-token logits ``[N, T, V]``, naming
+        ``name`` (e.g. a classifier).
+    """
+    v = int(vocab_size)
+
+    def fn(params, x):
+        out = logits_fn(params, jnp.round(x).astype(jnp.int32))
+        if out.ndim != 3 or out.shape[:2] != x.shape[:2] or out.shape[2] != v:
+            raise MGMPError(
+                f"model {name!r} is not a language model of vocabulary {v}: on token windows {tuple(x.shape)}"
+                f" it returned {tuple(out.shape)}; next-token outputs need logits [N, T, {v}]"
+            )
+        last = out[:, -1, :]
+        return last - jnp.mean(last, axis=-1, keepdims=True)
+
+    return fn
+
+
 def _check_output(out, x, name):
     if out.ndim != 2 or out.shape[0] != x.shape[0]:
         raise MGMPError(
