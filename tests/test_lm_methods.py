@@ -52,6 +52,7 @@ def _fd_grads(f, zs, h=1e-5):
     return ((vals[:, :d] - vals[:, d:]) / (2 * h)).reshape(zs.shape)
 
 
+@pytest.mark.slow  # 11 s in the full suite on 2 cores (the LM init and its first compilations)
 def test_soft_tokens_at_one_hot_points_equal_the_int_forward():
     net, params = _model()
     x, _ = _tokens()
@@ -62,6 +63,7 @@ def test_soft_tokens_at_one_hot_points_equal_the_int_forward():
         net.logits_fn(params, jnp.ones((1, T, V + 1)))
 
 
+@pytest.mark.slow  # 13 s on 2 cores (float64 compilations)
 def test_token_field_equals_finite_differences_at_the_nodes():
     with jax.enable_x64(True):
         net, params = _model()
@@ -100,6 +102,7 @@ def test_token_field_integral_equals_a_brute_force_riemann_sum_and_is_complete()
         np.testing.assert_allclose(g[0, -1].sum(), f(jnp.asarray(one_hot)) - f(jnp.asarray(x0)), rtol=1e-6)
 
 
+@pytest.mark.slow  # 10 s on 2 cores (the token field's first compilation)
 def test_token_field_default_targets_are_the_shifted_window():
     net, params = _model()
     x, _ = _tokens()

@@ -386,6 +386,7 @@ def _cheap_tests():
     ]
 
 
+@pytest.mark.slow  # about 6 s: three verify runs
 def test_strata_give_each_test_and_the_pool_its_largest_stratum_pvalue(user_models):
     """With strata, every reference p-value is the largest of the same test run against each stratum alone."""
     x, _, a, b, a_ft = user_models
