@@ -4,8 +4,8 @@ Each test shrinks the real preset with ``dataclasses.replace`` (1 epoch, few see
 ``n_train``, tiny method settings) but keeps its code path: the same architecture family, datasets,
 data-loading route (TFDS through ``tfds.testing.mock_data``, which serves ``tfds.data_source``
 without the network), child tasks, sections and method stages. Each runs the zoo build, the method
-stages (every one for ``cnn``; the ones whose code depends on the preset for the others, as each test
-says), the report and the figures, and checks what was written.
+stages whose code depends on the preset (as each test says), the report and the figures, and checks
+what was written. Every stage runs end to end in the tiny bench (``tests/test_bench.py``).
 """
 
 from __future__ import annotations
@@ -143,7 +143,11 @@ def _check(
 
 @pytest.mark.slow
 def test_cnn_preset_end_to_end(tmp_path, monkeypatch):
-    """``cnn``: the ConvNet on the embedded Fashion-MNIST subset (offline), fc1 tap."""
+    """``cnn``: the ConvNet on the embedded Fashion-MNIST subset (offline), fc1 tap.
+
+    The stages that read a conv net's weights or taps (learning-free at ``fc1``, the detector's weight
+    tokens); Model DNA and ModelGiF read only logits and input gradients, and run on the MLP in the tiny
+    bench (each would add 15-20 s to a suite that must stay under 15 minutes on 2 cores)."""
     monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
     p = presets.get("cnn")
     small = _shrink(
@@ -159,8 +163,9 @@ def test_cnn_preset_end_to_end(tmp_path, monkeypatch):
         independents=zoo_lib.Grid(lrs=(1e-3,), batch_sizes=(64,), seeds=(100, 101), epochs=1),
     )
     assert small.zoo.arch == "convnet"
-    res = _run(small, tmp_path)
-    z = _check(res, small, tmp_path, groups={"parent", "child", "independent"}, sources={"embedded"})
+    stages = "learning_free,detector"
+    res = _run(small, tmp_path, methods=stages)
+    z = _check(res, small, tmp_path, methods=stages, groups={"parent", "child", "independent"}, sources={"embedded"})
     assert {r.arch for r in z.records} == {"convnet"}
 
 
