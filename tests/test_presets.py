@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -219,7 +220,14 @@ def test_paper_fc_preset_end_to_end_through_tfds(tmp_path, monkeypatch):
     assert {r.arch for r in z.records} == {"mlp"}
 
 
+#: The ResNet preset's end-to-end run (85-100 s on 2 cores) is opt-in: ``JAXLINEAGE_HEAVY_TESTS=1``. ResNet's
+#: own code (shapes, taps, BatchNorm statistics, the block1 fast path, its permutation spec) is tested in
+#: ``test_nets``, ``test_fastpath`` and ``test_permutations``; this run adds the preset's zoo through TFDS.
+HEAVY = os.environ.get("JAXLINEAGE_HEAVY_TESTS") == "1"
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not HEAVY, reason="opt-in (JAXLINEAGE_HEAVY_TESTS=1): keeps CI under 15 minutes on 2 cores")
 def test_resnet_preset_end_to_end_through_tfds(tmp_path, monkeypatch):
     """``resnet``: ResNet-18 (narrow) on CIFAR-10 through TFDS, block1 tap, BatchNorm statistics carried.
 
