@@ -52,6 +52,12 @@ class _ApplyNetwork:
         return self.apply_fn(variables["params"] if self.wrapped else variables, x)
 
 
+def _bare(models: Models) -> bool:
+    """The models' parameters are a bare tree, not flax variables ``{"params": ...}``."""
+    one = models.one(0)
+    return not (isinstance(one, dict) and "params" in one)
+
+
 def _sequential(like: Models, sequential: bool | None) -> bool:
     if sequential is None:
         return jax.default_backend() == "cpu" and any(len(shape) == 4 for _, shape, _ in like.signature)
@@ -278,7 +284,7 @@ def derive(
         if y.shape != (len(x),):
             raise ReferenceError(f"references.derive: labels of shape {y.shape} for {len(x)} inputs")
     n = len(refs)
-    wrapped = not (isinstance(refs.one(0), dict) and "params" in refs.one(0))
+    wrapped = _bare(refs)
     net, seq = _ApplyNetwork(refs.logits_fn, wrapped), _sequential(refs, sequential)
     optimizer = training.OptimizerConfig(training.Optimizer.SGD, momentum, weight_decay)
     if student is not None and kind != "distill":
@@ -288,7 +294,7 @@ def derive(
         init_fn = init_fn or _init_fn(student, jnp.asarray(x[:1]))
         if signature_of(init_fn(jax.random.key(seed)), stacked=False) != student.signature:
             raise ReferenceError("references.derive: init_fn's tree differs from the students' models")
-    s_wrapped = not (isinstance(student.one(0), dict) and "params" in student.one(0))
+    s_wrapped = _bare(student)
     s_net, s_seq = _ApplyNetwork(student.logits_fn, s_wrapped), _sequential(student, sequential)
     prefix = f"{kind}-" if id_prefix is None else id_prefix
     settings = {

@@ -520,7 +520,8 @@ def _pooled_evidence(
             per[name] = (*pooled_conformal(table), len(common))
     if not per:
         return Evidence(REFERENCES, np.nan, np.nan, strata.null, sens, "no reference readable by every test")
-    return Evidence(REFERENCES, *_worst_stratum(per, alpha)[:2], strata.null, sens, _worst_stratum(per, alpha)[2])
+    stat, p, note = _worst_stratum(per, alpha)
+    return Evidence(REFERENCES, stat, p, strata.null, sens, note)
 
 
 # --------------------------------------------------------------------------- verify
