@@ -1,10 +1,23 @@
 """Test configuration: 4 forced CPU devices (for sharding tests) and strict numerics."""
 
 import os
+import shutil
+import tempfile
 
 # Must be set before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAXLINEAGE_NO_PROGRESS", "1")
+#: JAX's persistent compilation cache, shared by the two xdist workers and the notebooks' kernels (which inherit
+#: the environment): the suite compiles the same small programs in many modules (the caches are cleared after
+#: each one, below) and in every notebook. Emptied at the start of every run (``pytest_sessionstart``), so a run
+#: starts cold, as on a clean machine, and the folder does not grow across runs (a folder the user set in
+#: ``JAX_COMPILATION_CACHE_DIR`` is used as it is and never emptied). Every compilation is kept (no minimum
+#: compile time): the eager ops' small programs are most of the repeats.
+OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+COMPILATION_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxlineage-tests-compilation-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 
@@ -13,6 +26,12 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 import gc  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist starts the workers
+def pytest_sessionstart(session):
+    if OWN_COMPILATION_CACHE and not hasattr(session.config, "workerinput"):  # the controller, or a run without xdist
+        shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
