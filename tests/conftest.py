@@ -7,16 +7,16 @@ import tempfile
 # Must be set before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAXLINEAGE_NO_PROGRESS", "1")
-#: JAX's persistent compilation cache, shared by the two xdist workers and the notebooks' kernels (which inherit
-#: the environment): the suite compiles the same small programs in many modules (the caches are cleared after
-#: each one, below) and in every notebook. Emptied at the start of every run (``pytest_sessionstart``), so a run
-#: starts cold, as on a clean machine, and the folder does not grow across runs (a folder the user set in
-#: ``JAX_COMPILATION_CACHE_DIR`` is used as it is and never emptied). Every compilation is kept (no minimum
-#: compile time): the eager ops' small programs are most of the repeats.
+#: JAX's persistent compilation cache, shared by the two xdist workers and the notebooks' kernels (both inherit
+#: this environment): the suite compiles the same small programs in many modules (JAX's in-memory caches are
+#: cleared after each one, below) and in every notebook. The folder is made fresh by the process that starts the
+#: run (xdist's controller, before it starts the workers) and removed when the run ends, so every run starts cold,
+#: as on a clean machine, and two runs never share one; a folder the user set in ``JAX_COMPILATION_CACHE_DIR`` is
+#: used as it is and never removed. Every compilation is kept (no minimum compile time): the eager ops' small
+#: programs are most of the repeats.
 OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-COMPILATION_CACHE = os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxlineage-tests-compilation-cache")
-)
+if OWN_COMPILATION_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxlineage-tests-compilation-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
@@ -28,10 +28,9 @@ import gc  # noqa: E402
 import pytest  # noqa: E402
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist starts the workers
-def pytest_sessionstart(session):
-    if OWN_COMPILATION_CACHE and not hasattr(session.config, "workerinput"):  # the controller, or a run without xdist
-        shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
+def pytest_unconfigure(config):
+    if OWN_COMPILATION_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
