@@ -22,9 +22,9 @@ How the work is organised (:func:`score_matrices`):
 * for CKA and dCor the linearised features' Gram matrix is formed in closed
   form, ``K(alpha) = K_p + alpha (X_p G^T + G X_p^T) + alpha^2 G G^T``, so each
   pair costs two ``N x N x D`` products whatever the number of alphas and modes,
-  and the metrics follow from ``O(N^2)`` work (CKA: polynomials in alpha whose
-  coefficients are inner products of ``N x N`` matrices; dCor: one distance
-  matrix per alpha; :mod:`jaxlineage._gram`); the other metrics are evaluated
+  and the metrics follow from ``O(N^2)`` work (inner products of ``N x N``
+  matrices at ``alpha = 0`` for PLAIN and FIRST_ORDER, one pass over
+  ``K(alpha)`` per alpha for LINEARIZED; :mod:`jaxlineage._gram`); the other metrics are evaluated
   directly on ``F_p + alpha G``;
 * with a :class:`jax.sharding.Mesh`, children are split over one mesh axis by
   ``jax.shard_map`` (parents replicated), e.g. over devices or hosts.
