@@ -347,3 +347,31 @@ def test_gram_metrics_from_two_products_equal_their_definitions_float64(name):
         # The "no variation" case is exercised: parent 0's features are constant.
         f0 = feature_fn(at(parents, 0), x).reshape(N, -1)
         assert float(jnp.max(jnp.abs(f0 - f0[:1]))) == 0.0
+
+
+def test_gram_pair_scores_equal_the_definitions_float64():
+    # The fast tier's check of jaxlineage/_gram.py on one pair (no scorer compilation): every
+    # (Gram metric, mode) from the two products against the metric on F_p + alpha G, with an
+    # uncentred G and a parent / child of different scales (the parent's scale divides G too).
+    from jaxlineage import _gram
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(5)
+        f_p = jnp.asarray(3.0 + 2.0 * rng.standard_normal((7, 5)))
+        jd = jnp.asarray(0.5 + rng.standard_normal((7, 5)))
+        f_c = jnp.asarray(0.1 * rng.standard_normal((7, 5)))
+        metrics = (S.get("cka"), S.get("cka", estimator="unbiased"), S.get("dcor"))
+        combos = tuple((m, mode) for m in metrics for mode in Mode)
+        alphas = jnp.asarray([-0.3, 0.01, 2.0])
+        need = _gram.kinds(combos)
+        p, c = _gram.parent_context(f_p, need), _gram.child_context(f_c, need)
+        cross, quad = _gram.products(_gram.parent_features(f_p, p), p["scale"], jd)
+        got = jax.jit(lambda *a: _gram.pair_scores(combos, *a))(p, c, cross, quad, alphas)
+        for (metric, mode), g in zip(combos, got):
+            s0, ds = jax.jvp(lambda f, metric=metric: metric(f, f_c), (f_p,), (jd,))
+            want = {
+                Mode.PLAIN: jnp.broadcast_to(s0, alphas.shape),
+                Mode.FIRST_ORDER: s0 + alphas * ds,
+                Mode.LINEARIZED: jnp.stack([metric(f_p + a * jd, f_c) for a in alphas]),
+            }[mode]
+            np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-12, err_msg=f"{metric.name} {mode}")
