@@ -1,7 +1,7 @@
 """Speed of the learning-free scores per pair and per batch, against their floor and (optionally) PyTorch.
 
     python benchmarks/speed.py [--sections pair,batch,growth] [--torch] [--repeats 7]
-        [--growth 20x200,80x800] [--out benchmarks/results/speed.jsonl]
+        [--growth 20x200,80x800] [--norms 20x200] [--out benchmarks/results/speed.jsonl]
 
 Everything on the MLP's ``relu1`` tap (``nets.mlp(5)``: a 784 -> 1024 Dense and a ReLU), N = 512
 random probe inputs, float32, random parents and children (a child is its parent plus noise;
@@ -23,6 +23,9 @@ every section.
   vectorised ``sum(exp(x))`` measured in the same run).
 * ``gram`` (``--gram`` K x M): CKA (both estimators) and dCor against their product bound: the
   forward passes plus a kernel that does nothing but each pair's two Gram products.
+* ``norms`` (``--norms`` K x M): each norm metric (L1, L2, Lp, L-inf, LSE) alone and all five in
+  one call, all modes at the three-alpha grid (``score_matrices``' defaults), over the K + M
+  forward passes timed in the same run.
 * ``growth``: L2 in all three modes at the three-alpha grid, ``lineage.score_matrices``, at
   each ``--growth`` size K x M: total seconds, the K + M forward passes alone (``lax.map`` of
   the jitted feature function), per pair the total and the K * M term (total minus passes).
@@ -370,6 +373,43 @@ def bench_gram(network, n, k, m, repeats):
     return rec
 
 
+#: The norm metrics (row-separable: ``_fastpath.row_separable``), each at its default settings.
+NORMS = ("l1", "l2", "lp", "linf", "lse")
+
+
+def bench_norms(network, n, k, m, repeats):
+    """Each norm metric alone (all modes, the three-alpha grid: ``score_matrices``' defaults; L-inf has
+    no FIRST_ORDER) and all five in one call, against the K + M forward passes, interleaved."""
+    parents, children = _population(network, k, m, jax.random.key(8))
+    x = _probe(network, n)
+    f = network.feature_fn("relu1")
+    used = linearize.used_leaves(f, first_at(parents, 0), first_at(children, 0), x)
+    p_used, c_used = _ordered(parents, used.fn.used_paths), _ordered(children, used.fn.used_paths)
+    floor = _floor(used)
+    alphas = np.asarray(lineage.DEFAULT_ALPHAS)
+    score = lambda metrics: lambda: lineage.score_matrices(metrics, f, parents, children, x, alpha=alphas)
+    calls = {"floor": lambda: floor(p_used, c_used, used.x)}
+    calls.update({name: score(name) for name in NORMS})
+    calls["all_norms"] = score(NORMS)
+    load = _loadavg()
+    times = _interleaved(calls, repeats)
+    rec = {"k": k, "m": m, "n": n, "times": times, "loadavg": [load, _loadavg()]}
+    for stat in ("median_s", "min_s"):
+        rec[f"over_floor_{stat[:-2]}"] = {key: times[key][stat] / times["floor"][stat] for key in (*NORMS, "all_norms")}
+    print(
+        "norms",
+        k,
+        "x",
+        m,
+        {key: round(v, 2) for key, v in rec["over_floor_median"].items()},
+        "x floor;",
+        "load",
+        rec["loadavg"],
+        flush=True,
+    )
+    return rec
+
+
 def similarity_get(name, **kw):
     from jaxlineage import similarity
 
@@ -386,6 +426,7 @@ def main(argv=None):
     ap.add_argument("--growth", default="20x200,80x800")
     ap.add_argument("--lse", default="20x200", help="section lse: K x M")
     ap.add_argument("--gram", default="8x48", help="section gram: K x M")
+    ap.add_argument("--norms", default="20x200", help="section norms: K x M")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch-repeats", type=int, default=3, help="JAX calls; the PyTorch batch is timed once")
     ap.add_argument("--growth-repeats", type=int, default=1)
@@ -412,6 +453,9 @@ def main(argv=None):
     if "gram" in sections:
         k, m = (int(v) for v in args.gram.split("x"))
         write(args.out, {**record, "gram": bench_gram(network, args.n, k, m, args.batch_repeats)})
+    if "norms" in sections:
+        k, m = (int(v) for v in args.norms.split("x"))
+        write(args.out, {**record, "norms": bench_norms(network, args.n, k, m, args.batch_repeats)})
     if "growth" in sections:
         for size in filter(None, args.growth.split(",")):
             k, m = (int(v) for v in size.split("x"))

@@ -294,3 +294,84 @@ def test_l2_matrix_products_float32_error_is_eps_times_feature_energy():
     )
     err = np.abs(np.asarray(got, np.float64) - np.asarray(want))
     assert np.all(err <= 16 * np.finfo(np.float32).eps * energy), float(np.max(err / energy))
+
+
+def _linearised_definition(metric, feature_fn, parent, child, x, alphas):
+    """``{mode: [A]}``: the metric's definition on the explicitly linearised features ``F_p + alpha J_p Delta``."""
+    flat = lambda th: feature_fn(th, x).reshape(x.shape[0], -1)
+    f_c = flat(child)
+    delta = jax.tree_util.tree_map(lambda c, p: c - p, child, parent)
+    f_p, jd = jax.jvp(flat, (parent,), (delta,))
+    s0, ds = jax.jvp(lambda f: metric(f, f_c), (f_p,), (jd,))
+    lin = jax.vmap(lambda a: metric(f_p + a * jd, f_c))(alphas)
+    return {Mode.PLAIN: jnp.broadcast_to(s0, alphas.shape), Mode.FIRST_ORDER: s0 + alphas * ds, Mode.LINEARIZED: lin}
+
+
+@_slow  # 10-13 s each (the scorer's compilation with three Gram metrics in three modes)
+@pytest.mark.parametrize("name", ["user_apply", "mlp_relu1", "mlp_relu2"])
+def test_gram_metrics_from_two_products_equal_their_definitions_float64(name):
+    # CKA (both estimators) and dCor of every pair, mode and alpha come from the pair's two Gram
+    # products (jaxlineage/_gram.py: polynomials in alpha for CKA, one O(N^2) pass per alpha for
+    # dCor); here against each metric's definition applied to F_p + alpha J_p Delta, with J_p Delta
+    # from jax.jvp of the whole feature function. Parent 0 has zero first-layer weights (constant
+    # features: K_p = 0, the documented "no variation" case at alpha = 0).
+    feature_fn, init, input_shape, _, _ = _case(name)
+    with jax.enable_x64(True):
+        parents, children, x = _population(init, input_shape, k=2, m=3)
+        first = "w" if name == "user_apply" else "params"
+
+        def zero_first_layer(tree):
+            if first == "w":
+                return {**tree, "w": tree["w"].at[0].set(0.0), "b": tree["b"].at[0].set(0.0)}
+            dense = tree["params"]["dense1"]
+            dense = {"kernel": dense["kernel"].at[0].set(0.0), "bias": dense["bias"].at[0].set(0.0)}
+            return {**tree, "params": {**tree["params"], "dense1": dense}}
+
+        parents = zero_first_layer(parents)
+        metrics = (S.get("cka"), S.get("cka", estimator="unbiased"), S.get("dcor"))
+        alphas = np.array([0.001, 0.1, 0.7])
+        got = LG.score_matrices(metrics, feature_fn, parents, children, x, alpha=alphas, chunk_size=2)
+        at = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
+        for metric in metrics:
+            # want[mode]: [K, M, A], one jitted call per metric.
+            per_pair = functools.partial(_linearised_definition, metric, feature_fn, x=x, alphas=jnp.asarray(alphas))
+            want = jax.jit(jax.vmap(jax.vmap(per_pair, (None, 0)), (0, None)))(parents, children)
+            for mode in Mode:
+                np.testing.assert_allclose(
+                    np.moveaxis(np.asarray(got[(metric.name, mode)]), 0, -1),
+                    want[mode],
+                    rtol=1e-10,
+                    atol=1e-12,
+                    err_msg=f"{metric.name} {mode}",
+                )
+        # The "no variation" case is exercised: parent 0's features are constant.
+        f0 = feature_fn(at(parents, 0), x).reshape(N, -1)
+        assert float(jnp.max(jnp.abs(f0 - f0[:1]))) == 0.0
+
+
+def test_gram_pair_scores_equal_the_definitions_float64():
+    # The fast tier's check of jaxlineage/_gram.py on one pair (no scorer compilation): every
+    # (Gram metric, mode) from the two products against the metric on F_p + alpha G, with an
+    # uncentred G and a parent / child of different scales (the parent's scale divides G too).
+    from jaxlineage import _gram
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(5)
+        f_p = jnp.asarray(3.0 + 2.0 * rng.standard_normal((7, 5)))
+        jd = jnp.asarray(0.5 + rng.standard_normal((7, 5)))
+        f_c = jnp.asarray(0.1 * rng.standard_normal((7, 5)))
+        metrics = (S.get("cka"), S.get("cka", estimator="unbiased"), S.get("dcor"))
+        combos = tuple((m, mode) for m in metrics for mode in Mode)
+        alphas = jnp.asarray([-0.3, 0.01, 2.0])
+        need = _gram.kinds(combos)
+        p, c = _gram.parent_context(f_p, need), _gram.child_context(f_c, need)
+        cross, quad = _gram.products(_gram.parent_features(f_p, p), p["scale"], jd)
+        got = jax.jit(lambda *a: _gram.pair_scores(combos, *a))(p, c, cross, quad, alphas)
+        for (metric, mode), g in zip(combos, got):
+            s0, ds = jax.jvp(lambda f, metric=metric: metric(f, f_c), (f_p,), (jd,))
+            want = {
+                Mode.PLAIN: jnp.broadcast_to(s0, alphas.shape),
+                Mode.FIRST_ORDER: s0 + alphas * ds,
+                Mode.LINEARIZED: jnp.stack([metric(f_p + a * jd, f_c) for a in alphas]),
+            }[mode]
+            np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-12, err_msg=f"{metric.name} {mode}")
