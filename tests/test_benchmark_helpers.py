@@ -137,7 +137,7 @@ def test_tree_recovery_runs_end_to_end_on_a_tiny_tree_quick(tmp_path, monkeypatc
     for g in spec.groups:
         grid = dict(g.grid)
         if g.source is None:
-            grid["seed"] = (0, 1)
+            grid["seed"] = (0,)  # one root: one tree of every generation and operation
         if "epochs" in grid and grid["epochs"] != (0,):
             grid["epochs"] = (1,)
         groups.append(dataclasses.replace(g, grid=tuple(grid.items())))
@@ -155,14 +155,14 @@ def test_tree_recovery_runs_end_to_end_on_a_tiny_tree_quick(tmp_path, monkeypatc
         + ["--align-candidates", "2"]
     )
     rec = json.loads(out.read_text().splitlines()[-1])
-    assert rec["settings"]["models"] == 42 and rec["settings"]["true_edges"] == 40
-    assert rec["settings"]["true_edges_by_kind"] == {"finetune": 26, "prune": 10, "permute": 4}
+    assert rec["settings"]["models"] == 21 and rec["settings"]["true_edges"] == 20
+    assert rec["settings"]["true_edges_by_kind"] == {"finetune": 13, "prune": 5, "permute": 2}
     scorers = {r["scorer"] for r in rec["rows"]}
     assert scorers == {"weight-l2", "weight-l2-aligned", "l2/plain", "l2/first_order", "l2/linearized"}
-    # The 4 permuted copies sit at bound 0 from their parents, so those pairs are aligned and come closer.
+    # The 2 permuted copies sit at bound 0 from their parents, so those pairs are aligned and come closer.
     align = rec["weight_alignment"]
     assert align["candidates"] == 2 and 0 < align["pairs_aligned"] < align["pairs_total"]
-    assert align["pairs_closer"] >= 4 and align["converged"]
+    assert align["pairs_closer"] >= 2 and align["converged"]
     assert all(0.0 <= r[k] <= 1.0 for r in rec["rows"] for k in ("undirected", "directed", "root"))
     assert "| weight-l2 |" in (tmp_path / "tree.md").read_text()
     assert (tmp_path / "tree.png").read_bytes()[:4] == b"\x89PNG"

@@ -4,9 +4,9 @@ import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_variables
 
 from jaxlineage import nets, permutations
 from jaxlineage.zoo import ops
@@ -18,19 +18,12 @@ NETS = {
 }
 
 
-@jax.jit
-def _randomise(variables, key):
-    # Non-trivial BatchNorm scales and statistics, so that permuting them is checked too.
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [w + 0.3 * jnp.abs(jax.random.normal(k, w.shape)) for k, w in zip(keys, leaves)])
-
-
 @functools.cache
 def _model(arch):
+    # Random weights with non-trivial BatchNorm scales and statistics (so that permuting them is checked too),
+    # made without compiling the network's init (tests/conftest.py).
     net = NETS[arch]()
-    # jit: an op-by-op ResNet init compiles every op (~25 s on 2 loaded cores).
-    return net, _randomise(jax.jit(net.init)(jax.random.key(0)), jax.random.key(1))
+    return net, random_variables(net, 1)
 
 
 @pytest.mark.parametrize(
