@@ -96,6 +96,7 @@ SLOW_CASES = frozenset(
         "tests/test_permutations.py::test_permutation_keeps_function_changes_weights[convnet]",
         "tests/test_eval.py::test_contract_deterministic_and_no_recompile[detector:lineage_detector]",
         "tests/test_lm.py::test_each_permutation_keeps_logits_and_moves_weights[heads]",
+        "tests/test_lm.py::test_each_permutation_keeps_logits_and_moves_weights[qk]",
         "tests/test_verify.py::test_permutation_null_equals_statistic_on_explicitly_permuted_copies[convnet]",
         "tests/test_eval.py::test_contract_bad_input_names_the_model[detector:lineage_detector]",
     }

@@ -131,6 +131,7 @@ def test_token_field_is_invariant_to_the_lm_symmetries_and_chunking():
     assert float(mg.distance(fa, other)) > 1e-2
 
 
+@pytest.mark.slow  # 9 s on 2 cores (compilations of the field on three bad inputs): the fast tier stays under 3 min
 def test_token_field_errors_name_the_model():
     net, params = _model()
     x, y = _tokens()
