@@ -197,14 +197,9 @@ def bench_pair(network, n, repeats, torch):
 
 
 def bench_batch(network, n, k, m, repeats, torch):
-    parents, children = _population(network, k, m, jax.random.key(1))
-    x = _probe(network, n)
-    f = network.feature_fn("relu1")
-    used = linearize.used_leaves(f, first_at(parents, 0), first_at(children, 0), x)
-    p_used, c_used = _ordered(parents, used.fn.used_paths), _ordered(children, used.fn.used_paths)
-    floor = _floor(used)
+    parents, children, x, f, used, floor = _batch(network, n, k, m, 1)
     calls = {
-        "floor": lambda: floor(p_used, c_used, used.x),
+        "floor": floor,
         "score_matrix": lambda: lineage.score_matrix("l2", f, parents, children, x, alpha=ALPHA, mode=Mode.FIRST_ORDER),
     }
     jax_scores = np.asarray(calls["score_matrix"]())
@@ -261,16 +256,23 @@ def _ordered(tree, paths):
     return tuple(by_path[p] for p in paths)
 
 
-def bench_growth(network, n, k, m, repeats):
-    parents, children = _population(network, k, m, jax.random.key(2))
+def _batch(network, n, k, m, seed):
+    """K random parents and M children, the probe, the ``relu1`` tap, its used leaves and the floor: one
+    call doing the K + M forward passes to the tap (the batch sections' common setup)."""
+    parents, children = _population(network, k, m, jax.random.key(seed))
     x = _probe(network, n)
     f = network.feature_fn("relu1")
     used = linearize.used_leaves(f, first_at(parents, 0), first_at(children, 0), x)
     p_used, c_used = _ordered(parents, used.fn.used_paths), _ordered(children, used.fn.used_paths)
     floor = _floor(used)
+    return parents, children, x, f, used, lambda: floor(p_used, c_used, used.x)
+
+
+def bench_growth(network, n, k, m, repeats):
+    parents, children, x, f, used, floor = _batch(network, n, k, m, 2)
     alphas = np.asarray(lineage.DEFAULT_ALPHAS)
     calls = {
-        "floor": lambda: floor(p_used, c_used, used.x),
+        "floor": floor,
         "l2_all_modes": lambda: lineage.score_matrices("l2", f, parents, children, x, alpha=alphas, modes=tuple(Mode)),
     }
     load = _loadavg()
@@ -300,15 +302,10 @@ def _exp_ns(repeats):
 def bench_lse(network, n, k, m, repeats):
     """LSE alone (all modes, three alphas) against its exp floor: one exp per (pair, position) for
     PLAIN (shared with FIRST_ORDER) and one per alpha for LINEARIZED, at the fastest exp rate."""
-    parents, children = _population(network, k, m, jax.random.key(3))
-    x = _probe(network, n)
-    f = network.feature_fn("relu1")
-    used = linearize.used_leaves(f, first_at(parents, 0), first_at(children, 0), x)
-    p_used, c_used = _ordered(parents, used.fn.used_paths), _ordered(children, used.fn.used_paths)
-    floor = _floor(used)
+    parents, children, x, f, used, floor = _batch(network, n, k, m, 3)
     alphas = np.asarray(lineage.DEFAULT_ALPHAS)
     calls = {
-        "floor": lambda: floor(p_used, c_used, used.x),
+        "floor": floor,
         "lse": lambda: lineage.score_matrices("lse", f, parents, children, x, alpha=alphas, modes=tuple(Mode)),
     }
     load = _loadavg()
@@ -328,12 +325,7 @@ def bench_gram(network, n, k, m, repeats):
     """CKA (both estimators) and dCor, all modes and three alphas, against their product bound: per
     pair the two Gram products ``X_p G^T`` and ``G G^T`` (``G = H_p (U_c - U_p)``) and nothing else,
     batched as the scorer batches them (children in chunks, parents one at a time)."""
-    parents, children = _population(network, k, m, jax.random.key(4))
-    x = _probe(network, n)
-    f = network.feature_fn("relu1")
-    used = linearize.used_leaves(f, first_at(parents, 0), first_at(children, 0), x)
-    p_used, c_used = _ordered(parents, used.fn.used_paths), _ordered(children, used.fn.used_paths)
-    floor = _floor(used)
+    parents, children, x, f, used, floor = _batch(network, n, k, m, 4)
     chunk = 8 if m % 8 == 0 else 1
 
     @jax.jit
@@ -358,7 +350,7 @@ def bench_gram(network, n, k, m, repeats):
     alphas = np.asarray(lineage.DEFAULT_ALPHAS)
     metrics = ("cka", similarity_get("cka", estimator="unbiased"), "dcor")
     calls = {
-        "floor": lambda: floor(p_used, c_used, used.x),
+        "floor": floor,
         "products": lambda: products(u_p, u_c),
         "gram": lambda: lineage.score_matrices(metrics, f, parents, children, x, alpha=alphas, modes=tuple(Mode)),
     }
@@ -380,15 +372,10 @@ NORMS = ("l1", "l2", "lp", "linf", "lse")
 def bench_norms(network, n, k, m, repeats):
     """Each norm metric alone (all modes, the three-alpha grid: ``score_matrices``' defaults; L-inf has
     no FIRST_ORDER) and all five in one call, against the K + M forward passes, interleaved."""
-    parents, children = _population(network, k, m, jax.random.key(8))
-    x = _probe(network, n)
-    f = network.feature_fn("relu1")
-    used = linearize.used_leaves(f, first_at(parents, 0), first_at(children, 0), x)
-    p_used, c_used = _ordered(parents, used.fn.used_paths), _ordered(children, used.fn.used_paths)
-    floor = _floor(used)
+    parents, children, x, f, used, floor = _batch(network, n, k, m, 8)
     alphas = np.asarray(lineage.DEFAULT_ALPHAS)
     score = lambda metrics: lambda: lineage.score_matrices(metrics, f, parents, children, x, alpha=alphas)
-    calls = {"floor": lambda: floor(p_used, c_used, used.x)}
+    calls = {"floor": floor}
     calls.update({name: score(name) for name in NORMS})
     calls["all_norms"] = score(NORMS)
     load = _loadavg()
