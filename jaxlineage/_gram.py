@@ -49,6 +49,7 @@ from jaxlineage import similarity as similarity_lib
 
 # pylint: disable=protected-access
 _u_centre = similarity_lib._u_centre
+_centre_and_scale = similarity_lib._centre_and_scale
 _double_centre = similarity_lib._double_centre
 _distances = similarity_lib._distances_from_gram
 _safe_div = similarity_lib._safe_div
@@ -108,8 +109,7 @@ def parent_features(f_p: Array, ctx: dict[str, Array]) -> Array:
 
 def child_context(f_c: Array, need: frozenset[str]) -> dict[str, Array]:
     """Per child: its Gram matrix ``L`` in the forms the metrics ``need`` (plain, U-centred, distances)."""
-    y = centred(f_c)
-    y = y / scale_of(y)
+    y = _centre_and_scale(f_c)
     l = y @ y.T
     ctx = {}
     if "cka" in need:
