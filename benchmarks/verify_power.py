@@ -150,23 +150,38 @@ def power(args) -> None:
     for (arch, task), members in groups.items():
         ids = [i for _, i in members]
         sus = scenarios.model_set(z, ids)
-        v = verify_lib.verify(
-            scen.candidates,
-            sus,
-            data=scen.probe,
-            references=refs_by_group[(arch, task)],
-            alpha=args.alpha,
-            key=jax.random.key(args.seed),
-            num_permutations=args.permutations,
-            combine=args.combine,
-        )
-        for name, sec in v.timings.items():
-            seconds[name] = seconds.get(name, 0.0) + sec
-        for pv in v.pairs:
-            k, m = scen.candidates.ids.index(pv.source), col[pv.suspect]
-            p[k, m] = pv.pvalue
-            for e in pv.evidence:
-                test_p.setdefault(e.test, np.full(scen.related.shape, np.nan))[k, m] = e.pvalue
+        # The sources in chunks of at most --source-chunk per architecture: every test's statistics
+        # are per (source, model), so a chunk changes nothing but the memory held (the 16 sources of
+        # PROVENANCE at once took more than 20 GB) and the weight test's random permutations.
+        n_all = len(scen.candidates)
+        for start in range(0, n_all, args.source_chunk):
+            src = scen.candidates.take(list(range(start, min(start + args.source_chunk, n_all))))
+            v = verify_lib.verify(
+                src,
+                sus,
+                data=scen.probe,
+                references=refs_by_group[(arch, task)],
+                alpha=args.alpha,
+                key=jax.random.fold_in(jax.random.key(args.seed), start),
+                num_permutations=args.permutations,
+                combine=args.combine,
+            )
+            for name, sec in v.timings.items():
+                seconds[name] = seconds.get(name, 0.0) + sec
+            for pv in v.pairs:
+                k, m = scen.candidates.ids.index(pv.source), col[pv.suspect]
+                p[k, m] = pv.pvalue
+                for e in pv.evidence:
+                    test_p.setdefault(e.test, np.full(scen.related.shape, np.nan))[k, m] = e.pvalue
+            log.info(
+                "verify: %s on %s, sources %d-%d of %d (%.0fs)",
+                arch,
+                task,
+                start + 1,
+                start + len(src),
+                n_all,
+                time.time() - t2,
+            )
     verify_s = time.time() - t2
     # The combined p-value as verify computed it (its ``combine`` rule: weight-perm with the pooled
     # reference test), Bonferroni over the same two, and the earlier rule (before the pooled test): the
@@ -299,6 +314,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--combine", default="cauchy", choices=("cauchy", "bonferroni"))
+    ap.add_argument("--source-chunk", type=int, default=4, help="sources per verify call (memory)")
     ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 5], help="indices of withheld parents")
     args = ap.parse_args()
     _common.setup_logging()

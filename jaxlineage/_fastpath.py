@@ -485,26 +485,41 @@ def _largest_divisor(n: int, cap: int) -> int:
     return max(r for r in range(1, max(1, min(n, cap)) + 1) if n % r == 0)
 
 
-def block_shape(n: int, d: int, element_bytes: int, *, target_bytes: int = 2**19) -> tuple[int, int]:
-    """``(rows, cols)``, divisors of ``n`` and ``d``, for blocks of about ``target_bytes``.
+#: Probe rows per block of :func:`tiled_norm_scores`: the vector lanes of its reductions.
+_LANES = 256
 
-    ``element_bytes`` is what one (row, column) position costs over all the
-    models of a block (e.g. ``(3 K + 2 B) * itemsize``). Whole rows when one
-    fits (fewer, longer reductions), else one row split into columns.
+
+def per_row(metric: Any) -> bool:
+    """Whether a :func:`row_separable` metric reduces each probe row apart (L-inf's max, LSE's log)."""
+    return metric.metric in (similarity_lib.Metric.LINF, similarity_lib.Metric.LSE)
+
+
+def block_shape(
+    n: int, d: int, element_bytes: int, *, per_row: bool = False, target_bytes: int = 2**21
+) -> tuple[int, int]:
+    """``(rows, cols)`` of :func:`tiled_norm_scores`: divisors of ``d`` (features) and ``n`` (probe rows).
+
+    ``cols``, the probe rows, are the block's contiguous axis (the vector lanes): the largest
+    divisor of ``n`` up to 256. For sums (L1, Lp) ``rows`` then fill about ``target_bytes``, with
+    ``element_bytes`` what one position costs over all the models of a block (e.g.
+    ``(3 K + 2 B) * itemsize``); for :func:`per_row` metrics ``rows`` is 1, so that their max and
+    exps accumulate elementwise (on XLA:CPU that ran faster than reducing even four features per
+    block, while the sums ran faster with several; measured in BUILD_NOTES, issue 27).
     """
-    cap = max(1, target_bytes // max(element_bytes, 1))
-    if d <= cap:
-        return _largest_divisor(n, cap // d), d
-    return 1, _largest_divisor(d, cap)
+    cols = _largest_divisor(n, _LANES)
+    if per_row:
+        return 1, cols
+    rows = _largest_divisor(d, max(1, target_bytes // max(element_bytes * cols, 1)))
+    return rows, cols
 
 
 def tiled_norm_scores(combos, parent, child, alpha, *, block):  # noqa: C901 (one branch per metric and mode)
     r"""Row-separable metrics of all pairs, from per-model arrays only.
 
     For an elementwise split the linearised pair is ``F_p + alpha G`` with
-    ``G = H_p * (U_c - U_p)``, so every score is a sum over rows of a row
-    reduction (a sum, or a max for L-inf) of an elementwise function ``phi`` of
-    ``d = F_p - F_c`` and ``G``:
+    ``G = H_p * (U_c - U_p)``, so every score is a sum over the probe's rows of
+    a row reduction (a sum, or a max for L-inf) of an elementwise function
+    ``phi`` of ``d = F_p - F_c`` and ``G``:
 
     .. math::
        \texttt{PLAIN}: \sum \phi(d), \quad
@@ -513,25 +528,29 @@ def tiled_norm_scores(combos, parent, child, alpha, *, block):  # noqa: C901 (on
 
     (LSE: ``-(1/t) sum_i log sum_j phi``, first order ``sum_i (sum_j phi' G) /
     (sum_j phi)``; ``phi'`` by ``jax.jvp``, as the plain path's chain rule).
-    The ``[N, D]`` arrays are processed in blocks of ``rows x cols`` so that the
-    block of every parent and child stays in cache while all metrics, modes
-    and alphas read it (cheap terms in one variadic reduction, i.e. one sweep;
-    the exp terms of LSE on their own); nothing of size ``K x M x N x D`` is
-    ever stored.
+
+    The arrays come **feature-major**, ``[models, D, N]``: a probe row's reduction
+    over its ``D`` features then runs along a non-contiguous axis, with the probe
+    rows as vector lanes. XLA:CPU vectorises that form; reducing along the
+    contiguous axis (``[models, N, D]``) ran about 3x slower per element. Blocks of
+    ``rows`` features x ``cols`` probe rows keep every parent's and child's block
+    in cache while all metrics, modes and alphas read it (cheap terms in one
+    variadic reduction, i.e. one sweep; the exp terms of LSE on their own);
+    nothing of size ``K x M x N x D`` is ever stored.
 
     Args:
       combos: ``(metric, mode)`` pairs, each metric :func:`row_separable`.
-      parent: ``(F_p, U_p, H_p)``, each ``[K, N, D]``.
-      child: ``(F_c, U_c)``, each ``[B, N, D]``.
+      parent: ``(F_p, U_p, H_p)``, each ``[K, D, N]`` (feature-major).
+      child: ``(F_c, U_c)``, each ``[B, D, N]``.
       alpha: ``[A]``.
-      block: ``(rows, cols)``, divisors of ``N`` and ``D`` (:func:`block_shape`).
+      block: ``(rows, cols)``, divisors of ``D`` and ``N`` (:func:`block_shape`).
 
     Returns:
       Scores ``[len(combos), A, K, B]``.
     """
     f_p, u_p, h_p = parent
     f_c, u_c = child
-    (k, n, d), b = f_p.shape, f_c.shape[0]
+    (k, d, n), b = f_p.shape, f_c.shape[0]
     rows, cols = block
     alpha = jnp.asarray(alpha, f_p.dtype)
     n_alpha = alpha.shape[0]
@@ -569,7 +588,7 @@ def tiled_norm_scores(combos, parent, child, alpha, *, block):  # noqa: C901 (on
     alone = [i for i, kd in enumerate(kinds) if kd == "sum_exp"]
     merge = lambda xs, ys, ks: tuple(jnp.maximum(x, y) if kd == "max" else x + y for x, y, kd in zip(xs, ys, ks))
 
-    def col_block(acc, starts):
+    def feature_block(acc, starts):
         r0, c0 = starts
         take = lambda a: jax.lax.dynamic_slice(a, (0, r0, c0), (a.shape[0], rows, cols))
         fp, up, hp = (take(a)[:, None] for a in (f_p, u_p, h_p))  # [K, 1, R, C]
@@ -584,18 +603,18 @@ def tiled_norm_scores(combos, parent, child, alpha, *, block):  # noqa: C901 (on
                 tuple(full(i) for i in joint),
                 tuple(jnp.zeros((), f_p.dtype) for _ in joint),
                 lambda xs, ys: merge(xs, ys, [kinds[i] for i in joint]),
-                (3,),
+                (2,),
             )
             for i, o in zip(joint, outs):
                 red[i] = o
-        for i in alone:  # XLA's CPU backend vectorises exp better in a plain reduction
-            red[i] = jnp.sum(full(i), axis=3)
+        for i in alone:
+            red[i] = jnp.sum(full(i), axis=2)
         return merge(acc, red, kinds), None
 
-    def row_block(total, r0):
-        acc = tuple(jnp.zeros((k, b, rows), f_p.dtype) for _ in makers)
-        starts = (jnp.full((d // cols,), r0), jnp.arange(0, d, cols))
-        red, _ = jax.lax.scan(col_block, acc, starts)  # row reductions, [K, B, R] each
+    def probe_block(total, c0):
+        acc = tuple(jnp.zeros((k, b, cols), f_p.dtype) for _ in makers)
+        starts = (jnp.arange(0, d, rows), jnp.full((d // rows,), c0))
+        red, _ = jax.lax.scan(feature_block, acc, starts)  # each probe row's reductions, [K, B, C]
         out = []
         for how, metric, ids in plans:
             fin = _finish(metric, n, d)
@@ -614,7 +633,7 @@ def tiled_norm_scores(combos, parent, child, alpha, *, block):  # noqa: C901 (on
         return total + jnp.stack(out), None
 
     zero = jnp.zeros((len(combos), n_alpha, k, b), f_p.dtype)
-    total, _ = jax.lax.scan(row_block, zero, jnp.arange(0, n, rows))
+    total, _ = jax.lax.scan(probe_block, zero, jnp.arange(0, n, cols))
     return total
 
 
@@ -672,8 +691,9 @@ def quadratic_parent_terms(f_p: Array, u_p: Array, h_p: Array) -> dict[str, Arra
 
 
 #: Contraction block of the products: XLA:CPU runs one ``[K, c] x [c, B]`` product per block
-#: at about 5x the rate of a single product contracting all ``N D`` positions at once.
-_CONTRACTION_BLOCK = 1024
+#: at about 5x the rate of a single product contracting all ``N D`` positions at once, and
+#: blocks of 4096 about 15 % faster than of 1024 (BUILD_NOTES, issue 27).
+_CONTRACTION_BLOCK = 4096
 
 
 def _products(needed: Sequence[str], parent, child, *, relu: bool) -> dict[str, Array]:

@@ -197,11 +197,14 @@ def test_elementwise_path_sharded_tiny_budget_and_no_recompile():
 
 
 def test_block_shape_divides_n_and_d():
-    assert _fastpath.block_shape(512, 1024, 60 * 4, target_bytes=2**20) == (4, 1024)
-    assert _fastpath.block_shape(7, 3, 1, target_bytes=5) == (1, 3)
-    assert _fastpath.block_shape(12, 8, 1, target_bytes=100) == (12, 8)
-    # Rows wider than the target: one row, a divisor of D as columns.
-    assert _fastpath.block_shape(64, 25088, 100, target_bytes=2**20) == (1, 6272)
+    # (rows over the D features, cols over the N probe rows): cols is the largest divisor of N up
+    # to the lanes' 256, rows the largest divisor of D that keeps the block near the target.
+    assert _fastpath.block_shape(512, 1024, 60 * 4, target_bytes=2**20) == (16, 256)
+    assert _fastpath.block_shape(7, 3, 1, target_bytes=5) == (1, 7)
+    assert _fastpath.block_shape(12, 8, 1, target_bytes=100) == (8, 12)
+    assert _fastpath.block_shape(64, 25088, 100, target_bytes=2**20) == (128, 64)
+    # A block wider than the target: one feature row.
+    assert _fastpath.block_shape(1000, 6, 10**6, target_bytes=2**20) == (1, 250)
 
 
 @pytest.mark.parametrize(
@@ -240,6 +243,11 @@ def test_lse_first_order_term_is_jaxs_jvp_including_kinks(dtype):
         assert float(got[8]) == 0.0 and float(got[0]) == pytest.approx(t * float(g[0]), rel=1e-6)
 
 
+def _feature_major(arrays):
+    """``[models, N, D]`` -> ``[models, D, N]``, the layout of ``tiled_norm_scores``."""
+    return tuple(jnp.swapaxes(a, 1, 2) for a in arrays)
+
+
 def _elementwise_arrays(h, u):
     """``(F, U, H)`` of an elementwise tap ``F = h(U)``, ``H = h'(U)`` by a jvp with ones (as the split)."""
     f, dh = jax.jvp(h, (u,), (jnp.ones_like(u),))
@@ -268,7 +276,7 @@ def test_l2_matrix_products_equal_the_elementwise_sums_float64(act, monkeypatch)
         assert all(_fastpath.quadratic(m) for m, _ in combos) and not _fastpath.quadratic(S.get("lp"))
         alpha = jnp.asarray(ALPHAS)
         got = _fastpath.quadratic_scores(combos, parent, terms, child, alpha)
-        want = _fastpath.tiled_norm_scores(combos, parent, child, alpha, block=(5, 7))
+        want = _fastpath.tiled_norm_scores(combos, _feature_major(parent), _feature_major(child), alpha, block=(7, 5))
         assert got.shape == want.shape == (len(combos), 2, 3, 4)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
         # The general branch (six products) on ReLU's arrays gives the same as the reduced one.
@@ -290,7 +298,9 @@ def test_l2_matrix_products_float32_error_is_eps_times_feature_energy():
     got = _fastpath.quadratic_scores(combos, parent, _fastpath.quadratic_parent_terms(*parent), child, alpha)
     with jax.enable_x64(True):
         to64 = lambda arrays: tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in arrays)
-        want = _fastpath.tiled_norm_scores(combos, to64(parent), to64(child), jnp.asarray(ALPHAS), block=(64, 256))
+        want = _fastpath.tiled_norm_scores(
+            combos, _feature_major(to64(parent)), _feature_major(to64(child)), jnp.asarray(ALPHAS), block=(256, 64)
+        )
     energy = (np.sum(np.square(parent[0]), axis=(1, 2))[:, None] + np.sum(np.square(child[0]), axis=(1, 2))) / (
         64 * 256
     )
