@@ -260,6 +260,15 @@ def _finite_flags_pair(p: tuple[Array, ...], c: tuple[Array, ...], stacked: bool
     return pack([*leaf_flags(p, stacked=stacked), *leaf_flags(c, stacked=stacked)])
 
 
+@jax.jit
+def _sums_finite(leaves: tuple[Array, ...]) -> Array:
+    """Whether every floating leaf's sum is finite: true only if all its values are (a NaN or an inf
+    makes the sum NaN or inf), though a finite leaf may overflow its sum. XLA:CPU sums at about 7x
+    the rate of ``all(isfinite(.))`` (15 against 2.2 GB/s, BUILD_NOTES issue 27)."""
+    sums = [jnp.sum(l) for l in leaves if jnp.issubdtype(l.dtype, jnp.inexact)]
+    return jnp.all(jnp.isfinite(jnp.stack(sums))) if sums else jnp.asarray(True)
+
+
 def check_finite_pair(
     p: Sequence[Array], c: Sequence[Array], paths: Sequence[str], *, names: tuple[str, str], stacked: bool
 ) -> None:
@@ -269,6 +278,8 @@ def check_finite_pair(
     """
     p, c = tuple(p), tuple(c)
     if not is_concrete((p, c)):
+        return
+    if bool(_sums_finite((*p, *c))):  # every value finite; else find which (or an overflowed sum)
         return
     flags = np.asarray(_finite_flags_pair(p, c, stacked))
     if flags.all():

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from jaxlineage import _pairing
 from jaxlineage import lineage as LG
 from jaxlineage import linearize as L
 from jaxlineage import similarity as S
+from jaxlineage.errors import path_str
 
 Mode = L.Mode
 DIN, HIDDEN = 5, 8
@@ -158,6 +160,20 @@ def test_bad_input():
         r" dense1/w",
     ):
         score(p_stack, nan)
+    # The parameter check first sums each leaf (fast): a finite leaf whose sum overflows must not be
+    # called non-finite, and an inf among huge values is still found and named.
+    leaves = lambda tree: tuple(jax.tree_util.tree_leaves(tree))
+    paths = tuple(path_str(k) for k, _ in jax.tree_util.tree_flatten_with_path(c_stack)[0])
+    huge = jax.tree_util.tree_map(lambda a: a, c_stack)
+    huge["dense2"] = {**c_stack["dense2"], "w": c_stack["dense2"]["w"].at[:, :2, 0].set(3e38)}
+    assert not np.isfinite(np.sum(np.asarray(huge["dense2"]["w"])))
+    check = lambda c: _pairing.check_finite_pair(
+        leaves(p_stack), leaves(c), paths, names=("parents", "children"), stacked=True
+    )
+    check(huge)
+    huge["dense2"]["w"] = huge["dense2"]["w"].at[1, 3, 3].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"children\[1\] has NaN or inf parameters at dense2/w"):
+        check(huge)
     with pytest.raises(ValueError, match=r"probe batch x of shape \(9, 4\)"):
         score(p_stack, c_stack, x[:, :4])
     with pytest.raises(ValueError, match="Unknown metric 'l9'"):
