@@ -260,6 +260,19 @@ def _finite_flags_pair(p: tuple[Array, ...], c: tuple[Array, ...], stacked: bool
     return pack([*leaf_flags(p, stacked=stacked), *leaf_flags(c, stacked=stacked)])
 
 
+def finite_rows(a: Array) -> Array:
+    """Traceable: for each index of ``a``'s leading axis, whether all its values are finite.
+
+    Sums each row first (XLA:CPU sums at about 7x the rate of ``all(isfinite(.))``); a finite
+    sum means a finite row, and only when some sum is not finite (a NaN, an inf, or an overflow
+    of finite values) are the rows checked value by value, so the answer is exact. Not for use
+    under ``vmap`` (the ``cond`` would run both branches).
+    """
+    flat = a.reshape(a.shape[0], -1)
+    ok = jnp.isfinite(jnp.sum(flat, axis=1))
+    return jax.lax.cond(jnp.all(ok), lambda: ok, lambda: jnp.all(jnp.isfinite(flat), axis=1))
+
+
 @jax.jit
 def _sums_finite(leaves: tuple[Array, ...]) -> Array:
     """Whether every floating leaf's sum is finite: true only if all its values are (a NaN or an inf

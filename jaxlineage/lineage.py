@@ -200,7 +200,7 @@ def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk):
     def per_chunk(c_chunk):
         c_pre = jax.vmap(pre_of)(c_chunk)  # the children's first layers, once per child
         f_c = jax.vmap(f)(c_chunk, c_pre)  # [B, N, D]
-        ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2))
+        ok_c = _pairing.finite_rows(f_c)
         l_c = jax.vmap(lambda f: _child_context(f, combos))(f_c) if need_gram else {}
 
         def per_parent(args):
@@ -217,7 +217,7 @@ def _score_local(p_stack, c_stack, x, alpha, *, combos, pruned, split, chunk):
                 # d pre = pre_c - pre_p exactly, as the first layer is linear in its weight.
                 tangent = lambda c, pc: jvp_fn(_pairing.delta(c, p), tuple(a - b for a, b in zip(pc, pp)))
                 jd = jax.vmap(tangent)(c_chunk, c_pre)  # [B, N, D]
-                ok_pair = jnp.all(jnp.isfinite(jd), axis=(1, 2))
+                ok_pair = _pairing.finite_rows(jd)
             vals = _chunk_values(combos, f_p, jd, f_c, l_c, ctx, alpha)  # [B, C, A]
             return vals, ok_pair & jnp.all(jnp.isfinite(f_p))
 
@@ -247,7 +247,7 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
     materialised ``J_p Delta``.
     """
     p_arrays = jax.lax.map(lambda th: split.elementwise_arrays(th, x), p_stack)  # K passes
-    ok_p = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a), axis=(1, 2)) for a in p_arrays]), axis=0)
+    ok_p = jnp.all(jnp.stack([_pairing.finite_rows(a) for a in p_arrays]), axis=0)
     quad = [i for i, (metric, _) in enumerate(combos) if _fastpath.quadratic(metric)]
     tiled = [i for i, (metric, _) in enumerate(combos) if _fastpath.row_separable(metric) and i not in quad]
     other = [i for i in range(len(combos)) if i not in tiled and i not in quad]
@@ -285,7 +285,7 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
 
     def per_chunk(c_chunk):
         f_c, u_c = jax.vmap(child_arrays)(c_chunk)  # [B, N, D], once per child
-        ok_c = jnp.all(jnp.isfinite(f_c), axis=(1, 2)) & jnp.all(jnp.isfinite(u_c), axis=(1, 2))
+        ok_c = _pairing.finite_rows(f_c) & _pairing.finite_rows(u_c)
         parts = []
         if quad_combos:
             vals = _fastpath.quadratic_scores(quad_combos, p_arrays, quad_terms, (f_c, u_c), alpha)

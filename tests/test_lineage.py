@@ -190,3 +190,17 @@ def test_bad_input():
 
 
 # evaluate() / the fold protocol on a zoo moved to the evaluation layer: tests/test_eval.py.
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_finite_rows_is_all_isfinite_per_row(seed):
+    # The sum-first check against its definition: rows with a NaN, an inf, both signs of inf, and
+    # finite rows whose sum overflows float32.
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((12, 3, 7)).astype(np.float32)
+    for row, value in zip(rng.choice(12, 6, replace=False), [np.nan, np.inf, -np.inf, 3e38, -3e38, 3e38]):
+        a[row, rng.integers(3), rng.integers(7) : rng.integers(7) + 2] = value
+    want = np.all(np.isfinite(a), axis=(1, 2))
+    got = np.asarray(jax.jit(_pairing.finite_rows)(jnp.asarray(a)))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(jax.jit(_pairing.finite_rows)(jnp.asarray(a[want]))), want[want])
