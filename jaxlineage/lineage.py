@@ -38,7 +38,7 @@ along ``Delta`` is ``pre_c - pre_p``. That layer then runs once per model
 layers. When those are elementwise (a tap right after the first layer: the
 MLP's ``relu1``, the ConvNet's ``conv1``), ``J_p Delta = h'(U_p) (U_c - U_p)``
 needs no jvp at all, and L1 / Lp / L-inf / LSE are computed in every mode
-from per-model arrays in cache-sized row blocks, L2 from a few ``[K, N D] x [N D, M]``
+from per-model arrays in cache-sized blocks (feature-major, one sweep per metric), L2 from a few ``[K, N D] x [N D, M]``
 matrix products (its three modes expand into inner products of per-model arrays); CKA and dCor form the
 pair's ``N x N`` Gram products (``X_p G^T`` and ``G G^T``, ``O(N^2 D)`` per
 pair; the parents' Gram matrices once per call), which bound their cost. ``fast_path=False`` is the plain jvp path, the
@@ -243,7 +243,7 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
     ``[N, D]``), parents also ``H = h'(U)``; a pair's ``J_p Delta`` is
     ``H_p * (U_c - U_p)``, elementwise. Row-separable metrics (L1, L2, Lp,
     L-inf, LSE) are evaluated by :func:`jaxlineage._fastpath.tiled_norm_scores`
-    in cache-sized row blocks; the others (CKA, dCor, custom) per pair on the
+    in cache-sized blocks; the others (CKA, dCor, custom) per pair on the
     materialised ``J_p Delta``.
     """
     p_arrays = jax.lax.map(lambda th: split.elementwise_arrays(th, x), p_stack)  # K passes
@@ -394,7 +394,7 @@ def _chunk_size(pruned, split, combos, k, m_local, n_alpha, dtype, budget):
     first-layer outputs. With ``split`` the ``K`` parents' first-layer outputs
     (elementwise split: ``F``, ``U``, ``H``) are kept for the whole call and
     come off the budget first. An elementwise split evaluates the norm metrics
-    from ``F`` and ``U`` alone (row blocks), so only the other metrics need the
+    from ``F`` and ``U`` alone (blocks), so only the other metrics need the
     pair's linearised features.
     """
     n, d = pruned.out_shape
