@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -50,6 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlineage.errors import JaxlineageError, path_str
+
+log = logging.getLogger(__name__)
+
+#: Seconds between :meth:`Models.from_zoo`'s progress lines (loading 10^4 checkpoints takes minutes).
+_PROGRESS_EVERY_S = 30.0
 
 __all__ = [
     "HEAD",
@@ -400,9 +407,15 @@ class Models:
         if not ids:
             raise ModelsError("from_zoo: empty list of model ids")
         groups: dict[tuple, dict] = {}
-        for i in ids:
+        t0 = last = time.perf_counter()
+        for n, i in enumerate(ids, 1):
             network = zoo.network_for(i)
             params = zoo.load(i)
+            now = time.perf_counter()
+            if now - last >= _PROGRESS_EVERY_S:
+                eta = (now - t0) / n * (len(ids) - n)
+                log.info("from_zoo: loaded %d/%d models, %.0fs elapsed, ETA %.0fs", n, len(ids), now - t0, eta)
+                last = now
             key = (network.name, getattr(network, "module", None), signature_of(params, stacked=False))
             g = groups.setdefault(key, {"network": network, "ids": [], "params": []})
             g["ids"].append(i)

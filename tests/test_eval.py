@@ -636,3 +636,16 @@ def test_provenance_learned_cells_fit_on_one_attack_fold_and_score_the_other():
     assert [r["alpha"] for r in cal["rows"]["spy"]] == [0.01, 0.05, 0.1]
     assert cal["rows"]["spy"][0]["n"] == 2 and cal["rows"]["spy"][0]["n_calibration"] == 2
     assert np.all((cal["pvalues"]["spy"] > 0) & (cal["pvalues"]["spy"] <= 1))
+
+
+def test_loading_many_zoo_models_logs_progress_with_an_eta(tiny_zoo, monkeypatch, caplog):
+    # Loading 10^4 checkpoints takes minutes: from_zoo logs periodic progress lines (here, every model).
+    from jaxlineage import models as models_lib  # noqa: PLC0415
+
+    monkeypatch.setattr(models_lib, "_PROGRESS_EVERY_S", 0.0)
+    ids = [m.id for m in tiny_zoo.models()][:3]
+    with caplog.at_level("INFO", logger="jaxlineage.models"):
+        scenarios.model_set(tiny_zoo, ids)
+    lines = [r.getMessage() for r in caplog.records if r.name == "jaxlineage.models"]
+    assert [line.split(",")[0] for line in lines] == [f"from_zoo: loaded {n}/3 models" for n in (1, 2, 3)]
+    assert all("ETA" in line for line in lines) and lines[-1].endswith("ETA 0s")
