@@ -638,6 +638,7 @@ def test_provenance_learned_cells_fit_on_one_attack_fold_and_score_the_other():
     assert np.all((cal["pvalues"]["spy"] > 0) & (cal["pvalues"]["spy"] <= 1))
 
 
+@pytest.mark.slow  # builds the tiny zoo (about 12 s) where no other fast test on that worker does
 def test_loading_many_zoo_models_logs_progress_with_an_eta(tiny_zoo, monkeypatch, caplog):
     # Loading 10^4 checkpoints takes minutes: from_zoo logs periodic progress lines (here, every model).
     from jaxlineage import models as models_lib  # noqa: PLC0415
