@@ -260,7 +260,6 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
         by_metric.setdefault(combos[i][0], []).append(i)
     tiled = [i for g in by_metric.values() for i in g]
     tiled_groups = [tuple(combos[i] for i in g) for g in by_metric.values()]
-    tiled_combos = tuple(combos[i] for i in tiled)
     other_combos = tuple(combos[i] for i in other)
     order = np.argsort(quad + tiled + other)  # back to the order of combos
     quad_terms = _fastpath.quadratic_parent_terms(*p_arrays) if quad_combos else None
@@ -276,7 +275,7 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
     ]
     # The norm metrics read feature-major arrays ([models, D, N]: see tiled_norm_scores).
     feature_major = lambda arrays: tuple(jnp.swapaxes(a, 1, 2) for a in arrays)
-    p_major = feature_major(p_arrays) if tiled_combos else None
+    p_major = feature_major(p_arrays) if tiled_groups else None
 
     def child_arrays(th):
         (pre,) = split.pre(th, x)
@@ -290,7 +289,7 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
         if quad_combos:
             vals = _fastpath.quadratic_scores(quad_combos, p_arrays, quad_terms, (f_c, u_c), alpha)
             parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Cq, A]
-        c_major = feature_major((f_c, u_c)) if tiled_combos else None
+        c_major = feature_major((f_c, u_c)) if tiled_groups else None
         for group, block in zip(tiled_groups, blocks):
             vals = _fastpath.tiled_norm_scores(group, p_major, c_major, alpha, block=block)
             parts.append(jnp.transpose(vals, (2, 3, 0, 1)))  # [K, B, Ct, A]
