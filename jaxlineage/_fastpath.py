@@ -532,7 +532,7 @@ def tiled_norm_scores(combos, parent, child, alpha, *, block):  # noqa: C901 (on
     The arrays come **feature-major**, ``[models, D, N]``: a probe row's reduction
     over its ``D`` features then runs along a non-contiguous axis, with the probe
     rows as vector lanes. XLA:CPU vectorises that form; reducing along the
-    contiguous axis (``[models, N, D]``) ran about 3x slower per element. Blocks of
+    contiguous axis (``[models, N, D]``) ran several times slower per element. Blocks of
     ``rows`` features x ``cols`` probe rows keep every parent's and child's block
     in cache while all metrics, modes and alphas read it (cheap terms in one
     variadic reduction, i.e. one sweep; the exp terms of LSE on their own);
@@ -692,7 +692,7 @@ def quadratic_parent_terms(f_p: Array, u_p: Array, h_p: Array) -> dict[str, Arra
 
 #: Contraction block of the products: XLA:CPU runs one ``[K, c] x [c, B]`` product per block
 #: at about 5x the rate of a single product contracting all ``N D`` positions at once, and
-#: blocks of 4096 about 15 % faster than of 1024 (BUILD_NOTES, issue 27).
+#: blocks of 4096 faster than of 1024 (BUILD_NOTES, issue 27).
 _CONTRACTION_BLOCK = 4096
 
 

@@ -253,7 +253,7 @@ def _score_local_elementwise(p_stack, chunks, x, alpha, *, m, combos, split):
     other = [i for i in range(len(combos)) if i not in tiled and i not in quad]
     quad_combos = tuple(combos[i] for i in quad)
     # One sweep over the blocks per metric, with the metric's block shape (_fastpath.block_shape):
-    # on XLA:CPU a sweep reducing two metrics' terms at once (L1 and Lp: ten) ran about 4x slower
+    # on XLA:CPU a sweep reducing two metrics' terms at once (L1 and Lp: ten) ran several times slower
     # than the two sweeps apart (BUILD_NOTES, issue 27).
     by_metric: dict = {}
     for i in tiled:
