@@ -32,6 +32,13 @@ __all__ = ["DERIVATIONS", "ReferenceError", "derive", "train"]
 
 log = logging.getLogger("jaxlineage.references")
 
+#: Added to ``seed`` in the references' initialisation keys and data-order seeds. The zoo's models
+#: start from ``fold_in(key(init_seed), spec seed)`` with small seeds; before this offset, reference
+#: ``i`` of seed 0 started from ``fold_in(key(0), i)`` and its data order ``i``, which is source seed 0
+#: of a zoo with salt ``i``: on the sources' own task it *was* that source (bit for bit for the
+#: ConvNet), so a "reference" was the source itself (BUILD_NOTES, issue 24, sixth session).
+KEY_OFFSET = 2_000_003
+
 
 class ReferenceError(JaxlineageError):  # noqa: A001 (the module's own error, named for it)
     """Reference models cannot be trained as asked; the message names the setting or model."""
@@ -131,7 +138,7 @@ def train(
 ) -> Models:
     """Trains ``n`` independent models of ``like``'s architecture on ``(x, y)``; cached and resumable.
 
-    Each model starts from its own initialisation (``init_fn(fold_in(key(seed), i))``) and sees the data
+    Each model starts from its own initialisation (``init_fn(fold_in(key(seed + KEY_OFFSET), i))``) and sees the data
     in its own order; Adam at ``lr``, cross-entropy, ``epochs`` epochs, batches of ``batch_size``. Train
     them like the suspect was trained (same recipe family): reference p-values are valid when an
     unrelated suspect is exchangeable with the references.
@@ -142,7 +149,8 @@ def train(
       n: the number of references (``1 / (n + 1)`` is the smallest reference p-value).
       init_fn: ``key -> variables`` of one fresh model; default ``module.init`` for linen-built models.
       epochs, lr, batch_size: the recipe.
-      seed: the references' seeds are ``fold_in(key(seed), i)``.
+      seed: the references' keys are ``fold_in(key(seed + KEY_OFFSET), i)``. References must be
+        independent of the sources: a reference that starts from a source's initialisation is not.
       workdir: cache folder; chunks of ``chunk`` models are saved atomically as they finish and a
         second call with the same settings loads them (an interrupted build resumes).
       chunk: models trained together (bounds memory).
@@ -176,11 +184,19 @@ def train(
     wrapped = not (isinstance(fresh, dict) and "params" in fresh)
     net = _ApplyNetwork(like.logits_fn, wrapped)
     sequential = _sequential(like, sequential)
-    settings = {"n": n, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "signature": like.signature}
+    settings = {
+        "n": n,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "key_offset": KEY_OFFSET,
+        "signature": like.signature,
+    }
     root = _cache_root(workdir, "references", settings, x, y)
 
     def build(idx):
-        inits = [init_fn(jax.random.fold_in(jax.random.key(seed), i)) for i in idx]
+        inits = [init_fn(jax.random.fold_in(jax.random.key(seed + KEY_OFFSET), i)) for i in idx]
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *inits)
         trained = training.train_population(
             net,
@@ -188,7 +204,7 @@ def train(
             x,
             y,
             lrs=[lr] * len(idx),
-            seeds=[seed * 100003 + i for i in idx],
+            seeds=[KEY_OFFSET + seed * 100003 + i for i in idx],
             batch_size=min(batch_size, len(x)),
             epochs=epochs,
             sequential=sequential,

@@ -39,7 +39,7 @@ hypothesis and a p-value valid under it:
 * ``references`` (conformal, pooled): the reference tests above enter the verdict together, as
   one conformal test on the pool of the suspect and its ``n`` references
   (:func:`pooled_conformal`): each member's per-test ranks in the pool are combined by Cauchy's
-  transform, and the suspect's p-value is its rank on that combined statistic. Valid under the
+  one-sided transform, and the suspect's p-value is its rank on that combined statistic. Valid under the
   reference tests' common null however they depend on each other, and its smallest value is
   :math:`1 / (n + 1)` whatever the number of tests (combining the tests' own conformal p-values
   would multiply that floor by up to the number of tests). Each test's own p-value is reported.
@@ -52,11 +52,14 @@ hypothesis and a p-value valid under it:
   reference test and the pooled test run against each stratum and keep the largest p-value, valid
   under the union of the strata's nulls (the suspect is exchangeable with *some* stratum).
 
-* Combination of ``weight-perm`` and ``references``: the Cauchy combination test (Liu & Xie, JASA
-  2020), :math:`T = \sum_i w_i \tan((1/2 - p_i)\pi)`, :math:`p = 1/2 - \arctan(T / \sum_i w_i)/\pi`,
-  equal weights; valid under arbitrary dependence between the tests in the tail (small ``alpha``).
-  Or ``combine="bonferroni"``: :math:`\min(1, m \min_i p_i)`, valid under any dependence. Its
-  null is the intersection: the suspect is an independent model trained like the references.
+* Combination of ``weight-perm`` and ``references``: Bonferroni, :math:`\min(1, m \min_i p_i)`
+  over the :math:`m \le 2` tests that apply, valid under any dependence; a test blind to the attack
+  costs a factor :math:`m`, never a veto. Or ``combine="cauchy"``: the Cauchy combination test (Liu &
+  Xie, JASA 2020), :math:`T = \sum_i w_i \tan((1/2 - p_i)\pi)`, :math:`p = 1/2 - \arctan(T / \sum_i
+  w_i)/\pi`, equal weights, valid under arbitrary dependence in the tail (small ``alpha``); it gains
+  when both tests see the attack and loses when one is blind (one test at the floor and one at
+  :math:`p \approx 1` combine to :math:`\approx 1`). The null is the intersection: the suspect is an
+  independent model trained like the references.
 
 A pair no test applies to (e.g. two architectures and no references) is "cannot tell":
 its combined p-value is NaN and its decision ``None``.
@@ -470,18 +473,27 @@ def pooled_conformal(statistics: np.ndarray) -> tuple[float, float]:
 
     ``statistics[0]`` holds the suspect's statistics (one column per test, higher = more related),
     ``statistics[1:]`` the references'. Each model of the pool of :math:`n + 1` gets, per test, its
-    rank :math:`r_t` among the pool (1 = most related; ties take the worse rank) and the combined
-    statistic :math:`c = 	frac1T \sum_t 	anig((	frac12 - u_t)\piig)` with
-    :math:`u_t = (r_t - 	frac12) / (n + 1)` (Cauchy's transform of the full-conformal p-values).
-    The p-value is the suspect's conformal rank on :math:`c`:
-    :math:`p = \#\{j : c_j \ge c_0\} / (n + 1)`.
+    rank :math:`r_t` among the pool (1 = most related; ties take the worse rank), the mid-rank
+    :math:`u_t = (r_t - \tfrac12) / (n + 1)`, and the combined statistic
+
+    .. math:: c = \frac1T \sum_t \tan\big((\tfrac12 - \min(u_t, \tfrac12))\pi\big)
+
+    (Cauchy's transform of the ranks, one-sided: a test on which a model sits in the pool's less
+    related half adds 0, not a large negative term). The p-value is the suspect's conformal rank on
+    :math:`c`: :math:`p = \#\{j : c_j \ge c_0\} / (n + 1)`.
 
     :math:`c` is the same symmetric function of the pool for every member, so when the suspect is
     exchangeable with the references (the null of every reference test) :math:`c_0` is exchangeable
-    with :math:`c_1, \dots, c_n` and :math:`P(p \le lpha) \le lpha`, however the tests depend on
+    with :math:`c_1, \dots, c_n` and :math:`P(p \le \alpha) \le \alpha`, however the tests depend on
     each other. Unlike combining the tests' own conformal p-values, it pays no multiplicity: its
     smallest value is :math:`1 / (n + 1)`, reached when the suspect is more extreme on the combined
     statistic than every reference. With one test it equals that test's conformal p-value.
+
+    Why one-sided: a derived model is extreme on the tests that see its attack and ordinary on the
+    others (a distilled student's weights are unrelated to its teacher's). With the two-sided
+    transform one such test near the bottom of the pool (:math:`u_t \to 1`, a term near
+    :math:`-\infty`) cancelled the evidence of the others; the fifth session's ``PROVENANCE`` run
+    measured it on soft extraction (BUILD_NOTES, issue 24).
 
     Returns:
       ``(c_0, p)``.
@@ -495,7 +507,8 @@ def pooled_conformal(statistics: np.ndarray) -> tuple[float, float]:
     s = np.asarray(statistics, np.float64)
     n1 = s.shape[0]
     rank = (s[None, :, :] >= s[:, None, :]).sum(axis=1)  # [pool, tests]: #members at least as related
-    c = np.tan((0.5 - (rank - 0.5) / n1) * np.pi).mean(axis=1)
+    u = np.minimum((rank - 0.5) / n1, 0.5)
+    c = np.tan((0.5 - u) * np.pi).mean(axis=1)
     return float(c[0]), float(np.sum(c >= c[0] - 1e-12 * max(1.0, abs(c[0]))) / n1)
 
 
@@ -587,7 +600,7 @@ def verify(
     key: jax.Array | None = None,
     tests: Sequence[ReferenceTest] | None = None,
     num_permutations: int = 999,
-    combine: str = "cauchy",
+    combine: str = "bonferroni",
 ) -> Verdict:
     """Is each suspect derived from each source? One calibrated verdict per pair.
 
@@ -608,7 +621,10 @@ def verify(
       key: the permutations' key (default ``jax.random.key(0)``).
       tests: reference tests (default :func:`default_tests`).
       num_permutations: ``T`` of the exact weight test (smallest p ``1 / (T + 1)``).
-      combine: ``"cauchy"`` (default) or ``"bonferroni"``.
+      combine: ``"bonferroni"`` (default) or ``"cauchy"``. Bonferroni bounds what a blind test costs (a
+        factor 2 over the two tests); Cauchy's combination of the floor ``1 / (n + 1)`` with a blind test's
+        ``p`` near 1 is near 1, and most derived models leave one of the two tests blind (a student's or
+        a permuted copy's weights). Measured in BUILD_NOTES (issue 24).
 
     Returns:
       A :class:`Verdict`.

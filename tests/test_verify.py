@@ -233,7 +233,8 @@ def _pooled_brute_force(s):
     c = []
     for j in range(n1):
         u = [(sum(s[i, t] >= s[j, t] for i in range(n1)) - 0.5) / n1 for t in range(tests)]
-        c.append(np.mean([np.tan((0.5 - x) * np.pi) for x in u]))
+        # One-sided: a test on which the member sits in the pool's less related half adds 0.
+        c.append(np.mean([np.tan((0.5 - x) * np.pi) if x < 0.5 else 0.0 for x in u]))
     return c[0], sum(cj >= c[0] - 1e-9 for cj in c) / n1
 
 
@@ -254,13 +255,30 @@ def test_pooled_conformal_matches_brute_force_and_is_valid_under_exchangeability
     for a in (0.05, 0.1, 0.25):
         assert np.mean(p <= a) <= a + 3 * np.sqrt(a * (1 - a) / draws)
     assert np.mean(p <= 0.1) >= 0.1 - 3 * np.sqrt(0.09 / draws)  # not trivially conservative either
-    # A suspect most related on every test reaches the floor 1 / (n + 1): no multiplicity paid, whereas
-    # the Cauchy combination of the tests' own conformal p-values (each 1 / (n + 1)) stays above it only
-    # when the tests disagree; here one reference tops one test, another the other.
-    s = np.array([[5.0, 5.0], [6.0, 0.0], [0.0, 6.0], [1.0, 1.0], [2.0, 2.0]])
+    # A suspect more extreme on the combined statistic than every reference reaches the floor 1 / (n + 1):
+    # no multiplicity paid, whereas the Cauchy combination of the tests' own conformal p-values stays
+    # above it when the tests disagree; here the suspect is first on one test, and a reference tops the other.
+    s = np.array([[5.0, 5.0], [0.0, 6.0], [1.0, 1.0], [2.0, 2.0], [3.0, 0.0]])
     per_test = [(1 + np.sum(s[1:, t] >= s[0, t])) / 5 for t in range(2)]
     assert verify_lib.pooled_conformal(s)[1] == pytest.approx(1 / 5)
     assert cauchy_combination(per_test) > 1 / 5
+
+
+def test_pooled_conformal_one_blind_test_does_not_veto():
+    """A suspect first on two tests and last on two others (a student: its function is its teacher's,
+    its weights are not): with the two-sided transform the last places (mid-ranks near 1, terms near minus
+    infinity) cancel the first places and references win the pool; one-sided, the suspect stays at the
+    floor 1 / (n + 1)."""
+    rng = np.random.default_rng(1)
+    n1 = 60
+    s = rng.normal(size=(n1, 4))
+    s[0, :2] = 10.0  # most related on two tests
+    s[0, 2:] = -10.0  # least related on the other two
+    assert verify_lib.pooled_conformal(s)[1] == pytest.approx(1 / n1)
+    # The two-sided statistic, written out: the same suspect is not at the floor.
+    rank = (s[None] >= s[:, None]).sum(1)
+    c = np.tan((0.5 - (rank - 0.5) / n1) * np.pi).mean(1)
+    assert np.sum(c >= c[0]) / n1 > 0.25
 
 
 # --------------------------------------------------------------------------- verify / identify end to end
