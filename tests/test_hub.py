@@ -378,3 +378,60 @@ def test_build_keeps_the_requested_order_when_a_source_regroups(family):
     b = hub.Index(fp, chunk=7).build(pop, progress=False)
     assert a.ids == b.ids
     np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
+def test_a_prune_of_a_prune_names_the_fullest_source(net, family):
+    """Global magnitude pruning at 60 % of a model and of its own 30 %-pruned copy give the same weights bit
+    for bit, so weights cannot tell the two parents apart; the verifier names the model that explains both
+    (the root), not the nearer 30 %-pruned sibling, and still the exact source over its int8 copy."""
+    from jaxlineage.zoo import magnitude_prune
+
+    pop, _ = family
+    root = jax.tree.map(lambda a: np.asarray(a[0]), pop.params)
+    p30 = jax.tree.map(np.asarray, magnitude_prune(root, 0.3)[0])
+    p60 = jax.tree.map(np.asarray, magnitude_prune(root, 0.6)[0])
+    again = jax.tree.map(np.asarray, magnitude_prune(p30, 0.6)[0])
+    for a, b in zip(jax.tree.leaves(p60), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)  # the identity the rule rests on
+    cands = ModelSet((_pop([p30, root], ["root.p30", "root"], net),))
+    cal = ModelSet((pop.take(range(1, 12)),))
+    verifier = hub.AlignedWeightVerifier().calibrate(cal, cal, unrelated=~np.eye(11, dtype=bool))
+    st = verifier.pair_stats(cands.populations[0], _pop([p60], ["q"], net))
+    assert st[0, 2] < st[1, 2]  # the 30 %-pruned sibling is nearer in L2 ...
+    assert (st[:, 4] == 1.0).all()  # ... and holds every weight of the query, as the root does
+    scores, _ = verifier(cands, ModelSet((_pop([p60], ["q"], net),)))
+    assert int(np.argmax(scores)) == 1
+    # A 30 %-pruned query: only the root holds all its weights (the 60 %-pruned candidate lacks some).
+    cands = ModelSet((_pop([p60, root], ["root.p60", "root"], net),))
+    scores, _ = verifier(cands, ModelSet((_pop([p30], ["q"], net),)))
+    assert int(np.argmax(scores)) == 1
+    np.testing.assert_allclose(
+        scores, hub.choice_score(verifier.pair_stats(cands.populations[0], _pop([p30], ["q"], net)))
+    )
+
+
+def test_calibrate_on_retrieved_unrelated_candidates(net, family):
+    """``LineageSearch.calibrate``: the null is the statistic of each calibration query against exactly the
+    k candidates the index retrieves for it (its own family excluded), recomputed here pair by pair."""
+    pop, _ = family
+    index = hub.Index(hub.WeightFingerprint(), kind="flat").build(pop, progress=False)
+    search = hub.LineageSearch(index, pop, hub.AlignedWeightVerifier(), k=3)
+    cal_ids = [f"root{i}" for i in range(4)]
+    excl = {f"root{i}": [f"root{i}", f"perm{i}", f"noisy{i}"] for i in range(4)}
+    search.calibrate(pop.take([pop.ids.index(c) for c in cal_ids]), exclude=excl)
+    res = index.search(pop.take([pop.ids.index(c) for c in cal_ids]), 3, exclude=excl)
+    want = []
+    for j, q in enumerate(cal_ids):
+        qp = pop.take([pop.ids.index(q)])
+        for c in res.ids[j]:
+            assert c not in excl[q]
+            ci = pop.ids.index(c)
+            a, s = hub.aligned_similarity(
+                jax.tree.map(lambda x, ci=ci: np.asarray(x[ci]), pop.params),
+                jax.tree.map(lambda x: np.asarray(x[0]), qp.params),
+                search.verifier.scorer.spec_fn(qp.arch, jax.tree.map(lambda x: np.asarray(x[0]), qp.params)),
+            )
+            want.append(a + hub.search.TIE_BREAK * s)
+    np.testing.assert_allclose(np.sort(search.verifier.null_scores), np.sort(want), rtol=1e-12)
+    with pytest.raises(hub.HubError, match="statistic"):
+        hub.LineageSearch(index, pop, lambda c, q: (np.zeros(len(c)), np.ones(len(c))), k=3).calibrate(pop.take([0]))

@@ -108,3 +108,25 @@ def test_derive_reports_bad_settings(refs):
         references.derive(refs, "prune", x)
     with pytest.raises(ReferenceError, match="student= is for 'distill'"):
         references.derive(refs, "prune", x, y, student=refs)
+
+
+def test_references_never_start_from_a_zoo_models_keys():
+    """The zoo starts a model from ``fold_in(key(init_seed), salt)`` with small seeds and salts; reference ``i``
+    once started from ``fold_in(key(seed), i)``, which is the zoo's source seed 0 under salt ``i``: a
+    "reference" was then the source itself. With lr = 0 the references keep their initial weights, and none
+    may be any such zoo start."""
+    x, y = _task()
+    kernel = lambda tree: _kernels(tree)[0]  # a kernel identifies the key (biases start at 0)
+    like = Models.from_linen(Net(), [Net().init(jax.random.key(0), x[:1])], ids=["A"])
+    still = references.train(like, x, y, n=3, epochs=1, lr=0.0, batch_size=64, seed=0)
+    starts = [np.asarray(kernel(still.params))[i] for i in range(3)]
+    zoo = [
+        np.asarray(kernel(Net().init(jax.random.fold_in(jax.random.key(s), salt), x[:1])))
+        for s in range(20)
+        for salt in range(20)
+    ]
+    assert all(not np.array_equal(r, z) for r in starts for z in zoo)
+    # The documented keys: fold_in(key(seed + KEY_OFFSET), i).
+    for i, r in enumerate(starts):
+        want = kernel(Net().init(jax.random.fold_in(jax.random.key(references.KEY_OFFSET), i), x[:1]))
+        np.testing.assert_array_equal(r, np.asarray(want))

@@ -44,6 +44,7 @@ from jaxlineage.hub.search import (
     Verifier,
     aligned_distance,
     aligned_similarity,
+    choice_score,
     holm_adjusted,
 )
 
@@ -68,6 +69,7 @@ __all__ = [
     "aligned_distance",
     "aligned_similarity",
     "as_source",
+    "choice_score",
     "fingerprint_from_json",
     "holm_adjusted",
 ]

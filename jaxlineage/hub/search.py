@@ -35,6 +35,7 @@ unrelated, disjoint from the tested ones.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -60,6 +61,7 @@ __all__ = [
     "Verifier",
     "aligned_distance",
     "aligned_similarity",
+    "choice_score",
     "holm_adjusted",
 ]
 
@@ -67,6 +69,7 @@ PyTree = Any
 #: ``verifier(candidates, query) -> (scores [k], pvalues [k])``; higher score = more related.
 Verifier = Callable[[ModelSet, ModelSet], tuple[np.ndarray, np.ndarray]]
 TIE_BREAK = 1e-6
+log = logging.getLogger("jaxlineage.hub")
 
 
 # --------------------------------------------------------------------------- the aligned-weight score
@@ -131,11 +134,11 @@ def _kernels(tree: PyTree) -> list[tuple[str, np.ndarray]]:
 
 
 def _pair_stats(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, ...]:
-    """``(aligned corr, stored corr, aligned distance, stored distance, copied)`` of two models' kernels.
+    """``(aligned corr, stored corr, aligned distance, stored distance, copied, filled)`` of two models' kernels.
 
     Correlations are averaged over kernels; distances are ``|c - q| / |c|`` over all kernels together;
     ``copied`` is the fraction of the query's non-zero kernel entries equal, bit for bit, to the
-    candidate's after alignment."""
+    candidate's after alignment; ``filled`` the fraction of the candidate's kernel entries that are non-zero."""
     qa = align(candidate, query, spec)
     kc, kq, ka = _kernels(candidate), _kernels(query), _kernels(qa)
     if not kc:
@@ -152,7 +155,23 @@ def _pair_stats(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec
 
     nz = sum(int(np.count_nonzero(a)) for a in ka)
     same = sum(int(np.count_nonzero((a == c) & (a != 0))) for c, a in zip(kc, ka))
-    return aligned, stored, dist(ka) / norm, dist(kq) / norm, same / max(nz, 1)
+    filled = sum(int(np.count_nonzero(c)) for c in kc) / max(sum(c.size for c in kc), 1)
+    return aligned, stored, dist(ka) / norm, dist(kq) / norm, same / max(nz, 1), filled
+
+
+def choice_score(stats: np.ndarray) -> np.ndarray:
+    """Stage 3's choice among related candidates, from :func:`_pair_stats` rows ``[K, 6]``; higher is chosen.
+
+    ``copied + full * filled - d_aligned - 1e-6 d_stored``, where ``full`` is 1 when *every* non-zero
+    kernel weight of the query is the candidate's, bit for bit. Among such candidates the fullest one
+    wins (Occam): magnitude pruning at 60 % of a model and at 60 % of its own 30 %-pruned copy give the
+    same weights bit for bit, so both explain a 60 %-pruned query exactly, and the model that explains the
+    other candidate too is named (its prune at 30 % is the query's sibling, not its parent, unless the
+    hub's graph says otherwise; weights cannot). Otherwise: most copied weights, then nearest.
+    """
+    st = np.asarray(stats, np.float64)
+    full = (st[:, 4] >= 1.0).astype(np.float64)
+    return st[:, 4] + full * st[:, 5] - st[:, 2] - TIE_BREAK * st[:, 3]
 
 
 def aligned_similarity(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> tuple[float, float]:
@@ -272,14 +291,15 @@ class AlignedWeightVerifier:
     * p-value: the conformal p-value (:func:`jaxlineage.eval.pvalues.conformal_pvalues`) of the
       aligned correlation (:func:`aligned_similarity`) against those of pairs known to be
       unrelated (:meth:`calibrate`), so Holm decides *whether* ``q`` has a relative among the ``k``;
-    * score: ``copied - d_aligned - 1e-6 d_stored``: ``copied`` is the fraction of the query's
-      non-zero kernel weights equal bit for bit to the candidate's after alignment (a pruned
-      model, a head-only fine-tune and a permuted copy keep their source's weights exactly, which
-      no sibling shares: an int8 copy of the source is *nearer* a pruned model in L2, since
-      rounding zeroes the smallest weights too); ``d`` are the relative L2 distances of
-      :func:`aligned_distance` (the nearest rejected candidate when nothing was copied); the tiny
-      stored-order term prefers, between a model and its permuted copy, the one whose unit order
-      the query kept.
+    * score (:func:`choice_score`): ``copied + full * filled - d_aligned - 1e-6 d_stored``: ``copied``
+      is the fraction of the query's non-zero kernel weights equal bit for bit to the candidate's after
+      alignment (a pruned model, a head-only fine-tune and a permuted copy keep their source's weights
+      exactly, which no sibling shares: an int8 copy of the source is *nearer* a pruned model in L2,
+      since rounding zeroes the smallest weights too); ``full * filled``: among candidates holding
+      every one of the query's weights, the fullest (a prune of a prune is the same prune of the
+      original); ``d`` are the relative L2 distances of :func:`aligned_distance` (the nearest
+      rejected candidate when nothing was copied); the tiny stored-order term prefers, between a
+      model and its permuted copy, the one whose unit order the query kept.
 
     Args:
       spec_fn: ``spec_fn(arch, variables) -> permutation spec``.
@@ -295,8 +315,13 @@ class AlignedWeightVerifier:
         self.null_scores = cal.null_scores
         return self
 
+    def statistic(self, candidates: Population, query: Population) -> np.ndarray:
+        """``[K]``: the statistic the p-values rank, ``aligned + 1e-6 stored`` correlation, of each candidate."""
+        st = self.pair_stats(candidates, query)
+        return st[:, 0] + TIE_BREAK * st[:, 1]
+
     def pair_stats(self, candidates: Population, query: Population) -> np.ndarray:
-        """``[K, 5]``: :func:`_pair_stats` of every candidate against the one query."""
+        """``[K, 6]``: :func:`_pair_stats` of every candidate against the one query."""
         cp = jax.tree.map(np.asarray, candidates.params)
         q = jax.tree.map(lambda a: np.asarray(a)[0], query.params)
         spec = self.scorer.spec_fn(candidates.arch, q)
@@ -311,8 +336,8 @@ class AlignedWeightVerifier:
         for off, cp in zip(candidates.offsets(), candidates.populations):
             if self.scorer.readable(cp, qp):
                 st = self.pair_stats(cp, qp)
-                stat[off : off + len(cp)] = st[:, 0] + TIE_BREAK * st[:, 1]
-                scores[off : off + len(cp)] = st[:, 4] - st[:, 2] - TIE_BREAK * st[:, 3]
+                stat[off : off + len(cp)] = st[:, 0] + TIE_BREAK * st[:, 1]  # = self.statistic
+                scores[off : off + len(cp)] = choice_score(st)
         return scores, conformal_pvalues(stat, self.null_scores, name="aligned-weights")
 
 
@@ -383,6 +408,42 @@ class LineageSearch:
             raise HubError(f"LineageSearch: k must be >= 1, got {k}")
         self.index, self.source, self.verifier = index, as_source(models), verifier
         self.k, self.alpha = int(k), float(alpha)
+
+    def calibrate(self, queries: Any, *, exclude: Mapping[str, Sequence[str]] | None = None) -> LineageSearch:
+        """Calibrates the verifier on what stage 3 sees for an unrelated query: its ``k`` nearest models.
+
+        Each of ``queries`` must be unrelated to every indexed model outside ``exclude[q]`` (pass its own
+        family there). Its ``k`` nearest indexed models by fingerprint are retrieved as in
+        :meth:`find_parents`, and the verifier's null becomes their statistics: the unrelated candidates
+        stage 3 is shown are the *nearest* ones, so a null of random unrelated pairs makes their p-values
+        too small. A later unrelated query's retrieved candidates are then exchangeable with this null when
+        the calibration queries are drawn like it (e.g. whole families held out of the questions).
+        Needs a verifier with ``statistic(candidates, query)`` and ``null_scores`` (:class:`AlignedWeightVerifier`).
+
+        Returns:
+          ``self``.
+        """
+        if not hasattr(self.verifier, "statistic") or not hasattr(self.verifier, "null_scores"):
+            raise HubError(f"calibrate: {type(self.verifier).__name__} has no statistic / null_scores to calibrate")
+        src: ModelSource = as_source(queries)
+        models = src.load(tuple(src.ids))
+        null = []
+        for pop in models.populations:
+            if self.index.fingerprint.signature(pop) != self.index.signature:
+                raise HubError(f"calibrate: queries of {pop.arch} are not comparable with the index's models")
+            res = self.index.search_fingerprints(pop.ids, self.index.fingerprint(pop), self.k, exclude=exclude)
+            for j in range(len(pop.ids)):
+                if not len(res.ids[j]):
+                    continue
+                cands = self.source.load(tuple(res.ids[j]))
+                for cp in cands.populations:
+                    if self.verifier.scorer.readable(cp, pop):
+                        null.append(self.verifier.statistic(cp, pop.take([j])))
+        if not null:
+            raise HubError("calibrate: no calibration query retrieved a readable candidate")
+        self.verifier.null_scores = np.concatenate(null)
+        log.info("hub: verifier calibrated on %d retrieved unrelated pairs", len(self.verifier.null_scores))
+        return self
 
     def find_parents(self, queries: Any, *, exclude: Mapping[str, Sequence[str]] | None = None) -> list[Answer]:
         """One :class:`Answer` per query, in the queries' order.
