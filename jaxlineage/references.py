@@ -28,7 +28,7 @@ import numpy as np
 from jaxlineage.errors import JaxlineageError
 from jaxlineage.models import Models, signature_of
 
-__all__ = ["DERIVATIONS", "ReferenceError", "derive", "train"]
+__all__ = ["DERIVATIONS", "KEY_OFFSET", "ReferenceError", "derive", "train"]
 
 log = logging.getLogger("jaxlineage.references")
 
