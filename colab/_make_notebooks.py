@@ -801,9 +801,11 @@ output KL / agreement, matched-weight, Taylor, ModelGiF and SAC-m tests compare 
 your model the way the references compare with it; they see the permuted copy, which the weight
 test cannot. They enter the verdict together, as one pooled conformal test (column
 `references`): the suspect's rank among itself and the references on all the tests at once, so
-its p-value is at least `1 / (N_REFS + 1)` however many tests there are. With the tiny setting's
-19 references that floor is alpha itself, so the combined verdict on the permuted copy can land
-just above alpha; the quick setting's 99 references lower the floor to 0.01.
+its p-value is at least `1 / (N_REFS + 1)` however many tests there are. The verdict combines it
+with the weight test by Bonferroni (twice the smaller p-value), so a test blind to the attack costs a
+factor 2 and never vetoes. With the tiny setting's 19 references the floor is alpha itself, so the
+combined verdict on the permuted copy lands above alpha (0.1); the quick setting's 99 references
+lower the floor to 0.01 (0.02 combined).
 """),
         code("""
 refs = references.train(me, x, y, n=N_REFS, epochs=2, lr=1e-3, batch_size=64, workdir=CACHE)
