@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
+import hashlib
+import json
 import logging
 import pathlib
 import time
@@ -151,6 +154,10 @@ def power(args) -> None:
     col = {q: m for m, q in enumerate(scen.queries.ids)}
     t2 = time.time()
     seconds: dict[str, float] = {}
+    keyed = {k: v for k, v in vars(args).items() if k not in ("out", "workdir")}
+    tag = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    chunks = pathlib.Path(args.workdir) / "power_chunks" / tag
+    chunks.mkdir(parents=True, exist_ok=True)
     for (arch, task), members in groups.items():
         ids = [i for _, i in members]
         sus = scenarios.model_set(z, ids)
@@ -160,31 +167,51 @@ def power(args) -> None:
         n_all = len(scen.candidates)
         for start in range(0, n_all, args.source_chunk):
             src = scen.candidates.take(list(range(start, min(start + args.source_chunk, n_all))))
-            v = verify_lib.verify(
-                src,
-                sus,
-                data=scen.probe,
-                references=refs_by_group[(arch, task)],
-                alpha=args.alpha,
-                key=jax.random.fold_in(jax.random.key(args.seed), start),
-                num_permutations=args.permutations,
-                combine=args.combine,
-            )
-            for name, sec in v.timings.items():
+            # Each chunk's answers are kept on disk, so an interrupted run (the sixth session's was
+            # killed for memory after 3 of 6 groups) resumes without redoing finished chunks.
+            saved = chunks / f"{arch}-{task}-{start}.json"
+            fresh = not saved.exists()
+            if not fresh:
+                done = json.loads(saved.read_text())
+            else:
+                v = verify_lib.verify(
+                    src,
+                    sus,
+                    data=scen.probe,
+                    references=refs_by_group[(arch, task)],
+                    alpha=args.alpha,
+                    key=jax.random.fold_in(jax.random.key(args.seed), start),
+                    num_permutations=args.permutations,
+                    combine=args.combine,
+                )
+                done = {
+                    "timings": dict(v.timings),
+                    "pairs": [
+                        [pv.source, pv.suspect, pv.pvalue, {e.test: e.pvalue for e in pv.evidence}] for pv in v.pairs
+                    ],
+                }
+                tmp = saved.with_suffix(".tmp")
+                tmp.write_text(json.dumps(done))
+                tmp.replace(saved)
+                del v
+                jax.clear_caches()
+                gc.collect()
+            for name, sec in done["timings"].items():
                 seconds[name] = seconds.get(name, 0.0) + sec
-            for pv in v.pairs:
-                k, m = scen.candidates.ids.index(pv.source), col[pv.suspect]
-                p[k, m] = pv.pvalue
-                for e in pv.evidence:
-                    test_p.setdefault(e.test, np.full(scen.related.shape, np.nan))[k, m] = e.pvalue
+            for source, suspect, pvalue, evidence in done["pairs"]:
+                k, m = scen.candidates.ids.index(source), col[suspect]
+                p[k, m] = np.nan if pvalue is None else pvalue
+                for test, tp in evidence.items():
+                    test_p.setdefault(test, np.full(scen.related.shape, np.nan))[k, m] = np.nan if tp is None else tp
             log.info(
-                "verify: %s on %s, sources %d-%d of %d (%.0fs)",
+                "verify: %s on %s, sources %d-%d of %d (%.0fs)%s",
                 arch,
                 task,
                 start + 1,
                 start + len(src),
                 n_all,
                 time.time() - t2,
+                "" if fresh else " (saved earlier)",
             )
     verify_s = time.time() - t2
     # The combined p-value as verify computed it (its ``combine`` rule: weight-perm with the pooled
