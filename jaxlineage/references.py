@@ -138,8 +138,8 @@ def train(
 ) -> Models:
     """Trains ``n`` independent models of ``like``'s architecture on ``(x, y)``; cached and resumable.
 
-    Each model starts from its own initialisation (``init_fn(fold_in(key(seed + KEY_OFFSET), i))``) and sees the data
-    in its own order; Adam at ``lr``, cross-entropy, ``epochs`` epochs, batches of ``batch_size``. Train
+    Each model starts from its own initialisation (``init_fn(fold_in(key(seed + KEY_OFFSET), i))``) and
+    sees the data in its own order; Adam at ``lr``, cross-entropy, ``epochs`` epochs, batches of ``batch_size``. Train
     them like the suspect was trained (same recipe family): reference p-values are valid when an
     unrelated suspect is exchangeable with the references.
 
