@@ -327,7 +327,10 @@ def default_tests(*, probe_size: int = 64) -> list[ReferenceTest]:
         ),
         ReferenceTest(
             "modelgif",
-            methods.ModelGiFScorer(n_refs=min(64, probe_size), steps=10),
+            # 8 reference inputs per chunk: the fields of every model of a pool (hundreds of references)
+            # are alive per chunk; at 32 one ConvNet pool of 124 models peaked at 13.7 GB, at 8 4.3 GB, same
+            # statistics (benchmarks/verify_memory.py).
+            methods.ModelGiFScorer(n_refs=min(64, probe_size), steps=10, chunk_size=8),
             "functional copies, also across architectures (input-gradient fields, ModelGiF)",
         ),
         ReferenceTest(
