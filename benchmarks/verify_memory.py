@@ -15,7 +15,6 @@ One JSON line per run in ``<out>/verify_memory.jsonl``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import resource
@@ -31,15 +30,12 @@ def one(args) -> None:
     import jax  # noqa: PLC0415 (each run in its own process: peak RSS is per process)
     import verify_power as vp  # noqa: PLC0415
 
-    from jaxlineage import references, zoo  # noqa: PLC0415
+    from jaxlineage import references  # noqa: PLC0415
     from jaxlineage import verify as verify_lib  # noqa: PLC0415
     from jaxlineage.eval import scenarios  # noqa: PLC0415
     from jaxlineage.eval.scorers import methods  # noqa: PLC0415
 
-    spec = zoo.SPECS[args.spec]
-    if args.zoo_seed:
-        spec = dataclasses.replace(spec, name=f"{spec.name}_seed{args.zoo_seed}", seed=args.zoo_seed)
-    z = zoo.build(spec, pathlib.Path(args.workdir) / spec.name)
+    _, z = vp._zoo(args)  # the zoo verify_power.py builds for these settings
     src = [r.id for r in z.group("src_cnn")][:1]
     sus = [r.id for r in z.group("cnn.extract_p")][:4]
     task = z.get(sus[0]).task

@@ -53,6 +53,15 @@ def _bonferroni(stack: np.ndarray) -> np.ndarray:
     return np.where(m > 0, np.minimum(1.0, m * smallest), np.nan)
 
 
+def _cauchy(stack: np.ndarray) -> np.ndarray:
+    """Cauchy's combination over the tests that apply to each pair (axis 0); NaN where none does."""
+    out = np.full(stack.shape[1:], np.nan)
+    for idx in zip(*np.nonzero(np.isfinite(stack).any(0))):
+        col = stack[(slice(None), *idx)]
+        out[idx] = verify_lib.cauchy_combination(col[np.isfinite(col)])
+    return out
+
+
 def _strata(trained, other: list, x, y, arch: str, task: str, init_fn, args) -> dict:
     """The trained references and two attacked strata made from the first ``args.strata`` of them
     (:func:`jaxlineage.references.derive` with the provenance zoo's recipes): pruned to 60 % with one
@@ -219,15 +228,9 @@ def power(args) -> None:
     # test): the Cauchy combination of weight-perm and every reference test's own conformal p-value.
     primary = np.stack([test_p[t] for t in (verify_lib.WEIGHT_PERM, verify_lib.REFERENCES) if t in test_p])
     bonf = _bonferroni(primary)
-    cauchy2 = np.full(p.shape, np.nan)
-    for idx in zip(*np.nonzero(np.isfinite(primary).any(0))):
-        col = primary[(slice(None), *idx)]
-        cauchy2[idx] = verify_lib.cauchy_combination(col[np.isfinite(col)])
+    cauchy2 = _cauchy(primary)
     per_test = np.stack([tp for t, tp in test_p.items() if t != verify_lib.REFERENCES])
-    cauchy_per_test = np.full(p.shape, np.nan)
-    for idx in zip(*np.nonzero(np.isfinite(per_test).any(0))):
-        col = per_test[(slice(None), *idx)]
-        cauchy_per_test[idx] = verify_lib.cauchy_combination(col[np.isfinite(col)])
+    cauchy_per_test = _cauchy(per_test)
     rows = {
         f"verify ({args.combine})": _neg_log(p),
         "verify (bonferroni of weight-perm, references)": _neg_log(bonf),

@@ -159,6 +159,11 @@ def _pair_stats(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec
     return aligned, stored, dist(ka) / norm, dist(kq) / norm, same / max(nz, 1), filled
 
 
+def _statistic(stats: np.ndarray) -> np.ndarray:
+    """What the p-values rank, from :func:`_pair_stats` rows ``[K, 6]``: ``aligned + 1e-6 stored`` correlation."""
+    return stats[:, 0] + TIE_BREAK * stats[:, 1]
+
+
 def choice_score(stats: np.ndarray) -> np.ndarray:
     """Stage 3's choice among related candidates, from :func:`_pair_stats` rows ``[K, 6]``; higher is chosen.
 
@@ -317,8 +322,7 @@ class AlignedWeightVerifier:
 
     def statistic(self, candidates: Population, query: Population) -> np.ndarray:
         """``[K]``: the statistic the p-values rank, ``aligned + 1e-6 stored`` correlation, of each candidate."""
-        st = self.pair_stats(candidates, query)
-        return st[:, 0] + TIE_BREAK * st[:, 1]
+        return _statistic(self.pair_stats(candidates, query))
 
     def pair_stats(self, candidates: Population, query: Population) -> np.ndarray:
         """``[K, 6]``: :func:`_pair_stats` of every candidate against the one query."""
@@ -336,7 +340,7 @@ class AlignedWeightVerifier:
         for off, cp in zip(candidates.offsets(), candidates.populations):
             if self.scorer.readable(cp, qp):
                 st = self.pair_stats(cp, qp)
-                stat[off : off + len(cp)] = st[:, 0] + TIE_BREAK * st[:, 1]  # = self.statistic
+                stat[off : off + len(cp)] = _statistic(st)
                 scores[off : off + len(cp)] = choice_score(st)
         return scores, conformal_pvalues(stat, self.null_scores, name="aligned-weights")
 
