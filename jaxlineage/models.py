@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlineage._progress import Progress
 from jaxlineage.errors import JaxlineageError, path_str
 
 log = logging.getLogger(__name__)
@@ -407,15 +407,11 @@ class Models:
         if not ids:
             raise ModelsError("from_zoo: empty list of model ids")
         groups: dict[tuple, dict] = {}
-        t0 = last = time.perf_counter()
-        for n, i in enumerate(ids, 1):
+        bar = Progress("from_zoo", len(ids), verb="loaded", every=_PROGRESS_EVERY_S, logger=log)
+        for i in ids:
             network = zoo.network_for(i)
             params = zoo.load(i)
-            now = time.perf_counter()
-            if now - last >= _PROGRESS_EVERY_S:
-                eta = (now - t0) / n * (len(ids) - n)
-                log.info("from_zoo: loaded %d/%d models, %.0fs elapsed, ETA %.0fs", n, len(ids), now - t0, eta)
-                last = now
+            bar.update(1)
             key = (network.name, getattr(network, "module", None), signature_of(params, stacked=False))
             g = groups.setdefault(key, {"network": network, "ids": [], "params": []})
             g["ids"].append(i)

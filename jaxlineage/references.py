@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import pathlib
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlineage._progress import Progress
 from jaxlineage.errors import JaxlineageError
 from jaxlineage.models import Models, signature_of
 
@@ -99,14 +99,15 @@ def _cached_chunks(root: pathlib.Path | None, n: int, chunk: int, build: Callabl
     """``build(indices) -> stacked params`` chunk by chunk; each chunk saved atomically and reloaded when present."""
     from jaxlineage.zoo import storage  # noqa: PLC0415
 
-    chunks, t0, done = [], time.time(), 0
+    chunks = []
+    bar = Progress(what, n, verb="made", logger=log, every=0.0)
     for start in range(0, n, chunk):
         idx = list(range(start, min(n, start + chunk)))
         path = root / f"chunk-{start:05d}" if root is not None else None
         if path is not None and path.is_dir():
             try:
                 chunks.append(storage.load_params(path))
-                done += len(idx)
+                bar.update(len(idx), "saved earlier", resumed=True)
                 continue
             except JaxlineageError as e:
                 raise ReferenceError(f"references: cached chunk {path} is unreadable ({e}); delete it") from e
@@ -114,9 +115,7 @@ def _cached_chunks(root: pathlib.Path | None, n: int, chunk: int, build: Callabl
         if path is not None:
             storage.save_params(path, out)
         chunks.append(out)
-        done += len(idx)
-        eta = (time.time() - t0) / max(done, 1) * (n - done)
-        log.info("%s: %d / %d models made (%.0fs, ETA %.0fs)", what, done, n, time.time() - t0, eta)
+        bar.update(len(idx))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *chunks)
 
 

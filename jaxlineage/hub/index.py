@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from jaxlineage._io import atomic_dir
+from jaxlineage._progress import Progress
 from jaxlineage.eval.core import ModelSet, Population
 from jaxlineage.hub.fingerprints import Fingerprint, HubError, fingerprint_from_json
 
@@ -141,33 +142,6 @@ def _atomic_json(path: pathlib.Path, obj) -> None:
     os.replace(tmp, path)
 
 
-class _Bar:
-    """Log lines with rate and ETA every ``every`` seconds (and tqdm when enabled)."""
-
-    def __init__(self, total: int, what: str, enabled: bool):
-        self.total, self.what, self.done, self.t0, self.last = total, what, 0, time.time(), 0.0
-        self.tqdm = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.tqdm = tqdm(total=total, desc=what, unit="model")
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.tqdm is not None:
-            self.tqdm.update(n)
-        now = time.time()
-        if now - self.last > 10 or self.done == self.total:
-            el = now - self.t0
-            eta = el / max(self.done, 1) * (self.total - self.done)
-            log.info("%s: %d/%d models, %.0fs elapsed, ETA %.0fs", self.what, self.done, self.total, el, eta)
-            self.last = now
-
-    def close(self) -> None:
-        if self.tqdm is not None:
-            self.tqdm.close()
-
-
 class Index:
     """Fingerprints of many models in FAISS; nearest models of a query in sublinear time.
 
@@ -249,7 +223,7 @@ class Index:
             _atomic_json(old, state)
         if progress is None:
             progress = not os.environ.get("JAXLINEAGE_NO_PROGRESS")
-        bar = _Bar(len(ids), "hub: fingerprints", progress)
+        bar = Progress("hub: fingerprints", len(ids), bar=progress, logger=log)
         out, reused = [], 0
         try:
             for c, s in enumerate(range(0, len(ids), self.chunk)):
@@ -260,10 +234,11 @@ class Index:
                     vec = self._chunk_vectors(src.load(part), part)
                     if path is not None:
                         _atomic_npz(path, ids=np.asarray(part), vectors=vec, signature=np.asarray(self.signature))
+                    bar.update(len(part))
                 else:
                     reused += len(part)
+                    bar.update(len(part), resumed=True)
                 out.append(vec)
-                bar.update(len(part))
         finally:
             bar.close()
         if reused:

@@ -30,6 +30,7 @@ from jaxlineage import data as data_lib
 from jaxlineage import graph as graph_lib
 from jaxlineage import nets
 from jaxlineage import text as text_lib
+from jaxlineage._progress import Progress
 from jaxlineage.zoo import ops as ops_lib
 from jaxlineage.zoo import storage, training
 from jaxlineage.zoo._base import PyTree, Role, ZooError, enum_value, log
@@ -358,41 +359,6 @@ def _init_key(arch: tuple[str, tuple], num_classes: int, init_seed: int, salt: i
 # --------------------------------------------------------------------------- build
 
 
-class _Progress:
-    """tqdm over models when available and wanted, else log lines with an ETA."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.t0 = total, 0, time.time()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, unit="model", desc="zoo")
-            except ImportError:
-                pass
-
-    def add_total(self, n: int):
-        self.total += n
-        if self.bar is not None:
-            self.bar.total = self.total
-            self.bar.refresh()
-
-    def update(self, n: int, what: str):
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix_str(what)
-        else:
-            el = time.time() - self.t0
-            eta = el / max(self.done, 1) * (self.total - self.done)
-            log.info("zoo: %d/%d models (%s), %.0fs elapsed, ETA %.0fs", self.done, self.total, what, el, eta)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def build(
     spec: ZooSpec | GraphSpec, workdir: str | os.PathLike, *, progress: bool | None = None, overwrite: bool = False
 ) -> Zoo:
@@ -472,7 +438,7 @@ class _Builder:
         for g in spec.order():
             n[g.name] = len(g.points()) * (1 if g.source is None else kept[g.source])
             kept[g.name] = min(g.top_k, n[g.name]) if g.top_k is not None else n[g.name]
-        self.bar = _Progress(sum(n.values()), progress)
+        self.bar = Progress("zoo", sum(n.values()), bar=progress, every=0.0 if not progress else 60.0, logger=log)
         self._params_cache: dict[str, PyTree] = {}
 
     def _expected(self, g: Group) -> int:
@@ -536,7 +502,7 @@ class _Builder:
         done = {j.id: self.stored(j.id) for j in jobs}
         todo = [j for j in jobs if done[j.id] is None]
         if len(jobs) > len(todo):
-            self.bar.update(len(jobs) - len(todo), f"{g.name}: already built")
+            self.bar.update(len(jobs) - len(todo), f"{g.name}: already built", resumed=True)
         pops: dict = {}
         for j in todo:
             pops.setdefault(tuple(j.hparams[k] for k in op.static), []).append(j)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 from jaxlineage import lineage as lineage_lib
 from jaxlineage import matching
 from jaxlineage import similarity as similarity_lib
+from jaxlineage._progress import Progress
 from jaxlineage.errors import path_str
 from jaxlineage.eval import core
 from jaxlineage.eval.tree._common import Mode, PyTree, TreeError, _check_square
@@ -377,18 +377,14 @@ def aligned_weight_scores(
     sweeps = np.zeros(len(pairs), dtype=int)
     converged = np.zeros(len(pairs), dtype=bool)
     cache: tuple[int, list[np.ndarray]] | None = None
-    t0 = last = time.monotonic()
+    bar = Progress(what, len(pairs), unit="pairs", verb="aligned", every=_PROGRESS_EVERY_S, logger=log)
     for n, (i, j) in enumerate(pairs):
-        now = time.monotonic()
-        if n and now - last >= _PROGRESS_EVERY_S:
-            last = now
-            eta = (now - t0) / n * (len(pairs) - n)
-            log.info("%s: aligned %d/%d pairs, %.0fs elapsed, ETA %.0fs", what, n, len(pairs), now - t0, eta)
         if cache is None or cache[0] != i:
             cache = (i, [v[i].astype(np.float64) for v in host])
         b = [v[j].astype(np.float64) for v in host]
         _, d, sweeps[n], converged[n] = matching.weight_matching(cache[1], b, leaf_axes, units, max_sweeps=max_sweeps)
         dist[i, j] = dist[j, i] = min(raw[i, j], d)
+        bar.update(1)
     out = -dist
     np.fill_diagonal(out, np.nan)
     if not return_details:
