@@ -429,13 +429,10 @@ class LineageSearch:
         """
         if not hasattr(self.verifier, "statistic") or not hasattr(self.verifier, "null_scores"):
             raise HubError(f"calibrate: {type(self.verifier).__name__} has no statistic / null_scores to calibrate")
-        src: ModelSource = as_source(queries)
-        models = src.load(tuple(src.ids))
         null = []
-        for pop in models.populations:
-            if self.index.fingerprint.signature(pop) != self.index.signature:
+        for pop, res, _ in self._retrieved(queries, exclude):
+            if res is None:
                 raise HubError(f"calibrate: queries of {pop.arch} are not comparable with the index's models")
-            res = self.index.search_fingerprints(pop.ids, self.index.fingerprint(pop), self.k, exclude=exclude)
             for j in range(len(pop.ids)):
                 if not len(res.ids[j]):
                     continue
@@ -459,26 +456,36 @@ class LineageSearch:
           queries: a Population, ModelSet or source.
           exclude: ``{query id: indexed ids never to return}`` (e.g. the query itself).
         """
-        src: ModelSource = as_source(queries)
-        models = src.load(tuple(src.ids))
         out: dict[str, Answer] = {}
-        for pop in models.populations:
-            sig = self.index.fingerprint.signature(pop)
-            if sig != self.index.signature:
+        for pop, res, fp_s in self._retrieved(queries, exclude, one_by_one=True):
+            if res is None:
                 reason = (
-                    f"signature {sig!r} ({pop.arch}) is not the index's {self.index.signature!r}:"
-                    " no indexed model is comparable"
+                    f"signature {self.index.fingerprint.signature(pop)!r} ({pop.arch}) is not the index's"
+                    f" {self.index.signature!r}: no indexed model is comparable"
                 )
                 out.update({q: Answer(q, None, float("nan"), reason=reason) for q in pop.ids})
+                continue
+            for j, q in enumerate(pop.ids):
+                secs = {"fingerprint": fp_s, "retrieve": float(res.seconds[j])}
+                out[q] = self.verify(q, pop.take([j]), res.ids[j], res.distances[j], secs)
+        return [out[q] for q in as_source(queries).ids]
+
+    def _retrieved(self, queries: Any, exclude: Mapping[str, Sequence[str]] | None, *, one_by_one: bool = False):
+        """Stages 1-2 for the queries, population by population: ``(population, search result, fingerprint
+        seconds per model)``, the result ``None`` where the population's fingerprint signature is not the index's."""
+        src: ModelSource = as_source(queries)
+        for pop in src.load(tuple(src.ids)).populations:
+            if self.index.fingerprint.signature(pop) != self.index.signature:
+                yield pop, None, 0.0
                 continue
             t = time.perf_counter()
             vecs = self.index.fingerprint(pop)
             fp_s = (time.perf_counter() - t) / len(pop)
-            res = self.index.search_fingerprints(pop.ids, vecs, self.k, exclude=exclude, one_by_one=True)
-            for j, q in enumerate(pop.ids):
-                secs = {"fingerprint": fp_s, "retrieve": float(res.seconds[j])}
-                out[q] = self.verify(q, pop.take([j]), res.ids[j], res.distances[j], secs)
-        return [out[q] for q in src.ids]
+            yield (
+                pop,
+                self.index.search_fingerprints(pop.ids, vecs, self.k, exclude=exclude, one_by_one=one_by_one),
+                fp_s,
+            )
 
     def verify(
         self, query_id: str, query: Population, candidates: Sequence[str], distances: np.ndarray, secs: dict
