@@ -12,6 +12,12 @@ and the independents must get "no parent", the other children their parent.
 
     python benchmarks/verify_power.py power --workdir /tmp/verify_power --out benchmarks/results
     python benchmarks/verify_power.py identify --workdir /tmp/verify_power --out benchmarks/results
+    python benchmarks/verify_power.py check --out benchmarks/results   # the issue's criteria, per column
+
+``check`` reads the newest ``power`` record under ``--out`` and applies the criteria fixed before the runs
+(BUILD_NOTES, issue 24): in every column where some single row reaches AUC >= 0.95, the verdict rejects at
+least 90 % of the derived pairs and its AUC is at least that row's minus 0.02; in every column, the negatives
+it rejects are within alpha + the binomial 95 % margin.
 """
 
 from __future__ import annotations
@@ -300,6 +306,63 @@ def power(args) -> None:
     print("| verify rejects at alpha (derived ; negatives) | " + " | ".join(cells) + " |")
 
 
+#: Rows of a power record that are not single tests or single methods (the combinations).
+_COMBINED = ("verify (", "earlier rule")
+
+
+def criteria(record: dict) -> dict:
+    """Per attack column: the issue's three criteria applied to a ``power`` record (see the module doc)."""
+    alpha = record["settings"]["alpha"]
+    verdict = f"verify ({record['settings']['combine']})"
+    out = {}
+    for a, rej in record["rejections@alpha"].items():
+        singles = {
+            n: cells[a] for n, cells in record["auc"].items() if not n.startswith(_COMBINED) and cells[a] is not None
+        }
+        best = max(singles, key=singles.get) if singles else None
+        best_auc = singles.get(best, float("nan"))
+        auc = record["auc"][verdict][a]
+        n_neg = rej["negatives"]
+        limit = alpha + 1.96 * np.sqrt(alpha * (1 - alpha) / max(n_neg, 1))
+        power_ = rej["derived_rejected"] / max(rej["derived"], 1)
+        fpr = rej["negatives_rejected"] / max(n_neg, 1)
+        applies = best_auc >= 0.95
+        out[a] = {
+            "best_single_row": best,
+            "best_single_auc": best_auc,
+            "verdict_auc": auc,
+            "power": power_,
+            "negatives_rejected": fpr,
+            "negatives_limit": float(limit),
+            "power_met": (power_ >= 0.9) if applies else None,
+            "auc_met": (auc is not None and auc >= best_auc - 0.02) if applies else None,
+            "negatives_met": bool(fpr <= limit),
+        }
+    return out
+
+
+def check(args) -> None:
+    path = pathlib.Path(args.out) / "verify_power.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    power_records = [r for r in records if r.get("benchmark") == "verify_power"]
+    if not power_records:
+        raise SystemExit(f"{path}: no verify_power record (run `power` first)")
+    rec = power_records[-1]
+    print(f"{path}: the power record of {rec.get('time', '?')} (zoo {rec['zoo']}, {rec['pairs']} pairs)")
+    print("| column | best single row (AUC) | verdict AUC | power | negatives rejected (limit) | met |")
+    print("|---|---|---:|---:|---:|---|")
+    ok = True
+    for a, c in criteria(rec).items():
+        met = [c["negatives_met"]] + ([c["power_met"], c["auc_met"]] if c["power_met"] is not None else [])
+        ok &= all(met)
+        print(
+            f"| {a} | {c['best_single_row']} ({c['best_single_auc']:.3f}) | {c['verdict_auc']:.3f} |"
+            f" {c['power']:.3f} | {c['negatives_rejected']:.3f} ({c['negatives_limit']:.3f}) |"
+            f" {'yes' if all(met) else 'NO'}{'' if c['power_met'] is not None else ' (no single row >= 0.95)'} |"
+        )
+    print("every column meets the criteria" if ok else "some column does not meet the criteria")
+
+
 def identify(args) -> None:
     t0 = time.time()
     z = zoo.build(zoo.QUICK, pathlib.Path(args.workdir) / "quick")
@@ -337,7 +400,7 @@ def identify(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("power", "identify"))
+    ap.add_argument("what", choices=("power", "identify", "check"))
     ap.add_argument("--workdir", default="verify_power_work")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--references", type=int, default=39, help="references per (architecture, task)")
@@ -362,7 +425,7 @@ def main() -> None:
     ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 5], help="indices of withheld parents")
     args = ap.parse_args()
     _common.setup_logging()
-    {"power": power, "identify": identify}[args.what](args)
+    {"power": power, "identify": identify, "check": check}[args.what](args)
 
 
 if __name__ == "__main__":
