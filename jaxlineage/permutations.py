@@ -42,6 +42,7 @@ __all__ = [
     "apply_permutations",
     "check_spec",
     "infer_spec",
+    "infer_specs",
     "permutation_spec",
     "permute_params",
     "random_permutations",
@@ -304,24 +305,30 @@ def _feeds(shape: tuple[int, ...], nshape: tuple[int, ...]) -> int | None:
     return None
 
 
-def _chain(layers: list[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]] | None:
-    """The layers ordered as a chain by their shapes (ties: the tree's order), or ``None``.
+def _chains(layers: list[tuple[str, tuple[int, ...]]], limit: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+    """Every order of the layers in which each one feeds the next (tree order first), at most ``limit``.
 
     jax tree maps return dicts with sorted keys, so a trained model's tree order says nothing about the
-    layers' order; shapes do: the first layer feeds another but is fed by none, each next one is fed by the
-    last.
+    layers' order; shapes do: a chain starts at a layer fed by no other (any layer if each is fed by one)
+    and uses every layer once. Layers of one square shape give several orders; only the function can tell
+    them apart (:func:`check_spec`).
     """
     fed = {n for n, s in layers for m, t in layers if m != n and _feeds(t, s) is not None}
-    starts = [ly for ly in layers if ly[0] not in fed] or layers[:1]
-    chain = [starts[0]]
-    rest = [ly for ly in layers if ly is not starts[0]]
-    while rest:
-        nxt = next((ly for ly in rest if _feeds(chain[-1][1], ly[1]) is not None), None)
-        if nxt is None:
-            return None
-        chain.append(nxt)
-        rest = [ly for ly in rest if ly is not nxt]
-    return chain
+    out: list[list] = []
+
+    def grow(chain: list, rest: list) -> None:
+        if len(out) >= limit:
+            return
+        if not rest:
+            out.append(chain)
+            return
+        for ly in rest:
+            if _feeds(chain[-1][1], ly[1]) is not None:
+                grow([*chain, ly], [r for r in rest if r is not ly])
+
+    for first in [ly for ly in layers if ly[0] not in fed] or layers:
+        grow([first], [ly for ly in layers if ly is not first])
+    return out
 
 
 def _norms_of(variables: PyTree, kernels: set[str]) -> dict[int, list[tuple[str, str, list[str]]]]:
@@ -339,45 +346,57 @@ def _norms_of(variables: PyTree, kernels: set[str]) -> dict[int, list[tuple[str,
     return out
 
 
-def infer_spec(variables: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]] | None:
-    """A permutation spec for a chain of Dense / Conv layers, read from the variables alone, or ``None``.
+def infer_specs(variables: PyTree, *, limit: int = 24) -> list[dict[str, tuple[int, tuple[PermAxis, ...]]]]:
+    """Permutation specs for a chain of Dense / Conv layers, read from the variables alone: one per order.
 
     Layers are the submodules of ``variables["params"]`` with a 2-d (Dense ``[in, out]``) or 4-d
-    (Conv ``[h, w, in, out]``) ``kernel``, ordered by their shapes: the first is fed by no other layer,
-    each next one reads the last one's outputs (a Conv flattened into a Dense: inputs a multiple of the
-    channels, channels last); ties go to the tree's order. Every layer but the last gets one entry: its
-    kernel's output axis, its bias, the submodules whose leaves are all vectors of that width
-    (LayerNorm / BatchNorm scales, biases and statistics; assigned only when one layer has that width),
-    and the next kernel's input axis.
+    (Conv ``[h, w, in, out]``) ``kernel``. They are ordered by their shapes, never by their names: the
+    first is fed by no other layer, each next one reads the last one's outputs (a Conv flattened into a
+    Dense: inputs a multiple of the channels, channels last), and every layer is used once. Hidden
+    layers of one square shape allow several orders; each gives a spec (tree order first, at most
+    ``limit``), and :func:`check_spec` on a few inputs tells which one is the network's. Every layer but
+    the last gets one entry: its kernel's output axis, its bias, the submodules whose leaves are all
+    vectors of that width (LayerNorm / BatchNorm scales, biases and statistics; assigned only when one
+    layer has that width), and the next kernel's input axis.
 
-    The inference assumes a plain chain; skip connections, attention or ambiguous widths break it, which
-    :func:`check_spec` detects. Use the spec only after :func:`check_spec` passes.
+    The inference assumes a plain chain; skip connections or attention break it, which :func:`check_spec`
+    detects. Use a spec only after :func:`check_spec` passes.
 
     Returns:
-      The spec, or ``None`` when the variables are not a chain of at least two such layers.
+      The specs, empty when the variables are not a chain of at least two such layers.
     """
     if not isinstance(variables, Mapping) or not isinstance(variables.get("params"), Mapping):
-        return None
+        return []
     p = variables["params"]
     layers = _kernel_modules(p)
     if not layers or len(layers) < 2:
-        return None
-    chain = _chain(layers)
-    if chain is None:
-        return None
+        return []
     norms = _norms_of(variables, {n for n, _ in layers})
-    widths = [shape[-1] for _, shape in chain[:-1]]
-    spec = {}
-    for (name, shape), (nxt, nshape) in zip(chain, chain[1:]):
-        units, tile = shape[-1], _feeds(shape, nshape)
-        axes = [PermAxis(("params", name, "kernel"), len(shape) - 1)]
-        if "bias" in p[name] and jnp.shape(p[name]["bias"]) == (units,):
-            axes.append(PermAxis(("params", name, "bias"), 0))
-        if widths.count(units) == 1:
-            axes += [PermAxis((col, mod, leaf), 0) for col, mod, leaves in norms.get(units, []) for leaf in leaves]
-        axes.append(PermAxis(("params", nxt, "kernel"), len(nshape) - 2, tile=tile))
-        spec[name] = (units, tuple(axes))
-    return spec
+    specs = []
+    for chain in _chains(layers, limit):
+        widths = [shape[-1] for _, shape in chain[:-1]]
+        spec = {}
+        for (name, shape), (nxt, nshape) in zip(chain, chain[1:]):
+            units, tile = shape[-1], _feeds(shape, nshape)
+            axes = [PermAxis(("params", name, "kernel"), len(shape) - 1)]
+            if "bias" in p[name] and jnp.shape(p[name]["bias"]) == (units,):
+                axes.append(PermAxis(("params", name, "bias"), 0))
+            if widths.count(units) == 1:
+                axes += [PermAxis((col, mod, leaf), 0) for col, mod, leaves in norms.get(units, []) for leaf in leaves]
+            axes.append(PermAxis(("params", nxt, "kernel"), len(nshape) - 2, tile=tile))
+            spec[name] = (units, tuple(axes))
+        specs.append(spec)
+    return specs
+
+
+def infer_spec(variables: PyTree) -> dict[str, tuple[int, tuple[PermAxis, ...]]] | None:
+    """The first of :func:`infer_specs` (``None`` if none): the chain's spec when its order is unambiguous.
+
+    Use it only after :func:`check_spec` passes; :func:`jaxlineage.verify` tries every order of
+    :func:`infer_specs` and keeps the one that keeps the function.
+    """
+    specs = infer_specs(variables, limit=1)
+    return specs[0] if specs else None
 
 
 def check_spec(

@@ -1,5 +1,12 @@
 r"""Answers for anyone's models: was B derived from A, and how sure? Which candidate is its parent?
 
+Usage (``jaxlineage.verify`` is this module and its function; ``help(jaxlineage.verify.verify)``
+shows the function alone)::
+
+    verdict = jl.verify(sources, suspects, data=x, references=refs, alpha=0.05)
+    print(verdict)  # per pair: each test's p-value, the combined p-value, DERIVED / no evidence
+    parents = jl.identify(queries, candidates, data=x, references=refs).parents
+
 :func:`verify` gives a :class:`Verdict` for every (source, suspect) pair: a p-value per
 evidence test, one combined p-value, and a decision at level ``alpha``. :func:`identify`
 turns the combined p-values into a parent or :data:`NO_PARENT` per query (Holm-Bonferroni
@@ -54,7 +61,9 @@ hypothesis and a p-value valid under it:
 
 * Combination of ``weight-perm`` and ``references``: Bonferroni, :math:`\min(1, m \min_i p_i)`
   over the :math:`m \le 2` tests that apply, valid under any dependence; a test blind to the attack
-  costs a factor :math:`m`, never a veto. Or ``combine="cauchy"``: the Cauchy combination test (Liu &
+  costs a factor :math:`m`, never a veto. So a derivation only one test sees (a student or a permuted
+  copy: the references alone) is decided when :math:`m / (n + 1) \le \alpha`; the verdict warns when a
+  test's floor cannot (:attr:`Evidence.floor`). Or ``combine="cauchy"``: the Cauchy combination test (Liu &
   Xie, JASA 2020), :math:`T = \sum_i w_i \tan((1/2 - p_i)\pi)`, :math:`p = 1/2 - \arctan(T / \sum_i
   w_i)/\pi`, equal weights, valid under arbitrary dependence in the tail (small ``alpha``); it gains
   when both tests see the attack and loses when one is blind (one test at the floor and one at
@@ -189,6 +198,8 @@ class Evidence:
       part_of: ``""`` for the tests the verdict combines (``weight-perm``, ``references``); for a
         reference test, ``"references"``: its own p-value is reported, and its statistic enters the
         verdict through the pooled ``references`` test.
+      floor: the smallest p-value the test can give (``1 / (T + 1)`` for ``T`` permutations,
+        ``1 / (n + 1)`` for ``n`` references; with strata, the largest stratum floor).
     """
 
     test: str
@@ -198,6 +209,7 @@ class Evidence:
     sensitive_to: str
     note: str = ""
     part_of: str = ""
+    floor: float = float("nan")
 
     @property
     def applies(self) -> bool:
@@ -350,20 +362,74 @@ _WEIGHT_SENS = "fine-tuning, pruning, quantisation (blind to permuted copies and
 
 
 def _spec(models: Models, data: Any, key: jax.Array, who: str) -> tuple[Any, str]:
-    """``(spec or None, note)``: the models' own spec (checked: an error if it does not hold) or an inferred one."""
+    """``(spec or None, note)``: the models' own spec (checked: an error if it does not hold) or an inferred one.
+
+    Every layer order the parameter shapes allow is tried (:func:`~jaxlineage.permutations.infer_specs`);
+    the first whose random permutations keep the function on ``data`` is the network's.
+    """
     one = models.one(0)
-    spec, given = models.perm_spec, models.perm_spec is not None
-    if spec is None:
-        spec = perm_lib.infer_spec(one)
-        if spec is None:
-            return None, "no permutation spec (not a Dense/Conv chain; pass perm_spec= to the Models)"
-    try:
-        perm_lib.check_spec(models.logits_fn, one, spec, data[: min(len(data), 64)], key=key)
-    except perm_lib.PermutationError as e:
-        if given:
+    x = data[: min(len(data), 64)]
+    if models.perm_spec is not None:
+        try:
+            perm_lib.check_spec(models.logits_fn, one, models.perm_spec, x, key=key)
+        except perm_lib.PermutationError as e:
             raise VerifyError(f"{who} {models.ids[0]!r}...: {e}") from None
-        return None, f"the inferred permutation spec does not keep the function ({e}); pass perm_spec="
-    return spec, ""
+        return models.perm_spec, ""
+    specs = perm_lib.infer_specs(one)
+    if not specs:
+        return None, (
+            "no permutation spec: the parameters are not a chain of two or more Dense / Conv kernels;"
+            " pass perm_spec= to the Models"
+        )
+    errors = []
+    for spec in specs:
+        try:
+            perm_lib.check_spec(models.logits_fn, one, spec, x, key=key)
+        except perm_lib.PermutationError as e:
+            errors.append(str(e))
+            continue
+        return spec, ""
+    orders = "order" if len(specs) == 1 else f"{len(specs)} layer orders"
+    return None, (
+        f"no inferred permutation spec keeps the function (tried {orders} of the kernels: skip connections,"
+        f" attention or shared units?); pass perm_spec= to the Models. First: {errors[0]}"
+    )
+
+
+def _check_data(pop: Models, data: jax.Array, what: str) -> None:
+    """The models read ``data``: one model's logits on two inputs are ``[2, ...]``, else a clear error."""
+    try:
+        out = pop.logits_fn(pop.one(0), data[:2])
+    except Exception as e:  # noqa: BLE001 (the user's module raises what it raises)
+        raise VerifyError(
+            f"data of shape {tuple(data.shape)} does not fit {what} {pop.ids[0]!r} ({pop.arch}):"
+            f" {type(e).__name__}: {(str(e).splitlines() or [''])[0]} (data: inputs [N, ...] of the models' task)"
+        ) from e
+    if jnp.ndim(out) < 2 or jnp.shape(out)[0] != 2:  # [2, C], or [2, T, V] for a language model
+        raise VerifyError(
+            f"data of shape {tuple(data.shape)}: {what} {pop.ids[0]!r} ({pop.arch}) gave logits of shape"
+            f" {tuple(jnp.shape(out))} for the first 2 inputs (want [2, ...]); data must be a batch [N, ...]"
+        )
+
+
+def _with_specs(ms: ModelSet | None, data: Any, key: jax.Array, found: dict) -> ModelSet | None:
+    """``ms`` with a checked permutation spec on every population that has none and allows one.
+
+    ``found`` maps a parameter signature to its spec (``None``: none applies), so that sources, suspects
+    and references of one architecture share the spec checked once, and the weight test and matched
+    weights read the same one.
+    """
+    if ms is None:
+        return None
+    pops = []
+    for pop in ms.populations:
+        if pop.perm_spec is None:
+            if pop.signature not in found:
+                found[pop.signature] = _spec(pop, data, key, "models")[0]
+            if found[pop.signature] is not None:
+                pop = dataclasses.replace(pop, perm_spec=found[pop.signature])
+        pops.append(pop)
+    return ModelSet(tuple(pops))
 
 
 def _weight_perm(src: Models, sus: Models, data, key, num_permutations: int) -> list[list[Evidence]]:
@@ -387,7 +453,9 @@ def _weight_perm(src: Models, sus: Models, data, key, num_permutations: int) -> 
                 num_permutations=num_permutations,
                 names=(src.ids[k], sus.ids[m]),
             )
-            out[k][m] = Evidence(WEIGHT_PERM, r.statistic, r.pvalue, _WEIGHT_NULL, _WEIGHT_SENS)
+            out[k][m] = Evidence(
+                WEIGHT_PERM, r.statistic, r.pvalue, _WEIGHT_NULL, _WEIGHT_SENS, floor=1 / (num_permutations + 1)
+            )
     return out
 
 
@@ -435,23 +503,26 @@ def _null(sc: _Scores, k: int, sid: str, qid: str, ids: frozenset[str] | None = 
     return {r: v for r, v in sc.ref[k].items() if r not in (sid, qid) and np.isfinite(v) and (ids is None or r in ids)}
 
 
-def _worst_stratum(per_stratum: dict[str, tuple[float, float, int]], alpha: float) -> tuple[float, float, str]:
-    """``(statistic, p, note)`` of the stratum with the largest p-value (the union null's valid p-value)."""
+def _worst_stratum(per_stratum: dict[str, tuple[float, float, int]], alpha: float) -> tuple[float, float, str, float]:
+    """``(statistic, p, note, floor)`` of the stratum with the largest p-value (the union null's valid p-value);
+    ``floor`` is the largest stratum's smallest attainable p-value, ``1 / (n + 1)``."""
     if not per_stratum:
-        return np.nan, np.nan, ""
+        return np.nan, np.nan, "", np.nan
     name = max(per_stratum, key=lambda n: per_stratum[n][1])
     stat, p, n = per_stratum[name]
     notes = [_floor_note(n, alpha)] if _floor_note(n, alpha) else []
     if len(per_stratum) > 1:
         notes.append("strata: " + ", ".join(f"{k} p={v[1]:.3g}" for k, v in per_stratum.items()))
-    return stat, p, "; ".join(notes)
+    return stat, p, "; ".join(notes), max(1 / (v[2] + 1) for v in per_stratum.values())
 
 
 def _test_evidence(sc: _Scores, k: int, m: int, sid: str, qid: str, alpha: float, strata: _Strata) -> Evidence:
     """One reference test's own conformal p-value for a pair (reported; it enters the verdict through the pool).
 
     With several strata of references, the largest of the per-stratum p-values."""
-    ev = lambda s, p, note: Evidence(sc.test.name, s, p, strata.null, sc.test.sensitive_to, note, REFERENCES)  # noqa: E731
+    ev = lambda s, p, note, floor=np.nan: Evidence(  # noqa: E731
+        sc.test.name, s, p, strata.null, sc.test.sensitive_to, note, REFERENCES, floor
+    )
     if sc.note:
         return ev(np.nan, np.nan, sc.note)
     stat = sc.stat[k, m]
@@ -536,8 +607,8 @@ def _pooled_evidence(
             per[name] = (*pooled_conformal(table), len(common))
     if not per:
         return Evidence(REFERENCES, np.nan, np.nan, strata.null, sens, "no reference readable by every test")
-    stat, p, note = _worst_stratum(per, alpha)
-    return Evidence(REFERENCES, stat, p, strata.null, sens, note)
+    stat, p, note, floor = _worst_stratum(per, alpha)
+    return Evidence(REFERENCES, stat, p, strata.null, sens, note, floor=floor)
 
 
 # --------------------------------------------------------------------------- verify
@@ -593,6 +664,26 @@ def _as_set(models: Any, what: str) -> ModelSet:
     return ms
 
 
+def _checked_inputs(sources, suspects, references, data, alpha, num_permutations):
+    """``verify``'s arguments checked: ``(sources, suspects, strata, data)`` or a :class:`VerifyError`."""
+    if not 0 < alpha < 1:
+        raise VerifyError(f"alpha must be in (0, 1); got {alpha}")
+    if num_permutations < 1:
+        raise VerifyError(f"num_permutations must be >= 1; got {num_permutations}")
+    src_set, sus_set = _as_set(sources, "sources"), _as_set(suspects, "suspects")
+    strata = _strata(references)
+    for what, ms in (("sources", src_set), ("suspects", sus_set), ("references", strata.union)):
+        if ms is not None:
+            check_finite(f"verify ({what})", ms, error=VerifyError)
+    data = jnp.asarray(data)
+    if data.ndim < 1 or len(data) < 2:
+        raise VerifyError(f"data must be a batch of at least 2 inputs [N, ...]; got shape {tuple(data.shape)}")
+    for what, ms in (("source", src_set), ("suspect", sus_set), ("reference", strata.union)):
+        for pop in () if ms is None else ms.populations:
+            _check_data(pop, data, what)
+    return src_set, sus_set, strata, data
+
+
 def verify(
     sources: Any,
     suspects: Any,
@@ -636,20 +727,14 @@ def verify(
       VerifyError: empty sources or suspects, alpha out of (0, 1), a user permutation spec that does not
         keep the function, models with NaN / inf parameters (names the model and path).
     """
-    if not 0 < alpha < 1:
-        raise VerifyError(f"alpha must be in (0, 1); got {alpha}")
-    if num_permutations < 1:
-        raise VerifyError(f"num_permutations must be >= 1; got {num_permutations}")
-    src_set, sus_set = _as_set(sources, "sources"), _as_set(suspects, "suspects")
-    strata = _strata(references)
+    src_set, sus_set, strata, data = _checked_inputs(sources, suspects, references, data, alpha, num_permutations)
     refs = strata.union
-    for what, ms in (("sources", src_set), ("suspects", sus_set), ("references", refs)):
-        if ms is not None:
-            check_finite(f"verify ({what})", ms, error=VerifyError)
-    data = jnp.asarray(data)
-    if data.ndim < 1 or len(data) < 2:
-        raise VerifyError(f"data must be a batch of at least 2 inputs [N, ...]; got shape {tuple(data.shape)}")
     key = jax.random.key(0) if key is None else key
+    found: dict = {}
+    src_set, sus_set, refs = (
+        _with_specs(ms, data, jax.random.fold_in(key, 7), found) for ms in (src_set, sus_set, refs)
+    )
+    strata = dataclasses.replace(strata, union=refs)
     tests = default_tests(probe_size=len(data)) if tests is None else list(tests)
     grid: dict[tuple[str, str], list[Evidence]] = {}
     timings: dict[str, float] = {}
@@ -684,12 +769,47 @@ def verify(
         warnings.append("no references: only the exact weight test ran (blind to permuted copies and extraction)")
     short = sorted({e.note for p in pairs for e in p.evidence if "cannot reach" in e.note and not e.part_of})
     warnings += short
+    warnings += _alone_warnings(pairs, alpha, combine)
     if any(p.derived is None for p in pairs):
         warnings.append("no test applies to some pairs ('cannot tell'): give references of the suspect's architecture")
     return Verdict(src_set.ids, sus_set.ids, pairs, float(alpha), combine, warnings, timings)
 
 
 # --------------------------------------------------------------------------- identify
+
+
+def _alone(floor: float, k: int, how: str) -> float:
+    """The combined p-value of ``k`` tests when one is at ``floor`` and the others see nothing (p = 1)."""
+    return _combine([floor] + [1.0] * (k - 1), how)
+
+
+def _alone_warnings(pairs: list[PairVerdict], alpha: float, how: str, level: str = "") -> list[str]:
+    """A warning per combined test that cannot decide alone at ``alpha``: where it is the only test to see
+    a derivation (a permuted copy or a student leaves the weight test blind), its floor, combined with the
+    other test at p = 1, stays above ``alpha``."""
+    out = {}
+    for pv in pairs:
+        live = [e for e in pv.evidence if e.applies and not e.part_of]
+        for e in live:
+            if len(live) < 2 or e.test in out or not np.isfinite(e.floor):
+                continue
+            best = _alone(e.floor, len(live), how)
+            if best <= alpha:
+                continue
+            n = 1
+            while _alone(1 / (n + 1), len(live), how) > alpha and n < 10**7:
+                n = n * 2
+            lo = n // 2
+            while lo + 1 < n:  # the smallest n whose floor 1 / (n + 1) decides alone
+                mid = (lo + n) // 2
+                lo, n = (lo, mid) if _alone(1 / (mid + 1), len(live), how) <= alpha else (mid, n)
+            need = f"num_permutations >= {n}" if e.test == WEIGHT_PERM else f"at least {n} references (per stratum)"
+            out[e.test] = (
+                f"{e.test}: its smallest p-value {e.floor:.3g} combines ({how}, {len(live)} tests) to at least"
+                f" {best:.3g} > {level or f'alpha={alpha:g}'}, so it cannot decide alone (as for a permuted copy"
+                f" or a student, which the other test does not see); with {need} it can"
+            )
+    return list(out.values())
 
 
 def _statistic_ranks(v: Verdict) -> np.ndarray:
@@ -719,6 +839,11 @@ class Identification:
       index: per query, the parent's index among the candidates or :data:`NO_PARENT`.
       pvalues: combined p-values ``[candidates, queries]``.
       verdict: the underlying :class:`Verdict`.
+      warnings: the verdict's warnings, and the tests that cannot reach Holm's first threshold
+        ``alpha / len(candidates)`` alone.
+
+    A query for which no test applies to any candidate (different architectures and no references)
+    has ``parents[m] = None`` like a query with no parent; ``str()`` says "cannot tell" for it.
     """
 
     queries: tuple[str, ...]
@@ -727,14 +852,17 @@ class Identification:
     index: np.ndarray
     pvalues: np.ndarray
     verdict: Verdict
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"parents at alpha = {self.verdict.alpha:g} (Holm over {len(self.candidates)} candidates)"]
         for q, p, m in zip(self.queries, self.parents, range(len(self.queries))):
             col = self.pvalues[:, m]
-            best = "n/a" if not np.isfinite(col).any() else f"{np.nanmin(col):.3g}"
-            lines.append(f"{q}: {p if p is not None else 'NO PARENT'} (smallest p {best})")
-        return "\n".join(lines)
+            if not np.isfinite(col).any():
+                lines.append(f"{q}: CANNOT TELL (no test applies to any candidate)")
+                continue
+            lines.append(f"{q}: {p if p is not None else 'NO PARENT'} (smallest p {np.nanmin(col):.3g})")
+        return "\n".join(lines + [f"note: {w}" for w in self.warnings])
 
 
 def identify(
@@ -774,7 +902,10 @@ def identify(
             # statistics break the tie (mean rank over the tests that apply, higher = more related).
             index[m] = int(hits[np.lexsort((-rank[hits, m], p[hits, m]))[0]])
     parents = [v.sources[i] if i != NO_PARENT else None for i in index]
-    return Identification(v.suspects, v.sources, parents, index, v.pvalues, v)
+    first = alpha / len(v.sources)  # Holm's first threshold: the smallest p-value must reach it
+    level = f"Holm's first threshold alpha / {len(v.sources)} candidates = {first:.3g}"
+    warnings = list(v.warnings) + (_alone_warnings(v.pairs, first, v.combine, level) if len(v.sources) > 1 else [])
+    return Identification(v.suspects, v.sources, parents, index, v.pvalues, v, warnings)
 
 
 # The module is also the function: ``jaxlineage.verify(...)`` works whether ``jaxlineage.verify``

@@ -4,6 +4,7 @@ The models here are defined in this file (their own layer names, no ``jaxlineage
 trained with plain optax, as a user would.
 """
 
+import itertools
 import warnings
 
 import flax.linen as nn
@@ -302,8 +303,8 @@ def test_verify_and_identify_on_a_model_the_library_has_never_seen(user_models, 
     ident = jl.identify(sus, Models.from_linen(UserMLP(), [b, a], ids=["B", "A"]), data=x[:128], references=refs)
     assert ident.parents[0] == "A"
     # An architecture with no shared signature and no references of its own: "cannot tell".
-    cnn = Models.from_linen(UserCNN(), [UserCNN().init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))], ids=["C"])
-    v2 = jl.verify(like, cnn, data=x[:16], references=None, num_permutations=9)
+    linear = Models.from_apply(lambda p, x: x @ p["w"], [{"w": jnp.ones((16, 3))}], ids=["L"])
+    v2 = jl.verify(like, linear, data=x[:16], references=None, num_permutations=9)
     assert v2.pairs[0].derived is None and any("cannot tell" in w for w in v2.warnings)
 
 
@@ -317,6 +318,10 @@ def test_verify_reports_bad_input_plainly(user_models):
         jl.verify(src, src, data=x[:16], alpha=1.5)
     with pytest.raises(VerifyError, match="suspects: expected Models"):
         jl.verify(src, "B", data=x[:16])
+    with pytest.raises(VerifyError, match=r"data of shape \(16, 8\) does not fit source 'A' \(UserMLP\)"):
+        jl.verify(src, src, data=x[:16, :8])
+    with pytest.raises(VerifyError, match=r"data of shape \(16,\) does not fit source 'A'"):
+        jl.verify(src, src, data=x[0])  # one input, not a batch
 
 
 def test_scenario_verify_needs_no_identify_labels():
@@ -431,3 +436,78 @@ def test_strata_give_each_test_and_the_pool_its_largest_stratum_pvalue(user_mode
         jl.verify(src, sus, data=x[:16], references={"x": fresh, "y": fresh}, tests=_cheap_tests())
     with pytest.raises(VerifyError, match="empty mapping"):
         jl.verify(src, sus, data=x[:16], references={}, tests=_cheap_tests())
+
+
+class ShuffledNamesMLP(nn.Module):
+    """Layer names whose sorted order is not the network's, and two hidden layers of one square shape."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(32, name="enc")(x))
+        h = nn.relu(nn.Dense(32, name="zeta")(h))
+        h = nn.relu(nn.Dense(32, name="alpha")(h))
+        return nn.Dense(3, name="head")(h)
+
+
+def _order(spec) -> tuple[str, ...]:
+    """The layer order a chain spec encodes: its entries, then the module whose inputs the last one feeds."""
+    return (*spec, list(spec.values())[-1][1][-1].path[1])
+
+
+def test_inferred_specs_follow_the_shapes_and_the_function_picks_the_order(user_models):
+    x = jax.random.normal(jax.random.key(0), (16, 16))
+    v = ShuffledNamesMLP().init(jax.random.key(1), x)
+    shapes = {n: v["params"][n]["kernel"].shape for n in v["params"]}
+    # Brute force: every order of the layers in which each kernel reads the last one's outputs.
+    want = [o for o in itertools.permutations(shapes) if all(shapes[a][1] == shapes[b][0] for a, b in zip(o, o[1:]))]
+    specs = perm_lib.infer_specs(v)
+    assert sorted(_order(s) for s in specs) == sorted(want) and len(want) == 2
+    keeps = []
+    for spec in specs:
+        try:
+            perm_lib.check_spec(ShuffledNamesMLP().apply, v, spec, x, key=jax.random.key(2))
+            keeps.append(_order(spec))
+        except perm_lib.PermutationError:
+            pass
+    assert keeps == [("enc", "zeta", "alpha", "head")]
+    # verify tries the orders and runs the exact test with the one that keeps the function.
+    m = lambda trees, ids: Models.from_linen(ShuffledNamesMLP(), trees, ids=ids)
+    ft = jax.tree.map(lambda w: w + 1e-3, v)
+    verdict = jl.verify(m([v], ["A"]), m([ft], ["A'"]), data=x, num_permutations=19)
+    weight = verdict.pairs[0].evidence[0]
+    assert weight.test == "weight-perm" and weight.pvalue == pytest.approx(1 / 20) and not weight.note
+    assert weight.floor == pytest.approx(1 / 20)
+
+
+def test_verify_warns_when_a_test_cannot_decide_alone_after_the_combination(user_models):
+    """With n references the pooled test's floor is 1 / (n + 1); Bonferroni over the two tests doubles it, so
+    a derivation only the references see (a student, a permuted copy) needs 2 / (n + 1) <= alpha: n >= 39
+    at alpha = 0.05. The verdict says so, and identify says it for Holm's first threshold alpha / K."""
+    x, _, a, b, a_ft = user_models
+    init = lambda s: UserMLP().init(jax.random.key(s), x[:1])
+    m = lambda trees, ids: Models.from_linen(UserMLP(), trees, ids=ids)
+    src, sus = m([a], ["A"]), m([a_ft, b], ["A'", "B"])
+    pool = [init(500 + i) for i in range(39)]  # untrained references: only their number matters here
+    for n in (19, 38, 39):
+        refs = m(pool[:n], [f"r{i}" for i in range(n)])
+        v = jl.verify(src, sus, data=x[:32], references=refs, tests=_cheap_tests(), num_permutations=999)
+        pooled = next(e for e in v.pairs[0].evidence if e.test == "references")
+        assert pooled.floor == pytest.approx(1 / (n + 1))
+        warned = [w for w in v.warnings if w.startswith("references:") and "cannot decide alone" in w]
+        assert bool(warned) == (2 / (n + 1) > 0.05), (n, v.warnings)
+        assert all("at least 39 references" in w for w in warned)
+    # The weight test at T = 19: floor 1 / 20, doubled to 0.1.
+    v = jl.verify(src, sus, data=x[:32], references=refs, tests=_cheap_tests(), num_permutations=19)
+    assert any(w.startswith("weight-perm:") and "num_permutations >= 39" in w for w in v.warnings)
+    # identify over 2 candidates: Holm's first threshold is 0.025, which 39 references (2 / 40 = 0.05) miss.
+    ident = jl.identify(sus, m([a, b], ["A", "B"]), data=x[:32], references=refs, tests=_cheap_tests())
+    assert any("alpha / 2 candidates = 0.025" in w and "at least 79 references" in w for w in ident.warnings)
+    assert "note: references:" in str(ident)
+
+
+def test_identify_says_cannot_tell_where_no_test_applies(user_models):
+    x, _, a, b, _ = user_models
+    # A linear query against MLP candidates, no references: no test reads the pairs.
+    linear = Models.from_apply(lambda p, x: x @ p["w"], [{"w": jnp.ones((16, 3))}], ids=["L"])
+    ident = jl.identify(linear, Models.from_linen(UserMLP(), [a, b], ids=["A", "B"]), data=x[:8])
+    assert ident.parents == [None] and "L: CANNOT TELL" in str(ident) and "NO PARENT" not in str(ident)
