@@ -68,12 +68,15 @@ def _cauchy(stack: np.ndarray) -> np.ndarray:
     return out
 
 
-def _strata(trained, other: list, x, y, arch: str, task: str, init_fn, args) -> dict:
+def _strata(trained, other: list, x, y, arch: str, task: str, init_fn, args, elsewhere=None) -> dict:
     """The trained references and two attacked strata made from the first ``args.strata`` of them
     (:func:`jaxlineage.references.derive` with the provenance zoo's recipes): pruned to 60 % with one
     epoch of repair, and students distilled from them at T = 20 (the extract-P recipe). With ``other``
     (``--cross-distill``: the other architecture's references on the task), a third stratum: students of
-    this architecture distilled from those teachers (the extract-P-other-architecture recipe)."""
+    this architecture distilled from those teachers (the extract-P-other-architecture recipe). With
+    ``elsewhere`` (``--transfer-stratum``: this architecture's references on a task of the other class set),
+    a fourth: those models moved to this task with a fresh head (the zoo's transfer recipe: SGD at 1e-2,
+    the sources' epochs), for unrelated suspects that were pre-trained on another task."""
     first = trained.take(list(range(min(args.strata, len(trained)))))
     work = pathlib.Path(args.workdir) / "references"
     t0 = time.time()
@@ -91,6 +94,19 @@ def _strata(trained, other: list, x, y, arch: str, task: str, init_fn, args) -> 
         "strata for %s on %s: %d pruned, %d distilled (%.0fs)", arch, task, len(first), len(first), time.time() - t0
     )
     out = {"trained": trained, "pruned": pruned, "distilled": distilled}
+    if elsewhere is not None:
+        src_task, refs_there = elsewhere
+        out[f"transferred from {src_task}"] = references.derive(
+            refs_there.take(list(range(min(args.strata, len(refs_there))))),
+            "transfer",
+            x,
+            y,
+            lr=1e-2,
+            epochs=SOURCE_RECIPE[arch]["epochs"],
+            init_fn=init_fn,
+            workdir=work,
+            id_prefix=f"transferred-{arch}-{src_task}-to-{task}-",
+        )
     for teachers in other:
         out[f"distilled from {teachers.arch}"] = references.derive(
             teachers.take(list(range(min(args.strata, len(teachers))))),
@@ -150,7 +166,19 @@ def _references(z, scen, args) -> tuple[dict, dict]:
             other = [r for (a, t), r in trained.items() if t == task and a != arch] if args.cross_distill else []
             x, y = z.task_data(task, "train")
             init_fn = z.network_for(members[0][1]).init
-            refs_by_group[(arch, task)] = _strata(trained[(arch, task)], other, x, y, arch, task, init_fn, args)
+            elsewhere = None
+            if args.transfer_stratum:
+                # This architecture's references on the first task of another class set (the transfer
+                # column moves models between the zoo's two class sets).
+                classes = z.spec.task(task).classes
+                elsewhere = next(
+                    ((t, r) for (a, t), r in trained.items() if a == arch and z.spec.task(t).classes != classes), None
+                )
+                if elsewhere is None:
+                    raise SystemExit(f"--transfer-stratum: no references of {arch} on another class set than {task}")
+            refs_by_group[(arch, task)] = _strata(
+                trained[(arch, task)], other, x, y, arch, task, init_fn, args, elsewhere
+            )
     return groups, refs_by_group
 
 
@@ -415,6 +443,11 @@ def main() -> None:
     ap.add_argument("--spec", default="provenance_quick", help="the provenance zoo (provenance_quick or provenance)")
     ap.add_argument(
         "--zoo-seed", type=int, default=0, help="the zoo spec's salt: 0 is the standard zoo, others fresh draws of it"
+    )
+    ap.add_argument(
+        "--transfer-stratum",
+        action="store_true",
+        help="with --strata: also references of another class set moved to the suspects' task (fresh head)",
     )
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--probe", type=int, default=256)

@@ -226,7 +226,35 @@ def train(
 DERIVATIONS = {
     "prune": dict(sparsity=0.6, epochs=1, lr=1e-3),
     "distill": dict(temperature=20.0, alpha=0.9, epochs=5, lr=1e-2),
+    "transfer": dict(epochs=3, lr=1e-2),
 }
+
+
+def _derive_settings(kind: str, given: dict, x: Any, y: Any, chunk: int) -> tuple[dict, np.ndarray, Any]:
+    """:func:`derive`'s recipe (``given`` over the kind's defaults) and data, checked."""
+    if kind not in DERIVATIONS:
+        raise ReferenceError(f"references.derive: unknown kind {kind!r}; choose from {sorted(DERIVATIONS)}")
+    unused = sorted(k for k, v in given.items() if v is not None and k not in DERIVATIONS[kind])
+    if unused:
+        raise ReferenceError(f"references.derive: {kind!r} takes no {', '.join(unused)}")
+    hp = {k: (given[k] if given[k] is not None else v) for k, v in DERIVATIONS[kind].items()}
+    if kind == "prune" and not 0 <= hp["sparsity"] <= 1:
+        raise ReferenceError(f"references.derive: sparsity must be in [0, 1]; got {hp['sparsity']}")
+    if kind == "distill" and (hp["temperature"] <= 0 or not 0 <= hp["alpha"] <= 1):
+        raise ReferenceError(f"references.derive: need temperature > 0 and alpha in [0, 1]; got {hp}")
+    if hp["epochs"] < 0 or (kind != "prune" and hp["epochs"] < 1) or chunk < 1:
+        raise ReferenceError(f"references.derive: epochs {hp['epochs']} / chunk {chunk} out of range")
+    x = np.asarray(x)
+    if kind == "transfer" or (kind == "prune" and hp["epochs"] > 0):
+        if y is None:
+            raise ReferenceError(
+                f"references.derive: {kind!r} trains on labelled data; pass y"
+                + (" (or epochs=0)" if kind == "prune" else "")
+            )
+        y = np.asarray(y).astype(np.int32)
+        if y.shape != (len(x),):
+            raise ReferenceError(f"references.derive: labels of shape {y.shape} for {len(x)} inputs")
+    return hp, x, y
 
 
 def derive(
@@ -250,6 +278,7 @@ def derive(
     chunk: int = 33,
     id_prefix: str | None = None,
     sequential: bool | None = None,
+    head: str = "head",
 ) -> Models:
     """Attacked copies of reference models: a stratum of references for unrelated suspects that were attacked.
 
@@ -269,6 +298,11 @@ def derive(
       ``y`` is not used. ``student``: models of the students' architecture when it is not the teachers'
       (a suspect distilled from a teacher of another architecture carries that architecture's function:
       its stratum needs teachers of that architecture); ``init_fn`` makes one fresh student.
+    * ``"transfer"``: references trained on *another* task, moved to ``(x, y)``: the submodule named
+      ``head`` re-initialised (``init_fn``), then every parameter fine-tuned ``epochs`` (default 3) at
+      ``lr`` (default 1e-2). For unrelated suspects that were pre-trained elsewhere and fine-tuned on
+      the suspect's task: their features come from the other task, so references trained from scratch on
+      this one do not stand for them.
 
     Cached under ``workdir`` like :func:`train` (chunks saved atomically; an interrupted run resumes).
 
@@ -277,30 +311,14 @@ def derive(
       prefix ``f"{kind}-"``), one per reference, and ``info[id]["derived_from"]`` naming it.
 
     Raises:
-      ReferenceError: an unknown kind, a setting out of range, ``"prune"`` without labels.
+      ReferenceError: an unknown kind, a setting out of range, ``"prune"`` or ``"transfer"`` without
+        labels, a ``head`` the models do not have.
     """
     from jaxlineage.zoo import ops, training  # noqa: PLC0415 (the trainer is loaded only when training)
 
-    if kind not in DERIVATIONS:
-        raise ReferenceError(f"references.derive: unknown kind {kind!r}; choose from {sorted(DERIVATIONS)}")
-    given = dict(sparsity=sparsity, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr)
-    unused = sorted(k for k, v in given.items() if v is not None and k not in DERIVATIONS[kind])
-    if unused:
-        raise ReferenceError(f"references.derive: {kind!r} takes no {', '.join(unused)}")
-    hp = {k: (given[k] if given[k] is not None else v) for k, v in DERIVATIONS[kind].items()}
-    if kind == "prune" and not 0 <= hp["sparsity"] <= 1:
-        raise ReferenceError(f"references.derive: sparsity must be in [0, 1]; got {hp['sparsity']}")
-    if kind == "distill" and (hp["temperature"] <= 0 or not 0 <= hp["alpha"] <= 1):
-        raise ReferenceError(f"references.derive: need temperature > 0 and alpha in [0, 1]; got {hp}")
-    if hp["epochs"] < 0 or (kind == "distill" and hp["epochs"] < 1) or chunk < 1:
-        raise ReferenceError(f"references.derive: epochs {hp['epochs']} / chunk {chunk} out of range")
-    x = np.asarray(x)
-    if kind == "prune" and hp["epochs"] > 0:
-        if y is None:
-            raise ReferenceError("references.derive: 'prune' repairs on labelled data; pass y (or epochs=0)")
-        y = np.asarray(y).astype(np.int32)
-        if y.shape != (len(x),):
-            raise ReferenceError(f"references.derive: labels of shape {y.shape} for {len(x)} inputs")
+    hp, x, y = _derive_settings(
+        kind, dict(sparsity=sparsity, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr), x, y, chunk
+    )
     n = len(refs)
     wrapped = _bare(refs)
     net, seq = _ApplyNetwork(refs.logits_fn, wrapped), _sequential(refs, sequential)
@@ -308,10 +326,17 @@ def derive(
     if student is not None and kind != "distill":
         raise ReferenceError(f"references.derive: student= is for 'distill', not {kind!r}")
     student = refs if student is None else student
-    if kind == "distill":
+    if kind in ("distill", "transfer"):
         init_fn = init_fn or _init_fn(student, jnp.asarray(x[:1]))
         if signature_of(init_fn(jax.random.key(seed)), stacked=False) != student.signature:
             raise ReferenceError("references.derive: init_fn's tree differs from the students' models")
+    if kind == "transfer":
+        modules = refs.one(0)["params"] if not _bare(refs) else refs.one(0)
+        if head not in modules:
+            raise ReferenceError(
+                f"references.derive: 'transfer' re-initialises the head {head!r}, which the models lack;"
+                f" pass head= one of {sorted(modules)}"
+            )
     s_wrapped = _bare(student)
     s_net, s_seq = _ApplyNetwork(student.logits_fn, s_wrapped), _sequential(student, sequential)
     prefix = f"{kind}-" if id_prefix is None else id_prefix
@@ -325,6 +350,7 @@ def derive(
         "ids": list(refs.ids),
         "signature": refs.signature,
         **({} if student is refs else {"student": student.signature}),
+        **({"head": head} if kind == "transfer" else {}),
     }
     root = _cache_root(workdir, f"derived-{kind}", settings, x, *(() if y is None else (y,)))
     bs = min(batch_size, len(x))
@@ -333,6 +359,26 @@ def derive(
         teachers = jax.tree.map(lambda a: a[np.asarray(idx)], refs.params)
         variables = {"params": teachers} if wrapped else teachers
         seeds = [seed * 100003 + i for i in idx]
+        if kind == "transfer":
+            # A fresh head per model (its own key), the rest from the reference, then every parameter trained.
+            fresh = [init_fn(jax.random.fold_in(jax.random.key(seed + 2_000_029), i)) for i in idx]
+            heads = jax.tree.map(
+                lambda *a: jnp.stack(a), *[f["params"][head] if "params" in f else f[head] for f in fresh]
+            )
+            variables = {**variables, "params": {**variables["params"], head: heads}}
+            out = training.train_population(
+                net,
+                variables,
+                x,
+                y,
+                lrs=[hp["lr"]] * len(idx),
+                seeds=seeds,
+                batch_size=bs,
+                epochs=hp["epochs"],
+                optimizer=optimizer,
+                sequential=seq,
+            )
+            return out["params"] if wrapped else out
         if kind == "prune":
             pruned, mask = ops._prune_population_fn(ops.PruneScope.GLOBAL, False)(
                 variables, jnp.full((len(idx),), hp["sparsity"], jnp.float32)

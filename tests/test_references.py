@@ -108,6 +108,29 @@ def test_derive_reports_bad_settings(refs):
         references.derive(refs, "prune", x)
     with pytest.raises(ReferenceError, match="student= is for 'distill'"):
         references.derive(refs, "prune", x, y, student=refs)
+    with pytest.raises(ReferenceError, match="'transfer' trains on labelled data; pass y"):
+        references.derive(refs, "transfer", x, head="out")
+    with pytest.raises(ReferenceError, match=r"re-initialises the head 'head'.*one of \['fc1', 'out'\]"):
+        references.derive(refs, "transfer", x, y)
+
+
+def test_transfer_gives_a_fresh_head_and_trains_every_parameter_on_the_new_task(refs):
+    x, y = _task()
+    y2 = np.asarray((y + 1) % 3)  # another task on the same inputs
+    still = references.derive(refs, "transfer", x, y2, lr=0.0, epochs=1, head="out")
+    moved = references.derive(refs, "transfer", x, y2, lr=5e-2, epochs=5, head="out")
+    acc = lambda ms: np.mean(
+        np.asarray(jax.vmap(ms.logits_fn, in_axes=(0, None))(ms.params, x)).argmax(-1) == y2[None], axis=1
+    )
+    heads = [np.asarray(still.one(i)["params"]["out"]["kernel"]) for i in range(len(refs))]
+    for i in range(len(refs)):
+        ref, new = refs.one(i)["params"], still.one(i)["params"]
+        np.testing.assert_array_equal(new["fc1"]["kernel"], ref["fc1"]["kernel"])  # lr 0: the backbone kept
+        assert not np.allclose(heads[i], ref["out"]["kernel"])  # a fresh head, not the reference's
+        assert all(not np.allclose(heads[i], heads[j]) for j in range(i))  # its own draw
+        assert not np.allclose(moved.one(i)["params"]["fc1"]["kernel"], ref["fc1"]["kernel"])  # every parameter
+    assert np.all(acc(moved) > acc(refs) + 0.2), (acc(moved), acc(refs))  # they learned the new task
+    assert moved.ids[0].startswith("transfer-")
 
 
 def test_references_never_start_from_a_zoo_models_keys():
