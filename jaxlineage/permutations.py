@@ -11,9 +11,23 @@ describes these symmetries as in git re-basin (Ainsworth et al., 2023):
 
 permuting ``units`` along every listed axis together is one symmetry; entries
 are independent. :func:`permutation_spec` gives the spec of the MLP, the
-ConvNet and ResNet-18 of :mod:`jaxlineage.nets`; users write their own for
-other networks (a dict of the same shape) and pass it to
+ConvNet and ResNet-18 of :mod:`jaxlineage.nets`; :func:`infer_specs` reads one
+from the kernels' shapes for any chain of Dense / Conv layers. For other networks
+write your own (a dict of the same shape), check it with :func:`check_spec`, and
+pass it to :class:`~jaxlineage.models.Models` (``perm_spec=``), to
 :func:`permute_params` or to :func:`jaxlineage.eval.pvalues.permutation_test`.
+For a linen module ``Dense(32, name="enc") -> relu -> Dense(4, name="head")``:
+
+.. code-block:: python
+
+    spec = {
+        "enc": (32, (
+            PermAxis(("params", "enc", "kernel"), 1),   # enc's outputs
+            PermAxis(("params", "enc", "bias"), 0),
+            PermAxis(("params", "head", "kernel"), 0),  # the next layer's inputs
+        )),
+    }
+    check_spec(module.apply, variables, spec, x, key=jax.random.key(0))  # raises if the function changes
 
 References:
   Ainsworth, Hayase and Srinivasa, "Git Re-Basin: Merging Models modulo
