@@ -166,3 +166,36 @@ def test_tree_recovery_runs_end_to_end_on_a_tiny_tree_quick(tmp_path, monkeypatc
     assert all(0.0 <= r[k] <= 1.0 for r in rec["rows"] for k in ("undirected", "directed", "root"))
     assert "| weight-l2 |" in (tmp_path / "tree.md").read_text()
     assert (tmp_path / "tree.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_verify_power_criteria_follow_the_issue_definition():
+    """``verify_power.criteria``: power >= 90 % and AUC >= best single row - 0.02 only where some single row
+    (not a combination) reaches 0.95; negatives within alpha + 1.96 sqrt(alpha (1 - alpha) / n) everywhere."""
+    import verify_power  # noqa: PLC0415
+
+    record = {
+        "settings": {"alpha": 0.05, "combine": "bonferroni"},
+        "auc": {
+            "verify (bonferroni)": {"a": 0.97, "b": 0.70, "c": 1.0},
+            "verify (cauchy of weight-perm, references)": {"a": 1.0, "b": 1.0, "c": 1.0},  # a combination: ignored
+            "earlier rule: cauchy over every test's own p": {"a": 1.0, "b": 1.0, "c": 1.0},  # ignored too
+            "verify test: output-kl": {"a": 0.995, "b": 0.80, "c": None},
+            "weight L2": {"a": 0.60, "b": 0.94, "c": 1.0},
+        },
+        "rejections@alpha": {
+            "a": {"derived_rejected": 14, "derived": 16, "negatives_rejected": 35, "negatives": 512},
+            "b": {"derived_rejected": 2, "derived": 16, "negatives_rejected": 36, "negatives": 512},
+            "c": {"derived_rejected": 16, "derived": 16, "negatives_rejected": 5, "negatives": 100},
+        },
+    }
+    out = verify_power.criteria(record)
+    limit = 0.05 + 1.96 * np.sqrt(0.05 * 0.95 / 512)  # 0.0689
+    assert out["a"]["best_single_row"] == "verify test: output-kl" and out["a"]["negatives_limit"] == pytest.approx(
+        limit
+    )
+    assert out["a"]["power_met"] is False and out["a"]["auc_met"] is False  # 14/16 < 0.9; 0.97 < 0.995 - 0.02
+    assert out["a"]["negatives_met"] is True  # 35/512 = 0.0684 <= 0.0689
+    assert out["b"]["power_met"] is None and out["b"]["auc_met"] is None  # best single row 0.94 < 0.95
+    assert out["b"]["negatives_met"] is False  # 36/512 = 0.0703
+    assert out["c"]["best_single_row"] == "weight L2" and out["c"]["power_met"] and out["c"]["auc_met"]
+    assert out["c"]["negatives_limit"] == pytest.approx(0.05 + 1.96 * np.sqrt(0.05 * 0.95 / 100))
