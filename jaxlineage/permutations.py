@@ -18,16 +18,24 @@ pass it to :class:`~jaxlineage.models.Models` (``perm_spec=``), to
 :func:`permute_params` or to :func:`jaxlineage.eval.pvalues.permutation_test`.
 For a linen module ``Dense(32, name="enc") -> relu -> Dense(4, name="head")``:
 
-.. code-block:: python
-
-    spec = {
-        "enc": (32, (
-            PermAxis(("params", "enc", "kernel"), 1),   # enc's outputs
-            PermAxis(("params", "enc", "bias"), 0),
-            PermAxis(("params", "head", "kernel"), 0),  # the next layer's inputs
-        )),
-    }
-    check_spec(module.apply, variables, spec, x, key=jax.random.key(0))  # raises if the function changes
+>>> import flax.linen as nn
+>>> class Net(nn.Module):
+...     @nn.compact
+...     def __call__(self, x):
+...         return nn.Dense(4, name="head")(nn.relu(nn.Dense(32, name="enc")(x)))
+>>> x = jax.random.normal(jax.random.key(0), (8, 5))
+>>> variables = Net().init(jax.random.key(1), x)
+>>> spec = {
+...     "enc": (32, (
+...         PermAxis(("params", "enc", "kernel"), 1),  # enc's outputs
+...         PermAxis(("params", "enc", "bias"), 0),
+...         PermAxis(("params", "head", "kernel"), 0),  # the next layer's inputs
+...     )),
+... }
+>>> check_spec(Net().apply, variables, spec, x, key=jax.random.key(2)) < 1e-5  # raises if the function changes
+True
+>>> infer_spec(variables) == spec  # a Dense / Conv chain's spec can also be read from the shapes
+True
 
 References:
   Ainsworth, Hayase and Srinivasa, "Git Re-Basin: Merging Models modulo
