@@ -331,7 +331,7 @@ def derive(
         if signature_of(init_fn(jax.random.key(seed)), stacked=False) != student.signature:
             raise ReferenceError("references.derive: init_fn's tree differs from the students' models")
     if kind == "transfer":
-        modules = refs.one(0)["params"] if not _bare(refs) else refs.one(0)
+        modules = refs.one(0) if wrapped else refs.one(0)["params"]
         if head not in modules:
             raise ReferenceError(
                 f"references.derive: 'transfer' re-initialises the head {head!r}, which the models lack;"
@@ -359,16 +359,11 @@ def derive(
         teachers = jax.tree.map(lambda a: a[np.asarray(idx)], refs.params)
         variables = {"params": teachers} if wrapped else teachers
         seeds = [seed * 100003 + i for i in idx]
-        if kind == "transfer":
-            # A fresh head per model (its own key), the rest from the reference, then every parameter trained.
-            fresh = [init_fn(jax.random.fold_in(jax.random.key(seed + 2_000_029), i)) for i in idx]
-            heads = jax.tree.map(
-                lambda *a: jnp.stack(a), *[f["params"][head] if "params" in f else f[head] for f in fresh]
-            )
-            variables = {**variables, "params": {**variables["params"], head: heads}}
-            out = training.train_population(
+
+        def train(start, **kw):  # the references' architecture, labels and recipe, from ``start``
+            return training.train_population(
                 net,
-                variables,
+                start,
                 x,
                 y,
                 lrs=[hp["lr"]] * len(idx),
@@ -377,27 +372,20 @@ def derive(
                 epochs=hp["epochs"],
                 optimizer=optimizer,
                 sequential=seq,
+                **kw,
             )
-            return out["params"] if wrapped else out
-        if kind == "prune":
+
+        if kind == "transfer":
+            # A fresh head per model (its own key), the rest from the reference, then every parameter trained.
+            # init_fn's trees are the references' (checked above), bare or not alike.
+            fresh = [init_fn(jax.random.fold_in(jax.random.key(seed + 2_000_029), i)) for i in idx]
+            heads = jax.tree.map(lambda *a: jnp.stack(a), *[(f if wrapped else f["params"])[head] for f in fresh])
+            out = train({**variables, "params": {**variables["params"], head: heads}})
+        elif kind == "prune":
             pruned, mask = ops._prune_population_fn(ops.PruneScope.GLOBAL, False)(
                 variables, jnp.full((len(idx),), hp["sparsity"], jnp.float32)
             )
-            out = pruned
-            if hp["epochs"] > 0:
-                out = training.train_population(
-                    net,
-                    pruned,
-                    x,
-                    y,
-                    lrs=[hp["lr"]] * len(idx),
-                    seeds=seeds,
-                    batch_size=bs,
-                    epochs=hp["epochs"],
-                    optimizer=optimizer,
-                    update_mask=mask,
-                    sequential=seq,
-                )
+            out = train(pruned, update_mask=mask) if hp["epochs"] > 0 else pruned
         else:
             logits = training.population_logits(net, variables, x, sequential=seq)  # [P, N, C]
             soft = np.asarray(jax.nn.softmax(jnp.asarray(logits) / hp["temperature"], axis=-1))
