@@ -412,34 +412,37 @@ def _check_data(pop: Models, data: jax.Array, what: str) -> None:
         )
 
 
-def _with_specs(ms: ModelSet | None, data: Any, key: jax.Array, found: dict) -> ModelSet | None:
-    """``ms`` with a checked permutation spec on every population that has none and allows one.
+def _with_specs(ms: ModelSet | None, who: str, data: Any, key: jax.Array, found: dict) -> ModelSet | None:
+    """``ms`` with a checked permutation spec on every population that allows one.
 
-    ``found`` maps a parameter signature to its spec (``None``: none applies), so that sources, suspects
-    and references of one architecture share the spec checked once, and the weight test and matched
-    weights read the same one.
+    A population's own spec is checked (an error if it does not keep the function); one without gets the
+    inferred spec that keeps it. ``found`` maps a parameter signature to ``(spec, note)`` of the inferred
+    spec (``spec`` None: none applies, and ``note`` says why), so that sources, suspects and references of
+    one architecture share the spec checked once, and the weight test and matched weights read the same one.
     """
     if ms is None:
         return None
     pops = []
     for pop in ms.populations:
-        if pop.perm_spec is None:
+        if pop.perm_spec is not None:
+            _spec(pop, data, key, who)
+        else:
             if pop.signature not in found:
-                found[pop.signature] = _spec(pop, data, key, "models")[0]
-            if found[pop.signature] is not None:
-                pop = dataclasses.replace(pop, perm_spec=found[pop.signature])
+                found[pop.signature] = _spec(pop, data, key, who)
+            if found[pop.signature][0] is not None:
+                pop = dataclasses.replace(pop, perm_spec=found[pop.signature][0])
         pops.append(pop)
     return ModelSet(tuple(pops))
 
 
-def _weight_perm(src: Models, sus: Models, data, key, num_permutations: int) -> list[list[Evidence]]:
+def _weight_perm(src: Models, sus: Models, key, num_permutations: int, found: dict) -> list[list[Evidence]]:
+    """The exact weight test of every (source, suspect) pair, with the spec :func:`_with_specs` checked."""
     out = [[None] * len(sus) for _ in range(len(src))]
-    note = ""
-    spec = None
+    spec = src.perm_spec
     if not weight_comparable(src, sus) or src.signature != sus.signature:
-        note = "parameter trees differ (the exact test needs one signature)"
+        spec, note = None, "parameter trees differ (the exact test needs one signature)"
     else:
-        spec, note = _spec(src, data, jax.random.fold_in(key, 1), "source")
+        note = "" if spec is not None else found[src.signature][1]
     for k in range(len(src)):
         for m in range(len(sus)):
             if spec is None:
@@ -732,7 +735,8 @@ def verify(
     key = jax.random.key(0) if key is None else key
     found: dict = {}
     src_set, sus_set, refs = (
-        _with_specs(ms, data, jax.random.fold_in(key, 7), found) for ms in (src_set, sus_set, refs)
+        _with_specs(ms, who, data, jax.random.fold_in(key, 7), found)
+        for ms, who in ((src_set, "source"), (sus_set, "suspect"), (refs, "reference"))
     )
     strata = dataclasses.replace(strata, union=refs)
     tests = default_tests(probe_size=len(data)) if tests is None else list(tests)
@@ -748,7 +752,7 @@ def verify(
     for a, src in enumerate(src_set.populations):
         for b, sus in enumerate(sus_set.populations):
             k_ab = jax.random.fold_in(key, 1000 * a + b)
-            weight = timed(WEIGHT_PERM, _weight_perm, src, sus, data, k_ab, num_permutations)
+            weight = timed(WEIGHT_PERM, _weight_perm, src, sus, k_ab, num_permutations, found)
             scores = [timed(t.name, _reference_scores, t, src, sus, refs, data) for t in tests]
             for k, sid in enumerate(src.ids):
                 for m, qid in enumerate(sus.ids):

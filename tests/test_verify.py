@@ -172,6 +172,25 @@ def test_verify_rejects_a_user_spec_that_does_not_keep_the_function(user_models)
         jl.verify(src, Models.from_linen(UserMLP(), [b], ids=["B"]), data=x[:64], num_permutations=9)
 
 
+def test_verify_checks_the_suspects_and_references_specs_too(user_models):
+    """A spec is checked wherever it is used (matched weights reads the suspects' and references'), not only
+    on the sources; the error names the role and the model."""
+    x, _, a, b, c = user_models
+    spec = perm_lib.infer_spec(a)
+    bad = {"fc1": (32, spec["fc1"][1][:-1])}
+    good = Models.from_linen(UserMLP(), [a], ids=["A"])
+    with pytest.raises(VerifyError, match="suspect 'B'.*does not keep the network's function"):
+        jl.verify(good, Models.from_linen(UserMLP(), [b], ids=["B"], perm_spec=bad), data=x[:64], num_permutations=9)
+    with pytest.raises(VerifyError, match="reference 'R'.*does not keep the network's function"):
+        jl.verify(
+            good,
+            Models.from_linen(UserMLP(), [b], ids=["B"]),
+            data=x[:64],
+            references=Models.from_linen(UserMLP(), [c], ids=["R"], perm_spec=bad),
+            num_permutations=9,
+        )
+
+
 @pytest.mark.parametrize("net", ["mlp", "convnet"])
 def test_permutation_null_equals_statistic_on_explicitly_permuted_copies(net):
     """Oracle: each null value is the statistic recomputed on an explicitly permuted query."""
