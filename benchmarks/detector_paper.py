@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -70,8 +71,16 @@ def _load() -> list[float]:
     )
 
 
-def build_zoo(args) -> dict:
+def _spec(args):
+    """``PAPER_FC_CPU``, or with ``--zoo-seed`` a fresh draw of it (the salt enters every key and data order)."""
     spec = zoo_lib.SPECS["paper_fc_cpu"]
+    if args.zoo_seed:
+        spec = dataclasses.replace(spec, name=f"{spec.name}_seed{args.zoo_seed}", seed=args.zoo_seed)
+    return spec
+
+
+def build_zoo(args) -> dict:
+    spec = _spec(args)
     load0, t0 = _load(), time.perf_counter()
     z = zoo_lib.build(spec, args.workdir)
     wall = time.perf_counter() - t0
@@ -255,6 +264,9 @@ def main(argv=None):
     ap.add_argument("--reused-models", default=None, help="zoo: what was copied in from an earlier build (a note)")
     ap.add_argument("--reused-build-s", type=float, default=None, help="zoo: what building those models cost")
     ap.add_argument("--parts", default="closed,open", help="eval: comma-separated closed, open")
+    ap.add_argument(
+        "--zoo-seed", type=int, default=0, help="zoo: the spec's salt (0: the standard zoo; others fresh draws of it)"
+    )
     args = ap.parse_args(argv)
     setup_logging()
     if args.stage == "zoo":
