@@ -498,6 +498,19 @@ def test_inferred_specs_follow_the_shapes_and_the_function_picks_the_order(user_
     assert weight.floor == pytest.approx(1 / 20)
 
 
+def test_population_spec_picks_the_order_that_keeps_the_function_on_the_probe():
+    """Outside verify (MatchedScorer, PermutationTestScorer) the layer order is chosen on the probe too; with two
+    orders and no probe it is an error, not the first order."""
+    x = jax.random.normal(jax.random.key(0), (16, 16))
+    v = ShuffledNamesMLP().init(jax.random.key(1), x)
+    pop = Models.from_linen(ShuffledNamesMLP(), [v, jax.tree.map(lambda w: -w, v)], ids=["a", "b"])
+    assert _order(pvalues.population_spec(pop, np.asarray(x))) == ("enc", "zeta", "alpha", "head")
+    with pytest.raises(pvalues.PValueError, match="2 layer orders; give probe="):
+        pvalues.population_spec(pop)
+    s = pvalues.MatchedScorer().score(ModelSet((pop,)), ModelSet((pop,)), probe=np.asarray(x))
+    assert np.allclose(np.diag(s), 1.0)
+
+
 def test_verify_warns_when_a_test_cannot_decide_alone_after_the_combination(user_models):
     """With n references the pooled test's floor is 1 / (n + 1); Bonferroni over the two tests doubles it, so
     a derivation only the references see (a student, a permuted copy) needs 2 / (n + 1) <= alpha: n >= 39

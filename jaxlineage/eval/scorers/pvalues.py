@@ -333,25 +333,47 @@ def spec_for(arch: str, params: PyTree) -> dict:
     return perm_lib.spec_from_variables(arch, params)
 
 
-def population_spec(pop: Population) -> perm_lib.PermutationSpec:
+def population_spec(pop: Population, probe: Any = None) -> perm_lib.PermutationSpec:
     """The permutation spec of a population: its own ``perm_spec``, else one inferred for a Dense/Conv chain.
 
+    The parameter shapes may allow several layer orders (two hidden layers of one square shape): with
+    ``probe`` (inputs of the models' task), the first order whose random permutations keep the models'
+    function on it (:func:`~jaxlineage.permutations.check_spec`); without, there must be one order.
+
     Raises:
-      PValueError: neither (names the models; pass ``perm_spec=`` when building them).
+      PValueError: no spec (names the models; pass ``perm_spec=`` when building them), several orders and no
+        ``probe``, or no order that keeps the function.
     """
     if pop.perm_spec is not None:
         return pop.perm_spec
-    spec = perm_lib.infer_spec(pop.one(0))
-    if not spec:
+    specs = perm_lib.infer_specs(pop.one(0))
+    if not specs:
         raise PValueError(
             f"models {pop.ids[0]!r}... ({pop.arch}) have no permutation spec and none can be inferred (not a chain"
             " of Dense/Conv layers); pass perm_spec= when building the Models"
         )
-    return spec
+    if probe is None:
+        if len(specs) > 1:
+            raise PValueError(
+                f"models {pop.ids[0]!r}... ({pop.arch}): the parameter shapes allow {len(specs)} layer orders;"
+                " give probe= to pick the one that keeps the function, or pass perm_spec= when building the Models"
+            )
+        return specs[0]
+    x = probe[: min(len(probe), 64)]
+    for spec in specs:
+        try:
+            perm_lib.check_spec(pop.logits_fn, pop.one(0), spec, x, key=jax.random.key(0))
+        except perm_lib.PermutationError:
+            continue
+        return spec
+    raise PValueError(
+        f"models {pop.ids[0]!r}... ({pop.arch}): none of the {len(specs)} inferred layer orders keeps the function"
+        " (skip connections, attention or shared units?); pass perm_spec= when building the Models"
+    )
 
 
-def _spec(spec_fn, pop: Population) -> perm_lib.PermutationSpec:
-    return population_spec(pop) if spec_fn is None else spec_fn(pop.arch, pop.one(0))
+def _spec(spec_fn, pop: Population, probe: Any = None) -> perm_lib.PermutationSpec:
+    return population_spec(pop, probe) if spec_fn is None else spec_fn(pop.arch, pop.one(0))
 
 
 def _leaf(tree: PyTree, path: Sequence[str]) -> jax.Array:
@@ -606,11 +628,14 @@ class PermutationTestScorer(Scorer):
     def readable(self, candidates: Population, queries: Population) -> bool:
         return candidates.signature == queries.signature
 
-    def pvalues(self, candidates: Population, queries: Population) -> tuple[np.ndarray, np.ndarray]:
-        """``(p [K, M], statistic [K, M])`` of every pair of two same-architecture populations."""
+    def pvalues(
+        self, candidates: Population, queries: Population, *, probe: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(p [K, M], statistic [K, M])`` of every pair of two same-architecture populations (``probe``: where
+        an inferred spec is checked, see :func:`population_spec`)."""
         cs = [jax.tree.map(lambda a, i=i: a[i], candidates.params) for i in range(len(candidates))]
         qs = [jax.tree.map(lambda a, i=i: a[i], queries.params) for i in range(len(queries))]
-        spec = _spec(self.spec_fn, candidates)
+        spec = _spec(self.spec_fn, candidates, probe)
         p = np.zeros((len(cs), len(qs)))
         st = np.zeros_like(p)
         for k, c in enumerate(cs):
@@ -628,8 +653,7 @@ class PermutationTestScorer(Scorer):
         return p, st
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
-        del probe
-        p, st = self.pvalues(candidates, queries)
+        p, st = self.pvalues(candidates, queries, probe=probe)
         lo, hi = (0.0, 1.0) if self.statistic is Statistic.MATCHED else (-1.0, 1.0)
         return _encode(p, st, self.num_permutations, lo, hi)
 
@@ -670,10 +694,9 @@ class MatchedScorer(Scorer):
         return PermutationTestScorer.readable(self, candidates, queries)  # type: ignore[arg-type]
 
     def score_block(self, candidates: Population, queries: Population, *, probe: np.ndarray) -> np.ndarray:
-        del probe
         cs = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), candidates.params) for i in range(len(candidates))]
         qs = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), queries.params) for i in range(len(queries))]
-        spec = _spec(self.spec_fn, candidates)
+        spec = _spec(self.spec_fn, candidates, probe)
         return np.array([[matched_statistic(c, q, spec) for q in qs] for c in cs])
 
 
