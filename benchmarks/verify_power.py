@@ -389,6 +389,18 @@ def check(args) -> None:
             f" {'yes' if all(met) else 'NO'}{'' if c['power_met'] is not None else ' (no single row >= 0.95)'} |"
         )
     print("every column meets the criteria" if ok else "some column does not meet the criteria")
+    pairs = pathlib.Path(args.out) / "verify_power_pairs.npz"
+    if pairs.exists():
+        # Each test's own power at alpha next to the verdict's: what the verdict could take from one test.
+        d = np.load(pairs)
+        alpha = rec["settings"]["alpha"]
+        tests = ["combined"] + [k for k in d.files if k.startswith("test:")]
+        print("\nderived pairs rejected at alpha, per test (the verdict first):")
+        print("| column | " + " | ".join("verdict" if t == "combined" else t[5:] for t in tests) + " |")
+        print("|---|" + "---:|" * len(tests))
+        for a in rec["rejections@alpha"]:
+            pos = d[f"pos:{a}"]
+            print(f"| {a} | " + " | ".join(f"{int(np.sum(d[t][pos] <= alpha))}/{int(pos.sum())}" for t in tests) + " |")
 
 
 def identify(args) -> None:
