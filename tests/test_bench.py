@@ -431,6 +431,27 @@ def test_a_registered_scorer_joins_the_provenance_tables(toy_registered, tiny_zo
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "bench_tiny_seed3.json"
 
 
+#: Rows of trained methods: their figures may move by one unit in the last printed decimal between machines.
+_TRAINED = ("Model DNA", "model_dna", "Lineage Detector", "lineage_detector")
+
+
+def _within_one_unit(got: list[str], want: list[str]) -> bool:
+    """Same labels and cells, each number at most one unit of its last printed decimal away."""
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        if a == b:
+            continue
+        try:
+            xs, ys = [float(v) for v in a.split(" ± ")], [float(v) for v in b.split(" ± ")]
+        except ValueError:
+            return False
+        unit = [10.0 ** -len(v.split(".")[1]) if "." in v else 1.0 for v in b.split(" ± ")]
+        if len(xs) != len(ys) or any(abs(x - y) > u * 1.001 for x, y, u in zip(xs, ys, unit)):
+            return False
+    return True
+
+
 def test_tiny_tables_equal_the_golden_figures(tiny_run):
     """The tiny bench's tables, figure for figure, as main printed them before the scorer registry.
 
@@ -440,6 +461,13 @@ def test_tiny_tables_equal_the_golden_figures(tiny_run):
     it (mean ± std at the table's decimals), with the notes, on the 2-core CPU machine. The provenance tables
     now list their rows in registration order (learning-free, baselines, Model DNA, ModelGiF; before: the
     baselines first and ModelGiF before Model DNA), so their rows are compared as a set of (label, figures).
+
+    Rows of trained methods (Model DNA, the Lineage Detector) may differ by one unit in the last printed
+    decimal; every other row must match exactly. Measured (eighth session): on another 2-core machine (an
+    AVX-512 Xeon), with the golden's package versions, Model DNA (generator)'s prune-90 % AUC was 107 / 128 =
+    0.84 against the golden's 0.83. One pair of its 128 changed order: training a network amplifies the
+    last-bit differences of XLA's CPU code between machines. The learning-free rows and the baselines matched
+    to the last printed digit.
     """
     _, _, results = tiny_run
     want = json.loads(GOLDEN.read_text())["tables"]
@@ -450,6 +478,21 @@ def test_tiny_tables_equal_the_golden_figures(tiny_run):
         rows = [[*r["label"], *(report.format_cell(c, d) for c, d in zip(r["cells"], dec))] for r in g["rows"]]
         assert (g["row_header"], g["columns"], g["notes"]) == (w["row_header"], w["columns"], w["notes"]), g["key"]
         if g["key"].startswith("provenance"):
-            assert sorted(rows) == sorted(w["rows"]), g["key"]
+            rows, wrows = sorted(rows), sorted(w["rows"])
         else:
-            assert rows == w["rows"], g["key"]
+            wrows = w["rows"]
+        assert len(rows) == len(wrows), g["key"]
+        for r, wr in zip(rows, wrows):
+            n_label = len(g["row_header"])
+            trained = any(t in lab for lab in r[:n_label] for t in _TRAINED)
+            if trained:
+                assert r[:n_label] == wr[:n_label] and _within_one_unit(r[n_label:], wr[n_label:]), (g["key"], r, wr)
+            else:
+                assert r == wr, g["key"]
+
+
+def test_within_one_unit_reads_the_printed_decimals():
+    assert _within_one_unit(["0.84", "97.0 ± 1.2"], ["0.83", "97.1 ± 1.1"])
+    assert not _within_one_unit(["0.85"], ["0.83"])
+    assert not _within_one_unit(["97.0 ± 1.4"], ["97.0 ± 1.2"])
+    assert not _within_one_unit(["n/a"], ["0.83"]) and _within_one_unit(["n/a"], ["n/a"])
