@@ -64,6 +64,7 @@ __all__ = [
     "apply_permutations",
     "check_spec",
     "infer_spec",
+    "infer_checked_spec",
     "infer_specs",
     "permutation_spec",
     "permute_params",
@@ -452,6 +453,27 @@ def check_spec(
             " pass a spec that lists every axis each hidden unit touches"
         )
     return change
+
+
+def infer_checked_spec(
+    apply_fn: Any, variables: PyTree, x: Any, *, key: jax.Array
+) -> tuple[dict[str, tuple[int, tuple[PermAxis, ...]]] | None, list[str]]:
+    """The first inferred layer order (:func:`infer_specs`) whose random permutation keeps ``apply_fn`` on ``x``.
+
+    Returns:
+      ``(spec, errors)``: ``errors`` says why each order tried before ``spec`` failed :func:`check_spec`.
+      ``(None, [])``: no order can be inferred; ``(None, errors)``: none of ``len(errors)`` orders keeps
+      the function.
+    """
+    errors = []
+    for spec in infer_specs(variables):
+        try:
+            check_spec(apply_fn, variables, spec, x, key=key)
+        except PermutationError as e:
+            errors.append(str(e))
+            continue
+        return spec, errors
+    return None, errors
 
 
 # --------------------------------------------------------------------------- transformer LM

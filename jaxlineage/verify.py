@@ -375,21 +375,15 @@ def _spec(models: Models, data: Any, key: jax.Array, who: str) -> tuple[Any, str
         except perm_lib.PermutationError as e:
             raise VerifyError(f"{who} {models.ids[0]!r}...: {e}") from None
         return models.perm_spec, ""
-    specs = perm_lib.infer_specs(one)
-    if not specs:
+    spec, errors = perm_lib.infer_checked_spec(models.logits_fn, one, x, key=key)
+    if spec is not None:
+        return spec, ""
+    if not errors:
         return None, (
             "no permutation spec: the parameters are not a chain of two or more Dense / Conv kernels;"
             " pass perm_spec= to the Models"
         )
-    errors = []
-    for spec in specs:
-        try:
-            perm_lib.check_spec(models.logits_fn, one, spec, x, key=key)
-        except perm_lib.PermutationError as e:
-            errors.append(str(e))
-            continue
-        return spec, ""
-    orders = "order" if len(specs) == 1 else f"{len(specs)} layer orders"
+    orders = "order" if len(errors) == 1 else f"{len(errors)} layer orders"
     return None, (
         f"no inferred permutation spec keeps the function (tried {orders} of the kernels: skip connections,"
         f" attention or shared units?); pass perm_spec= to the Models. First: {errors[0]}"

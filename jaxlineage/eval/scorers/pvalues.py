@@ -346,28 +346,29 @@ def population_spec(pop: Population, probe: Any = None) -> perm_lib.PermutationS
     """
     if pop.perm_spec is not None:
         return pop.perm_spec
-    specs = perm_lib.infer_specs(pop.one(0))
-    if not specs:
-        raise PValueError(
-            f"models {pop.ids[0]!r}... ({pop.arch}) have no permutation spec and none can be inferred (not a chain"
-            " of Dense/Conv layers); pass perm_spec= when building the Models"
-        )
+    none = PValueError(
+        f"models {pop.ids[0]!r}... ({pop.arch}) have no permutation spec and none can be inferred (not a chain"
+        " of Dense/Conv layers); pass perm_spec= when building the Models"
+    )
     if probe is None:
+        specs = perm_lib.infer_specs(pop.one(0))
+        if not specs:
+            raise none
         if len(specs) > 1:
             raise PValueError(
                 f"models {pop.ids[0]!r}... ({pop.arch}): the parameter shapes allow {len(specs)} layer orders;"
                 " give probe= to pick the one that keeps the function, or pass perm_spec= when building the Models"
             )
         return specs[0]
-    x = probe[: min(len(probe), 64)]
-    for spec in specs:
-        try:
-            perm_lib.check_spec(pop.logits_fn, pop.one(0), spec, x, key=jax.random.key(0))
-        except perm_lib.PermutationError:
-            continue
+    spec, errors = perm_lib.infer_checked_spec(
+        pop.logits_fn, pop.one(0), probe[: min(len(probe), 64)], key=jax.random.key(0)
+    )
+    if spec is not None:
         return spec
+    if not errors:
+        raise none
     raise PValueError(
-        f"models {pop.ids[0]!r}... ({pop.arch}): none of the {len(specs)} inferred layer orders keeps the function"
+        f"models {pop.ids[0]!r}... ({pop.arch}): none of the {len(errors)} inferred layer orders keeps the function"
         " (skip connections, attention or shared units?); pass perm_spec= when building the Models"
     )
 
