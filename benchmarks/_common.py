@@ -71,3 +71,9 @@ def write(path: str | os.PathLike, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record, indent=1))
+
+
+def fresh_draw(spec, seed: int):
+    """``spec`` (a zoo spec), or with a non-zero ``seed`` a fresh draw of it: the salt enters every model's keys
+    and data order, and the name says which draw (``<name>_seed<seed>``)."""
+    return dataclasses.replace(spec, name=f"{spec.name}_seed{seed}", seed=seed) if seed else spec

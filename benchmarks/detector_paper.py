@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import time
 
 import jax
 import numpy as np
-from _common import setup_logging, write
+from _common import fresh_draw, setup_logging, write
 
 from jaxlineage import zoo as zoo_lib
 from jaxlineage.eval import NO_PARENT, metrics, protocols, scenarios, scorers
@@ -71,16 +70,8 @@ def _load() -> list[float]:
     )
 
 
-def _spec(args):
-    """``PAPER_FC_CPU``, or with ``--zoo-seed`` a fresh draw of it (the salt enters every key and data order)."""
-    spec = zoo_lib.SPECS["paper_fc_cpu"]
-    if args.zoo_seed:
-        spec = dataclasses.replace(spec, name=f"{spec.name}_seed{args.zoo_seed}", seed=args.zoo_seed)
-    return spec
-
-
 def build_zoo(args) -> dict:
-    spec = _spec(args)
+    spec = fresh_draw(zoo_lib.SPECS["paper_fc_cpu"], args.zoo_seed)
     load0, t0 = _load(), time.perf_counter()
     z = zoo_lib.build(spec, args.workdir)
     wall = time.perf_counter() - t0

@@ -15,7 +15,8 @@ every member alike (so each is a valid conformal p-value under the references' n
 
 It prints, per attack column, the verdict (Bonferroni of the exact weight test and the pooled test) under each
 statistic, read with ``verify_power.criteria``. It is a study on an already-seen draw: it chooses a statistic,
-and the choice is then measured on a fresh draw with ``verify_power.py power``.
+and the choice is then measured on a fresh draw with ``verify_power.py power``. It takes ``verify_power.py
+power``'s arguments (and defaults):
 
     python benchmarks/verify_pool.py --spec provenance --zoo-seed 2 --workdir DIR --out DIR2 \
         --references 119 --strata 119 --cross-distill --transfer-stratum --source-chunk 8
@@ -23,7 +24,6 @@ and the choice is then measured on a fresh draw with ``verify_power.py power``.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -78,40 +78,13 @@ def _recording_evidence(scores, k, m, sid, qid, alpha, strata):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--spec", default="provenance")
-    ap.add_argument("--zoo-seed", type=int, default=0)
-    ap.add_argument("--references", type=int, default=119)
-    ap.add_argument("--strata", type=int, default=119)
-    ap.add_argument("--cross-distill", action="store_true")
-    ap.add_argument("--transfer-stratum", action="store_true")
-    ap.add_argument("--source-chunk", type=int, default=8)
-    args = ap.parse_args()
-    ns = argparse.Namespace(
-        what="power",
-        workdir=args.workdir,
-        out=args.out,
-        references=args.references,
-        strata=args.strata,
-        cross_distill=args.cross_distill,
-        spec=args.spec,
-        zoo_seed=args.zoo_seed,
-        transfer_stratum=args.transfer_stratum,
-        permutations=999,
-        probe=256,
-        alpha=0.05,
-        seed=0,
-        combine="bonferroni",
-        source_chunk=args.source_chunk,
-        withhold=[0, 3, 5],
-        pool_study=True,  # its own chunk folder: the recorded variants are not in a plain run's chunks
-    )
+    # ``verify_power.py power``'s own arguments and defaults.
+    args = verify_power.parser().parse_args(["power", *sys.argv[1:]])
+    args.pool_study = True  # its own chunk folder: the recorded variants are not in a plain run's chunks
     verify_power._common.setup_logging()
     verify_lib._pooled_evidence = _recording_evidence
     pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
-    verify_power.power(ns)
+    verify_power.power(args)
     pairs = np.load(pathlib.Path(args.out) / "verify_power_pairs.npz")
     cands, queries = list(pairs["candidates"]), list(pairs["queries"])
     weight = pairs["test:weight-perm"]

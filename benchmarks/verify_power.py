@@ -23,7 +23,6 @@ it rejects are within alpha + the binomial 95 % margin.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import hashlib
 import json
@@ -125,10 +124,7 @@ def _zoo(args):
     """The provenance zoo named by ``--spec`` (built or reused under the workdir)."""
     if args.spec not in zoo.SPECS:
         raise SystemExit(f"--spec: unknown zoo {args.spec!r}; known: {sorted(zoo.SPECS)}")
-    spec = zoo.SPECS[args.spec]
-    if args.zoo_seed:
-        # A fresh draw of the same zoo: the spec's salt enters every model's keys and data order.
-        spec = dataclasses.replace(spec, name=f"{spec.name}_seed{args.zoo_seed}", seed=args.zoo_seed)
+    spec = _common.fresh_draw(zoo.SPECS[args.spec], args.zoo_seed)
     z = zoo.build(spec, pathlib.Path(args.workdir) / ("provenance" if spec is zoo.PROVENANCE_QUICK else spec.name))
     return spec, z
 
@@ -438,7 +434,8 @@ def identify(args) -> None:
     _common.write(pathlib.Path(args.out) / "verify_power.jsonl", record)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (``benchmarks/verify_pool.py`` runs ``power`` with the same arguments)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("power", "identify", "check"))
     ap.add_argument("--workdir", default="verify_power_work")
@@ -468,7 +465,11 @@ def main() -> None:
     ap.add_argument("--combine", default="bonferroni", choices=("bonferroni", "cauchy"))
     ap.add_argument("--source-chunk", type=int, default=4, help="sources per verify call (memory)")
     ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 5], help="indices of withheld parents")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     _common.setup_logging()
     {"power": power, "identify": identify, "check": check}[args.what](args)
 
