@@ -37,6 +37,7 @@ import numpy as np
 from jaxlineage import references, zoo
 from jaxlineage import verify as verify_lib
 from jaxlineage.eval import metrics, provenance, pvalues, scenarios, scorers
+from jaxlineage.models import ModelSet
 
 log = logging.getLogger("verify_power")
 
@@ -129,14 +130,19 @@ def _zoo(args):
     return spec, z
 
 
-def _references(z, scen, args) -> tuple[dict, dict]:
-    """The suspects grouped by (architecture, task), and each group's references (or strata of them)."""
-    # References per (architecture, task) of the suspects, trained like the sources on that task.
+def _group(z, populations) -> dict[tuple, list]:
+    """``(architecture, task) -> [(population, id), ...]`` of the models."""
     groups: dict[tuple, list] = {}
-    for pop in scen.queries.populations:
+    for pop in populations:
         for i in pop.ids:
             groups.setdefault((pop.arch, z.get(i).task), []).append((pop, i))
-    refs_by_group = {}
+    return groups
+
+
+def _trained(z, groups: dict, args) -> dict:
+    """``(architecture, task) -> references``: ``args.references`` independent models per group, trained like
+    the sources on that task (cached under the workdir, keyed by the settings and the data)."""
+    out = {}
     t1 = time.time()
     for (arch, task), members in groups.items():
         pop = members[0][0]
@@ -144,7 +150,7 @@ def _references(z, scen, args) -> tuple[dict, dict]:
         # The zoo's own view of the network (its taps, default tap and permutation spec), so that the
         # references offer every tap the scorers read.
         like = scenarios.model_set(z, [pop.ids[0]]).populations[0]
-        refs_by_group[(arch, task)] = references.train(
+        out[(arch, task)] = references.train(
             like,
             x,
             y,
@@ -156,6 +162,23 @@ def _references(z, scen, args) -> tuple[dict, dict]:
             **SOURCE_RECIPE[arch],
         )
         log.info("references for %s on %s: %d (%.0fs)", arch, task, args.references, time.time() - t1)
+    return out
+
+
+def _references(z, scen, args) -> tuple[dict, dict]:
+    """The suspects grouped by (architecture, task), and each group's references (or strata of them).
+
+    With ``--references-like source`` every group gets the same references: independent models of each
+    source's architecture trained on the sources' task with their recipe (they stand in for the source)."""
+    groups = _group(z, scen.queries.populations)
+    if args.references_like == "source":
+        if args.strata:
+            raise SystemExit("--strata: strata stand in for the suspect; with --references-like source there are none")
+        like_sources = _trained(z, _group(z, scen.candidates.populations), args)
+        pool = ModelSet(tuple(p for r in like_sources.values() for p in r.populations))
+        return groups, {g: pool for g in groups}
+    # References per (architecture, task) of the suspects, trained like the sources on that task.
+    refs_by_group = _trained(z, groups, args)
     if args.strata:
         trained = dict(refs_by_group)
         for (arch, task), members in groups.items():
@@ -222,6 +245,7 @@ def power(args) -> None:
                     key=jax.random.fold_in(jax.random.key(args.seed), start),
                     num_permutations=args.permutations,
                     combine=args.combine,
+                    references_like=args.references_like,
                 )
                 done = {
                     "timings": dict(v.timings),
@@ -457,6 +481,13 @@ def parser() -> argparse.ArgumentParser:
         "--transfer-stratum",
         action="store_true",
         help="with --strata: also references of another class set moved to the suspects' task (fresh head)",
+    )
+    ap.add_argument(
+        "--references-like",
+        default="suspect",
+        choices=("suspect", "source"),
+        help="whom the references stand in for (verify's references_like): the suspects' (architecture, task)"
+        " groups, or the sources (their architecture, task and recipe; no strata)",
     )
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--probe", type=int, default=256)

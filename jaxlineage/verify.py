@@ -51,6 +51,13 @@ hypothesis and a p-value valid under it:
   :math:`1 / (n + 1)` whatever the number of tests (combining the tests' own conformal p-values
   would multiply that floor by up to the number of tests). Each test's own p-value is reported.
 
+* **Whom the references stand for** (``references_like``). By default they stand in for the
+  suspect, as above. With ``references_like="source"`` they are independent models trained like the
+  *source*, and each statistic is :math:`s(R_j, B)`: :math:`p = (1 + \#\{j : s(R_j, B) \ge s(A, B)\}) / (n + 1)`.
+  H0: the source is exchangeable with the references. Given the suspect, an unrelated suspect treats the
+  source and the references alike whatever was done to it (pruned, distilled, moved to another task), so
+  no strata are needed; what it needs is references made like the source.
+
 * **Strata of references**: an unrelated suspect that was itself attacked (an independent model
   pruned, or distilled from another teacher) is not exchangeable with references trained from
   scratch: softer outputs look closer to *any* source, and such suspects were rejected more often
@@ -462,42 +469,63 @@ def _conformal(stat: float, null: np.ndarray) -> float:
 
 @dataclasses.dataclass
 class _Scores:
-    """One reference test's statistics: ``stat[k, m]`` (source k, suspect m) and ``ref[k]`` (reference id -> value)."""
+    """One reference test's statistics: ``stat[k, m]`` (source k, suspect m) and the references'.
+
+    ``ref[k]`` maps a reference id to ``s(source k, reference)`` when the references stand in for the
+    suspect (``side == "suspect"``), and ``ref[m]`` to ``s(reference, suspect m)`` when they stand in
+    for the source (``side == "source"``)."""
 
     test: ReferenceTest
     note: str = ""  # non-empty: the test does not apply to any pair
     stat: np.ndarray | None = None
     ref: list[dict[str, float]] | None = None
+    side: str = "suspect"
 
 
-def _reference_scores(test: ReferenceTest, src: Models, sus: Models, refs: ModelSet | None, data: Any) -> _Scores:
-    """The statistic of every (source, suspect) pair and of every (source, reference) pair, computed once."""
+def _reference_scores(
+    test: ReferenceTest, src: Models, sus: Models, refs: ModelSet | None, data: Any, side: str = "suspect"
+) -> _Scores:
+    """The statistic of every (source, suspect) pair and of every reference pair, computed once.
+
+    ``side == "suspect"``: the references stand in for the suspect, ``s(source, reference)``;
+    ``side == "source"``: they stand in for the source, ``s(reference, suspect)``."""
     if test.same_signature and not weight_comparable(src, sus):
         return _Scores(test, "parameter trees differ")
-    ref_pops = [r for r in (refs.populations if refs else ()) if weight_comparable(r, sus)]
+    like, what = (sus, "suspect's") if side == "suspect" else (src, "source's")
+    ref_pops = [r for r in (refs.populations if refs else ()) if weight_comparable(r, like)]
     ref_pops = [r for r in ref_pops if not test.same_signature or weight_comparable(src, r)]
     if not ref_pops:
-        return _Scores(test, "no reference model of the suspect's architecture")
-    # References may include the suspects themselves (a pool of exchangeable models): score each model once.
+        return _Scores(test, f"no reference model of the {what} architecture")
+    # References may include the suspects (or, standing in for the source, the sources): a pool of
+    # exchangeable models. Score each model once.
     extra = []
     for r in ref_pops:
-        idx = [j for j, i in enumerate(r.ids) if i not in sus.ids]
+        idx = [j for j, i in enumerate(r.ids) if i not in like.ids]
         if idx:
             extra.append(r.take(idx))
-    targets = ModelSet((sus, *extra))
+    ref_ids = [i for r in ref_pops for i in r.ids]
     try:
-        scores = np.asarray(test.scorer.score(ModelSet((src,)), targets, probe=data, unreadable="nan"), np.float64)
+        if side == "suspect":
+            targets = ModelSet((sus, *extra))
+            scores = np.asarray(test.scorer.score(ModelSet((src,)), targets, probe=data, unreadable="nan"), np.float64)
+            column = {i: j for j, i in enumerate(targets.ids)}
+            ref = [{rid: float(scores[k, column[rid]]) for rid in ref_ids} for k in range(len(src))]
+            return _Scores(test, stat=scores[:, : len(sus)], ref=ref)
+        rows = ModelSet((src, *extra))
+        scores = np.asarray(test.scorer.score(rows, ModelSet((sus,)), probe=data, unreadable="nan"), np.float64)
     except JaxlineageError as e:
         return _Scores(test, f"{type(e).__name__}: {e}")
-    column = {i: j for j, i in enumerate(targets.ids)}
-    ref_ids = [i for r in ref_pops for i in r.ids]
-    ref = [{rid: float(scores[k, column[rid]]) for rid in ref_ids} for k in range(len(src))]
-    return _Scores(test, stat=scores[:, : len(sus)], ref=ref)
+    row = {i: j for j, i in enumerate(rows.ids)}
+    ref = [{rid: float(scores[row[rid], m]) for rid in ref_ids} for m in range(len(sus))]
+    return _Scores(test, stat=scores[: len(src)], ref=ref, side="source")
 
 
-def _null(sc: _Scores, k: int, sid: str, qid: str, ids: frozenset[str] | None = None) -> dict[str, float]:
-    """Source ``k``'s finite reference statistics (of stratum ``ids``), without the source and the suspect."""
-    return {r: v for r, v in sc.ref[k].items() if r not in (sid, qid) and np.isfinite(v) and (ids is None or r in ids)}
+def _null(sc: _Scores, k: int, m: int, sid: str, qid: str, ids: frozenset[str] | None = None) -> dict[str, float]:
+    """The finite reference statistics of pair (source ``k``, suspect ``m``) (of stratum ``ids``), without the
+    source and the suspect: ``s(source, R)`` with the references standing in for the suspect, ``s(R, suspect)``
+    with them standing in for the source."""
+    refs = sc.ref[m] if sc.side == "source" else sc.ref[k]
+    return {r: v for r, v in refs.items() if r not in (sid, qid) and np.isfinite(v) and (ids is None or r in ids)}
 
 
 def _worst_stratum(per_stratum: dict[str, tuple[float, float, int]], alpha: float) -> tuple[float, float, str, float]:
@@ -527,7 +555,7 @@ def _test_evidence(sc: _Scores, k: int, m: int, sid: str, qid: str, alpha: float
         return ev(np.nan, np.nan, "not readable for this pair")
     per = {}
     for name, ids in strata.ids.items():
-        null = np.array(list(_null(sc, k, sid, qid, ids).values()))
+        null = np.array(list(_null(sc, k, m, sid, qid, ids).values()))
         if null.size:
             per[name] = (float(stat), _conformal(stat, null), null.size)
     if not per:
@@ -597,7 +625,7 @@ def _pooled_evidence(
         return Evidence(REFERENCES, np.nan, np.nan, strata.null, sens, why)
     per = {}
     for name, ids in strata.ids.items():
-        nulls = [_null(sc, k, sid, qid, ids) for sc in live]
+        nulls = [_null(sc, k, m, sid, qid, ids) for sc in live]
         common = sorted(set.intersection(*(set(n) for n in nulls)))
         if common:
             table = np.array([[sc.stat[k, m] for sc in live]] + [[n[r] for n in nulls] for r in common])
@@ -620,12 +648,17 @@ class _Strata:
     null: str = ReferenceTest.null
 
 
-def _strata(references: Any) -> _Strata:
+_SOURCE_NULL = "the source is exchangeable with the reference models (independent, trained like the source)"
+
+
+def _strata(references: Any, side: str = "suspect") -> _Strata:
     if references is None:
         return _Strata({}, None)
     if not isinstance(references, Mapping):
         refs = _as_set(references, "references")
-        return _Strata({"references": frozenset(refs.ids)}, refs)
+        return _Strata(
+            {"references": frozenset(refs.ids)}, refs, ReferenceTest.null if side == "suspect" else _SOURCE_NULL
+        )
     if not references:
         raise VerifyError("references: an empty mapping (give None, or strata name -> Models)")
     ids, pops, seen = {}, [], {}
@@ -641,7 +674,7 @@ def _strata(references: Any) -> _Strata:
         pops += ms.populations
     names = ", ".join(ids)
     null = (
-        f"the suspect is exchangeable with the references of at least one stratum ({names}): an independent model,"
+        f"the {side} is exchangeable with the references of at least one stratum ({names}): an independent model,"
         " made like the models of that stratum"
     )
     return _Strata(ids, ModelSet(tuple(pops)), null)
@@ -661,14 +694,16 @@ def _as_set(models: Any, what: str) -> ModelSet:
     return ms
 
 
-def _checked_inputs(sources, suspects, references, data, alpha, num_permutations):
+def _checked_inputs(sources, suspects, references, data, alpha, num_permutations, references_like="suspect"):
     """``verify``'s arguments checked: ``(sources, suspects, strata, data)`` or a :class:`VerifyError`."""
     if not 0 < alpha < 1:
         raise VerifyError(f"alpha must be in (0, 1); got {alpha}")
+    if references_like not in ("suspect", "source"):
+        raise VerifyError(f"references_like must be 'suspect' or 'source'; got {references_like!r}")
     if num_permutations < 1:
         raise VerifyError(f"num_permutations must be >= 1; got {num_permutations}")
     src_set, sus_set = _as_set(sources, "sources"), _as_set(suspects, "suspects")
-    strata = _strata(references)
+    strata = _strata(references, references_like)
     for what, ms in (("sources", src_set), ("suspects", sus_set), ("references", strata.union)):
         if ms is not None:
             check_finite(f"verify ({what})", ms, error=VerifyError)
@@ -692,6 +727,7 @@ def verify(
     tests: Sequence[ReferenceTest] | None = None,
     num_permutations: int = 999,
     combine: str = "bonferroni",
+    references_like: str = "suspect",
 ) -> Verdict:
     """Is each suspect derived from each source? One calibrated verdict per pair.
 
@@ -712,6 +748,15 @@ def verify(
       key: the permutations' key (default ``jax.random.key(0)``).
       tests: reference tests (default :func:`default_tests`).
       num_permutations: ``T`` of the exact weight test (smallest p ``1 / (T + 1)``).
+      references_like: who the references stand in for. ``"suspect"`` (default): independent models of the
+        suspect's task and architecture; a reference test ranks ``s(source, suspect)`` among
+        ``s(source, R_j)``, valid when an unrelated suspect is exchangeable with the references (an
+        unrelated suspect that was itself pruned, distilled or transferred is not: give strata).
+        ``"source"``: independent models trained like the *source* (its architecture, task and recipe);
+        a test ranks ``s(source, suspect)`` among ``s(R_j, suspect)``, valid for *any* unrelated suspect,
+        however it was made, when the source is exchangeable with the references (the model owner knows
+        how the source was trained). The references may then include the sources themselves (each
+        source's null leaves it out).
       combine: ``"bonferroni"`` (default) or ``"cauchy"``. Bonferroni bounds what a blind test costs (a
         factor 2 over the two tests); Cauchy's combination of the floor ``1 / (n + 1)`` with a blind test's
         ``p`` near 1 is near 1, and most derived models leave one of the two tests blind (a student's or
@@ -724,7 +769,9 @@ def verify(
       VerifyError: empty sources or suspects, alpha out of (0, 1), a user permutation spec that does not
         keep the function, models with NaN / inf parameters (names the model and path).
     """
-    src_set, sus_set, strata, data = _checked_inputs(sources, suspects, references, data, alpha, num_permutations)
+    src_set, sus_set, strata, data = _checked_inputs(
+        sources, suspects, references, data, alpha, num_permutations, references_like
+    )
     refs = strata.union
     key = jax.random.key(0) if key is None else key
     found: dict = {}
@@ -747,7 +794,7 @@ def verify(
         for b, sus in enumerate(sus_set.populations):
             k_ab = jax.random.fold_in(key, 1000 * a + b)
             weight = timed(WEIGHT_PERM, _weight_perm, src, sus, k_ab, num_permutations, found)
-            scores = [timed(t.name, _reference_scores, t, src, sus, refs, data) for t in tests]
+            scores = [timed(t.name, _reference_scores, t, src, sus, refs, data, references_like) for t in tests]
             for k, sid in enumerate(src.ids):
                 for m, qid in enumerate(sus.ids):
                     grid[(sid, qid)] = [

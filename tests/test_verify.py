@@ -543,3 +543,46 @@ def test_identify_says_cannot_tell_where_no_test_applies(user_models):
     linear = Models.from_apply(lambda p, x: x @ p["w"], [{"w": jnp.ones((16, 3))}], ids=["L"])
     ident = jl.identify(linear, Models.from_linen(UserMLP(), [a, b], ids=["A", "B"]), data=x[:8])
     assert ident.parents == [None] and "L: CANNOT TELL" in str(ident) and "NO PARENT" not in str(ident)
+
+
+# --------------------------------------------------------------------------- references standing in for the source
+
+
+@pytest.fixture(scope="module")
+def exchangeable_pool():
+    """Twelve models trained alike (the sources' recipe) and an unrelated model with flattened outputs."""
+    x, y = _task(0)
+    init = lambda s: UserMLP().init(jax.random.key(s), x[:1])
+    trees = [_train(init(500 + i), x, y, 150) for i in range(12)]
+    other = _train(init(600), x, y, 150)
+    soft = jax.tree_util.tree_map_with_path(
+        lambda p, w: w * 0.05 if "out" in jax.tree_util.keystr(p) else w, other
+    )  # an unrelated model that was itself post-processed (not like any reference)
+    return x, trees, soft
+
+
+def test_source_side_references_match_their_definition_and_leave_the_source_out(exchangeable_pool):
+    """references_like="source": p = (1 + #{j : s(R_j, B) >= s(A, B)}) / (n + 1), with the source left out of
+    its own null when the references include it; over a pool of exchangeable sources the p-values are the
+    ranks 1/n, ..., n/n, whatever the suspect is."""
+    x, trees, soft = exchangeable_pool
+    ids = [f"P{i}" for i in range(len(trees))]
+    pool = Models.from_linen(UserMLP(), trees, ids=ids)
+    sus = Models.from_linen(UserMLP(), [soft], ids=["T"])
+    v = jl.verify(
+        pool, sus, data=x[:64], references=pool, references_like="source", tests=_cheap_tests(), num_permutations=19
+    )
+    kl = scorers.OutputKL().score(ModelSet((pool,)), ModelSet((sus,)), probe=x[:64])[:, 0]
+    n = len(trees)
+    for k, sid in enumerate(ids):
+        ev = next(e for e in v.pair(sid, "T").evidence if e.test == "output-kl")
+        others = np.delete(kl, k)
+        assert ev.pvalue == pytest.approx((1 + np.sum(others >= kl[k])) / n)
+        assert "the source is exchangeable" in ev.null
+    # Exchangeable sources: each source's p-value is its rank among the n, so they are 1/n, ..., n/n; the
+    # pooled test's one-sided statistic ties the less related half (all at p = 1), so it is at least that.
+    ranks = np.arange(1, n + 1) / n
+    np.testing.assert_allclose(np.sort(v.test_pvalues("output-kl")[:, 0]), ranks)
+    assert np.all(np.sort(v.test_pvalues("references")[:, 0]) >= ranks - 1e-12)
+    with pytest.raises(VerifyError, match="references_like must be"):
+        jl.verify(pool, sus, data=x[:16], references=pool, references_like="target", tests=_cheap_tests())
