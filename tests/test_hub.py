@@ -435,3 +435,61 @@ def test_calibrate_on_retrieved_unrelated_candidates(net, family):
     np.testing.assert_allclose(np.sort(search.verifier.null_scores), np.sort(want), rtol=1e-12)
     with pytest.raises(hub.HubError, match="statistic"):
         hub.LineageSearch(index, pop, lambda c, q: (np.zeros(len(c)), np.ones(len(c))), k=3).calibrate(pop.take([0]))
+
+
+# --------------------------------------------------------------------------- stage 3 over a mesh
+
+
+@pytest.mark.parametrize("arch", ["mlp", "convnet"])
+def test_mesh_pair_stats_equal_the_numpy_pairs(arch):
+    """Stage 3 over a mesh of 4 (forced CPU) devices: every pair's six statistics equal the numpy path's, for
+    permuted, pruned, noisy and unrelated pairs (7 pairs: padded to 8 over the mesh)."""
+    from jax.sharding import Mesh
+
+    from jaxlineage.hub import sharded
+    from jaxlineage.hub.search import _pair_stats
+    from jaxlineage.zoo import magnitude_prune
+
+    kwargs = {"features": FEATURES} if arch == "mlp" else {"channels": (3, 4), "hidden": 6}
+    net = nets.make(arch, 5, **kwargs)
+    rng = np.random.default_rng(1)
+    roots = [jax.tree.map(np.asarray, net.init(jax.random.key(i))) for i in range(3)]
+    spec = perm_lib.permutation_spec(net, roots[0])
+    perm = jax.tree.map(
+        np.asarray, perm_lib.apply_permutations(roots[0], spec, [rng.permutation(u) for u, _ in spec.values()])
+    )
+    pruned = jax.tree.map(np.asarray, magnitude_prune(roots[0], 0.5)[0])
+    noisy = jax.tree.map(lambda w: w + 0.05 * np.std(w) * rng.standard_normal(w.shape).astype(w.dtype), roots[0])
+    pairs = [(0, perm), (0, pruned), (0, noisy), (0, roots[1]), (1, roots[2]), (2, perm), (0, roots[0])]
+    cands = nets.stack([roots[i] for i, _ in pairs])
+    queries = nets.stack([q for _, q in pairs])
+    want = np.array([_pair_stats(roots[i], q, spec) for i, q in pairs])
+    assert len(jax.devices()) >= 4  # tests/conftest.py forces 4 host devices
+    mesh = Mesh(np.array(jax.devices()[:4]), ("pairs",))
+    with jax.enable_x64(True):
+        got = sharded.pair_stats(cands, queries, spec, mesh=mesh)
+        alone = sharded.pair_stats(cands, queries, spec)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(alone, want, rtol=1e-9, atol=1e-12)
+    assert got[0, 0] == pytest.approx(1.0) and got[0, 4] == 1.0  # the permuted copy: aligned exactly, all copied
+    got32 = sharded.pair_stats(cands, queries, spec, mesh=mesh)  # float32: to rounding
+    np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-5)
+
+
+def test_verifier_on_a_mesh_gives_the_numpy_answers(net, family):
+    from jax.sharding import Mesh
+
+    pop, _ = family
+    cal = ModelSet((pop.take(range(1, 12)),))
+    unrelated = ~np.eye(11, dtype=bool)
+    mesh = Mesh(np.array(jax.devices()[:4]), ("pairs",))
+    plain = hub.AlignedWeightVerifier().calibrate(cal, cal, unrelated=unrelated)
+    meshed = hub.AlignedWeightVerifier(mesh=mesh).calibrate(cal, cal, unrelated=unrelated)
+    cands = ModelSet((pop.take([0, 1, 2, 24, 25]),))  # root0, two unrelated roots, noisy copies of root0, root1
+    query = ModelSet((pop.take([12]),))  # root0's permuted copy
+    with jax.enable_x64(True):
+        s_mesh, p_mesh = meshed(cands, query)
+    s_plain, p_plain = plain(cands, query)
+    np.testing.assert_allclose(s_mesh, s_plain, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(p_mesh, p_plain)
+    assert int(np.argmax(s_mesh)) == 0

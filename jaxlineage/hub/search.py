@@ -308,11 +308,23 @@ class AlignedWeightVerifier:
 
     Args:
       spec_fn: ``spec_fn(arch, variables) -> permutation spec``.
+      mesh: a :class:`jax.sharding.Mesh`: the ``k`` pairs of a query are scored at once with the pair axis
+        split over ``mesh_axis`` (:func:`jaxlineage.hub.sharded.pair_stats`: correlations, alignment and
+        statistics on the mesh, the ``units x units`` assignments on the host). ``None`` (default): numpy,
+        pair by pair, the reference the mesh path is tested against.
+      mesh_axis: the mesh axis (default: its first).
     """
 
-    def __init__(self, *, spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None):
+    def __init__(
+        self,
+        *,
+        spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None,
+        mesh: Any = None,
+        mesh_axis: str | None = None,
+    ):
         self.scorer = AlignedWeightScorer(spec_fn=spec_fn)
         self.null_scores: np.ndarray | None = None
+        self.mesh, self.mesh_axis = mesh, mesh_axis
 
     def calibrate(self, candidates: ModelSet, queries: ModelSet, *, unrelated: np.ndarray | None = None):
         """Collects the null: aligned correlations of the ``[K, M]`` pairs marked ``unrelated`` (default all)."""
@@ -329,6 +341,11 @@ class AlignedWeightVerifier:
         cp = jax.tree.map(np.asarray, candidates.params)
         q = jax.tree.map(lambda a: np.asarray(a)[0], query.params)
         spec = self.scorer.spec_fn(candidates.arch, q)
+        if self.mesh is not None:
+            from jaxlineage.hub import sharded  # noqa: PLC0415 (the mesh path only)
+
+            qs = jax.tree.map(lambda a: np.repeat(a[None], len(candidates), axis=0), q)
+            return np.asarray(sharded.pair_stats(cp, qs, spec, mesh=self.mesh, axis=self.mesh_axis), np.float64)
         return np.array([_pair_stats(jax.tree.map(lambda a, i=i: a[i], cp), q, spec) for i in range(len(candidates))])
 
     def __call__(self, candidates: ModelSet, query: ModelSet) -> tuple[np.ndarray, np.ndarray]:
