@@ -185,6 +185,20 @@ def _calibrate(pop, cal_fams, fams, seed) -> hub.AlignedWeightVerifier:
     return scorer
 
 
+def _named_as(z, named: str, parent: str | None) -> str:
+    """What a model named for a query whose parent was removed is to that parent (or to the query's family)."""
+    if parent is None:
+        return f"a relative ({z.get(named).group})"
+    rec, par = z.get(named), z.get(parent)
+    if rec.parent_id == parent:
+        return f"a child of the parent: {rec.group}"
+    if named == par.parent_id:
+        return f"the grandparent: {rec.group}"
+    if rec.parent_id is not None and rec.parent_id == par.parent_id:
+        return f"a sibling of the parent: {rec.group}"
+    return f"another relative: {rec.group}"
+
+
 def _stage3(search, pop, samples, truth_parent, z, excl_fn) -> dict:
     """End-to-end answers per scenario; returns accuracy / no-parent rates and mean times."""
     g = z.graph
@@ -201,21 +215,35 @@ def _stage3(search, pop, samples, truth_parent, z, excl_fn) -> dict:
             none = [a.parent is None for a in answers]
             rel = [a.parent is not None and g.root(a.parent) == g.root(a.query) for a in answers]
             anc = [a.parent is not None and g.is_ancestor(a.parent, a.query) for a in answers]
+            named = defaultdict(int)
+            for a in answers:
+                if a.parent is not None and g.root(a.parent) != g.root(a.query):
+                    named["an unrelated model"] += 1
+                elif a.parent is not None:
+                    named[_named_as(z, a.parent, truth_parent[a.query])] += 1
             out[scen] = dict(
                 no_parent_rate=float(np.mean(none)),
                 named_relative_rate=float(np.mean(rel)),
                 named_ancestor_rate=float(np.mean(anc)),
                 n=len(answers),
+                named=dict(named),
             )
         else:
             ok = [a.parent == truth_parent[a.query] for a in answers]
             none = [a.parent is None for a in answers]
-            wrong = defaultdict(int)
+            wrong, by_group = defaultdict(int), defaultdict(lambda: [0, 0])
             for a in answers:
+                by_group[z.get(a.query).group][0] += 1
                 if a.parent is not None and a.parent != truth_parent[a.query]:
                     wrong[f"{g.relation(a.parent, a.query).value} ({z.get(a.parent).kind})"] += 1
+                    wrong[f"{z.get(a.query).group} named {z.get(a.parent).group}"] += 1
+                by_group[z.get(a.query).group][1] += a.parent == truth_parent[a.query]
             out[scen] = dict(
-                accuracy=float(np.mean(ok)), no_parent_rate=float(np.mean(none)), n=len(answers), wrong=dict(wrong)
+                accuracy=float(np.mean(ok)),
+                no_parent_rate=float(np.mean(none)),
+                n=len(answers),
+                wrong=dict(wrong),
+                right_by_group={k_: f"{v[1]}/{v[0]}" for k_, v in sorted(by_group.items())},
             )
         log.info("stage 3 %s: %s", scen, out[scen])
     return out, float(np.mean(times)), times
