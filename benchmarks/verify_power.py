@@ -175,7 +175,7 @@ def _references(z, scen, args) -> tuple[dict, dict]:
         if args.strata:
             raise SystemExit("--strata: strata stand in for the suspect; with --references-like source there are none")
         like_sources = _trained(z, _group(z, scen.candidates.populations), args)
-        pool = ModelSet(tuple(p for r in like_sources.values() for p in r.populations))
+        pool = ModelSet(tuple(like_sources.values()))
         return groups, {g: pool for g in groups}
     # References per (architecture, task) of the suspects, trained like the sources on that task.
     refs_by_group = _trained(z, groups, args)
