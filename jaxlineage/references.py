@@ -2,7 +2,8 @@
 
 :func:`jaxlineage.verify`'s reference tests compare a suspect with models known to be
 unrelated to the source: independent initialisations of the suspect's architecture trained
-on the suspect's task. :func:`train` builds ``n`` of them with the library's population
+on the suspect's task. With ``verify(..., references_like="source")`` they stand in for the
+source instead: train them ``like`` the source, on its task and with its recipe. :func:`train` builds ``n`` of them with the library's population
 trainer (all models in one vmapped, jitted epoch), caches them on disk and resumes an
 interrupted build chunk by chunk. With ``n`` references the smallest reference p-value is
 ``1 / (n + 1)``; ``verify``'s Bonferroni combination with the weight test doubles it, so a derivation
