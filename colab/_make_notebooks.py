@@ -797,33 +797,47 @@ print(jl.verify(me, suspects, data=x[:256], num_permutations=PERMUTATIONS))
         md("""
 ## With references: functional tests with conformal p-values
 
-Reference models are independent models of the suspect's architecture trained on its task
-(`references.train` uses the library's population trainer and caches them on disk). The
-output KL / agreement, matched-weight, Taylor, ModelGiF and SAC-m tests compare the suspect with
-your model the way the references compare with it; they see the permuted copy, which the weight
-test cannot. They enter the verdict together, as one pooled conformal test (column
-`references`): the suspect's rank among itself and the references on all the tests at once, so
-its p-value is at least `1 / (N_REFS + 1)` however many tests there are. The verdict combines it
-with the weight test by Bonferroni (twice the smaller p-value), so a test blind to the attack costs a
-factor 2 and never vetoes. With the tiny setting's 19 references the floor is alpha itself, so the
-combined verdict on the permuted copy lands above alpha (0.1); the quick setting's 99 references
-lower the floor to 0.01 (0.02 combined).
+Reference models are independent models **made like your model**: its architecture, its data and
+its recipe (`references.train` uses the library's population trainer with your optimiser settings
+and caches them on disk). With `references_like="source"` each test asks whether the suspect is
+closer to your model than to the references: `s(mine, suspect)` ranked among `s(R_j, suspect)`.
+That is valid for *any* unrelated suspect, however it was made (pruned, distilled, moved to another
+task), as long as your model is exchangeable with the references, which you control because you
+know how you trained it. (The default, `references_like="suspect"`, asks instead that an unrelated
+suspect be exchangeable with the references, which an attacked independent model need not be.)
+
+The output KL / agreement, matched-weight, Taylor, ModelGiF and SAC-m tests see the permuted copy,
+which the weight test cannot. They enter the verdict together, as one pooled conformal test (column
+`references`), so its p-value is at least `1 / (N_REFS + 1)` however many tests there are. The
+verdict combines it with the weight test by Bonferroni (twice the smaller p-value), so a test blind
+to the attack costs a factor 2 and never vetoes. With the tiny setting's 19 references the floor is
+alpha itself, so the combined verdict on the permuted copy lands above alpha (0.1); the quick
+setting's 99 references lower the floor to 0.01 (0.02 combined).
 """),
         code("""
-refs = references.train(me, x, y, n=N_REFS, epochs=2, lr=1e-3, batch_size=64, workdir=CACHE)
-verdict = jl.verify(me, suspects, data=x[:256], references=refs, num_permutations=PERMUTATIONS)
+# Made like `mine`: the same architecture, data, optimiser, batch size and number of steps.
+EPOCHS = max(1, round(STEPS * 64 / len(x)))
+refs = references.train(me, x, y, n=N_REFS, epochs=EPOCHS, lr=1e-3, batch_size=64, workdir=CACHE)
+verdict = jl.verify(
+    me, suspects, data=x[:256], references=refs, references_like="source", num_permutations=PERMUTATIONS
+)
 print(verdict)
 """),
         md("""
 ## Which of several candidates is the parent?
 
 `identify` runs `verify` for every candidate and applies Holm's procedure over them: a parent,
-or "no parent" when no candidate is rejected at alpha.
+or "no parent" when no candidate is rejected at alpha. The candidates are trained like the
+references, so the references stand in for each of them.
 """),
         code("""
 someone_else = train(init(3), x, y, STEPS, seed=3)  # a candidate that is nobody's parent here
 candidates = models([someone_else, mine], ["someone_else", "mine"])
-print(jl.identify(suspects, candidates, data=x[:256], references=refs, num_permutations=PERMUTATIONS))
+print(
+    jl.identify(
+        suspects, candidates, data=x[:256], references=refs, references_like="source", num_permutations=PERMUTATIONS
+    )
+)
 """),
     ]
 
