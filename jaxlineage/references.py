@@ -141,9 +141,13 @@ def train(
     """Trains ``n`` independent models of ``like``'s architecture on ``(x, y)``; cached and resumable.
 
     Each model starts from its own initialisation (``init_fn(fold_in(key(seed + KEY_OFFSET), i))``) and
-    sees the data in its own order; Adam at ``lr``, cross-entropy, ``epochs`` epochs, batches of ``batch_size``. Train
-    them like the suspect was trained (same recipe family): reference p-values are valid when an
-    unrelated suspect is exchangeable with the references.
+    sees the data in its own order; Adam at ``lr``, cross-entropy, ``epochs`` epochs, batches of ``batch_size``.
+    Train them like the models they stand in for. With ``verify(..., references_like="source")`` (what a
+    model owner can do) that is *your* model: its data and recipe, and reference p-values are valid when
+    your model is exchangeable with the references. With the default ``"suspect"``: the suspect's task and
+    recipe family, valid when an unrelated suspect is exchangeable with them. If your model was trained
+    another way (SGD, augmentation, another loss), train the references with your own loop and wrap them
+    with :meth:`jaxlineage.Models.from_linen`.
 
     Args:
       like: models whose architecture (logits function and parameter signature) the references share.

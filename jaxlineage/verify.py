@@ -402,9 +402,13 @@ def _check_data(pop: Models, data: jax.Array, what: str) -> None:
     try:
         out = pop.logits_fn(pop.one(0), data[:2])
     except Exception as e:  # noqa: BLE001 (the user's module raises what it raises)
+        first = (str(e).splitlines() or [""])[0]
+        hint = "data: inputs [N, ...] of the models' task"
+        if "collection" in first and "is empty" in first:
+            hint = "are the variables the whole tree {'params': ...} that Module.init returns, not its 'params'?"
         raise VerifyError(
             f"data of shape {tuple(data.shape)} does not fit {what} {pop.ids[0]!r} ({pop.arch}):"
-            f" {type(e).__name__}: {(str(e).splitlines() or [''])[0]} (data: inputs [N, ...] of the models' task)"
+            f" {type(e).__name__}: {first} ({hint})"
         ) from e
     if jnp.ndim(out) < 2 or jnp.shape(out)[0] != 2:  # [2, C], or [2, T, V] for a language model
         raise VerifyError(
@@ -736,7 +740,8 @@ def verify(
       suspects: the same.
       data: inputs ``[N, ...]`` from the suspect's task (probe of the functional tests, and the inputs on
         which a permutation spec is checked).
-      references: independent models of the suspects' task and architecture (:class:`Models`), for the
+      references: independent models of the suspects' task and architecture (:class:`Models`), or with
+        ``references_like="source"`` made like the source (its architecture, data and recipe), for the
         reference tests; ``None`` runs the exact weight test alone. :func:`jaxlineage.references.train`
         builds them. With ``n`` of them the smallest reference p-value is ``1 / (n + 1)``: 99 reach
         ``alpha = 0.01``. Or **strata**, a mapping ``name -> models`` (e.g. ``{"trained": refs,
@@ -816,7 +821,8 @@ def verify(
     warnings += short
     warnings += _alone_warnings(pairs, alpha, combine)
     if any(p.derived is None for p in pairs):
-        warnings.append("no test applies to some pairs ('cannot tell'): give references of the suspect's architecture")
+        whose = "the suspect's" if references_like == "suspect" else "the source's"
+        warnings.append(f"no test applies to some pairs ('cannot tell'): give references of {whose} architecture")
     return Verdict(src_set.ids, sus_set.ids, pairs, float(alpha), combine, warnings, timings)
 
 

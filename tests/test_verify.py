@@ -341,6 +341,9 @@ def test_verify_reports_bad_input_plainly(user_models):
         jl.verify(src, src, data=x[:16, :8])
     with pytest.raises(VerifyError, match=r"data of shape \(16,\) does not fit source 'A'"):
         jl.verify(src, src, data=x[0])  # one input, not a batch
+    bare = Models.from_linen(UserMLP(), [a["params"]], ids=["bare"])  # the 'params' subtree, not init's tree
+    with pytest.raises(VerifyError, match=r"does not fit suspect 'bare'.*the whole tree \{'params'"):
+        jl.verify(src, bare, data=x[:16])
 
 
 def test_scenario_verify_needs_no_identify_labels():
