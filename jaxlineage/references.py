@@ -3,12 +3,13 @@
 :func:`jaxlineage.verify`'s reference tests compare a suspect with models known to be
 unrelated to the source: independent initialisations of the suspect's architecture trained
 on the suspect's task. With ``verify(..., references_like="source")`` they stand in for the
-source instead: train them ``like`` the source, on its task and with its recipe. :func:`train` builds ``n`` of them with the library's population
-trainer (all models in one vmapped, jitted epoch), caches them on disk and resumes an
-interrupted build chunk by chunk. With ``n`` references the smallest reference p-value is
-``1 / (n + 1)``; ``verify``'s Bonferroni combination with the weight test doubles it, so a derivation
-only the references see (a student, a permuted copy) is decided at ``alpha`` when ``2 / (n + 1) <= alpha``:
-the default ``n = 199`` reaches ``alpha = 0.01``, 39 reach 0.05 (``verify`` warns when ``n`` is short).
+source instead: train them ``like`` the source, on its task and with its recipe. :func:`train`
+builds ``n`` of them with the library's population trainer (all models in one vmapped, jitted
+epoch), caches them on disk and resumes an interrupted build chunk by chunk. With ``n``
+references the smallest reference p-value is ``1 / (n + 1)``; ``verify``'s Bonferroni
+combination with the weight test doubles it, so a derivation only the references see (a
+student, a permuted copy) is decided at ``alpha`` when ``2 / (n + 1) <= alpha``: the default
+``n = 199`` reaches ``alpha = 0.01``, 39 reach 0.05 (``verify`` warns when ``n`` is short).
 
 Cost (measured by ``benchmarks/verify_power.py``, its ``references_s``): see ``benchmarks/RESULTS.md``.
 """
