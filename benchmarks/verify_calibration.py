@@ -54,6 +54,14 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=2000, help="training examples per task")
     ap.add_argument("--probe", type=int, default=256, help="inputs given to verify")
     ap.add_argument("--permutations", type=int, default=199, help="T of the exact weight test")
+    ap.add_argument(
+        "--references-like",
+        default="suspect",
+        choices=("suspect", "source"),
+        help="suspect: a suspect's references are its own group; source: a source's references are its own group"
+        " (verify's references_like), and each source group meets --suspects-per-group models of every other group",
+    )
+    ap.add_argument("--suspects-per-group", type=int, default=6, help="with --references-like source")
     args = ap.parse_args()
     _common.setup_logging()
     t0 = time.time()
@@ -86,23 +94,44 @@ def main() -> None:
     combined: list[float] = []
     kinds: list[str] = []
     seconds: dict[str, float] = {}
-    for key_g, sus in groups.items():
-        sources = [g.take(range(args.sources_per_group)) for k, g in groups.items() if k != key_g]
+    rng = np.random.default_rng(0)
+    for key_g, g_models in groups.items():
         t1 = time.time()
+        if args.references_like == "suspect":
+            # the suspects are group g; their references are the group itself (each pair's null leaves out
+            # the suspect), and the sources come from the other groups
+            sources, sus, refs = (
+                [g.take(range(args.sources_per_group)) for k, g in groups.items() if k != key_g],
+                g_models,
+                g_models,
+            )
+            task = key_g[2]
+        else:
+            # the sources are drawn from group g and their references are the group itself (each source's
+            # null leaves it out); the suspects are drawn from every other group
+            sources, refs = g_models.take(range(args.sources_per_group)), g_models
+            sus = [
+                g.take(sorted(rng.choice(len(g), args.suspects_per_group, replace=False)))
+                for k, g in groups.items()
+                if k != key_g
+            ]
+            task = key_g[2]
         v = verify_lib.verify(
             sources,
             sus,
-            data=probes[key_g[2]],
-            references=sus,
+            data=probes[task],
+            references=refs,
             key=jax.random.key(zlib.crc32("/".join(key_g).encode()) % 2**31),
             num_permutations=args.permutations,
+            references_like=args.references_like,
         )
         for name, sec in v.timings.items():
             seconds[name] = seconds.get(name, 0.0) + sec
         for p in v.pairs:
             src_group = p.source.split("#")[0].split("/")
-            kind = ("same-arch" if src_group[0] == key_g[0] else "cross-arch") + (
-                "/same-task" if src_group[2] == key_g[2] else "/transfer-task"
+            sus_group = p.suspect.split("#")[0].split("/")
+            kind = ("same-arch" if src_group[0] == sus_group[0] else "cross-arch") + (
+                "/same-task" if src_group[2] == sus_group[2] else "/transfer-task"
             )
             kinds.append(kind)
             combined.append(p.pvalue)
@@ -132,7 +161,7 @@ def main() -> None:
     pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
     qq = pvalues.qq_plot(
         {n: np.asarray(p)[np.isfinite(p)] for n, p in [*per_test.items(), ("combined", combined)]},
-        f"{args.out}/verify_calibration_qq.png",
+        f"{args.out}/verify_calibration_qq{'' if args.references_like == 'suspect' else '_source'}.png",
         title="verify: p-values of unrelated trained pairs",
     )
     record = {
