@@ -493,7 +493,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--probe", type=int, default=256)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--combine", default="bonferroni", choices=("bonferroni", "cauchy"))
+    ap.add_argument("--combine", default="bonferroni", choices=("bonferroni", "cauchy", "pooled"))
     ap.add_argument("--source-chunk", type=int, default=4, help="sources per verify call (memory)")
     ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 5], help="indices of withheld parents")
     return ap

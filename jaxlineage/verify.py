@@ -185,7 +185,9 @@ def _combine(pvalues: Sequence[float], how: str) -> float:
         return cauchy_combination(pvalues)
     if how == "bonferroni":
         return float(min(1.0, len(pvalues) * min(pvalues)))
-    raise VerifyError(f"combine must be 'cauchy' or 'bonferroni'; got {how!r}")
+    if how == "pooled":  # one test decides (the pooled references test, else the weight test): no combination
+        return float(pvalues[0])
+    raise VerifyError(f"combine must be 'bonferroni', 'cauchy' or 'pooled'; got {how!r}")
 
 
 # --------------------------------------------------------------------------- results
@@ -362,6 +364,7 @@ def default_tests(*, probe_size: int = 64) -> list[ReferenceTest]:
 
 WEIGHT_PERM = "weight-perm"
 REFERENCES = "references"
+WEIGHT_COSINE = "weight-cosine"
 _WEIGHT_NULL = (
     "independent initialisations: the suspect's weights are independent of the source's, their law unit-order invariant"
 )
@@ -698,10 +701,14 @@ def _as_set(models: Any, what: str) -> ModelSet:
     return ms
 
 
-def _checked_inputs(sources, suspects, references, data, alpha, num_permutations, references_like="suspect"):
+def _checked_inputs(
+    sources, suspects, references, data, alpha, num_permutations, references_like="suspect", combine="bonferroni"
+):
     """``verify``'s arguments checked: ``(sources, suspects, strata, data)`` or a :class:`VerifyError`."""
     if not 0 < alpha < 1:
         raise VerifyError(f"alpha must be in (0, 1); got {alpha}")
+    if combine not in ("bonferroni", "cauchy", "pooled"):
+        raise VerifyError(f"combine must be 'bonferroni', 'cauchy' or 'pooled'; got {combine!r}")
     if references_like not in ("suspect", "source"):
         raise VerifyError(f"references_like must be 'suspect' or 'source'; got {references_like!r}")
     if num_permutations < 1:
@@ -765,7 +772,11 @@ def verify(
       combine: ``"bonferroni"`` (default) or ``"cauchy"``. Bonferroni bounds what a blind test costs (a
         factor 2 over the two tests); Cauchy's combination of the floor ``1 / (n + 1)`` with a blind test's
         ``p`` near 1 is near 1, and most derived models leave one of the two tests blind (a student's or
-        a permuted copy's weights). Measured in BUILD_NOTES (issue 24).
+        a permuted copy's weights). Measured in BUILD_NOTES (issue 24). ``"pooled"``: the weight statistic
+        joins the pooled reference test as one more column (``weight-cosine``, same signature), and the
+        verdict is that one conformal test, with no multiplicity: its floor is ``1 / (n + 1)``, not twice
+        it. Valid under the references' null alone; the exact weight test is still reported, and decides
+        alone where no reference test applies.
 
     Returns:
       A :class:`Verdict`.
@@ -775,7 +786,7 @@ def verify(
         keep the function, models with NaN / inf parameters (names the model and path).
     """
     src_set, sus_set, strata, data = _checked_inputs(
-        sources, suspects, references, data, alpha, num_permutations, references_like
+        sources, suspects, references, data, alpha, num_permutations, references_like, combine
     )
     refs = strata.union
     key = jax.random.key(0) if key is None else key
@@ -786,6 +797,15 @@ def verify(
     )
     strata = dataclasses.replace(strata, union=refs)
     tests = default_tests(probe_size=len(data)) if tests is None else list(tests)
+    if combine == "pooled" and not any(t.name == WEIGHT_COSINE for t in tests):
+        tests.append(
+            ReferenceTest(
+                WEIGHT_COSINE,
+                scorers_lib.WeightCosine(),
+                "fine-tuning, pruning, quantisation (weights in stored unit order)",
+                same_signature=True,
+            )
+        )
     grid: dict[tuple[str, str], list[Evidence]] = {}
     timings: dict[str, float] = {}
 
@@ -812,6 +832,8 @@ def verify(
         for qid in sus_set.ids:
             ev = grid[(sid, qid)]
             ps = [e.pvalue for e in ev if e.applies and not e.part_of]
+            if combine == "pooled":  # the pooled test where it applies, else the weight test
+                ps = [e.pvalue for e in (ev[1], ev[0]) if e.applies][:1]
             p = _combine(ps, combine)
             pairs.append(PairVerdict(sid, qid, p, None if not ps else bool(p <= alpha), ev))
     warnings = []

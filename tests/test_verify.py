@@ -589,3 +589,26 @@ def test_source_side_references_match_their_definition_and_leave_the_source_out(
     assert np.all(np.sort(v.test_pvalues("references")[:, 0]) >= ranks - 1e-12)
     with pytest.raises(VerifyError, match="references_like must be"):
         jl.verify(pool, sus, data=x[:16], references=pool, references_like="target", tests=_cheap_tests())
+
+
+def test_pooled_combination_is_the_pooled_test_with_the_weight_column(exchangeable_pool, user_models):
+    """combine="pooled": the weight statistic joins the pool (weight-cosine) and the verdict's p-value is the
+    pooled test's, with no multiplicity; with no references the exact weight test decides alone."""
+    x, trees, soft = exchangeable_pool
+    pool = Models.from_linen(UserMLP(), trees, ids=[f"P{i}" for i in range(len(trees))])
+    sus = Models.from_linen(UserMLP(), [soft, trees[0]], ids=["T", "copy"])
+    kw = dict(data=x[:64], tests=_cheap_tests(), num_permutations=19, references_like="source")
+    v = jl.verify(pool.take([0, 1]), sus, references=pool, combine="pooled", **kw)
+    for pair in v.pairs:
+        tests = {e.test: e for e in pair.evidence}
+        assert "weight-cosine" in tests and tests["weight-cosine"].part_of == "references"
+        assert pair.pvalue == tests["references"].pvalue
+    assert v.pair("P0", "copy").pvalue == pytest.approx(1 / len(trees))  # a copy tops every column: the floor
+    bonf = jl.verify(pool.take([0, 1]), sus, references=pool, **kw)
+    assert "weight-cosine" not in {e.test for e in bonf.pairs[0].evidence}
+    x2, _, a, b, a_ft = user_models
+    src, sus2 = Models.from_linen(UserMLP(), [a], ids=["A"]), Models.from_linen(UserMLP(), [a_ft, b], ids=["A'", "B"])
+    alone = jl.verify(src, sus2, data=x2[:64], combine="pooled", num_permutations=19)
+    np.testing.assert_array_equal(alone.pvalues, alone.test_pvalues("weight-perm"))
+    with pytest.raises(VerifyError, match="combine must be"):
+        jl.verify(src, sus2, data=x2[:16], combine="fisher")
