@@ -440,7 +440,7 @@ def test_calibrate_on_retrieved_unrelated_candidates(net, family):
 # --------------------------------------------------------------------------- stage 3 over a mesh
 
 
-@pytest.mark.parametrize("arch", ["mlp", "convnet"])
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("convnet", marks=pytest.mark.slow)])  # convnet: ~10 s
 def test_mesh_pair_stats_equal_the_numpy_pairs(arch):
     """Stage 3 over a mesh of 4 (forced CPU) devices: every pair's six statistics equal the numpy path's, for
     permuted, pruned, noisy and unrelated pairs (7 pairs: padded to 8 over the mesh)."""
