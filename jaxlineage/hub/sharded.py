@@ -17,7 +17,7 @@ problem (16-64 units here), against ``O(rows x units^2)`` for its correlation ma
 
 Without a mesh the same jitted steps run on the default device. With ``jax_enable_x64`` the
 statistics match the numpy path to rounding (tested on four forced CPU devices); in float32 they
-match to about 1e-6, and a matching may differ where two assignments tie to float32 precision.
+match to about 1e-5 (tested), and a matching may differ where two assignments tie to float32 precision.
 """
 
 from __future__ import annotations
