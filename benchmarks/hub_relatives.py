@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import pathlib
 import time
 
@@ -32,9 +33,7 @@ import jax
 import numpy as np
 
 from jaxlineage import hub, zoo
-from jaxlineage import permutations as perm_lib
 from jaxlineage.eval.scenarios import model_set
-from jaxlineage.hub.search import _pair_stats
 
 
 def main(argv=None) -> dict:
@@ -54,10 +53,9 @@ def main(argv=None) -> dict:
     roots = [r for r in sorted(fams) if z.get(r).kind == "root"][: args.families]
     ids = [m for r in roots for m in fams[r]]
     (pop,) = model_set(z, ids).populations
+    pop = dataclasses.replace(pop, params=jax.tree.map(np.asarray, pop.params))  # on the host once, not per pair
     pos = {m: i for i, m in enumerate(pop.ids)}
-    params = jax.tree.map(np.asarray, pop.params)
-    get = lambda m: jax.tree.map(lambda a: a[pos[m]], params)  # noqa: E731
-    spec = perm_lib.spec_from_variables(pop.arch, get(ids[0]))
+    stats = hub.AlignedWeightVerifier().pair_stats  # [K, 6] of K candidates against one query
     per = collections.defaultdict(lambda: collections.Counter())
     ratios = collections.defaultdict(list)
     for r in roots:
@@ -67,7 +65,7 @@ def main(argv=None) -> dict:
                 continue
             out = {q} | set(g.descendants(q))
             cands = [c for c in fams[r] if c not in out]
-            st = np.array([_pair_stats(get(c), get(q), spec) for c in cands])
+            st = stats(pop.take([pos[c] for c in cands]), pop.take([pos[q]]))
             pick = cands[int(np.argmax(hub.choice_score(st)))]
             ip = cands.index(rec.parent_id)
             copies = {c for c in cands if z.get(c).parent_id == rec.parent_id and z.get(c).kind in ("permute", "int8")}
