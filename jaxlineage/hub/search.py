@@ -108,14 +108,20 @@ def _permute(tree: dict, units: int, axes: Sequence[perm_lib.PermAxis], pi: np.n
         _set(tree, ax.path, np.take(_get(tree, ax.path), matching.tile_index(pi, units, ax.tile), axis=ax.axis))
 
 
+def _producing_kernel(
+    axes: Sequence[perm_lib.PermAxis], tree: PyTree, *, stacked: bool = False
+) -> perm_lib.PermAxis | None:
+    """The axis of a permutation group that its units are matched by: a ``kernel`` whose last axis holds them
+    (``tree`` holds one model, or with ``stacked`` models along a leading axis); ``None`` if the group has none."""
+    last = lambda a: np.ndim(_get(tree, a.path)) - 1 - int(stacked)  # noqa: E731
+    return next((a for a in axes if a.path[-1] == "kernel" and a.axis == last(a)), None)
+
+
 def align(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> PyTree:
     """The query's variables with its hidden units matched to the candidate's, layer by layer (numpy)."""
     q = _copy(query)
     for units, axes in spec.values():
-        prod = next(
-            (a for a in axes if a.path[-1] == "kernel" and a.axis == np.ndim(_get(q, a.path)) - 1),
-            None,
-        )
+        prod = _producing_kernel(axes, q)
         if prod is None:
             continue
         wc = np.asarray(_get(candidate, prod.path), np.float64)

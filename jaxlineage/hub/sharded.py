@@ -35,16 +35,11 @@ from jaxlineage import matching
 from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import path_str
 from jaxlineage.hub.fingerprints import HubError
+from jaxlineage.hub.search import _get, _producing_kernel
 
 __all__ = ["pair_stats"]
 
 PyTree = Any
-
-
-def _get(tree: PyTree, path: Sequence[str]) -> Any:
-    for k in path:
-        tree = tree[k]
-    return tree
 
 
 def _set(tree: dict, path: Sequence[str], value: Any) -> dict:
@@ -156,22 +151,16 @@ def pair_stats(
         pad = -n_pairs % mesh.shape[axis]
         sharding = NamedSharding(mesh, PartitionSpec(axis))
 
-    def put(tree):
-        def leaf(x):
-            x = jnp.asarray(np.asarray(x), dtype)
-            if pad:
-                x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
-            return x if sharding is None else jax.device_put(x, sharding)
+    def put(x):  # one leaf: to the dtype, padded, on the mesh
+        x = jnp.asarray(np.asarray(x), dtype)
+        if pad:
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
+        return x if sharding is None else jax.device_put(x, sharding)
 
-        return jax.tree.map(leaf, candidates if tree == "c" else queries)
-
-    c, q = put("c"), put("q")
+    c, q = jax.tree.map(put, candidates), jax.tree.map(put, queries)
     qa = q
     for units, axes in spec.values():
-        prod = next(
-            (a for a in axes if a.path[-1] == "kernel" and a.axis == np.ndim(_get(c, a.path)) - 2),
-            None,
-        )
+        prod = _producing_kernel(axes, c, stacked=True)
         if prod is None:
             continue
         wc, wq = _get(c, prod.path), _get(qa, prod.path)
