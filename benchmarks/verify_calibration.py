@@ -106,7 +106,6 @@ def main() -> None:
                 g_models,
                 g_models,
             )
-            task = key_g[2]
         else:
             # the sources are drawn from group g and their references are the group itself (each source's
             # null leaves it out); the suspects are drawn from every other group
@@ -116,11 +115,10 @@ def main() -> None:
                 for k, g in groups.items()
                 if k != key_g
             ]
-            task = key_g[2]
         v = verify_lib.verify(
             sources,
             sus,
-            data=probes[task],
+            data=probes[key_g[2]],  # inputs of group g's task
             references=refs,
             key=jax.random.key(zlib.crc32("/".join(key_g).encode()) % 2**31),
             num_permutations=args.permutations,
