@@ -48,6 +48,7 @@ from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import path_str
 from jaxlineage.eval.core import NO_PARENT, ModelSet, Population, Scorer
 from jaxlineage.eval.pvalues import CalibratedScorer, PermutationTestScorer, conformal_pvalues, open_set_decisions
+from jaxlineage.hub._trees import _get, _producing_kernel
 from jaxlineage.hub.fingerprints import HubError
 from jaxlineage.hub.index import Index, ModelSource, as_source
 
@@ -75,12 +76,6 @@ log = logging.getLogger("jaxlineage.hub")
 # --------------------------------------------------------------------------- the aligned-weight score
 
 
-def _get(tree: PyTree, path: Sequence[str]) -> np.ndarray:
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
 def _set(tree: dict, path: Sequence[str], value: np.ndarray) -> None:
     for k in path[:-1]:
         tree = tree[k]
@@ -106,15 +101,6 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def _permute(tree: dict, units: int, axes: Sequence[perm_lib.PermAxis], pi: np.ndarray) -> None:
     for ax in axes:
         _set(tree, ax.path, np.take(_get(tree, ax.path), matching.tile_index(pi, units, ax.tile), axis=ax.axis))
-
-
-def _producing_kernel(
-    axes: Sequence[perm_lib.PermAxis], tree: PyTree, *, stacked: bool = False
-) -> perm_lib.PermAxis | None:
-    """The axis of a permutation group that its units are matched by: a ``kernel`` whose last axis holds them
-    (``tree`` holds one model, or with ``stacked`` models along a leading axis); ``None`` if the group has none."""
-    last = lambda a: np.ndim(_get(tree, a.path)) - 1 - int(stacked)  # noqa: E731
-    return next((a for a in axes if a.path[-1] == "kernel" and a.axis == last(a)), None)
 
 
 def align(candidate: PyTree, query: PyTree, spec: perm_lib.PermutationSpec) -> PyTree:

@@ -34,8 +34,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxlineage import matching
 from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import path_str
+from jaxlineage.hub._trees import _get, _producing_kernel
 from jaxlineage.hub.fingerprints import HubError
-from jaxlineage.hub.search import _get, _producing_kernel
 
 __all__ = ["pair_stats"]
 
