@@ -41,7 +41,7 @@ RECIPES = {
     "adam1e-3x3": {"lr": 1e-3, "epochs": 3, "batch_size": 128},
     "adam3e-3x2": {"lr": 3e-3, "epochs": 2, "batch_size": 64},
 }
-TASKS = {"A": (0, 1, 2, 3, 4), "B": (5, 6, 7, 8, 9)}
+TASKS = {"A": (0, 1, 2, 3, 4), "B": (5, 6, 7, 8, 9), "C": (0, 2, 4, 6, 8), "D": (1, 3, 5, 7, 9)}
 ALPHAS = (0.01, 0.05, 0.1)
 
 
@@ -62,13 +62,20 @@ def main() -> None:
         " (verify's references_like), and each source group meets --suspects-per-group models of every other group",
     )
     ap.add_argument("--suspects-per-group", type=int, default=6, help="with --references-like source")
+    ap.add_argument("--tasks", default="A,B", help=f"comma-separated tasks of {sorted(TASKS)} (the groups' third axis)")
+    ap.add_argument("--tag", default=None, help="suffix of the output files (default: '' or '_source')")
     args = ap.parse_args()
+    unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
+    if unknown:
+        ap.error(f"--tasks: unknown {unknown}; known: {sorted(TASKS)}")
+    tasks = {t: TASKS[t] for t in args.tasks.split(",")}
+    tag = args.tag if args.tag is not None else ("" if args.references_like == "suspect" else "_source")
     _common.setup_logging()
     t0 = time.time()
     train = data.load_embedded("train")
     groups: dict[tuple, Models] = {}
     probes = {}
-    for (arch, make), (recipe, r), (task, classes) in itertools.product(ARCHS.items(), RECIPES.items(), TASKS.items()):
+    for (arch, make), (recipe, r), (task, classes) in itertools.product(ARCHS.items(), RECIPES.items(), tasks.items()):
         ds = data.class_subset(train, classes)
         x, y = data.normalize(ds.images[: args.train_size]), ds.labels[: args.train_size]
         probes[task] = x[-args.probe :]
@@ -161,12 +168,12 @@ def main() -> None:
     pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
     qq = pvalues.qq_plot(
         {n: np.asarray(p)[np.isfinite(p)] for n, p in [*per_test.items(), ("combined", combined)]},
-        f"{args.out}/verify_calibration_qq{'' if args.references_like == 'suspect' else '_source'}.png",
+        f"{args.out}/verify_calibration_qq{tag}.png",
         title="verify: p-values of unrelated trained pairs",
     )
     record = {
         "benchmark": "verify_calibration",
-        "settings": {**vars(args), "archs": list(ARCHS), "recipes": RECIPES, "tasks": TASKS},
+        "settings": {**vars(args), "archs": list(ARCHS), "recipes": RECIPES, "tasks": tasks},
         "models": sum(len(g) for g in groups.values()),
         "train_s": train_s,
         "wall_s": time.time() - t0,
@@ -195,7 +202,7 @@ def main() -> None:
             str(a): [float(np.nanpercentile(r, 2.5)), float(np.nanpercentile(r, 97.5))] for a, r in rates.items()
         }
     np.savez_compressed(
-        f"{args.out}/verify_calibration_pairs{'' if args.references_like == 'suspect' else '_source'}.npz",
+        f"{args.out}/verify_calibration_pairs{tag}.npz",
         pairs=np.array(pair_ids),
         kinds=np.array(kinds),
         combined=np.asarray(combined, np.float64),
