@@ -14,7 +14,11 @@ Holm: every relative is in view, which is stage 3's hardest case). Per zoo group
   the parent re-encoded;
 * ``copied_tie``: queries with such a relative holding at least as many of the query's weights bit for bit
   as the parent (so the rule's first terms cannot separate them);
-* ``median_ratio``: median of (nearest such relative's aligned distance) / (parent's).
+* ``median_ratio``: median of (nearest such relative's aligned distance) / (parent's);
+* ``kurtosis_above_parent``: queries whose weight kurtosis (the mean over kernels of the kurtosis of each
+  kernel's entries) is above their parent's, MoTHer's cue for the direction of fine-tuning, and
+  ``nearest_relative_kurtosis_below``: queries whose nearest such relative has a lower kurtosis than the
+  query (so the cue, too, reads the query as that relative's descendant).
 
 One JSON line in ``--out``. The question it answers is whether the end-to-end shortfall of ``hub.py``
 is stage 3's rule or what weights can show.
@@ -36,6 +40,17 @@ from jaxlineage import hub, zoo
 from jaxlineage.eval.scenarios import model_set
 
 
+def _kurtosis(params) -> np.ndarray:
+    """``[P]``: per model, the mean over kernel leaves of the kurtosis of the kernel's entries (MoTHer's cue)."""
+    out = []
+    for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if "kernel" in jax.tree_util.keystr(path):
+            w = np.asarray(w, np.float64).reshape(w.shape[0], -1)
+            w = w - w.mean(1, keepdims=True)
+            out.append((w**4).mean(1) / (w**2).mean(1) ** 2)
+    return np.mean(out, axis=0)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default="/tmp/jl_hub")
@@ -55,6 +70,7 @@ def main(argv=None) -> dict:
     (pop,) = model_set(z, ids).populations
     pop = dataclasses.replace(pop, params=jax.tree.map(np.asarray, pop.params))  # on the host once, not per pair
     pos = {m: i for i, m in enumerate(pop.ids)}
+    kurt = _kurtosis(pop.params)
     stats = hub.AlignedWeightVerifier().pair_stats  # [K, 6] of K candidates against one query
     per = collections.defaultdict(lambda: collections.Counter())
     ratios = collections.defaultdict(list)
@@ -77,6 +93,10 @@ def main(argv=None) -> dict:
                 c[f"named {z.get(pick).group}"] += 1
             c["nearer_relative"] += bool(np.any(st[rel, 2] < 0.99 * st[ip, 2]))
             c["copied_tie"] += bool(np.any(st[rel, 4] >= st[ip, 4]))
+            c["kurtosis_above_parent"] += bool(kurt[pos[q]] > kurt[pos[rec.parent_id]])
+            if rel:
+                near = cands[rel[int(np.argmin(st[rel, 2]))]]
+                c["nearest_relative_kurtosis_below"] += bool(kurt[pos[near]] < kurt[pos[q]])
             if st[ip, 2] > 0:
                 ratios[rec.group].append(float(np.min(st[rel, 2]) / st[ip, 2]))
     groups = {
