@@ -1,5 +1,6 @@
 """jaxlineage.hub: permutation-invariant fingerprints, the FAISS index on disk, stage-3 verification."""
 
+import dataclasses
 import json
 
 import jax
@@ -418,7 +419,8 @@ def test_calibrate_on_retrieved_unrelated_candidates(net, family):
     search = hub.LineageSearch(index, pop, hub.AlignedWeightVerifier(), k=3)
     cal_ids = [f"root{i}" for i in range(4)]
     excl = {f"root{i}": [f"root{i}", f"perm{i}", f"noisy{i}"] for i in range(4)}
-    search.calibrate(pop.take([pop.ids.index(c) for c in cal_ids]), exclude=excl)
+    with pytest.warns(UserWarning, match="no parent can be named"):  # 12 pairs: a null too small for k=3
+        search.calibrate(pop.take([pop.ids.index(c) for c in cal_ids]), exclude=excl)
     res = index.search(pop.take([pop.ids.index(c) for c in cal_ids]), 3, exclude=excl)
     want = []
     for j, q in enumerate(cal_ids):
@@ -429,7 +431,7 @@ def test_calibrate_on_retrieved_unrelated_candidates(net, family):
             a, s = hub.aligned_similarity(
                 jax.tree.map(lambda x, ci=ci: np.asarray(x[ci]), pop.params),
                 jax.tree.map(lambda x: np.asarray(x[0]), qp.params),
-                search.verifier.scorer.spec_fn(qp.arch, jax.tree.map(lambda x: np.asarray(x[0]), qp.params)),
+                search.verifier.scorer.spec(qp, jax.tree.map(lambda x: np.asarray(x[0]), qp.params)),
             )
             want.append(a + hub.search.TIE_BREAK * s)
     np.testing.assert_allclose(np.sort(search.verifier.null_scores), np.sort(want), rtol=1e-12)
@@ -493,3 +495,87 @@ def test_verifier_on_a_mesh_gives_the_numpy_answers(net, family):
     np.testing.assert_allclose(s_mesh, s_plain, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(p_mesh, p_plain)
     assert int(np.argmax(s_mesh)) == 0
+
+
+# --------------------------------------------------------------------------- a user's own network
+
+
+def _own_models(widths=(12, 7), n_roots=8, seed=0, arch="mlp"):
+    """A user's MLP (layers ``enc``, ``mid``, ``cls``: alphabetical order is not the network's), labelled
+    ``arch`` (the library's own name by default, which must not matter): roots and a noisy copy of root 0."""
+    import flax.linen as nn  # noqa: PLC0415
+
+    class Own(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = x.reshape((x.shape[0], -1))
+            h = nn.relu(nn.Dense(widths[0], name="enc")(x))
+            h = nn.relu(nn.Dense(widths[1], name="mid")(h))
+            for j, w in enumerate(widths[2:]):
+                h = nn.relu(nn.Dense(w, name=f"mid{j + 2}")(h))
+            return nn.Dense(5, name="cls")(h)
+
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    roots = [jax.tree.map(np.asarray, Own().init(jax.random.key(seed + i), x)) for i in range(n_roots)]
+    rng = np.random.default_rng(seed)
+    child = jax.tree.map(lambda w: w + 0.05 * np.std(w) * rng.standard_normal(w.shape).astype(w.dtype), roots[0])
+    ids = [f"own{i}" for i in range(n_roots)]
+    from jaxlineage import Models  # noqa: PLC0415
+
+    return (
+        Own(),
+        Models.from_linen(Own(), roots, ids=ids, arch=arch),
+        Models.from_linen(Own(), [child], ids=["own0-child"], arch=arch),
+    )
+
+
+def test_aligned_weights_on_a_users_network_read_the_spec_from_shapes_or_the_models():
+    _, roots, child = _own_models()
+    scorer = hub.AlignedWeightScorer()
+    one = jax.tree.map(lambda a: np.asarray(a[0]), roots.params)
+    spec = scorer.spec(roots, one)  # the label "mlp" is not the library's MLP: inferred from the shapes
+    assert [axes[0].path for _, axes in spec.values()] == [("params", "enc", "kernel"), ("params", "mid", "kernel")]
+    s = scorer.score(ModelSet.of(roots), ModelSet.of(child), probe=None)[:, 0]
+    assert int(np.argmax(s)) == 0 and s[0] > 0.99 > s[1:].max()
+    # a permuted copy scores as its original
+    perm = perm_lib.apply_permutations(one, spec, [np.random.default_rng(1).permutation(u) for u, _ in spec.values()])
+    assert np.isclose(hub.aligned_similarity(one, jax.tree.map(np.asarray, perm), spec)[0], 1.0)
+    # the models' own spec is used when given
+    mine = {"mid": spec["mid"]}
+    assert scorer.spec(dataclasses.replace(roots, perm_spec=mine), one) is mine
+    # two square hidden layers allow several orders: a clear error that says what to pass
+    _, square, _ = _own_models(widths=(9, 9, 9))
+    with pytest.raises(hub.HubError, match=r"several layer orders.*perm_spec=.*spec_fn="):
+        scorer.spec(square, jax.tree.map(lambda a: np.asarray(a[0]), square.params))
+    # Models and ModelSet both calibrate
+    v = hub.AlignedWeightVerifier().calibrate(roots, roots.take([1, 2, 3]))
+    assert v.null_scores.size == 24
+
+
+def test_search_never_names_the_query_itself_and_warns_when_the_null_cannot_reach_alpha(probe):
+    _, roots, child = _own_models(n_roots=8)
+    index = hub.Index(hub.LogitFingerprint(probe, dim=8), kind="flat").build(roots)
+    search = hub.LineageSearch(index, roots, hub.AlignedWeightVerifier(), k=3, alpha=0.05)
+    # calibration on indexed models without exclude: each is left out of its own candidates, so the
+    # null holds no self-match (aligned correlation 1)
+    with pytest.warns(UserWarning, match=r"smallest Holm-adjusted p-value over k=3 candidates is 0.136 > alpha=0.05"):
+        search.calibrate(roots.take([0, 1, 2, 3, 4, 5, 6]))  # 7 queries x 3 candidates: 3 / 22 > 0.05
+    assert search.verifier.null_scores.size == 21 and search.verifier.null_scores.max() < 0.9
+    (ans,) = search.find_parents(child)
+    assert ans.parent is None and "no parent can be named" in ans.reason and "at least 59 pairs" in ans.reason
+    (own,) = search.find_parents(roots.take([3]))
+    assert "own3" not in own.candidates
+
+
+def test_gram_fingerprint_reads_the_layer_order_from_shapes():
+    _, roots, _ = _own_models()
+    fp = hub.GramFingerprint(m=4)
+    v = fp(roots)
+    # the same models with layers renamed in the network's order give the same fingerprints
+    ren = {"enc": "l1", "mid": "l2", "cls": "l3"}
+    renamed = dataclasses.replace(roots, params={"params": {ren[k]: w for k, w in roots.params["params"].items()}})
+    np.testing.assert_array_equal(v, fp(renamed))
+    assert fp.signature(roots) == fp.signature(renamed) and "mlp" not in fp.signature(roots)
+    _, square, _ = _own_models(widths=(9, 9, 9))
+    with pytest.raises(hub.HubError, match="allow several orders"):
+        fp(square)

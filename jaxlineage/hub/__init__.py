@@ -12,16 +12,35 @@
 3. **Verify** (:mod:`jaxlineage.hub.search`): exact scoring of the ``k`` candidates with
    p-values, Holm over the ``k``, a parent or ``NO_PARENT`` (:class:`LineageSearch`).
 
-Usage::
+On your own models (any linen module; the layer order is read from the shapes, not the names).
+Here 40 untrained models stand in for a hub, and a noisy copy of one for a fine-tune:
 
-    from jaxlineage import hub, zoo
-    z = zoo.build(zoo.specs.HUB_SIM(1000), "/tmp/hub")
-    source = hub.ZooSource(z)
-    index = hub.Index(hub.LogitFingerprint(z.probe(256)), kind="hnsw").build(source, workdir="/tmp/hub-fp")
-    index.save("/tmp/hub-index")
-    verifier = hub.AlignedWeightVerifier().calibrate(cal_models, cal_models, unrelated=cal_unrelated)
-    search = hub.LineageSearch(index, source, verifier, k=10, alpha=0.05)  # or hub.VerdictVerifier(data=x)
-    answers = search.find_parents(queries)          # Answer(query, parent or None, pvalue, ...)
+>>> import flax.linen as nn, jax, numpy as np
+>>> from jaxlineage import Models, hub
+>>> class MyMLP(nn.Module):
+...     @nn.compact
+...     def __call__(self, x):
+...         h = nn.relu(nn.Dense(32, name="enc")(x.reshape(len(x), -1)))
+...         return nn.Dense(10, name="cls")(nn.relu(nn.Dense(16, name="mid")(h)))
+>>> x = np.random.default_rng(0).normal(size=(64, 784)).astype(np.float32)  # a probe of your inputs
+>>> trees = [MyMLP().init(jax.random.key(i), x[:1]) for i in range(40)]
+>>> models = Models.from_linen(MyMLP(), trees, ids=[f"m{i}" for i in range(40)])
+>>> index = hub.Index(hub.LogitFingerprint(x, dim=32)).build(models, progress=False)  # stages 1-2
+>>> search = hub.LineageSearch(index, models, hub.AlignedWeightVerifier(), k=5, alpha=0.05)
+>>> search = search.calibrate(models)  # indexed models as unrelated queries: pass exclude={id: its family}
+>>> child = jax.tree.map(lambda w: w + 0.01 * jax.random.normal(jax.random.key(1), w.shape), trees[7])
+>>> (answer,) = search.find_parents(Models.from_linen(MyMLP(), [child], ids=["mine"]))
+>>> answer.parent, round(answer.pvalue, 4)  # 1 / (200 null pairs + 1), times Holm's k = 5
+('m7', 0.0249)
+>>> stranger = Models.from_linen(MyMLP(), [MyMLP().init(jax.random.key(99), x[:1])], ids=["new"])
+>>> search.find_parents(stranger)[0].parent is None  # NO_PARENT: no candidate's null is rejected
+True
+
+The null's size bounds the p-values: with ``n`` calibration pairs no p-value is below ``k / (n + 1)``
+after Holm, so calibrate on at least ``1 / alpha`` queries (a warning says when too few).
+``hub.VerdictVerifier(data=x, references=...)`` needs no calibration: :func:`jaxlineage.verify`'s
+p-values. On a zoo with known lineage: ``hub.ZooSource(zoo.build(zoo.specs.HUB_SIM(1000), dir))``
+and ``benchmarks/hub.py``.
 """
 
 from jaxlineage.hub.fingerprints import (

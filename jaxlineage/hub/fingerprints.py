@@ -210,7 +210,7 @@ class WeightFingerprint(Fingerprint):
 
     def signature(self, models: Population) -> str:
         shapes = [(n, tuple(np.shape(a)[1:])) for n, a in self._leaves(models.params)]
-        return f"weights:{models.arch}:" + ";".join(f"{n}{list(s)}" for n, s in shapes)
+        return "weights:" + ";".join(f"{n}{list(s)}" for n, s in shapes)
 
     def __call__(self, models: Population) -> np.ndarray:
         parts = []
@@ -233,12 +233,37 @@ class WeightFingerprint(Fingerprint):
         return dict(kind=self.kind, dim=self.dim_arg, seed=self.seed, include=self.include, raw=self._raw)
 
 
+def _dense_chains(ks: list[tuple[str, np.ndarray]], limit: int = 2) -> list[list[tuple[str, np.ndarray]]]:
+    """Orders of stacked dense kernels ``[P, in, out]`` in which each feeds the next (tree order first), at most
+    ``limit``: the layer order comes from the shapes, since a tree's key order is alphabetical, not the network's."""
+    if any(a.ndim != 3 for _, a in ks):
+        return []
+    if all(a.shape[2] == b.shape[1] for (_, a), (_, b) in zip(ks, ks[1:])):
+        return [ks]
+    fed = {n for n, a in ks for m, b in ks if m != n and b.shape[2] == a.shape[1]}
+    out: list[list] = []
+
+    def grow(chain: list, rest: list) -> None:
+        if len(out) >= limit:
+            return
+        if not rest:
+            out.append(chain)
+            return
+        for ly in rest:
+            if chain[-1][1].shape[2] == ly[1].shape[1]:
+                grow([*chain, ly], [r for r in rest if r is not ly])
+
+    for first in [ly for ly in ks if ly[0] not in fed] or ks:
+        grow([first], [ly for ly in ks if ly is not first])
+    return out
+
+
 class GramFingerprint(Fingerprint):
     r"""Hidden-unit-invariant products of a dense chain's kernels, seen through a fixed random input projection.
 
-    For kernels :math:`W_1 \in \mathbb{R}^{d_0 \times d_1}, W_2, \dots, W_L` (in tree order, each
-    one's rows the previous one's columns: an MLP) and a seeded Gaussian
-    :math:`G \in \mathbb{R}^{d_0 \times m}`, let :math:`A_l = G^\top W_1 \cdots W_l`
+    For kernels :math:`W_1 \in \mathbb{R}^{d_0 \times d_1}, W_2, \dots, W_L` (each one's rows the
+    previous one's columns: an MLP; the order is read from the shapes, not the layer names) and a
+    seeded Gaussian :math:`G \in \mathbb{R}^{d_0 \times m}`, let :math:`A_l = G^\top W_1 \cdots W_l`
     (``[m, d_l]``). Permuting layer ``l``'s hidden units maps :math:`A_l \to A_l P` and leaves
     every later product unchanged, so the Gram matrix :math:`A_l A_l^\top` (``[m, m]``, upper
     triangle) is invariant for a hidden layer, and :math:`A_L` itself (the output units are the
@@ -275,16 +300,19 @@ class GramFingerprint(Fingerprint):
                 ks.append((path_str(path), np.asarray(leaf, np.float64)))
         if not ks:
             raise HubError(f"GramFingerprint: models {models.ids[0]!r}... have no leaf named 'kernel'")
-        for (n0, a), (n1, b) in zip(ks, ks[1:]):
-            if a.ndim != 3 or b.ndim != 3 or a.shape[2] != b.shape[1]:
-                raise HubError(
-                    f"GramFingerprint needs a chain of dense kernels (an MLP): {n0} {a.shape[1:]} then {n1}"
-                    f" {b.shape[1:]} ({models.arch}); use LogitFingerprint or WeightFingerprint"
-                )
-        return [k for _, k in ks]
+        chains = _dense_chains(ks)
+        if len(chains) != 1:
+            shapes = ", ".join(f"{n} {a.shape[1:]}" for n, a in ks)
+            raise HubError(
+                f"GramFingerprint needs one chain of dense kernels (an MLP), each feeding the next; models"
+                f" {models.ids[0]!r}... ({models.arch}) have {shapes}, which "
+                + ("allow several orders" if chains else "do not chain")
+                + "; use LogitFingerprint or WeightFingerprint"
+            )
+        return [k for _, k in chains[0]]
 
     def signature(self, models: Population) -> str:
-        return f"gram:{models.arch}:" + ";".join(str(list(k.shape[1:])) for k in self._kernels(models))
+        return "gram:" + ";".join(str(list(k.shape[1:])) for k in self._kernels(models))
 
     def __call__(self, models: Population) -> np.ndarray:
         ks = self._kernels(models)

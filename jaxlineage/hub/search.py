@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -182,24 +183,51 @@ def aligned_distance(candidate: PyTree, query: PyTree, spec: perm_lib.Permutatio
 
 
 class AlignedWeightScorer(Scorer):
-    """:func:`aligned_similarity` as a scorer: ``aligned + 1e-6 * stored`` (same architecture only).
+    """:func:`aligned_similarity` as a scorer: ``aligned + 1e-6 * stored`` (same parameter tree only).
 
     Args:
-      spec_fn: ``spec_fn(arch, variables) -> permutation spec``; default
-        :func:`jaxlineage.permutations.spec_from_variables`.
+      spec_fn: ``spec_fn(arch, variables) -> permutation spec``. Default (:meth:`spec`): the models'
+        own ``perm_spec`` (``Models.from_linen(..., perm_spec=...)``), else the library's spec for its
+        own networks, else the spec inferred from the tree's shapes
+        (:func:`jaxlineage.permutations.infer_specs`) when they allow one layer order only.
     """
 
     name = "aligned-weights"
 
     def __init__(self, *, spec_fn: Callable[[str, PyTree], perm_lib.PermutationSpec] | None = None):
-        self.spec_fn = spec_fn or perm_lib.spec_from_variables
+        self.spec_fn = spec_fn
+
+    def spec(self, models: Population, variables: PyTree) -> perm_lib.PermutationSpec:
+        """The permutation spec the scorer aligns ``models`` (one model's ``variables``) with.
+
+        Raises:
+          HubError: none is given and the tree does not determine one; says what to pass.
+        """
+        if self.spec_fn is not None:
+            return self.spec_fn(models.arch, variables)
+        if models.perm_spec is not None:
+            return models.perm_spec
+        try:
+            return perm_lib.spec_from_variables(models.arch, variables)
+        except perm_lib.PermutationError:
+            pass  # not one of the library's networks: read the layer order from the shapes
+        specs = perm_lib.infer_specs(variables, limit=2)
+        if len(specs) == 1:
+            return specs[0]
+        why = (
+            "hidden layers of one square shape allow several layer orders"
+            if specs
+            else "the tree is not a chain of Dense / Conv layers"
+        )
+        raise HubError(
+            f"aligned weights: no permutation spec for models {models.ids[0]!r}... ({why}); pass"
+            " perm_spec= to Models (jaxlineage.permutations.check_spec tests one) or"
+            " spec_fn=lambda arch, variables: spec to the verifier"
+        )
 
     def readable(self, candidates: Population, queries: Population) -> bool:
-        if candidates.arch != queries.arch:
-            return False
-        sc = [np.shape(x)[1:] for x in jax.tree.leaves(candidates.params)]
-        sq = [np.shape(x)[1:] for x in jax.tree.leaves(queries.params)]
-        return sc == sq
+        # the same leaf paths and shapes (never the arch label)
+        return [s[:2] for s in candidates.signature] == [s[:2] for s in queries.signature]
 
     def score_block(self, candidates: Population, queries: Population, *, probe: Any = None) -> np.ndarray:
         del probe
@@ -207,7 +235,7 @@ class AlignedWeightScorer(Scorer):
         qp = jax.tree.map(np.asarray, queries.params)
         cs = [jax.tree.map(lambda a, i=i: a[i], cp) for i in range(len(candidates))]
         qs = [jax.tree.map(lambda a, i=i: a[i], qp) for i in range(len(queries))]
-        spec = self.spec_fn(candidates.arch, cs[0])
+        spec = self.spec(candidates, cs[0])
         out = np.empty((len(cs), len(qs)))
         for i, c in enumerate(cs):
             for j, q in enumerate(qs):
@@ -299,7 +327,7 @@ class AlignedWeightVerifier:
       model and its permuted copy, the one whose unit order the query kept.
 
     Args:
-      spec_fn: ``spec_fn(arch, variables) -> permutation spec``.
+      spec_fn: ``spec_fn(arch, variables) -> permutation spec`` (default: as :class:`AlignedWeightScorer`).
       mesh: a :class:`jax.sharding.Mesh`: the ``k`` pairs of a query are scored at once with the pair axis
         split over ``mesh_axis`` (:func:`jaxlineage.hub.sharded.pair_stats`: correlations, alignment and
         statistics on the mesh, the ``units x units`` assignments on the host). ``None`` (default): numpy,
@@ -318,8 +346,12 @@ class AlignedWeightVerifier:
         self.null_scores: np.ndarray | None = None
         self.mesh, self.mesh_axis = mesh, mesh_axis
 
-    def calibrate(self, candidates: ModelSet, queries: ModelSet, *, unrelated: np.ndarray | None = None):
-        """Collects the null: aligned correlations of the ``[K, M]`` pairs marked ``unrelated`` (default all)."""
+    def calibrate(self, candidates: Any, queries: Any, *, unrelated: np.ndarray | None = None):
+        """Collects the null: aligned correlations of the ``[K, M]`` pairs marked ``unrelated`` (default all).
+
+        ``candidates`` and ``queries`` are ``Models`` or ``ModelSet``. :meth:`LineageSearch.calibrate` is
+        the usual way: it calibrates on what stage 3 is shown, the nearest models of unrelated queries."""
+        candidates, queries = ModelSet.of(candidates), ModelSet.of(queries)
         cal = CalibratedScorer(self.scorer).calibrate(candidates, queries, probe=None, unrelated=unrelated)
         self.null_scores = cal.null_scores
         return self
@@ -332,7 +364,7 @@ class AlignedWeightVerifier:
         """``[K, 6]``: :func:`_pair_stats` of every candidate against the one query."""
         cp = jax.tree.map(np.asarray, candidates.params)
         q = jax.tree.map(lambda a: np.asarray(a)[0], query.params)
-        spec = self.scorer.spec_fn(candidates.arch, q)
+        spec = self.scorer.spec(candidates, q)
         if self.mesh is not None:
             from jaxlineage.hub import sharded  # noqa: PLC0415 (the mesh path only)
 
@@ -401,6 +433,7 @@ class Answer:
 
     @property
     def decision(self) -> str | int:
+        """The parent's id, or :data:`~jaxlineage.eval.core.NO_PARENT` (the evaluation layer's ``-1``)."""
         return self.parent if self.parent is not None else NO_PARENT
 
 
@@ -425,13 +458,20 @@ class LineageSearch:
     def calibrate(self, queries: Any, *, exclude: Mapping[str, Sequence[str]] | None = None) -> LineageSearch:
         """Calibrates the verifier on what stage 3 sees for an unrelated query: its ``k`` nearest models.
 
-        Each of ``queries`` must be unrelated to every indexed model outside ``exclude[q]`` (pass its own
-        family there). Its ``k`` nearest indexed models by fingerprint are retrieved as in
-        :meth:`find_parents`, and the verifier's null becomes their statistics: the unrelated candidates
-        stage 3 is shown are the *nearest* ones, so a null of random unrelated pairs makes their p-values
-        too small. A later unrelated query's retrieved candidates are then exchangeable with this null when
-        the calibration queries are drawn like it (e.g. whole families held out of the questions).
+        Each of ``queries`` must be unrelated to every indexed model outside ``exclude[q]``: pass its
+        family there (the query itself is always left out). Indexed models serve well, each with its
+        family excluded, e.g. ``search.calibrate(roots, exclude={r: family_of(r) for r in roots.ids})``.
+        Its ``k`` nearest indexed models by fingerprint are retrieved as in :meth:`find_parents`, and the verifier's
+        null becomes their statistics: the unrelated candidates stage 3 is shown are the *nearest* ones, so a null
+        of random unrelated pairs makes their p-values too small. A later unrelated query's retrieved candidates are
+        then exchangeable with this null when the calibration queries are drawn like it (e.g. whole families held
+        out of the questions).
         Needs a verifier with ``statistic(candidates, query)`` and ``null_scores`` (:class:`AlignedWeightVerifier`).
+
+        The null's size sets the smallest p-value, ``1 / (n + 1)`` for ``n`` retrieved pairs, and Holm
+        multiplies it by up to ``k``: a parent can be named only if ``k / (n + 1) <= alpha``, i.e. with at
+        least ``k / alpha`` pairs (``1 / alpha`` calibration queries of ``k`` candidates each). A smaller
+        null is warned about here and named in every ``NO_PARENT`` answer's reason.
 
         Returns:
           ``self``.
@@ -453,7 +493,22 @@ class LineageSearch:
             raise HubError("calibrate: no calibration query retrieved a readable candidate")
         self.verifier.null_scores = np.concatenate(null)
         log.info("hub: verifier calibrated on %d retrieved unrelated pairs", len(self.verifier.null_scores))
+        short = self._floor_note()
+        if short:
+            warnings.warn(f"LineageSearch.calibrate: {short}", stacklevel=2)
         return self
+
+    def _floor_note(self) -> str:
+        """Why no parent can be named whatever the evidence (a null too small for ``k`` and ``alpha``), or ``""``."""
+        null = getattr(self.verifier, "null_scores", None)
+        if null is None or self.k / (len(null) + 1) <= self.alpha:
+            return ""
+        need = int(np.ceil(self.k / self.alpha - 1))
+        return (
+            f"the null has {len(null)} pairs, so the smallest Holm-adjusted p-value over k={self.k} candidates is"
+            f" {self.k / (len(null) + 1):.3g} > alpha={self.alpha}: no parent can be named; calibrate on more"
+            f" queries (at least {need} pairs, e.g. {int(np.ceil(need / self.k))} queries)"
+        )
 
     def find_parents(self, queries: Any, *, exclude: Mapping[str, Sequence[str]] | None = None) -> list[Answer]:
         """One :class:`Answer` per query, in the queries' order.
@@ -463,7 +518,8 @@ class LineageSearch:
 
         Args:
           queries: a Population, ModelSet or source.
-          exclude: ``{query id: indexed ids never to return}`` (e.g. the query itself).
+          exclude: ``{query id: indexed ids never to return}``; a query is never its own parent, so its
+            own id is always left out.
         """
         out: dict[str, Answer] = {}
         for pop, res, fp_s in self._retrieved(queries, exclude, one_by_one=True):
@@ -483,6 +539,8 @@ class LineageSearch:
         """Stages 1-2 for the queries, population by population: ``(population, search result, fingerprint
         seconds per model)``, the result ``None`` where the population's fingerprint signature is not the index's."""
         src: ModelSource = as_source(queries)
+        # a query is never its own relative (kept once: the index searches len(exclude[q]) extra neighbours)
+        exclude = {q: tuple(dict.fromkeys((*(exclude or {}).get(q, ()), q))) for q in src.ids}
         for pop in src.load(tuple(src.ids)).populations:
             if self.index.fingerprint.signature(pop) != self.index.signature:
                 yield pop, None, 0.0
@@ -531,5 +589,7 @@ class LineageSearch:
                 if np.isfinite(adj).any()
                 else "the verifier could read no candidate (architectures differ)"
             )
+            if np.isfinite(adj).any() and self._floor_note():
+                why += "; " + self._floor_note()
             return Answer(query_id, None, best, reason=why, **common)
         return Answer(query_id, candidates[pick], float(adj[pick]), **common)
