@@ -275,7 +275,10 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
 
 
 def load_embedded(split: str = "train") -> Dataset:
-    """The packaged Fashion-MNIST subset (1000/200 images per class for train/test)."""
+    """The packaged Fashion-MNIST subset (1000/200 images per class for train/test).
+
+    Images are uint8 ``[N, 28, 28, 1]`` in ``0..255`` (:func:`normalize` scales them to ``[0, 1]``),
+    labels int32 ``[N]``."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; known: {SPLITS}")
     path = pathlib.Path(__file__).parent / "_data" / EMBEDDED_FILE

@@ -288,8 +288,19 @@ class VerdictVerifier:
     """A :data:`Verifier` from :func:`jaxlineage.verify`: the combined p-value of its evidence battery.
 
     Scores are ``-log p`` of the combined p-value, ties broken by nothing else; ``NaN`` where
-    ``verify`` cannot tell. With ``references`` (independent models of the queries' architecture)
-    the functional tests join the exact weight test.
+    ``verify`` cannot tell. With ``references`` the functional tests join the exact weight test.
+
+    Its p-values hold under :func:`~jaxlineage.verify`'s null, which asks the references to be made like
+    the candidates (``references_like="source"``) or like the query (the default): the same
+    architecture, data and recipe. A hub mixes recipes: a candidate or query fine-tuned on other data
+    than the references breaks that null, and relatives made on the same data then look related
+    (a new user's hub named such a fine-tune as an unrelated query's parent). Where the models differ
+    from the references, use the calibrated :class:`AlignedWeightVerifier`, or strata of references
+    (:func:`jaxlineage.references.derive`). Only the weight test needs no references; where only the
+    reference test sees a pair, its p-value is at least ``2 / (n + 1)`` for ``n`` references, and Holm
+    over ``k`` candidates multiplies it, so a parent needs ``n >= 2 k / alpha - 1`` (199 for ``k = 5``
+    at 0.05). Cost: one ``verify`` of ``k`` pairs per query (tens of seconds with 199 references on
+    2 CPU cores, against milliseconds for :class:`AlignedWeightVerifier`).
 
     Args:
       data: the probe inputs given to ``verify``.
