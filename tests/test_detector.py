@@ -110,8 +110,18 @@ def test_drop_parent_relabels(examples):
 # --------------------------------------------------------------------------- model
 
 
-@pytest.mark.parametrize("which", ["both", "weights", "features"])
-@pytest.mark.parametrize("no_parent", [False, True])
+# Every encoder choice and both heads in the fast tier (three cases); the other three in the slow tier.
+_FAST_SHAPES = {("both", True), ("weights", False), ("features", True)}
+
+
+@pytest.mark.parametrize(
+    ("which", "no_parent"),
+    [
+        pytest.param(w, n, marks=() if (w, n) in _FAST_SHAPES else pytest.mark.slow)
+        for n in (False, True)
+        for w in ("both", "weights", "features")
+    ],
+)
 def test_logit_shapes(examples, which, no_parent):
     ex = _variant(examples, which)
     module = detector.LineageDetector(embed_dim=8, no_parent=no_parent)

@@ -59,6 +59,7 @@ def test_shapes_taps_and_causality():
         net.feature_fn("block9")
 
 
+@pytest.mark.slow  # 12-14 s (the transformer's compile): the fast tier stays under 3 min
 @pytest.mark.parametrize("part", PARTS + ("all",))
 def test_each_permutation_keeps_logits_and_moves_weights(part):
     net, v = _model()

@@ -514,6 +514,7 @@ def test_population_spec_picks_the_order_that_keeps_the_function_on_the_probe():
     assert np.allclose(np.diag(s), 1.0)
 
 
+@pytest.mark.slow  # ~9 s: the fast tier's 3-minute budget
 def test_verify_warns_when_a_test_cannot_decide_alone_after_the_combination(user_models):
     """With n references the pooled test's floor is 1 / (n + 1); Bonferroni over the two tests doubles it, so
     a derivation only the references see (a student, a permuted copy) needs 2 / (n + 1) <= alpha: n >= 39

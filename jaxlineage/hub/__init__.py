@@ -13,7 +13,7 @@
    p-values, Holm over the ``k``, a parent or ``NO_PARENT`` (:class:`LineageSearch`).
 
 On your own models (any linen module; the layer order is read from the shapes, not the names).
-Here 40 untrained models stand in for a hub, and a noisy copy of one for a fine-tune:
+Here 25 untrained models stand in for a hub, and a noisy copy of one for a fine-tune:
 
 >>> import flax.linen as nn, jax, numpy as np
 >>> from jaxlineage import Models, hub
@@ -23,15 +23,15 @@ Here 40 untrained models stand in for a hub, and a noisy copy of one for a fine-
 ...         h = nn.relu(nn.Dense(32, name="enc")(x.reshape(len(x), -1)))
 ...         return nn.Dense(10, name="cls")(nn.relu(nn.Dense(16, name="mid")(h)))
 >>> x = np.random.default_rng(0).normal(size=(64, 784)).astype(np.float32)  # a probe of your inputs
->>> trees = [MyMLP().init(jax.random.key(i), x[:1]) for i in range(40)]
->>> models = Models.from_linen(MyMLP(), trees, ids=[f"m{i}" for i in range(40)])
+>>> trees = [MyMLP().init(jax.random.key(i), x[:1]) for i in range(25)]
+>>> models = Models.from_linen(MyMLP(), trees, ids=[f"m{i}" for i in range(25)])
 >>> index = hub.Index(hub.LogitFingerprint(x, dim=32)).build(models, progress=False)  # stages 1-2
 >>> search = hub.LineageSearch(index, models, hub.AlignedWeightVerifier(), k=5, alpha=0.05)
 >>> search = search.calibrate(models)  # indexed models as unrelated queries: pass exclude={id: its family}
 >>> child = jax.tree.map(lambda w: w + 0.01 * jax.random.normal(jax.random.key(1), w.shape), trees[7])
 >>> (answer,) = search.find_parents(Models.from_linen(MyMLP(), [child], ids=["mine"]))
->>> answer.parent, round(answer.pvalue, 4)  # 1 / (200 null pairs + 1), times Holm's k = 5
-('m7', 0.0249)
+>>> answer.parent, round(answer.pvalue, 4)  # 1 / (125 null pairs + 1), times Holm's k = 5
+('m7', 0.0397)
 >>> stranger = Models.from_linen(MyMLP(), [MyMLP().init(jax.random.key(99), x[:1])], ids=["new"])
 >>> search.find_parents(stranger)[0].parent is None  # NO_PARENT: no candidate's null is rejected
 True
