@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import warnings
 
 import jax
 import numpy as np
@@ -581,3 +582,25 @@ def test_gram_fingerprint_reads_the_layer_order_from_shapes():
     _, square, _ = _own_models(widths=(9, 9, 9))
     with pytest.raises(hub.HubError, match="allow several orders"):
         fp(square)
+
+
+@pytest.mark.slow  # ~5 s (238 reference inits): the fast tier stays under 3 min
+def test_search_with_the_verdict_warns_when_its_references_cannot_reach_alpha_after_holm(probe):
+    module, roots, _ = _own_models(n_roots=5)
+    from jaxlineage import Models  # noqa: PLC0415
+
+    init = jax.jit(module.init)
+    x = np.zeros((2, 28, 28, 1), np.float32)
+
+    def refs(n):
+        trees = [init(jax.random.key(100 + i), x) for i in range(n)]
+        return Models.from_linen(module, trees, ids=[f"r{i}" for i in range(n)])
+
+    index = hub.Index(hub.LogitFingerprint(probe, dim=8), kind="flat").build(roots)
+    # 39 references: a pair only the reference test sees has p >= 2 / 40, and Holm over k = 5 makes it 0.25
+    with pytest.warns(UserWarning, match=r"with 39 references.*0\.25 > alpha=0\.05.*at least 199 references"):
+        hub.LineageSearch(index, roots, hub.VerdictVerifier(data=probe, references=refs(39)), k=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hub.LineageSearch(index, roots, hub.VerdictVerifier(data=probe, references=refs(199)), k=5)
+        hub.LineageSearch(index, roots, hub.VerdictVerifier(data=probe), k=5)  # the weight test alone: no floor

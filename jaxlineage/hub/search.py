@@ -299,7 +299,7 @@ class VerdictVerifier:
     (:func:`jaxlineage.references.derive`). Only the weight test needs no references; where only the
     reference test sees a pair, its p-value is at least ``2 / (n + 1)`` for ``n`` references, and Holm
     over ``k`` candidates multiplies it, so a parent needs ``n >= 2 k / alpha - 1`` (199 for ``k = 5``
-    at 0.05). Cost: one ``verify`` of ``k`` pairs per query (tens of seconds with 199 references on
+    at 0.05; :class:`LineageSearch` warns when there are fewer). Cost: one ``verify`` of ``k`` pairs per query (tens of seconds with 199 references on
     2 CPU cores, against milliseconds for :class:`AlignedWeightVerifier`).
 
     Args:
@@ -310,6 +310,14 @@ class VerdictVerifier:
 
     def __init__(self, *, data: Any, references: Any = None, **verify_kwargs):
         self.data, self.references, self.kwargs = data, references, verify_kwargs
+
+    def floor(self) -> float | None:
+        """The smallest p-value of a pair that only the reference test sees (a student, a permuted copy):
+        ``1 / (n + 1)`` for ``n`` references, doubled by the Bonferroni combination (``None`` without references)."""
+        if self.references is None:
+            return None
+        n = len(ModelSet.of(self.references))
+        return (1 if self.kwargs.get("combine") == "pooled" else 2) / (n + 1)
 
     def __call__(self, candidates: ModelSet, query: ModelSet) -> tuple[np.ndarray, np.ndarray]:
         from jaxlineage.verify import verify  # noqa: PLC0415 (answers layer, same level as hub)
@@ -366,6 +374,10 @@ class AlignedWeightVerifier:
         cal = CalibratedScorer(self.scorer).calibrate(candidates, queries, probe=None, unrelated=unrelated)
         self.null_scores = cal.null_scores
         return self
+
+    def floor(self) -> float | None:
+        """The smallest p-value its null allows, ``1 / (n + 1)`` for ``n`` null pairs (``None`` before calibration)."""
+        return None if self.null_scores is None else 1 / (len(self.null_scores) + 1)
 
     def statistic(self, candidates: Population, query: Population) -> np.ndarray:
         """``[K]``: the statistic the p-values rank, ``aligned + 1e-6 stored`` correlation, of each candidate."""
@@ -465,6 +477,8 @@ class LineageSearch:
             raise HubError(f"LineageSearch: k must be >= 1, got {k}")
         self.index, self.source, self.verifier = index, as_source(models), verifier
         self.k, self.alpha = int(k), float(alpha)
+        if isinstance(verifier, VerdictVerifier) and self._floor_note():  # needs no calibration: known now
+            warnings.warn(f"LineageSearch: {self._floor_note()}", stacklevel=2)
 
     def calibrate(self, queries: Any, *, exclude: Mapping[str, Sequence[str]] | None = None) -> LineageSearch:
         """Calibrates the verifier on what stage 3 sees for an unrelated query: its ``k`` nearest models.
@@ -510,14 +524,24 @@ class LineageSearch:
         return self
 
     def _floor_note(self) -> str:
-        """Why no parent can be named whatever the evidence (a null too small for ``k`` and ``alpha``), or ``""``."""
-        null = getattr(self.verifier, "null_scores", None)
-        if null is None or self.k / (len(null) + 1) <= self.alpha:
+        """Why no parent can be named whatever the evidence (the verifier's smallest p-value times Holm's ``k``
+        is above alpha), or ``""``."""
+        floor = self.verifier.floor() if hasattr(self.verifier, "floor") else None
+        if floor is None or self.k * floor <= self.alpha:
             return ""
+        if isinstance(self.verifier, VerdictVerifier):
+            n = round((1 if self.verifier.kwargs.get("combine") == "pooled" else 2) / floor - 1)
+            need = int(np.ceil((1 if self.verifier.kwargs.get("combine") == "pooled" else 2) * self.k / self.alpha - 1))
+            return (
+                f"with {n} references, a pair only the reference test sees has p >= {floor:.3g}, and Holm over"
+                f" k={self.k} candidates takes it to {self.k * floor:.3g} > alpha={self.alpha}: such a parent (a"
+                f" student, a permuted copy) cannot be named; give at least {need} references or a smaller k"
+            )
+        n = round(1 / floor - 1)
         need = int(np.ceil(self.k / self.alpha - 1))
         return (
-            f"the null has {len(null)} pairs, so the smallest Holm-adjusted p-value over k={self.k} candidates is"
-            f" {self.k / (len(null) + 1):.3g} > alpha={self.alpha}: no parent can be named; calibrate on more"
+            f"the null has {n} pairs, so the smallest Holm-adjusted p-value over k={self.k} candidates is"
+            f" {self.k * floor:.3g} > alpha={self.alpha}: no parent can be named; calibrate on more"
             f" queries (at least {need} pairs, e.g. {int(np.ceil(need / self.k))} queries)"
         )
 
