@@ -299,8 +299,9 @@ class VerdictVerifier:
     (:func:`jaxlineage.references.derive`). Only the weight test needs no references; where only the
     reference test sees a pair, its p-value is at least ``2 / (n + 1)`` for ``n`` references, and Holm
     over ``k`` candidates multiplies it, so a parent needs ``n >= 2 k / alpha - 1`` (199 for ``k = 5``
-    at 0.05; :class:`LineageSearch` warns when there are fewer). Cost: one ``verify`` of ``k`` pairs per query (tens of seconds with 199 references on
-    2 CPU cores, against milliseconds for :class:`AlignedWeightVerifier`).
+    at 0.05; :class:`LineageSearch` warns when there are fewer). Cost: one ``verify`` of ``k`` pairs per
+    query (tens of seconds with 199 references on 2 CPU cores, against milliseconds for
+    :class:`AlignedWeightVerifier`).
 
     Args:
       data: the probe inputs given to ``verify``.
