@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlineage import permutations as perm_lib
 from jaxlineage.errors import JaxlineageError, path_str
 from jaxlineage.eval.core import Population
 
@@ -234,28 +235,16 @@ class WeightFingerprint(Fingerprint):
 
 
 def _dense_chains(ks: list[tuple[str, np.ndarray]], limit: int = 2) -> list[list[tuple[str, np.ndarray]]]:
-    """Orders of stacked dense kernels ``[P, in, out]`` in which each feeds the next (tree order first), at most
-    ``limit``: the layer order comes from the shapes, since a tree's key order is alphabetical, not the network's."""
+    """Orders of stacked dense kernels ``[P, in, out]`` in which each feeds the next, at most ``limit``: the tree's
+    order when it chains, else the orders :mod:`jaxlineage.permutations` reads from the shapes (a tree's key order
+    is alphabetical, not the network's)."""
     if any(a.ndim != 3 for _, a in ks):
         return []
     if all(a.shape[2] == b.shape[1] for (_, a), (_, b) in zip(ks, ks[1:])):
         return [ks]
-    fed = {n for n, a in ks for m, b in ks if m != n and b.shape[2] == a.shape[1]}
-    out: list[list] = []
-
-    def grow(chain: list, rest: list) -> None:
-        if len(out) >= limit:
-            return
-        if not rest:
-            out.append(chain)
-            return
-        for ly in rest:
-            if chain[-1][1].shape[2] == ly[1].shape[1]:
-                grow([*chain, ly], [r for r in rest if r is not ly])
-
-    for first in [ly for ly in ks if ly[0] not in fed] or ks:
-        grow([first], [ly for ly in ks if ly is not first])
-    return out
+    kernel = dict(ks)
+    orders = perm_lib._chains([(n, a.shape[1:]) for n, a in ks], limit)
+    return [[(n, kernel[n]) for n, _ in order] for order in orders]
 
 
 class GramFingerprint(Fingerprint):
