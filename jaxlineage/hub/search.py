@@ -312,13 +312,16 @@ class VerdictVerifier:
     def __init__(self, *, data: Any, references: Any = None, **verify_kwargs):
         self.data, self.references, self.kwargs = data, references, verify_kwargs
 
+    def _factor(self) -> int:
+        """What the combination multiplies the reference test's p-value by: Bonferroni's 2, or 1 when pooled."""
+        return 1 if self.kwargs.get("combine") == "pooled" else 2
+
     def floor(self) -> float | None:
         """The smallest p-value of a pair that only the reference test sees (a student, a permuted copy):
         ``1 / (n + 1)`` for ``n`` references, doubled by the Bonferroni combination (``None`` without references)."""
         if self.references is None:
             return None
-        n = len(ModelSet.of(self.references))
-        return (1 if self.kwargs.get("combine") == "pooled" else 2) / (n + 1)
+        return self._factor() / (len(ModelSet.of(self.references)) + 1)
 
     def __call__(self, candidates: ModelSet, query: ModelSet) -> tuple[np.ndarray, np.ndarray]:
         from jaxlineage.verify import verify  # noqa: PLC0415 (answers layer, same level as hub)
@@ -478,8 +481,8 @@ class LineageSearch:
             raise HubError(f"LineageSearch: k must be >= 1, got {k}")
         self.index, self.source, self.verifier = index, as_source(models), verifier
         self.k, self.alpha = int(k), float(alpha)
-        if isinstance(verifier, VerdictVerifier) and self._floor_note():  # needs no calibration: known now
-            warnings.warn(f"LineageSearch: {self._floor_note()}", stacklevel=2)
+        if isinstance(verifier, VerdictVerifier) and (short := self._floor_note()):  # no calibration: known now
+            warnings.warn(f"LineageSearch: {short}", stacklevel=2)
 
     def calibrate(self, queries: Any, *, exclude: Mapping[str, Sequence[str]] | None = None) -> LineageSearch:
         """Calibrates the verifier on what stage 3 sees for an unrelated query: its ``k`` nearest models.
@@ -519,8 +522,7 @@ class LineageSearch:
             raise HubError("calibrate: no calibration query retrieved a readable candidate")
         self.verifier.null_scores = np.concatenate(null)
         log.info("hub: verifier calibrated on %d retrieved unrelated pairs", len(self.verifier.null_scores))
-        short = self._floor_note()
-        if short:
+        if short := self._floor_note():
             warnings.warn(f"LineageSearch.calibrate: {short}", stacklevel=2)
         return self
 
@@ -531,14 +533,14 @@ class LineageSearch:
         if floor is None or self.k * floor <= self.alpha:
             return ""
         if isinstance(self.verifier, VerdictVerifier):
-            n = round((1 if self.verifier.kwargs.get("combine") == "pooled" else 2) / floor - 1)
-            need = int(np.ceil((1 if self.verifier.kwargs.get("combine") == "pooled" else 2) * self.k / self.alpha - 1))
+            n = len(ModelSet.of(self.verifier.references))
+            need = int(np.ceil(self.verifier._factor() * self.k / self.alpha - 1))
             return (
                 f"with {n} references, a pair only the reference test sees has p >= {floor:.3g}, and Holm over"
                 f" k={self.k} candidates takes it to {self.k * floor:.3g} > alpha={self.alpha}: such a parent (a"
                 f" student, a permuted copy) cannot be named; give at least {need} references or a smaller k"
             )
-        n = round(1 / floor - 1)
+        n = len(self.verifier.null_scores)
         need = int(np.ceil(self.k / self.alpha - 1))
         return (
             f"the null has {n} pairs, so the smallest Holm-adjusted p-value over k={self.k} candidates is"
@@ -625,7 +627,7 @@ class LineageSearch:
                 if np.isfinite(adj).any()
                 else "the verifier could read no candidate (architectures differ)"
             )
-            if np.isfinite(adj).any() and self._floor_note():
-                why += "; " + self._floor_note()
+            if np.isfinite(adj).any() and (short := self._floor_note()):
+                why += "; " + short
             return Answer(query_id, None, best, reason=why, **common)
         return Answer(query_id, candidates[pick], float(adj[pick]), **common)
