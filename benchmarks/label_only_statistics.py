@@ -31,14 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import verify_power
 
+from jaxlineage import fingerprints
 from jaxlineage.eval import metrics, provenance, scenarios
 
 
 def _log_probs(models, x) -> tuple[np.ndarray, np.ndarray]:
     out, archs = [], []
     for pop in models.populations:
-        f = jax.jit(jax.vmap(lambda p, pop=pop: jax.nn.log_softmax(pop.logits_fn(p, x), -1)))
-        out.append(np.asarray(f(pop.params), np.float64))
+        logits = fingerprints.population_logits(pop.logits_fn, pop.params, x)
+        out.append(np.asarray(jax.nn.log_softmax(logits), np.float64))
         archs += [pop.arch] * len(pop.ids)
     return np.concatenate(out), np.asarray(archs)
 
