@@ -71,6 +71,14 @@ def main() -> None:
     ap.add_argument("--workdir", default="verify_power_work")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--references", type=int, default=119)
+    ap.add_argument("--probe", type=int, default=256, help="inputs the statistics read")
+    ap.add_argument(
+        "--probe-split",
+        default="train",
+        choices=("train", "test"),
+        help="the source task's split the probe comes from: its training inputs (verify_power.py's probe) or"
+        " held-out ones",
+    )
     args = ap.parse_args()
     _common.setup_logging()
     vp = verify_power.parser().parse_args(
@@ -81,7 +89,8 @@ def main() -> None:
     scen = scenarios.provenance(z, probe_size=vp.probe)
     masks = provenance.attack_masks(scen)
     _, refs = verify_power._references(z, scen, vp)
-    x = jnp.asarray(scen.probe)
+    task = next(r.task for r in z.records if r.id == scen.candidates.ids[0])  # the probe's task (the sources')
+    x = jnp.asarray(z.probe(args.probe, task=task, split=args.probe_split))
     lc, arch_c = _log_probs(scen.candidates, x)
     lr, arch_r = _log_probs(next(iter(refs.values())), x)
     lq, _ = _log_probs(scen.queries, x)

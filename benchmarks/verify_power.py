@@ -23,6 +23,7 @@ it rejects are within alpha + the binomial 95 % margin.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import hashlib
 import json
@@ -201,10 +202,20 @@ def _references(z, scen, args) -> tuple[dict, dict]:
     return groups, refs_by_group
 
 
+def _with_probe(scen, z, args):
+    """The scenario with ``--probe`` inputs of the sources' task from ``--probe-split``: ``train`` keeps the
+    scenario's probe (the first training inputs of the defender's half, which the sources were trained on),
+    ``test`` takes held-out inputs of the same classes. Every row and ``verify`` read this one probe."""
+    if args.probe_split == "train":
+        return scen
+    task = next(r.task for r in z.records if r.id == scen.candidates.ids[0])
+    return dataclasses.replace(scen, probe=np.asarray(z.probe(args.probe, task=task, split=args.probe_split)))
+
+
 def power(args) -> None:
     t0 = time.time()
     spec, z = _zoo(args)
-    scen = scenarios.provenance(z, probe_size=args.probe)
+    scen = _with_probe(scenarios.provenance(z, probe_size=args.probe), z, args)
     masks = provenance.attack_masks(scen)
     build_s = time.time() - t0
     t1 = time.time()
@@ -216,7 +227,10 @@ def power(args) -> None:
     col = {q: m for m, q in enumerate(scen.queries.ids)}
     t2 = time.time()
     seconds: dict[str, float] = {}
-    keyed = {k: v for k, v in vars(args).items() if k not in ("out", "workdir")}
+    # The chunks' folder is keyed by the settings; --probe-split at its default stays out of the key, so
+    # the folders of runs made before the option existed are still found.
+    skip = {"out", "workdir"} | ({"probe_split"} if args.probe_split == "train" else set())
+    keyed = {k: v for k, v in vars(args).items() if k not in skip}
     tag = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
     chunks = pathlib.Path(args.workdir) / "power_chunks" / tag
     chunks.mkdir(parents=True, exist_ok=True)
@@ -491,6 +505,13 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--probe", type=int, default=256)
+    ap.add_argument(
+        "--probe-split",
+        default="train",
+        choices=("train", "test"),
+        help="where verify's inputs come from: the sources' training inputs (default) or held-out inputs of their"
+        " task",
+    )
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--combine", default="bonferroni", choices=("bonferroni", "cauchy", "pooled"))
