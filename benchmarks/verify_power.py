@@ -509,8 +509,7 @@ def parser() -> argparse.ArgumentParser:
         "--probe-split",
         default="train",
         choices=("train", "test"),
-        help="where verify's inputs come from: the sources' training inputs (default) or held-out inputs of their"
-        " task",
+        help="where verify's inputs come from: the sources' training inputs (default) or held-out inputs of their task",
     )
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)

@@ -759,6 +759,7 @@ def train(variables, x, y, steps, lr=1e-3, seed=0):  # your own training loop
 
 x, y = map(jnp.asarray, data.task("fashion_mnist", (0, 1, 2, 3, 4), source="embedded"))
 x_other, y_other = map(jnp.asarray, data.task("fashion_mnist", (0, 1, 2, 3, 4), source="embedded", split="test"))
+probe = x_other[512:]  # held-out inputs of your task (your model never trained on them): verify's data
 init = lambda seed: MyNet().init(jax.random.key(seed), x[:1])
 mine = train(init(1), x, y, STEPS, seed=1)
 """),
@@ -769,7 +770,7 @@ A fine-tuned copy of your model, a pruned copy, a copy with its hidden units per
 function, shuffled weights), and an unrelated model trained from another initialisation.
 """),
         code("""
-finetuned = train(mine, x_other, y_other, STEPS // 3, lr=3e-4, seed=7)
+finetuned = train(mine, x_other[:512], y_other[:512], STEPS // 3, lr=3e-4, seed=7)
 pruned = jax.tree.map(lambda w: jnp.where(jnp.abs(w) < jnp.quantile(jnp.abs(w), 0.5), 0.0, w), mine)
 perm = np.random.default_rng(0).permutation(128)
 permuted = jax.tree.map(lambda w: w, mine)
@@ -792,7 +793,7 @@ A hidden-unit permutation test on the weights: exact under "independent initiali
 strong on fine-tuned and pruned copies, and blind to a permuted copy (its units are shuffled).
 """),
         code("""
-print(jl.verify(me, suspects, data=x[:256], num_permutations=PERMUTATIONS))
+print(jl.verify(me, suspects, data=probe, num_permutations=PERMUTATIONS))
 """),
         md("""
 ## With references: functional tests with conformal p-values
@@ -805,6 +806,8 @@ That is valid for *any* unrelated suspect, however it was made (pruned, distille
 task), as long as your model is exchangeable with the references, which you control because you
 know how you trained it. (The default, `references_like="suspect"`, asks instead that an unrelated
 suspect be exchangeable with the references, which an attacked independent model need not be.)
+`data=` is `probe`, inputs of your task that your model was not trained on: there it makes its own
+mistakes, which a copy inherits and an independent model does not share.
 
 The output KL / agreement, matched-weight, Taylor, ModelGiF and SAC-m tests see the permuted copy,
 which the weight test cannot. They enter the verdict together, as one pooled conformal test (column
@@ -819,7 +822,7 @@ setting's 99 references lower the floor to 0.01 (0.02 combined).
 EPOCHS = max(1, round(STEPS * 64 / len(x)))
 refs = references.train(me, x, y, n=N_REFS, epochs=EPOCHS, lr=1e-3, batch_size=64, workdir=CACHE)
 verdict = jl.verify(
-    me, suspects, data=x[:256], references=refs, references_like="source", num_permutations=PERMUTATIONS
+    me, suspects, data=probe, references=refs, references_like="source", num_permutations=PERMUTATIONS
 )
 print(verdict)
 """),
@@ -835,7 +838,7 @@ someone_else = train(init(3), x, y, STEPS, seed=3)  # a candidate that is nobody
 candidates = models([someone_else, mine], ["someone_else", "mine"])
 print(
     jl.identify(
-        suspects, candidates, data=x[:256], references=refs, references_like="source", num_permutations=PERMUTATIONS
+        suspects, candidates, data=probe, references=refs, references_like="source", num_permutations=PERMUTATIONS
     )
 )
 """),
