@@ -403,6 +403,33 @@ def criteria(record: dict) -> dict:
     return out
 
 
+def _with_rule(rec: dict, pairs: pathlib.Path, tests: list[str]) -> dict:
+    """``rec`` with its verdict replaced by Bonferroni over ``tests``' own p-values, read from the saved pairs
+    (``check --rule``): the rejections and the verdict's AUC per column are recomputed, the single rows kept."""
+    d = np.load(pairs)
+    missing = [t for t in tests if f"test:{t}" not in d.files]
+    if missing:
+        raise SystemExit(
+            f"{pairs}: no saved p-values for {missing}; saved: {[k[5:] for k in d.files if k[:5] == 'test:']}"
+        )
+    p = _bonferroni(np.stack([d[f"test:{t}"] for t in tests]))
+    alpha = rec["settings"]["alpha"]
+    verdict = f"verify ({rec['settings']['combine']})"
+    rec = json.loads(json.dumps(rec))
+    for a in rec["rejections@alpha"]:
+        pos, neg = d[f"pos:{a}"], d[f"neg:{a}"]
+        pp, pn = p[pos], p[neg]
+        ok_p, ok_n = np.isfinite(pp), np.isfinite(pn)
+        rec["auc"][verdict][a] = metrics.roc_auc(_neg_log(pp[ok_p]), _neg_log(pn[ok_n]))
+        rec["rejections@alpha"][a].update(
+            derived_rejected=int(np.sum(pp <= alpha)),
+            derived=int(ok_p.sum()),
+            negatives_rejected=int(np.sum(pn <= alpha)),
+            negatives=int(ok_n.sum()),
+        )
+    return rec
+
+
 def check(args) -> None:
     path = pathlib.Path(args.out) / "verify_power.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -411,6 +438,9 @@ def check(args) -> None:
         raise SystemExit(f"{path}: no verify_power record (run `power` first)")
     rec = power_records[-1]
     print(f"{path}: the power record of {rec.get('time', '?')} (zoo {rec['zoo']}, {rec['pairs']} pairs)")
+    if args.rule:
+        rec = _with_rule(rec, pathlib.Path(args.out) / "verify_power_pairs.npz", args.rule.split(","))
+        print(f"the verdict read as Bonferroni over {args.rule} (each test's own p-value, from the saved pairs)")
     print("| column | best single row (AUC) | verdict AUC | power | negatives rejected (limit) | met |")
     print("|---|---|---:|---:|---:|---|")
     ok = True
@@ -513,6 +543,12 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--rule",
+        default="",
+        help="check only: read the verdict as Bonferroni over these tests' own p-values (comma-separated names,"
+        " e.g. weight-perm,output-kl,sac-m) from the saved pairs",
+    )
     ap.add_argument("--combine", default="bonferroni", choices=("bonferroni", "cauchy", "pooled"))
     ap.add_argument("--source-chunk", type=int, default=4, help="sources per verify call (memory)")
     ap.add_argument("--withhold", type=int, nargs="+", default=[0, 3, 5], help="indices of withheld parents")
