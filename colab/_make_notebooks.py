@@ -806,8 +806,8 @@ That is valid for *any* unrelated suspect, however it was made (pruned, distille
 task), as long as your model is exchangeable with the references, which you control because you
 know how you trained it. (The default, `references_like="suspect"`, asks instead that an unrelated
 suspect be exchangeable with the references, which an attacked independent model need not be.)
-`data=` is `probe`, inputs of your task that your model was not trained on: there it makes its own
-mistakes, which a copy inherits and an independent model does not share.
+`data=` is `probe`, held-out inputs of your task; training inputs do as well (the benchmark measured
+both, with alike power).
 
 The output KL / agreement, matched-weight, Taylor, ModelGiF and SAC-m tests see the permuted copy,
 which the weight test cannot. They enter the verdict together, as one pooled conformal test (column

@@ -746,9 +746,8 @@ def verify(
       sources: :class:`~jaxlineage.models.Models` (or a list / :class:`~jaxlineage.models.ModelSet`).
       suspects: the same.
       data: inputs ``[N, ...]`` of the task (probe of the functional tests, and the inputs on which a
-        permutation spec is checked). With ``references_like="source"``, held-out inputs of the source's
-        task, which it was not trained on: there it makes its own mistakes, which a copy inherits
-        (BUILD_NOTES, issue 24: 1,000 held-out inputs in the benchmark).
+        permutation spec is checked): training or held-out inputs of the source's task, which gave alike
+        power on two fresh draws each (BUILD_NOTES, issue 24).
       references: independent models of the suspects' task and architecture (:class:`Models`), or with
         ``references_like="source"`` made like the source (its architecture, data and recipe), for the
         reference tests; ``None`` runs the exact weight test alone. :func:`jaxlineage.references.train`
