@@ -227,9 +227,10 @@ def power(args) -> None:
     col = {q: m for m, q in enumerate(scen.queries.ids)}
     t2 = time.time()
     seconds: dict[str, float] = {}
-    # The chunks' folder is keyed by the settings; --probe-split at its default stays out of the key, so
-    # the folders of runs made before the option existed are still found.
-    skip = {"out", "workdir"} | ({"probe_split"} if args.probe_split == "train" else set())
+    # The chunks' folder is keyed by the settings that change a verdict: --rule (read by `check` only) never
+    # enters the key, and --probe-split only off its default, so the folders of runs made before these options
+    # existed are still found.
+    skip = {"out", "workdir", "rule"} | ({"probe_split"} if args.probe_split == "train" else set())
     keyed = {k: v for k, v in vars(args).items() if k not in skip}
     tag = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
     chunks = pathlib.Path(args.workdir) / "power_chunks" / tag
