@@ -83,14 +83,14 @@ def main() -> None:
     _common.setup_logging()
     vp = verify_power.parser().parse_args(
         ["power", "--spec", "provenance", "--zoo-seed", str(args.zoo_seed), "--workdir", args.workdir,
-         "--references", str(args.references), "--references-like", "source"]
+         "--references", str(args.references), "--references-like", "source",
+         "--probe", str(args.probe), "--probe-split", args.probe_split]
     )  # fmt: skip
     _, z = verify_power._zoo(vp)
-    scen = scenarios.provenance(z, probe_size=vp.probe)
+    scen = verify_power._with_probe(scenarios.provenance(z, probe_size=vp.probe), z, vp)
     masks = provenance.attack_masks(scen)
     _, refs = verify_power._references(z, scen, vp)
-    task = next(r.task for r in z.records if r.id == scen.candidates.ids[0])  # the probe's task (the sources')
-    x = jnp.asarray(z.probe(args.probe, task=task, split=args.probe_split))
+    x = jnp.asarray(scen.probe)
     lc, arch_c = _log_probs(scen.candidates, x)
     lr, arch_r = _log_probs(next(iter(refs.values())), x)
     lq, _ = _log_probs(scen.queries, x)
